@@ -1,0 +1,105 @@
+"""Dagster resources: configuration only. Clients (database connections, model sessions)
+are opened per process by the code that uses them, never held by a resource."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from nomarr_pipeline.settings import WRITE_MODES, Settings, split_roots
+from nomarr_pipeline.store import Store, open_store
+
+
+class StoreResource(dg.ConfigurableResource):
+    """Where the data lives. Unset fields fall back to the ``NOMARR_*`` environment."""
+
+    url: str | None = None
+    arango_db: str | None = None
+    arango_user: str | None = None
+    # Set it as dg.EnvVar("NOMARR_ARANGO_PASSWORD"); never as a literal.
+    arango_password: str | None = None
+
+    def open(self) -> Store:
+        env = Settings.from_env()
+        return open_store(
+            self.url or env.store_url,
+            arango_db=self.arango_db or env.arango_db,
+            arango_user=self.arango_user or env.arango_user,
+            arango_password=self.arango_password or env.arango_password,
+        )
+
+    def describe(self) -> str:
+        """The URL without credentials, for metadata and logs."""
+        from nomarr_pipeline.store import redact_url
+
+        return redact_url(self.url or Settings.from_env().store_url)
+
+
+class LibraryResource(dg.ConfigurableResource):
+    """Library folders and the defaults a newly seen library gets."""
+
+    roots: list[str] | None = None
+    file_write_mode: str | None = None
+    auto_write_tags: bool | None = None
+    write_raw_scores: bool | None = None
+
+    def root_paths(self) -> list[Path]:
+        if self.roots is not None:
+            return [Path(r).expanduser().absolute() for r in self.roots]
+        return [p.absolute() for p in Settings.from_env().library_roots]
+
+    def write_mode(self) -> str:
+        mode = self.file_write_mode or Settings.from_env().file_write_mode
+        if mode not in WRITE_MODES:
+            raise ValueError(f"file_write_mode must be one of {WRITE_MODES}, got {mode!r}")
+        return mode
+
+    def auto_write(self) -> bool:
+        if self.auto_write_tags is not None:
+            return self.auto_write_tags
+        return Settings.from_env().auto_write_tags
+
+    def raw_scores(self) -> bool:
+        if self.write_raw_scores is not None:
+            return self.write_raw_scores
+        return Settings.from_env().write_raw_scores
+
+
+class ModelsResource(dg.ConfigurableResource):
+    """The Essentia models folder and how analysis runs."""
+
+    models_dir: str | None = None
+    processes: int = 0  # 0 = one worker process per core
+    file_timeout_s: float = 300.0
+
+    def path(self) -> Path | None:
+        if self.models_dir:
+            return Path(self.models_dir).expanduser().absolute()
+        return Settings.from_env().models_dir
+
+    def process_count(self) -> int:
+        return self.processes if self.processes > 0 else max(1, os.cpu_count() or 1)
+
+
+class CalibrationResource(dg.ConfigurableResource):
+    """Calibration rules and where exports go."""
+
+    export_dir: str | None = None
+    drift_tolerance: float = 0.005
+    min_n: int = 100
+
+    def export_path(self) -> Path:
+        if self.export_dir:
+            return Path(self.export_dir).expanduser().absolute()
+        return Settings.from_env().export_dir
+
+
+__all__ = [
+    "CalibrationResource",
+    "LibraryResource",
+    "ModelsResource",
+    "StoreResource",
+    "split_roots",
+]

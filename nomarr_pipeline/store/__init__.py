@@ -1,0 +1,71 @@
+"""The one place that speaks SQL or AQL. ``open_store(url)`` picks the engine from the URL."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+from nomarr_pipeline.store.protocol import (
+    COLLECTIONS,
+    STALE_ANALYSIS_RESET,
+    Doc,
+    FileStat,
+    HeadVersion,
+    SparseHistogram,
+    Store,
+    StoreError,
+)
+
+
+def open_store(
+    url: str,
+    *,
+    arango_db: str = "nomarr",
+    arango_user: str = "root",
+    arango_password: str | None = None,
+    arango_http_client: object | None = None,
+) -> Store:
+    """``sqlite:///abs/path.db`` opens the embedded store; ``http(s)://host:port`` ArangoDB."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "sqlite":
+        from nomarr_pipeline.store.sqlite import SqliteStore
+
+        return SqliteStore.from_url(url)
+    if scheme in ("http", "https"):
+        from nomarr_pipeline.store.arango import ArangoStore
+
+        return ArangoStore(
+            url,
+            database=arango_db,
+            username=arango_user,
+            password=arango_password,
+            http_client=arango_http_client,
+        )
+    raise StoreError(
+        f"unsupported store URL {redact_url(url)!r}: use sqlite:///<absolute path> "
+        "or an ArangoDB URL http(s)://host:port"
+    )
+
+
+def redact_url(url: str) -> str:
+    """The URL with any user:password part removed, safe for logs and metadata."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+__all__ = [
+    "COLLECTIONS",
+    "STALE_ANALYSIS_RESET",
+    "Doc",
+    "FileStat",
+    "HeadVersion",
+    "SparseHistogram",
+    "Store",
+    "StoreError",
+    "open_store",
+    "redact_url",
+]

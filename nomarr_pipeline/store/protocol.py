@@ -1,0 +1,200 @@
+"""The Store protocol: every operation the pipeline performs on its database.
+
+Both engines (``sqlite``, ``arango``) implement it with the same collection and field names
+(DESIGN.md §3), and ``nomarr_pipeline_tests/store/test_contract.py`` runs one suite against each.
+Documents go in and out as plain dicts whose keys are the collection's field names.
+Timestamps are integer milliseconds since the epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+Doc = dict[str, Any]
+
+COLLECTIONS = (
+    "libraries",
+    "library_folders",
+    "library_files",
+    "file_tags",
+    "calibration_state",
+    "calibration_history",
+)
+
+# Fields a changed file loses so that it is analysed, calibrated and written again.
+STALE_ANALYSIS_RESET: Doc = {
+    "analyzed_at": None,
+    "analysis_error": None,
+    "calibration_hash": None,
+    "mood_tiers": None,
+    "file_tags_pending": False,
+    "written_at": None,
+    "write_error": None,
+}
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """What the scanner compares to decide whether a file changed."""
+
+    key: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class HeadVersion:
+    """A head as the analysis query sees it: predictions with another tagger_version are stale."""
+
+    model_key: str
+    head_name: str
+    tagger_version: str
+
+
+@dataclass(frozen=True)
+class SparseHistogram:
+    """Non-empty bins of one (head, label) plus values counted apart.
+
+    ``bins`` holds ``(bin_index, count)`` pairs sorted by index, in-range values only
+    (``lo <= value <= hi``; ``value == hi`` falls in the last bin). ``n`` counts every
+    eligible value: in range, underflow (``< lo``) and overflow (``> hi``).
+    """
+
+    bins: list[tuple[int, int]]
+    underflow_count: int
+    overflow_count: int
+
+    @property
+    def n(self) -> int:
+        return sum(count for _, count in self.bins) + self.underflow_count + self.overflow_count
+
+
+class StoreError(RuntimeError):
+    """A database problem the user can act on (unreachable server, bad URL, bad schema)."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    """One database holding the library, predictions and calibrations."""
+
+    engine: str
+
+    def close(self) -> None: ...
+
+    # ---- libraries -------------------------------------------------------------------
+    def ensure_library(self, doc: Doc) -> Doc:
+        """Insert ``doc`` (with ``_key``) unless a library with that key exists; return the stored one.
+
+        An existing library keeps its settings: the user's changes win over defaults.
+        """
+
+    def get_library(self, key: str) -> Doc | None: ...
+
+    def list_libraries(self) -> list[Doc]: ...
+
+    def update_library(self, key: str, fields: Doc) -> None: ...
+
+    # ---- scanning --------------------------------------------------------------------
+    def load_folder_cache(self, library_id: str) -> dict[str, tuple[int, int]]:
+        """Folder path -> (mtime_ns, entry_count) as saved by the last scan."""
+
+    def save_folder_cache(self, library_id: str, folders: dict[str, tuple[int, int]]) -> None:
+        """Replace the library's folder cache with ``folders``."""
+
+    def file_index(self, library_id: str) -> dict[str, FileStat]:
+        """Path -> FileStat for every file of the library."""
+
+    def upsert_files(self, docs: Sequence[Doc]) -> None:
+        """Insert or update ``library_files`` documents by ``_key`` (only the fields given)."""
+
+    def delete_files(self, file_ids: Sequence[str]) -> None:
+        """Remove files and their ``file_tags``."""
+
+    def delete_file_tags(self, file_ids: Sequence[str]) -> None:
+        """Remove every prediction of these files (their audio changed)."""
+
+    def get_files(self, file_ids: Sequence[str]) -> list[Doc]: ...
+
+    def iter_files(self, library_id: str | None = None, batch_size: int = 1000) -> Iterable[list[Doc]]:
+        """Every file, in pages ordered by ``_key`` (keyset pagination)."""
+
+    def file_counts(self, library_id: str | None = None) -> Doc:
+        """``{"total", "analysed", "analysis_errors", "scan_errors", "pending_writes",
+        "write_errors", "written"}`` as integers."""
+
+    # ---- analysis --------------------------------------------------------------------
+    def files_needing_analysis(
+        self, head: HeadVersion, after_key: str | None, limit: int
+    ) -> list[Doc]:
+        """Files (ordered by ``_key``, after ``after_key``) with no ``scan_error``, no
+        ``analysis_error`` and no ``file_tags`` for this head at this ``tagger_version``."""
+
+    def count_files_needing_analysis(self, head: HeadVersion) -> int: ...
+
+    def write_predictions(self, docs: Sequence[Doc]) -> None:
+        """Replace each (file_id, model_key, head_name) group with the given ``file_tags``.
+
+        All labels of a head for a file land together or not at all; the files' stored
+        ``calibration_hash`` is cleared so that recalibration picks them up.
+        """
+
+    def record_analysis(self, results: Sequence[Doc]) -> None:
+        """``[{"_key", "analyzed_at", "analysis_error"}]`` onto ``library_files``."""
+
+    def file_tags_for_files(self, file_ids: Sequence[str]) -> list[Doc]: ...
+
+    def count_predictions(self, model_key: str, head_name: str) -> int:
+        """Number of files with predictions for this head."""
+
+    # ---- calibration -----------------------------------------------------------------
+    def histogram(
+        self, model_key: str, head_name: str, label: str, lo: float, hi: float, bins: int
+    ) -> SparseHistogram:
+        """One grouped query over eligible ``file_tags`` (``nomarr_only``, finite number)."""
+
+    def labels_of_head(self, model_key: str, head_name: str) -> list[str]:
+        """Distinct labels stored for a head (sorted)."""
+
+    def get_calibration(self, key: str) -> Doc | None: ...
+
+    def list_calibrations(self) -> list[Doc]: ...
+
+    def save_calibrations(self, states: Sequence[Doc], history: Sequence[Doc]) -> None:
+        """Upsert ``calibration_state`` documents and append ``calibration_history`` snapshots
+        in one transaction (no partial computation is ever visible)."""
+
+    def latest_history(self, calibration_key: str) -> Doc | None: ...
+
+    def list_history(self, calibration_key: str, limit: int = 100) -> list[Doc]:
+        """Newest first."""
+
+    # ---- recalibration ---------------------------------------------------------------
+    def count_files_needing_recalibration(
+        self, expected_hash: str, library_id: str | None = None
+    ) -> int:
+        """Analysed files whose ``calibration_hash`` is null or differs from ``expected_hash``."""
+
+    def files_needing_recalibration(
+        self, expected_hash: str, limit: int, library_id: str | None = None
+    ) -> list[str]: ...
+
+    def apply_calibration(self, file_ids: Sequence[str]) -> None:
+        """Set ``calibrated_value = clamp((value - p5) / (p95 - p5), 0, 1)`` on these files'
+        ``file_tags`` from ``calibration_state``, set-based; null where no calibration
+        exists or ``p95 <= p5`` (DESIGN.md §5, decision 3)."""
+
+    def finish_recalibration(self, updates: Sequence[Doc]) -> None:
+        """``[{"_key", "calibration_hash", "mood_tiers", "file_tags_pending"}]`` in one transaction."""
+
+    def reset_calibration_hashes(self, library_id: str | None = None) -> int:
+        """Force recalibration: set every hash to null; returns how many files."""
+
+    # ---- tag writing -----------------------------------------------------------------
+    def files_pending_write(
+        self, library_id: str, after_key: str | None, limit: int
+    ) -> list[Doc]: ...
+
+    def record_writes(self, results: Sequence[Doc]) -> None:
+        """``[{"_key", "written_at", "write_error", "file_tags_pending"}]`` onto ``library_files``."""
