@@ -125,9 +125,7 @@ class Store(Protocol):
         "write_errors", "written"}`` as integers."""
 
     # ---- analysis --------------------------------------------------------------------
-    def files_needing_analysis(
-        self, head: HeadVersion, after_key: str | None, limit: int
-    ) -> list[Doc]:
+    def files_needing_analysis(self, head: HeadVersion, after_key: str | None, limit: int) -> list[Doc]:
         """Files (ordered by ``_key``, after ``after_key``) with no ``scan_error``, no
         ``analysis_error`` and no ``file_tags`` for this head at this ``tagger_version``."""
 
@@ -171,9 +169,7 @@ class Store(Protocol):
         """Newest first."""
 
     # ---- recalibration ---------------------------------------------------------------
-    def count_files_needing_recalibration(
-        self, expected_hash: str, library_id: str | None = None
-    ) -> int:
+    def count_files_needing_recalibration(self, expected_hash: str, library_id: str | None = None) -> int:
         """Analysed files whose ``calibration_hash`` is null or differs from ``expected_hash``."""
 
     def files_needing_recalibration(
@@ -192,9 +188,7 @@ class Store(Protocol):
         """Force recalibration: set every hash to null; returns how many files."""
 
     # ---- tag writing -----------------------------------------------------------------
-    def files_pending_write(
-        self, library_id: str, after_key: str | None, limit: int
-    ) -> list[Doc]: ...
+    def files_pending_write(self, library_id: str, after_key: str | None, limit: int) -> list[Doc]: ...
 
     def record_writes(self, results: Sequence[Doc]) -> None:
         """``[{"_key", "written_at", "write_error", "file_tags_pending"}]`` onto ``library_files``."""

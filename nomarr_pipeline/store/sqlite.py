@@ -1,0 +1,425 @@
+"""The embedded default store: SQLite with WAL, a busy timeout and one connection per
+process and thread, opened lazily (Dagster runs each step in its own process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from nomarr_pipeline.store.protocol import (
+    Doc,
+    FileStat,
+    HeadVersion,
+    SparseHistogram,
+    StoreError,
+)
+from nomarr_pipeline.store.sqlite_schema import (
+    CALIBRATION_HISTORY,
+    CALIBRATION_STATE,
+    FILE_TAGS,
+    LIBRARIES,
+    LIBRARY_FILES,
+    Table,
+    migrate,
+)
+
+BUSY_TIMEOUT_MS = 30_000
+# A finite REAL lies strictly between these; 9e999 is SQLite's literal for +infinity.
+_FINITE_NUMBER = "typeof(value) IN ('real', 'integer') AND value > -9e999 AND value < 9e999"
+
+
+class SqliteStore:
+    engine = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        parts = urlsplit(url)
+        raw = unquote(parts.path)
+        if parts.netloc or not raw.startswith("/"):
+            raise StoreError(
+                f"SQLite URL must name an absolute path, like sqlite:////data/nomarr.db "
+                f"or sqlite:///{Path('nomarr.db').absolute()}; got {url!r}"
+            )
+        return cls(Path(raw))
+
+    # ---- connection ------------------------------------------------------------------
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            migrate(conn)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the SQLite store at {self.path}: {exc}") from exc
+        self._local.conn = conn
+        self._local.pid = os.getpid()
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()
+        self._local.conn = None
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; taken IMMEDIATE so concurrent writers queue on busy_timeout."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[object] | dict[str, object] = ()) -> list[sqlite3.Row]:
+        return self._conn.execute(sql, params).fetchall()
+
+    # ---- generic document helpers -----------------------------------------------------
+    @staticmethod
+    def _upsert(conn: sqlite3.Connection, table: Table, docs: Sequence[Doc], *, replace: bool) -> None:
+        """Insert or update by ``_key``; with ``replace=False`` only the given fields change."""
+        groups: dict[tuple[str, ...], list[Doc]] = {}
+        for doc in docs:
+            if "_key" not in doc:
+                raise ValueError(f"{table.name} document without _key: {doc!r}")
+            row = table.to_row(doc)
+            groups.setdefault(tuple(sorted(row)), []).append(row)
+        for columns, rows in groups.items():
+            names = ", ".join(columns)
+            values = ", ".join(f":{c}" for c in columns)
+            if replace:
+                sql = f"INSERT OR REPLACE INTO {table.name} ({names}) VALUES ({values})"
+            else:
+                sets = [
+                    "extra = json_patch(coalesce(extra, '{}'), excluded.extra)"
+                    if c == "extra"
+                    else f"{c} = excluded.{c}"
+                    for c in columns
+                    if c != "_key"
+                ]
+                conflict = f"DO UPDATE SET {', '.join(sets)}" if sets else "DO NOTHING"
+                sql = f"INSERT INTO {table.name} ({names}) VALUES ({values}) ON CONFLICT(_key) {conflict}"
+            conn.executemany(sql, rows)
+
+    def _update(self, table: Table, docs: Sequence[Doc]) -> None:
+        """Update existing documents' given fields; unknown keys are ignored."""
+        with self._write() as conn:
+            for doc in docs:
+                row = table.to_row(doc)
+                key = row.pop("_key")
+                if not row:
+                    continue
+                sets = ", ".join(
+                    "extra = json_patch(coalesce(extra, '{}'), :extra)" if c == "extra" else f"{c} = :{c}"
+                    for c in row
+                )
+                conn.execute(f"UPDATE {table.name} SET {sets} WHERE _key = :_key", {**row, "_key": key})
+
+    def _get(self, table: Table, keys: Sequence[str]) -> list[Doc]:
+        if not keys:
+            return []
+        rows = self._query(
+            f"SELECT * FROM {table.name} WHERE _key IN (SELECT value FROM json_each(?)) ORDER BY _key",
+            (json.dumps(list(keys)),),
+        )
+        return [table.from_row(r) for r in rows]
+
+    # ---- libraries ---------------------------------------------------------------------
+    def ensure_library(self, doc: Doc) -> Doc:
+        with self._write() as conn:
+            row = LIBRARIES.to_row(doc)
+            names = ", ".join(row)
+            conn.execute(
+                f"INSERT INTO libraries ({names}) VALUES ({', '.join(':' + c for c in row)}) "
+                "ON CONFLICT(_key) DO NOTHING",
+                row,
+            )
+        library = self.get_library(doc["_key"])
+        assert library is not None
+        return library
+
+    def get_library(self, key: str) -> Doc | None:
+        found = self._get(LIBRARIES, [key])
+        return found[0] if found else None
+
+    def list_libraries(self) -> list[Doc]:
+        return [LIBRARIES.from_row(r) for r in self._query("SELECT * FROM libraries ORDER BY _key")]
+
+    def update_library(self, key: str, fields: Doc) -> None:
+        self._update(LIBRARIES, [{**fields, "_key": key}])
+
+    # ---- scanning ----------------------------------------------------------------------
+    def load_folder_cache(self, library_id: str) -> dict[str, tuple[int, int]]:
+        rows = self._query(
+            "SELECT path, mtime_ns, entry_count FROM library_folders WHERE library_id = ?",
+            (library_id,),
+        )
+        return {r["path"]: (r["mtime_ns"], r["entry_count"]) for r in rows}
+
+    def save_folder_cache(self, library_id: str, folders: dict[str, tuple[int, int]]) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM library_folders WHERE library_id = ?", (library_id,))
+            conn.executemany(
+                "INSERT INTO library_folders (library_id, path, mtime_ns, entry_count) VALUES (?, ?, ?, ?)",
+                [(library_id, path, m, n) for path, (m, n) in folders.items()],
+            )
+
+    def file_index(self, library_id: str) -> dict[str, FileStat]:
+        rows = self._conn.execute(
+            "SELECT path, _key, size, mtime_ns FROM library_files WHERE library_id = ?", (library_id,)
+        )
+        return {path: FileStat(key, size or 0, mtime_ns or 0) for path, key, size, mtime_ns in rows}
+
+    def upsert_files(self, docs: Sequence[Doc]) -> None:
+        with self._write() as conn:
+            self._upsert(conn, LIBRARY_FILES, docs, replace=False)
+
+    def delete_files(self, file_ids: Sequence[str]) -> None:
+        ids = json.dumps(list(file_ids))
+        with self._write() as conn:
+            conn.execute("DELETE FROM file_tags WHERE file_id IN (SELECT value FROM json_each(?))", (ids,))
+            conn.execute("DELETE FROM library_files WHERE _key IN (SELECT value FROM json_each(?))", (ids,))
+
+    def delete_file_tags(self, file_ids: Sequence[str]) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "DELETE FROM file_tags WHERE file_id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(file_ids)),),
+            )
+
+    def get_files(self, file_ids: Sequence[str]) -> list[Doc]:
+        return self._get(LIBRARY_FILES, file_ids)
+
+    def iter_files(self, library_id: str | None = None, batch_size: int = 1000) -> Iterator[list[Doc]]:
+        after = ""
+        while True:
+            rows = self._query(
+                "SELECT * FROM library_files WHERE _key > ? AND (? IS NULL OR library_id = ?) "
+                "ORDER BY _key LIMIT ?",
+                (after, library_id, library_id, batch_size),
+            )
+            if not rows:
+                return
+            yield [LIBRARY_FILES.from_row(r) for r in rows]
+            after = rows[-1]["_key"]
+
+    def file_counts(self, library_id: str | None = None) -> Doc:
+        row = self._query(
+            """
+            SELECT COUNT(*) AS total,
+                   COUNT(analyzed_at) - COUNT(analysis_error) AS analysed,
+                   COUNT(analysis_error) AS analysis_errors,
+                   COUNT(scan_error) AS scan_errors,
+                   COALESCE(SUM(file_tags_pending), 0) AS pending_writes,
+                   COUNT(write_error) AS write_errors,
+                   COUNT(written_at) AS written
+            FROM library_files WHERE ? IS NULL OR library_id = ?
+            """,
+            (library_id, library_id),
+        )[0]
+        return {k: int(row[k]) for k in row.keys()}  # noqa: SIM118 - sqlite3.Row has no items()
+
+    # ---- analysis ----------------------------------------------------------------------
+    _NEEDS_ANALYSIS = """
+        FROM library_files f
+        WHERE f.scan_error IS NULL AND f.analysis_error IS NULL
+          AND NOT EXISTS (
+            SELECT 1 FROM file_tags t
+            WHERE t.file_id = f._key AND t.model_key = :model_key
+              AND t.head_name = :head_name AND t.tagger_version = :tagger_version)
+    """
+
+    def files_needing_analysis(self, head: HeadVersion, after_key: str | None, limit: int) -> list[Doc]:
+        rows = self._query(
+            f"SELECT f.* {self._NEEDS_ANALYSIS} AND f._key > :after ORDER BY f._key LIMIT :limit",
+            {**_head_params(head), "after": after_key or "", "limit": limit},
+        )
+        return [LIBRARY_FILES.from_row(r) for r in rows]
+
+    def count_files_needing_analysis(self, head: HeadVersion) -> int:
+        return int(self._query(f"SELECT COUNT(*) {self._NEEDS_ANALYSIS}", _head_params(head))[0][0])
+
+    def write_predictions(self, docs: Sequence[Doc]) -> None:
+        groups = {(d["file_id"], d["model_key"], d["head_name"]) for d in docs}
+        with self._write() as conn:
+            conn.executemany(
+                "DELETE FROM file_tags WHERE file_id = ? AND model_key = ? AND head_name = ?",
+                sorted(groups),
+            )
+            self._upsert(conn, FILE_TAGS, docs, replace=True)
+            conn.execute(
+                "UPDATE library_files SET calibration_hash = NULL "
+                "WHERE _key IN (SELECT value FROM json_each(?))",
+                (json.dumps(sorted({g[0] for g in groups})),),
+            )
+
+    def record_analysis(self, results: Sequence[Doc]) -> None:
+        self._update(LIBRARY_FILES, results)
+
+    def file_tags_for_files(self, file_ids: Sequence[str]) -> list[Doc]:
+        if not file_ids:
+            return []
+        rows = self._query(
+            "SELECT * FROM file_tags WHERE file_id IN (SELECT value FROM json_each(?)) "
+            "ORDER BY file_id, model_key, head_name, label",
+            (json.dumps(list(file_ids)),),
+        )
+        return [FILE_TAGS.from_row(r) for r in rows]
+
+    def count_predictions(self, model_key: str, head_name: str) -> int:
+        return int(
+            self._query(
+                "SELECT COUNT(DISTINCT file_id) FROM file_tags WHERE model_key = ? AND head_name = ?",
+                (model_key, head_name),
+            )[0][0]
+        )
+
+    # ---- calibration ---------------------------------------------------------------------
+    def histogram(
+        self, model_key: str, head_name: str, label: str, lo: float, hi: float, bins: int
+    ) -> SparseHistogram:
+        if not hi > lo or bins < 1:
+            raise ValueError(f"invalid histogram spec lo={lo} hi={hi} bins={bins}")
+        # Multiplying by bins/(hi-lo) rather than dividing by bin_width keeps values that sit
+        # exactly on a bin edge (0.3 with 10,000 bins) in the bin that edge starts.
+        rows = self._query(
+            f"""
+            SELECT CASE WHEN value < :lo THEN -1
+                        WHEN value > :hi THEN :bins
+                        ELSE MIN(CAST((value - :lo) * :bins / (:hi - :lo) AS INTEGER), :bins - 1)
+                   END AS bin_index,
+                   COUNT(*) AS count
+            FROM file_tags
+            WHERE model_key = :model_key AND head_name = :head_name AND label = :label
+              AND nomarr_only = 1 AND {_FINITE_NUMBER}
+            GROUP BY bin_index ORDER BY bin_index
+            """,
+            {
+                "lo": lo,
+                "hi": hi,
+                "bins": bins,
+                "model_key": model_key,
+                "head_name": head_name,
+                "label": label,
+            },
+        )
+        in_range = [(int(r["bin_index"]), int(r["count"])) for r in rows if 0 <= r["bin_index"] < bins]
+        under = sum(int(r["count"]) for r in rows if r["bin_index"] < 0)
+        over = sum(int(r["count"]) for r in rows if r["bin_index"] >= bins)
+        return SparseHistogram(bins=in_range, underflow_count=under, overflow_count=over)
+
+    def labels_of_head(self, model_key: str, head_name: str) -> list[str]:
+        rows = self._query(
+            "SELECT DISTINCT label FROM file_tags WHERE model_key = ? AND head_name = ? ORDER BY label",
+            (model_key, head_name),
+        )
+        return [r[0] for r in rows]
+
+    def get_calibration(self, key: str) -> Doc | None:
+        found = self._get(CALIBRATION_STATE, [key])
+        return found[0] if found else None
+
+    def list_calibrations(self) -> list[Doc]:
+        rows = self._query("SELECT * FROM calibration_state ORDER BY _key")
+        return [CALIBRATION_STATE.from_row(r) for r in rows]
+
+    def save_calibrations(self, states: Sequence[Doc], history: Sequence[Doc]) -> None:
+        with self._write() as conn:
+            self._upsert(conn, CALIBRATION_STATE, states, replace=True)
+            self._upsert(conn, CALIBRATION_HISTORY, history, replace=True)
+
+    def latest_history(self, calibration_key: str) -> Doc | None:
+        found = self.list_history(calibration_key, limit=1)
+        return found[0] if found else None
+
+    def list_history(self, calibration_key: str, limit: int = 100) -> list[Doc]:
+        rows = self._query(
+            "SELECT * FROM calibration_history WHERE calibration_key = ? "
+            "ORDER BY snapshot_at DESC, rowid DESC LIMIT ?",
+            (calibration_key, limit),
+        )
+        return [CALIBRATION_HISTORY.from_row(r) for r in rows]
+
+    # ---- recalibration -----------------------------------------------------------------
+    # Three index-served ranges instead of `!=`, so finished files are never re-read.
+    _NEEDS_RECALIBRATION = """
+        FROM library_files
+        WHERE (calibration_hash IS NULL OR calibration_hash < :hash OR calibration_hash > :hash)
+          AND analyzed_at IS NOT NULL AND (:library_id IS NULL OR library_id = :library_id)
+    """
+
+    def count_files_needing_recalibration(self, expected_hash: str, library_id: str | None = None) -> int:
+        params = {"hash": expected_hash, "library_id": library_id}
+        return int(self._query(f"SELECT COUNT(*) {self._NEEDS_RECALIBRATION}", params)[0][0])
+
+    def files_needing_recalibration(
+        self, expected_hash: str, limit: int, library_id: str | None = None
+    ) -> list[str]:
+        rows = self._query(
+            f"SELECT _key {self._NEEDS_RECALIBRATION} LIMIT :limit",
+            {"hash": expected_hash, "library_id": library_id, "limit": limit},
+        )
+        return [r[0] for r in rows]
+
+    def apply_calibration(self, file_ids: Sequence[str]) -> None:
+        with self._write() as conn:
+            conn.execute(
+                f"""
+                UPDATE file_tags SET calibrated_value = (
+                    SELECT CASE WHEN c.p95 > c.p5 AND {_FINITE_NUMBER.replace("value", "file_tags.value")}
+                                THEN MIN(MAX((file_tags.value - c.p5) / (c.p95 - c.p5), 0.0), 1.0)
+                           END
+                    FROM calibration_state c
+                    WHERE c.model_key = file_tags.model_key AND c.head_name = file_tags.head_name
+                      AND c.label = file_tags.label)
+                WHERE file_id IN (SELECT value FROM json_each(?))
+                """,
+                (json.dumps(list(file_ids)),),
+            )
+
+    def finish_recalibration(self, updates: Sequence[Doc]) -> None:
+        self._update(LIBRARY_FILES, updates)
+
+    def reset_calibration_hashes(self, library_id: str | None = None) -> int:
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE library_files SET calibration_hash = NULL "
+                "WHERE calibration_hash IS NOT NULL AND (? IS NULL OR library_id = ?)",
+                (library_id, library_id),
+            )
+            return cur.rowcount
+
+    # ---- tag writing ---------------------------------------------------------------------
+    def files_pending_write(self, library_id: str, after_key: str | None, limit: int) -> list[Doc]:
+        rows = self._query(
+            "SELECT * FROM library_files WHERE library_id = ? AND file_tags_pending = 1 "
+            "AND _key > ? ORDER BY _key LIMIT ?",
+            (library_id, after_key or "", limit),
+        )
+        return [LIBRARY_FILES.from_row(r) for r in rows]
+
+    def record_writes(self, results: Sequence[Doc]) -> None:
+        self._update(LIBRARY_FILES, results)
+
+
+def _head_params(head: HeadVersion) -> dict[str, object]:
+    return {"model_key": head.model_key, "head_name": head.head_name, "tagger_version": head.tagger_version}

@@ -1,0 +1,206 @@
+"""SQLite tables named like the collections, columns named like the fields (DESIGN.md §3).
+
+Fields a document carries beyond its declared columns live in the ``extra`` JSON column, so
+documents round-trip whole. Migrations are a list of scripts applied in order under
+``PRAGMA user_version``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+Doc = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[str, ...]
+    json_columns: frozenset[str] = frozenset()
+    bool_columns: frozenset[str] = frozenset()
+    has_extra: bool = True
+
+    def to_row(self, doc: Mapping[str, Any]) -> Doc:
+        """Column -> SQLite value for the fields present in ``doc``."""
+        row: Doc = {}
+        extra: Doc = {}
+        for field, value in doc.items():
+            if field in self.columns:
+                if field in self.json_columns:
+                    row[field] = None if value is None else json.dumps(value, sort_keys=True)
+                elif field in self.bool_columns:
+                    row[field] = None if value is None else int(bool(value))
+                else:
+                    row[field] = value
+            elif self.has_extra:
+                extra[field] = value
+            else:
+                raise ValueError(f"{self.name} has no field {field!r}")
+        if extra:
+            row["extra"] = json.dumps(extra, sort_keys=True)
+        return row
+
+    def from_row(self, row: sqlite3.Row) -> Doc:
+        doc: Doc = {}
+        for field in self.columns:
+            value = row[field]
+            if value is not None and field in self.json_columns:
+                value = json.loads(value)
+            elif value is not None and field in self.bool_columns:
+                value = bool(value)
+            doc[field] = value
+        if self.has_extra and row["extra"]:
+            doc.update(json.loads(row["extra"]))
+        return doc
+
+
+LIBRARIES = Table(
+    "libraries",
+    ("_key", "name", "root_path", "auto_write_tags", "file_write_mode", "write_raw_scores", "created_at"),
+    bool_columns=frozenset({"auto_write_tags", "write_raw_scores"}),
+)
+LIBRARY_FILES = Table(
+    "library_files",
+    (
+        "_key",
+        "library_id",
+        "path",
+        "size",
+        "mtime_ns",
+        "duration_s",
+        "scanned_at",
+        "scan_error",
+        "analyzed_at",
+        "analysis_error",
+        "calibration_hash",
+        "mood_tiers",
+        "file_tags_pending",
+        "written_at",
+        "write_error",
+    ),
+    json_columns=frozenset({"mood_tiers"}),
+    bool_columns=frozenset({"file_tags_pending"}),
+)
+FILE_TAGS = Table(
+    "file_tags",
+    (
+        "_key",
+        "file_id",
+        "model_key",
+        "head_name",
+        "label",
+        "value",
+        "std",
+        "calibrated_value",
+        "nomarr_only",
+        "tagger_version",
+    ),
+    bool_columns=frozenset({"nomarr_only"}),
+    has_extra=False,
+)
+CALIBRATION_STATE = Table(
+    "calibration_state",
+    (
+        "_key",
+        "model_key",
+        "head_name",
+        "label",
+        "calibration_def_hash",
+        "version",
+        "histogram",
+        "p5",
+        "p95",
+        "n",
+        "underflow_count",
+        "overflow_count",
+        "created_at",
+        "updated_at",
+        "last_computation_at",
+    ),
+    json_columns=frozenset({"histogram"}),
+)
+CALIBRATION_HISTORY = Table(
+    "calibration_history",
+    (
+        "_key",
+        "calibration_key",
+        "snapshot_at",
+        "p5",
+        "p95",
+        "n",
+        "underflow_count",
+        "overflow_count",
+        "p5_delta",
+        "p95_delta",
+        "n_delta",
+    ),
+)
+
+# Version 1. `file_tags.value` is declared without a type on purpose: no type affinity, so a
+# string stays a string (ineligible for calibration) exactly as it would in ArangoDB.
+_V1 = """
+CREATE TABLE IF NOT EXISTS libraries (
+    _key TEXT PRIMARY KEY, name TEXT, root_path TEXT, auto_write_tags INTEGER,
+    file_write_mode TEXT, write_raw_scores INTEGER, created_at INTEGER, extra TEXT);
+CREATE TABLE IF NOT EXISTS library_folders (
+    library_id TEXT NOT NULL, path TEXT NOT NULL, mtime_ns INTEGER, entry_count INTEGER,
+    PRIMARY KEY (library_id, path));
+CREATE TABLE IF NOT EXISTS library_files (
+    _key TEXT PRIMARY KEY, library_id TEXT, path TEXT, size INTEGER,
+    mtime_ns INTEGER, duration_s REAL, scanned_at INTEGER, scan_error TEXT, analyzed_at INTEGER,
+    analysis_error TEXT, calibration_hash TEXT, mood_tiers TEXT,
+    file_tags_pending INTEGER NOT NULL DEFAULT 0, written_at INTEGER, write_error TEXT,
+    extra TEXT);
+CREATE INDEX IF NOT EXISTS idx_library_files_library_path ON library_files(library_id, path);
+CREATE INDEX IF NOT EXISTS idx_library_files_calibration_hash
+    ON library_files(calibration_hash);
+CREATE INDEX IF NOT EXISTS idx_library_files_pending
+    ON library_files(library_id, _key) WHERE file_tags_pending = 1;
+CREATE TABLE IF NOT EXISTS file_tags (
+    _key TEXT PRIMARY KEY, file_id TEXT NOT NULL, model_key TEXT NOT NULL,
+    head_name TEXT NOT NULL, label TEXT NOT NULL, value, std REAL, calibrated_value REAL,
+    nomarr_only INTEGER NOT NULL DEFAULT 1, tagger_version TEXT);
+CREATE INDEX IF NOT EXISTS idx_file_tags_histogram
+    ON file_tags(model_key, head_name, label, nomarr_only, value);
+CREATE INDEX IF NOT EXISTS idx_file_tags_file
+    ON file_tags(file_id, model_key, head_name, tagger_version);
+CREATE TABLE IF NOT EXISTS calibration_state (
+    _key TEXT PRIMARY KEY, model_key TEXT, head_name TEXT, label TEXT,
+    calibration_def_hash TEXT, version INTEGER, histogram TEXT, p5 REAL, p95 REAL, n INTEGER,
+    underflow_count INTEGER, overflow_count INTEGER, created_at INTEGER, updated_at INTEGER,
+    last_computation_at INTEGER, extra TEXT);
+CREATE INDEX IF NOT EXISTS idx_calibration_state_label
+    ON calibration_state(model_key, head_name, label);
+CREATE TABLE IF NOT EXISTS calibration_history (
+    _key TEXT PRIMARY KEY, calibration_key TEXT NOT NULL, snapshot_at INTEGER, p5 REAL,
+    p95 REAL, n INTEGER, underflow_count INTEGER, overflow_count INTEGER, p5_delta REAL,
+    p95_delta REAL, n_delta INTEGER, extra TEXT);
+CREATE INDEX IF NOT EXISTS idx_calibration_history_key
+    ON calibration_history(calibration_key, snapshot_at);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1,)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema to the newest version; safe to run from many processes at once."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS, start=1):
+            if version < number:
+                for statement in _statements(script):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> Iterable[str]:
+    return (part.strip() for part in script.split(";") if part.strip())

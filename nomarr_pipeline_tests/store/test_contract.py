@@ -1,0 +1,290 @@
+"""One contract, every engine: what the pipeline relies on from its store."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from nomarr_pipeline.store import FileStat, HeadVersion, Store
+
+HEAD = HeadVersion("effnet-discogs-effnet-1", "mood_happy", "tv1")
+
+
+def _file(key: str, library_id: str = "lib1", **fields: object) -> dict[str, object]:
+    return {
+        "_key": key,
+        "library_id": library_id,
+        "path": f"/music/{key}.mp3",
+        "size": 10,
+        "mtime_ns": 100,
+        "scanned_at": 1,
+        **fields,
+    }
+
+
+def _tag(
+    file_id: str,
+    label: str,
+    value: object,
+    *,
+    head: HeadVersion = HEAD,
+    std: float = 0.01,
+    nomarr_only: bool = True,
+) -> dict[str, object]:
+    return {
+        "_key": f"{file_id}|{head.model_key}|{head.head_name}|{label}",
+        "file_id": file_id,
+        "model_key": head.model_key,
+        "head_name": head.head_name,
+        "label": label,
+        "value": value,
+        "std": std,
+        "calibrated_value": None,
+        "nomarr_only": nomarr_only,
+        "tagger_version": head.tagger_version,
+    }
+
+
+def _state(label: str, p5: float, p95: float, head: HeadVersion = HEAD) -> dict[str, object]:
+    return {
+        "_key": f"{head.model_key}:{head.head_name}:{label}",
+        "model_key": head.model_key,
+        "head_name": head.head_name,
+        "label": label,
+        "calibration_def_hash": "h",
+        "version": 1,
+        "histogram": {"lo": 0.0, "hi": 1.0, "bins": 10000, "bin_width": 0.0001},
+        "p5": p5,
+        "p95": p95,
+        "n": 10,
+        "underflow_count": 0,
+        "overflow_count": 0,
+        "created_at": 1,
+        "updated_at": 1,
+        "last_computation_at": 1,
+    }
+
+
+def test_libraries_keep_user_settings(store: Store) -> None:
+    lib = {
+        "_key": "lib1",
+        "name": "Music",
+        "root_path": "/music",
+        "auto_write_tags": False,
+        "file_write_mode": "full",
+        "write_raw_scores": False,
+        "created_at": 5,
+    }
+    assert store.ensure_library(lib) == lib
+    store.update_library("lib1", {"file_write_mode": "minimal", "auto_write_tags": True})
+    again = store.ensure_library({**lib, "name": "Other"})
+    assert again["file_write_mode"] == "minimal" and again["auto_write_tags"] is True
+    assert again["name"] == "Music"
+    assert [lib["_key"] for lib in store.list_libraries()] == ["lib1"]
+    assert store.get_library("missing") is None
+
+
+def test_folder_cache_is_replaced_per_library(store: Store) -> None:
+    store.save_folder_cache("lib1", {"/music": (1, 2), "/music/a": (3, 4)})
+    store.save_folder_cache("lib2", {"/other": (9, 9)})
+    store.save_folder_cache("lib1", {"/music": (5, 6)})
+    assert store.load_folder_cache("lib1") == {"/music": (5, 6)}
+    assert store.load_folder_cache("lib2") == {"/other": (9, 9)}
+
+
+def test_files_upsert_partial_update_index_and_delete(store: Store) -> None:
+    store.upsert_files([_file("a"), _file("b"), _file("c", library_id="lib2")])
+    store.upsert_files([{"_key": "a", "size": 20, "analysis_error": "boom"}])
+    assert store.file_index("lib1") == {
+        "/music/a.mp3": FileStat("a", 20, 100),
+        "/music/b.mp3": FileStat("b", 10, 100),
+    }
+    (a,) = store.get_files(["a"])
+    assert a["path"] == "/music/a.mp3" and a["analysis_error"] == "boom"
+    assert a["file_tags_pending"] is False
+    store.write_predictions([_tag("a", "happy", 0.5), _tag("b", "happy", 0.6)])
+    store.delete_files(["a"])
+    assert store.get_files(["a"]) == []
+    assert store.file_tags_for_files(["a"]) == []
+    assert len(store.file_tags_for_files(["b"])) == 1
+    pages = list(store.iter_files(batch_size=1))
+    assert [[f["_key"] for f in page] for page in pages] == [["b"], ["c"]]
+    assert [f["_key"] for page in store.iter_files("lib2") for f in page] == ["c"]
+
+
+def test_delete_file_tags_keeps_the_file(store: Store) -> None:
+    store.upsert_files([_file("a")])
+    store.write_predictions([_tag("a", "happy", 0.5)])
+    store.delete_file_tags(["a"])
+    assert store.file_tags_for_files(["a"]) == []
+    assert len(store.get_files(["a"])) == 1
+
+
+def test_file_counts(store: Store) -> None:
+    store.upsert_files(
+        [
+            _file("a", analyzed_at=5),
+            _file("b", analyzed_at=5, analysis_error="bad"),
+            _file("c", scan_error="unreadable"),
+            _file("d", file_tags_pending=True),
+            _file("e", written_at=9, write_error="denied"),
+            _file("z", library_id="lib2"),
+        ]
+    )
+    assert store.file_counts("lib1") == {
+        "total": 5,
+        "analysed": 1,
+        "analysis_errors": 1,
+        "scan_errors": 1,
+        "pending_writes": 1,
+        "write_errors": 1,
+        "written": 1,
+    }
+    assert store.file_counts()["total"] == 6
+
+
+def test_files_needing_analysis_skips_current_predictions_and_errors(store: Store) -> None:
+    store.upsert_files(
+        [_file("a"), _file("b"), _file("c"), _file("d", scan_error="x"), _file("e", analysis_error="y")]
+    )
+    store.write_predictions([_tag("a", "happy", 0.5)])
+    stale = HeadVersion(HEAD.model_key, HEAD.head_name, "old")
+    store.write_predictions([_tag("b", "happy", 0.5, head=stale)])
+    assert [f["_key"] for f in store.files_needing_analysis(HEAD, None, 10)] == ["b", "c"]
+    assert [f["_key"] for f in store.files_needing_analysis(HEAD, "b", 10)] == ["c"]
+    assert [f["_key"] for f in store.files_needing_analysis(HEAD, None, 1)] == ["b"]
+    assert store.count_files_needing_analysis(HEAD) == 2
+
+
+def test_write_predictions_replaces_a_head_group_and_clears_hash(store: Store) -> None:
+    store.upsert_files([_file("a", calibration_hash="h1")])
+    store.write_predictions([_tag("a", "happy", 0.1), _tag("a", "non_happy", 0.9)])
+    other = HeadVersion(HEAD.model_key, "danceability", "tv1")
+    store.write_predictions([_tag("a", "danceable", 0.3, head=other)])
+    store.write_predictions([_tag("a", "happy", 0.2)])
+    tags = {(t["head_name"], t["label"]): t["value"] for t in store.file_tags_for_files(["a"])}
+    assert tags == {("mood_happy", "happy"): 0.2, ("danceability", "danceable"): 0.3}
+    assert store.get_files(["a"])[0]["calibration_hash"] is None
+    assert store.count_predictions(HEAD.model_key, "mood_happy") == 1
+    assert store.labels_of_head(HEAD.model_key, "danceability") == ["danceable"]
+    tag = next(t for t in store.file_tags_for_files(["a"]) if t["label"] == "happy")
+    assert tag["nomarr_only"] is True and isinstance(tag["value"], float)
+
+
+def test_record_analysis(store: Store) -> None:
+    store.upsert_files([_file("a"), _file("b")])
+    store.record_analysis(
+        [
+            {"_key": "a", "analyzed_at": 7, "analysis_error": None},
+            {"_key": "b", "analyzed_at": 8, "analysis_error": "corrupt"},
+        ]
+    )
+    a, b = store.get_files(["a", "b"])
+    assert (a["analyzed_at"], a["analysis_error"]) == (7, None)
+    assert (b["analyzed_at"], b["analysis_error"]) == (8, "corrupt")
+
+
+def test_histogram_bins_eligible_values_and_counts_out_of_range_apart(store: Store) -> None:
+    files = [_file(f"f{i}") for i in range(12)]
+    store.upsert_files(files)
+    values: list[object] = [0.0, 0.00005, 0.3, 0.3, 0.99995, 1.0, -0.2, 1.5, math.nan, math.inf, "0.5", 0.7]
+    tags = [_tag(f"f{i}", "happy", v) for i, v in enumerate(values)]
+    tags.append(_tag("f11", "non_happy", 0.4))
+    tags[11]["nomarr_only"] = False
+    store.write_predictions(tags)
+    hist = store.histogram(HEAD.model_key, HEAD.head_name, "happy", 0.0, 1.0, 10_000)
+    assert hist.bins == [(0, 2), (3000, 2), (9999, 2)]
+    assert (hist.underflow_count, hist.overflow_count, hist.n) == (1, 1, 8)
+    coarse = store.histogram(HEAD.model_key, HEAD.head_name, "happy", -1.0, 2.0, 3)
+    assert coarse.bins == [(0, 1), (1, 5), (2, 2)] and coarse.n == 8
+    empty = store.histogram(HEAD.model_key, HEAD.head_name, "missing", 0.0, 1.0, 10)
+    assert empty.n == 0 and empty.bins == []
+
+
+def test_calibrations_and_history_saved_together(store: Store) -> None:
+    state = _state("happy", 0.1, 0.9)
+    state["computed_p5"] = 0.11
+    history = {
+        "_key": "h1",
+        "calibration_key": state["_key"],
+        "snapshot_at": 10,
+        "p5": 0.1,
+        "p95": 0.9,
+        "n": 10,
+        "underflow_count": 0,
+        "overflow_count": 0,
+        "p5_delta": None,
+        "p95_delta": None,
+        "n_delta": None,
+    }
+    store.save_calibrations([state], [history])
+    store.save_calibrations(
+        [{**state, "n": 20}], [{**history, "_key": "h2", "snapshot_at": 20, "n": 20, "n_delta": 10}]
+    )
+    assert store.get_calibration(str(state["_key"])) == {**state, "n": 20}
+    assert [c["_key"] for c in store.list_calibrations()] == [state["_key"]]
+    latest = store.latest_history(str(state["_key"]))
+    assert latest is not None and latest["_key"] == "h2" and latest["n_delta"] == 10
+    assert [h["_key"] for h in store.list_history(str(state["_key"]))] == ["h2", "h1"]
+    assert store.get_calibration("nope") is None
+
+
+def test_recalibration_queries_apply_and_finish(store: Store) -> None:
+    store.upsert_files([_file("a"), _file("b"), _file("c"), _file("x", library_id="lib2")])
+    store.write_predictions(
+        [
+            _tag("a", "happy", 0.5),
+            _tag("a", "non_happy", 0.05),
+            _tag("b", "happy", 0.95),
+            _tag("b", "bad", 0.5),
+            _tag("x", "happy", 0.3),
+        ]
+    )
+    store.record_analysis([{"_key": k, "analyzed_at": 1, "analysis_error": None} for k in ("a", "b", "x")])
+    store.save_calibrations(
+        [_state("happy", 0.1, 0.9), _state("non_happy", 0.1, 0.9), _state("bad", 0.5, 0.5)], []
+    )
+    assert store.count_files_needing_recalibration("H") == 3
+    assert store.count_files_needing_recalibration("H", "lib1") == 2
+    assert sorted(store.files_needing_recalibration("H", 10, "lib1")) == ["a", "b"]
+    store.apply_calibration(["a", "b"])
+    got = {
+        (t["file_id"], t["label"]): t["calibrated_value"] for t in store.file_tags_for_files(["a", "b", "x"])
+    }
+    assert got[("a", "happy")] == pytest.approx(0.5)
+    assert got[("a", "non_happy")] == 0.0
+    assert got[("b", "happy")] == 1.0
+    assert got[("b", "bad")] is None  # p95 <= p5: nothing is calibrated
+    assert got[("x", "happy")] is None  # not in this batch
+    tiers = {"mood-strict": [], "mood-regular": ["happy"], "mood-loose": ["happy"]}
+    store.finish_recalibration(
+        [{"_key": "a", "calibration_hash": "H", "mood_tiers": tiers, "file_tags_pending": True}]
+    )
+    assert store.files_needing_recalibration("H", 10, "lib1") == ["b"]
+    (a,) = store.get_files(["a"])
+    assert a["mood_tiers"] == tiers and a["file_tags_pending"] is True
+    assert store.reset_calibration_hashes("lib1") == 1
+    assert store.count_files_needing_recalibration("H", "lib1") == 2
+
+
+def test_pending_writes_and_results(store: Store) -> None:
+    store.upsert_files(
+        [
+            _file("a", file_tags_pending=True),
+            _file("b"),
+            _file("c", file_tags_pending=True),
+            _file("d", library_id="lib2", file_tags_pending=True),
+        ]
+    )
+    assert [f["_key"] for f in store.files_pending_write("lib1", None, 10)] == ["a", "c"]
+    assert [f["_key"] for f in store.files_pending_write("lib1", "a", 10)] == ["c"]
+    store.record_writes(
+        [
+            {"_key": "a", "written_at": 9, "write_error": None, "file_tags_pending": False},
+            {"_key": "c", "written_at": None, "write_error": "denied", "file_tags_pending": True},
+        ]
+    )
+    assert [f["_key"] for f in store.files_pending_write("lib1", None, 10)] == ["c"]
+    (c,) = store.get_files(["c"])
+    assert c["write_error"] == "denied"
