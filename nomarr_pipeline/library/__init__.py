@@ -1,0 +1,1 @@
+"""Library scanning and change detection (plain Python, no Dagster)."""

@@ -1,0 +1,196 @@
+"""Scan library roots into ``library_files``: new, changed and removed files, errors per file.
+
+A changed file (size or mtime differs) loses its analysis state and predictions so it is
+analysed again; a removed file is deleted with its predictions. Files in a folder that could
+not be read are kept as they were: an unreadable folder is not a deleted one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import mutagen
+
+from nomarr_pipeline.library.identity import displayable, file_key, is_valid_utf8, library_key
+from nomarr_pipeline.library.walk import SeenFile, Walk, walk_library, within
+from nomarr_pipeline.store import STALE_ANALYSIS_RESET, Doc, FileStat, Store
+
+WRITE_BATCH = 1000
+
+
+@dataclass
+class ScanReport:
+    library_id: str
+    root: str
+    total: int = 0
+    new: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    errors: int = 0
+    folders: int = 0
+    folders_skipped: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LibraryDefaults:
+    file_write_mode: str = "full"
+    auto_write_tags: bool = False
+    write_raw_scores: bool = False
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def ensure_library(store: Store, root: Path, defaults: LibraryDefaults) -> Doc:
+    """The library document of ``root``; created with ``defaults`` the first time it is seen."""
+    resolved = root.resolve()
+    return store.ensure_library(
+        {
+            "_key": library_key(resolved),
+            "name": resolved.name or str(resolved),
+            "root_path": str(resolved),
+            "created_at": now_ms(),
+            **asdict(defaults),
+        }
+    )
+
+
+def scan_library(
+    store: Store,
+    root: Path,
+    defaults: LibraryDefaults = LibraryDefaults(),
+    *,
+    full: bool = False,
+    probe: Callable[[str], float | None] | None = None,
+) -> ScanReport:
+    """Bring ``library_files`` in line with the folder ``root``. Never raises for one bad file."""
+    started = time.perf_counter()
+    if not root.is_dir():
+        raise NotADirectoryError(f"library root {root} is not a folder (or cannot be reached)")
+    library = ensure_library(store, root, defaults)
+    library_id, root_path = library["_key"], library["root_path"]
+    index = store.file_index(library_id)
+    walk = walk_library(root_path, store.load_folder_cache(library_id), full=full)
+    probe = probe or audio_duration
+    report = ScanReport(library_id=library_id, root=root_path, folders=len(walk.folders))
+    report.folders_skipped = len(walk.unchanged_folders)
+
+    upserts: list[Doc] = []
+    changed_ids: list[str] = []
+    seen: set[str] = set()
+    scanned_at = now_ms()
+    for item in walk.files:
+        seen.add(item.path)
+        known = index.get(item.path)
+        if known is not None and known.size == item.size and known.mtime_ns == item.mtime_ns:
+            report.unchanged += 1
+            continue
+        doc = _file_doc(library_id, root_path, item, scanned_at, probe)
+        if known is None:
+            report.new += 1
+        else:
+            report.changed += 1
+            changed_ids.append(known.key)
+            doc.update(STALE_ANALYSIS_RESET)
+        report.errors += doc["scan_error"] is not None
+        upserts.append(doc)
+    for path, reason in [*walk.file_errors.items(), *walk.unreadable_folders.items()]:
+        seen.add(path)
+        upserts.append(_error_doc(library_id, root_path, path, reason, scanned_at))
+        report.errors += 1
+
+    removed = _removed(index, seen, walk)
+    report.removed = len(removed)
+    # Known files in unchanged or unreadable folders are kept as they are.
+    report.unchanged += sum(1 for path in index if path not in seen and path not in removed)
+
+    for batch in _batches(changed_ids):
+        store.delete_file_tags(batch)
+    for batch in _batches(upserts):
+        store.upsert_files(batch)
+    for batch in _batches([index[path].key for path in removed]):
+        store.delete_files(batch)
+    # Saved last: a crash before this point makes the next scan look at every folder again.
+    store.save_folder_cache(library_id, walk.folders)
+    report.total = store.file_counts(library_id)["total"]
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _file_doc(
+    library_id: str, root: str, item: SeenFile, scanned_at: int, probe: Callable[[str], float | None]
+) -> Doc:
+    relative = os.path.relpath(item.path, root)
+    doc: Doc = {
+        "_key": file_key(library_id, relative),
+        "library_id": library_id,
+        "path": displayable(item.path),
+        "size": item.size,
+        "mtime_ns": item.mtime_ns,
+        "scanned_at": scanned_at,
+        "duration_s": None,
+        "scan_error": None,
+    }
+    if not is_valid_utf8(item.path):
+        doc["scan_error"] = "file name is not valid UTF-8; rename the file to analyse it"
+    elif item.size == 0:
+        doc["scan_error"] = "empty file (0 bytes)"
+    else:
+        try:
+            doc["duration_s"] = probe(item.path)
+        except FileNotFoundError:
+            doc["scan_error"] = "file vanished during the scan"
+        except Exception as exc:  # mutagen raises many types for damaged files
+            doc["scan_error"] = f"not readable as audio: {type(exc).__name__}: {exc}"
+        else:
+            if doc["duration_s"] is None:
+                doc["scan_error"] = "not a recognised audio file"
+    return doc
+
+
+def _error_doc(library_id: str, root: str, path: str, reason: str, scanned_at: int) -> Doc:
+    shown = displayable(path)
+    return {
+        "_key": file_key(library_id, os.path.relpath(path, root)),
+        "library_id": library_id,
+        "path": shown,
+        "size": None,
+        "mtime_ns": None,
+        "scanned_at": scanned_at,
+        "scan_error": reason,
+    }
+
+
+def audio_duration(path: str) -> float | None:
+    """Duration in seconds via mutagen; ``None`` when mutagen does not recognise the file."""
+    audio = mutagen.File(path)
+    if audio is None or audio.info is None:
+        return None
+    return float(audio.info.length)
+
+
+def _removed(index: dict[str, FileStat], seen: set[str], walk: Walk) -> set[str]:
+    """Known paths that are gone: not seen, and not in a folder that was skipped as unchanged
+    or could not be read (an unreadable folder is not a deleted one)."""
+    return {
+        path
+        for path in index
+        if path not in seen
+        and os.path.dirname(path) not in walk.unchanged_folders
+        and not any(within(path, folder) for folder in walk.unreadable_folders)
+    }
+
+
+def _batches(items: Sequence[str] | Sequence[Doc]) -> Iterable[list]:
+    for start in range(0, len(items), WRITE_BATCH):
+        yield list(items[start : start + WRITE_BATCH])

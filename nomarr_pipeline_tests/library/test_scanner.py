@@ -1,0 +1,202 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nomarr_pipeline.library.changes import changed_folders
+from nomarr_pipeline.library.scanner import LibraryDefaults, scan_library
+from nomarr_pipeline.store import Store
+
+from .conftest import write_wav
+
+
+def _by_name(store: Store, library_id: str) -> dict[str, dict]:
+    return {Path(f["path"]).name: f for page in store.iter_files(library_id) for f in page}
+
+
+def test_first_scan_records_audio_files_with_duration(store: Store, library: Path) -> None:
+    report = scan_library(store, library)
+    assert (report.total, report.new, report.changed, report.removed, report.errors) == (3, 3, 0, 0, 0)
+    files = _by_name(store, report.library_id)
+    assert set(files) == {"a.wav", "01 song.wav", "02 song.WAV"}
+    assert files["01 song.wav"]["duration_s"] == pytest.approx(1.0, abs=0.01)
+    assert files["a.wav"]["size"] == (library / "a.wav").stat().st_size
+    lib = store.get_library(report.library_id)
+    assert lib is not None and lib["root_path"] == str(library.resolve())
+    assert lib["file_write_mode"] == "full" and lib["auto_write_tags"] is False
+
+
+def test_library_defaults_apply_only_to_new_libraries(store: Store, library: Path) -> None:
+    report = scan_library(store, library, LibraryDefaults(file_write_mode="minimal", auto_write_tags=True))
+    store.update_library(report.library_id, {"file_write_mode": "none"})
+    scan_library(store, library, LibraryDefaults(file_write_mode="full"))
+    assert store.get_library(report.library_id)["file_write_mode"] == "none"
+
+
+def test_rescan_detects_new_changed_removed_and_resets_stale_analysis(store: Store, library: Path) -> None:
+    first = scan_library(store, library)
+    files = _by_name(store, first.library_id)
+    song = files["01 song.wav"]
+    store.write_predictions(
+        [
+            {
+                "_key": "t1",
+                "file_id": song["_key"],
+                "model_key": "m",
+                "head_name": "h",
+                "label": "x",
+                "value": 0.5,
+                "std": 0.0,
+                "calibrated_value": 0.4,
+                "nomarr_only": True,
+                "tagger_version": "v",
+            }
+        ]
+    )
+    store.upsert_files(
+        [{"_key": song["_key"], "analyzed_at": 5, "calibration_hash": "H", "file_tags_pending": True}]
+    )
+    unchanged = scan_library(store, library)
+    assert (unchanged.new, unchanged.changed, unchanged.removed, unchanged.unchanged) == (0, 0, 0, 3)
+    assert unchanged.folders_skipped == unchanged.folders  # nothing was stat'ed
+
+    # Saved the way most tools save: a new file renamed over the old one.
+    write_wav(library / "Artist" / "Album" / "tmp", seconds=2.0)
+    os.replace(library / "Artist" / "Album" / "tmp", library / "Artist" / "Album" / "01 song.wav")
+    os.remove(library / "a.wav")
+    write_wav(library / "New" / "b.wav")
+    report = scan_library(store, library)
+    assert (report.new, report.changed, report.removed, report.total) == (1, 1, 1, 3)
+    files = _by_name(store, report.library_id)
+    changed = files["01 song.wav"]
+    assert changed["duration_s"] == pytest.approx(2.0, abs=0.01)
+    assert changed["analyzed_at"] is None and changed["calibration_hash"] is None
+    assert changed["file_tags_pending"] is False
+    assert store.file_tags_for_files([changed["_key"]]) == []
+    assert "a.wav" not in files and "b.wav" in files
+
+
+def test_in_place_edit_needs_a_full_scan(store: Store, library: Path) -> None:
+    scan_library(store, library)
+    target = library / "a.wav"
+    folder_mtime = (library).stat().st_mtime_ns
+    with open(target, "ab") as f:
+        f.write(b"\0" * 10)
+    os.utime(library, ns=(folder_mtime, folder_mtime))
+    assert scan_library(store, library).changed == 0
+    assert scan_library(store, library, full=True).changed == 1
+
+
+def test_removed_folder_removes_its_files(store: Store, library: Path) -> None:
+    scan_library(store, library)
+    shutil.rmtree(library / "Artist")
+    report = scan_library(store, library)
+    assert (report.removed, report.total) == (2, 1)
+
+
+def test_bad_files_become_per_file_errors(store: Store, library: Path) -> None:
+    (library / "empty.mp3").write_bytes(b"")
+    (library / "text.flac").write_text("this is not a flac file at all" * 10)
+    truncated = library / "truncated.wav"
+    truncated.write_bytes((library / "a.wav").read_bytes()[:30])
+    report = scan_library(store, library)
+    assert report.errors == 3 and report.total == 6
+    files = _by_name(store, report.library_id)
+    assert files["empty.mp3"]["scan_error"] == "empty file (0 bytes)"
+    assert "not readable as audio" in files["text.flac"]["scan_error"] or (
+        files["text.flac"]["scan_error"] == "not a recognised audio file"
+    )
+    assert files["truncated.wav"]["scan_error"]
+    assert files["a.wav"]["scan_error"] is None
+
+
+def test_undecodable_file_name_is_an_error_not_a_crash(store: Store, library: Path) -> None:
+    raw = os.fsencode(str(library)) + b"/caf\xe9.wav"
+    write_wav(Path(os.fsdecode(raw)))
+    report = scan_library(store, library)
+    assert report.errors == 1
+    (bad,) = [f for page in store.iter_files(report.library_id) for f in page if f["scan_error"]]
+    assert "not valid UTF-8" in bad["scan_error"] and bad["path"].endswith("caf\\xe9.wav")
+
+
+# Root reads every folder; the scan runs in a child process without the capabilities that
+# let root bypass file permissions.
+WITHOUT_CAPS = ["setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all"]
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux) to drop capabilities")
+def test_unreadable_folder_keeps_known_files_and_records_an_error(tmp_path: Path) -> None:
+    root = tmp_path / "music"
+    write_wav(root / "open" / "a.wav")
+    write_wav(root / "locked" / "b.wav")
+    db = tmp_path / "s.sqlite3"
+    script = (
+        "from pathlib import Path;"
+        "from nomarr_pipeline.store import open_store;"
+        "from nomarr_pipeline.library.scanner import scan_library;"
+        f"s = open_store('sqlite:///{db}'); r = scan_library(s, Path('{root}'));"
+        "print(r.total, r.errors, r.removed)"
+    )
+    run = [*WITHOUT_CAPS, sys.executable, "-c", script]
+    assert subprocess.run(run, capture_output=True, text=True, check=True).stdout.split() == ["2", "0", "0"]
+    os.chmod(root / "locked", 0o000)
+    try:
+        out = subprocess.run(run, capture_output=True, text=True, check=True).stdout.split()
+    finally:
+        os.chmod(root / "locked", 0o755)
+    assert out == ["3", "1", "0"]  # b.wav kept, plus an error document for the folder
+
+
+def test_symlinks_never_leave_the_root_and_loops_end(store: Store, library: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    write_wav(outside / "secret.wav")
+    (library / "escape").symlink_to(outside, target_is_directory=True)
+    (library / "escape.wav").symlink_to(outside / "secret.wav")
+    (library / "Artist" / "loop").symlink_to(library, target_is_directory=True)
+    (library / "alias.wav").symlink_to(library / "a.wav")
+    report = scan_library(store, library)
+    names = set(_by_name(store, report.library_id))
+    assert "secret.wav" not in names and "escape.wav" not in names
+    assert "alias.wav" in names and report.total == 4
+
+
+def test_changed_folders_sees_additions_and_removals(store: Store, library: Path) -> None:
+    report = scan_library(store, library)
+    cache = store.load_folder_cache(report.library_id)
+    assert changed_folders(cache, report.root) == []
+    write_wav(library / "Artist" / "Album" / "03 new.wav")
+    assert changed_folders(cache, report.root) == [str(library.resolve() / "Artist" / "Album")]
+    assert changed_folders({}, report.root) == [report.root]
+
+
+def test_missing_root_is_a_clear_error(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(NotADirectoryError, match="not a folder"):
+        scan_library(store, tmp_path / "nope")
+
+
+def test_mp3_from_ffmpeg_has_duration(store: Store, tmp_path: Path) -> None:
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is installed by the test command; run it through scripts/test.sh")
+    root = tmp_path / "lib"
+    root.mkdir()
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=300:duration=1.5",
+            str(root / "tone.mp3"),
+        ],
+        check=True,
+    )
+    report = scan_library(store, root)
+    (f,) = [f for page in store.iter_files(report.library_id) for f in page]
+    assert f["duration_s"] == pytest.approx(1.5, abs=0.1) and f["scan_error"] is None
