@@ -1,0 +1,190 @@
+"""``calibration_state`` and ``calibration_history`` documents (seed 000, DESIGN.md §5).
+
+One state document per (model_key, head_name, label) holds the calibration *in force*;
+one history document per computation records what was computed, whether or not it was
+adopted.
+
+Drift tolerance (DESIGN.md §5, decision 2): the p5/p95 in force change only when
+
+* there is no previous calibration in force (first computation),
+* the head's version or the histogram spec changed (a new calibration definition), or
+* ``|Δp5|`` or ``|Δp95|`` against the values in force is at least ``drift_tolerance``
+  (``0`` adopts every computation).
+
+Everything else (``n``, under/overflow counts, timestamps, the freshly computed
+``computed_p5``/``computed_p95``) always updates, so the state shows what the library looks
+like now while the library-wide ``calibration_hash`` (which hashes p5/p95 in force) stays
+put for tiny drift. Note that ``n`` can therefore describe a newer computation than p5/p95.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from nomarr_pipeline.calibration.histogram import HistogramSpec, PercentileResult
+
+Doc = dict[str, Any]
+
+DEFAULT_DRIFT_TOLERANCE = 0.005
+
+# Percentiles are bin edges, so a drift of exactly k bins can come out a few ulps short of
+# the tolerance in floating point; this slack keeps "moved by >= tolerance" meaning that.
+_FLOAT_SLACK = 1e-12
+
+
+def calibration_key(model_key: str, head_name: str, label: str) -> str:
+    """Identity of a calibration (DESIGN.md §5, decision 1): labels of different heads and
+    backbones never collide."""
+    return f"{model_key}:{head_name}:{label}"
+
+
+def calibration_def_hash(model_key: str, head_name: str, version: int | str) -> str:
+    """MD5 of (model_key, head_name, version), the seed's calibration definition identity."""
+    return hashlib.md5(f"{model_key}:{head_name}:{version}".encode()).hexdigest()
+
+
+# ArangoDB document keys allow letters, digits and _-:.@()+,=;$!*'% (max 254 bytes); labels
+# such as "Hip Hop" or "Folk, World, & Country" need the rest replaced.
+_UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-:.@()+,=;$!*']")
+
+
+def history_key(key: str, snapshot_at: int) -> str:
+    """Deterministic, store-safe ``_key`` of the snapshot of ``key`` taken at ``snapshot_at``.
+
+    Deterministic so that rerunning a computation with the same clock value overwrites the
+    same snapshot instead of appending a duplicate; the digest keeps two labels that differ
+    only in unsafe characters apart.
+    """
+    readable = _UNSAFE_KEY_CHARS.sub("_", key)[:180]
+    digest = hashlib.md5(key.encode()).hexdigest()[:8]
+    return f"{readable}.{digest}@{snapshot_at}"
+
+
+def _drifted(previous: float, current: float, tolerance: float) -> bool:
+    return abs(current - previous) >= tolerance - _FLOAT_SLACK
+
+
+def should_adopt(
+    previous: Mapping[str, Any] | None,
+    *,
+    version: int | str,
+    spec: HistogramSpec,
+    p5: float,
+    p95: float,
+    drift_tolerance: float,
+) -> bool:
+    """Whether a fresh computation replaces the p5/p95 in force (module doc)."""
+    if drift_tolerance < 0:
+        raise ValueError(f"drift_tolerance must be >= 0, got {drift_tolerance}")
+    if previous is None or previous.get("p5") is None or previous.get("p95") is None:
+        return True
+    if previous.get("version") != version:
+        return True
+    previous_histogram = previous.get("histogram")
+    if previous_histogram is None or _spec_of(previous_histogram) != spec:
+        return True
+    return _drifted(previous["p5"], p5, drift_tolerance) or _drifted(
+        previous["p95"], p95, drift_tolerance
+    )
+
+
+def _spec_of(histogram: Mapping[str, Any]) -> HistogramSpec | None:
+    try:
+        return HistogramSpec.from_doc(histogram)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def compute_state(
+    previous: Mapping[str, Any] | None,
+    *,
+    model_key: str,
+    head_name: str,
+    label: str,
+    version: int,
+    spec: HistogramSpec,
+    result: PercentileResult,
+    now_ms: int,
+    drift_tolerance: float = DEFAULT_DRIFT_TOLERANCE,
+    previous_snapshot: Mapping[str, Any] | None = None,
+) -> tuple[Doc, Doc]:
+    """The new state document and this computation's history snapshot.
+
+    ``previous`` is the stored state (``store.get_calibration``), ``previous_snapshot`` the
+    newest history document (``store.latest_history``); deltas are against that snapshot and
+    ``None`` when there is none. ``result`` must have values: a label with ``n == 0`` gets
+    no calibration at all.
+    """
+    if result.p5 is None or result.p95 is None:
+        raise ValueError(
+            f"no values for {calibration_key(model_key, head_name, label)}: "
+            "a label with n == 0 gets no calibration state"
+        )
+    key = calibration_key(model_key, head_name, label)
+    adopt = should_adopt(
+        previous,
+        version=version,
+        spec=spec,
+        p5=result.p5,
+        p95=result.p95,
+        drift_tolerance=drift_tolerance,
+    )
+    state: Doc = {
+        "_key": key,
+        "model_key": model_key,
+        "head_name": head_name,
+        "label": label,
+        "calibration_def_hash": calibration_def_hash(model_key, head_name, version),
+        "version": version,
+        "histogram": spec.to_doc(),
+        "p5": result.p5,
+        "p95": result.p95,
+        "n": result.n,
+        "underflow_count": result.underflow_count,
+        "overflow_count": result.overflow_count,
+        "computed_p5": result.p5,
+        "computed_p95": result.p95,
+        "adopted_at": now_ms,
+        "imported": False,
+        "imported_at": None,
+        "created_at": now_ms,
+        "updated_at": now_ms,
+        "last_computation_at": now_ms,
+    }
+    if previous is not None:
+        state["created_at"] = previous.get("created_at") or now_ms
+        if not adopt:
+            # Keep the calibration in force and where it came from (e.g. an imported package).
+            state["p5"] = previous["p5"]
+            state["p95"] = previous["p95"]
+            state["adopted_at"] = previous.get("adopted_at") or previous.get("updated_at")
+            state["imported"] = bool(previous.get("imported", False))
+            state["imported_at"] = previous.get("imported_at")
+
+    history: Doc = {
+        "_key": history_key(key, now_ms),
+        "calibration_key": key,
+        "snapshot_at": now_ms,
+        "p5": result.p5,
+        "p95": result.p95,
+        "n": result.n,
+        "underflow_count": result.underflow_count,
+        "overflow_count": result.overflow_count,
+        "p5_delta": None,
+        "p95_delta": None,
+        "n_delta": None,
+        "adopted": adopt,
+    }
+    if previous_snapshot is not None:
+        history["p5_delta"] = _delta(previous_snapshot.get("p5"), result.p5)
+        history["p95_delta"] = _delta(previous_snapshot.get("p95"), result.p95)
+        previous_n = previous_snapshot.get("n")
+        history["n_delta"] = None if previous_n is None else result.n - int(previous_n)
+    return state, history
+
+
+def _delta(previous: float | None, current: float) -> float | None:
+    return None if previous is None else current - float(previous)

@@ -1,0 +1,59 @@
+"""Reference binning for tests: what the store's histogram query must return."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+
+from nomarr_pipeline.calibration.histogram import HistogramSpec
+from nomarr_pipeline.store.protocol import SparseHistogram
+
+
+def eligible(values: Iterable[object]) -> list[float]:
+    """Finite numbers only (the store's eligibility rule); bools, strings, NaN, inf are not."""
+    return [
+        float(v)
+        for v in values
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    ]
+
+
+def reference_histogram(values: Iterable[object], spec: HistogramSpec) -> SparseHistogram:
+    counts: Counter[int] = Counter()
+    underflow = overflow = 0
+    for value in eligible(values):
+        if value < spec.lo:
+            underflow += 1
+        elif value > spec.hi:
+            overflow += 1
+        else:
+            counts[min(int((value - spec.lo) / spec.bin_width), spec.bins - 1)] += 1
+    return SparseHistogram(sorted(counts.items()), underflow, overflow)
+
+
+def adversarial_datasets() -> dict[str, list[object]]:
+    """Value sets that stress the percentile rule; some hold values the store must ignore."""
+    rng = __import__("numpy").random.default_rng(20260116)
+    uniform = rng.uniform(0.0, 1.0, 5000).tolist()
+    bimodal = [*rng.normal(0.1, 0.02, 3000).clip(0, 1), *rng.normal(0.9, 0.02, 2000).clip(0, 1)]
+    edges = [i / 10_000 for i in range(0, 10_001, 37)]  # exactly on bin edges, incl. 1.0
+    return {
+        "uniform": uniform,
+        "bimodal": [float(v) for v in bimodal],
+        "all_equal": [0.4242] * 1000,
+        "all_zeros": [0.0] * 777,
+        "all_ones": [1.0] * 777,
+        "bin_edges": edges,
+        "out_of_range": [*rng.uniform(-0.5, 0.0, 100), *uniform[:800], *rng.uniform(1.0, 2.0, 100)],
+        "mostly_underflow": [*([-1.0] * 960), *uniform[:40]],
+        "mostly_overflow": [*uniform[:40], *([3.0] * 960)],
+        "ineligible_mixed": [
+            *uniform[:500], float("nan"), float("inf"), float("-inf"), "0.5", "abc", None, True,
+        ],
+        "single": [0.3333],
+        "two": [0.2, 0.8],
+        "twenty": [i / 20 for i in range(20)],
+        "empty": [],
+        "only_ineligible": [float("nan"), "0.5"],
+    }
