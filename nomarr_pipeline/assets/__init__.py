@@ -1,0 +1,1 @@
+"""Dagster assets: thin adapters that call the domain packages with a store."""
