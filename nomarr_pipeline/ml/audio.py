@@ -1,0 +1,66 @@
+"""Decoding audio once per file: 16 kHz mono float32, as every Essentia backbone expects.
+
+Files are only ever opened for reading; analysis never modifies audio (DESIGN.md §6).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+# Essentia's MonoLoader cannot decode Opus; ffmpeg decodes it to the same raw format.
+FFMPEG_SUFFIXES = frozenset({".opus"})
+FFMPEG_TIMEOUT_S = 600.0
+
+
+class AudioDecodeError(ValueError):
+    """The file could not be decoded into audio."""
+
+
+def decode_with_ffmpeg(path: Path) -> np.ndarray:
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise AudioDecodeError(f"ffmpeg is needed to decode {path.suffix} files but is not installed")
+    command = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path),
+               "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-"]
+    try:
+        completed = subprocess.run(
+            command, capture_output=True, check=False, timeout=FFMPEG_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise AudioDecodeError(f"ffmpeg took more than {FFMPEG_TIMEOUT_S:.0f}s") from None
+    if completed.returncode != 0:
+        message = completed.stderr.decode("utf-8", "replace").strip().splitlines()
+        detail = message[-1] if message else f"exit code {completed.returncode}"
+        raise AudioDecodeError(f"ffmpeg could not decode the file: {detail}")
+    return np.frombuffer(completed.stdout, dtype="<f4").astype(np.float32)
+
+
+def decode_with_essentia(path: Path) -> np.ndarray:
+    import essentia.standard as es
+
+    try:
+        loader = es.MonoLoader(filename=str(path), sampleRate=SAMPLE_RATE, resampleQuality=4)
+        return np.asarray(loader(), dtype=np.float32)
+    except RuntimeError as exc:
+        raise AudioDecodeError(f"Essentia could not decode the file: {exc}") from exc
+
+
+def load_audio(path: Path) -> np.ndarray:
+    """The whole file as 16 kHz mono float32 samples; :class:`AudioDecodeError` if it fails."""
+    if not path.is_file():
+        raise AudioDecodeError(f"file not found: {path}")
+    if path.suffix.lower() in FFMPEG_SUFFIXES:
+        samples = decode_with_ffmpeg(path)
+    else:
+        samples = decode_with_essentia(path)
+    if samples.size == 0:
+        raise AudioDecodeError("the file decodes to no audio samples")
+    if not np.all(np.isfinite(samples)):
+        raise AudioDecodeError("the decoded audio contains NaN or infinite samples")
+    return samples

@@ -1,0 +1,235 @@
+"""Tiny, real Essentia models for tests, the demo and benchmarks.
+
+The real Essentia weights cannot be downloaded on the build machines, so the project writes
+its own frozen graphs with the real node names and shapes and Essentia-style metadata.
+They load and run in the real Essentia algorithms unchanged. Their weights are
+deterministic (seeded by file name) and chosen so that outputs depend on the audio's
+spectral shape: different audio → visibly different predictions spread over (0, 1).
+
+The graphs are deliberately cheap: a backbone averages each mel band over the patch,
+removes the mean level (so loudness alone does not decide), and projects through a small
+hidden layer; a head is one dense layer plus its activation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nomarr_pipeline.ml.graphdef import GraphBuilder
+
+MEL_BANDS = 96
+HIDDEN_UNITS = 16
+SAMPLE_RATE = 16000
+
+
+@dataclass(frozen=True)
+class _BackboneSpec:
+    name: str
+    algorithm: str
+    input_node: str
+    patch_frames: int
+    embedding_node: str
+    embedding_size: int
+    predictions_node: str
+    prediction_classes: tuple[str, ...]
+
+
+EFFNET = _BackboneSpec(
+    name="discogs-effnet-bs64-1",
+    algorithm="TensorflowPredictEffnetDiscogs",
+    input_node="serving_default_melspectrogram",
+    patch_frames=128,
+    embedding_node="PartitionedCall:1",
+    embedding_size=1280,
+    predictions_node="PartitionedCall:0",
+    prediction_classes=tuple(f"Demo---Style {index:03d}" for index in range(400)),
+)
+MUSICNN = _BackboneSpec(
+    name="msd-musicnn-1",
+    algorithm="TensorflowPredictMusiCNN",
+    input_node="model/Placeholder",  # what TensorflowPredictMusiCNN feeds by default
+    patch_frames=187,
+    embedding_node="model/dense/BiasAdd",
+    embedding_size=200,
+    predictions_node="model/Sigmoid",
+    prediction_classes=tuple(f"demo tag {index:02d}" for index in range(50)),
+)
+
+
+@dataclass(frozen=True)
+class _HeadSpec:
+    name: str
+    backbone: _BackboneSpec
+    classes: tuple[str, ...]
+    activation: str  # Softmax | Sigmoid | Identity
+    type: str
+    partitioned: bool = False  # genre_discogs400 style node names
+
+
+HEADS: tuple[_HeadSpec, ...] = (
+    _HeadSpec("mood_happy-discogs-effnet-1", EFFNET, ("happy", "non_happy"), "Softmax",
+              "Mood happy classification"),
+    _HeadSpec("danceability-discogs-effnet-1", EFFNET, ("danceable", "not_danceable"),
+              "Softmax", "Danceability classification"),
+    _HeadSpec("mood_aggressive-discogs-effnet-1", EFFNET, ("aggressive", "not_aggressive"),
+              "Softmax", "Mood aggressive classification"),
+    _HeadSpec("mtg_jamendo_moodtheme-discogs-effnet-1", EFFNET,
+              ("calm", "dark", "energetic", "happy", "melancholic"), "Sigmoid",
+              "Multi-label mood and theme classification"),
+    _HeadSpec("approachability_regression-discogs-effnet-1", EFFNET, ("approachability",),
+              "Identity", "Approachability regression"),
+    _HeadSpec("genre_discogs400-discogs-effnet-1", EFFNET,
+              ("Electronic---House", "Electronic---Techno", "Rock---Punk", "Jazz---Swing",
+               "Hip Hop---Boom Bap", "Classical---Baroque"),
+              "Sigmoid", "Music style classification", partitioned=True),
+    _HeadSpec("mood_sad-msd-musicnn-1", MUSICNN, ("non_sad", "sad"), "Softmax",
+              "Mood sad classification"),
+)
+
+
+def _rng(name: str) -> np.random.Generator:
+    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+    return np.random.default_rng(seed)
+
+
+def _backbone_graph(spec: _BackboneSpec) -> GraphBuilder:
+    rng = _rng(spec.name)
+    graph = GraphBuilder()
+    melspectrogram = graph.placeholder(spec.input_node, [-1, spec.patch_frames, MEL_BANDS])
+    band_profile = graph.mean("demo/band_profile", melspectrogram, [1])
+    level = graph.mean("demo/level", band_profile, [1], keep_dims=True)
+    spectral_shape = graph.binary("demo/spectral_shape", "Sub", band_profile, level)
+    hidden_weights = graph.const(
+        "demo/hidden/kernel", rng.normal(0.0, 0.6 / np.sqrt(MEL_BANDS), (MEL_BANDS, HIDDEN_UNITS))
+    )
+    hidden = graph.unary(
+        "demo/hidden/Tanh", "Tanh", graph.matmul("demo/hidden/MatMul", spectral_shape,
+                                                 hidden_weights)
+    )
+    embedding_weights = rng.normal(0.0, 1.0 / np.sqrt(HIDDEN_UNITS),
+                                   (HIDDEN_UNITS, spec.embedding_size))
+    prediction_weights = rng.normal(0.0, 2.0 / np.sqrt(HIDDEN_UNITS),
+                                    (HIDDEN_UNITS, len(spec.prediction_classes)))
+    if spec is EFFNET:
+        embeddings = graph.matmul("demo/embeddings", hidden,
+                                  graph.const("demo/embeddings/kernel", embedding_weights))
+        predictions = graph.unary(
+            "demo/predictions", "Sigmoid",
+            graph.matmul("demo/logits", hidden,
+                         graph.const("demo/logits/kernel", prediction_weights)),
+        )
+        # The real model exposes both outputs from one node: :0 styles, :1 embeddings.
+        graph.identity_n("PartitionedCall", [predictions, embeddings])
+    else:
+        embeddings = graph.dense("model/dense", hidden, embedding_weights,
+                                 np.zeros(spec.embedding_size))
+        graph.unary(
+            "model/Sigmoid", "Sigmoid",
+            graph.matmul("model/logits", hidden,
+                         graph.const("model/logits/kernel", prediction_weights)),
+        )
+    return graph
+
+
+def _head_nodes(spec: _HeadSpec) -> tuple[str, str]:
+    if spec.partitioned:
+        return "serving_default_model_Placeholder", "PartitionedCall:0"
+    return "model/Placeholder", f"model/{spec.activation}"
+
+
+def _head_graph(spec: _HeadSpec) -> GraphBuilder:
+    rng = _rng(spec.name)
+    width = spec.backbone.embedding_size
+    # Embeddings have a per-dimension std of about 0.5; this scale gives logits of std ~1.5,
+    # so activations spread over (0, 1) instead of saturating.
+    weights = rng.normal(0.0, 3.0 / np.sqrt(width), (width, len(spec.classes)))
+    bias = rng.normal(0.0, 0.1, len(spec.classes))
+    input_node, output_node = _head_nodes(spec)
+    graph = GraphBuilder()
+    features = graph.placeholder(input_node, [-1, width])
+    logits = graph.dense("model/dense", features, weights, bias)
+    output_name = output_node.split(":", 1)[0]
+    graph.unary(output_name, spec.activation, logits)
+    return graph
+
+
+def _backbone_metadata(spec: _BackboneSpec) -> dict[str, Any]:
+    return {
+        "name": f"{spec.name} (nomarr demo)",
+        "type": "Demo feature extractor",
+        "version": "1",
+        "description": "Tiny generated stand-in with the real node names; not a trained model.",
+        "framework": "tensorflow",
+        "classes": list(spec.prediction_classes),
+        "model_types": ["frozen_model"],
+        "schema": {
+            "inputs": [{"name": spec.input_node, "type": "float",
+                        "shape": ["batch_size", spec.patch_frames, MEL_BANDS]}],
+            "outputs": [
+                {"name": spec.predictions_node, "type": "float",
+                 "shape": ["batch_size", len(spec.prediction_classes)],
+                 "output_purpose": "predictions"},
+                {"name": spec.embedding_node, "type": "float",
+                 "shape": ["batch_size", spec.embedding_size], "output_purpose": "embeddings"},
+            ],
+        },
+        "inference": {"sample_rate": SAMPLE_RATE, "algorithm": spec.algorithm},
+    }
+
+
+def _head_metadata(spec: _HeadSpec) -> dict[str, Any]:
+    input_node, output_node = _head_nodes(spec)
+    return {
+        "name": f"{spec.name} (nomarr demo)",
+        "type": spec.type,
+        "version": "1",
+        "description": "Tiny generated stand-in with the real node names; not a trained model.",
+        "framework": "tensorflow",
+        "classes": list(spec.classes),
+        "model_types": ["frozen_model"],
+        "schema": {
+            "inputs": [{"name": input_node, "type": "float",
+                        "shape": ["batch_size", spec.backbone.embedding_size]}],
+            "outputs": [{"name": output_node, "type": "float",
+                         "shape": ["batch_size", len(spec.classes)], "op": spec.activation,
+                         "output_purpose": "predictions"}],
+        },
+        "inference": {
+            "sample_rate": SAMPLE_RATE,
+            "algorithm": "TensorflowPredict2D",
+            "embedding_model": {"algorithm": spec.backbone.algorithm,
+                                "model_name": spec.backbone.name},
+        },
+    }
+
+
+def _write_pair(dest: Path, name: str, graph: GraphBuilder, metadata: dict[str, Any]) -> Path:
+    graph_path = graph.write(dest / f"{name}.pb")
+    (dest / f"{name}.json").write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    return graph_path
+
+
+def write_demo_models(dest: Path, *, heads: tuple[str, ...] | None = None) -> list[Path]:
+    """Write both backbones and the demo heads (or only ``heads``, by file stem) to ``dest``.
+
+    Returns the written ``.pb`` paths; each has its ``.json`` beside it. Deterministic:
+    the same call always writes the same bytes.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    written = [
+        _write_pair(dest, spec.name, _backbone_graph(spec), _backbone_metadata(spec))
+        for spec in (EFFNET, MUSICNN)
+    ]
+    for spec in HEADS:
+        if heads is None or spec.name in heads:
+            written.append(_write_pair(dest, spec.name, _head_graph(spec), _head_metadata(spec)))
+    return written
+
+
+HEAD_NAMES: tuple[str, ...] = tuple(spec.name for spec in HEADS)

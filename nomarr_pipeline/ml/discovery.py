@@ -1,0 +1,433 @@
+"""Model discovery: Essentia ``<name>.pb`` + ``<name>.json`` pairs → backbones and heads.
+
+Only JSON files are parsed and model files hashed; nothing is loaded into TensorFlow here,
+so discovery is cheap enough for a sensor tick. A broken model becomes a
+:class:`ModelProblem` and never hides the models that work (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+HEAD_ALGORITHM = "TensorflowPredict2D"
+
+
+@dataclass(frozen=True)
+class BackboneFamily:
+    """What the pipeline knows about one Essentia embedding algorithm."""
+
+    family: str
+    algorithm: str
+    embedding_output: str
+    embedding_size: int
+
+
+BACKBONE_FAMILIES: dict[str, BackboneFamily] = {
+    family.algorithm: family
+    for family in (
+        BackboneFamily("effnet", "TensorflowPredictEffnetDiscogs", "PartitionedCall:1", 1280),
+        BackboneFamily("musicnn", "TensorflowPredictMusiCNN", "model/dense/BiasAdd", 200),
+        BackboneFamily("vggish", "TensorflowPredictVGGish", "model/vggish/embeddings", 128),
+    )
+}
+
+# Dagster partition keys must stay unambiguous in key ranges, lists and URLs.
+_FORBIDDEN_KEY_CHARS = re.compile(r"[/,|\[\]\s]")
+
+
+class HeadKind(StrEnum):
+    SOFTMAX = "softmax"  # mutually exclusive classes (mood_happy: happy / non_happy)
+    SIGMOID = "sigmoid"  # multi-label, independent activations (mtg_jamendo_moodtheme)
+    REGRESSION = "regression"  # unbounded values through model/Identity
+    PARTITIONED = "partitioned"  # genre_discogs400 style: serving_default_* → PartitionedCall
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """An embedding model: run once per file, its patch embeddings feed every head."""
+
+    name: str  # file stem, e.g. "discogs-effnet-bs64-1"
+    family: str
+    algorithm: str
+    graph_path: Path
+    metadata_path: Path
+    input_node: str | None  # None → the Essentia algorithm's default
+    embedding_output: str
+    embedding_size: int
+    version: int
+
+
+@dataclass(frozen=True)
+class Head:
+    """A classifier/regressor on top of one backbone's embeddings; one Dagster partition."""
+
+    name: str  # file stem, e.g. "mood_happy-discogs-effnet-1"
+    head_name: str
+    embedding_tag: str
+    model_key: str
+    labels: tuple[str, ...]
+    version: int
+    kind: HeadKind
+    graph_path: Path
+    metadata_path: Path
+    input_node: str
+    output_node: str
+    backbone: Backbone
+    tagger_version: str
+
+    @property
+    def partition_key(self) -> str:
+        return f"{self.model_key}:{self.head_name}"
+
+
+@dataclass(frozen=True)
+class ModelProblem:
+    """A model file that cannot be used, and why (shown to the user, never raised)."""
+
+    path: Path
+    message: str
+
+
+@dataclass(frozen=True)
+class ModelCatalog:
+    backbones: tuple[Backbone, ...] = ()
+    heads: tuple[Head, ...] = ()
+    problems: tuple[ModelProblem, ...] = ()
+    _by_key: Mapping[str, Head] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def partition_keys(self) -> list[str]:
+        return sorted(head.partition_key for head in self.heads)
+
+    def head(self, partition_key: str) -> Head | None:
+        return self._by_key.get(partition_key)
+
+    def select(self, partition_keys: Iterable[str]) -> tuple[list[Head], list[str]]:
+        """Heads for these keys, and the keys that name no usable head."""
+        found: list[Head] = []
+        missing: list[str] = []
+        for key in partition_keys:
+            head = self._by_key.get(key)
+            if head is None:
+                missing.append(key)
+            else:
+                found.append(head)
+        return found, missing
+
+
+class ModelMetadataError(ValueError):
+    """Why one model's metadata cannot be used."""
+
+
+def partition_key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be a Dagster partition key, or None."""
+    if not key or key != key.strip():
+        return f"partition key {key!r} is empty or has surrounding spaces"
+    bad = sorted(set(_FORBIDDEN_KEY_CHARS.findall(key)))
+    if bad:
+        return f"partition key {key!r} contains forbidden characters {bad}"
+    return None
+
+
+def discover_models(models_dir: Path, *, compute_versions: bool = True) -> ModelCatalog:
+    """Every usable backbone and head under ``models_dir`` (recursive) plus the problems.
+
+    ``compute_versions=False`` skips hashing model bytes (``tagger_version`` is then empty):
+    enough for a sensor that only needs partition keys.
+    """
+    if not models_dir.is_dir():
+        return ModelCatalog(
+            problems=(ModelProblem(models_dir, "models directory does not exist"),)
+        )
+    problems: list[ModelProblem] = []
+    backbones: dict[str, Backbone] = {}
+    head_entries: list[tuple[Path, Path, dict[str, Any]]] = []
+
+    for metadata_path, graph_path in _model_pairs(models_dir, problems):
+        try:
+            metadata = _read_metadata(metadata_path)
+            if _is_head(metadata):
+                head_entries.append((metadata_path, graph_path, metadata))
+                continue
+            backbone = _parse_backbone(metadata_path, graph_path, metadata)
+        except ModelMetadataError as exc:
+            problems.append(ModelProblem(metadata_path, str(exc)))
+            continue
+        if backbone.name in backbones:
+            problems.append(ModelProblem(metadata_path, _duplicate(backbones[backbone.name])))
+            continue
+        backbones[backbone.name] = backbone
+
+    heads: dict[str, Head] = {}
+    for metadata_path, graph_path, metadata in head_entries:
+        try:
+            head = _parse_head(metadata_path, graph_path, metadata, backbones, compute_versions)
+        except ModelMetadataError as exc:
+            problems.append(ModelProblem(metadata_path, str(exc)))
+            continue
+        if head.partition_key in heads:
+            problems.append(ModelProblem(metadata_path, _duplicate(heads[head.partition_key])))
+            continue
+        heads[head.partition_key] = head
+
+    ordered_heads = tuple(heads[key] for key in sorted(heads))
+    return ModelCatalog(
+        backbones=tuple(backbones[name] for name in sorted(backbones)),
+        heads=ordered_heads,
+        problems=tuple(sorted(problems, key=lambda p: str(p.path))),
+        _by_key=dict(heads),
+    )
+
+
+def _duplicate(first: Backbone | Head) -> str:
+    return f"duplicate of {first.metadata_path} (same name); this copy is ignored"
+
+
+def _model_pairs(models_dir: Path, problems: list[ModelProblem]) -> list[tuple[Path, Path]]:
+    pairs: list[tuple[Path, Path]] = []
+    for metadata_path in sorted(models_dir.rglob("*.json")):
+        graph_path = metadata_path.with_suffix(".pb")
+        if graph_path.is_file():
+            pairs.append((metadata_path, graph_path))
+        else:
+            problems.append(ModelProblem(metadata_path, f"model file {graph_path.name} is missing"))
+    for graph_path in sorted(models_dir.rglob("*.pb")):
+        if not graph_path.with_suffix(".json").is_file():
+            problems.append(
+                ModelProblem(graph_path, f"metadata {graph_path.stem}.json is missing")
+            )
+    return pairs
+
+
+def _read_metadata(path: Path) -> dict[str, Any]:
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelMetadataError(f"unreadable model metadata: {exc}") from exc
+    if not isinstance(metadata, dict):
+        raise ModelMetadataError("model metadata is not a JSON object")
+    return metadata
+
+
+def _inference(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
+    inference = metadata.get("inference") or {}
+    if not isinstance(inference, Mapping):
+        raise ModelMetadataError("'inference' is not an object")
+    return inference
+
+
+def _is_head(metadata: Mapping[str, Any]) -> bool:
+    inference = metadata.get("inference")
+    if not isinstance(inference, Mapping):
+        return False
+    return inference.get("algorithm") == HEAD_ALGORITHM or "embedding_model" in inference
+
+
+def _version(metadata: Mapping[str, Any]) -> int:
+    raw = metadata.get("version", 1)
+    try:
+        version = int(raw)
+    except (TypeError, ValueError):
+        raise ModelMetadataError(f"'version' {raw!r} is not an integer") from None
+    if version < 0:
+        raise ModelMetadataError(f"'version' {version} is negative")
+    return version
+
+
+def _schema_nodes(metadata: Mapping[str, Any], section: str) -> list[Mapping[str, Any]]:
+    schema = metadata.get("schema") or {}
+    nodes = schema.get(section) if isinstance(schema, Mapping) else None
+    if nodes is None:
+        return []
+    if not isinstance(nodes, list) or not all(
+        isinstance(node, Mapping) and isinstance(node.get("name"), str) for node in nodes
+    ):
+        raise ModelMetadataError(f"'schema.{section}' must be a list of objects with a name")
+    return nodes
+
+
+def _last_int_dim(node: Mapping[str, Any]) -> int | None:
+    shape = node.get("shape")
+    if isinstance(shape, list) and shape and isinstance(shape[-1], int):
+        return shape[-1]
+    return None
+
+
+def _parse_backbone(
+    metadata_path: Path, graph_path: Path, metadata: Mapping[str, Any]
+) -> Backbone:
+    algorithm = _inference(metadata).get("algorithm")
+    known = BACKBONE_FAMILIES.get(str(algorithm))
+    if known is None:
+        supported = ", ".join(sorted(BACKBONE_FAMILIES))
+        raise ModelMetadataError(
+            f"unsupported backbone algorithm {algorithm!r} (supported: {supported})"
+        )
+    inputs = _schema_nodes(metadata, "inputs")
+    return Backbone(
+        name=graph_path.stem,
+        family=known.family,
+        algorithm=known.algorithm,
+        graph_path=graph_path,
+        metadata_path=metadata_path,
+        input_node=str(inputs[0]["name"]) if inputs else None,
+        embedding_output=known.embedding_output,
+        embedding_size=known.embedding_size,
+        version=_version(metadata),
+    )
+
+
+def _find_backbone(inference: Mapping[str, Any], backbones: Mapping[str, Backbone]) -> Backbone:
+    embedding = inference.get("embedding_model")
+    if not isinstance(embedding, Mapping):
+        raise ModelMetadataError("head metadata names no 'inference.embedding_model'")
+    candidates: list[str] = []
+    if isinstance(embedding.get("model_name"), str):
+        candidates.append(embedding["model_name"])
+    if isinstance(embedding.get("link"), str):
+        candidates.append(Path(embedding["link"].rsplit("/", 1)[-1]).stem)
+    for name in candidates:
+        if name in backbones:
+            return backbones[name]
+    wanted = " or ".join(repr(name) for name in dict.fromkeys(candidates)) or "(unnamed)"
+    raise ModelMetadataError(
+        f"its backbone {wanted} was not found in the models directory "
+        "(add the embedding model's .pb and .json)"
+    )
+
+
+def _predictions_output(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
+    outputs = _schema_nodes(metadata, "outputs")
+    for node in outputs:
+        if node.get("output_purpose") == "predictions":
+            return node
+    if len(outputs) == 1:
+        return outputs[0]
+    raise ModelMetadataError("'schema.outputs' has no output with output_purpose 'predictions'")
+
+
+def _head_kind(input_node: str, output: Mapping[str, Any]) -> HeadKind:
+    name = str(output["name"])
+    op = str(output.get("op") or name.rsplit("/", 1)[-1].split(":", 1)[0])
+    if name.startswith("PartitionedCall") or input_node.startswith("serving_default"):
+        return HeadKind.PARTITIONED
+    if op == "Softmax":
+        return HeadKind.SOFTMAX
+    if op == "Sigmoid":
+        return HeadKind.SIGMOID
+    if op == "Identity":
+        return HeadKind.REGRESSION
+    raise ModelMetadataError(
+        f"prediction output {name!r} (op {op!r}) is not Softmax, Sigmoid, Identity "
+        "or a PartitionedCall"
+    )
+
+
+def _parse_head(
+    metadata_path: Path,
+    graph_path: Path,
+    metadata: Mapping[str, Any],
+    backbones: Mapping[str, Backbone],
+    compute_versions: bool,
+) -> Head:
+    stem = graph_path.stem
+    head_name, sep, embedding_tag = stem.partition("-")
+    if not sep or not head_name or not embedding_tag:
+        raise ModelMetadataError(
+            f"head file name {stem!r} is not '<head_name>-<embedding tag>' "
+            "(e.g. mood_happy-discogs-effnet-1)"
+        )
+    classes = metadata.get("classes")
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(label, str) and label for label in classes)
+    ):
+        raise ModelMetadataError("'classes' must be a non-empty list of label strings")
+    if len(set(classes)) != len(classes):
+        raise ModelMetadataError("'classes' has duplicate labels")
+
+    inference = _inference(metadata)
+    algorithm = inference.get("algorithm", HEAD_ALGORITHM)
+    if algorithm != HEAD_ALGORITHM:
+        raise ModelMetadataError(
+            f"head algorithm {algorithm!r} is not supported (only {HEAD_ALGORITHM})"
+        )
+    backbone = _find_backbone(inference, backbones)
+    inputs = _schema_nodes(metadata, "inputs")
+    input_node = str(inputs[0]["name"]) if inputs else "model/Placeholder"
+    input_width = _last_int_dim(inputs[0]) if inputs else None
+    if input_width is not None and input_width != backbone.embedding_size:
+        raise ModelMetadataError(
+            f"head input width {input_width} does not match backbone {backbone.name!r} "
+            f"embedding size {backbone.embedding_size}"
+        )
+    output = _predictions_output(metadata)
+    output_width = _last_int_dim(output)
+    if output_width is not None and output_width != len(classes):
+        raise ModelMetadataError(
+            f"prediction output width {output_width} does not match {len(classes)} classes"
+        )
+
+    model_key = f"{backbone.family}-{embedding_tag}"
+    head = Head(
+        name=stem,
+        head_name=head_name,
+        embedding_tag=embedding_tag,
+        model_key=model_key,
+        labels=tuple(classes),
+        version=_version(metadata),
+        kind=_head_kind(input_node, output),
+        graph_path=graph_path,
+        metadata_path=metadata_path,
+        input_node=input_node,
+        output_node=str(output["name"]),
+        backbone=backbone,
+        tagger_version=(
+            tagger_version(backbone.graph_path, graph_path, metadata_path)
+            if compute_versions
+            else ""
+        ),
+    )
+    problem = partition_key_problem(head.partition_key)
+    if problem:
+        raise ModelMetadataError(problem)
+    return head
+
+
+# ---- versions ------------------------------------------------------------------------
+_digest_cache: dict[tuple[str, int, int], bytes] = {}
+
+
+def _file_digest(path: Path) -> bytes:
+    # Cached by (path, size, mtime): a backbone shared by many heads is read once per
+    # process, and a changed file is hashed again.
+    stat = path.stat()
+    cache_key = (str(path), stat.st_size, stat.st_mtime_ns)
+    cached = _digest_cache.get(cache_key)
+    if cached is None:
+        digest = hashlib.sha256()
+        with path.open("rb") as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+        cached = _digest_cache[cache_key] = digest.digest()
+    return cached
+
+
+def tagger_version(backbone_graph: Path, head_graph: Path, head_metadata: Path) -> str:
+    """16 hex chars identifying the exact model bytes; any change → re-analysis.
+
+    A hash over the three files' SHA-256 digests (equivalent to hashing their bytes in
+    order, without re-reading a shared backbone for every head).
+    """
+    combined = hashlib.sha256()
+    for path in (backbone_graph, head_graph, head_metadata):
+        combined.update(_file_digest(path))
+    return combined.hexdigest()[:16]

@@ -1,0 +1,226 @@
+"""Worker processes that isolate Essentia from the run.
+
+Essentia is not thread-safe and can crash its process on a corrupt file, so every file is
+analysed in a worker process. Each worker keeps its loaded models for its whole life. A
+worker that dies or exceeds the per-file timeout costs only that file: the file gets a
+clear error, the worker is replaced, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+import traceback
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+from nomarr_pipeline.ml.discovery import Head
+from nomarr_pipeline.ml.inference import FileAnalysis, HeadOutcome
+
+# spawn (not fork): TensorFlow's threads do not survive a fork, and a fresh interpreter
+# never inherits the parent's open database connections.
+START_METHOD = "spawn"
+_JOIN_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class FileTask:
+    """One file and exactly the heads it still needs."""
+
+    file_id: str
+    path: Path
+    heads: tuple[Head, ...]
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    """Test hook: files whose name contains a marker crash (SIGSEGV) or hang their worker.
+
+    Honoured only when passed explicitly to :class:`WorkerPool`; never on by default.
+    """
+
+    crash_marker: str | None = None
+    hang_marker: str | None = None
+
+    def apply(self, path: Path) -> None:
+        if self.crash_marker and self.crash_marker in path.name:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if self.hang_marker and self.hang_marker in path.name:
+            while True:
+                time.sleep(3600)
+
+
+def _worker_main(conn: Connection, faults: FaultInjection | None) -> None:
+    # Keep TensorFlow's C++ logging to real errors.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # A Ctrl-C in the terminal reaches the whole process group; let the parent decide.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from nomarr_pipeline.ml.inference import ModelSession
+
+    session = ModelSession()
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        task: FileTask = message
+        if faults is not None:
+            faults.apply(task.path)
+        try:
+            result = session.analyze_file(task.path, task.heads)
+        except Exception as exc:  # a bug must cost one file, not the worker
+            detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            result = failed_analysis(task, f"internal error: {detail}")
+        conn.send(result)
+
+
+def failed_analysis(task: FileTask, message: str) -> FileAnalysis:
+    return FileAnalysis(
+        tuple(HeadOutcome(head.partition_key, error=message) for head in task.heads), 0.0
+    )
+
+
+def _death_message(process: BaseProcess) -> str:
+    code = process.exitcode
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return f"worker crashed (signal {-code}, {name}) while analysing this file"
+    return f"worker exited unexpectedly (exit code {code}) while analysing this file"
+
+
+@dataclass
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+    task: FileTask | None = None
+    started: float = 0.0
+
+
+class WorkerPool:
+    """``processes`` workers, each analysing one file at a time with its cached models."""
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        file_timeout_s: float = 300.0,
+        *,
+        faults: FaultInjection | None = None,
+    ) -> None:
+        self.processes = max(1, processes or os.cpu_count() or 1)
+        if file_timeout_s <= 0:
+            raise ValueError(f"file_timeout_s must be positive, got {file_timeout_s}")
+        self.file_timeout_s = file_timeout_s
+        self._faults = faults
+        self._context = multiprocessing.get_context(START_METHOD)
+        self._workers: list[_Worker] = []
+        self.replaced_workers = 0
+
+    # ---- lifecycle -----------------------------------------------------------------
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _spawn(self) -> _Worker:
+        parent_end, child_end = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=_worker_main, args=(child_end, self._faults), daemon=True,
+            name="nomarr-analysis-worker",
+        )
+        process.start()
+        child_end.close()  # so a dead worker shows up as EOF on parent_end
+        worker = _Worker(process, parent_end)
+        self._workers.append(worker)
+        return worker
+
+    def _discard(self, worker: _Worker) -> None:
+        if worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join(_JOIN_TIMEOUT_S)
+        worker.conn.close()
+        self._workers.remove(worker)
+
+    def close(self) -> None:
+        for worker in list(self._workers):
+            try:
+                if worker.process.is_alive() and worker.task is None:
+                    worker.conn.send(None)
+                    worker.process.join(_JOIN_TIMEOUT_S)
+            except (BrokenPipeError, OSError):
+                pass
+            self._discard(worker)
+
+    # ---- running -------------------------------------------------------------------
+    def run(self, tasks: Iterable[FileTask]) -> Iterator[tuple[FileTask, FileAnalysis]]:
+        """Analyse every task; yields ``(task, result)`` as files finish (any order).
+
+        Every task yields exactly once, with an error result when its worker crashed or
+        timed out.
+        """
+        queue: deque[FileTask] = deque(tasks)
+        while queue or any(w.task is not None for w in self._workers):
+            self._dispatch(queue)
+            busy = [w for w in self._workers if w.task is not None]
+            deadline = min(w.started for w in busy) + self.file_timeout_s
+            waitables: list[object] = [w.conn for w in busy] + [w.process.sentinel for w in busy]
+            ready = set(wait(waitables, timeout=max(0.0, deadline - time.monotonic())))
+            for worker in busy:
+                yielded = self._collect(worker, ready)
+                if yielded is not None:
+                    yield yielded
+
+    def _dispatch(self, queue: deque[FileTask]) -> None:
+        idle = [w for w in self._workers if w.task is None]
+        while queue and (idle or len(self._workers) < self.processes):
+            worker = idle.pop() if idle else self._spawn()
+            task = queue.popleft()
+            try:
+                worker.conn.send(task)
+            except (BrokenPipeError, OSError):
+                # It died while idle: replace it and try the task again.
+                self._discard(worker)
+                queue.appendleft(task)
+                continue
+            worker.task, worker.started = task, time.monotonic()
+
+    def _collect(
+        self, worker: _Worker, ready: set[object]
+    ) -> tuple[FileTask, FileAnalysis] | None:
+        task = worker.task
+        assert task is not None
+        if worker.conn in ready:
+            try:
+                result: FileAnalysis = worker.conn.recv()
+            except (EOFError, OSError):
+                worker.process.join(_JOIN_TIMEOUT_S)
+                return self._replace(worker, _death_message(worker.process))
+            worker.task = None
+            return task, result
+        if worker.process.sentinel in ready:
+            worker.process.join(_JOIN_TIMEOUT_S)
+            return self._replace(worker, _death_message(worker.process))
+        if time.monotonic() - worker.started >= self.file_timeout_s:
+            return self._replace(
+                worker, f"timed out after {self.file_timeout_s:g}s; the worker was stopped"
+            )
+        return None
+
+    def _replace(self, worker: _Worker, message: str) -> tuple[FileTask, FileAnalysis]:
+        task = worker.task
+        assert task is not None
+        self._discard(worker)
+        self.replaced_workers += 1
+        # The replacement is spawned lazily by the next dispatch.
+        return task, failed_analysis(task, message)
