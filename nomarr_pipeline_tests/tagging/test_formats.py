@@ -1,0 +1,114 @@
+"""Per-format round trips of the nom: namespace on real files made by ffmpeg."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import mutagen
+import pytest
+
+from nomarr_pipeline.tagging import keys
+from nomarr_pipeline.tagging.formats import (
+    TagValueError,
+    UnsupportedFormatError,
+    read_file_state,
+    read_nom_tags,
+    write_nom_tags,
+)
+from nomarr_pipeline_tests.tagging.audio_helpers import (
+    FORMATS,
+    USER_MOOD,
+    decoded_audio_hash,
+    foreign_tags,
+)
+
+MODEL = "effnet-discogs-effnet-1"
+TAGS: dict[str, str | list[str]] = {
+    keys.MOOD_STRICT: ["happy"],
+    keys.MOOD_REGULAR: ["happy", "party"],
+    keys.MOOD_LOOSE: ["happy", "party", "not relaxed", "Música"],
+    keys.VERSION: "nomarr-1.0 (effnet)",
+    keys.raw_score_key(MODEL, "genre_discogs400", "Electronic---House"): "0.250000",
+    keys.raw_score_key(MODEL, "genre_discogs400", "Folk, World, & Country---Fado"): "0.010000",
+    keys.calibrated_score_key(MODEL, "mood_happy", "happy"): "0.912346",
+    keys.raw_score_key(MODEL, "genre_discogs400", "Latin---Música Criolla"): "0.333333",
+}
+EXPECTED = {key: [value] if isinstance(value, str) else value for key, value in TAGS.items()}
+
+ALL_FORMATS = list(FORMATS)
+
+
+@pytest.mark.parametrize("extension", ALL_FORMATS)
+def test_round_trip_keeps_audio_and_foreign_tags(extension: str, make_file: Callable[..., Path]) -> None:
+    path = make_file(extension)
+    audio_before, foreign_before = decoded_audio_hash(path), foreign_tags(path)
+    assert foreign_before, "fixture should carry foreign tags"
+
+    write_nom_tags(path, TAGS)
+
+    assert read_nom_tags(path) == EXPECTED
+    assert foreign_tags(path) == foreign_before
+    assert decoded_audio_hash(path) == audio_before
+
+
+@pytest.mark.parametrize("extension", ALL_FORMATS)
+def test_stale_nom_keys_are_removed_and_others_replaced(
+    extension: str, make_file: Callable[..., Path]
+) -> None:
+    path = make_file(extension)
+    write_nom_tags(path, TAGS)
+    foreign_before = foreign_tags(path)
+    smaller = {keys.MOOD_STRICT: ["sad"], keys.VERSION: "nomarr-2"}
+
+    write_nom_tags(path, smaller)
+
+    assert read_nom_tags(path) == {keys.MOOD_STRICT: ["sad"], keys.VERSION: ["nomarr-2"]}
+    assert foreign_tags(path) == foreign_before
+
+
+@pytest.mark.parametrize("extension", ALL_FORMATS)
+def test_standard_mood_field_only_when_asked(extension: str, make_file: Callable[..., Path]) -> None:
+    path = make_file(extension)
+    write_nom_tags(path, TAGS)  # off by default: the user's mood stays
+    assert read_file_state(path).standard_mood == [USER_MOOD]
+
+    write_nom_tags(path, TAGS, standard_mood=True)
+    assert read_file_state(path).standard_mood == ["happy", "party"]
+
+    # On, but no regular tier to mirror: the field is left as it is.
+    write_nom_tags(path, {keys.VERSION: "v"}, standard_mood=True)
+    assert read_file_state(path).standard_mood == ["happy", "party"]
+    assert read_nom_tags(path) == {keys.VERSION: ["v"]}
+
+
+@pytest.mark.parametrize("extension", ["flac", "ogg", "opus"])
+def test_vorbis_keys_match_case_insensitively(extension: str, make_file: Callable[..., Path]) -> None:
+    path = make_file(extension)
+    audio = mutagen.File(path)
+    audio.tags["NOM:MOOD-STRICT"] = ["old, written by another tool"]
+    audio.tags["Nom:Stale-Key"] = ["gone"]
+    audio.save()
+
+    write_nom_tags(path, {keys.MOOD_STRICT: ["happy"]})
+
+    assert read_nom_tags(path) == {keys.MOOD_STRICT: ["happy"]}
+
+
+def test_file_without_any_tags_gets_a_tag(make_file: Callable[..., Path]) -> None:
+    path = make_file("flac")
+    audio = mutagen.File(path)
+    audio.delete()
+    write_nom_tags(path, {keys.VERSION: "v"})
+    assert read_nom_tags(path) == {keys.VERSION: ["v"]}
+
+
+def test_unsupported_extension_and_bad_values_are_refused(
+    tmp_path: Path, make_file: Callable[..., Path]
+) -> None:
+    with pytest.raises(UnsupportedFormatError):
+        read_nom_tags(tmp_path / "notes.txt")
+    path = make_file("mp3")
+    for bad in ({"title": "x"}, {keys.VERSION: ""}, {keys.VERSION: "a\x00b"}):
+        with pytest.raises(TagValueError):
+            write_nom_tags(path, bad)

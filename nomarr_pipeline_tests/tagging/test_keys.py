@@ -1,0 +1,96 @@
+"""The nom: namespace: keys build, parse back exactly, and are legal in every tag format."""
+
+from __future__ import annotations
+
+import pytest
+from mutagen._vorbis import is_valid_key
+
+from nomarr_pipeline.tagging import keys
+
+LABELS = [
+    "happy",
+    "Electronic---House",
+    "Folk, World, & Country---Fado",
+    "Hip Hop---Boom Bap",
+    "with: colon and = sign",
+    "Latin---Música Criolla",
+    "100% ~tilde~ {braces}",
+    "日本語",
+]
+
+
+@pytest.mark.parametrize("label", LABELS)
+@pytest.mark.parametrize("kind", ["raw", "cal"])
+def test_score_key_round_trips_to_its_parts(kind: keys.ScoreKind, label: str) -> None:
+    key = keys.score_key(kind, "effnet-discogs-effnet-1", "mood_happy", label)
+    assert key.startswith(f"nom:{kind}:effnet-discogs-effnet-1:mood_happy:")
+    parsed = keys.parse_score_key(key)
+    assert parsed == keys.ScoreKey(kind, "effnet-discogs-effnet-1", "mood_happy", label)
+    assert parsed.render() == key
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_score_keys_are_valid_vorbis_field_names_and_latin1(label: str) -> None:
+    key = keys.raw_score_key("effnet-discogs-effnet-1", "genre_discogs400", label)
+    assert is_valid_key(key)
+    key.encode("latin-1")  # MP4 freeform names are latin-1 in mutagen
+
+
+def test_ordinary_labels_stay_readable() -> None:
+    key = keys.calibrated_score_key("effnet-discogs-effnet-1", "genre_discogs400", "Electronic---House")
+    assert key == "nom:cal:effnet-discogs-effnet-1:genre_discogs400:Electronic---House"
+    assert keys.escape_label("Música") == "M%C3%BAsica"
+    assert keys.escape_label("50%") == "50%25"
+
+
+@pytest.mark.parametrize(
+    ("model_key", "head_name", "label"),
+    [("a:b", "mood_happy", "x"), ("m", "", "x"), ("m", "h", ""), ("m", "h=1", "x")],
+)
+def test_unplaceable_parts_are_rejected(model_key: str, head_name: str, label: str) -> None:
+    with pytest.raises(keys.TagKeyError):
+        keys.raw_score_key(model_key, head_name, label)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "nom:version",
+        "nom:mood-strict",
+        "nom:raw:m:h",
+        "other:raw:m:h:l",
+        "nom:raw:m:h:bad%zz",
+        "nom:xyz:m:h:l",
+    ],
+)
+def test_parse_rejects_non_score_keys(key: str) -> None:
+    with pytest.raises(keys.TagKeyError):
+        keys.parse_score_key(key)
+
+
+def test_namespace_match_is_case_insensitive() -> None:
+    assert keys.is_nom_key("nom:version")
+    assert keys.is_nom_key("NOM:VERSION")
+    assert not keys.is_nom_key("nomad")
+    assert not keys.is_nom_key("MOOD")
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0.5, "0.500000"),
+        (1, "1.000000"),
+        (0.1234567, "0.123457"),
+        (-0.0, "0.000000"),
+        (-1e-9, "0.000000"),
+        (7.25, "7.250000"),
+    ],
+)
+def test_scores_have_one_fixed_format(value: float, text: str) -> None:
+    assert keys.format_score(value) == text
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_scores_have_no_format(value: float) -> None:
+    with pytest.raises(keys.TagKeyError):
+        keys.format_score(value)

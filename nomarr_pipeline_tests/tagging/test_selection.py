@@ -1,0 +1,141 @@
+"""select_tags against seed 004's gating table, row by row."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from nomarr_pipeline.tagging.selection import select_tags
+
+MODEL = "effnet-discogs-effnet-1"
+TIERS = {
+    "mood-strict": ["happy"],
+    "mood-regular": ["happy", "party"],
+    "mood-loose": ["happy", "party", "relaxed"],
+}
+PREDICTIONS: list[dict[str, Any]] = [
+    {
+        "model_key": MODEL,
+        "head_name": "mood_happy",
+        "label": "happy",
+        "value": 0.8123456,
+        "calibrated_value": 0.9,
+    },
+    {
+        "model_key": MODEL,
+        "head_name": "mood_happy",
+        "label": "non_happy",
+        "value": 0.1876544,
+        "calibrated_value": None,
+    },
+    {
+        "model_key": MODEL,
+        "head_name": "genre_discogs400",
+        "label": "Electronic---House",
+        "value": 0.25,
+        "calibrated_value": 0.5,
+    },
+]
+
+MOODS = {
+    "nom:mood-strict": ["happy"],
+    "nom:mood-regular": ["happy", "party"],
+    "nom:mood-loose": ["happy", "party", "relaxed"],
+}
+RAW = {
+    f"nom:raw:{MODEL}:mood_happy:happy": "0.812346",
+    f"nom:raw:{MODEL}:mood_happy:non_happy": "0.187654",
+    f"nom:raw:{MODEL}:genre_discogs400:Electronic---House": "0.250000",
+}
+CAL = {
+    f"nom:cal:{MODEL}:mood_happy:happy": "0.900000",
+    f"nom:cal:{MODEL}:genre_discogs400:Electronic---House": "0.500000",
+}
+VERSION = {"nom:version": "nomarr-test-1"}
+
+# (mode, has_calibration, write_raw_scores) -> exactly the tags expected
+GATING_TABLE = [
+    pytest.param("none", True, True, {}, id="none-calibrated-raw"),
+    pytest.param("none", True, False, {}, id="none-calibrated"),
+    pytest.param("none", False, True, {}, id="none-uncalibrated-raw"),
+    pytest.param("none", False, False, {}, id="none-uncalibrated"),
+    pytest.param("minimal", True, False, MOODS, id="minimal-calibrated"),
+    pytest.param("minimal", True, True, MOODS, id="minimal-calibrated-raw"),
+    pytest.param("minimal", False, True, {}, id="minimal-uncalibrated-raw"),
+    pytest.param("minimal", False, False, {}, id="minimal-uncalibrated"),
+    pytest.param("full", True, False, {**MOODS, **CAL, **RAW, **VERSION}, id="full-calibrated"),
+    pytest.param("full", True, True, {**MOODS, **CAL, **RAW, **VERSION}, id="full-calibrated-raw"),
+    pytest.param("full", False, True, {**RAW, **VERSION}, id="full-uncalibrated-raw"),
+    pytest.param("full", False, False, {}, id="full-uncalibrated"),
+]
+
+
+@pytest.mark.parametrize(("mode", "has_calibration", "write_raw_scores", "expected"), GATING_TABLE)
+def test_gating_table(
+    mode: str, has_calibration: bool, write_raw_scores: bool, expected: dict[str, Any]
+) -> None:
+    selected = select_tags(
+        mode=mode,
+        has_calibration=has_calibration,
+        write_raw_scores=write_raw_scores,
+        predictions=PREDICTIONS,
+        mood_tiers=TIERS,
+        tagger_version="nomarr-test-1",
+    )
+    assert selected == expected
+
+
+def test_full_mode_without_mood_tiers_still_writes_scores() -> None:
+    selected = select_tags(
+        mode="full", has_calibration=True, write_raw_scores=False, predictions=PREDICTIONS,
+        mood_tiers=None, tagger_version="v",
+    )  # fmt: skip
+    assert selected == {**CAL, **RAW, "nom:version": "v"}
+
+
+def test_version_alone_is_never_written() -> None:
+    # Calibrated but nothing to say: no predictions, no tiers.
+    assert (
+        select_tags(
+            mode="full",
+            has_calibration=True,
+            write_raw_scores=True,
+            predictions=[],
+            mood_tiers=None,
+            tagger_version="v",
+        )
+        == {}
+    )
+
+
+def test_empty_tiers_are_omitted_and_non_ml_or_non_finite_values_skipped() -> None:
+    predictions = [
+        {"model_key": MODEL, "head_name": "h", "label": "a", "value": float("nan"), "calibrated_value": 0.5},
+        {
+            "model_key": MODEL,
+            "head_name": "h",
+            "label": "b",
+            "value": 0.5,
+            "calibrated_value": None,
+            "nomarr_only": False,
+        },
+    ]
+    selected = select_tags(
+        mode="full", has_calibration=True, write_raw_scores=False, predictions=predictions,
+        mood_tiers={"mood-strict": [], "mood-regular": ["calm"], "mood-loose": None},  # type: ignore[dict-item]
+        tagger_version="v",
+    )  # fmt: skip
+    assert selected == {"nom:mood-regular": ["calm"], f"nom:cal:{MODEL}:h:a": "0.500000", "nom:version": "v"}
+
+
+def test_unknown_mode_is_an_error() -> None:
+    with pytest.raises(ValueError, match="file_write_mode"):
+        select_tags(
+            mode="max",
+            has_calibration=True,
+            write_raw_scores=False,
+            predictions=[],
+            mood_tiers=None,
+            tagger_version="v",
+        )
