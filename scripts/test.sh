@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command: set up everything on a fresh machine, then lint, check the Dagster
+# definitions and run the whole test suite.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+NOMARR_SETUP_EXTRAS="postgresql chromium ${NOMARR_SETUP_EXTRAS:-}" source scripts/setup.sh
+
+echo "== ruff"
+.venv/bin/ruff check .
+echo "== dg check defs"
+.venv/bin/dg check defs
+echo "== pytest"
+.venv/bin/pytest -p no:cacheprovider "$@"
