@@ -1,0 +1,383 @@
+"""Sidecars and ``calibrations.json``: exports of ``calibration_state``, and the import that
+bootstraps it (seed 000, "Sidecars" and "Export/Import Calibration Package").
+
+The DB is the source of truth. Exports are written atomically (temporary file in the
+destination folder, then ``os.replace``), so a reader never sees half a file, and a failed
+sidecar write is a warning in the report, never an exception that could undo a DB change.
+
+Sidecar layout: ``<dest>/<model_key>/<head_name>-calibration-v<version>.json``. The folder
+per backbone keeps ``mood_happy`` of effnet and of musicnn apart; the file name is the
+seed's. Each sidecar is the seed's export format with the head's labels inside::
+
+    {"model": "...", "head": "mood_happy", "version": 1, "method": "histogram",
+     "generated_at": "2026-01-16T12:00:00Z",
+     "labels": {"happy": {"p5": ..., "p95": ..., "n": ..., "underflow_count": ...,
+                          "overflow_count": ..., "histogram": {...}}}}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nomarr_pipeline.calibration.histogram import HistogramSpec
+from nomarr_pipeline.calibration.state import calibration_def_hash, calibration_key
+
+log = logging.getLogger(__name__)
+
+Doc = dict[str, Any]
+
+PACKAGE_FILENAME = "calibrations.json"
+PACKAGE_VERSION = "1.0"
+PACKAGE_METHOD = "histogram"
+
+
+class InvalidPackageError(ValueError):
+    """A calibration package that cannot be imported; the message names the bad entry."""
+
+
+@dataclass
+class ExportReport:
+    written: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.warnings
+
+
+@dataclass
+class ImportReport:
+    imported: list[str] = field(default_factory=list)
+    skipped_existing: list[str] = field(default_factory=list)
+    unusable: list[str] = field(default_factory=list)  # p5 == p95: imported, never applied
+
+
+def iso_utc(epoch_ms: int | None = None) -> str:
+    """``2026-01-16T12:00:00Z`` (seconds precision, UTC)."""
+    moment = (
+        datetime.now(UTC) if epoch_ms is None else datetime.fromtimestamp(epoch_ms / 1000, UTC)
+    )
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write ``payload`` as JSON to ``path`` so that readers see the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+    )
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True, allow_nan=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+
+
+# ---- sidecars ---------------------------------------------------------------------------
+
+
+def sidecar_path(dest: Path, model_key: str, head_name: str, version: int) -> Path:
+    return Path(dest) / model_key / f"{head_name}-calibration-v{version}.json"
+
+
+def _label_numbers(state: Mapping[str, Any]) -> Doc:
+    return {
+        "p5": state["p5"],
+        "p95": state["p95"],
+        "n": state["n"],
+        "underflow_count": state.get("underflow_count", 0),
+        "overflow_count": state.get("overflow_count", 0),
+        "histogram": state.get("histogram"),
+    }
+
+
+def sidecar_documents(
+    states: Iterable[Mapping[str, Any]], generated_at: str
+) -> dict[tuple[str, str, int], Doc]:
+    """(model_key, head_name, version) -> sidecar document, labels sorted by name."""
+    grouped: dict[tuple[str, str, int], dict[str, Doc]] = defaultdict(dict)
+    for state in states:
+        if state.get("p5") is None or state.get("p95") is None:
+            continue
+        head = (state["model_key"], state["head_name"], state["version"])
+        grouped[head][state["label"]] = _label_numbers(state)
+    return {
+        (model_key, head_name, version): {
+            "model": model_key,
+            "head": head_name,
+            "version": version,
+            "method": PACKAGE_METHOD,
+            "generated_at": generated_at,
+            "labels": dict(sorted(labels.items())),
+        }
+        for (model_key, head_name, version), labels in grouped.items()
+    }
+
+
+def export_sidecars(
+    states: Iterable[Mapping[str, Any]], dest: Path, *, now_ms: int | None = None
+) -> ExportReport:
+    """One sidecar per head; every failure is a warning in the report, never an exception."""
+    report = ExportReport()
+    generated_at = iso_utc(now_ms)
+    try:
+        documents = sidecar_documents(states, generated_at)
+    except (KeyError, TypeError) as error:
+        report.warnings.append(f"calibration states could not be read for export: {error!r}")
+        return report
+    for (model_key, head_name, version), document in sorted(documents.items()):
+        path = sidecar_path(Path(dest), model_key, head_name, version)
+        try:
+            write_json_atomic(path, document)
+        except (OSError, ValueError, TypeError) as error:
+            message = f"sidecar {path} not written: {error}"
+            log.warning(message)
+            report.warnings.append(message)
+        else:
+            report.written.append(path)
+    return report
+
+
+# ---- package ----------------------------------------------------------------------------
+
+
+def package_document(states: Iterable[Mapping[str, Any]], exported_at: str) -> Doc:
+    entries = [
+        {
+            "key": state["_key"],
+            "model": state["model_key"],
+            "head": state["head_name"],
+            "label": state["label"],
+            "version": state["version"],
+            "p5": state["p5"],
+            "p95": state["p95"],
+            "n": state["n"],
+            "underflow_count": state.get("underflow_count", 0),
+            "overflow_count": state.get("overflow_count", 0),
+            "histogram": state["histogram"],
+        }
+        for state in states
+        if state.get("p5") is not None and state.get("p95") is not None
+    ]
+    entries.sort(key=lambda entry: entry["key"])
+    return {
+        "version": PACKAGE_VERSION,
+        "exported_at": exported_at,
+        "method": PACKAGE_METHOD,
+        "calibrations": entries,
+    }
+
+
+def export_package(
+    states: Iterable[Mapping[str, Any]], dest: Path, *, now_ms: int | None = None
+) -> Path:
+    """Write ``<dest>/calibrations.json`` atomically and return its path.
+
+    Raises ``OSError`` when it cannot be written: the package is an asset of its own, and
+    its failure should be visible; it never touches the DB either way.
+    """
+    path = Path(dest) / PACKAGE_FILENAME
+    write_json_atomic(path, package_document(states, iso_utc(now_ms)))
+    return path
+
+
+_ENTRY_FIELDS = (
+    "key", "model", "head", "label", "version", "p5", "p95", "n",
+    "underflow_count", "overflow_count", "histogram",
+)  # fmt: skip
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidPackageError(f"calibration package contains {name}, which is not valid JSON")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    )
+
+
+def _validate_entry(index: int, entry: Any) -> tuple[Doc, bool]:
+    """The state document of one package entry, and whether it is unusable (p5 == p95)."""
+    where = f"calibrations[{index}]"
+    if not isinstance(entry, dict):
+        raise InvalidPackageError(f"{where} must be an object, got {type(entry).__name__}")
+    if isinstance(entry.get("key"), str):
+        where = f"{where} ({entry['key']!r})"
+    missing = [name for name in _ENTRY_FIELDS if name not in entry]
+    if missing:
+        raise InvalidPackageError(f"{where} lacks field(s) {', '.join(missing)}")
+    for name in ("key", "model", "head", "label"):
+        if not isinstance(entry[name], str) or not entry[name]:
+            raise InvalidPackageError(f"{where}: {name} must be a non-empty string")
+    expected_key = calibration_key(entry["model"], entry["head"], entry["label"])
+    if entry["key"] != expected_key:
+        raise InvalidPackageError(
+            f"{where}: key does not match model:head:label (expected {expected_key!r})"
+        )
+    if not _is_int(entry["version"]) or entry["version"] < 0:
+        raise InvalidPackageError(f"{where}: version must be a non-negative integer")
+    for name in ("p5", "p95"):
+        if not _is_finite_number(entry[name]):
+            raise InvalidPackageError(f"{where}: {name} must be a finite number")
+    for name in ("n", "underflow_count", "overflow_count"):
+        if not _is_int(entry[name]) or entry[name] < 0:
+            raise InvalidPackageError(f"{where}: {name} must be a non-negative integer")
+    if entry["n"] < 1:
+        raise InvalidPackageError(f"{where}: n must be at least 1 (a calibration needs values)")
+    if entry["underflow_count"] + entry["overflow_count"] > entry["n"]:
+        raise InvalidPackageError(f"{where}: underflow_count + overflow_count exceed n")
+    if entry["p5"] > entry["p95"]:
+        raise InvalidPackageError(f"{where}: p5 {entry['p5']} is greater than p95 {entry['p95']}")
+    histogram = entry["histogram"]
+    if not isinstance(histogram, dict):
+        raise InvalidPackageError(f"{where}: histogram must be an object")
+    try:
+        spec = HistogramSpec.from_doc(histogram)
+    except (KeyError, TypeError, ValueError) as error:
+        raise InvalidPackageError(f"{where}: invalid histogram: {error}") from None
+    for name in ("p5", "p95"):
+        if not spec.lo <= entry[name] <= spec.hi:
+            raise InvalidPackageError(
+                f"{where}: {name} {entry[name]} outside the histogram range "
+                f"[{spec.lo}, {spec.hi}]"
+            )
+    state: Doc = {
+        "_key": expected_key,
+        "model_key": entry["model"],
+        "head_name": entry["head"],
+        "label": entry["label"],
+        "calibration_def_hash": calibration_def_hash(
+            entry["model"], entry["head"], entry["version"]
+        ),
+        "version": entry["version"],
+        "histogram": spec.to_doc(),
+        "p5": float(entry["p5"]),
+        "p95": float(entry["p95"]),
+        "n": entry["n"],
+        "underflow_count": entry["underflow_count"],
+        "overflow_count": entry["overflow_count"],
+        "computed_p5": float(entry["p5"]),
+        "computed_p95": float(entry["p95"]),
+    }
+    return state, entry["p5"] == entry["p95"]
+
+
+def parse_package(text: str) -> tuple[list[Doc], list[str]]:
+    """State documents of a package's text and the keys whose ``p5 == p95`` (never applied)."""
+    try:
+        package = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as error:
+        raise InvalidPackageError(f"calibration package is not valid JSON: {error}") from None
+    if not isinstance(package, dict):
+        raise InvalidPackageError("calibration package must be a JSON object")
+    if package.get("version") != PACKAGE_VERSION:
+        raise InvalidPackageError(
+            f"calibration package version must be {PACKAGE_VERSION!r}, "
+            f"got {package.get('version')!r}"
+        )
+    if package.get("method") != PACKAGE_METHOD:
+        raise InvalidPackageError(
+            f"calibration package method must be {PACKAGE_METHOD!r}, "
+            f"got {package.get('method')!r}"
+        )
+    entries = package.get("calibrations")
+    if not isinstance(entries, list):
+        raise InvalidPackageError("calibration package needs a 'calibrations' list")
+    states: list[Doc] = []
+    unusable: list[str] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        state, is_unusable = _validate_entry(index, entry)
+        if state["_key"] in seen:
+            raise InvalidPackageError(f"calibrations[{index}]: duplicate key {state['_key']!r}")
+        seen.add(state["_key"])
+        states.append(state)
+        if is_unusable:
+            unusable.append(state["_key"])
+    return states, unusable
+
+
+def load_package(path: Path) -> list[Doc]:
+    """Validated state documents (without timestamps) of a ``calibrations.json``.
+
+    Raises ``InvalidPackageError`` naming the first bad entry. Entries with ``p5 == p95`` are
+    accepted (they are what the exporter had in force) and logged: they calibrate nothing.
+    """
+    states, unusable = parse_package_file(path)
+    for key in unusable:
+        log.warning("calibration %s has p5 == p95 and will not calibrate anything", key)
+    return states
+
+
+def import_package(
+    store: Any, path: Path, now_ms: int, *, overwrite: bool = False
+) -> ImportReport:
+    """Bootstrap ``calibration_state`` from a package, in one ``save_calibrations`` call.
+
+    The DB wins conflicts by default (seed 000: import is a one-time hydration, not a sync):
+    keys that already have a calibration are skipped unless ``overwrite`` is set. Imported
+    states carry ``imported: True`` and ``imported_at``; no history is written, because no
+    computation happened on this library.
+    """
+    states, unusable = parse_package_file(path)
+    report = ImportReport(unusable=list(unusable))
+    to_save: list[Doc] = []
+    for state in states:
+        existing = store.get_calibration(state["_key"])
+        if existing is not None and not overwrite:
+            report.skipped_existing.append(state["_key"])
+            continue
+        created_at = existing.get("created_at") if existing else None
+        to_save.append(
+            {
+                **state,
+                "imported": True,
+                "imported_at": now_ms,
+                "adopted_at": now_ms,
+                "created_at": created_at or now_ms,
+                "updated_at": now_ms,
+                "last_computation_at": now_ms,
+            }
+        )
+        report.imported.append(state["_key"])
+    if to_save:
+        store.save_calibrations(to_save, [])
+    return report
+
+
+def parse_package_file(path: Path) -> tuple[list[Doc], list[str]]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidPackageError(f"cannot read calibration package {path}: {error}") from None
+    return parse_package(text)
+
+
+def states_by_head(states: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Partition key ``"{model_key}:{head_name}"`` -> that head's states."""
+    grouped: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for state in states:
+        grouped[f"{state['model_key']}:{state['head_name']}"].append(state)
+    return dict(grouped)

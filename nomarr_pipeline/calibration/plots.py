@@ -1,0 +1,70 @@
+"""A small histogram image per (head, label) for Dagster metadata.
+
+Uses matplotlib's object API with the Agg canvas directly (no ``pyplot``): no display is
+needed, and no process-wide backend is switched under other code's feet.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from nomarr_pipeline.calibration.histogram import HistogramSpec
+from nomarr_pipeline.store.protocol import SparseHistogram
+
+# 10,000 bins are far more than 600 pixels can show; bars are merged to this many.
+DISPLAY_BINS = 200
+
+
+def _display_counts(hist: SparseHistogram, spec: HistogramSpec) -> tuple[np.ndarray, int]:
+    display_bins = min(DISPLAY_BINS, spec.bins)
+    counts = np.zeros(display_bins, dtype=np.int64)
+    if hist.bins:
+        indices = np.fromiter((index for index, _ in hist.bins), dtype=np.int64)
+        weights = np.fromiter((count for _, count in hist.bins), dtype=np.int64)
+        target = np.minimum(indices * display_bins // spec.bins, display_bins - 1)
+        np.add.at(counts, target, weights)
+    return counts, display_bins
+
+
+def histogram_png(
+    hist: SparseHistogram,
+    spec: HistogramSpec,
+    p5: float | None,
+    p95: float | None,
+    title: str,
+) -> bytes:
+    """PNG (about 600 x 250 px) of the in-range counts with p5/p95 marked."""
+    counts, display_bins = _display_counts(hist, spec)
+    edges = np.linspace(spec.lo, spec.hi, display_bins + 1)
+
+    figure = Figure(figsize=(6, 2.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4c72b0", lw=0)
+    for value, name, colour in ((p5, "p5", "#dd8452"), (p95, "p95", "#c44e52")):
+        if value is not None:
+            axes.axvline(value, color=colour, lw=1.2, label=f"{name} = {value:.4f}")
+    axes.set_xlim(spec.lo, spec.hi)
+    axes.set_title(title, fontsize=9)
+    axes.tick_params(labelsize=7)
+    axes.set_ylabel("files", fontsize=7)
+    footer = f"n = {hist.n}   below range = {hist.underflow_count}   above = {hist.overflow_count}"
+    axes.set_xlabel(footer, fontsize=7)
+    if p5 is not None or p95 is not None:
+        axes.legend(fontsize=7, loc="best", framealpha=0.8)
+    figure.tight_layout()
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def png_markdown(png: bytes, alt: str = "histogram") -> str:
+    """Inline Markdown image for ``MetadataValue.md`` (Dagster shows data URIs)."""
+    encoded = base64.b64encode(png).decode("ascii")
+    return f"![{alt}](data:image/png;base64,{encoded})"
