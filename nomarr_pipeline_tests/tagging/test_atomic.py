@@ -1,0 +1,215 @@
+"""write_file_tags: atomic replace, verification, and every per-file failure on real files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from nomarr_pipeline.tagging import keys
+from nomarr_pipeline.tagging.atomic import (
+    CorruptFileError,
+    DiskFullError,
+    FileChangedError,
+    MissingFileError,
+    OutsideLibraryError,
+    PermissionDeniedError,
+    UnsupportedFileError,
+    WriteError,
+    write_file_tags,
+)
+from nomarr_pipeline.tagging.formats import read_nom_tags
+from nomarr_pipeline_tests.tagging.audio_helpers import (
+    FORMATS,
+    decoded_audio_hash,
+    foreign_tags,
+    stat_of,
+    temp_leftovers,
+    tiny_filesystem,
+    unwritable,
+)
+
+TAGS: dict[str, str | list[str]] = {
+    keys.MOOD_REGULAR: ["happy", "party"],
+    keys.VERSION: "nomarr-1",
+    keys.raw_score_key("effnet-discogs-effnet-1", "genre_discogs400", "Electronic---House"): "0.250000",
+}
+
+
+def write(path: Path, root: Path, tags: dict[str, str | list[str]] = TAGS, **kwargs: object) -> object:
+    size, mtime_ns = stat_of(path)
+    return write_file_tags(
+        path,
+        tags,
+        library_roots=[root],
+        expected_size=size,
+        expected_mtime_ns=mtime_ns,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("extension", list(FORMATS))
+def test_written_atomically_then_unchanged(
+    extension: str, make_file: Callable[..., Path], library_root: Path
+) -> None:
+    path = make_file(extension, f"Album/01 - track.{extension}")
+    path.chmod(0o640)
+    audio_before, foreign_before, inode_before = (
+        decoded_audio_hash(path),
+        foreign_tags(path),
+        path.stat().st_ino,
+    )
+
+    outcome = write(path, library_root)
+
+    assert outcome.status == "written"
+    assert (outcome.size, outcome.mtime_ns) == stat_of(path)
+    assert path.stat().st_ino != inode_before, "the original must be replaced by the verified copy"
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert read_nom_tags(path)[keys.MOOD_REGULAR] == ["happy", "party"]
+    assert foreign_tags(path) == foreign_before
+    assert decoded_audio_hash(path) == audio_before
+    assert temp_leftovers(library_root) == []
+
+    stat_before_second = stat_of(path)
+    again = write(path, library_root)
+    assert again.status == "unchanged"
+    assert stat_of(path) == stat_before_second
+
+
+def test_standard_mood_difference_alone_triggers_a_write(
+    make_file: Callable[..., Path], library_root: Path
+) -> None:
+    path = make_file("mp3")
+    assert write(path, library_root).status == "written"
+    assert write(path, library_root, standard_mood=True).status == "written"
+    assert write(path, library_root, standard_mood=True).status == "unchanged"
+
+
+def test_changed_on_disk_is_skipped(make_file: Callable[..., Path], library_root: Path) -> None:
+    path = make_file("flac")
+    size, mtime_ns = stat_of(path)
+    original = path.read_bytes()
+    with pytest.raises(FileChangedError, match="changed on disk"):
+        write_file_tags(
+            path, TAGS, library_roots=[library_root], expected_size=size, expected_mtime_ns=mtime_ns - 1
+        )
+    with pytest.raises(FileChangedError):
+        write_file_tags(
+            path, TAGS, library_roots=[library_root], expected_size=size + 1, expected_mtime_ns=mtime_ns
+        )
+    assert path.read_bytes() == original
+
+
+def test_missing_file(library_root: Path) -> None:
+    with pytest.raises(MissingFileError, match="not found"):
+        write_file_tags(
+            library_root / "gone.mp3",
+            TAGS,
+            library_roots=[library_root],
+            expected_size=1,
+            expected_mtime_ns=1,
+        )
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("garbage.mp3", b"this is not audio at all" * 100),
+        ("garbage.flac", b"fLaC" + b"\x00" * 40),
+        ("garbage.m4a", b"\x00" * 64),
+    ],
+)
+def test_corrupt_file(name: str, content: bytes, library_root: Path) -> None:
+    path = library_root / name
+    path.write_bytes(content)
+    with pytest.raises(CorruptFileError, match="cannot be read as audio"):
+        write(path, library_root)
+    assert path.read_bytes() == content
+    assert temp_leftovers(library_root) == []
+
+
+def test_truncated_file_is_corrupt_or_untouched(make_file: Callable[..., Path], library_root: Path) -> None:
+    path = make_file("m4a")
+    path.write_bytes(path.read_bytes()[:200])
+    content = path.read_bytes()
+    with pytest.raises(CorruptFileError):
+        write(path, library_root)
+    assert path.read_bytes() == content
+
+
+def test_unsupported_extension(library_root: Path) -> None:
+    path = library_root / "cover.jpg"
+    path.write_bytes(b"\xff\xd8\xff")
+    with pytest.raises(UnsupportedFileError):
+        write(path, library_root)
+
+
+def test_symlink_escaping_the_root_is_refused(
+    make_file: Callable[..., Path], library_root: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim.mp3"
+    shutil.copyfile(make_file("mp3"), victim)
+    content = victim.read_bytes()
+    (library_root / "link.mp3").symlink_to(victim)
+    (library_root / "linked-folder").symlink_to(outside, target_is_directory=True)
+
+    for path in (library_root / "link.mp3", library_root / "linked-folder" / "victim.mp3", victim):
+        with pytest.raises(OutsideLibraryError, match="outside the library roots"):
+            write(path, library_root)
+    assert victim.read_bytes() == content
+
+
+def test_symlink_inside_the_root_writes_the_target_and_stays_a_link(
+    make_file: Callable[..., Path], library_root: Path
+) -> None:
+    target = make_file("ogg", "real/track.ogg")
+    link = library_root / "link.ogg"
+    link.symlink_to(target)
+    outcome = write(link, library_root)
+    assert outcome.status == "written"
+    assert outcome.path == target
+    assert link.is_symlink()
+    assert keys.VERSION in read_nom_tags(target)
+
+
+def test_unwritable_folder_is_permission_denied(make_file: Callable[..., Path], library_root: Path) -> None:
+    path = make_file("mp3", "locked/track.mp3")
+    content = path.read_bytes()
+    with unwritable(path.parent), pytest.raises(PermissionDeniedError, match="permission denied"):
+        write(path, library_root)
+    assert path.read_bytes() == content
+    assert temp_leftovers(library_root) == []
+
+
+def test_unreplaceable_file_is_permission_denied_and_temp_removed(
+    make_file: Callable[..., Path], library_root: Path
+) -> None:
+    path = make_file("flac")
+    content = path.read_bytes()
+    with unwritable(path):
+        with pytest.raises(PermissionDeniedError):
+            write(path, library_root)
+        assert temp_leftovers(library_root) == []
+    assert path.read_bytes() == content
+
+
+def test_full_disk_raises_disk_full_and_leaves_nothing_behind(
+    make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    source = make_file("flac")  # ~33 KB: fits once in 48 KB, not twice
+    with tiny_filesystem(tmp_path / "tiny", "48k") as root:
+        path = root / "track.flac"
+        shutil.copyfile(source, path)
+        content = path.read_bytes()
+        with pytest.raises(DiskFullError, match="disk full") as caught:
+            write(path, root)
+        assert not isinstance(caught.value, WriteError), "a full disk must not look like a per-file error"
+        assert path.read_bytes() == content
+        assert temp_leftovers(root) == []
+        assert sorted(os.listdir(root)) == ["track.flac"]
