@@ -1,0 +1,849 @@
+"""The production store: ArangoDB through python-arango.
+
+Every statement is AQL with bind variables (collection names are literals in the text, values
+never are), so a query plan is reusable and no label or path can change a query's meaning.
+The SQLite engine is the reference for semantics; ``test_contract.py`` runs the same suite on
+both and ``test_arango_requests.py`` checks the requests this engine sends.
+
+Atomicity: a single AQL query is one transaction on a single server. Where the protocol needs
+several statements to land together (write_predictions, save_calibrations, save_folder_cache,
+delete_files, and any write split into chunks), a stream transaction
+(``POST /_api/transaction/begin`` ... ``PUT /_api/transaction/<id>``) wraps them.
+
+Differences from SQLite that the contract tolerates, and why:
+- JSON has no NaN or infinity, so non-finite floats are stored as null. They are ineligible
+  for calibration either way, which is why the histogram's ``IS_NUMBER`` is a complete finite
+  check here.
+- AQL orders strings with ICU collation, SQLite by bytes. Paginated queries (iter_files,
+  files_needing_analysis, files_pending_write) page by AQL's own ``SORT``/``>`` so every page
+  is consistent; the file keys are lowercase hex, where both orders agree. Unpaginated lists
+  are re-sorted in Python so that both engines return the same order.
+- ``file_tags``, ``calibration_state`` and ``calibration_history`` keys are percent-encoded for
+  ArangoDB's ``_key`` alphabet (see ``arango_schema``); readers get the original keys back.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from arango import ArangoClient
+from arango.database import Database, StandardDatabase
+from arango.exceptions import ArangoClientError, ArangoServerError
+from arango.http import DefaultHTTPClient, HTTPClient
+from arango.response import Response
+
+from nomarr_pipeline.store.arango_schema import (
+    ENCODED_KEY_COLLECTIONS,
+    META_COLLECTION,
+    MIGRATIONS,
+    SCHEMA_DOC_KEY,
+    SCHEMA_VERSION,
+    check_plain_key,
+    decode_key,
+    encode_key,
+)
+from nomarr_pipeline.store.protocol import (
+    Doc,
+    FileStat,
+    HeadVersion,
+    SparseHistogram,
+    StoreError,
+)
+from nomarr_pipeline.store.sqlite_schema import (
+    CALIBRATION_HISTORY,
+    CALIBRATION_STATE,
+    FILE_TAGS,
+    LIBRARIES,
+    LIBRARY_FILES,
+    Table,
+)
+
+# Rows per cursor round trip, and documents per write statement: large enough that a batch of
+# files is O(1) requests, small enough that one request body stays a few megabytes.
+CURSOR_BATCH_SIZE = 10_000
+WRITE_CHUNK_SIZE = 5_000
+
+# ArangoDB error numbers the store reacts to.
+ERR_DATABASE_NOT_FOUND = 1228
+ERR_DUPLICATE_NAME = 1207
+ERR_COLLECTION_NOT_FOUND = 1203
+ERR_DOCUMENT_NOT_FOUND = 1202
+
+# Declared fields per collection, shared with the SQLite engine (its tables have one column
+# per field). Readers fill absent fields so that documents have the same shape on both.
+_TABLES: dict[str, Table] = {
+    table.name: table
+    for table in (LIBRARIES, LIBRARY_FILES, FILE_TAGS, CALIBRATION_STATE, CALIBRATION_HISTORY)
+}
+_READ_DEFAULTS: dict[str, Doc] = {
+    name: {
+        **dict.fromkeys(table.columns),
+        # NOT NULL DEFAULT columns in SQLite.
+        **({"file_tags_pending": False} if name == "library_files" else {}),
+        **({"nomarr_only": True} if name == "file_tags" else {}),
+    }
+    for name, table in _TABLES.items()
+}
+# SQLite REAL columns come back as floats; ArangoDB prints integral doubles as integers.
+_FLOAT_FIELDS: dict[str, frozenset[str]] = {
+    "library_files": frozenset({"duration_s"}),
+    "file_tags": frozenset({"value", "std", "calibrated_value"}),
+    "calibration_state": frozenset({"p5", "p95"}),
+    "calibration_history": frozenset({"p5", "p95", "p5_delta", "p95_delta"}),
+}
+
+_RETURN_DOC = 'UNSET(d, "_id", "_rev")'
+
+
+class FastFailHTTPClient(DefaultHTTPClient):
+    """python-arango's default client with separate connect and read timeouts and few retries.
+
+    The default retries a refused connection three times with exponential backoff (about six
+    seconds); a store pointed at the wrong port should say so at once. Long AQL statements
+    (a histogram over millions of predictions) still get a generous read timeout.
+    """
+
+    def __init__(self, connect_timeout_s: float = 5.0, read_timeout_s: float = 300.0) -> None:
+        super().__init__(request_timeout=read_timeout_s, retry_attempts=1, backoff_factor=0.1)
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+
+    def send_request(
+        self,
+        session: requests.Session,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        data: Any = None,
+        auth: tuple[str, str] | None = None,
+    ) -> Response:
+        response = session.request(
+            method=method,
+            url=url,
+            params=params,
+            data=data,
+            headers=headers,
+            auth=auth,
+            timeout=(self.connect_timeout_s, self.read_timeout_s),
+        )
+        return Response(
+            method=method,
+            url=response.url,
+            headers=response.headers,
+            status_code=response.status_code,
+            status_text=response.reason,
+            raw_body=response.text,
+        )
+
+
+class ArangoStore:
+    """The Store protocol on ArangoDB. Holds configuration only until first used."""
+
+    engine = "arango"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        database: str = "nomarr",
+        username: str | None = "root",
+        password: str | None = None,
+        http_client: HTTPClient | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise StoreError(f"ArangoDB URL must look like http(s)://host:port, got {_redact(url)!r}")
+        # Credentials may ride in the URL; explicit arguments win. The client never sees them
+        # in the host URL, so no request line or error message can carry them.
+        netloc = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+        self._host = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        self._display_url = _redact(url)
+        self._database_name = database
+        self._username = username or parts.username or "root"
+        self._password = password if password is not None else (parts.password or "")
+        self._http_client = http_client
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._client: ArangoClient | None = None
+        self._db: StandardDatabase | None = None
+
+    def __repr__(self) -> str:
+        return f"ArangoStore({self._display_url!r}, database={self._database_name!r})"
+
+    # ---- connection and schema ----------------------------------------------------------
+    def _database(self) -> StandardDatabase:
+        """The database handle of this process, connecting and migrating on first use."""
+        if self._db is not None and self._pid == os.getpid():
+            return self._db
+        with self._lock:
+            if self._db is not None and self._pid == os.getpid():
+                return self._db
+            # After a fork the parent's sessions are not ours to close: drop the references.
+            client = ArangoClient(hosts=self._host, http_client=self._http_client or FastFailHTTPClient())
+            db = client.db(self._database_name, username=self._username, password=self._password)
+            with self._translate_errors("connect to"):
+                self._ensure_database(client, db)
+                self._migrate(db)
+            self._client, self._db, self._pid = client, db, os.getpid()
+            return db
+
+    def _system_db(self, client: ArangoClient) -> StandardDatabase:
+        return client.db("_system", username=self._username, password=self._password)
+
+    def _ensure_database(self, client: ArangoClient, db: StandardDatabase) -> None:
+        """Probe the target database; create it through ``_system`` when it does not exist."""
+        try:
+            db.version()
+            return
+        except ArangoServerError as exc:
+            if exc.error_code != ERR_DATABASE_NOT_FOUND and exc.http_code != 404:
+                raise
+        try:
+            self._system_db(client).create_database(self._database_name)
+        except ArangoServerError as exc:
+            if exc.error_code == ERR_DUPLICATE_NAME:
+                return  # another process created it first
+            raise StoreError(
+                f"ArangoDB database {self._database_name!r} does not exist at "
+                f"{self._display_url} and user {self._username!r} cannot create it "
+                f"({_scrub(str(exc), self._password)}); create it or grant the user access"
+            ) from exc
+
+    def _migrate(self, db: StandardDatabase) -> None:
+        stored_version = self._schema_version(db)
+        if stored_version > SCHEMA_VERSION:
+            raise StoreError(
+                f"ArangoDB database {self._database_name!r} has schema version {stored_version}, "
+                f"newer than this nomarr_pipeline understands ({SCHEMA_VERSION}); upgrade it"
+            )
+        if stored_version == SCHEMA_VERSION:
+            return
+        existing = {c["name"] for c in db.collections()}
+        for migration in MIGRATIONS:
+            if migration.version <= stored_version:
+                continue
+            for name in migration.collections:
+                if name not in existing:
+                    try:
+                        db.create_collection(name)
+                    except ArangoServerError as exc:
+                        if exc.error_code != ERR_DUPLICATE_NAME:
+                            raise
+                    existing.add(name)
+            for index in migration.indexes:
+                # Creating an identical index returns the existing one: idempotent.
+                db.collection(index.collection).add_index(index.definition())
+        db.aql.execute(
+            f"UPSERT {{_key: @key}} INSERT {{_key: @key, version: @version, updated_at: DATE_NOW()}} "
+            f"UPDATE {{version: @version, updated_at: DATE_NOW()}} IN {META_COLLECTION}",
+            bind_vars={"key": SCHEMA_DOC_KEY, "version": SCHEMA_VERSION},
+        )
+
+    def _schema_version(self, db: StandardDatabase) -> int:
+        """0 for a database this code never opened."""
+        try:
+            doc = db.collection(META_COLLECTION).get(SCHEMA_DOC_KEY)
+        except ArangoServerError as exc:
+            if exc.error_code in (ERR_COLLECTION_NOT_FOUND, ERR_DOCUMENT_NOT_FOUND):
+                return 0
+            raise
+        return int(doc["version"]) if doc else 0
+
+    @contextmanager
+    def _translate_errors(self, action: str = "use") -> Iterator[None]:
+        """Turn transport and authentication failures into a StoreError naming the redacted URL."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except (requests.RequestException, ConnectionError) as exc:
+            raise StoreError(
+                f"cannot {action} ArangoDB at {self._display_url}: {_scrub(_root_cause(exc), self._password)}"
+            ) from None
+        except ArangoServerError as exc:
+            if exc.http_code in (401, 403) and action == "connect to":
+                raise StoreError(
+                    f"ArangoDB at {self._display_url} refused user {self._username!r} for database "
+                    f"{self._database_name!r} (HTTP {exc.http_code}): check the user and password"
+                ) from None
+            raise
+        except ArangoClientError as exc:
+            raise StoreError(
+                f"cannot {action} ArangoDB at {self._display_url}: {_scrub(str(exc), self._password)}"
+            ) from None
+
+    def close(self) -> None:
+        if self._client is not None and self._pid == os.getpid():
+            with suppress(Exception):
+                self._client.close()
+        self._client = self._db = None
+        self._pid = None
+
+    def drop_database(self) -> None:
+        """Drop this store's database (test teardown); needs a user allowed to drop it."""
+        client = ArangoClient(hosts=self._host, http_client=self._http_client or FastFailHTTPClient())
+        with self._translate_errors("drop a database on"):
+            self._system_db(client).delete_database(self._database_name, ignore_missing=True)
+        self.close()
+
+    # ---- query helpers -------------------------------------------------------------------
+    def _query(self, aql: str, bind_vars: Doc | None = None, *, db: Database | None = None) -> list[Any]:
+        """Run one AQL statement and return every row. Warnings fail the query: an AQL warning
+        (division by zero, a bad type in arithmetic) means a silently wrong answer."""
+        target = db if db is not None else self._database()
+        with self._translate_errors():
+            cursor = target.aql.execute(
+                aql,
+                bind_vars=bind_vars or {},
+                batch_size=CURSOR_BATCH_SIZE,
+                fail_on_warning=True,
+            )
+            return list(cursor)
+
+    @contextmanager
+    def _transaction(self, write: Sequence[str]) -> Iterator[Database]:
+        """A stream transaction: everything executed through the yielded handle commits
+        together, or is aborted when the block raises."""
+        db = self._database()
+        with self._translate_errors():
+            txn = db.begin_transaction(write=list(write))
+        try:
+            yield txn
+        except BaseException:
+            with suppress(Exception):
+                txn.abort_transaction()
+            raise
+        with self._translate_errors():
+            txn.commit_transaction()
+
+    def _write_chunks(
+        self,
+        aql: str,
+        name: str,
+        rows: Sequence[Any],
+        extra: Doc | None = None,
+        *,
+        db: Database | None = None,
+    ) -> None:
+        """Run ``aql`` once per chunk of ``rows`` bound as ``@<name>``."""
+        for start in range(0, len(rows), WRITE_CHUNK_SIZE):
+            chunk = list(rows[start : start + WRITE_CHUNK_SIZE])
+            self._query(aql, {name: chunk, **(extra or {})}, db=db)
+
+    @contextmanager
+    def _atomic(self, write: Sequence[str], statements: int) -> Iterator[Database | None]:
+        """A transaction when more than one statement must land together; one statement is
+        atomic by itself and needs no extra round trips."""
+        if statements <= 1:
+            yield None
+            return
+        with self._transaction(write) as txn:
+            yield txn
+
+    def _update_by_key(self, collection: str, rows: Sequence[Doc]) -> None:
+        """Set the given fields on existing documents; unknown keys are ignored (as in SQLite).
+        All chunks commit together."""
+        prepared = [_to_stored(collection, row) for row in rows]
+        aql = (
+            f"FOR row IN @rows FOR d IN {collection} FILTER d._key == row._key "
+            f'UPDATE d WITH UNSET(row, "_key") IN {collection} '
+            "OPTIONS {keepNull: true, mergeObjects: false}"
+        )
+        with self._atomic([collection], _chunk_count(prepared)) as txn:
+            self._write_chunks(aql, "rows", prepared, db=txn)
+
+    # ---- libraries -------------------------------------------------------------------------
+    def ensure_library(self, doc: Doc) -> Doc:
+        stored = _to_stored("libraries", doc)
+        # overwriteMode "ignore": an existing library keeps the user's settings.
+        self._query('INSERT @doc INTO libraries OPTIONS {overwriteMode: "ignore"}', {"doc": stored})
+        library = self.get_library(doc["_key"])
+        if library is None:  # only if someone deleted it in between
+            raise StoreError(f"library {doc['_key']!r} vanished while it was being created")
+        return library
+
+    def get_library(self, key: str) -> Doc | None:
+        rows = self._query(f"FOR d IN libraries FILTER d._key == @key RETURN {_RETURN_DOC}", {"key": key})
+        return _from_stored("libraries", rows[0]) if rows else None
+
+    def list_libraries(self) -> list[Doc]:
+        rows = self._query(f"FOR d IN libraries RETURN {_RETURN_DOC}")
+        return sorted((_from_stored("libraries", r) for r in rows), key=lambda d: d["_key"])
+
+    def update_library(self, key: str, fields: Doc) -> None:
+        self._update_by_key("libraries", [{**fields, "_key": key}])
+
+    # ---- scanning ---------------------------------------------------------------------------
+    def load_folder_cache(self, library_id: str) -> dict[str, tuple[int, int]]:
+        rows = self._query(
+            "FOR d IN library_folders FILTER d.library_id == @library_id "
+            "RETURN [d.path, d.mtime_ns, d.entry_count]",
+            {"library_id": library_id},
+        )
+        return {path: (mtime_ns, entry_count) for path, mtime_ns, entry_count in rows}
+
+    def save_folder_cache(self, library_id: str, folders: dict[str, tuple[int, int]]) -> None:
+        rows = [[path, mtime_ns, entry_count] for path, (mtime_ns, entry_count) in folders.items()]
+        # Removal and insertion touch the same collection, which one AQL statement cannot do.
+        with self._transaction(["library_folders"]) as txn:
+            self._query(
+                "FOR d IN library_folders FILTER d.library_id == @library_id REMOVE d IN library_folders",
+                {"library_id": library_id},
+                db=txn,
+            )
+            self._write_chunks(
+                "FOR row IN @folders INSERT {library_id: @library_id, path: row[0], "
+                "mtime_ns: row[1], entry_count: row[2]} INTO library_folders",
+                "folders",
+                rows,
+                {"library_id": library_id},
+                db=txn,
+            )
+
+    def file_index(self, library_id: str) -> dict[str, FileStat]:
+        rows = self._query(
+            "FOR d IN library_files FILTER d.library_id == @library_id "
+            "RETURN [d.path, d._key, d.size, d.mtime_ns]",
+            {"library_id": library_id},
+        )
+        return {path: FileStat(key, size or 0, mtime_ns or 0) for path, key, size, mtime_ns in rows}
+
+    def upsert_files(self, docs: Sequence[Doc]) -> None:
+        stored = [_to_stored("library_files", _require_key("library_files", d)) for d in docs]
+        # overwriteMode "update" changes only the given fields; mergeObjects false replaces an
+        # object-valued field (mood_tiers) whole, like SQLite's column.
+        self._write_chunks(
+            "FOR d IN @docs INSERT d INTO library_files "
+            'OPTIONS {overwriteMode: "update", keepNull: true, mergeObjects: false}',
+            "docs",
+            stored,
+        )
+
+    def delete_files(self, file_ids: Sequence[str]) -> None:
+        ids = list(file_ids)
+        with self._transaction(["file_tags", "library_files"]) as txn:
+            self._write_chunks(_REMOVE_TAGS_OF_FILES, "file_ids", ids, db=txn)
+            self._write_chunks(
+                "FOR d IN library_files FILTER d._key IN @file_ids REMOVE d IN library_files",
+                "file_ids",
+                ids,
+                db=txn,
+            )
+
+    def delete_file_tags(self, file_ids: Sequence[str]) -> None:
+        ids = list(file_ids)
+        with self._atomic(["file_tags"], _chunk_count(ids)) as txn:
+            self._write_chunks(_REMOVE_TAGS_OF_FILES, "file_ids", ids, db=txn)
+
+    def get_files(self, file_ids: Sequence[str]) -> list[Doc]:
+        if not file_ids:
+            return []
+        rows = self._query(
+            f"FOR d IN library_files FILTER d._key IN @file_ids RETURN {_RETURN_DOC}",
+            {"file_ids": list(file_ids)},
+        )
+        return sorted((_from_stored("library_files", r) for r in rows), key=lambda d: d["_key"])
+
+    def iter_files(self, library_id: str | None = None, batch_size: int = 1000) -> Iterator[list[Doc]]:
+        filters = ["d._key > @after_key"]
+        if library_id is not None:
+            filters.insert(0, "d.library_id == @library_id")
+        aql = (
+            f"FOR d IN library_files FILTER {' AND '.join(filters)} "
+            f"SORT d._key LIMIT @limit RETURN {_RETURN_DOC}"
+        )
+        # "" sorts before every key, so the first page needs no separate query text.
+        after_key = ""
+        while True:
+            bind: Doc = {"after_key": after_key, "limit": batch_size}
+            if library_id is not None:
+                bind["library_id"] = library_id
+            rows = self._query(aql, bind)
+            if not rows:
+                return
+            yield [_from_stored("library_files", r) for r in rows]
+            after_key = rows[-1]["_key"]
+
+    def file_counts(self, library_id: str | None = None) -> Doc:
+        scope = "FILTER d.library_id == @library_id " if library_id is not None else ""
+        rows = self._query(
+            f"FOR d IN library_files {scope}"
+            "COLLECT AGGREGATE total = COUNT(1), "
+            "analyzed = SUM(d.analyzed_at != null ? 1 : 0), "
+            "analysis_errors = SUM(d.analysis_error != null ? 1 : 0), "
+            "scan_errors = SUM(d.scan_error != null ? 1 : 0), "
+            "pending_writes = SUM(d.file_tags_pending == true ? 1 : 0), "
+            "write_errors = SUM(d.write_error != null ? 1 : 0), "
+            "written = SUM(d.written_at != null ? 1 : 0) "
+            "RETURN {total, analyzed, analysis_errors, scan_errors, pending_writes, "
+            "write_errors, written}",
+            {"library_id": library_id} if library_id is not None else {},
+        )
+        # Without groups COLLECT yields one row even for no input; SUM of nothing may be null.
+        row = {k: int(v or 0) for k, v in (rows[0] if rows else {}).items()}
+        # Same definition as SQLite: files analysed without an error being recorded.
+        analysed = row.get("analyzed", 0) - row.get("analysis_errors", 0)
+        return {
+            "total": row.get("total", 0),
+            "analysed": analysed,
+            "analysis_errors": row.get("analysis_errors", 0),
+            "scan_errors": row.get("scan_errors", 0),
+            "pending_writes": row.get("pending_writes", 0),
+            "write_errors": row.get("write_errors", 0),
+            "written": row.get("written", 0),
+        }
+
+    # ---- analysis -----------------------------------------------------------------------------
+    def files_needing_analysis(self, head: HeadVersion, after_key: str | None, limit: int) -> list[Doc]:
+        rows = self._query(
+            f"FOR d IN library_files FILTER d._key > @after_key {_NEEDS_ANALYSIS} "
+            f"SORT d._key LIMIT @limit RETURN {_RETURN_DOC}",
+            {**_head_vars(head), "after_key": after_key or "", "limit": limit},
+        )
+        return [_from_stored("library_files", r) for r in rows]
+
+    def count_files_needing_analysis(self, head: HeadVersion) -> int:
+        rows = self._query(
+            f"FOR d IN library_files FILTER true {_NEEDS_ANALYSIS} "
+            "COLLECT WITH COUNT INTO files RETURN files",
+            _head_vars(head),
+        )
+        return int(rows[0]) if rows else 0
+
+    def write_predictions(self, docs: Sequence[Doc]) -> None:
+        if not docs:
+            return
+        stored = [_to_stored("file_tags", _require_key("file_tags", d)) for d in docs]
+        groups = sorted({(d["file_id"], d["model_key"], d["head_name"]) for d in docs})
+        file_ids = sorted({g[0] for g in groups})
+        with self._transaction(["file_tags", "library_files"]) as txn:
+            # The old labels of each (file, head) go, whatever they were.
+            self._write_chunks(
+                "FOR g IN @groups FOR d IN file_tags FILTER d.file_id == g[0] "
+                "AND d.model_key == g[1] AND d.head_name == g[2] REMOVE d IN file_tags",
+                "groups",
+                [list(g) for g in groups],
+                db=txn,
+            )
+            self._write_chunks(
+                'FOR d IN @docs INSERT d INTO file_tags OPTIONS {overwriteMode: "replace"}',
+                "docs",
+                stored,
+                db=txn,
+            )
+            self._write_chunks(
+                "FOR d IN library_files FILTER d._key IN @file_ids "
+                "UPDATE d WITH {calibration_hash: null} IN library_files OPTIONS {keepNull: true}",
+                "file_ids",
+                file_ids,
+                db=txn,
+            )
+
+    def record_analysis(self, results: Sequence[Doc]) -> None:
+        self._update_by_key("library_files", results)
+
+    def file_tags_for_files(self, file_ids: Sequence[str]) -> list[Doc]:
+        if not file_ids:
+            return []
+        rows = self._query(
+            f"FOR d IN file_tags FILTER d.file_id IN @file_ids RETURN {_RETURN_DOC}",
+            {"file_ids": list(file_ids)},
+        )
+        tags = [_from_stored("file_tags", r) for r in rows]
+        return sorted(tags, key=lambda t: (t["file_id"], t["model_key"], t["head_name"], t["label"]))
+
+    def count_predictions(self, model_key: str, head_name: str) -> int:
+        rows = self._query(
+            "FOR d IN file_tags FILTER d.model_key == @model_key AND d.head_name == @head_name "
+            "COLLECT file_id = d.file_id "
+            "COLLECT WITH COUNT INTO files RETURN files",
+            {"model_key": model_key, "head_name": head_name},
+        )
+        return int(rows[0]) if rows else 0
+
+    # ---- calibration ----------------------------------------------------------------------------
+    def histogram(
+        self, model_key: str, head_name: str, label: str, lo: float, hi: float, bins: int
+    ) -> SparseHistogram:
+        if not hi > lo or bins < 1:
+            raise ValueError(f"invalid histogram spec lo={lo} hi={hi} bins={bins}")
+        rows = self._query(
+            HISTOGRAM_AQL,
+            {
+                "model_key": model_key,
+                "head_name": head_name,
+                "label": label,
+                "lo": lo,
+                "hi": hi,
+                "bins": bins,
+            },
+        )
+        in_range: list[tuple[int, int]] = []
+        underflow = overflow = 0
+        for row in rows:
+            index, count = int(row["bin_index"]), int(row["bin_count"])
+            if index < 0:
+                underflow += count
+            elif index >= bins:
+                overflow += count
+            else:
+                in_range.append((index, count))
+        in_range.sort()
+        return SparseHistogram(bins=in_range, underflow_count=underflow, overflow_count=overflow)
+
+    def labels_of_head(self, model_key: str, head_name: str) -> list[str]:
+        rows = self._query(
+            "FOR d IN file_tags FILTER d.model_key == @model_key AND d.head_name == @head_name "
+            "COLLECT label = d.label RETURN label",
+            {"model_key": model_key, "head_name": head_name},
+        )
+        return sorted(rows)
+
+    def get_calibration(self, key: str) -> Doc | None:
+        rows = self._query(
+            f"FOR d IN calibration_state FILTER d._key == @key RETURN {_RETURN_DOC}",
+            {"key": encode_key(key)},
+        )
+        return _from_stored("calibration_state", rows[0]) if rows else None
+
+    def list_calibrations(self) -> list[Doc]:
+        rows = self._query(f"FOR d IN calibration_state RETURN {_RETURN_DOC}")
+        return sorted((_from_stored("calibration_state", r) for r in rows), key=lambda d: d["_key"])
+
+    def save_calibrations(self, states: Sequence[Doc], history: Sequence[Doc]) -> None:
+        stored_states = [
+            _to_stored("calibration_state", _require_key("calibration_state", d)) for d in states
+        ]
+        stored_history = [
+            _to_stored("calibration_history", _require_key("calibration_history", d)) for d in history
+        ]
+        # A state document is replaced whole, as SQLite's INSERT OR REPLACE does.
+        with self._transaction(["calibration_state", "calibration_history"]) as txn:
+            self._write_chunks(
+                'FOR d IN @docs INSERT d INTO calibration_state OPTIONS {overwriteMode: "replace"}',
+                "docs",
+                stored_states,
+                db=txn,
+            )
+            self._write_chunks(
+                'FOR d IN @docs INSERT d INTO calibration_history OPTIONS {overwriteMode: "replace"}',
+                "docs",
+                stored_history,
+                db=txn,
+            )
+
+    def latest_history(self, calibration_key: str) -> Doc | None:
+        found = self.list_history(calibration_key, limit=1)
+        return found[0] if found else None
+
+    def list_history(self, calibration_key: str, limit: int = 100) -> list[Doc]:
+        # Ties on snapshot_at break by key (SQLite uses insertion order, which ArangoDB lacks).
+        rows = self._query(
+            "FOR d IN calibration_history FILTER d.calibration_key == @calibration_key "
+            f"SORT d.snapshot_at DESC, d._key DESC LIMIT @limit RETURN {_RETURN_DOC}",
+            {"calibration_key": calibration_key, "limit": limit},
+        )
+        return [_from_stored("calibration_history", r) for r in rows]
+
+    # ---- recalibration ------------------------------------------------------------------------
+    def count_files_needing_recalibration(self, expected_hash: str, library_id: str | None = None) -> int:
+        scope, bind = _needs_recalibration(expected_hash, library_id)
+        rows = self._query(
+            f"FOR d IN library_files FILTER {scope} COLLECT WITH COUNT INTO files RETURN files", bind
+        )
+        return int(rows[0]) if rows else 0
+
+    def files_needing_recalibration(
+        self, expected_hash: str, limit: int, library_id: str | None = None
+    ) -> list[str]:
+        scope, bind = _needs_recalibration(expected_hash, library_id)
+        return self._query(
+            f"FOR d IN library_files FILTER {scope} SORT d._key LIMIT @limit RETURN d._key",
+            {**bind, "limit": limit},
+        )
+
+    def apply_calibration(self, file_ids: Sequence[str]) -> None:
+        ids = list(file_ids)
+        with self._atomic(["file_tags"], _chunk_count(ids)) as txn:
+            self._write_chunks(APPLY_CALIBRATION_AQL, "file_ids", ids, db=txn)
+
+    def finish_recalibration(self, updates: Sequence[Doc]) -> None:
+        self._update_by_key("library_files", updates)
+
+    def reset_calibration_hashes(self, library_id: str | None = None) -> int:
+        scope = "d.library_id == @library_id AND " if library_id is not None else ""
+        rows = self._query(
+            f"LET reset = (FOR d IN library_files FILTER {scope}d.calibration_hash != null "
+            "UPDATE d WITH {calibration_hash: null} IN library_files OPTIONS {keepNull: true} "
+            "RETURN 1) RETURN LENGTH(reset)",
+            {"library_id": library_id} if library_id is not None else {},
+        )
+        return int(rows[0]) if rows else 0
+
+    # ---- tag writing ----------------------------------------------------------------------------
+    def files_pending_write(self, library_id: str, after_key: str | None, limit: int) -> list[Doc]:
+        rows = self._query(
+            "FOR d IN library_files FILTER d.library_id == @library_id "
+            "AND d.file_tags_pending == true AND d._key > @after_key "
+            f"SORT d._key LIMIT @limit RETURN {_RETURN_DOC}",
+            {"library_id": library_id, "after_key": after_key or "", "limit": limit},
+        )
+        return [_from_stored("library_files", r) for r in rows]
+
+    def record_writes(self, results: Sequence[Doc]) -> None:
+        self._update_by_key("library_files", results)
+
+
+# ---- AQL ------------------------------------------------------------------------------------
+# The seed's histogram (seed 000), per label, with values outside [lo, hi] counted apart:
+# bin -1 collects underflow, bin @bins overflow. Multiplying by bins/(hi - lo) rather than
+# dividing by the bin width keeps a value on a bin edge in the bin it starts, exactly as the
+# SQLite engine computes it. COLLECT ... AGGREGATE keeps one counter per bin (never INTO,
+# which would hold every document of a group in memory). AQL's MIN takes an array.
+HISTOGRAM_AQL = """
+FOR ft IN file_tags
+  FILTER ft.model_key == @model_key AND ft.head_name == @head_name AND ft.label == @label
+  FILTER ft.nomarr_only == true
+  FILTER IS_NUMBER(ft.value)
+  LET bin_idx = ft.value < @lo ? -1
+    : (ft.value > @hi ? @bins : MIN([FLOOR((ft.value - @lo) * @bins / (@hi - @lo)), @bins - 1]))
+  COLLECT bin_index = bin_idx AGGREGATE bin_count = COUNT(1)
+  SORT bin_index
+  RETURN {bin_index, bin_count}
+""".strip()
+
+# Set-based: every prediction of the batch's files gets its calibrated value, or null where
+# no calibration exists, p95 <= p5 or the value is not a number. IS_NUMBER guards matter:
+# in AQL null compares less than every number, so `0.5 > null` is true.
+APPLY_CALIBRATION_AQL = """
+FOR ft IN file_tags
+  FILTER ft.file_id IN @file_ids
+  LET cal = FIRST(
+    FOR c IN calibration_state
+      FILTER c.model_key == ft.model_key AND c.head_name == ft.head_name AND c.label == ft.label
+      LIMIT 1
+      RETURN c)
+  LET usable = cal != null AND IS_NUMBER(cal.p5) AND IS_NUMBER(cal.p95) AND cal.p95 > cal.p5
+    AND IS_NUMBER(ft.value)
+  UPDATE ft WITH {
+    calibrated_value: usable ? MIN([MAX([(ft.value - cal.p5) / (cal.p95 - cal.p5), 0]), 1]) : null
+  } IN file_tags OPTIONS {keepNull: true}
+""".strip()
+
+_REMOVE_TAGS_OF_FILES = "FOR d IN file_tags FILTER d.file_id IN @file_ids REMOVE d IN file_tags"
+
+# Files without an error and without predictions for this head at this tagger version.
+_NEEDS_ANALYSIS = (
+    "AND d.scan_error == null AND d.analysis_error == null "
+    "AND FIRST(FOR t IN file_tags FILTER t.file_id == d._key AND t.model_key == @model_key "
+    "AND t.head_name == @head_name AND t.tagger_version == @tagger_version LIMIT 1 RETURN 1) == null"
+)
+
+
+def _needs_recalibration(expected_hash: str, library_id: str | None) -> tuple[str, Doc]:
+    # `!=` is true for a null hash too: null and a differing hash both need recalibration.
+    scope = "d.analyzed_at != null AND d.calibration_hash != @expected_hash"
+    bind: Doc = {"expected_hash": expected_hash}
+    if library_id is not None:
+        scope = "d.library_id == @library_id AND " + scope
+        bind["library_id"] = library_id
+    return scope, bind
+
+
+def _head_vars(head: HeadVersion) -> Doc:
+    return {"model_key": head.model_key, "head_name": head.head_name, "tagger_version": head.tagger_version}
+
+
+# ---- documents in and out ---------------------------------------------------------------------
+_BOOL_FIELDS: dict[str, frozenset[str]] = {name: table.bool_columns for name, table in _TABLES.items()}
+
+
+def _require_key(collection: str, doc: Doc) -> Doc:
+    if "_key" not in doc:
+        raise ValueError(f"{collection} document without _key: {doc!r}")
+    return doc
+
+
+def _to_stored(collection: str, doc: Mapping[str, Any]) -> Doc:
+    """The document as ArangoDB stores it: booleans as booleans (SQLite coerces them too),
+    non-finite floats as null (JSON cannot carry them), ``_key`` encoded where needed."""
+    bools = _BOOL_FIELDS.get(collection, frozenset())
+    stored: Doc = {}
+    for field, value in doc.items():
+        if field in ("_id", "_rev"):
+            continue
+        if field in bools and value is not None:
+            value = bool(value)
+        stored[field] = _json_safe(value)
+    if "_key" in stored:
+        key = stored["_key"]
+        stored["_key"] = (
+            encode_key(key)
+            if collection in ENCODED_KEY_COLLECTIONS
+            else check_plain_key(key, f"{collection} key")
+        )
+    if collection == "file_tags":
+        stored.setdefault("nomarr_only", True)
+    return stored
+
+
+def _from_stored(collection: str, stored: Mapping[str, Any]) -> Doc:
+    """The document as the protocol returns it: every declared field present (null when
+    never set), floats as floats and the original ``_key``."""
+    doc: Doc = {**_READ_DEFAULTS.get(collection, {}), **stored}
+    for field in _FLOAT_FIELDS.get(collection, ()):
+        value = doc.get(field)
+        if isinstance(value, int) and not isinstance(value, bool):
+            doc[field] = float(value)
+    if collection in ENCODED_KEY_COLLECTIONS and isinstance(doc.get("_key"), str):
+        doc["_key"] = decode_key(doc["_key"])
+    return doc
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _chunk_count(rows: Sequence[Any]) -> int:
+    return max(1, math.ceil(len(rows) / WRITE_CHUNK_SIZE))
+
+
+# ---- messages -----------------------------------------------------------------------------------
+def _redact(url: str) -> str:
+    from nomarr_pipeline.store import redact_url
+
+    return redact_url(url)
+
+
+def _scrub(message: str, password: str) -> str:
+    """Belt and braces: no message leaves this module with the password in it."""
+    return message.replace(password, "***") if password else message
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost reason (e.g. "Connection refused") rather than urllib3's retry wrapper."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    reason = str(exc)
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if str(current):
+            reason = str(current)
+        current = current.__cause__ or current.__context__ or getattr(current, "reason", None)
+        if current is not None and not isinstance(current, BaseException):
+            break
+    return reason

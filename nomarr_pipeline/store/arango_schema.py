@@ -1,0 +1,137 @@
+"""ArangoDB schema: collections, persistent indexes, schema version and document keys.
+
+Schema versioning: the collection ``nomarr_meta`` holds one document ``{"_key": "schema",
+"version": <int>, "updated_at": <ms>}``. On open the store reads it; when it is missing or
+older than :data:`SCHEMA_VERSION`, the migrations after the stored version run in order and
+the document is rewritten. Every migration is idempotent (creating an existing collection or
+an identical index is a no-op), so two processes opening a fresh database at once are safe.
+To change the schema, append a step to :data:`MIGRATIONS` and bump nothing else.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+from nomarr_pipeline.store.protocol import COLLECTIONS, StoreError
+
+META_COLLECTION = "nomarr_meta"
+SCHEMA_DOC_KEY = "schema"
+
+
+@dataclass(frozen=True)
+class PersistentIndex:
+    """A non-unique, non-sparse persistent index, named so that it can be found and dropped."""
+
+    collection: str
+    name: str
+    fields: tuple[str, ...]
+
+    def definition(self) -> dict[str, object]:
+        """The body of ``POST /_api/index?collection=<collection>``."""
+        return {
+            "type": "persistent",
+            "name": self.name,
+            "fields": list(self.fields),
+            "unique": False,
+            "sparse": False,
+        }
+
+
+# Every index names the queries it serves; an index no query uses only slows writes down.
+INDEXES: tuple[PersistentIndex, ...] = (
+    # The seed's histogram index (seed 000), kept verbatim for head-wide scans.
+    PersistentIndex("file_tags", "idx_file_tags_histogram", ("model_key", "head_name", "nomarr_only")),
+    # histogram() and labels_of_head() are per (head, label).
+    PersistentIndex(
+        "file_tags",
+        "idx_file_tags_label_histogram",
+        ("model_key", "head_name", "label", "nomarr_only"),
+    ),
+    # write_predictions() replaces (file, head) groups; files_needing_analysis() probes
+    # (file, head, tagger_version); file_tags_for_files()/apply_calibration()/delete_* go by file.
+    PersistentIndex(
+        "file_tags",
+        "idx_file_tags_file",
+        ("file_id", "model_key", "head_name", "tagger_version"),
+    ),
+    # file_index() and upsert lookups by path.
+    PersistentIndex("library_files", "idx_library_files_library_path", ("library_id", "path")),
+    # count/files_needing_recalibration() per library.
+    PersistentIndex(
+        "library_files", "idx_library_files_calibration_hash", ("library_id", "calibration_hash")
+    ),
+    # files_pending_write().
+    PersistentIndex("library_files", "idx_library_files_pending", ("library_id", "file_tags_pending")),
+    # load/save_folder_cache().
+    PersistentIndex("library_folders", "idx_library_folders_library", ("library_id",)),
+    # apply_calibration() joins file_tags to their calibration by these fields.
+    PersistentIndex("calibration_state", "idx_calibration_state_label", ("model_key", "head_name", "label")),
+    # latest_history()/list_history(): newest snapshots of one calibration.
+    PersistentIndex("calibration_history", "idx_calibration_history_key", ("calibration_key", "snapshot_at")),
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step: collections to create, then indexes to ensure."""
+
+    version: int
+    collections: tuple[str, ...]
+    indexes: tuple[PersistentIndex, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(version=1, collections=(*COLLECTIONS, META_COLLECTION), indexes=INDEXES),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+# ---- document keys -------------------------------------------------------------------
+# ArangoDB keys allow only ASCII letters, digits and ``_-:.@()+,=;$!*'%`` and at most 254
+# bytes. Calibration keys are "{model_key}:{head_name}:{label}" and labels come from model
+# metadata ("Hip Hop", "Folk, World, & Country"), so those keys are percent-encoded: every
+# character outside the allowed set, and '%' itself, becomes %XX of its UTF-8 bytes. The
+# encoding is the identity for keys that are already valid and contain no '%', and it is
+# reversible, so readers get back exactly the key that was written.
+_KEY_SAFE_CHARACTERS = string.ascii_letters + string.digits + "_-:.@()+,=;$!*'"
+MAX_KEY_BYTES = 254
+
+# Collections whose keys the store encodes: their keys embed labels (and file_tags keys join
+# their parts with '|'). Library and file keys are referenced from other documents
+# (file_tags.file_id, library_files.library_id) and compared in AQL, so they are stored
+# verbatim and must already be valid keys (the scanner makes them hex digests).
+ENCODED_KEY_COLLECTIONS = frozenset({"file_tags", "calibration_state", "calibration_history"})
+
+
+def encode_key(key: str) -> str:
+    """The ArangoDB ``_key`` that stores the logical key ``key``."""
+    if not isinstance(key, str) or not key:
+        raise StoreError(f"document keys must be non-empty strings, got {key!r}")
+    # quote() always leaves '~' alone, but ArangoDB rejects it in keys.
+    encoded = quote(key, safe=_KEY_SAFE_CHARACTERS).replace("~", "%7E")
+    if len(encoded) > MAX_KEY_BYTES:
+        raise StoreError(
+            f"key {key!r} is {len(encoded)} bytes once encoded for ArangoDB (at most {MAX_KEY_BYTES})"
+        )
+    return encoded
+
+
+def decode_key(stored_key: str) -> str:
+    """The logical key of a stored ``_key`` (inverse of :func:`encode_key`)."""
+    return unquote(stored_key)
+
+
+def check_plain_key(key: object, what: str) -> str:
+    """A key stored verbatim: reject what ArangoDB would reject, with a message that says why."""
+    if (
+        not isinstance(key, str)
+        or not key
+        or len(key.encode()) > MAX_KEY_BYTES
+        or any(ch not in _KEY_SAFE_CHARACTERS and ch != "%" for ch in key)
+    ):
+        raise StoreError(
+            f"{what} {key!r} is not a valid ArangoDB document key: use 1-{MAX_KEY_BYTES} "
+            f"characters from letters, digits and _-:.@()+,=;$!*'%"
+        )
+    return key
