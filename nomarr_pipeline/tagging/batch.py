@@ -1,0 +1,351 @@
+"""Writing every pending file of a library: the batch workflow over the Store protocol.
+
+Per page of ``store.files_pending_write``: load the files' predictions, select their tags
+(:func:`~nomarr_pipeline.tagging.selection.select_tags`), write each file atomically
+(:func:`~nomarr_pipeline.tagging.atomic.write_file_tags`) and record the results with
+``store.record_writes``. Outcomes per file:
+
+- written / unchanged — ``written_at`` set, ``write_error`` cleared, ``file_tags_pending``
+  cleared; a written file's new size and mtime are stored too, so the next scan does not
+  take Nomarr's own write for an outside change and re-analyse the file;
+- skipped, nothing to write (e.g. ``minimal`` mode before calibration exists) — nothing is
+  recorded and the file stays pending until there is something to write (seed 004: files
+  tagged before calibration are picked up again later);
+- skipped, changed on disk — recorded as ``write_error``, stays pending (a rescan resets it);
+- failed (missing, permission, corrupt, outside the roots, …) — recorded, stays pending;
+- disk full — what was done so far is recorded and :class:`WriteBatchStopped` is raised:
+  every later file would fail the same way.
+
+``file_write_mode == "none"`` writes nothing and records nothing. ``dry_run=True`` reads the
+files' current tags and returns preview rows (file, key, current value, proposed value)
+built by the same selection; files and the store are left untouched.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from nomarr_pipeline.tagging.atomic import (
+    DiskFullError,
+    FileChangedError,
+    WriteError,
+    write_file_tags,
+)
+from nomarr_pipeline.tagging.formats import NomTags, normalize_tags, read_nom_tags
+from nomarr_pipeline.tagging.selection import select_tags
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from nomarr_pipeline.store.protocol import Doc, Store
+
+log = logging.getLogger(__name__)
+
+MAX_REPORTED_ERRORS = 100
+PREVIEW_COLUMNS = ("file_id", "path", "key", "current", "proposed", "action")
+LIST_SEPARATOR = "; "  # how a multi-valued tag is shown in a preview
+
+TaggerVersionSource = str | Callable[[Sequence["Doc"]], str]
+PreviewAction = Literal["add", "change", "remove", "keep"]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def tagger_version_from_predictions(predictions: Sequence[Doc]) -> str:
+    """The ``tagger_version`` of a file's predictions; several distinct ones joined by ``,``."""
+    versions = sorted({str(doc["tagger_version"]) for doc in predictions if doc.get("tagger_version")})
+    return ",".join(versions) or "unknown"
+
+
+@dataclass(frozen=True)
+class PreviewRow:
+    file_id: str
+    path: str
+    key: str
+    current: str | None
+    proposed: str | None
+    action: PreviewAction
+
+
+@dataclass
+class WriteReport:
+    """Counts and bounded details of one batch; ``errors`` keeps the first
+    :data:`MAX_REPORTED_ERRORS`, ``errors_not_listed`` counts the rest."""
+
+    library_id: str
+    mode: str
+    dry_run: bool = False
+    written: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    failed: int = 0
+    errors: list[dict[str, str]] = field(default_factory=list)
+    errors_not_listed: int = 0
+    preview: list[PreviewRow] = field(default_factory=list)
+
+    @property
+    def processed(self) -> int:
+        return self.written + self.unchanged + self.skipped + self.failed
+
+    def add_error(self, file_id: str, path: str, error: BaseException | str) -> None:
+        if len(self.errors) >= MAX_REPORTED_ERRORS:
+            self.errors_not_listed += 1
+            return
+        kind = type(error).__name__ if isinstance(error, BaseException) else "skipped"
+        self.errors.append({"file_id": file_id, "path": path, "kind": kind, "error": str(error)})
+
+    def summary(self) -> dict[str, Any]:
+        """Plain numbers and strings, fit for Dagster metadata or a CLI line."""
+        return {
+            "library_id": self.library_id,
+            "mode": self.mode,
+            "dry_run": self.dry_run,
+            "written": self.written,
+            "unchanged": self.unchanged,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "errors_listed": len(self.errors),
+            "errors_not_listed": self.errors_not_listed,
+            "preview_rows": len(self.preview),
+        }
+
+
+class WriteBatchStopped(DiskFullError):
+    """The disk filled up mid-batch; the files handled before were recorded."""
+
+    def __init__(self, cause: DiskFullError, report: WriteReport) -> None:
+        self.report = report
+        self.path = cause.path
+        OSError.__init__(
+            self,
+            errno.ENOSPC,
+            f"tag writing for library {report.library_id!r} stopped: {cause.strerror} "
+            f"Done before stopping: {report.written} written, {report.unchanged} unchanged, "
+            f"{report.skipped} skipped, {report.failed} failed.",
+        )
+
+
+# ---- preview -----------------------------------------------------------------------------
+
+
+def _shown(values: list[str] | None) -> str | None:
+    return None if values is None else LIST_SEPARATOR.join(values)
+
+
+def preview_rows_for(file_id: str, path: str, current: NomTags, proposed: NomTags) -> list[PreviewRow]:
+    """One row per key present now or proposed, in key order."""
+    rows: list[PreviewRow] = []
+    for key in sorted(current.keys() | proposed.keys()):
+        now, then = current.get(key), proposed.get(key)
+        action: PreviewAction
+        if now is None:
+            action = "add"
+        elif then is None:
+            action = "remove"
+        else:
+            action = "keep" if now == then else "change"
+        rows.append(PreviewRow(file_id, path, key, _shown(now), _shown(then), action))
+    return rows
+
+
+def preview_frame(rows: Sequence[PreviewRow]) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame(
+        [[getattr(row, c) for c in PREVIEW_COLUMNS] for row in rows], columns=list(PREVIEW_COLUMNS)
+    )
+
+
+def write_preview_csv(rows: Sequence[PreviewRow], path: str | os.PathLike[str]) -> Path:
+    target = Path(path)
+    preview_frame(rows).to_csv(target, index=False)
+    return target
+
+
+# ---- the batch ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _BatchSettings:
+    mode: str
+    has_calibration: bool
+    write_raw_scores: bool
+    library_roots: tuple[Path, ...]
+    tagger_version_of: TaggerVersionSource
+    standard_mood: bool
+    dry_run: bool
+
+    def version_for(self, predictions: Sequence[Doc]) -> str:
+        if callable(self.tagger_version_of):
+            return self.tagger_version_of(predictions)
+        return self.tagger_version_of
+
+
+def _file_path(doc: Doc, library: Doc) -> str:
+    path = str(doc["path"])
+    # The scanner stores absolute paths; a relative one is taken as relative to the root.
+    return path if os.path.isabs(path) else os.path.join(str(library["root_path"]), path)
+
+
+def _record(doc: Doc, *, error: str | None, pending: bool) -> Doc:
+    return {
+        "_key": doc["_key"],
+        "written_at": None if error else now_ms(),
+        "write_error": error,
+        "file_tags_pending": pending,
+    }
+
+
+def _process_page(
+    store: Store,
+    page: list[Doc],
+    library: Doc,
+    settings: _BatchSettings,
+    report: WriteReport,
+) -> None:
+    predictions_by_file: dict[str, list[Doc]] = defaultdict(list)
+    for prediction in store.file_tags_for_files([doc["_key"] for doc in page]):
+        predictions_by_file[prediction["file_id"]].append(prediction)
+
+    records: list[Doc] = []
+    new_stats: list[Doc] = []
+    try:
+        for doc in page:
+            file_id, path = doc["_key"], _file_path(doc, library)
+            predictions = predictions_by_file.get(file_id, [])
+            tags = select_tags(
+                mode=settings.mode,
+                has_calibration=settings.has_calibration,
+                write_raw_scores=settings.write_raw_scores,
+                predictions=predictions,
+                mood_tiers=doc.get("mood_tiers"),
+                tagger_version=settings.version_for(predictions),
+            )
+            if not tags:
+                # Nothing selectable yet: leave the file (and any older nom: tags) alone.
+                report.skipped += 1
+                continue
+            if settings.dry_run:
+                _preview_file(file_id, path, tags, report)
+                continue
+            try:
+                if doc.get("size") is None or doc.get("mtime_ns") is None:
+                    raise WriteError(path, "has no scanned size/mtime; rescan the library first")
+                outcome = write_file_tags(
+                    path,
+                    tags,
+                    library_roots=settings.library_roots,
+                    expected_size=int(doc["size"]),
+                    expected_mtime_ns=int(doc["mtime_ns"]),
+                    standard_mood=settings.standard_mood,
+                )
+            except FileChangedError as exc:
+                report.skipped += 1
+                report.add_error(file_id, path, exc)
+                records.append(_record(doc, error=str(exc), pending=True))
+            except WriteError as exc:
+                log.warning("tag write failed: %s", exc)
+                report.failed += 1
+                report.add_error(file_id, path, exc)
+                records.append(_record(doc, error=str(exc), pending=True))
+            except DiskFullError as exc:
+                report.add_error(file_id, path, exc)
+                records.append(_record(doc, error=str(exc), pending=True))
+                raise
+            else:
+                records.append(_record(doc, error=None, pending=False))
+                if outcome.status == "written":
+                    report.written += 1
+                    new_stats.append(
+                        {
+                            "_key": file_id,
+                            "library_id": doc["library_id"],
+                            "size": outcome.size,
+                            "mtime_ns": outcome.mtime_ns,
+                        }
+                    )
+                else:
+                    report.unchanged += 1
+    finally:
+        # Runs on the way out of a disk-full stop too: what was written stays recorded.
+        if new_stats:
+            store.upsert_files(new_stats)
+        if records:
+            store.record_writes(records)
+
+
+def _preview_file(file_id: str, path: str, tags: dict[str, str | list[str]], report: WriteReport) -> None:
+    try:
+        current = read_nom_tags(path)
+    except Exception as exc:  # a preview shows every problem instead of stopping on one
+        report.failed += 1
+        report.add_error(file_id, path, exc)
+        return
+    rows = preview_rows_for(file_id, path, current, normalize_tags(tags))
+    report.preview.extend(rows)
+    if any(row.action != "keep" for row in rows):
+        report.written += 1
+    else:
+        report.unchanged += 1
+
+
+def write_pending_tags(
+    store: Store,
+    *,
+    library: Doc,
+    library_roots: Sequence[str | os.PathLike[str]],
+    has_calibration: bool,
+    tagger_version_of: TaggerVersionSource = tagger_version_from_predictions,
+    standard_mood: bool = False,
+    batch_size: int = 200,
+    dry_run: bool = False,
+    progress: Callable[[WriteReport], None] | None = None,
+) -> WriteReport:
+    """Write (or preview) the tags of every file of ``library`` with ``file_tags_pending``.
+
+    In a dry run the counts say what a real run would do: ``written`` = files whose tags
+    would change. Raises :class:`WriteBatchStopped` when the disk is full.
+    """
+    mode = str(library.get("file_write_mode") or "full")
+    report = WriteReport(library_id=library["_key"], mode=mode, dry_run=dry_run)
+    if mode == "none":
+        log.info("library %s: file_write_mode is 'none'; no files are written", library["_key"])
+        return report
+    if not has_calibration:
+        log.info(
+            "library %s has no calibration: mood-tier tags are skipped%s",
+            library["_key"],
+            " (raw scores are written instead)" if library.get("write_raw_scores") and mode == "full" else "",
+        )
+    settings = _BatchSettings(
+        mode=mode,
+        has_calibration=has_calibration,
+        write_raw_scores=bool(library.get("write_raw_scores")),
+        library_roots=tuple(Path(root) for root in library_roots),
+        tagger_version_of=tagger_version_of,
+        standard_mood=standard_mood,
+        dry_run=dry_run,
+    )
+    after_key: str | None = None
+    while True:
+        page = store.files_pending_write(library["_key"], after_key, batch_size)
+        if not page:
+            break
+        after_key = page[-1]["_key"]
+        try:
+            _process_page(store, page, library, settings, report)
+        except DiskFullError as exc:
+            raise WriteBatchStopped(exc, report) from exc
+        if progress is not None:
+            progress(report)
+    return report
