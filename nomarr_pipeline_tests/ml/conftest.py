@@ -1,0 +1,40 @@
+"""Shared ml fixtures: the generated demo models and a few generated audio files.
+
+Session-scoped and treated as read-only by tests, so they are built once per run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nomarr_pipeline.ml.demo_models import write_demo_models
+from nomarr_pipeline.ml.discovery import ModelCatalog, discover_models
+from nomarr_pipeline_tests.ml.audio_fixtures import AUDIO_FORMATS, make_audio
+
+FIXTURE_SECONDS = 6.0
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dest = tmp_path_factory.mktemp("models")
+    write_demo_models(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def catalog(models_dir: Path) -> ModelCatalog:
+    found = discover_models(models_dir)
+    assert not found.problems, found.problems
+    return found
+
+
+@pytest.fixture(scope="session")
+def audio_by_format(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One file per supported format, each with different content (seed = index)."""
+    folder = tmp_path_factory.mktemp("audio")
+    return {
+        suffix: make_audio(folder / f"fixture{index}{suffix}", FIXTURE_SECONDS, seed=index)
+        for index, suffix in enumerate(AUDIO_FORMATS)
+    }

@@ -1,0 +1,260 @@
+"""Model discovery: flat and nested folders, names and keys, and every broken-model case."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nomarr_pipeline.ml.demo_models import write_demo_models
+from nomarr_pipeline.ml.discovery import HeadKind, discover_models, partition_key_problem
+
+HAPPY = "mood_happy-discogs-effnet-1"
+
+
+def _edit_json(path: Path, **changes: object) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def _problem_for(models: Path, name: str) -> str:
+    catalog = discover_models(models)
+    messages = [p.message for p in catalog.problems if p.path.stem == name]
+    assert messages, f"no problem for {name}: {catalog.problems}"
+    return messages[0]
+
+
+@pytest.fixture
+def flat(tmp_path: Path) -> Path:
+    write_demo_models(tmp_path / "models")
+    return tmp_path / "models"
+
+
+def test_flat_folder_finds_every_head(flat: Path) -> None:
+    catalog = discover_models(flat)
+    assert not catalog.problems
+    assert [b.name for b in catalog.backbones] == ["discogs-effnet-bs64-1", "msd-musicnn-1"]
+    assert catalog.partition_keys == [
+        "effnet-discogs-effnet-1:approachability_regression",
+        "effnet-discogs-effnet-1:danceability",
+        "effnet-discogs-effnet-1:genre_discogs400",
+        "effnet-discogs-effnet-1:mood_aggressive",
+        "effnet-discogs-effnet-1:mood_happy",
+        "effnet-discogs-effnet-1:mtg_jamendo_moodtheme",
+        "musicnn-msd-musicnn-1:mood_sad",
+    ]
+
+
+def test_head_fields(flat: Path) -> None:
+    catalog = discover_models(flat)
+    happy = catalog.head("effnet-discogs-effnet-1:mood_happy")
+    assert happy is not None
+    assert (happy.head_name, happy.embedding_tag, happy.model_key) == (
+        "mood_happy", "discogs-effnet-1", "effnet-discogs-effnet-1")
+    assert happy.labels == ("happy", "non_happy")
+    assert happy.version == 1
+    assert happy.kind is HeadKind.SOFTMAX
+    assert (happy.input_node, happy.output_node) == ("model/Placeholder", "model/Softmax")
+    assert happy.backbone.name == "discogs-effnet-bs64-1"
+    assert happy.backbone.embedding_output == "PartitionedCall:1"
+    assert len(happy.tagger_version) == 16
+    kinds = {h.head_name: h.kind for h in catalog.heads}
+    assert kinds["mtg_jamendo_moodtheme"] is HeadKind.SIGMOID
+    assert kinds["approachability_regression"] is HeadKind.REGRESSION
+    assert kinds["genre_discogs400"] is HeadKind.PARTITIONED
+    genre = catalog.head("effnet-discogs-effnet-1:genre_discogs400")
+    assert genre is not None
+    assert (genre.input_node, genre.output_node) == (
+        "serving_default_model_Placeholder", "PartitionedCall:0")
+    sad = catalog.head("musicnn-msd-musicnn-1:mood_sad")
+    assert sad is not None and sad.backbone.family == "musicnn"
+    assert sad.labels == ("non_sad", "sad")  # the JSON's order, not alphabetical or by name
+
+
+def test_nested_tree_gives_the_same_catalog(flat: Path, tmp_path: Path) -> None:
+    nested = tmp_path / "nested"
+    for pb in flat.glob("*.pb"):
+        kind = "embeddings" if pb.stem in ("discogs-effnet-bs64-1", "msd-musicnn-1") else "heads"
+        backbone = "musicnn" if "musicnn" in pb.stem else "effnet"
+        dest = nested / backbone / kind
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(pb, dest / pb.name)
+        shutil.copy(pb.with_suffix(".json"), dest / f"{pb.stem}.json")
+    flat_catalog, nested_catalog = discover_models(flat), discover_models(nested)
+    assert not nested_catalog.problems
+    assert nested_catalog.partition_keys == flat_catalog.partition_keys
+    assert [h.tagger_version for h in nested_catalog.heads] == [
+        h.tagger_version for h in flat_catalog.heads]
+
+
+def test_labels_and_version_come_from_the_json(flat: Path) -> None:
+    _edit_json(flat / f"{HAPPY}.json", classes=["non_happy", "happy"], version="3")
+    happy = discover_models(flat).head("effnet-discogs-effnet-1:mood_happy")
+    assert happy is not None
+    assert happy.labels == ("non_happy", "happy")
+    assert happy.version == 3
+
+
+def test_missing_version_defaults_to_one(flat: Path) -> None:
+    data = json.loads((flat / f"{HAPPY}.json").read_text())
+    del data["version"]
+    (flat / f"{HAPPY}.json").write_text(json.dumps(data))
+    happy = discover_models(flat).head("effnet-discogs-effnet-1:mood_happy")
+    assert happy is not None and happy.version == 1
+
+
+def test_changed_model_bytes_change_the_tagger_version(flat: Path) -> None:
+    before = {h.partition_key: h.tagger_version for h in discover_models(flat).heads}
+    _edit_json(flat / f"{HAPPY}.json", description="retrained")
+    after = {h.partition_key: h.tagger_version for h in discover_models(flat).heads}
+    changed = {key for key in before if before[key] != after[key]}
+    assert changed == {"effnet-discogs-effnet-1:mood_happy"}
+    # A changed backbone re-versions every head on it.
+    with (flat / "discogs-effnet-bs64-1.pb").open("ab") as stream:
+        stream.write(b"\n")  # an unknown trailing byte: still a different file
+    again = {h.partition_key: h.tagger_version for h in discover_models(flat).heads}
+    assert {k for k in after if after[k] != again[k]} == {
+        k for k in after if k.startswith("effnet-")}
+
+
+def test_compute_versions_false_skips_hashing(flat: Path) -> None:
+    catalog = discover_models(flat, compute_versions=False)
+    assert catalog.partition_keys == discover_models(flat).partition_keys
+    assert all(h.tagger_version == "" for h in catalog.heads)
+
+
+def test_missing_pb(flat: Path) -> None:
+    (flat / f"{HAPPY}.pb").unlink()
+    catalog = discover_models(flat)
+    assert "effnet-discogs-effnet-1:mood_happy" not in catalog.partition_keys
+    assert len(catalog.heads) == 6  # the others keep working
+    assert _problem_for(flat, HAPPY) == f"model file {HAPPY}.pb is missing"
+
+
+def test_missing_json(flat: Path) -> None:
+    (flat / f"{HAPPY}.json").unlink()
+    assert _problem_for(flat, HAPPY) == f"metadata {HAPPY}.json is missing"
+    assert len(discover_models(flat).heads) == 6
+
+
+def test_malformed_json(flat: Path) -> None:
+    (flat / f"{HAPPY}.json").write_text("{not json")
+    assert _problem_for(flat, HAPPY).startswith("unreadable model metadata")
+    assert len(discover_models(flat).heads) == 6
+
+
+def test_json_that_is_not_an_object(flat: Path) -> None:
+    (flat / f"{HAPPY}.json").write_text("[1, 2]")
+    assert _problem_for(flat, HAPPY) == "model metadata is not a JSON object"
+
+
+def test_unknown_backbone_algorithm(flat: Path) -> None:
+    _edit_json(flat / "msd-musicnn-1.json",
+               inference={"sample_rate": 16000, "algorithm": "TensorflowPredictFancy"})
+    catalog = discover_models(flat)
+    assert "unsupported backbone algorithm 'TensorflowPredictFancy'" in _problem_for(
+        flat, "msd-musicnn-1")
+    # its head has no backbone now; the effnet heads are untouched
+    assert "musicnn-msd-musicnn-1:mood_sad" not in catalog.partition_keys
+    assert "'msd-musicnn-1' was not found" in _problem_for(flat, "mood_sad-msd-musicnn-1")
+    assert len(catalog.heads) == 6
+
+
+def test_head_without_backbone(flat: Path) -> None:
+    (flat / "discogs-effnet-bs64-1.pb").unlink()
+    (flat / "discogs-effnet-bs64-1.json").unlink()
+    catalog = discover_models(flat)
+    assert catalog.partition_keys == ["musicnn-msd-musicnn-1:mood_sad"]
+    message = _problem_for(flat, HAPPY)
+    assert message == ("its backbone 'discogs-effnet-bs64-1' was not found in the models "
+                       "directory (add the embedding model's .pb and .json)")
+
+
+def test_head_backbone_found_by_link(flat: Path) -> None:
+    data = json.loads((flat / f"{HAPPY}.json").read_text())
+    data["inference"]["embedding_model"] = {
+        "algorithm": "TensorflowPredictEffnetDiscogs",
+        "link": "https://example.org/models/discogs-effnet-bs64-1.pb"}
+    (flat / f"{HAPPY}.json").write_text(json.dumps(data))
+    assert discover_models(flat).head("effnet-discogs-effnet-1:mood_happy") is not None
+
+
+def test_head_input_width_must_match_the_backbone(flat: Path) -> None:
+    data = json.loads((flat / f"{HAPPY}.json").read_text())
+    data["schema"]["inputs"][0]["shape"] = ["batch_size", 200]
+    (flat / f"{HAPPY}.json").write_text(json.dumps(data))
+    assert _problem_for(flat, HAPPY) == (
+        "head input width 200 does not match backbone 'discogs-effnet-bs64-1' "
+        "embedding size 1280")
+
+
+def test_head_without_classes(flat: Path) -> None:
+    _edit_json(flat / f"{HAPPY}.json", classes=[])
+    assert _problem_for(flat, HAPPY) == "'classes' must be a non-empty list of label strings"
+
+
+def test_head_with_too_many_classes_for_its_output(flat: Path) -> None:
+    _edit_json(flat / f"{HAPPY}.json", classes=["happy", "non_happy", "other"])
+    assert _problem_for(flat, HAPPY) == (
+        "prediction output width 2 does not match 3 classes")
+
+
+def test_head_without_prediction_output(flat: Path) -> None:
+    data = json.loads((flat / f"{HAPPY}.json").read_text())
+    data["schema"]["outputs"] = [{"name": "a"}, {"name": "b"}]
+    (flat / f"{HAPPY}.json").write_text(json.dumps(data))
+    assert "no output with output_purpose 'predictions'" in _problem_for(flat, HAPPY)
+
+
+def test_bad_version(flat: Path) -> None:
+    _edit_json(flat / f"{HAPPY}.json", version="one")
+    assert _problem_for(flat, HAPPY) == "'version' 'one' is not an integer"
+
+
+def test_head_file_name_without_embedding_tag(flat: Path) -> None:
+    for suffix in (".pb", ".json"):
+        (flat / f"{HAPPY}{suffix}").rename(flat / f"happyhead{suffix}")
+    assert "is not '<head_name>-<embedding tag>'" in _problem_for(flat, "happyhead")
+
+
+def test_forbidden_characters_in_partition_key(flat: Path) -> None:
+    for suffix in (".pb", ".json"):
+        (flat / f"{HAPPY}{suffix}").rename(flat / f"mood happy,x-discogs-effnet-1{suffix}")
+    message = _problem_for(flat, "mood happy,x-discogs-effnet-1")
+    assert "forbidden characters" in message
+    assert len(discover_models(flat).heads) == 6
+
+
+@pytest.mark.parametrize("key", ["a/b:c", "a:b,c", "a|b", "a[0]", "a b", " a", ""])
+def test_partition_key_problem(key: str) -> None:
+    assert partition_key_problem(key) is not None
+
+
+def test_valid_partition_key() -> None:
+    assert partition_key_problem("effnet-discogs-effnet-1:mood_happy") is None
+
+
+def test_duplicate_head_in_two_folders(flat: Path) -> None:
+    copy = flat / "copies"
+    copy.mkdir()
+    shutil.copy(flat / f"{HAPPY}.pb", copy / f"{HAPPY}.pb")
+    shutil.copy(flat / f"{HAPPY}.json", copy / f"{HAPPY}.json")
+    catalog = discover_models(flat)
+    assert len(catalog.heads) == 7
+    assert any("duplicate of" in p.message for p in catalog.problems)
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    catalog = discover_models(tmp_path / "nope")
+    assert not catalog.heads
+    assert catalog.problems[0].message == "models directory does not exist"
+
+
+def test_select(flat: Path) -> None:
+    catalog = discover_models(flat)
+    heads, missing = catalog.select(["effnet-discogs-effnet-1:mood_happy", "gone:head"])
+    assert [h.head_name for h in heads] == ["mood_happy"]
+    assert missing == ["gone:head"]
