@@ -1,0 +1,301 @@
+"""Calibration generation: one DB histogram per (head, label) -> ``calibration_state``.
+
+Per head: for every label, ``store.histogram`` (one grouped query) -> ``derive_percentiles``
+-> ``compute_state`` against the stored state and the newest history snapshot; then all of
+the head's states and snapshots go to ``store.save_calibrations`` in one transaction, so a
+head is calibrated completely or not at all.
+
+* Memory: one label's sparse histogram (at most ``bins`` pairs) is alive at a time, plus
+  one small state document per label. Nothing grows with the number of files.
+* Idempotent and crash-safe: every computation starts from the current ``file_tags``;
+  rerunning after a crash recomputes the unfinished heads, and a finished head rerun with
+  unchanged data keeps its values (the drift rule sees zero drift).
+* A label without eligible values (``n == 0``) gets no state; it is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from nomarr_pipeline.calibration.histogram import (
+    DEFAULT_SPEC,
+    REGRESSION_SPEC,
+    HistogramSpec,
+    PercentileResult,
+    SpecOverrides,
+    derive_percentiles,
+    out_of_range_share,
+    spec_for,
+)
+from nomarr_pipeline.calibration.state import (
+    DEFAULT_DRIFT_TOLERANCE,
+    Doc,
+    calibration_key,
+    compute_state,
+)
+from nomarr_pipeline.store.protocol import SparseHistogram, Store
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 24 * 60 * 60 * 1000
+# Seed 000: above this share of out-of-range values the histogram range should be widened.
+OUT_OF_RANGE_WARNING_SHARE = 0.05
+
+
+class CalibratedHead(Protocol):
+    """What generation needs of a head (``nomarr_pipeline.ml.discovery.Head`` fits)."""
+
+    @property
+    def model_key(self) -> str: ...
+
+    @property
+    def head_name(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def labels(self) -> Sequence[str]: ...
+
+
+@dataclass(frozen=True)
+class HeadRef:
+    """A plain head description, for callers without a model catalog (CLI, tests)."""
+
+    model_key: str
+    head_name: str
+    version: int = 1
+    labels: tuple[str, ...] = ()
+    kind: str | None = None
+
+    @property
+    def partition_key(self) -> str:
+        return f"{self.model_key}:{self.head_name}"
+
+
+@dataclass(frozen=True)
+class LabelCalibration:
+    """One label's outcome. ``p5``/``p95`` are the values in force after this computation."""
+
+    key: str
+    label: str
+    n: int
+    underflow_count: int
+    overflow_count: int
+    computed_p5: float | None
+    computed_p95: float | None
+    p5: float | None
+    p95: float | None
+    adopted: bool
+
+    @property
+    def usable(self) -> bool:
+        return self.p5 is not None and self.p95 is not None and self.p95 > self.p5
+
+
+@dataclass
+class HeadCalibrationReport:
+    model_key: str
+    head_name: str
+    version: int
+    spec: HistogramSpec
+    labels: list[LabelCalibration] = field(default_factory=list)
+    empty_labels: list[str] = field(default_factory=list)  # n == 0: no state written
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def partition_key(self) -> str:
+        return f"{self.model_key}:{self.head_name}"
+
+    @property
+    def changed(self) -> bool:
+        """Whether a calibration in force changed (and with it the expected hash)."""
+        return any(label.adopted for label in self.labels)
+
+    @property
+    def n(self) -> int:
+        return sum(label.n for label in self.labels)
+
+
+def head_spec(
+    head: CalibratedHead, overrides: SpecOverrides | None, default: HistogramSpec = DEFAULT_SPEC
+) -> HistogramSpec:
+    """The override for the head if any; otherwise the regression range for regression
+    heads (their outputs are not probabilities) and ``default`` for the rest."""
+    fallback = REGRESSION_SPEC if str(getattr(head, "kind", "")) == "regression" else default
+    return spec_for(head.model_key, head.head_name, overrides, fallback)
+
+
+def clock_ms() -> int:
+    """Milliseconds since the epoch, the store's timestamp unit."""
+    return time.time_ns() // 1_000_000
+
+
+def calibrate_head(
+    store: Store,
+    head: CalibratedHead,
+    *,
+    specs: SpecOverrides | None = None,
+    drift_tolerance: float = DEFAULT_DRIFT_TOLERANCE,
+    now: int | None = None,
+    p_low: float = 0.05,
+    p_high: float = 0.95,
+    keep_histograms: bool = False,
+) -> tuple[HeadCalibrationReport, dict[str, SparseHistogram]]:
+    """Calibrate every label of one head and save them in one transaction.
+
+    Labels come from the head (its metadata ``classes``) or, when it lists none, from what
+    the store holds. ``keep_histograms`` returns the sparse histograms too (for plots);
+    leave it off for heads with hundreds of labels.
+    """
+    started = time.perf_counter()
+    spec = head_spec(head, specs)
+    timestamp = now if now is not None else clock_ms()
+    report = HeadCalibrationReport(head.model_key, head.head_name, head.version, spec)
+    labels = list(head.labels) or store.labels_of_head(head.model_key, head.head_name)
+    histograms: dict[str, SparseHistogram] = {}
+    states: list[Doc] = []
+    history: list[Doc] = []
+    for label in labels:
+        hist = store.histogram(head.model_key, head.head_name, label, spec.lo, spec.hi, spec.bins)
+        result = derive_percentiles(hist, spec, p_low, p_high)
+        if keep_histograms:
+            histograms[label] = hist
+        del hist  # only one label's bins are alive at a time
+        if not result.has_values:
+            report.empty_labels.append(label)
+            continue
+        key = calibration_key(head.model_key, head.head_name, label)
+        state, snapshot = compute_state(
+            store.get_calibration(key),
+            model_key=head.model_key,
+            head_name=head.head_name,
+            label=label,
+            version=head.version,
+            spec=spec,
+            result=result,
+            now_ms=timestamp,
+            drift_tolerance=drift_tolerance,
+            previous_snapshot=store.latest_history(key),
+        )
+        states.append(state)
+        history.append(snapshot)
+        report.labels.append(_label_report(key, label, result, state, snapshot))
+        _warn_if_out_of_range(report, label, result)
+    if states:
+        store.save_calibrations(states, history)
+    report.seconds = time.perf_counter() - started
+    return report, histograms
+
+
+def _label_report(
+    key: str, label: str, result: PercentileResult, state: Mapping[str, Any], snapshot: Doc
+) -> LabelCalibration:
+    return LabelCalibration(
+        key=key,
+        label=label,
+        n=result.n,
+        underflow_count=result.underflow_count,
+        overflow_count=result.overflow_count,
+        computed_p5=result.p5,
+        computed_p95=result.p95,
+        p5=state["p5"],
+        p95=state["p95"],
+        adopted=bool(snapshot["adopted"]),
+    )
+
+
+def _warn_if_out_of_range(
+    report: HeadCalibrationReport, label: str, result: PercentileResult
+) -> None:
+    share = out_of_range_share(result)
+    if share > OUT_OF_RANGE_WARNING_SHARE:
+        message = (
+            f"{report.partition_key}:{label}: {share:.1%} of {result.n} values outside "
+            f"[{report.spec.lo}, {report.spec.hi}] (below {result.underflow_count}, above "
+            f"{result.overflow_count}); widen this head's histogram range"
+        )
+        log.warning(message)
+        report.warnings.append(message)
+
+
+def calibrate_heads(
+    store: Store,
+    heads: Sequence[CalibratedHead],
+    *,
+    specs: SpecOverrides | None = None,
+    drift_tolerance: float = DEFAULT_DRIFT_TOLERANCE,
+    now_ms: int | None = None,
+    p_low: float = 0.05,
+    p_high: float = 0.95,
+    stop_on_error: bool = False,
+) -> list[HeadCalibrationReport]:
+    """Calibrate each head in turn (one transaction per head).
+
+    A head that fails is reported with ``error`` and the others go on (seed 000), unless
+    ``stop_on_error``; the failed head keeps its previous calibration untouched.
+    """
+    reports: list[HeadCalibrationReport] = []
+    for head in heads:
+        try:
+            report, _ = calibrate_head(
+                store,
+                head,
+                specs=specs,
+                drift_tolerance=drift_tolerance,
+                now=now_ms,
+                p_low=p_low,
+                p_high=p_high,
+            )
+        except Exception as error:
+            if stop_on_error:
+                raise
+            log.exception("calibration of %s:%s failed", head.model_key, head.head_name)
+            report = HeadCalibrationReport(
+                head.model_key, head.head_name, head.version, head_spec(head, specs)
+            )
+            report.error = f"{type(error).__name__}: {error}"
+        reports.append(report)
+    return reports
+
+
+def calibration_progress(
+    store: Store,
+    heads: Sequence[CalibratedHead],
+    now_ms: int | None = None,
+    recent_ms: int = DAY_MS,
+) -> dict[str, Any]:
+    """Per-head progress (seed 000): a head counts as calibrated when one of its labels has a
+    state for the head's current version updated within ``recent_ms``.
+
+    ``{"total_heads", "calibrated_heads", "remaining_heads", "last_updated"}``;
+    ``last_updated`` is the newest ``updated_at`` among these heads' states, or ``None``.
+    """
+    current = now_ms if now_ms is not None else clock_ms()
+    threshold = current - recent_ms
+    versions = {(head.model_key, head.head_name): head.version for head in heads}
+    calibrated: set[tuple[str, str]] = set()
+    last_updated: int | None = None
+    for state in store.list_calibrations():
+        head_id = (state.get("model_key"), state.get("head_name"))
+        if head_id not in versions:
+            continue
+        updated_at = state.get("updated_at")
+        if updated_at is None:
+            continue
+        last_updated = updated_at if last_updated is None else max(last_updated, updated_at)
+        if updated_at >= threshold and state.get("version") == versions[head_id]:
+            calibrated.add(head_id)
+    total = len(versions)
+    return {
+        "total_heads": total,
+        "calibrated_heads": len(calibrated),
+        "remaining_heads": total - len(calibrated),
+        "last_updated": last_updated,
+    }

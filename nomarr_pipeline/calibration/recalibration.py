@@ -1,0 +1,112 @@
+"""Hash-based recalibration (seed 003): bring every file to the calibration in force.
+
+``expected = expected_calibration_hash(calibration_state)``; files whose stored
+``calibration_hash`` differs are processed in batches:
+
+1. ``store.apply_calibration(ids)``: calibrated values, set-based in the DB;
+2. ``store.file_tags_for_files(ids)``: the batch's predictions, to compute mood tiers;
+3. ``store.finish_recalibration(...)``: hash, tiers and ``file_tags_pending`` in one
+   transaction per batch.
+
+A file gets the expected hash only together with its tiers, so a crash leaves finished
+files finished and the rest still mismatching: a rerun resumes where it stopped. The hash
+is computed once per run; calibrations that change during a run make the next run redo
+the files this one finished (never the reverse). Memory is one batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nomarr_pipeline.calibration.hashing import expected_calibration_hash
+from nomarr_pipeline.calibration.state import Doc
+from nomarr_pipeline.calibration.tiers import TierConfig, compute_mood_tiers
+from nomarr_pipeline.store.protocol import Store
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]  # (files recalibrated so far, last batch size)
+
+
+class RecalibrationStalledError(RuntimeError):
+    """The store kept returning files this run already finished: their hash did not stick."""
+
+
+@dataclass(frozen=True)
+class RecalibrationReport:
+    expected_hash: str
+    recalibrated: int
+    batches: int
+    remaining: int
+    seconds: float
+
+    @property
+    def complete(self) -> bool:
+        return self.remaining == 0
+
+
+def recalibrate(
+    store: Store,
+    *,
+    tier_config: TierConfig | None = None,
+    batch_size: int = 1000,
+    library_id: str | None = None,
+    progress: ProgressCallback | None = None,
+    max_files: int | None = None,
+) -> RecalibrationReport:
+    """Recalibrate every file whose hash differs from the expected one (or ``max_files`` of
+    them, so a sensor-triggered run can be kept short; the rest waits for the next run)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    started = time.perf_counter()
+    config = tier_config or TierConfig()
+    expected = expected_calibration_hash(store.list_calibrations())
+    recalibrated = 0
+    batches = 0
+    previous_batch: list[str] = []
+    while max_files is None or recalibrated < max_files:
+        limit = batch_size if max_files is None else min(batch_size, max_files - recalibrated)
+        file_ids = store.files_needing_recalibration(expected, limit, library_id)
+        if not file_ids:
+            break
+        if file_ids == previous_batch:
+            raise RecalibrationStalledError(
+                f"files {file_ids[:3]}... still need recalibration after being finished"
+            )
+        recalibrate_batch(store, file_ids, expected, config)
+        previous_batch = file_ids
+        recalibrated += len(file_ids)
+        batches += 1
+        if progress is not None:
+            progress(recalibrated, len(file_ids))
+    remaining = store.count_files_needing_recalibration(expected, library_id)
+    seconds = time.perf_counter() - started
+    log.info(
+        "recalibrated %d files in %d batches (%.1f s), %d remaining, hash %s",
+        recalibrated, batches, seconds, remaining, expected,
+    )  # fmt: skip
+    return RecalibrationReport(expected, recalibrated, batches, remaining, seconds)
+
+
+def recalibrate_batch(
+    store: Store, file_ids: list[str], expected_hash: str, config: TierConfig
+) -> None:
+    store.apply_calibration(file_ids)
+    tags_by_file: dict[str, list[Doc]] = defaultdict(list)
+    for tag in store.file_tags_for_files(file_ids):
+        tags_by_file[tag["file_id"]].append(tag)
+    store.finish_recalibration(
+        [
+            {
+                "_key": file_id,
+                "calibration_hash": expected_hash,
+                "mood_tiers": compute_mood_tiers(tags_by_file.get(file_id, ()), config),
+                "file_tags_pending": True,
+            }
+            for file_id in file_ids
+        ]
+    )

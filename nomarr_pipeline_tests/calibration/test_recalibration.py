@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nomarr_pipeline.calibration.apply import calibrate
+from nomarr_pipeline.calibration.generation import HeadRef, calibrate_heads
+from nomarr_pipeline.calibration.hashing import expected_calibration_hash
+from nomarr_pipeline.calibration.recalibration import RecalibrationStalledError, recalibrate
+from nomarr_pipeline.calibration.tiers import TierConfig, compute_mood_tiers, empty_tiers
+from nomarr_pipeline.store import Store
+from nomarr_pipeline_tests.calibration.conftest import populate
+
+EFFNET = "effnet-discogs-effnet-1"
+NOW = 1_768_564_800_000
+FILES = 23
+RNG = np.random.default_rng(11)
+HAPPY = RNG.uniform(0.0, 1.0, FILES).round(6).tolist()
+DANCE = RNG.beta(2, 2, FILES).round(6).tolist()
+HEADS = [
+    HeadRef(EFFNET, "mood_happy", 1, ("happy", "non_happy")),
+    HeadRef(EFFNET, "danceability", 1, ("danceable", "not_danceable")),
+]
+
+
+def fill(store: Store, library_id: str = "lib1") -> list[str]:
+    return populate(
+        store,
+        {
+            (EFFNET, "mood_happy"): {"happy": HAPPY, "non_happy": [1 - v for v in HAPPY]},
+            (EFFNET, "danceability"): {"danceable": DANCE, "not_danceable": [1 - v for v in DANCE]},
+        },
+        library_id=library_id,
+    )
+
+
+def check_file_is_recalibrated(store: Store, file_id: str, expected_hash: str) -> None:
+    (doc,) = store.get_files([file_id])
+    assert doc["calibration_hash"] == expected_hash
+    assert doc["file_tags_pending"] is True
+    states = {s["_key"]: s for s in store.list_calibrations()}
+    tags = store.file_tags_for_files([file_id])
+    for tag in tags:
+        state = states.get(f"{tag['model_key']}:{tag['head_name']}:{tag['label']}")
+        reference = calibrate(tag["value"], state and state["p5"], state and state["p95"])
+        if reference is None:
+            assert tag["calibrated_value"] is None
+        else:
+            assert tag["calibrated_value"] == pytest.approx(reference, abs=1e-12)
+    assert doc["mood_tiers"] == compute_mood_tiers(tags)
+
+
+def test_recalibrates_every_file_in_batches(sqlite_store: Store) -> None:
+    keys = fill(sqlite_store)
+    calibrate_heads(sqlite_store, HEADS, now_ms=NOW)
+    seen: list[tuple[int, int]] = []
+    report = recalibrate(sqlite_store, batch_size=5, progress=lambda done, batch: seen.append((done, batch)))
+    expected = expected_calibration_hash(sqlite_store.list_calibrations())
+    assert (report.recalibrated, report.batches, report.remaining) == (FILES, 5, 0)
+    assert report.expected_hash == expected and report.complete
+    assert seen == [(5, 5), (10, 5), (15, 5), (20, 5), (23, 3)]
+    for key in keys:
+        check_file_is_recalibrated(sqlite_store, key, expected)
+    assert any(sqlite_store.get_files([k])[0]["mood_tiers"]["mood-loose"] for k in keys)
+    # Nothing left to do on a rerun.
+    assert recalibrate(sqlite_store).recalibrated == 0
+
+
+def test_resumes_after_a_crash(sqlite_store: Store) -> None:
+    fill(sqlite_store)
+    calibrate_heads(sqlite_store, HEADS, now_ms=NOW)
+
+    class CrashingStore:
+        def __init__(self, inner: Store) -> None:
+            self.inner, self.finished = inner, 0
+
+        def finish_recalibration(self, updates):
+            if self.finished == 2:
+                raise RuntimeError("killed")
+            self.finished += 1
+            self.inner.finish_recalibration(updates)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        recalibrate(CrashingStore(sqlite_store), batch_size=4)  # type: ignore[arg-type]
+    expected = expected_calibration_hash(sqlite_store.list_calibrations())
+    assert sqlite_store.count_files_needing_recalibration(expected) == FILES - 8
+    report = recalibrate(sqlite_store, batch_size=4)
+    assert report.recalibrated == FILES - 8 and report.remaining == 0
+
+
+def test_new_calibration_triggers_full_recalibration_small_drift_does_not(sqlite_store: Store) -> None:
+    fill(sqlite_store)
+    calibrate_heads(sqlite_store, HEADS, now_ms=NOW)
+    recalibrate(sqlite_store)
+    # Recomputing unchanged data: the hash is stable, nothing is rewritten.
+    calibrate_heads(sqlite_store, HEADS, now_ms=NOW + 1)
+    assert recalibrate(sqlite_store).recalibrated == 0
+    # A new head version changes the calibration in force: every file is redone.
+    bumped = [HeadRef(EFFNET, "mood_happy", 2, ("happy", "non_happy"))]
+    calibrate_heads(sqlite_store, bumped, now_ms=NOW + 2)
+    assert recalibrate(sqlite_store).recalibrated == FILES
+
+
+def test_without_calibration_files_get_empty_tiers_and_no_values(sqlite_store: Store) -> None:
+    keys = fill(sqlite_store)
+    report = recalibrate(sqlite_store)
+    assert report.recalibrated == FILES
+    assert report.expected_hash == expected_calibration_hash([])
+    for key in keys[:3]:
+        assert sqlite_store.get_files([key])[0]["mood_tiers"] == empty_tiers()
+        assert all(t["calibrated_value"] is None for t in sqlite_store.file_tags_for_files([key]))
+    # The first calibration changes the hash: everything is recalibrated again.
+    calibrate_heads(sqlite_store, HEADS, now_ms=NOW)
+    assert recalibrate(sqlite_store).recalibrated == FILES
+
+
+def test_library_filter_and_max_files(sqlite_store: Store) -> None:
+    fill(sqlite_store)
+    sqlite_store.upsert_files([{"_key": "g1", "library_id": "lib2", "path": "/b/g1.flac",
+                                "size": 1, "mtime_ns": 1, "scanned_at": 1, "analyzed_at": 2}])  # fmt: skip
+    calibrate_heads(sqlite_store, HEADS, now_ms=NOW)
+    assert recalibrate(sqlite_store, library_id="lib2").recalibrated == 1
+    partial = recalibrate(sqlite_store, library_id="lib1", batch_size=4, max_files=10)
+    assert (partial.recalibrated, partial.remaining) == (10, FILES - 10)
+    assert recalibrate(sqlite_store, library_id="lib1").recalibrated == FILES - 10
+
+
+def test_tier_config_is_used(sqlite_store: Store) -> None:
+    keys = fill(sqlite_store)
+    calibrate_heads(sqlite_store, HEADS, now_ms=NOW)
+    recalibrate(sqlite_store, tier_config=TierConfig(include_heads=("danceability",)))
+    terms = {t for k in keys for t in sqlite_store.get_files([k])[0]["mood_tiers"]["mood-loose"]}
+    assert terms and terms <= {"danceable", "not danceable"}
+
+
+def test_unanalysed_files_wait(sqlite_store: Store) -> None:
+    populate(sqlite_store, {(EFFNET, "mood_happy"): {"happy": [0.5]}}, analyzed=False)
+    assert recalibrate(sqlite_store).recalibrated == 0
+
+
+def test_a_hash_that_does_not_stick_stops_the_run(sqlite_store: Store) -> None:
+    fill(sqlite_store)
+
+    class ForgetfulStore:
+        def __init__(self, inner: Store) -> None:
+            self.inner = inner
+
+        def finish_recalibration(self, updates) -> None:
+            pass
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    with pytest.raises(RecalibrationStalledError):
+        recalibrate(ForgetfulStore(sqlite_store))  # type: ignore[arg-type]
+
+
+def test_batch_size_validated(sqlite_store: Store) -> None:
+    with pytest.raises(ValueError):
+        recalibrate(sqlite_store, batch_size=0)
