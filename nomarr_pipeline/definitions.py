@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import dagster as dg
 
+from nomarr_pipeline.assets.calibration import (
+    calibration_history,
+    calibration_package,
+    calibration_sidecars,
+    calibration_state,
+)
 from nomarr_pipeline.assets.library_files import library_files
-from nomarr_pipeline.jobs import library_scan_job
+from nomarr_pipeline.jobs import calibration_job, library_scan_job
 from nomarr_pipeline.resources import CalibrationResource, LibraryResource, ModelsResource, StoreResource
+from nomarr_pipeline.schedules import nightly_calibration_schedule
 from nomarr_pipeline.sensors import library_change_sensor
 
 defs = dg.Definitions(
-    assets=[library_files],
-    jobs=[library_scan_job],
+    assets=[library_files, calibration_state, calibration_history, calibration_sidecars, calibration_package],
+    jobs=[library_scan_job, calibration_job],
     sensors=[library_change_sensor],
+    schedules=[nightly_calibration_schedule],
     resources={
         "store": StoreResource(),
         "library": LibraryResource(),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import shutil
+import struct
 import subprocess
+import wave
 from pathlib import Path
 
 # (file name, ffmpeg lavfi source) — different tones and noise so model outputs differ.
@@ -36,3 +39,16 @@ def build_demo_library(dest: Path) -> Path:
         )
         tmp.replace(target)
     return dest
+
+
+def write_wav(path: Path, seconds: float = 0.5, freq: float = 440.0, rate: int = 8000) -> Path:
+    """A mono 16-bit sine WAV written with the standard library (no ffmpeg needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = int(seconds * rate)
+    samples = (int(8000 * math.sin(2 * math.pi * freq * i / rate)) for i in range(frames))
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(b"".join(struct.pack("<h", s) for s in samples))
+    return path

@@ -1,11 +1,26 @@
-"""Jobs the sensors and schedules launch."""
-
-from __future__ import annotations
+"""Jobs the sensors, schedules, CLI and UI launch."""
 
 import dagster as dg
+
+PARTITION_RANGE_START = "dagster/asset_partition_range_start"
+PARTITION_RANGE_END = "dagster/asset_partition_range_end"
 
 library_scan_job = dg.define_asset_job(
     "library_scan_job",
     selection=dg.AssetSelection.assets("library_files"),
     description="Scan the library folders into library_files.",
 )
+
+calibration_job = dg.define_asset_job(
+    "calibration_job",
+    selection=dg.AssetSelection.assets(
+        "calibration_state", "calibration_history", "calibration_sidecars", "calibration_package"
+    ),
+    description="Calibrate heads (one run over a range of heads), record history, export sidecars "
+    "and the calibrations.json package.",
+)
+
+
+def partition_range_tags(keys: list[str]) -> dict[str, str]:
+    """Tags that make one run cover every partition from ``keys[0]`` to ``keys[-1]``."""
+    return {PARTITION_RANGE_START: keys[0], PARTITION_RANGE_END: keys[-1]}

@@ -1,25 +1,13 @@
 from __future__ import annotations
 
-import math
-import struct
-import wave
 from pathlib import Path
 
 import pytest
 
+from nomarr_pipeline.demo import write_wav
 from nomarr_pipeline.store import Store, open_store
 
-
-def write_wav(path: Path, seconds: float = 0.5, freq: float = 440.0, rate: int = 8000) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames = int(seconds * rate)
-    samples = (int(8000 * math.sin(2 * math.pi * freq * i / rate)) for i in range(frames))
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(b"".join(struct.pack("<h", s) for s in samples))
-    return path
+__all__ = ["write_wav"]
 
 
 @pytest.fixture
