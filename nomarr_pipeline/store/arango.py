@@ -721,8 +721,10 @@ FOR ft IN file_tags
 """.strip()
 
 # Set-based: every prediction of the batch's files gets its calibrated value, or null where
-# no calibration exists, p95 <= p5 or the value is not a number. IS_NUMBER guards matter:
-# in AQL null compares less than every number, so `0.5 > null` is true.
+# no calibration exists, p95 <= p5 or the value is not a number. Two AQL facts shape it:
+# null compares less than every number (`0.5 > null` is true), hence the IS_NUMBER guards;
+# and a division by zero is a warning (queries run with failOnWarning), so the divisor is
+# never zero whichever branches AQL chooses to evaluate.
 APPLY_CALIBRATION_AQL = """
 FOR ft IN file_tags
   FILTER ft.file_id IN @file_ids
@@ -733,8 +735,11 @@ FOR ft IN file_tags
       RETURN c)
   LET usable = cal != null AND IS_NUMBER(cal.p5) AND IS_NUMBER(cal.p95) AND cal.p95 > cal.p5
     AND IS_NUMBER(ft.value)
+  LET value = usable ? ft.value : 0
+  LET p5 = usable ? cal.p5 : 0
+  LET span = usable ? cal.p95 - cal.p5 : 1
   UPDATE ft WITH {
-    calibrated_value: usable ? MIN([MAX([(ft.value - cal.p5) / (cal.p95 - cal.p5), 0]), 1]) : null
+    calibrated_value: usable ? MIN([MAX([(value - p5) / span, 0]), 1]) : null
   } IN file_tags OPTIONS {keepNull: true}
 """.strip()
 
