@@ -266,7 +266,9 @@ class ArangoStore:
             raise
         except (requests.RequestException, ConnectionError) as exc:
             raise StoreError(
-                f"cannot {action} ArangoDB at {self._display_url}: {_scrub(_root_cause(exc), self._password)}"
+                f"cannot {action} ArangoDB at {self._display_url}: "
+                f"{_scrub(_root_cause(exc), self._password)} "
+                "(is the server running, and are the URL and port right?)"
             ) from None
         except ArangoServerError as exc:
             if exc.http_code in (401, 403) and action == "connect to":
