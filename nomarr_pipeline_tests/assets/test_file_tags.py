@@ -1,0 +1,181 @@
+"""The ``file_tags`` asset and the ``head_discovery_sensor`` on a real Dagster instance."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
+
+from nomarr_pipeline.assets.file_tags import file_tags
+from nomarr_pipeline.head_sensor import head_discovery_sensor
+from nomarr_pipeline.ml.demo_models import write_demo_models
+from nomarr_pipeline.resources import ModelsResource, StoreResource
+from nomarr_pipeline.store import open_store
+from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
+
+HAPPY = "effnet-discogs-effnet-1:mood_happy"
+DANCE = "effnet-discogs-effnet-1:danceability"
+SAD = "musicnn-msd-musicnn-1:mood_sad"
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.DagsterInstance.ephemeral() as ephemeral:
+        yield ephemeral
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path) -> Path:
+    write_demo_models(tmp_path / "models")
+    return tmp_path / "models"
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'nomarr.db'}"
+    store = open_store(url)
+    root = tmp_path / "music"
+    docs = []
+    for seed, name in enumerate(["one.flac", "two.mp3", "tiny.wav"]):
+        path = make_audio(root / name, 1.0 if name == "tiny.wav" else 4.0, seed=seed)
+        stat = path.stat()
+        docs.append({"_key": name, "library_id": "lib", "path": str(path),
+                     "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+    store.upsert_files(docs)
+    store.close()
+    return url
+
+
+def _resources(store_url: str, models_dir: Path) -> dict[str, object]:
+    return {"store": StoreResource(url=store_url),
+            "models": ModelsResource(models_dir=str(models_dir), processes=2,
+                                     file_timeout_s=60)}
+
+
+def test_one_partition(instance: dg.DagsterInstance, store_url: str, models_dir: Path) -> None:
+    instance.add_dynamic_partitions("heads", [HAPPY])
+    result = dg.materialize([file_tags], partition_key=HAPPY, instance=instance,
+                            resources=_resources(store_url, models_dir))
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("file_tags")
+    assert materialization.partition == HAPPY
+    metadata = materialization.metadata
+    assert metadata["analysed"].value == 2
+    assert metadata["failed"].value == 1
+    per_head = metadata["per_head"].value
+    assert per_head[HAPPY]["analysed"] == 2
+    assert "audio too short" in per_head[HAPPY]["errors"][0]
+    store = open_store(store_url)
+    tags = store.file_tags_for_files(["one.flac", "two.mp3"])
+    assert {t["head_name"] for t in tags} == {"mood_happy"} and len(tags) == 4
+
+
+def test_many_partitions_in_one_run(
+    instance: dg.DagsterInstance, store_url: str, models_dir: Path
+) -> None:
+    instance.add_dynamic_partitions("heads", [HAPPY, DANCE, SAD])
+    result = dg.materialize(
+        [file_tags], instance=instance, resources=_resources(store_url, models_dir),
+        tags={ASSET_PARTITION_RANGE_START_TAG: HAPPY, ASSET_PARTITION_RANGE_END_TAG: SAD},
+    )
+    assert result.success
+    materializations = result.asset_materializations_for_node("file_tags")
+    assert {m.partition for m in materializations} == {HAPPY, DANCE, SAD}
+    per_head = materializations[0].metadata["per_head"].value
+    assert {key: report["analysed"] for key, report in per_head.items()} == {
+        HAPPY: 2, DANCE: 2, SAD: 2}
+    assert len(instance.get_runs()) == 1
+
+
+def test_partition_without_usable_model_fails_clearly(
+    instance: dg.DagsterInstance, store_url: str, models_dir: Path
+) -> None:
+    (models_dir / "mood_happy-discogs-effnet-1.json").write_text("{broken")
+    instance.add_dynamic_partitions("heads", [HAPPY])
+    with pytest.raises(dg.Failure, match=r"1 selected heads have no usable model.*mood_happy"):
+        dg.materialize([file_tags], partition_key=HAPPY, instance=instance,
+                       resources=_resources(store_url, models_dir))
+
+
+def test_no_models_folder_configured(instance: dg.DagsterInstance, store_url: str) -> None:
+    instance.add_dynamic_partitions("heads", [HAPPY])
+    with pytest.raises(dg.Failure, match="No models folder configured"):
+        dg.materialize([file_tags], partition_key=HAPPY, instance=instance,
+                       resources={"store": StoreResource(url=store_url),
+                                  "models": ModelsResource()})
+
+
+def _tick(instance: dg.DagsterInstance, models_dir: Path, cursor: str | None
+          ) -> tuple[dg.SensorResult | dg.SkipReason, str | None]:
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor,
+        resources={"models": ModelsResource(models_dir=str(models_dir))},
+    )
+    result = head_discovery_sensor(context)
+    if isinstance(result, dg.SensorResult):
+        for request in result.dynamic_partitions_requests or []:
+            if isinstance(request, dg.AddDynamicPartitionsRequest):
+                instance.add_dynamic_partitions(request.partitions_def_name,
+                                                list(request.partition_keys))
+            else:
+                for key in request.partition_keys:
+                    instance.delete_dynamic_partition(request.partitions_def_name, key)
+    return result, context.cursor
+
+
+def test_sensor_adds_new_heads_as_one_run_and_removes_vanished(
+    instance: dg.DagsterInstance, models_dir: Path
+) -> None:
+    instance.add_dynamic_partitions("heads", ["effnet-gone-1:old_head", HAPPY])
+    result, cursor = _tick(instance, models_dir, None)
+    assert isinstance(result, dg.SensorResult)
+    keys = instance.get_dynamic_partitions("heads")
+    assert "effnet-gone-1:old_head" not in keys
+    assert len(keys) == 7
+    (run,) = result.run_requests or []
+    assert run.asset_selection == [file_tags.key]
+    new = [k for k in keys if k != HAPPY]
+    # exactly the new keys, which sit together at the end of the partition order
+    assert keys[-len(new):] == new
+    assert run.partition_key_range == dg.PartitionKeyRange(new[0], new[-1])
+    # a dynamic range is resolved in partition order: start…end covers only the new keys
+    assert keys[keys.index(new[0]): keys.index(new[-1]) + 1] == new
+
+    # Nothing changed: skip, without even parsing JSON (the cursor remembers the keys).
+    again, cursor = _tick(instance, models_dir, cursor)
+    assert isinstance(again, dg.SkipReason)
+
+    # A new head appears: only it is requested.
+    extra = models_dir / "mood_party-discogs-effnet-1"
+    shutil.copy(models_dir / "mood_happy-discogs-effnet-1.pb", extra.with_suffix(".pb"))
+    data = json.loads((models_dir / "mood_happy-discogs-effnet-1.json").read_text())
+    extra.with_suffix(".json").write_text(json.dumps(data))
+    third, cursor = _tick(instance, models_dir, cursor)
+    assert isinstance(third, dg.SensorResult)
+    (run,) = third.run_requests or []
+    party = "effnet-discogs-effnet-1:mood_party"
+    assert run.partition_key_range == dg.PartitionKeyRange(party, party)
+
+    # A head removed: its partition goes, no run.
+    extra.with_suffix(".pb").unlink()
+    extra.with_suffix(".json").unlink()
+    fourth, _ = _tick(instance, models_dir, cursor)
+    assert isinstance(fourth, dg.SensorResult)
+    assert not fourth.run_requests
+    assert party not in instance.get_dynamic_partitions("heads")
+
+
+def test_sensor_skips_without_models_folder(instance: dg.DagsterInstance, tmp_path: Path) -> None:
+    context = dg.build_sensor_context(instance=instance,
+                                      resources={"models": ModelsResource()})
+    assert isinstance(head_discovery_sensor(context), dg.SkipReason)
+    result, _ = _tick(instance, tmp_path / "missing", None)
+    assert isinstance(result, dg.SkipReason)
