@@ -11,8 +11,13 @@ The sequence (DESIGN.md §6):
 5. re-open the copy and verify: the namespace reads back exactly as asked and the audio
    properties (length, sample rate, channels, bitrate) are those of the original;
 6. give the copy the original's permission bits (and owner, when running as root), fsync it,
-   check the original once more for changes, ``os.replace`` it onto the original and fsync
-   the folder so the rename survives a crash.
+   check the original once more for changes and ``os.replace`` it onto the original.
+
+Why the copy is fsynced but the folder is not: the data fsync is what keeps a crash from
+leaving a renamed-but-empty file (a corrupt track). The rename itself is atomic; if a crash
+loses it, the old, complete file is back with its old size and mtime, the next scan sees it
+differ from the stat the batch stored and the file is analysed and written again. A folder
+fsync per file would buy nothing but time.
 
 Any failure removes the temp copy; the original is only ever replaced by a verified copy.
 The writer works on the resolved path, so a symlink inside the library stays a symlink.
@@ -45,11 +50,11 @@ from nomarr_pipeline.tagging.formats import (
     AudioProperties,
     FileTagState,
     NomTags,
+    OpenedAudio,
     TagInput,
     UnsupportedFormatError,
     normalize_tags,
     read_file_state,
-    write_nom_tags,
 )
 
 TEMP_MARKER = ".nomarr-tmp-"
@@ -252,9 +257,8 @@ def _match_ownership_and_mode(temp: Path, original: os.stat_result) -> None:
         os.chown(temp, original.st_uid, original.st_gid)
 
 
-def _fsync_path(path: Path, *, directory: bool = False) -> None:
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
-    descriptor = os.open(path, flags)
+def _fsync_path(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
     finally:
@@ -276,7 +280,7 @@ def write_file_tags(
 ) -> WriteOutcome:
     """Give the file at ``path`` exactly the ``nom:`` tags ``tags``, atomically.
 
-    ``durable=False`` skips the fsyncs (for throwaway copies); the replace stays atomic.
+    ``durable=False`` skips the fsync (for throwaway copies); the replace stays atomic.
     Raises a :class:`WriteError` subclass for a per-file failure and :class:`DiskFullError`
     when the disk is full.
     """
@@ -284,7 +288,9 @@ def write_file_tags(
     target = resolve_inside_roots(path, library_roots)
     scanned = _stat_as_scanned(target, expected_size, expected_mtime_ns)
     try:
-        before = read_file_state(target)
+        # One parse serves the unchanged check, the audio baseline and the write itself.
+        opened = OpenedAudio(target)
+        before = opened.state()
     except Exception as exc:
         raise _classify(exc, target) from exc
     if _tags_match(before, wanted, standard_mood=standard_mood):
@@ -293,7 +299,7 @@ def write_file_tags(
     temp: Path | None = None
     try:
         temp = _temp_copy(target)
-        write_nom_tags(temp, wanted, standard_mood=standard_mood, format_of=target)
+        opened.save_tags(wanted, standard_mood=standard_mood, into=temp)
         _verify_copy(temp, target, before, wanted, standard_mood=standard_mood)
         _match_ownership_and_mode(temp, scanned)
         if durable:
@@ -302,8 +308,6 @@ def write_file_tags(
         _stat_as_scanned(target, expected_size, expected_mtime_ns)
         os.replace(temp, target)
         temp = None
-        if durable:
-            _fsync_path(target.parent, directory=True)
         written = os.stat(target)
     except BaseException as exc:
         if temp is not None:

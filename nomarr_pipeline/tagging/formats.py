@@ -120,8 +120,8 @@ class _TagAdapter:
     def apply(self, audio: Any, tags: NomTags, *, standard_mood: bool) -> None:
         raise NotImplementedError
 
-    def save(self, audio: Any) -> None:
-        audio.save()
+    def save(self, audio: Any, target: str) -> None:
+        audio.save(target)
 
 
 class _Id3Adapter(_TagAdapter):
@@ -155,8 +155,8 @@ class _Id3Adapter(_TagAdapter):
         if standard_mood and keys.MOOD_REGULAR in tags:
             id3.add(TMOO(encoding=Encoding.UTF8, text=tags[keys.MOOD_REGULAR]))
 
-    def save(self, audio: Any) -> None:
-        audio.save(v2_version=4)
+    def save(self, audio: Any, target: str) -> None:
+        audio.save(target, v2_version=4)
 
 
 class _Mp4Adapter(_TagAdapter):
@@ -281,21 +281,43 @@ def _properties(audio: Any) -> AudioProperties:
     )
 
 
+class OpenedAudio:
+    """One parse of a file: read its state, then save changed tags into it or into a byte-for-byte
+    copy of it (mutagen writes the in-memory tags into whichever file it is given)."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, format_of: str | os.PathLike[str] | None = None
+    ) -> None:
+        self.path = os.fspath(path)
+        self._adapter = _adapter_for(format_of if format_of is not None else path)
+        self._audio = self._adapter.open(self.path)
+
+    def state(self) -> FileTagState:
+        return FileTagState(
+            nom_tags=self._adapter.read(self._audio),
+            standard_mood=self._adapter.read_standard_mood(self._audio),
+            properties=_properties(self._audio),
+        )
+
+    def save_tags(
+        self, tags: TagInput, *, standard_mood: bool = False, into: str | os.PathLike[str] | None = None
+    ) -> None:
+        """Make the namespace exactly ``tags`` and save into ``into`` (default: the file itself).
+
+        ``into`` must hold the same bytes as the parsed file (a fresh copy of it).
+        """
+        self._adapter.apply(self._audio, normalize_tags(tags), standard_mood=standard_mood)
+        self._adapter.save(self._audio, os.fspath(into) if into is not None else self.path)
+
+
 def read_file_state(
     path: str | os.PathLike[str], *, format_of: str | os.PathLike[str] | None = None
 ) -> FileTagState:
     """Namespace, standard mood field and audio properties from one parse of ``path``.
 
-    ``format_of`` names the file whose extension decides the format, for a temp copy whose
-    own name ends the same way anyway but is better not trusted.
+    ``format_of`` names the file whose extension decides the format (for a temp copy).
     """
-    adapter = _adapter_for(format_of if format_of is not None else path)
-    audio = adapter.open(os.fspath(path))
-    return FileTagState(
-        nom_tags=adapter.read(audio),
-        standard_mood=adapter.read_standard_mood(audio),
-        properties=_properties(audio),
-    )
+    return OpenedAudio(path, format_of=format_of).state()
 
 
 def read_nom_tags(path: str | os.PathLike[str]) -> NomTags:
@@ -304,24 +326,15 @@ def read_nom_tags(path: str | os.PathLike[str]) -> NomTags:
     return adapter.read(adapter.open(os.fspath(path)))
 
 
-def write_nom_tags(
-    path: str | os.PathLike[str],
-    tags: TagInput,
-    *,
-    standard_mood: bool = False,
-    format_of: str | os.PathLike[str] | None = None,
-) -> None:
+def write_nom_tags(path: str | os.PathLike[str], tags: TagInput, *, standard_mood: bool = False) -> None:
     """Make the file's ``nom:`` namespace exactly ``tags``, in place.
 
     Sets every given key, removes namespace keys not given (stale), leaves every other tag
     alone. This writes the file directly; :func:`nomarr_pipeline.tagging.atomic.write_file_tags`
     is the safe entry point for library files.
     """
-    normalized = normalize_tags(tags)
-    adapter = _adapter_for(format_of if format_of is not None else path)
-    audio = adapter.open(os.fspath(path))
-    adapter.apply(audio, normalized, standard_mood=standard_mood)
-    adapter.save(audio)
+    normalize_tags(tags)  # refuse bad values before the file is opened for writing
+    OpenedAudio(path).save_tags(tags, standard_mood=standard_mood)
 
 
 def audio_properties(path: str | os.PathLike[str]) -> AudioProperties:
