@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -74,6 +73,9 @@ class TierConfig:
     include_heads: tuple[str, ...] | None = None
     exclude_heads: tuple[str, ...] = DEFAULT_EXCLUDED_HEADS
     max_std: float | None = None
+    # Memo of head filters and terms; a config is immutable, so they never go stale.
+    _mood_heads: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _terms: dict[tuple[str, str], str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.loose <= self.regular <= self.strict <= 1.0:
@@ -88,11 +90,32 @@ class TierConfig:
         return {"mood-strict": self.strict, "mood-regular": self.regular, "mood-loose": self.loose}
 
     def head_is_mood(self, head_name: str) -> bool:
+        # Recalibration asks this 50 times per file for a handful of distinct heads.
+        known = self._mood_heads.get(head_name)
+        if known is None:
+            known = self._match_head(head_name)
+            self._mood_heads[head_name] = known
+        return known
+
+    def _match_head(self, head_name: str) -> bool:
         if self.include_heads is not None and not any(
             fnmatchcase(head_name, pattern) for pattern in self.include_heads
         ):
             return False
         return not any(fnmatchcase(head_name, pattern) for pattern in self.exclude_heads)
+
+    def term(self, head_name: str, label: str) -> str:
+        """``term_map["head_name:label"]``, else ``term_map["label"]``, else ``default_term``."""
+        cache_key = (head_name, label)
+        known = self._terms.get(cache_key)
+        if known is None:
+            known = self.term_map.get(f"{head_name}:{label}")
+            if known is None:
+                known = self.term_map.get(label)
+            if known is None:
+                known = default_term(label)
+            self._terms[cache_key] = known
+        return known
 
 
 _SEPARATORS = re.compile(r"[\s_\-]+")
@@ -106,13 +129,12 @@ def default_term(label: str) -> str:
 
 
 def term_for(head_name: str, label: str, config: TierConfig) -> str:
-    mapped = config.term_map.get(f"{head_name}:{label}")
-    if mapped is None:
-        mapped = config.term_map.get(label)
-    return mapped if mapped is not None else default_term(label)
+    return config.term(head_name, label)
 
 
 def _finite_number(value: Any) -> bool:
+    if value.__class__ is float:  # the common case, straight from the store
+        return math.isfinite(value)
     return (
         value is not None
         and not isinstance(value, bool)
@@ -123,26 +145,33 @@ def _finite_number(value: Any) -> bool:
 
 def head_scores(
     tags: Iterable[Mapping[str, Any]], config: TierConfig
-) -> dict[str, tuple[frozenset[str], dict[str, float]]]:
+) -> dict[str, tuple[set[str], dict[str, float]]]:
     """head_name -> (all labels seen, label -> mean calibrated value over backbones)."""
-    labels_seen: dict[str, set[str]] = defaultdict(set)
-    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    labels_seen: dict[str, set[str]] = {}
+    values: dict[str, dict[str, list[float]]] = {}
+    max_std = config.max_std
     for tag in tags:
         head_name = tag["head_name"]
         if not config.head_is_mood(head_name):
             continue
-        labels_seen[head_name].add(tag["label"])
+        label = tag["label"]
+        seen = labels_seen.get(head_name)
+        if seen is None:
+            seen = labels_seen[head_name] = set()
+            values[head_name] = {}
+        seen.add(label)
         calibrated = tag.get("calibrated_value")
-        if not _finite_number(calibrated):
+        if calibrated is None or not _finite_number(calibrated):
             continue
-        std = tag.get("std")
-        if config.max_std is not None and _finite_number(std) and std > config.max_std:
-            continue
-        values[head_name][tag["label"]].append(float(calibrated))
+        if max_std is not None:
+            std = tag.get("std")
+            if std is not None and _finite_number(std) and std > max_std:
+                continue
+        values[head_name].setdefault(label, []).append(float(calibrated))
     return {
         head_name: (
-            frozenset(labels_seen[head_name]),
-            {label: sum(v) / len(v) for label, v in values.get(head_name, {}).items()},
+            labels_seen[head_name],
+            {label: sum(found) / len(found) for label, found in values[head_name].items()},
         )
         for head_name in labels_seen
     }
@@ -156,30 +185,35 @@ def compute_mood_tiers(
     ``tags`` are the file's ``file_tags`` documents (``head_name``, ``label``,
     ``calibrated_value``, ``std``; other fields are ignored).
     """
-    config = config or TierConfig()
-    thresholds = config.thresholds()
+    config = config or _DEFAULT_CONFIG
+    thresholds = tuple(config.thresholds().items())
     tiers: dict[str, set[str]] = {name: set() for name in TIER_NAMES}
     for head_name, (labels, scores) in head_scores(tags, config).items():
         for label, score in _passing_candidates(labels, scores):
-            term = term_for(head_name, label, config)
-            for tier, threshold in thresholds.items():
+            if score < config.loose:
+                continue
+            term = config.term(head_name, label)
+            for tier, threshold in thresholds:
                 if score >= threshold:
                     tiers[tier].add(term)
     return {name: sorted(terms) for name, terms in tiers.items()}
 
 
-def _passing_candidates(
-    labels: frozenset[str], scores: dict[str, float]
-) -> list[tuple[str, float]]:
+def _passing_candidates(labels: set[str], scores: dict[str, float]) -> list[tuple[str, float]]:
     if len(labels) != 2:
-        return sorted(scores.items())
+        return list(scores.items())
     if not scores:
         return []
-    ranked = sorted(scores.items(), key=lambda item: item[1], reverse=True)
-    if len(ranked) == 2 and ranked[0][1] == ranked[1][1]:
+    if len(scores) == 1:
+        return list(scores.items())
+    (first, first_score), (second, second_score) = scores.items()
+    if first_score == second_score:
         return []
-    return [ranked[0]]
+    return [(first, first_score)] if first_score > second_score else [(second, second_score)]
 
 
 def empty_tiers() -> dict[str, list[str]]:
     return {name: [] for name in TIER_NAMES}
+
+
+_DEFAULT_CONFIG = TierConfig()

@@ -1,0 +1,130 @@
+"""Recalibration at library scale: 200k files x 50 labels (10 M stored values).
+
+    .venv/bin/python benchmarks/bench_recalibration.py
+    .venv/bin/python benchmarks/bench_recalibration.py --files 20000 --batch-size 2000
+
+Uses bench_calibration.py's cached store (filled on first use), calibrates every head,
+forces every file to need recalibration (``reset_calibration_hashes``), then times
+``recalibrate`` in a fresh child process with its peak RSS growth, and breaks one batch
+down by store call so a slow query is named. Goal: <= 30 s for 10 M values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from bench_calibration import ensure_db, heads_for, peak_rss_kib, reset_peak_rss
+
+from nomarr_pipeline.calibration.generation import calibrate_heads
+from nomarr_pipeline.calibration.hashing import expected_calibration_hash
+from nomarr_pipeline.calibration.recalibration import recalibrate
+from nomarr_pipeline.calibration.tiers import TierConfig, compute_mood_tiers
+from nomarr_pipeline.store import open_store
+
+
+def phase_recalibrate(path: Path, batch_size: int) -> dict[str, float]:
+    store = open_store(f"sqlite:///{path}")
+    store.list_calibrations()  # connection and schema before the baseline
+    baseline = reset_peak_rss()
+    started = time.perf_counter()
+    report = recalibrate(store, tier_config=TierConfig(exclude_heads=()), batch_size=batch_size)
+    return {
+        "seconds": time.perf_counter() - started,
+        "growth_kib": peak_rss_kib() - baseline,
+        "recalibrated": report.recalibrated,
+        "remaining": report.remaining,
+    }
+
+
+def phase_breakdown(path: Path, batch_size: int) -> dict[str, float]:
+    """One batch, step by step (the steps ``recalibrate_batch`` performs)."""
+    store = open_store(f"sqlite:///{path}")
+    store.reset_calibration_hashes()
+    expected = expected_calibration_hash(store.list_calibrations())
+    timings: dict[str, float] = {}
+
+    def timed(name: str, call):
+        started = time.perf_counter()
+        result = call()
+        timings[name] = time.perf_counter() - started
+        return result
+
+    ids = timed("files_needing_recalibration", lambda: store.files_needing_recalibration(
+        expected, batch_size))  # fmt: skip
+    timed("apply_calibration", lambda: store.apply_calibration(ids))
+    rows = timed("file_tags_for_files", lambda: store.file_tags_for_files(ids))
+
+    def tiers():
+        grouped = defaultdict(list)
+        for row in rows:
+            grouped[row["file_id"]].append(row)
+        return {key: compute_mood_tiers(grouped[key], TierConfig(exclude_heads=())) for key in ids}
+
+    by_file = timed("compute_mood_tiers", tiers)
+    timed("finish_recalibration", lambda: store.finish_recalibration([
+        {"_key": key, "calibration_hash": expected, "mood_tiers": by_file[key],
+         "file_tags_pending": True} for key in ids]))  # fmt: skip
+    timed("count_files_needing_recalibration", lambda: store.count_files_needing_recalibration(
+        expected))  # fmt: skip
+    return timings
+
+
+PHASES = {"recalibrate": phase_recalibrate, "breakdown": phase_breakdown}
+
+
+def run_child(phase: str, path: Path, batch_size: int) -> dict:
+    command = [sys.executable, str(Path(__file__)), "--phase", phase, "--db", str(path),
+               "--batch-size", str(batch_size)]  # fmt: skip
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=200_000)
+    parser.add_argument("--labels", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--db-dir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
+    parser.add_argument("--db", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        print(json.dumps(PHASES[args.phase](args.db, args.batch_size)))
+        return
+
+    path = ensure_db(args.db_dir, args.files, args.labels)
+    store = open_store(f"sqlite:///{path}")
+    started = time.perf_counter()
+    calibrate_heads(store, heads_for(args.labels), stop_on_error=True)
+    print(f"calibrated {args.labels} labels in {time.perf_counter() - started:.2f} s")
+    reset = store.reset_calibration_hashes()
+    store.close()
+    total = args.files * args.labels
+    print(f"store: {path}, {args.files:,} files needing recalibration, {total:,} values")
+
+    result = run_child("recalibrate", path, args.batch_size)
+    assert result["recalibrated"] == args.files and result["remaining"] == 0, (result, reset)
+    print(
+        f"recalibrate: {result['seconds']:.2f} s for {result['recalibrated']:,} files "
+        f"(batch {args.batch_size}), peak RSS growth {result['growth_kib'] / 1024:.1f} MB"
+    )
+    breakdown = run_child("breakdown", path, args.batch_size)
+    batches = -(-args.files // args.batch_size)
+    print(f"one batch of {args.batch_size} files ({batches} batches in the run):")
+    for step, seconds in breakdown.items():
+        scale = "" if step.startswith("count") else f"  (x{batches} = {seconds * batches:.1f} s)"
+        print(f"  {step:<36}{seconds * 1000:>9.1f} ms{scale}")
+    goal = 30.0 * total / 10_000_000
+    met = result["seconds"] <= goal
+    print(f"  [{'x' if met else ' '}] <= {goal:.1f} s for {total:,} values")
+
+
+if __name__ == "__main__":
+    main()
