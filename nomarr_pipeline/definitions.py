@@ -11,20 +11,36 @@ from nomarr_pipeline.assets.calibration import (
     calibration_state,
 )
 from nomarr_pipeline.assets.library_files import library_files
-from nomarr_pipeline.jobs import calibration_job, library_scan_job
-from nomarr_pipeline.resources import CalibrationResource, LibraryResource, ModelsResource, StoreResource
+from nomarr_pipeline.assets.tagging import calibrated_tags, written_tags
+from nomarr_pipeline.jobs import calibration_job, library_scan_job, tagging_job
+from nomarr_pipeline.resources import (
+    CalibrationResource,
+    LibraryResource,
+    ModelsResource,
+    StoreResource,
+    TaggingResource,
+)
 from nomarr_pipeline.schedules import nightly_calibration_schedule
-from nomarr_pipeline.sensors import library_change_sensor
+from nomarr_pipeline.sensors import calibration_hash_sensor, library_change_sensor
 
 defs = dg.Definitions(
-    assets=[library_files, calibration_state, calibration_history, calibration_sidecars, calibration_package],
-    jobs=[library_scan_job, calibration_job],
-    sensors=[library_change_sensor],
+    assets=[
+        library_files,
+        calibration_state,
+        calibration_history,
+        calibration_sidecars,
+        calibration_package,
+        calibrated_tags,
+        written_tags,
+    ],
+    jobs=[library_scan_job, calibration_job, tagging_job],
+    sensors=[library_change_sensor, calibration_hash_sensor],
     schedules=[nightly_calibration_schedule],
     resources={
         "store": StoreResource(),
         "library": LibraryResource(),
         "models": ModelsResource(),
         "calibration": CalibrationResource(),
+        "tagging": TaggingResource(),
     },
 )

@@ -24,3 +24,11 @@ calibration_job = dg.define_asset_job(
 def partition_range_tags(keys: list[str]) -> dict[str, str]:
     """Tags that make one run cover every partition from ``keys[0]`` to ``keys[-1]``."""
     return {PARTITION_RANGE_START: keys[0], PARTITION_RANGE_END: keys[-1]}
+
+
+tagging_job = dg.define_asset_job(
+    "tagging_job",
+    selection=dg.AssetSelection.assets("calibrated_tags", "written_tags"),
+    description="Recalibrate stored predictions whose calibration_hash is stale, then write tags "
+    "into the audio files (explicit batch; the sensor's runs write auto_write_tags libraries only).",
+)

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from nomarr_pipeline.settings import WRITE_MODES, Settings, split_roots
 from nomarr_pipeline.store import Store, open_store
+
+if TYPE_CHECKING:
+    from nomarr_pipeline.calibration.tiers import TierConfig
 
 
 class StoreResource(dg.ConfigurableResource):
@@ -96,10 +100,39 @@ class CalibrationResource(dg.ConfigurableResource):
         return Settings.from_env().export_dir
 
 
+class TaggingResource(dg.ConfigurableResource):
+    """Mood tiers and what the tag writer adds beyond the ``nom:`` namespace."""
+
+    strict: float = 0.92
+    regular: float = 0.80
+    loose: float = 0.65
+    term_map: dict[str, str] | None = None  # "head_name:label" or "label" -> term
+    include_heads: list[str] | None = None
+    exclude_heads: list[str] | None = None
+    max_std: float | None = None
+    standard_mood: bool = False  # also write the regular tier to TMOO / MOOD
+
+    def tier_config(self) -> TierConfig:
+        from nomarr_pipeline.calibration.tiers import DEFAULT_EXCLUDED_HEADS, TierConfig
+
+        return TierConfig(
+            strict=self.strict,
+            regular=self.regular,
+            loose=self.loose,
+            term_map=dict(self.term_map or {}),
+            include_heads=tuple(self.include_heads) if self.include_heads is not None else None,
+            exclude_heads=tuple(self.exclude_heads)
+            if self.exclude_heads is not None
+            else DEFAULT_EXCLUDED_HEADS,
+            max_std=self.max_std,
+        )
+
+
 __all__ = [
     "CalibrationResource",
     "LibraryResource",
     "ModelsResource",
     "StoreResource",
+    "TaggingResource",
     "split_roots",
 ]

@@ -1,0 +1,106 @@
+"""Recalibration of stored predictions and tag writing into the audio files."""
+
+import dagster as dg
+import pandas as pd
+
+from nomarr_pipeline.calibration.recalibration import recalibrate
+from nomarr_pipeline.resources import LibraryResource, StoreResource, TaggingResource
+from nomarr_pipeline.settings import Settings
+from nomarr_pipeline.store import Store
+from nomarr_pipeline.tagging.batch import WriteBatchStopped, WriteReport, preview_frame, write_pending_tags
+
+PREVIEW_ROWS_SHOWN = 50
+
+
+@dg.asset(deps=["calibration_state"], group_name="tagging", kinds={"python", "sqlite"})
+def calibrated_tags(
+    context: dg.AssetExecutionContext, store: StoreResource, tagging: TaggingResource
+) -> dg.MaterializeResult:
+    """Files whose ``calibration_hash`` differs from the expected one get calibrated values,
+    mood tiers and the new hash (crash-safe: a rerun resumes where a crash stopped)."""
+    db = store.open()
+    report = recalibrate(
+        db,
+        tier_config=tagging.tier_config(),
+        progress=lambda done, _batch: context.log.debug(f"recalibrated {done} files"),
+    )
+    context.log.info(
+        f"recalibrated {report.recalibrated} files in {report.seconds:.1f}s; {report.remaining} remaining"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "files_recalibrated": report.recalibrated,
+            "remaining": report.remaining,
+            "expected_calibration_hash": report.expected_hash,
+            "usable_calibrations": _usable_calibrations(db),
+            "seconds": round(report.seconds, 3),
+        }
+    )
+
+
+class WriteTagsConfig(dg.Config):
+    auto_only: bool = False
+    """Only libraries with ``auto_write_tags`` (the sensor's runs); a click in the UI is an
+    explicit batch for every library."""
+    preview: bool = False
+    """List what would be written (metadata table + CSV) without touching any file."""
+
+
+@dg.asset(deps=[calibrated_tags], group_name="tagging", kinds={"python"}, pool="tag_writing")
+def written_tags(
+    context: dg.AssetExecutionContext,
+    config: WriteTagsConfig,
+    store: StoreResource,
+    library: LibraryResource,
+    tagging: TaggingResource,
+) -> dg.MaterializeResult:
+    """``nom:`` tags written atomically into the audio files of each library, per its mode."""
+    db = store.open()
+    roots = {str(root.resolve()) for root in library.root_paths()}
+    has_calibration = _usable_calibrations(db) > 0
+    reports: list[WriteReport] = []
+    for lib in db.list_libraries():
+        if lib["root_path"] not in roots:
+            context.log.info(f"library {lib['root_path']} is not configured any more; not written")
+            continue
+        if config.auto_only and not lib.get("auto_write_tags"):
+            continue
+        try:
+            report = write_pending_tags(
+                db,
+                library=lib,
+                library_roots=[lib["root_path"]],
+                has_calibration=has_calibration,
+                standard_mood=tagging.standard_mood,
+                dry_run=config.preview,
+            )
+        except WriteBatchStopped as stopped:
+            raise dg.Failure(str(stopped), metadata=stopped.report.summary()) from stopped
+        reports.append(report)
+        context.log.info(f"{lib['root_path']}: {report.summary()}")
+        for error in report.errors[:20]:
+            context.log.warning(f"{error['path']}: {error['kind']}: {error['error']}")
+    metadata: dict[str, object] = {
+        field: sum(getattr(r, field) for r in reports)
+        for field in ("written", "unchanged", "skipped", "failed")
+    }
+    metadata["libraries"] = dg.MetadataValue.json([r.summary() for r in reports])
+    metadata["has_calibration"] = has_calibration
+    metadata["dry_run"] = config.preview
+    if config.preview:
+        frame = pd.concat([preview_frame(r.preview) for r in reports]) if reports else pd.DataFrame()
+        csv = Settings.from_env().data_dir / "previews" / f"written_tags-{context.run_id}.csv"
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(csv, index=False)
+        metadata["preview_csv"] = dg.MetadataValue.path(str(csv))
+        metadata["preview_rows"] = len(frame)
+        metadata["preview"] = dg.MetadataValue.md(frame.head(PREVIEW_ROWS_SHOWN).to_markdown(index=False))
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def _usable_calibrations(db: Store) -> int:
+    return sum(
+        1
+        for state in db.list_calibrations()
+        if state.get("p5") is not None and state.get("p95") is not None and state["p95"] > state["p5"]
+    )
