@@ -44,6 +44,7 @@ from nomarr_pipeline.calibration.recalibration import (
     RecalibrationReport,
     RecalibrationStalledError,
     recalibrate,
+    recalibration_status,
 )
 from nomarr_pipeline.calibration.state import (
     DEFAULT_DRIFT_TOLERANCE,
@@ -84,6 +85,7 @@ __all__ = [
     "import_package",
     "load_package",
     "recalibrate",
+    "recalibration_status",
     "sidecar_path",
     "spec_for",
 ]

@@ -122,6 +122,34 @@ class HeadCalibrationReport:
     def n(self) -> int:
         return sum(label.n for label in self.labels)
 
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready figures for asset metadata and logs."""
+        return {
+            "partition_key": self.partition_key,
+            "version": self.version,
+            "histogram": self.spec.to_doc(),
+            "n": self.n,
+            "changed": self.changed,
+            "labels": {
+                label.label: {
+                    "p5": label.p5,
+                    "p95": label.p95,
+                    "computed_p5": label.computed_p5,
+                    "computed_p95": label.computed_p95,
+                    "n": label.n,
+                    "underflow_count": label.underflow_count,
+                    "overflow_count": label.overflow_count,
+                    "adopted": label.adopted,
+                    "usable": label.usable,
+                }
+                for label in self.labels
+            },
+            "empty_labels": list(self.empty_labels),
+            "warnings": list(self.warnings),
+            "error": self.error,
+            "seconds": round(self.seconds, 3),
+        }
+
 
 def head_spec(
     head: CalibratedHead, overrides: SpecOverrides | None, default: HistogramSpec = DEFAULT_SPEC

@@ -195,3 +195,14 @@ def test_progress_per_head(sqlite_store: Store) -> None:
     assert progress["calibrated_heads"] == 0
     wide = calibration_progress(sqlite_store, heads, now_ms=NOW, recent_ms=3 * DAY_MS)
     assert wide["calibrated_heads"] == 2
+
+
+def test_summary_is_json_ready(sqlite_store: Store) -> None:
+    import json
+
+    fill(sqlite_store)
+    (report,) = calibrate_heads(sqlite_store, [MOOD_HEAD], now_ms=NOW)
+    summary = json.loads(json.dumps(report.summary()))
+    assert summary["partition_key"] == f"{EFFNET}:mtg_jamendo_moodtheme"
+    assert sorted(summary["labels"]) == ["calm", "dark"] and summary["empty_labels"] == ["epic"]
+    assert summary["labels"]["calm"]["usable"] is True

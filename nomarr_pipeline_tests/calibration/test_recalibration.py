@@ -161,3 +161,17 @@ def test_a_hash_that_does_not_stick_stops_the_run(sqlite_store: Store) -> None:
 def test_batch_size_validated(sqlite_store: Store) -> None:
     with pytest.raises(ValueError):
         recalibrate(sqlite_store, batch_size=0)
+
+
+def test_status_for_sensors(sqlite_store: Store) -> None:
+    from nomarr_pipeline.calibration.recalibration import recalibration_status
+
+    fill(sqlite_store)
+    calibrate_heads(sqlite_store, HEADS, now_ms=NOW)
+    status = recalibration_status(sqlite_store)
+    assert status == {
+        "expected_hash": expected_calibration_hash(sqlite_store.list_calibrations()),
+        "remaining": FILES,
+    }
+    recalibrate(sqlite_store)
+    assert recalibration_status(sqlite_store, "lib1")["remaining"] == 0
