@@ -4,10 +4,12 @@ The sequence (DESIGN.md §6):
 
 1. refuse a path whose real path (symlinks resolved) is outside every library root;
 2. refuse a file whose size or ``mtime_ns`` differ from what the scan recorded — it changed
-   on disk and its predictions may no longer describe it;
+   on disk and its predictions may no longer describe it — and a file the process may not
+   write (read-only or immutable), even though its folder would allow a replace;
 3. read the current tags; if they already equal the wanted ones, stop ("unchanged");
 4. copy the file to ``.<name>.nomarr-tmp-<random><ext>`` in the same folder (same
-   filesystem, so the final rename is atomic), write the tags into the copy;
+   filesystem, so the final rename is atomic; a reflink clone where the filesystem has
+   them, a plain copy elsewhere), write the tags into the copy;
 5. re-open the copy and verify: the namespace reads back exactly as asked and the audio
    properties (length, sample rate, channels, bitrate) are those of the original;
 6. give the copy the original's permission bits (and owner, when running as root), fsync it,
@@ -34,9 +36,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import stat
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,6 +67,9 @@ LENGTH_TOLERANCE_S = 1e-3
 _MAX_NAME_IN_TEMP = 100  # keep temp names well under NAME_MAX (255 bytes)
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+# Linux FICLONE ioctl number (_IOW(0x94, 9, int)); None where there is no such ioctl.
+_FICLONE: int | None = 0x40049409 if sys.platform == "linux" else None
+_NO_REFLINK_DEVICES: set[int] = set()
 
 
 class WriteError(Exception):
@@ -158,6 +165,10 @@ def _stat_as_scanned(path: Path, expected_size: int, expected_mtime_ns: int) -> 
             f"changed on disk since the scan (size {expected_size} -> {info.st_size}, "
             f"mtime_ns {expected_mtime_ns} -> {info.st_mtime_ns}); skipped until it is rescanned",
         )
+    if not os.access(path, os.W_OK):
+        # Replacing the file would work (the folder is writable), but a read-only or
+        # immutable file is the owner saying "do not modify", so it is respected.
+        raise PermissionDeniedError(path, "permission denied (the file is not writable)")
     return info
 
 
@@ -234,7 +245,26 @@ def _verify_copy(
 # ---- filesystem helpers ------------------------------------------------------------------
 
 
-def _temp_copy(original: Path) -> Path:
+def _try_reflink(original: Path, temp: Path, device: int) -> bool:
+    """Clone ``original`` into ``temp`` without copying data, where the filesystem can.
+
+    btrfs, XFS and bcachefs share the extents (the copy is instant and takes no space until
+    written); elsewhere the ioctl fails and the caller copies. A device that said "not
+    supported" once is not asked again.
+    """
+    if _FICLONE is None or device in _NO_REFLINK_DEVICES:
+        return False
+    try:
+        with open(original, "rb") as source, open(temp, "r+b") as copy:
+            fcntl.ioctl(copy.fileno(), _FICLONE, source.fileno())
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.EXDEV, errno.ENOSYS):
+            _NO_REFLINK_DEVICES.add(device)
+        return False
+    return True
+
+
+def _temp_copy(original: Path, device: int) -> Path:
     descriptor, name = tempfile.mkstemp(
         prefix=f".{original.stem[:_MAX_NAME_IN_TEMP]}{TEMP_MARKER}",
         suffix=original.suffix,
@@ -243,9 +273,11 @@ def _temp_copy(original: Path) -> Path:
     os.close(descriptor)
     temp = Path(name)
     try:
-        shutil.copyfile(original, temp)
+        if not _try_reflink(original, temp, device):
+            shutil.copyfile(original, temp)
     except BaseException:
-        temp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
         raise
     return temp
 
@@ -298,7 +330,7 @@ def write_file_tags(
 
     temp: Path | None = None
     try:
-        temp = _temp_copy(target)
+        temp = _temp_copy(target, scanned.st_dev)
         opened.save_tags(wanted, standard_mood=standard_mood, into=temp)
         _verify_copy(temp, target, before, wanted, standard_mood=standard_mood)
         _match_ownership_and_mode(temp, scanned)

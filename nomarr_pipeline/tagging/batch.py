@@ -184,6 +184,7 @@ class _BatchSettings:
     tagger_version_of: TaggerVersionSource
     standard_mood: bool
     dry_run: bool
+    durable: bool
 
     def version_for(self, predictions: Sequence[Doc]) -> str:
         if callable(self.tagger_version_of):
@@ -248,6 +249,7 @@ def _process_page(
                     expected_size=int(doc["size"]),
                     expected_mtime_ns=int(doc["mtime_ns"]),
                     standard_mood=settings.standard_mood,
+                    durable=settings.durable,
                 )
             except FileChangedError as exc:
                 report.skipped += 1
@@ -309,12 +311,16 @@ def write_pending_tags(
     standard_mood: bool = False,
     batch_size: int = 200,
     dry_run: bool = False,
+    durable: bool = True,
     progress: Callable[[WriteReport], None] | None = None,
 ) -> WriteReport:
     """Write (or preview) the tags of every file of ``library`` with ``file_tags_pending``.
 
     In a dry run the counts say what a real run would do: ``written`` = files whose tags
-    would change. Raises :class:`WriteBatchStopped` when the disk is full.
+    would change. ``durable=False`` skips the per-file fsync before the replace (faster; on a
+    crash a just-written file may come back without its data on filesystems that do not
+    flush a replaced file's data themselves, as ext4 does by default) — keep the default for libraries
+    you care about. Raises :class:`WriteBatchStopped` when the disk is full.
     """
     mode = str(library.get("file_write_mode") or "full")
     report = WriteReport(library_id=library["_key"], mode=mode, dry_run=dry_run)
@@ -335,6 +341,7 @@ def write_pending_tags(
         tagger_version_of=tagger_version_of,
         standard_mood=standard_mood,
         dry_run=dry_run,
+        durable=durable,
     )
     after_key: str | None = None
     while True:
