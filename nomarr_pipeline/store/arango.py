@@ -479,23 +479,21 @@ class ArangoStore:
         rows = self._query(
             f"FOR d IN library_files {scope}"
             "COLLECT AGGREGATE total = COUNT(1), "
-            "analyzed = SUM(d.analyzed_at != null ? 1 : 0), "
+            "analysed = SUM(d.analyzed_at != null AND d.analysis_error == null ? 1 : 0), "
             "analysis_errors = SUM(d.analysis_error != null ? 1 : 0), "
             "scan_errors = SUM(d.scan_error != null ? 1 : 0), "
             "pending_writes = SUM(d.file_tags_pending == true ? 1 : 0), "
             "write_errors = SUM(d.write_error != null ? 1 : 0), "
             "written = SUM(d.written_at != null ? 1 : 0) "
-            "RETURN {total, analyzed, analysis_errors, scan_errors, pending_writes, "
+            "RETURN {total, analysed, analysis_errors, scan_errors, pending_writes, "
             "write_errors, written}",
             {"library_id": library_id} if library_id is not None else {},
         )
         # Without groups COLLECT yields one row even for no input; SUM of nothing may be null.
         row = {k: int(v or 0) for k, v in (rows[0] if rows else {}).items()}
-        # Same definition as SQLite: files analysed without an error being recorded.
-        analysed = row.get("analyzed", 0) - row.get("analysis_errors", 0)
         return {
             "total": row.get("total", 0),
-            "analysed": analysed,
+            "analysed": row.get("analysed", 0),
             "analysis_errors": row.get("analysis_errors", 0),
             "scan_errors": row.get("scan_errors", 0),
             "pending_writes": row.get("pending_writes", 0),

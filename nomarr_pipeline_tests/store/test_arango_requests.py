@@ -805,7 +805,7 @@ def test_file_counts_map_to_the_protocol_shape(store: ArangoStore, fake: FakeAra
         [
             {
                 "total": 6,
-                "analyzed": 2,
+                "analysed": 1,
                 "analysis_errors": 1,
                 "scan_errors": 1,
                 "pending_writes": 1,
@@ -824,6 +824,7 @@ def test_file_counts_map_to_the_protocol_shape(store: ArangoStore, fake: FakeAra
         "written": 0,
     }
     assert fake.requests[0].bind_vars == {"library_id": "lib1"}
+    assert "d.analyzed_at != null AND d.analysis_error == null" in fake.requests[0].query
     fake.cursor_answers.clear()
     assert store.file_counts()["total"] == 0
 

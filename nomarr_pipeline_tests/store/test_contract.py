@@ -126,7 +126,7 @@ def test_file_counts(store: Store) -> None:
         [
             _file("a", analyzed_at=5),
             _file("b", analyzed_at=5, analysis_error="bad"),
-            _file("c", scan_error="unreadable"),
+            _file("c", scan_error="unreadable", analysis_error="never decoded"),
             _file("d", file_tags_pending=True),
             _file("e", written_at=9, write_error="denied"),
             _file("z", library_id="lib2"),
@@ -135,7 +135,7 @@ def test_file_counts(store: Store) -> None:
     assert store.file_counts("lib1") == {
         "total": 5,
         "analysed": 1,
-        "analysis_errors": 1,
+        "analysis_errors": 2,
         "scan_errors": 1,
         "pending_writes": 1,
         "write_errors": 1,
