@@ -1,0 +1,43 @@
+"""Tag writing (DESIGN.md §6, seed 004): plain Python, no Dagster.
+
+- :mod:`~nomarr_pipeline.tagging.keys` — the ``nom:`` namespace: key names, score keys, number format;
+- :mod:`~nomarr_pipeline.tagging.selection` — which tags a file gets per write mode and calibration;
+- :mod:`~nomarr_pipeline.tagging.formats` — reading/writing the namespace per container with mutagen;
+- :mod:`~nomarr_pipeline.tagging.atomic` — one file, written through a verified temp copy;
+- :mod:`~nomarr_pipeline.tagging.batch` — every pending file of a library, over the Store protocol.
+"""
+
+from __future__ import annotations
+
+from nomarr_pipeline.tagging.atomic import (
+    DiskFullError,
+    WriteError,
+    WriteOutcome,
+    write_file_tags,
+)
+from nomarr_pipeline.tagging.batch import (
+    PreviewRow,
+    WriteBatchStopped,
+    WriteReport,
+    preview_frame,
+    write_pending_tags,
+    write_preview_csv,
+)
+from nomarr_pipeline.tagging.formats import read_nom_tags, write_nom_tags
+from nomarr_pipeline.tagging.selection import select_tags
+
+__all__ = [
+    "DiskFullError",
+    "PreviewRow",
+    "WriteBatchStopped",
+    "WriteError",
+    "WriteOutcome",
+    "WriteReport",
+    "preview_frame",
+    "read_nom_tags",
+    "select_tags",
+    "write_file_tags",
+    "write_nom_tags",
+    "write_pending_tags",
+    "write_preview_csv",
+]
