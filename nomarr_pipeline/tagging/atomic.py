@@ -324,7 +324,11 @@ def write_file_tags(
         opened = OpenedAudio(target)
         before = opened.state()
     except Exception as exc:
-        raise _classify(exc, target) from exc
+        classified = _classify(exc, target)
+        if classified is exc:
+            # mutagen lets struct.error, IndexError and friends escape on some damaged files.
+            classified = CorruptFileError(target, f"cannot be read as audio ({type(exc).__name__}: {exc})")
+        raise classified from exc
     if _tags_match(before, wanted, standard_mood=standard_mood):
         return WriteOutcome(target, "unchanged", scanned.st_size, scanned.st_mtime_ns)
 
@@ -346,7 +350,10 @@ def write_file_tags(
             with contextlib.suppress(OSError):  # keep the original error, not a cleanup one
                 temp.unlink(missing_ok=True)
         classified = _classify(exc, target)
-        if classified is exc:
+        if classified is exc and isinstance(exc, Exception):
+            # Whatever else went wrong, the original is untouched: report it for this file.
+            classified = WriteError(target, f"unexpected error while writing ({type(exc).__name__}: {exc})")
+        if classified is exc:  # KeyboardInterrupt, SystemExit: not a file problem
             raise
         raise classified from exc
     return WriteOutcome(target, "written", written.st_size, written.st_mtime_ns)

@@ -224,14 +224,22 @@ def _process_page(
         for doc in page:
             file_id, path = doc["_key"], _file_path(doc, library)
             predictions = predictions_by_file.get(file_id, [])
-            tags = select_tags(
-                mode=settings.mode,
-                has_calibration=settings.has_calibration,
-                write_raw_scores=settings.write_raw_scores,
-                predictions=predictions,
-                mood_tiers=doc.get("mood_tiers"),
-                tagger_version=settings.version_for(predictions),
-            )
+            try:
+                tags = select_tags(
+                    mode=settings.mode,
+                    has_calibration=settings.has_calibration,
+                    write_raw_scores=settings.write_raw_scores,
+                    predictions=predictions,
+                    mood_tiers=doc.get("mood_tiers"),
+                    tagger_version=settings.version_for(predictions),
+                )
+                normalize_tags(tags)
+            except ValueError as exc:  # stored data that cannot become a tag (TagKeyError, …)
+                report.failed += 1
+                report.add_error(file_id, path, exc)
+                if not settings.dry_run:
+                    records.append(_record(doc, error=f"cannot build tags: {exc}", pending=True))
+                continue
             if not tags:
                 # Nothing selectable yet: leave the file (and any older nom: tags) alone.
                 report.skipped += 1

@@ -171,13 +171,13 @@ class _Mp4Adapter(_TagAdapter):
             if atom_key.startswith(MP4_FREEFORM_PREFIX):
                 key = atom_key[len(MP4_FREEFORM_PREFIX) :]
                 if keys.is_nom_key(key):
-                    found[key] = [bytes(value).decode("utf-8") for value in values]
+                    found[key] = [bytes(value).decode("utf-8", "replace") for value in values]
         return found
 
     def read_standard_mood(self, audio: Any) -> list[str] | None:
         if audio.tags is None or MP4_MOOD_KEY not in audio.tags:
             return None
-        return [bytes(value).decode("utf-8") for value in audio.tags[MP4_MOOD_KEY]]
+        return [bytes(value).decode("utf-8", "replace") for value in audio.tags[MP4_MOOD_KEY]]
 
     @staticmethod
     def _freeform(values: list[str]) -> list[MP4FreeForm]:

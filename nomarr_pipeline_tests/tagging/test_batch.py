@@ -280,3 +280,20 @@ def test_full_disk_stops_the_batch_after_recording_what_was_done(
     b_doc = file_doc(store, "b")
     assert b_doc["file_tags_pending"] is True and "disk full" in b_doc["write_error"]
     assert file_doc(store, "c")["write_error"] is None and file_doc(store, "c")["file_tags_pending"] is True
+
+
+def test_stored_data_that_cannot_become_a_tag_fails_that_file_only(
+    store: Store, make_file: Callable[..., Path], library_root: Path
+) -> None:
+    store.ensure_library(library_doc(library_root))
+    bad, good = make_file("mp3", "bad.mp3"), make_file("mp3", "good.mp3")
+    register(store, {"a-bad": bad, "b-good": good})
+    broken = {**predictions("a-bad")[0], "_key": "a-bad|broken", "head_name": "head=with=equals"}
+    store.write_predictions([broken])
+    before = bad.read_bytes()
+
+    report = run(store, library_root)
+
+    assert (report.written, report.failed) == (1, 1)
+    assert "cannot build tags" in file_doc(store, "a-bad")["write_error"]
+    assert bad.read_bytes() == before
