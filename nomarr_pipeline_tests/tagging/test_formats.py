@@ -112,3 +112,21 @@ def test_unsupported_extension_and_bad_values_are_refused(
     for bad in ({"title": "x"}, {keys.VERSION: ""}, {keys.VERSION: "a\x00b"}):
         with pytest.raises(TagValueError):
             write_nom_tags(path, bad)
+
+
+def test_id3v23_file_keeps_its_foreign_values_and_is_saved_as_v24(
+    make_file: Callable[..., Path],
+) -> None:
+    path = make_file("mp3")
+    audio = mutagen.File(path)
+    audio.save(v2_version=3)  # as many Windows taggers leave them
+    assert mutagen.File(path).tags.version[:2] == (2, 3)
+    foreign_before, audio_before = foreign_tags(path), decoded_audio_hash(path)
+
+    write_nom_tags(path, TAGS)
+
+    reread = mutagen.File(path).tags
+    assert reread.version[:2] == (2, 4)
+    assert foreign_tags(path) == foreign_before
+    assert read_nom_tags(path) == EXPECTED
+    assert decoded_audio_hash(path) == audio_before
