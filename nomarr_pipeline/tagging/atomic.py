@@ -19,9 +19,11 @@ Why the copy is fsynced but the folder is not: the data fsync is what keeps a cr
 leaving a renamed-but-empty file (a corrupt track). The rename itself is atomic; if a crash
 loses it, the old, complete file is back with its old size and mtime, the next scan sees it
 differ from the stat the batch stored and the file is analysed and written again. A folder
-fsync per file would buy nothing but time.
+fsync per file would cost time without making any file safer.
 
 Any failure removes the temp copy; the original is only ever replaced by a verified copy.
+Only a crash of the process itself can leave a temp copy behind: scanners should skip names
+for which :func:`is_tag_write_temp` is true, and :func:`remove_stale_temps` clears them.
 The writer works on the resolved path, so a symlink inside the library stays a symlink.
 A file with several hard links becomes a separate file (the other links keep the old
 tags), which is what ``os.replace`` does to any hard link.
@@ -42,6 +44,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,6 +298,31 @@ def _fsync_path(path: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def is_tag_write_temp(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names a temp copy made by :func:`write_file_tags` (never a library file)."""
+    name = os.path.basename(path)
+    return name.startswith(".") and TEMP_MARKER in name
+
+
+def remove_stale_temps(root: str | os.PathLike[str], *, older_than_s: float = 3600.0) -> list[Path]:
+    """Delete temp copies under ``root`` left by a crashed writer; returns what was removed.
+
+    The age limit keeps a write that is running right now from losing its temp file.
+    """
+    cutoff = time.time() - older_than_s
+    removed: list[Path] = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            candidate = Path(folder) / name
+            if not is_tag_write_temp(name):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if candidate.lstat().st_mtime < cutoff:
+                    candidate.unlink()
+                    removed.append(candidate)
+    return removed
 
 
 # ---- the one entry point -----------------------------------------------------------------

@@ -19,6 +19,8 @@ from nomarr_pipeline.tagging.atomic import (
     PermissionDeniedError,
     UnsupportedFileError,
     WriteError,
+    is_tag_write_temp,
+    remove_stale_temps,
     write_file_tags,
 )
 from nomarr_pipeline.tagging.formats import read_nom_tags
@@ -213,3 +215,18 @@ def test_full_disk_raises_disk_full_and_leaves_nothing_behind(
         assert path.read_bytes() == content
         assert temp_leftovers(root) == []
         assert sorted(os.listdir(root)) == ["track.flac"]
+
+
+def test_stale_temps_from_a_crashed_writer_are_recognised_and_removed(
+    make_file: Callable[..., Path], library_root: Path
+) -> None:
+    keep = make_file("mp3", "Album/track.mp3")
+    old_temp = library_root / "Album" / ".track.nomarr-tmp-abc123.mp3"
+    fresh_temp = library_root / ".other.nomarr-tmp-def456.flac"
+    for temp in (old_temp, fresh_temp):
+        temp.write_bytes(b"partial")
+    os.utime(old_temp, (1_000_000_000, 1_000_000_000))
+
+    assert is_tag_write_temp(old_temp) and not is_tag_write_temp(keep)
+    assert remove_stale_temps(library_root) == [old_temp]
+    assert sorted(p.name for p in library_root.rglob("*") if p.is_file()) == [fresh_temp.name, "track.mp3"]
