@@ -58,7 +58,14 @@ def load_audio(path: Path) -> np.ndarray:
     if path.suffix.lower() in FFMPEG_SUFFIXES:
         samples = decode_with_ffmpeg(path)
     else:
-        samples = decode_with_essentia(path)
+        try:
+            samples = decode_with_essentia(path)
+        except AudioDecodeError as essentia_error:
+            # e.g. Opus inside a .ogg container, which MonoLoader cannot decode either.
+            try:
+                samples = decode_with_ffmpeg(path)
+            except AudioDecodeError as ffmpeg_error:
+                raise AudioDecodeError(f"{essentia_error}; {ffmpeg_error}") from None
     if samples.size == 0:
         raise AudioDecodeError("the file decodes to no audio samples")
     if not np.all(np.isfinite(samples)):

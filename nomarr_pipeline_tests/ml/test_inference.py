@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -62,10 +63,19 @@ def test_every_format_decodes_at_16k(audio_by_format: dict[str, Path], suffix: s
 def test_garbage_file_is_a_decode_error(tmp_path: Path) -> None:
     junk = tmp_path / "junk.mp3"
     junk.write_bytes(b"not audio at all" * 100)
-    with pytest.raises(AudioDecodeError):
+    with pytest.raises(AudioDecodeError, match=r"Essentia could not decode.*ffmpeg could not"):
         load_audio(junk)
     with pytest.raises(AudioDecodeError, match="ffmpeg could not decode"):
         load_audio(junk.rename(tmp_path / "junk.opus"))
+
+
+def test_opus_in_an_ogg_container_decodes(tmp_path: Path, audio_by_format: dict[str, Path]) -> None:
+    """MonoLoader cannot decode Opus whatever the extension; ffmpeg takes over."""
+    ogg_opus = tmp_path / "opus-inside.ogg"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(audio_by_format[".wav"]), "-c:a",
+                    "libopus", "-ar", "48000", str(ogg_opus)], check=True)
+    samples = load_audio(ogg_opus)
+    assert abs(samples.size / 16000 - 6.0) < 0.1
 
 
 def test_missing_file_is_a_decode_error(tmp_path: Path) -> None:
