@@ -1,0 +1,86 @@
+"""Every Dagster instance file under deploy/ is valid for the installed Dagster, checked
+without connecting anywhere: the instance schema always; a launcher's or storage's own
+config schema whenever its package is installed (dagster-postgres is; dagster-docker and
+dagster-k8s usually are not on a build machine)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dagster._config import process_config
+from dagster._core.instance.config import dagster_instance_config
+
+from nomarr_pipeline_tests.ui.dagster_dev import REPO_ROOT
+
+DEPLOY = REPO_ROOT / "deploy"
+INSTANCE_FILES = sorted(DEPLOY.glob("dagster*.yaml"))
+# Placeholders: the env-sourced fields must resolve, their values are not used to connect.
+FAKE_ENV = {
+    "DAGSTER_PG_HOST": "postgres.invalid",
+    "DAGSTER_PG_PORT": "5432",
+    "DAGSTER_PG_USER": "dagster",
+    "DAGSTER_PG_PASSWORD": "not-a-secret",
+    "DAGSTER_PG_DB": "dagster",
+}
+CONFIGURABLE_SECTIONS = ("run_launcher", "run_coordinator", "compute_logs", "secrets")
+
+
+def test_deploy_has_an_instance_file_per_launcher() -> None:
+    names = {path.name for path in INSTANCE_FILES}
+    assert {"dagster.postgres.yaml", "dagster.docker.yaml", "dagster.k8s.yaml"} <= names
+
+
+def _class_config_type(module: str, class_name: str) -> Any | None:
+    try:
+        klass = getattr(importlib.import_module(module), class_name)
+    except ImportError:
+        return None
+    return klass.config_type()
+
+
+@pytest.mark.parametrize("path", INSTANCE_FILES, ids=lambda p: p.name)
+def test_instance_file_matches_dagsters_schema(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in FAKE_ENV.items():
+        monkeypatch.setenv(name, value)
+    config, custom_class = dagster_instance_config(str(path.parent), path.name)
+    assert custom_class is None
+    assert config["telemetry"]["enabled"] is False
+
+    raw = yaml.safe_load(path.read_text())
+    storage = raw.get("storage", {})
+    if "postgres" in storage:
+        from dagster_postgres import DagsterPostgresStorage
+
+        db = storage["postgres"]["postgres_db"]
+        # The password only ever comes from the environment.
+        assert db["password"] == {"env": "DAGSTER_PG_PASSWORD"}
+        assert db["scheme"] == "postgresql+psycopg2"
+        resolved = process_config(DagsterPostgresStorage.config_type(), storage["postgres"])
+        assert resolved.success, resolved.errors
+
+    for section in CONFIGURABLE_SECTIONS:
+        if section not in raw:
+            continue
+        entry = raw[section]
+        config_type = _class_config_type(entry["module"], entry["class"])
+        if config_type is None:
+            continue  # package not installed here: the outer schema above is all we can check
+        resolved = process_config(config_type, entry.get("config") or {})
+        assert resolved.success, f"{section}: {resolved.errors}"
+
+
+def test_production_instance_limits_runs_and_tag_writing() -> None:
+    raw = yaml.safe_load((DEPLOY / "dagster.postgres.yaml").read_text())
+    assert raw["concurrency"]["runs"]["max_concurrent_runs"] > 0
+    assert raw["concurrency"]["pools"]["default_limit"] == 1
+    assert "tag_writing" in (DEPLOY / "dagster.postgres.yaml").read_text()
+
+
+def test_workspace_points_at_a_code_server() -> None:
+    raw = yaml.safe_load((DEPLOY / "workspace.grpc.yaml").read_text())
+    (entry,) = raw["load_from"]
+    assert entry["grpc_server"]["location_name"] == "nomarr_pipeline"
