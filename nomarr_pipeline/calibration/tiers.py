@@ -134,7 +134,7 @@ def term_for(head_name: str, label: str, config: TierConfig) -> str:
 
 def _finite_number(value: Any) -> bool:
     if value.__class__ is float:  # the common case, straight from the store
-        return math.isfinite(value)
+        return _NEG_INF < value < _INF  # false for NaN and both infinities
     return (
         value is not None
         and not isinstance(value, bool)
@@ -143,37 +143,55 @@ def _finite_number(value: Any) -> bool:
     )
 
 
+_INF = math.inf
+_NEG_INF = -math.inf
+
+# Per head while reading a file's tags: label -> (sum, count) of usable calibrated values,
+# or None for a label seen without one (it still counts towards the head's class count).
+_LabelSums = dict[str, tuple[float, int] | None]
+
+
 def head_scores(
     tags: Iterable[Mapping[str, Any]], config: TierConfig
-) -> dict[str, tuple[set[str], dict[str, float]]]:
-    """head_name -> (all labels seen, label -> mean calibrated value over backbones)."""
-    labels_seen: dict[str, set[str]] = {}
-    values: dict[str, dict[str, list[float]]] = {}
+) -> dict[str, tuple[int, dict[str, float]]]:
+    """head_name -> (number of labels seen, label -> mean calibrated value over backbones).
+
+    This loop runs for every stored prediction during recalibration (10 M for a large
+    library), so it avoids per-tag function calls where a dict lookup does.
+    """
+    mood_heads = config._mood_heads
     max_std = config.max_std
+    heads: dict[str, _LabelSums] = {}
     for tag in tags:
         head_name = tag["head_name"]
-        if not config.head_is_mood(head_name):
+        is_mood = mood_heads.get(head_name)
+        if is_mood is None:
+            is_mood = config.head_is_mood(head_name)
+        if not is_mood:
             continue
         label = tag["label"]
-        seen = labels_seen.get(head_name)
-        if seen is None:
-            seen = labels_seen[head_name] = set()
-            values[head_name] = {}
-        seen.add(label)
+        sums = heads.get(head_name)
+        if sums is None:
+            sums = heads[head_name] = {}
         calibrated = tag.get("calibrated_value")
-        if calibrated is None or not _finite_number(calibrated):
-            continue
-        if max_std is not None:
+        usable = calibrated is not None and _finite_number(calibrated)
+        if usable and max_std is not None:
             std = tag.get("std")
-            if std is not None and _finite_number(std) and std > max_std:
-                continue
-        values[head_name].setdefault(label, []).append(float(calibrated))
+            usable = std is None or not _finite_number(std) or std <= max_std
+        previous = sums.get(label)
+        if not usable:
+            if label not in sums:
+                sums[label] = None
+        elif previous is None:
+            sums[label] = (float(calibrated), 1)
+        else:
+            sums[label] = (previous[0] + calibrated, previous[1] + 1)
     return {
         head_name: (
-            labels_seen[head_name],
-            {label: sum(found) / len(found) for label, found in values[head_name].items()},
+            len(sums),
+            {label: total[0] / total[1] for label, total in sums.items() if total is not None},
         )
-        for head_name in labels_seen
+        for head_name, sums in heads.items()
     }
 
 
@@ -186,21 +204,29 @@ def compute_mood_tiers(
     ``calibrated_value``, ``std``; other fields are ignored).
     """
     config = config or _DEFAULT_CONFIG
-    thresholds = tuple(config.thresholds().items())
-    tiers: dict[str, set[str]] = {name: set() for name in TIER_NAMES}
-    for head_name, (labels, scores) in head_scores(tags, config).items():
-        for label, score in _passing_candidates(labels, scores):
-            if score < config.loose:
+    loose, regular, strict = config.loose, config.regular, config.strict
+    loose_terms: set[str] = set()
+    regular_terms: set[str] = set()
+    strict_terms: set[str] = set()
+    for head_name, (label_count, scores) in head_scores(tags, config).items():
+        for label, score in _passing_candidates(label_count, scores):
+            if score < loose:
                 continue
             term = config.term(head_name, label)
-            for tier, threshold in thresholds:
-                if score >= threshold:
-                    tiers[tier].add(term)
-    return {name: sorted(terms) for name, terms in tiers.items()}
+            loose_terms.add(term)
+            if score >= regular:
+                regular_terms.add(term)
+                if score >= strict:
+                    strict_terms.add(term)
+    return {
+        "mood-strict": sorted(strict_terms),
+        "mood-regular": sorted(regular_terms),
+        "mood-loose": sorted(loose_terms),
+    }
 
 
-def _passing_candidates(labels: set[str], scores: dict[str, float]) -> list[tuple[str, float]]:
-    if len(labels) != 2:
+def _passing_candidates(label_count: int, scores: dict[str, float]) -> list[tuple[str, float]]:
+    if label_count != 2:
         return list(scores.items())
     if not scores:
         return []
