@@ -10,9 +10,11 @@ from nomarr_pipeline.assets.calibration import (
     calibration_sidecars,
     calibration_state,
 )
+from nomarr_pipeline.assets.file_tags import file_tags
 from nomarr_pipeline.assets.library_files import library_files
 from nomarr_pipeline.assets.tagging import calibrated_tags, written_tags
-from nomarr_pipeline.jobs import calibration_job, library_scan_job, tagging_job
+from nomarr_pipeline.head_sensor import head_discovery_sensor
+from nomarr_pipeline.jobs import calibration_job, library_scan_job, predictions_job, tagging_job
 from nomarr_pipeline.resources import (
     CalibrationResource,
     LibraryResource,
@@ -26,6 +28,7 @@ from nomarr_pipeline.sensors import calibration_hash_sensor, library_change_sens
 defs = dg.Definitions(
     assets=[
         library_files,
+        file_tags,
         calibration_state,
         calibration_history,
         calibration_sidecars,
@@ -33,8 +36,8 @@ defs = dg.Definitions(
         calibrated_tags,
         written_tags,
     ],
-    jobs=[library_scan_job, calibration_job, tagging_job],
-    sensors=[library_change_sensor, calibration_hash_sensor],
+    jobs=[library_scan_job, predictions_job, calibration_job, tagging_job],
+    sensors=[library_change_sensor, head_discovery_sensor, calibration_hash_sensor],
     schedules=[nightly_calibration_schedule],
     resources={
         "store": StoreResource(),

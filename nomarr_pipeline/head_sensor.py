@@ -10,12 +10,9 @@ import json
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-)
 
 from nomarr_pipeline.assets.file_tags import file_tags
+from nomarr_pipeline.jobs import partition_range_tags
 from nomarr_pipeline.ml.discovery import discover_models
 from nomarr_pipeline.partitions import heads_partitions
 from nomarr_pipeline.resources import ModelsResource
@@ -30,13 +27,17 @@ def models_fingerprint(models_dir: Path) -> str:
     for path in sorted(models_dir.rglob("*")):
         if path.suffix in (".json", ".pb") and path.is_file():
             stat = path.stat()
-            digest.update(f"{path.relative_to(models_dir)}|{stat.st_size}|{stat.st_mtime_ns}\n"
-                          .encode("utf-8", "surrogateescape"))
+            digest.update(
+                f"{path.relative_to(models_dir)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode(
+                    "utf-8", "surrogateescape"
+                )
+            )
     return digest.hexdigest()
 
 
-def _discovered_keys(models_dir: Path, cursor: str | None) -> tuple[list[str], str]:
-    """The head keys in the folder and the new cursor; JSON is parsed only on change."""
+def _discovered_keys(models_dir: Path, cursor: str | None) -> tuple[list[str], str, bool]:
+    """The head keys in the folder, the new cursor, and whether model files changed since the
+    last tick (not on the first); JSON is parsed only on change."""
     fingerprint = models_fingerprint(models_dir)
     try:
         saved = json.loads(cursor) if cursor else {}
@@ -46,7 +47,8 @@ def _discovered_keys(models_dir: Path, cursor: str | None) -> tuple[list[str], s
         keys = [str(key) for key in saved["keys"]]
     else:
         keys = discover_models(models_dir, compute_versions=False).partition_keys
-    return keys, json.dumps({"fingerprint": fingerprint, "keys": keys})
+    changed = bool(saved.get("fingerprint")) and saved.get("fingerprint") != fingerprint
+    return keys, json.dumps({"fingerprint": fingerprint, "keys": keys}), changed
 
 
 @dg.sensor(
@@ -63,12 +65,24 @@ def head_discovery_sensor(
         return dg.SkipReason("no models folder configured (NOMARR_MODELS_DIR)")
     if not models_dir.is_dir():
         return dg.SkipReason(f"models folder {models_dir} does not exist")
-    discovered, cursor = _discovered_keys(models_dir, context.cursor)
+    discovered, cursor, models_changed = _discovered_keys(models_dir, context.cursor)
     existing = context.instance.get_dynamic_partitions(HEADS)
     new = [key for key in discovered if key not in set(existing)]
     vanished = sorted(set(existing) - set(discovered))
     if not new and not vanished:
         context.update_cursor(cursor)
+        if models_changed and discovered:
+            # A replaced model file gives its heads a new tagger_version; one run over every
+            # head re-analyses exactly those (the others find nothing to do).
+            return dg.SensorResult(
+                run_requests=[
+                    dg.RunRequest(
+                        run_key=f"models-{hashlib.sha1(cursor.encode()).hexdigest()[:16]}",
+                        asset_selection=[file_tags.key],
+                        tags={**partition_range_tags(existing), "nomarr/models_changed": "true"},
+                    )
+                ]
+            )
         return dg.SkipReason(f"{len(discovered)} heads, none added or removed")
 
     requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
@@ -85,11 +99,7 @@ def head_discovery_sensor(
             dg.RunRequest(
                 run_key=run_key,
                 asset_selection=[file_tags.key],
-                tags={
-                    ASSET_PARTITION_RANGE_START_TAG: new[0],
-                    ASSET_PARTITION_RANGE_END_TAG: new[-1],
-                    "nomarr/new_heads": str(len(new)),
-                },
+                tags={**partition_range_tags(new), "nomarr/new_heads": str(len(new))},
             )
         )
     context.update_cursor(cursor)

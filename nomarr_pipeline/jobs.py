@@ -11,6 +11,13 @@ library_scan_job = dg.define_asset_job(
     description="Scan the library folders into library_files.",
 )
 
+predictions_job = dg.define_asset_job(
+    "predictions_job",
+    selection=dg.AssetSelection.assets("file_tags"),
+    description="Analyse library files with a range of heads in one run (one decode and one "
+    "backbone pass per file for all of them).",
+)
+
 calibration_job = dg.define_asset_job(
     "calibration_job",
     selection=dg.AssetSelection.assets(
@@ -22,6 +29,7 @@ calibration_job = dg.define_asset_job(
 
 
 def partition_range_tags(keys: list[str]) -> dict[str, str]:
+    # A range of dynamic partitions is the keys between these two, in the order they were added.
     """Tags that make one run cover every partition from ``keys[0]`` to ``keys[-1]``."""
     return {PARTITION_RANGE_START: keys[0], PARTITION_RANGE_END: keys[-1]}
 

@@ -1,14 +1,16 @@
 """Sensors: cheap checks far below Dagster's 60 s tick limit, no duplicate runs."""
 
 import hashlib
+import json
 
 import dagster as dg
 
 from nomarr_pipeline.assets.tagging import WriteTagsConfig
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
-from nomarr_pipeline.jobs import library_scan_job, tagging_job
+from nomarr_pipeline.jobs import library_scan_job, partition_range_tags, predictions_job, tagging_job
 from nomarr_pipeline.library.changes import changed_folders
 from nomarr_pipeline.library.identity import library_key
+from nomarr_pipeline.partitions import heads_partitions
 from nomarr_pipeline.resources import LibraryResource, StoreResource
 
 IN_FLIGHT = [
@@ -24,33 +26,82 @@ def job_in_flight(context: dg.SensorEvaluationContext, job_name: str) -> bool:
     return bool(runs)
 
 
-@dg.sensor(job=library_scan_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+@dg.sensor(
+    jobs=[library_scan_job, predictions_job],
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
 def library_change_sensor(
     context: dg.SensorEvaluationContext, store: StoreResource, library: LibraryResource
 ) -> dg.SensorResult | dg.SkipReason:
-    """Requests a scan when a library folder changed since the last scan (one stat per folder)."""
+    """Keeps the library processed without a click, in two cheap steps per tick:
+
+    1. a finished scan that found new or changed files -> one predictions run over every head
+       (a sensor rather than an automation condition: the run must cover all heads at once,
+       and this reads one event from the instance);
+    2. a library folder whose mtime changed since the last scan -> a scan (one stat per folder).
+    """
+    state = _load_cursor(context.cursor)
+    requests: list[dg.RunRequest] = []
+    notes: list[str] = []
+
+    latest = context.instance.fetch_materializations(dg.AssetKey("library_files"), limit=1).records
+    scan = latest[0] if latest else None
+    if scan is not None and scan.storage_id > state.get("scan_seen", 0):
+        meta = scan.asset_materialization.metadata if scan.asset_materialization else {}
+        touched = sum(int(meta[name].value) for name in ("new", "changed") if name in meta)
+        heads = heads_partitions.get_partition_keys(dynamic_partitions_store=context.instance)
+        if touched and heads and job_in_flight(context, predictions_job.name):
+            notes.append(f"{touched} new or changed files wait for the running predictions run")
+        else:
+            if touched and heads:
+                requests.append(
+                    dg.RunRequest(
+                        job_name=predictions_job.name,
+                        run_key=f"analyse-after-scan-{scan.storage_id}",
+                        tags={**partition_range_tags(heads), "nomarr/new_or_changed_files": str(touched)},
+                    )
+                )
+            state["scan_seen"] = scan.storage_id
+
     roots = library.root_paths()
-    if not roots:
-        return dg.SkipReason("no library folders configured (NOMARR_LIBRARY_ROOTS)")
-    db = store.open()
     changes: list[str] = []
-    for root in roots:
-        resolved = root.resolve()
-        cache = db.load_folder_cache(library_key(resolved))
-        changes += changed_folders(cache, str(resolved))
-    if not changes:
-        return dg.SkipReason("no library folder changed since the last scan")
-    if job_in_flight(context, library_scan_job.name):
-        return dg.SkipReason(f"{len(changes)} folders changed; a scan is already queued or running")
-    # The run key names this exact set of changes, so a tick that sees the same changes
-    # again (before the scan saved its cache) does not start a second run.
-    stamp = hashlib.sha1("\n".join(sorted(changes)).encode("utf-8", "surrogateescape"))
-    stamp.update(str(context.cursor or "").encode())
-    run_key = f"scan-{stamp.hexdigest()[:16]}"
-    context.update_cursor(run_key)
-    return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=run_key, tags={"nomarr/changed_folders": str(len(changes))})]
-    )
+    if roots:
+        db = store.open()
+        for root in roots:
+            resolved = root.resolve()
+            changes += changed_folders(db.load_folder_cache(library_key(resolved)), str(resolved))
+    else:
+        notes.append("no library folders configured (NOMARR_LIBRARY_ROOTS)")
+    if changes and job_in_flight(context, library_scan_job.name):
+        notes.append(f"{len(changes)} folders changed; a scan is already queued or running")
+    elif changes:
+        # The run key names this exact set of changes, so a tick that sees the same changes
+        # again (before the scan saved its cache) does not start a second run.
+        stamp = hashlib.sha1("\n".join(sorted(changes)).encode("utf-8", "surrogateescape"))
+        stamp.update(str(state.get("scan_seen", 0)).encode())
+        requests.append(
+            dg.RunRequest(
+                job_name=library_scan_job.name,
+                run_key=f"scan-{stamp.hexdigest()[:16]}",
+                tags={"nomarr/changed_folders": str(len(changes))},
+            )
+        )
+    elif roots:
+        notes.append("no library folder changed since the last scan")
+
+    context.update_cursor(json.dumps(state))
+    if not requests:
+        return dg.SkipReason("; ".join(notes))
+    return dg.SensorResult(run_requests=requests)
+
+
+def _load_cursor(cursor: str | None) -> dict[str, int]:
+    try:
+        loaded = json.loads(cursor) if cursor else {}
+    except json.JSONDecodeError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 @dg.sensor(job=tagging_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)

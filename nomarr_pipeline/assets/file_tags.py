@@ -38,9 +38,7 @@ def _metadata(reports: dict[str, HeadReport], seconds: float) -> dict[str, dg.Me
         f"| {key} | {r.analysed} | {r.failed} | {r.skipped} | {r.seconds:.1f} |"
         for key, r in sorted(reports.items())
     ]
-    table = "\n".join(
-        ["| head | analysed | failed | skipped | seconds |", "|---|---|---|---|---|", *rows]
-    )
+    table = "\n".join(["| head | analysed | failed | skipped | seconds |", "|---|---|---|---|---|", *rows])
     return {
         # Sums over heads: a file analysed for three heads counts three times.
         "analysed": dg.MetadataValue.int(sum(r.analysed for r in reports.values())),
@@ -73,8 +71,7 @@ def file_tags(
     models_dir = models.path()
     if models_dir is None:
         raise dg.Failure(
-            "No models folder configured: set NOMARR_MODELS_DIR or the `models_dir` of the "
-            "`models` resource."
+            "No models folder configured: set NOMARR_MODELS_DIR or the `models_dir` of the `models` resource."
         )
     catalog = discover_models(models_dir)
     for problem in catalog.problems:
@@ -91,6 +88,16 @@ def file_tags(
     )
     seconds = time.perf_counter() - started
     for key, report in sorted(reports.items()):
+        # Per-partition numbers, so each head's history in the UI shows its own counts.
+        context.add_asset_metadata(
+            {
+                "head_analysed": report.analysed,
+                "head_failed": report.failed,
+                "head_skipped": report.skipped,
+                "head_seconds": round(report.seconds, 3),
+            },
+            partition_key=key,
+        )
         context.log.info(
             f"{key}: {report.analysed} analysed, {report.failed} failed, "
             f"{report.skipped} skipped ({report.seconds:.1f}s of worker time)"

@@ -15,6 +15,10 @@ AUDIO_EXTENSIONS = frozenset(
 
 
 def is_audio_name(name: str) -> bool:
+    """Audio by extension; hidden files are never tracks (the tag writer's temporary copies,
+    macOS ``._`` resource forks that carry an audio extension)."""
+    if name.startswith("."):
+        return False
     dot = name.rfind(".")
     return dot > 0 and name[dot:].lower() in AUDIO_EXTENSIONS
 

@@ -173,6 +173,20 @@ def test_sensor_adds_new_heads_as_one_run_and_removes_vanished(
     assert party not in instance.get_dynamic_partitions("heads")
 
 
+def test_sensor_reanalyses_when_a_model_file_is_replaced(
+    instance: dg.DagsterInstance, models_dir: Path
+) -> None:
+    _, cursor = _tick(instance, models_dir, None)
+    keys = instance.get_dynamic_partitions("heads")
+    head = models_dir / "mood_happy-discogs-effnet-1.pb"
+    head.write_bytes(head.read_bytes() + b"\0")  # a new release of the same head
+    result, cursor = _tick(instance, models_dir, cursor)
+    assert isinstance(result, dg.SensorResult)
+    (run,) = result.run_requests or []
+    assert run.partition_key_range == dg.PartitionKeyRange(keys[0], keys[-1])
+    assert isinstance(_tick(instance, models_dir, cursor)[0], dg.SkipReason)
+
+
 def test_sensor_skips_without_models_folder(instance: dg.DagsterInstance, tmp_path: Path) -> None:
     context = dg.build_sensor_context(instance=instance,
                                       resources={"models": ModelsResource()})

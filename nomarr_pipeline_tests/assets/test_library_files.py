@@ -83,3 +83,32 @@ def test_library_change_sensor_does_not_pile_up_runs(tmp_path: Path) -> None:
         instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED)
         result = library_change_sensor(dg.build_sensor_context(instance=instance, resources=resources))
         assert isinstance(result, dg.SkipReason) and "already queued or running" in result.skip_message
+
+
+def test_a_scan_with_new_files_requests_predictions_for_all_heads_in_one_run(tmp_path: Path) -> None:
+    root = _library(tmp_path)
+    resources = _resources(tmp_path, root)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("heads", ["m:a", "m:b", "m:c"])
+        assert dg.materialize([library_files], resources=resources, instance=instance).success
+        result = library_change_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        assert isinstance(result, dg.SensorResult)
+        (request,) = result.run_requests
+        assert request.job_name == "predictions_job"
+        assert request.partition_key_range == dg.PartitionKeyRange("m:a", "m:c")
+        assert request.tags["nomarr/new_or_changed_files"] == "3"
+
+        # The same scan is not analysed twice; a rescan that changed nothing asks for nothing.
+        ctx = dg.build_sensor_context(instance=instance, resources=resources, cursor='{"scan_seen": 0}')
+        library_change_sensor(ctx)
+        assert isinstance(
+            library_change_sensor(
+                dg.build_sensor_context(instance=instance, resources=resources, cursor=ctx.cursor)
+            ),
+            dg.SkipReason,
+        )
+        assert dg.materialize([library_files], resources=resources, instance=instance).success
+        quiet = library_change_sensor(
+            dg.build_sensor_context(instance=instance, resources=resources, cursor=ctx.cursor)
+        )
+        assert isinstance(quiet, dg.SkipReason)

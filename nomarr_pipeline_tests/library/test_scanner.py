@@ -200,3 +200,9 @@ def test_mp3_from_ffmpeg_has_duration(store: Store, tmp_path: Path) -> None:
     report = scan_library(store, root)
     (f,) = [f for page in store.iter_files(report.library_id) for f in page]
     assert f["duration_s"] == pytest.approx(1.5, abs=0.1) and f["scan_error"] is None
+
+
+def test_hidden_files_are_not_tracks(store: Store, library: Path) -> None:
+    write_wav(library / ".a.nomarr-tmp-x1.wav")  # a tag writer's temporary copy
+    write_wav(library / "._a.wav")  # macOS resource fork
+    assert scan_library(store, library).total == 3
