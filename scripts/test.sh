@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 NOMARR_SETUP_EXTRAS="postgresql chromium ${NOMARR_SETUP_EXTRAS:-}" source scripts/setup.sh
 
+# shellcheck disable=SC1091
+source .venv/bin/activate
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== dg check defs"
