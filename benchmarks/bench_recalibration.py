@@ -65,7 +65,8 @@ def phase_breakdown(path: Path, batch_size: int) -> dict[str, float]:
         grouped = defaultdict(list)
         for row in rows:
             grouped[row["file_id"]].append(row)
-        return {key: compute_mood_tiers(grouped[key], TierConfig(exclude_heads=())) for key in ids}
+        config = TierConfig(exclude_heads=())
+        return {key: compute_mood_tiers(grouped[key], config) for key in ids}
 
     by_file = timed("compute_mood_tiers", tiers)
     timed("finish_recalibration", lambda: store.finish_recalibration([
