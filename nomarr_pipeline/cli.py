@@ -240,7 +240,7 @@ def open_checked_store() -> Store:
             arango_user=settings.arango_user,
             arango_password=settings.arango_password,
         )
-        store.file_counts()
+        store.list_libraries()  # one cheap round trip: reachable, authenticated, schema in place
     except StoreError as error:
         raise CliError(
             f"cannot use the store at {redact_url(settings.store_url)}: {error}",

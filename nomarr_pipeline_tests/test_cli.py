@@ -1,0 +1,334 @@
+"""The command line: progress output, clear errors, the demo end to end, status, calibration
+export/import and the tag-write preview — all on real stores, real Dagster runs and real files."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from nomarr_pipeline import cli
+from nomarr_pipeline.calibration.histogram import HistogramSpec, PercentileResult
+from nomarr_pipeline.calibration.state import compute_state
+from nomarr_pipeline.demo import DEMO_TRACKS, write_wav
+from nomarr_pipeline.ml.demo_models import write_demo_models
+from nomarr_pipeline.progress import ProgressPoller, ProgressReporter, format_duration
+from nomarr_pipeline.store import open_store
+
+
+class FakeClock:
+    """A settable monotonic clock, so rates and times left are exact."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# ---- progress ---------------------------------------------------------------------------------
+
+
+def test_format_duration() -> None:
+    assert [format_duration(s) for s in (0, 59.4, 75, 3700)] == ["0s", "59s", "1m15s", "1h01m"]
+    assert format_duration(float("inf")) == "?"
+
+
+def test_plain_log_lines_when_not_a_terminal_are_throttled() -> None:
+    out, clock = io.StringIO(), FakeClock()
+    reporter = ProgressReporter("predictions", stream=out, log_every_s=10, clock=clock)
+    assert reporter.interactive is False  # a StringIO is not a terminal
+    reporter(0, 100)
+    clock.now += 5
+    reporter(25, 100)  # within 10 s of the last line: not printed
+    clock.now += 5
+    reporter(50, 100)
+    reporter.finish()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "predictions: 0/100 files (0%), 0.0 files/s, ? left"
+    assert lines[1] == "predictions: 50/100 files (50%), 5.0 files/s, 10s left"
+    assert lines[2] == "predictions: 50/100 files in 10s"
+    assert "\r" not in out.getvalue()
+
+
+def test_terminal_output_redraws_one_line() -> None:
+    out, clock = io.StringIO(), FakeClock()
+    reporter = ProgressReporter("tags", stream=out, interactive=True, clock=clock, unit="files")
+    reporter(0, 4)
+    clock.now += 1
+    reporter(2, 4)
+    reporter.finish()
+    text = out.getvalue()
+    assert text.count("\n") == 1  # only the final line ends a line
+    assert "\r\x1b[K[############............] tags: 2/4 files (50%), 2.0 files/s, 1s left" in text
+    assert text.endswith("tags: 2/4 files in 1s\n")
+
+
+def test_poller_measures_in_the_background_and_always_finishes() -> None:
+    out = io.StringIO()
+    reporter = ProgressReporter("scan", stream=out, log_every_s=0)
+    done = iter(range(1000))
+
+    def measure() -> tuple[int, int]:
+        return min(next(done), 10), 10
+
+    with ProgressPoller(reporter, measure, interval_s=0.01):
+        while reporter.done < 10:
+            pass
+    assert out.getvalue().splitlines()[-1].startswith("scan: 10/10 files in")
+
+
+def test_poller_survives_a_failing_measurement() -> None:
+    out = io.StringIO()
+
+    def broken() -> tuple[int, int]:
+        raise RuntimeError("database is locked")
+
+    with ProgressPoller(ProgressReporter("x", stream=out), broken, interval_s=0.01):
+        pass
+    assert out.getvalue() == "x: 0/0 files in 0s\n"
+
+
+# ---- partition ranges -------------------------------------------------------------------------
+
+
+def test_contiguous_ranges_skip_partitions_not_wanted() -> None:
+    ordered = ["a:1", "a:2", "old:x", "b:1", "b:2"]
+    assert cli.contiguous_ranges(ordered, ["a:1", "a:2", "b:1", "b:2"]) == [("a:1", "a:2"), ("b:1", "b:2")]
+    assert cli.contiguous_ranges(ordered, ["b:2", "a:1"]) == [("a:1", "a:1"), ("b:2", "b:2")]
+    assert cli.contiguous_ranges(ordered, []) == []
+
+
+# ---- clear errors -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "dagster_home"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home
+
+
+def _run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _assert_clear_error(err: str, *phrases: str) -> None:
+    assert err.startswith("error: "), err
+    assert "\nnext: " in err
+    assert "Traceback" not in err
+    for phrase in phrases:
+        assert phrase in err
+
+
+def test_run_without_models_folder(tmp_path: Path, monkeypatch, capsys, dagster_home: Path) -> None:
+    write_wav(tmp_path / "music" / "a.wav")
+    monkeypatch.setenv("NOMARR_LIBRARY_ROOTS", str(tmp_path / "music"))
+    code, _, err = _run_cli(capsys, "run")
+    assert code == 2
+    _assert_clear_error(err, "no models folder configured", "NOMARR_MODELS_DIR")
+
+    monkeypatch.setenv("NOMARR_MODELS_DIR", str(tmp_path / "nowhere"))
+    code, _, err = _run_cli(capsys, "run")
+    assert code == 2
+    _assert_clear_error(err, f"models folder {tmp_path / 'nowhere'} does not exist")
+
+    (tmp_path / "empty-models").mkdir()
+    monkeypatch.setenv("NOMARR_MODELS_DIR", str(tmp_path / "empty-models"))
+    code, _, err = _run_cli(capsys, "run")
+    assert code == 2
+    _assert_clear_error(err, "no usable model heads")
+
+
+def test_run_without_library(tmp_path: Path, monkeypatch, capsys, dagster_home: Path) -> None:
+    code, _, err = _run_cli(capsys, "run")
+    assert code == 2
+    _assert_clear_error(err, "no library folders configured", "NOMARR_LIBRARY_ROOTS")
+
+    monkeypatch.setenv("NOMARR_LIBRARY_ROOTS", str(tmp_path / "missing"))
+    code, _, err = _run_cli(capsys, "run")
+    assert code == 2
+    _assert_clear_error(err, "library folders not found")
+
+
+def test_run_on_an_empty_library(tmp_path: Path, monkeypatch, capsys, dagster_home: Path) -> None:
+    (tmp_path / "music").mkdir()
+    (tmp_path / "music" / "notes.txt").write_text("not audio")
+    write_demo_models(tmp_path / "models", heads=("mood_happy-discogs-effnet-1",))
+    monkeypatch.setenv("NOMARR_LIBRARY_ROOTS", str(tmp_path / "music"))
+    monkeypatch.setenv("NOMARR_MODELS_DIR", str(tmp_path / "models"))
+    code, _, err = _run_cli(capsys, "run")
+    assert code == 2
+    _assert_clear_error(err, "no audio files found", str(tmp_path / "music"))
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # closed again when the block ends
+
+
+def test_unreachable_database(monkeypatch, capsys, dagster_home: Path) -> None:
+    monkeypatch.setenv("NOMARR_STORE_URL", f"http://127.0.0.1:{_closed_port()}")
+    code, _, err = _run_cli(capsys, "status")
+    assert code == 2
+    _assert_clear_error(err, "cannot use the store at http://127.0.0.1:", "NOMARR_STORE_URL")
+
+
+def test_bad_setting_is_a_clear_error(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("NOMARR_FILE_WRITE_MODE", "sometimes")
+    code, _, err = _run_cli(capsys, "status")
+    assert code == 2
+    _assert_clear_error(err, "NOMARR_FILE_WRITE_MODE")
+
+
+# ---- calibration packages ---------------------------------------------------------------------
+
+
+def _state(head: str, label: str, p5: float, p95: float) -> dict:
+    state, _ = compute_state(
+        None,
+        model_key="effnet-discogs-effnet-1",
+        head_name=head,
+        label=label,
+        version=1,
+        spec=HistogramSpec(),
+        result=PercentileResult(p5, p95, 100, 0, 0),
+        now_ms=1_768_564_800_000,
+    )
+    return state
+
+
+def test_export_then_import_calibrations(tmp_path: Path, monkeypatch, capsys) -> None:
+    source_url = f"sqlite:///{tmp_path / 'source.sqlite3'}"
+    monkeypatch.setenv("NOMARR_STORE_URL", source_url)
+    code, _, err = _run_cli(capsys, "export-calibrations", "--dest", str(tmp_path / "out"))
+    assert code == 2
+    _assert_clear_error(err, "no calibration to export")
+
+    source = open_store(source_url)
+    states = [_state("mood_happy", "happy", 0.1, 0.9), _state("mood_happy", "non_happy", 0.2, 0.8)]
+    source.save_calibrations(states, [])
+    source.close()
+    code, out, _ = _run_cli(capsys, "export-calibrations", "--dest", str(tmp_path / "out"))
+    assert code == 0
+    package = tmp_path / "out" / "calibrations.json"
+    assert f"package: {package} (2 labels)" in out
+    assert "sidecars: 1 in" in out
+
+    target_url = f"sqlite:///{tmp_path / 'target.sqlite3'}"
+    monkeypatch.setenv("NOMARR_STORE_URL", target_url)
+    code, out, _ = _run_cli(capsys, "import-calibrations", str(package))
+    assert code == 0
+    assert "imported: 2 labels" in out
+    target = open_store(target_url)
+    imported = {s["_key"]: (s["p5"], s["p95"]) for s in target.list_calibrations()}
+    target.close()
+    assert imported == {s["_key"]: (s["p5"], s["p95"]) for s in states}
+
+    code, out, _ = _run_cli(capsys, "import-calibrations", str(package))
+    assert "kept: 2 labels already calibrated here" in out
+
+    (tmp_path / "broken.json").write_text("{not json")
+    code, _, err = _run_cli(capsys, "import-calibrations", str(tmp_path / "broken.json"))
+    assert code == 2
+    _assert_clear_error(err, "export-calibrations")
+
+
+# ---- the demo, end to end ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, int, str]]:
+    """One ``nomarr-pipeline demo`` for the module: (demo folder, DAGSTER_HOME, exit code, stdout)."""
+    root = tmp_path_factory.mktemp("demo")
+    saved = dict(os.environ)
+    os.environ["DAGSTER_HOME"] = str(root / "dagster_home")
+    stdout = io.StringIO()
+    try:
+        import contextlib
+
+        with contextlib.redirect_stdout(stdout):
+            code = cli.main(["demo", "--folder", str(root / "demo")])
+        yield root / "demo", root / "dagster_home", code, stdout.getvalue()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_pipeline(demo_run: tuple[Path, Path, int, str]) -> None:
+    folder, home, code, out = demo_run
+    assert code == 0, out
+    assert (home / "dagster.yaml").is_file()
+    assert "scan                         ok       13 files, 0 unreadable" in out
+    assert "head discovery               ok       7 heads (7 new)" in out
+    assert f"tags written into: {folder / 'library'}" in out
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert sorted(instance.get_dynamic_partitions("heads")) == sorted(
+            line.strip() for line in out.split("heads: ", 1)[1].splitlines()[0].split(",")
+        )
+        runs = instance.get_runs()
+        jobs = {run.job_name for run in runs}
+        assert "library_scan_job" in jobs
+        assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
+        predictions = [run for run in runs if run.job_name == cli.PREDICTIONS_JOB]
+    # All heads in one run (a partition range), not one run per head.
+    assert len(predictions) <= 1
+    if predictions:
+        assert predictions[0].tags[cli.RANGE_START_TAG] != predictions[0].tags[cli.RANGE_END_TAG]
+
+    store = open_store(f"sqlite:///{folder / 'data' / 'nomarr.sqlite3'}")
+    try:
+        counts = store.file_counts()
+        assert counts["total"] == len(DEMO_TRACKS)
+        if predictions:
+            assert counts["analysed"] == len(DEMO_TRACKS)
+            assert cli.calibrated_states(store)
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+def test_demo_writes_tags_into_the_demo_files(demo_run: tuple[Path, Path, int, str]) -> None:
+    from nomarr_pipeline.definitions import defs
+    from nomarr_pipeline.tagging.formats import read_nom_tags
+
+    folder, _, code, _ = demo_run
+    assert code == 0
+    job_names = {job.name for job in defs.resolve_all_job_defs()}
+    if not {cli.PREDICTIONS_JOB, cli.TAGGING_JOB} <= job_names:
+        pytest.skip("predictions_job or tagging_job is not defined yet")
+    tagged = [name for name, _, _ in DEMO_TRACKS if read_nom_tags(folder / "library" / name)]
+    assert tagged == [name for name, _, _ in DEMO_TRACKS]
+
+
+@pytest.mark.slow
+def test_status_and_preview_after_the_demo(
+    demo_run: tuple[Path, Path, int, str], tmp_path: Path, monkeypatch, capsys
+) -> None:
+    folder, _, code, _ = demo_run
+    assert code == 0
+    monkeypatch.setenv("NOMARR_STORE_URL", f"sqlite:///{folder / 'data' / 'nomarr.sqlite3'}")
+    code, out, _ = _run_cli(capsys, "status")
+    assert code == 0
+    header, row = out.splitlines()[:2]
+    for column in cli.STATUS_COLUMNS:
+        assert column in header
+    assert row.split()[:2] == ["library", str(len(DEMO_TRACKS))]
+
+    preview = tmp_path / "preview.csv"
+    code, out, _ = _run_cli(capsys, "write-tags", "--preview", "--output", str(preview))
+    assert code == 0
+    frame = pd.read_csv(preview)
+    assert list(frame.columns) == ["file_id", "path", "key", "current", "proposed", "action"]
+    assert f"preview: {preview}" in out
