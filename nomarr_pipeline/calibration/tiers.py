@@ -74,8 +74,12 @@ class TierConfig:
     exclude_heads: tuple[str, ...] = DEFAULT_EXCLUDED_HEADS
     max_std: float | None = None
     # Memo of head filters and terms; a config is immutable, so they never go stale.
-    _mood_heads: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
-    _terms: dict[tuple[str, str], str] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _mood_heads: dict[str, bool] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _terms: dict[tuple[str, str], str] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.loose <= self.regular <= self.strict <= 1.0:
