@@ -66,7 +66,7 @@ HEAD_PARTITIONED_ASSETS = frozenset(
     {"file_tags", "calibration_state", "calibration_history", "calibration_sidecars"}
 )
 DESIGNED_SENSORS = frozenset({"library_change_sensor", "head_discovery_sensor", "calibration_hash_sensor"})
-REQUIRED_SENSORS = frozenset({"library_change_sensor", "calibration_hash_sensor"})
+REQUIRED_SENSORS = DESIGNED_SENSORS
 DESIGNED_SCHEDULES = frozenset({"nightly_calibration_schedule"})
 REQUIRED_SCHEDULES = DESIGNED_SCHEDULES
 
