@@ -226,7 +226,7 @@ class SqliteStore:
         row = self._query(
             """
             SELECT COUNT(*) AS total,
-                   SUM(analyzed_at IS NOT NULL AND analysis_error IS NULL) AS analysed,
+                   COALESCE(SUM(analyzed_at IS NOT NULL AND analysis_error IS NULL), 0) AS analysed,
                    COUNT(analysis_error) AS analysis_errors,
                    COUNT(scan_error) AS scan_errors,
                    COALESCE(SUM(file_tags_pending), 0) AS pending_writes,

@@ -288,3 +288,7 @@ def test_pending_writes_and_results(store: Store) -> None:
     assert [f["_key"] for f in store.files_pending_write("lib1", None, 10)] == ["c"]
     (c,) = store.get_files(["c"])
     assert c["write_error"] == "denied"
+
+
+def test_file_counts_of_an_empty_store_are_zero(store: Store) -> None:
+    assert set(store.file_counts().values()) == {0}
