@@ -1,12 +1,12 @@
 """Hash-based recalibration (seed 003): bring every file to the calibration in force.
 
 ``expected = expected_calibration_hash(calibration_state)``; files whose stored
-``calibration_hash`` differs are processed in batches:
+``calibration_hash`` differs are processed in batches, each in one store transaction
+(``store.recalibrate_files``), so predictions written meanwhile cannot slip in between:
 
-1. ``store.apply_calibration(ids)``: calibrated values, set-based in the DB;
-2. ``store.file_tags_for_files(ids)``: the batch's predictions, to compute mood tiers;
-3. ``store.finish_recalibration(...)``: hash, tiers and ``file_tags_pending`` in one
-   transaction per batch.
+1. ``apply_calibration``: calibrated values, set-based in the DB;
+2. the batch's predictions read back, to compute mood tiers;
+3. hash, tiers and ``file_tags_pending`` set on the files.
 
 A file gets the expected hash only together with its tiers, so a crash leaves finished
 files finished and the rest still mismatching: a rerun resumes where it stopped. The hash
@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
@@ -104,18 +104,12 @@ def recalibrate(
 def recalibrate_batch(
     store: Store, file_ids: list[str], expected_hash: str, config: TierConfig
 ) -> None:
-    store.apply_calibration(file_ids)
-    tags_by_file: dict[str, list[Doc]] = defaultdict(list)
-    for tag in store.file_tags_for_files(file_ids):
-        tags_by_file[tag["file_id"]].append(tag)
-    store.finish_recalibration(
-        [
-            {
-                "_key": file_id,
-                "calibration_hash": expected_hash,
-                "mood_tiers": compute_mood_tiers(tags_by_file.get(file_id, ()), config),
-                "file_tags_pending": True,
-            }
-            for file_id in file_ids
-        ]
-    )
+    """One batch, in one store transaction (so analysis cannot slip in between)."""
+
+    def tiers_of(tags: Sequence[Doc]) -> dict[str, Doc]:
+        by_file: dict[str, list[Doc]] = defaultdict(list)
+        for tag in tags:
+            by_file[tag["file_id"]].append(tag)
+        return {file_id: compute_mood_tiers(by_file.get(file_id, ()), config) for file_id in file_ids}
+
+    store.recalibrate_files(file_ids, expected_hash, tiers_of)

@@ -13,6 +13,7 @@ from nomarr_pipeline.store.protocol import (
     SparseHistogram,
     Store,
     StoreError,
+    TierFunction,
 )
 
 
@@ -66,6 +67,7 @@ __all__ = [
     "SparseHistogram",
     "Store",
     "StoreError",
+    "TierFunction",
     "open_store",
     "redact_url",
 ]

@@ -55,6 +55,7 @@ from nomarr_pipeline.store.protocol import (
     HeadVersion,
     SparseHistogram,
     StoreError,
+    TierFunction,
 )
 from nomarr_pipeline.store.sqlite_schema import (
     CALIBRATION_HISTORY,
@@ -350,15 +351,18 @@ class ArangoStore:
         with self._transaction(write) as txn:
             yield txn
 
-    def _update_by_key(self, collection: str, rows: Sequence[Doc]) -> None:
+    def _update_by_key(self, collection: str, rows: Sequence[Doc], *, db: Database | None = None) -> None:
         """Set the given fields on existing documents; unknown keys are ignored (as in SQLite).
-        All chunks commit together."""
+        All chunks commit together (inside ``db`` when that is a transaction already)."""
         prepared = [_to_stored(collection, row) for row in rows]
         aql = (
             f"FOR row IN @rows FOR d IN {collection} FILTER d._key == row._key "
             f'UPDATE d WITH UNSET(row, "_key") IN {collection} '
             "OPTIONS {keepNull: true, mergeObjects: false}"
         )
+        if db is not None:
+            self._write_chunks(aql, "rows", prepared, db=db)
+            return
         with self._atomic([collection], _chunk_count(prepared)) as txn:
             self._write_chunks(aql, "rows", prepared, db=txn)
 
@@ -678,6 +682,28 @@ class ArangoStore:
     def finish_recalibration(self, updates: Sequence[Doc]) -> None:
         self._update_by_key("library_files", updates)
 
+    def recalibrate_files(
+        self, file_ids: Sequence[str], expected_hash: str, mood_tiers: TierFunction
+    ) -> None:
+        ids = list(file_ids)
+        with self._transaction(["file_tags", "library_files"]) as txn:
+            self._write_chunks(APPLY_CALIBRATION_AQL, "file_ids", ids, db=txn)
+            tags: list[Doc] = []
+            for start in range(0, len(ids), WRITE_CHUNK_SIZE):
+                chunk = ids[start : start + WRITE_CHUNK_SIZE]
+                tags += self._query(TIER_INPUTS_AQL, {"file_ids": chunk}, db=txn)
+            tiers = mood_tiers(tags)
+            updates = [
+                {
+                    "_key": file_id,
+                    "calibration_hash": expected_hash,
+                    "mood_tiers": tiers.get(file_id),
+                    "file_tags_pending": True,
+                }
+                for file_id in ids
+            ]
+            self._update_by_key("library_files", updates, db=txn)
+
     def reset_calibration_hashes(self, library_id: str | None = None) -> int:
         scope = "d.library_id == @library_id AND " if library_id is not None else ""
         rows = self._query(
@@ -742,6 +768,13 @@ FOR ft IN file_tags
     calibrated_value: usable ? MIN([MAX([(value - p5) / span, 0]), 1]) : null
   } IN file_tags OPTIONS {keepNull: true}
 """.strip()
+
+# Only what mood tiers need, read inside the recalibration's transaction.
+TIER_INPUTS_AQL = (
+    "FOR d IN file_tags FILTER d.file_id IN @file_ids "
+    "RETURN {file_id: d.file_id, model_key: d.model_key, head_name: d.head_name, label: d.label, "
+    "value: d.value, std: d.std, calibrated_value: d.calibrated_value}"
+)
 
 _REMOVE_TAGS_OF_FILES = "FOR d IN file_tags FILTER d.file_id IN @file_ids REMOVE d IN file_tags"
 

@@ -8,11 +8,14 @@ Timestamps are integer milliseconds since the epoch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 Doc = dict[str, Any]
+# Mood tiers of a batch: the batch's tags (file_id, model_key, head_name, label, value, std,
+# calibrated_value) in, file_id -> {"mood-strict": [...], ...} out.
+TierFunction = Callable[[Sequence[Doc]], Mapping[str, Doc]]
 
 COLLECTIONS = (
     "libraries",
@@ -183,6 +186,14 @@ class Store(Protocol):
 
     def finish_recalibration(self, updates: Sequence[Doc]) -> None:
         """``[{"_key", "calibration_hash", "mood_tiers", "file_tags_pending"}]`` in one transaction."""
+
+    def recalibrate_files(
+        self, file_ids: Sequence[str], expected_hash: str, mood_tiers: TierFunction
+    ) -> None:
+        """Recalibrate a batch in ONE transaction: ``apply_calibration``, read the tags back,
+        ``mood_tiers(tags)``, then set each file's ``mood_tiers``, ``calibration_hash =
+        expected_hash`` and ``file_tags_pending``. Predictions written concurrently land
+        either before (and are calibrated) or after (and clear the hash again), never between."""
 
     def reset_calibration_hashes(self, library_id: str | None = None) -> int:
         """Force recalibration: set every hash to null; returns how many files."""

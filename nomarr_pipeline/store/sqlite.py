@@ -18,6 +18,7 @@ from nomarr_pipeline.store.protocol import (
     HeadVersion,
     SparseHistogram,
     StoreError,
+    TierFunction,
 )
 from nomarr_pipeline.store.sqlite_schema import (
     CALIBRATION_HISTORY,
@@ -382,22 +383,33 @@ class SqliteStore:
 
     def apply_calibration(self, file_ids: Sequence[str]) -> None:
         with self._write() as conn:
-            conn.execute(
-                f"""
-                UPDATE file_tags SET calibrated_value = (
-                    SELECT CASE WHEN c.p95 > c.p5 AND {_FINITE_NUMBER.replace("value", "file_tags.value")}
-                                THEN MIN(MAX((file_tags.value - c.p5) / (c.p95 - c.p5), 0.0), 1.0)
-                           END
-                    FROM calibration_state c
-                    WHERE c.model_key = file_tags.model_key AND c.head_name = file_tags.head_name
-                      AND c.label = file_tags.label)
-                WHERE file_id IN (SELECT value FROM json_each(?))
-                """,
-                (json.dumps(list(file_ids)),),
-            )
+            conn.execute(_APPLY_CALIBRATION, (json.dumps(list(file_ids)),))
 
     def finish_recalibration(self, updates: Sequence[Doc]) -> None:
         self._update(LIBRARY_FILES, updates)
+
+    def recalibrate_files(
+        self, file_ids: Sequence[str], expected_hash: str, mood_tiers: TierFunction
+    ) -> None:
+        ids = json.dumps(list(file_ids))
+        with self._write() as conn:
+            conn.execute(_APPLY_CALIBRATION, (ids,))
+            reader = conn.cursor()
+            reader.row_factory = None  # plain tuples: this read is the hot path of a recalibration
+            rows = reader.execute(
+                f"SELECT {', '.join(_TIER_FIELDS)} FROM file_tags "
+                "WHERE file_id IN (SELECT value FROM json_each(?))",
+                (ids,),
+            )
+            tiers = mood_tiers([dict(zip(_TIER_FIELDS, row, strict=True)) for row in rows])
+            conn.executemany(
+                "UPDATE library_files SET calibration_hash = ?, mood_tiers = ?, file_tags_pending = 1 "
+                "WHERE _key = ?",
+                [
+                    (expected_hash, json.dumps(tiers.get(file_id), sort_keys=True), file_id)
+                    for file_id in file_ids
+                ],
+            )
 
     def reset_calibration_hashes(self, library_id: str | None = None) -> int:
         with self._write() as conn:
@@ -419,6 +431,20 @@ class SqliteStore:
 
     def record_writes(self, results: Sequence[Doc]) -> None:
         self._update(LIBRARY_FILES, results)
+
+
+_TIER_FIELDS = ("file_id", "model_key", "head_name", "label", "value", "std", "calibrated_value")
+
+_APPLY_CALIBRATION = f"""
+    UPDATE file_tags SET calibrated_value = (
+        SELECT CASE WHEN c.p95 > c.p5 AND {_FINITE_NUMBER.replace("value", "file_tags.value")}
+                    THEN MIN(MAX((file_tags.value - c.p5) / (c.p95 - c.p5), 0.0), 1.0)
+               END
+        FROM calibration_state c
+        WHERE c.model_key = file_tags.model_key AND c.head_name = file_tags.head_name
+          AND c.label = file_tags.label)
+    WHERE file_id IN (SELECT value FROM json_each(?))
+"""
 
 
 def _head_params(head: HeadVersion) -> dict[str, object]:

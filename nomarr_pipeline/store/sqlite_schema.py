@@ -183,7 +183,24 @@ CREATE INDEX IF NOT EXISTS idx_calibration_history_key
     ON calibration_history(calibration_key, snapshot_at);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+# Version 2: file_tags clustered by file (WITHOUT ROWID, primary key file_id, model_key,
+# head_name, label), so one file's predictions are one contiguous range: reading, replacing
+# and recalibrating a batch of files touches few pages, and the per-file index goes away.
+_V2 = """
+CREATE TABLE file_tags_v2 (
+    _key TEXT NOT NULL, file_id TEXT NOT NULL, model_key TEXT NOT NULL,
+    head_name TEXT NOT NULL, label TEXT NOT NULL, value, std REAL, calibrated_value REAL,
+    nomarr_only INTEGER NOT NULL DEFAULT 1, tagger_version TEXT,
+    PRIMARY KEY (file_id, model_key, head_name, label)) WITHOUT ROWID;
+INSERT OR REPLACE INTO file_tags_v2
+    SELECT _key, file_id, model_key, head_name, label, value, std, calibrated_value,
+           nomarr_only, tagger_version FROM file_tags;
+DROP TABLE file_tags;
+ALTER TABLE file_tags_v2 RENAME TO file_tags;
+CREATE INDEX idx_file_tags_histogram ON file_tags(model_key, head_name, label, nomarr_only, value);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 
 
 def migrate(conn: sqlite3.Connection) -> None:

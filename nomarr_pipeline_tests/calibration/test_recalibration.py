@@ -74,11 +74,16 @@ def test_resumes_after_a_crash(sqlite_store: Store) -> None:
         def __init__(self, inner: Store) -> None:
             self.inner, self.finished = inner, 0
 
-        def finish_recalibration(self, updates):
+        def recalibrate_files(self, file_ids, expected_hash, mood_tiers):
             if self.finished == 2:
-                raise RuntimeError("killed")
+                # Dies mid-transaction, after the tiers were computed: nothing of the batch stays.
+                def dying(tags):
+                    mood_tiers(tags)
+                    raise RuntimeError("killed")
+
+                self.inner.recalibrate_files(file_ids, expected_hash, dying)
             self.finished += 1
-            self.inner.finish_recalibration(updates)
+            self.inner.recalibrate_files(file_ids, expected_hash, mood_tiers)
 
         def __getattr__(self, name):
             return getattr(self.inner, name)
@@ -148,8 +153,8 @@ def test_a_hash_that_does_not_stick_stops_the_run(sqlite_store: Store) -> None:
         def __init__(self, inner: Store) -> None:
             self.inner = inner
 
-        def finish_recalibration(self, updates) -> None:
-            pass
+        def recalibrate_files(self, file_ids, expected_hash, mood_tiers) -> None:
+            self.inner.recalibrate_files(file_ids, "not-the-expected-hash", mood_tiers)
 
         def __getattr__(self, name):
             return getattr(self.inner, name)
@@ -175,3 +180,31 @@ def test_status_for_sensors(sqlite_store: Store) -> None:
     }
     recalibrate(sqlite_store)
     assert recalibration_status(sqlite_store, "lib1")["remaining"] == 0
+
+
+def test_predictions_written_during_a_batch_are_not_marked_calibrated(sqlite_store: Store, tmp_path) -> None:
+    """Analysis in another process writing while a batch is recalibrated waits for the batch's
+    transaction and then clears the file's hash: the new predictions get calibrated next run."""
+    import threading
+
+    from nomarr_pipeline.store import open_store
+
+    keys = fill(sqlite_store)
+    calibrate_heads(sqlite_store, HEADS, now_ms=NOW)
+    expected = expected_calibration_hash(sqlite_store.list_calibrations())
+    other = open_store(f"sqlite:///{sqlite_store.path}")  # type: ignore[attr-defined]
+    fresh = [dict(t, value=0.42, calibrated_value=None) for t in sqlite_store.file_tags_for_files([keys[0]])]
+    writer = threading.Thread(target=other.write_predictions, args=(fresh,))
+
+    def tiers_while_analysis_writes(tags):
+        writer.start()
+        writer.join(timeout=0.5)  # blocked by the batch's transaction
+        assert writer.is_alive()
+        return {key: empty_tiers() for key in keys}
+
+    sqlite_store.recalibrate_files(keys, expected, tiers_while_analysis_writes)
+    writer.join(timeout=30)
+    (first,) = sqlite_store.get_files([keys[0]])
+    assert first["calibration_hash"] is None  # cleared by the later write: recalibrated again
+    assert sqlite_store.get_files([keys[1]])[0]["calibration_hash"] == expected
+    assert recalibrate(sqlite_store).recalibrated == 1

@@ -593,6 +593,43 @@ def test_finish_recalibration_updates_by_key_in_one_statement(store: ArangoStore
     assert len(request.bind_vars["rows"]) == 300
 
 
+def test_recalibrate_files_is_one_transaction_around_apply_read_and_finish(
+    store: ArangoStore, fake: FakeArango
+) -> None:
+    tag = {"file_id": "f1", "model_key": "m", "head_name": "h", "label": "happy", "value": 0.5,
+           "std": 0.1, "calibrated_value": 0.5}  # fmt: skip
+    fake.answer("RETURN {file_id: d.file_id", [tag])
+    seen: list[list[dict]] = []
+
+    def tiers(tags: list[dict]) -> dict[str, dict]:
+        seen.append(list(tags))
+        return {"f1": {"mood-strict": [], "mood-regular": ["happy"], "mood-loose": ["happy"]}}
+
+    store.recalibrate_files(["f1", "f2"], "H", tiers)
+    assert seen == [[tag]]
+    begin, apply, read, finish, commit = fake.requests
+    assert begin.path.endswith("/_api/transaction/begin")
+    assert sorted(begin.body["collections"]["write"]) == ["file_tags", "library_files"]
+    assert "calibrated_value: usable ?" in apply.query and apply.bind_vars == {"file_ids": ["f1", "f2"]}
+    assert "FILTER d.file_id IN @file_ids" in read.query and read.bind_vars == {"file_ids": ["f1", "f2"]}
+    assert "UPDATE d WITH UNSET(row" in finish.query
+    assert [(r["_key"], r["calibration_hash"], r["file_tags_pending"]) for r in finish.bind_vars["rows"]] == [
+        ("f1", "H", True), ("f2", "H", True)]  # fmt: skip
+    assert finish.bind_vars["rows"][0]["mood_tiers"]["mood-loose"] == ["happy"]
+    assert all(r.headers.get("x-arango-trx-id") == "1" for r in (apply, read, finish))
+    assert commit.method == "put" and commit.path.endswith("/_api/transaction/1")
+
+
+def test_recalibrate_files_aborts_when_the_tiers_fail(store: ArangoStore, fake: FakeArango) -> None:
+    def broken(_tags: list[dict]) -> dict[str, dict]:
+        raise ValueError("bad tier config")
+
+    with pytest.raises(ValueError, match="bad tier config"):
+        store.recalibrate_files(["f1"], "H", broken)
+    assert fake.endpoints()[-1] == f"DELETE /_db/{DB}/_api/transaction/1"
+    assert not any(r.method == "put" for r in fake.requests), "never committed"
+
+
 def test_reset_calibration_hashes_counts_reset_files(store: ArangoStore, fake: FakeArango) -> None:
     fake.answer("RETURN LENGTH(reset)", [3])
     assert store.reset_calibration_hashes("lib1") == 3

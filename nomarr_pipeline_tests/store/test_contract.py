@@ -292,3 +292,36 @@ def test_pending_writes_and_results(store: Store) -> None:
 
 def test_file_counts_of_an_empty_store_are_zero(store: Store) -> None:
     assert set(store.file_counts().values()) == {0}
+
+
+def test_recalibrate_files_is_all_or_nothing(store: Store) -> None:
+    store.upsert_files([_file("a"), _file("b")])
+    store.write_predictions([_tag("a", "happy", 0.5, std=0.2), _tag("b", "happy", 0.95)])
+    store.record_analysis([{"_key": k, "analyzed_at": 1, "analysis_error": None} for k in ("a", "b")])
+    store.save_calibrations([_state("happy", 0.1, 0.9)], [])
+
+    def broken(_tags: object) -> dict:
+        raise RuntimeError("crash while computing tiers")
+
+    with pytest.raises(RuntimeError):
+        store.recalibrate_files(["a", "b"], "H", broken)
+    assert all(t["calibrated_value"] is None for t in store.file_tags_for_files(["a", "b"]))
+    assert store.count_files_needing_recalibration("H") == 2
+
+    seen: list[dict] = []
+
+    def tiers(tags: list[dict]) -> dict[str, dict]:
+        seen.extend(tags)
+        return {"a": {"mood-strict": [], "mood-regular": [], "mood-loose": ["happy"]}}
+
+    store.recalibrate_files(["a", "b"], "H", tiers)
+    by_file = {t["file_id"]: t for t in seen}
+    assert by_file["a"]["calibrated_value"] == pytest.approx(0.5) and by_file["a"]["std"] == 0.2
+    assert by_file["b"]["calibrated_value"] == 1.0
+    assert {"file_id", "model_key", "head_name", "label", "value", "std", "calibrated_value"} <= set(
+        by_file["a"]
+    )
+    a, b = store.get_files(["a", "b"])
+    assert a["mood_tiers"]["mood-loose"] == ["happy"] and a["calibration_hash"] == "H"
+    assert a["file_tags_pending"] is True and b["calibration_hash"] == "H"
+    assert store.count_files_needing_recalibration("H") == 0
