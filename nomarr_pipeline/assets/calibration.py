@@ -199,7 +199,7 @@ def calibration_history(
 @dg.asset(
     partitions_def=heads_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    deps=[calibration_history],
+    deps=[calibration_state],
     group_name="calibration",
     kinds={"python", "json"},
 )
@@ -225,14 +225,15 @@ def calibration_sidecars(
     )
 
 
-@dg.asset(deps=[calibration_sidecars], group_name="calibration", kinds={"python", "json"})
+@dg.asset(deps=[calibration_state], group_name="calibration", kinds={"python", "json"})
 def calibration_package(
     context: dg.AssetExecutionContext,
     store: StoreResource,
     models: ModelsResource,
     calibration: CalibrationResource,
 ) -> dg.MaterializeResult:
-    """``calibrations.json``: every calibration, to back up or share (import bootstraps a store)."""
+    """``calibrations.json``: every calibration in the store, to back up or share (an import
+    bootstraps another store from it)."""
     db = store.open()
     states = db.list_calibrations()
     path = export_package(states, calibration.export_path())
