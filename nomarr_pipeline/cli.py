@@ -147,9 +147,7 @@ class PipelineRunner:
                 self.outcomes.append(outcome)
                 return outcome
             ranges = contiguous_ranges(self.instance.get_dynamic_partitions(HEADS_PARTITIONS), partition_keys)
-            run_tags = [
-                {**base_tags, RANGE_START_TAG: first, RANGE_END_TAG: last} for first, last in ranges
-            ]
+            run_tags = [{**base_tags, RANGE_START_TAG: first, RANGE_END_TAG: last} for first, last in ranges]
         outcome = StepOutcome(step, "ok")
         for tags_of_run in run_tags:
             result = job.execute_in_process(
@@ -254,8 +252,7 @@ def require_library_roots() -> list[Path]:
     if not roots:
         raise CliError(
             "no library folders configured",
-            "set NOMARR_LIBRARY_ROOTS to your music folders separated by ':' "
-            "(or try `nomarr-pipeline demo`)",
+            "set NOMARR_LIBRARY_ROOTS to your music folders separated by ':' (or try `nomarr-pipeline demo`)",
         )
     missing = [str(root) for root in roots if not root.is_dir()]
     if missing:
@@ -372,8 +369,10 @@ def run_pipeline(*, verbose: bool = False) -> tuple[list[StepOutcome], Store]:
         runner.outcomes.append(StepOutcome("head discovery", "ok", f"{len(keys)} heads ({len(new)} new)"))
         print(f"heads: {', '.join(keys)}")
 
-        watched = {PREDICTIONS_JOB: ("predictions", lambda: _analysis_progress(heads)),
-                   TAGGING_JOB: ("recalibration + tag writing", _tagging_progress)}
+        watched = {
+            PREDICTIONS_JOB: ("predictions", lambda: _analysis_progress(heads)),
+            TAGGING_JOB: ("recalibration + tag writing", _tagging_progress),
+        }
         for step in PIPELINE_STEPS:
             if step.job_name in watched and runner.has_job(step.job_name):
                 label, measure = watched[step.job_name]
@@ -567,6 +566,22 @@ def cmd_import_calibrations(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_force_recalibration(args: argparse.Namespace) -> int:
+    from nomarr_pipeline.library.identity import library_key
+
+    store = open_checked_store()
+    library_id = None
+    if args.library:
+        library_id = library_key(Path(args.library).resolve())
+        if store.get_library(library_id) is None:
+            raise CliError(f"{args.library} is not a scanned library", "see `nomarr-pipeline status`")
+    count = store.reset_calibration_hashes(library_id)
+    scope = f"library {args.library}" if args.library else "every library"
+    print(f"{count} files of {scope} will be recalibrated")
+    print("next: calibration_hash_sensor starts it, or `nomarr-pipeline run` / materialize calibrated_tags")
+    return 0
+
+
 def cmd_write_tags(args: argparse.Namespace) -> int:
     if not args.preview:
         import dagster as dg
@@ -614,8 +629,10 @@ def preview_tags(output: Path) -> int:
     else:
         frame.to_csv(output, index=False)
         changes = int((frame["action"] != "keep").sum()) if not frame.empty else 0
-        print(f"preview: {output} ({frame['file_id'].nunique() if not frame.empty else 0} files, "
-              f"{changes} tag changes)")
+        print(
+            f"preview: {output} ({frame['file_id'].nunique() if not frame.empty else 0} files, "
+            f"{changes} tag changes)"
+        )
     return 0
 
 
@@ -653,6 +670,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--overwrite", action="store_true", help="replace calibrations that exist here")
     imp.set_defaults(func=cmd_import_calibrations)
 
+    force = sub.add_parser(
+        "force-recalibration", help="mark every file stale so it is recalibrated (new tier settings)"
+    )
+    force.add_argument("--library", metavar="FOLDER", help="only the library in this folder")
+    force.set_defaults(func=cmd_force_recalibration)
+
     write = sub.add_parser("write-tags", help="write pending tags into the audio files (a Dagster run)")
     write.add_argument("--preview", action="store_true", help="only show what would change, as CSV")
     write.add_argument("--output", default="tag-preview.csv", help="CSV path for --preview ('-' = stdout)")
@@ -674,8 +697,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error.problem}\nnext: {error.next_step}", file=sys.stderr)
         return 2
     except StoreError as error:  # raised after the pre-flight check, e.g. the server went away
-        print(f"error: database: {error}\nnext: check NOMARR_STORE_URL and that the database is running",
-              file=sys.stderr)
+        print(
+            f"error: database: {error}\nnext: check NOMARR_STORE_URL and that the database is running",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -283,31 +283,25 @@ def test_demo_runs_the_whole_pipeline(demo_run: tuple[Path, Path, int, str]) -> 
         assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
         predictions = [run for run in runs if run.job_name == cli.PREDICTIONS_JOB]
     # All heads in one run (a partition range), not one run per head.
-    assert len(predictions) <= 1
-    if predictions:
-        assert predictions[0].tags[cli.RANGE_START_TAG] != predictions[0].tags[cli.RANGE_END_TAG]
+    (prediction_run,) = predictions
+    assert prediction_run.tags[cli.RANGE_START_TAG] != prediction_run.tags[cli.RANGE_END_TAG]
 
     store = open_store(f"sqlite:///{folder / 'data' / 'nomarr.sqlite3'}")
     try:
         counts = store.file_counts()
         assert counts["total"] == len(DEMO_TRACKS)
-        if predictions:
-            assert counts["analysed"] == len(DEMO_TRACKS)
-            assert cli.calibrated_states(store)
+        assert counts["analysed"] == len(DEMO_TRACKS)
+        assert cli.calibrated_states(store)
     finally:
         store.close()
 
 
 @pytest.mark.slow
 def test_demo_writes_tags_into_the_demo_files(demo_run: tuple[Path, Path, int, str]) -> None:
-    from nomarr_pipeline.definitions import defs
     from nomarr_pipeline.tagging.formats import read_nom_tags
 
     folder, _, code, _ = demo_run
     assert code == 0
-    job_names = {job.name for job in defs.resolve_all_job_defs()}
-    if not {cli.PREDICTIONS_JOB, cli.TAGGING_JOB} <= job_names:
-        pytest.skip("predictions_job or tagging_job is not defined yet")
     tagged = [name for name, _, _ in DEMO_TRACKS if read_nom_tags(folder / "library" / name)]
     assert tagged == [name for name, _, _ in DEMO_TRACKS]
 
@@ -332,3 +326,16 @@ def test_status_and_preview_after_the_demo(
     frame = pd.read_csv(preview)
     assert list(frame.columns) == ["file_id", "path", "key", "current", "proposed", "action"]
     assert f"preview: {preview}" in out
+
+    code, _, err = _run_cli(capsys, "force-recalibration", "--library", str(tmp_path))
+    assert code == 2 and "not a scanned library" in err
+    code, out, _ = _run_cli(capsys, "force-recalibration", "--library", str(folder / "library"))
+    assert code == 0 and f"{len(DEMO_TRACKS)} files" in out
+    store = open_store(f"sqlite:///{folder / 'data' / 'nomarr.sqlite3'}")
+    try:
+        from nomarr_pipeline.calibration.hashing import expected_calibration_hash
+
+        expected = expected_calibration_hash(store.list_calibrations())
+        assert store.count_files_needing_recalibration(expected) == len(DEMO_TRACKS)
+    finally:
+        store.close()
