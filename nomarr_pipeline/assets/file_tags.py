@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from nomarr_pipeline.assets.heads import models_folder
 from nomarr_pipeline.ml.analysis import FileProgress, HeadReport, analyze
 from nomarr_pipeline.ml.discovery import discover_models
 from nomarr_pipeline.partitions import heads_partitions
@@ -68,11 +69,7 @@ def file_tags(
     re-run only does new work; a file that fails gets its ``analysis_error`` and the run
     goes on.
     """
-    models_dir = models.path()
-    if models_dir is None:
-        raise dg.Failure(
-            "No models folder configured: set NOMARR_MODELS_DIR or the `models_dir` of the `models` resource."
-        )
+    models_dir = models_folder(models)
     catalog = discover_models(models_dir)
     for problem in catalog.problems:
         context.log.warning(f"model problem: {problem.path}: {problem.message}")
