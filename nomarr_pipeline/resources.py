@@ -13,6 +13,7 @@ from nomarr_pipeline.settings import WRITE_MODES, Settings, split_roots
 from nomarr_pipeline.store import Store, open_store
 
 if TYPE_CHECKING:
+    from nomarr_pipeline.calibration.histogram import SpecOverrides
     from nomarr_pipeline.calibration.tiers import TierConfig
 
 
@@ -93,6 +94,17 @@ class CalibrationResource(dg.ConfigurableResource):
     export_dir: str | None = None
     drift_tolerance: float = 0.005
     min_n: int = 100
+    # Histogram range per head: "{model_key}:{head_name}" or a bare head_name ->
+    # {"lo": ..., "hi": ..., "bins": ...}; e.g. regression heads whose outputs leave [0, 1].
+    histogram_overrides: dict[str, dict[str, float]] | None = None
+
+    def histogram_specs(self) -> SpecOverrides:
+        from nomarr_pipeline.calibration.histogram import HistogramSpec
+
+        return {
+            key: HistogramSpec(lo=float(spec["lo"]), hi=float(spec["hi"]), bins=int(spec.get("bins", 10_000)))
+            for key, spec in (self.histogram_overrides or {}).items()
+        }
 
     def export_path(self) -> Path:
         if self.export_dir:

@@ -66,6 +66,7 @@ def calibration_state(
         report, histograms = calibrate_head(
             db,
             head,
+            specs=calibration.histogram_specs(),
             drift_tolerance=calibration.drift_tolerance,
             keep_histograms=len(head.labels) <= HISTOGRAM_IMAGES,
         )

@@ -123,3 +123,22 @@ def test_nightly_schedule_runs_the_calibration_job_over_all_heads(tmp_path: Path
         }
         assert {("calibration_sidecars", key) for key in keys} <= materialized
         assert ("calibration_package", None) in materialized
+
+
+def test_histogram_range_override_from_config(tmp_path: Path) -> None:
+    resources, keys = _setup(tmp_path, files=120)
+    happy = next(key for key in keys if key.endswith(":mood_happy"))
+    resources["calibration"] = CalibrationResource(
+        export_dir=str(tmp_path / "exports"),
+        histogram_overrides={"mood_happy": {"lo": -0.5, "hi": 1.5, "bins": 2000}},
+    )
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("heads", keys)
+        assert dg.materialize(
+            [calibration_state], resources=resources, instance=instance, tags=_range_tags(keys)
+        ).success
+    store = open_store(resources["store"].url)
+    states = {s["_key"]: s for s in store.list_calibrations()}
+    assert states[f"{happy}:happy"]["histogram"] == {"lo": -0.5, "hi": 1.5, "bins": 2000, "bin_width": 0.001}
+    other = next(s for k, s in states.items() if ":danceability:" in k)
+    assert other["histogram"]["bins"] == 10_000

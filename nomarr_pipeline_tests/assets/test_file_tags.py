@@ -107,7 +107,7 @@ def test_partition_without_usable_model_fails_clearly(
 
 def test_no_models_folder_configured(instance: dg.DagsterInstance, store_url: str) -> None:
     instance.add_dynamic_partitions("heads", [HAPPY])
-    with pytest.raises(dg.Failure, match="Models folder .* not found: set NOMARR_MODELS_DIR"):
+    with pytest.raises(dg.Failure, match=r"Models folder .* not found: set NOMARR_MODELS_DIR"):
         dg.materialize([file_tags], partition_key=HAPPY, instance=instance,
                        resources={"store": StoreResource(url=store_url),
                                   "models": ModelsResource()})
