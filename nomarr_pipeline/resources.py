@@ -123,6 +123,7 @@ class TaggingResource(dg.ConfigurableResource):
     exclude_heads: list[str] | None = None
     max_std: float | None = None
     standard_mood: bool = False  # also write the regular tier to TMOO / MOOD
+    writers: int = 0  # files written at once; 0 = one per CPU, at most 4; 1 = sequential
 
     def tier_config(self) -> TierConfig:
         from nomarr_pipeline.calibration.tiers import DEFAULT_EXCLUDED_HEADS, TierConfig

@@ -72,6 +72,7 @@ def written_tags(
                 library_roots=[lib["root_path"]],
                 has_calibration=has_calibration,
                 standard_mood=tagging.standard_mood,
+                writers=tagging.writers,
                 dry_run=config.preview,
             )
         except WriteBatchStopped as stopped:

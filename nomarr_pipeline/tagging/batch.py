@@ -16,6 +16,12 @@ Per page of ``store.files_pending_write``: load the files' predictions, select t
 - disk full — what was done so far is recorded and :class:`WriteBatchStopped` is raised:
   every later file would fail the same way.
 
+Files are written by up to ``writers`` worker processes at once
+(:mod:`~nomarr_pipeline.tagging.parallel`; ``writers=1`` writes them one after the other in
+this process). Selection, recording and the store stay in this process, page by page: a page
+is recorded once all its writes are in, so the guarantees above hold per file as before. On a
+full disk no further file is started, the writes in flight finish and are recorded too.
+
 ``file_write_mode == "none"`` writes nothing and records nothing. ``dry_run=True`` reads the
 files' current tags and returns preview rows (file, key, current value, proposed value)
 built by the same selection; files and the store are left untouched.
@@ -28,18 +34,14 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from nomarr_pipeline.tagging.atomic import (
-    DiskFullError,
-    FileChangedError,
-    WriteError,
-    write_file_tags,
-)
+from nomarr_pipeline.tagging.atomic import DiskFullError, WriteError
 from nomarr_pipeline.tagging.formats import NomTags, normalize_tags, read_nom_tags
+from nomarr_pipeline.tagging.parallel import ReportedDiskFull, TagWriters, WriteJob, WriteResult
 from nomarr_pipeline.tagging.selection import select_tags
 
 if TYPE_CHECKING:
@@ -97,11 +99,13 @@ class WriteReport:
     def processed(self) -> int:
         return self.written + self.unchanged + self.skipped + self.failed
 
-    def add_error(self, file_id: str, path: str, error: BaseException | str) -> None:
+    def add_error(self, file_id: str, path: str, error: BaseException | str, kind: str | None = None) -> None:
+        """``kind`` defaults to the error's class name (``"skipped"`` for a plain message)."""
         if len(self.errors) >= MAX_REPORTED_ERRORS:
             self.errors_not_listed += 1
             return
-        kind = type(error).__name__ if isinstance(error, BaseException) else "skipped"
+        if kind is None:
+            kind = type(error).__name__ if isinstance(error, BaseException) else "skipped"
         self.errors.append({"file_id": file_id, "path": path, "kind": kind, "error": str(error)})
 
     def summary(self) -> dict[str, Any]:
@@ -180,7 +184,7 @@ class _BatchSettings:
     mode: str
     has_calibration: bool
     write_raw_scores: bool
-    library_roots: tuple[Path, ...]
+    library_roots: tuple[str, ...]
     tagger_version_of: TaggerVersionSource
     standard_mood: bool
     dry_run: bool
@@ -213,6 +217,7 @@ def _process_page(
     library: Doc,
     settings: _BatchSettings,
     report: WriteReport,
+    writers: TagWriters,
 ) -> None:
     predictions_by_file: dict[str, list[Doc]] = defaultdict(list)
     for prediction in store.file_tags_for_files([doc["_key"] for doc in page]):
@@ -220,7 +225,11 @@ def _process_page(
 
     records: list[Doc] = []
     new_stats: list[Doc] = []
-    try:
+    to_write: list[Doc] = []  # the docs of the jobs made so far, by job index
+
+    def jobs() -> Iterator[WriteJob]:
+        # A generator, so that the writers pull each job when they have room: selecting the
+        # next file's tags overlaps the writes in flight instead of delaying the first one.
         for doc in page:
             file_id, path = doc["_key"], _file_path(doc, library)
             predictions = predictions_by_file.get(file_id, [])
@@ -247,51 +256,69 @@ def _process_page(
             if settings.dry_run:
                 _preview_file(file_id, path, tags, report)
                 continue
-            try:
-                if doc.get("size") is None or doc.get("mtime_ns") is None:
-                    raise WriteError(path, "has no scanned size/mtime; rescan the library first")
-                outcome = write_file_tags(
-                    path,
-                    tags,
-                    library_roots=settings.library_roots,
-                    expected_size=int(doc["size"]),
-                    expected_mtime_ns=int(doc["mtime_ns"]),
-                    standard_mood=settings.standard_mood,
-                    durable=settings.durable,
-                )
-            except FileChangedError as exc:
-                report.skipped += 1
-                report.add_error(file_id, path, exc)
-                records.append(_record(doc, error=str(exc), pending=True))
-            except WriteError as exc:
-                log.warning("tag write failed: %s", exc)
-                report.failed += 1
-                report.add_error(file_id, path, exc)
-                records.append(_record(doc, error=str(exc), pending=True))
-            except DiskFullError as exc:
-                report.add_error(file_id, path, exc)
-                records.append(_record(doc, error=str(exc), pending=True))
-                raise
-            else:
-                records.append(_record(doc, error=None, pending=False))
-                if outcome.status == "written":
-                    report.written += 1
-                    new_stats.append(
-                        {
-                            "_key": file_id,
-                            "library_id": doc["library_id"],
-                            "size": outcome.size,
-                            "mtime_ns": outcome.mtime_ns,
-                        }
-                    )
-                else:
-                    report.unchanged += 1
+            if doc.get("size") is None or doc.get("mtime_ns") is None:
+                unscanned = WriteError(path, "has no scanned size/mtime; rescan the library first")
+                _count_failure(doc, path, unscanned, report, records)
+                continue
+            to_write.append(doc)
+            yield WriteJob(
+                path=path,
+                tags=tags,
+                expected_size=int(doc["size"]),
+                expected_mtime_ns=int(doc["mtime_ns"]),
+                library_roots=settings.library_roots,
+                standard_mood=settings.standard_mood,
+                durable=settings.durable,
+            )
+
+    try:
+        disk_full: DiskFullError | None = None
+        for index, result in writers.run(jobs(), expected=len(page)):
+            doc = to_write[index]
+            path = _file_path(doc, library)
+            _count_result(doc, path, result, report, records, new_stats)
+            if result.status == "disk_full" and disk_full is None:
+                disk_full = ReportedDiskFull(path, result.strerror or "disk full")
+        if disk_full is not None:
+            raise disk_full
     finally:
         # Runs on the way out of a disk-full stop too: what was written stays recorded.
         if new_stats:
             store.upsert_files(new_stats)
         if records:
             store.record_writes(records)
+
+
+def _count_failure(doc: Doc, path: str, error: WriteError, report: WriteReport, records: list[Doc]) -> None:
+    log.warning("tag write failed: %s", error)
+    report.failed += 1
+    report.add_error(doc["_key"], path, error)
+    records.append(_record(doc, error=str(error), pending=True))
+
+
+def _count_result(
+    doc: Doc, path: str, result: WriteResult, report: WriteReport, records: list[Doc], new_stats: list[Doc]
+) -> None:
+    """Count one file's result in the report and queue its store updates."""
+    file_id = doc["_key"]
+    if result.status in ("written", "unchanged"):
+        records.append(_record(doc, error=None, pending=False))
+        if result.status == "unchanged":
+            report.unchanged += 1
+            return
+        report.written += 1
+        stat = {"size": result.size, "mtime_ns": result.mtime_ns}
+        new_stats.append({"_key": file_id, "library_id": doc["library_id"], **stat})
+        return
+    message = result.message or result.status
+    if result.status == "changed":
+        report.skipped += 1
+    elif result.status == "failed":
+        log.warning("tag write failed: %s", message)
+        report.failed += 1
+    # A full disk counts in none of the totals (as before): the file was not handled.
+    report.add_error(file_id, path, message, kind=result.error_kind)
+    records.append(_record(doc, error=message, pending=True))
 
 
 def _preview_file(file_id: str, path: str, tags: dict[str, str | list[str]], report: WriteReport) -> None:
@@ -320,6 +347,7 @@ def write_pending_tags(
     batch_size: int = 200,
     dry_run: bool = False,
     durable: bool = True,
+    writers: int = 0,
     progress: Callable[[WriteReport], None] | None = None,
 ) -> WriteReport:
     """Write (or preview) the tags of every file of ``library`` with ``file_tags_pending``.
@@ -328,7 +356,9 @@ def write_pending_tags(
     would change. ``durable=False`` skips the per-file fsync before the replace (faster; on a
     crash a just-written file may come back without its data on filesystems that do not
     flush a replaced file's data themselves, as ext4 does by default) — keep the default for libraries
-    you care about. Raises :class:`WriteBatchStopped` when the disk is full.
+    you care about. ``writers`` files are written at once (``0``: one per CPU, at most 4;
+    ``1``: one after the other, in this process); a dry run reads files in this process.
+    Raises :class:`WriteBatchStopped` when the disk is full.
     """
     mode = str(library.get("file_write_mode") or "full")
     report = WriteReport(library_id=library["_key"], mode=mode, dry_run=dry_run)
@@ -345,22 +375,24 @@ def write_pending_tags(
         mode=mode,
         has_calibration=has_calibration,
         write_raw_scores=bool(library.get("write_raw_scores")),
-        library_roots=tuple(Path(root) for root in library_roots),
+        library_roots=tuple(os.fspath(root) for root in library_roots),
         tagger_version_of=tagger_version_of,
         standard_mood=standard_mood,
         dry_run=dry_run,
         durable=durable,
     )
     after_key: str | None = None
-    while True:
-        page = store.files_pending_write(library["_key"], after_key, batch_size)
-        if not page:
-            break
-        after_key = page[-1]["_key"]
-        try:
-            _process_page(store, page, library, settings, report)
-        except DiskFullError as exc:
-            raise WriteBatchStopped(exc, report) from exc
-        if progress is not None:
-            progress(report)
+    # A dry run only reads tags (no atomic write to spread), so it never starts writers.
+    with TagWriters(1 if dry_run else writers) as file_writers:
+        while True:
+            page = store.files_pending_write(library["_key"], after_key, batch_size)
+            if not page:
+                break
+            after_key = page[-1]["_key"]
+            try:
+                _process_page(store, page, library, settings, report, file_writers)
+            except DiskFullError as exc:
+                raise WriteBatchStopped(exc, report) from exc
+            if progress is not None:
+                progress(report)
     return report

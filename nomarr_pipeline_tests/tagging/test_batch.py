@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from nomarr_pipeline.store import Store, open_store
-from nomarr_pipeline.tagging import keys
+from nomarr_pipeline.tagging import keys, parallel
 from nomarr_pipeline.tagging.batch import (
     PREVIEW_COLUMNS,
     WriteBatchStopped,
@@ -297,3 +297,137 @@ def test_stored_data_that_cannot_become_a_tag_fails_that_file_only(
     assert (report.written, report.failed) == (1, 1)
     assert "cannot build tags" in file_doc(store, "a-bad")["write_error"]
     assert bad.read_bytes() == before
+
+
+# ---- several writers at once -----------------------------------------------------------------
+
+
+@pytest.fixture
+def pools_started(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Write even a handful of files through the process pool, and count the pools started."""
+    started: list[int] = []
+
+    class CountedPool(parallel.ProcessPoolExecutor):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            started.append(kwargs["max_workers"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(parallel, "POOL_MIN_FILES", 2)
+    monkeypatch.setattr(parallel, "ProcessPoolExecutor", CountedPool)
+    return started
+
+
+EXTENSIONS = ("mp3", "flac", "m4a", "ogg", "opus", "wav", "aiff")
+
+
+def test_concurrent_batch_writes_every_file(
+    store: Store, make_file: Callable[..., Path], library_root: Path, pools_started: list[int]
+) -> None:
+    store.ensure_library(library_doc(library_root))
+    files = {
+        f"f{i:02d}": make_file(ext, f"album{i % 3}/{i:02d}.{ext}") for i, ext in enumerate(EXTENSIONS * 2)
+    }
+    register(store, files)
+
+    report = run(store, library_root, batch_size=5, writers=2)
+
+    assert pools_started == [2], "one pool of two writers, kept across the three pages"
+    assert (report.written, report.unchanged, report.skipped, report.failed) == (len(files), 0, 0, 0)
+    for key, path in files.items():
+        tags = read_nom_tags(path)
+        assert tags[keys.MOOD_LOOSE] == ["happy", "party", "relaxed"]
+        assert tags[keys.calibrated_score_key(MODEL, "mood_happy", "happy")] == ["0.900000"]
+        assert tags[keys.VERSION] == ["nomarr-test-7"]
+        doc = file_doc(store, key)
+        assert doc["file_tags_pending"] is False and doc["write_error"] is None
+        assert (doc["size"], doc["mtime_ns"]) == stat_of(path)
+    assert temp_leftovers(library_root) == []
+
+    store.finish_recalibration([{"_key": k, "mood_tiers": TIERS, "file_tags_pending": True} for k in files])
+    assert run(store, library_root, writers=2).unchanged == len(files)
+
+
+def test_concurrent_per_file_errors_are_recorded_and_the_batch_goes_on(
+    store: Store, make_file: Callable[..., Path], library_root: Path, pools_started: list[int]
+) -> None:
+    store.ensure_library(library_doc(library_root))
+    corrupt = library_root / "corrupt.mp3"
+    corrupt.write_bytes(b"garbage, not an mp3 " * 50)
+    files = {f"a{i}-good": make_file(ext, f"a{i}.{ext}") for i, ext in enumerate(EXTENSIONS[:4])}
+    files |= {"b-corrupt": corrupt, "c-changed": make_file("ogg", "changed.ogg"),
+              "d-missing": make_file("wav", "missing.wav")}  # fmt: skip
+    files |= {f"e{i}-good": make_file(ext, f"e{i}.{ext}") for i, ext in enumerate(EXTENSIONS[3:])}
+    register(store, files)
+    with files["c-changed"].open("ab") as handle:
+        handle.write(b"\x00")
+    files["d-missing"].unlink()
+
+    report = run(store, library_root, writers=2)
+
+    assert pools_started == [2]
+    good = [key for key in files if key.endswith("-good")]
+    assert (report.written, report.skipped, report.failed) == (len(good), 1, 2)
+    assert {e["file_id"]: e["kind"] for e in report.errors} == {
+        "b-corrupt": "CorruptFileError",
+        "c-changed": "FileChangedError",
+        "d-missing": "MissingFileError",
+    }
+    for key, words in (("b-corrupt", "cannot be read as audio"), ("c-changed", "changed on disk"),
+                       ("d-missing", "not found")):  # fmt: skip
+        doc = file_doc(store, key)
+        assert words in doc["write_error"]
+        assert doc["file_tags_pending"] is True and doc["written_at"] is None
+    for key in good:
+        assert file_doc(store, key)["file_tags_pending"] is False
+        assert keys.MOOD_STRICT in read_nom_tags(files[key])
+
+
+def test_concurrent_full_disk_stops_records_in_flight_and_leaves_no_temp(
+    store: Store, make_file: Callable[..., Path], library_root: Path, tmp_path: Path, pools_started: list[int]
+) -> None:
+    store.ensure_library(library_doc(library_root))
+    first = make_file("flac", "a.flac")
+    later = {f"c{i:02d}": make_file("flac", f"c{i:02d}.flac") for i in range(12)}
+    originals = {key: path.read_bytes() for key, path in later.items()} | {"a": first.read_bytes()}
+    with tiny_filesystem(tmp_path / "tiny", "48k") as tiny_root:
+        full = tiny_root / "b.flac"
+        shutil.copyfile(first, full)
+        full_before = full.read_bytes()
+        register(store, {"a": first, "b": full, **later})
+
+        with pytest.raises(WriteBatchStopped, match="stopped") as caught:
+            run(store, [library_root, tiny_root], batch_size=50, writers=2)
+
+        assert pools_started == [2]
+        assert full.read_bytes() == full_before
+        assert temp_leftovers(tiny_root) == []
+        assert os.listdir(tiny_root) == ["b.flac"]
+    assert temp_leftovers(library_root) == []
+    b_doc = file_doc(store, "b")
+    assert b_doc["file_tags_pending"] is True and "disk full" in b_doc["write_error"]
+
+    # Every other file is either written and recorded, or untouched and still pending: the
+    # writes in flight when the disk filled up finished and were recorded, nothing else began.
+    written = []
+    for key, path in {"a": first, **later}.items():
+        doc = file_doc(store, key)
+        if doc["file_tags_pending"]:
+            assert path.read_bytes() == originals[key] and doc["write_error"] is None
+        else:
+            written.append(key)
+            assert keys.MOOD_STRICT in read_nom_tags(path)
+            assert (doc["size"], doc["mtime_ns"]) == stat_of(path)
+    assert caught.value.report.written == len(written)
+    # How many files the other writer finished before b's worker reported the full disk
+    # depends on process start-up timing; that nothing is submitted after it is tested
+    # deterministically in test_parallel.py.
+
+
+def test_one_writer_never_starts_a_pool(
+    store: Store, make_file: Callable[..., Path], library_root: Path, pools_started: list[int]
+) -> None:
+    store.ensure_library(library_doc(library_root))
+    files = {f"f{i}": make_file(ext, f"{i}.{ext}") for i, ext in enumerate(EXTENSIONS[:3])}
+    register(store, files)
+    assert run(store, library_root, writers=1).written == 3
+    assert pools_started == []

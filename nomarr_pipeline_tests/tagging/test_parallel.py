@@ -1,0 +1,90 @@
+"""TagWriters' scheduling: how many writers, when a pool starts, stopping on a failed job.
+
+The pool's real work (spawned processes writing real files) is tested through the batch in
+test_batch.py; here the job function is replaced in a thread pool to control what fails when.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from nomarr_pipeline.tagging import parallel
+from nomarr_pipeline.tagging.parallel import TagWriters, WriteJob, WriteResult
+
+
+def job(index: int) -> WriteJob:
+    return WriteJob(f"/music/{index}.flac", {"nom:version": "v"}, 10, 20, ("/music",), False, True)
+
+
+def test_writer_count_defaults_to_the_cpus_capped_at_four() -> None:
+    assert parallel.resolve_writers(0) == min(4, os.cpu_count() or 1)
+    assert parallel.resolve_writers(3) == 3
+    with pytest.raises(ValueError, match="writers"):
+        parallel.resolve_writers(-1)
+
+
+def test_jobs_and_results_are_plain_picklable_data() -> None:
+    result = WriteResult("failed", error_kind="CorruptFileError", message="/music/1.flac: cannot be read")
+    assert pickle.loads(pickle.dumps(job(1))) == job(1)
+    assert pickle.loads(pickle.dumps(result)) == result
+
+
+def test_a_failing_job_stops_submission_and_is_raised_after_in_flight_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def fake_write(item: WriteJob) -> WriteResult:
+        index = int(os.path.basename(item.path).split(".")[0])
+        with lock:
+            started.append(index)
+        if index == 1:
+            raise RuntimeError("worker died")
+        time.sleep(0.05)  # the others are still in flight when job 1 fails
+        return WriteResult("written", size=1, mtime_ns=1)
+
+    monkeypatch.setattr(parallel, "write_job", fake_write)
+    writers = TagWriters(2)
+    writers._executor = ThreadPoolExecutor(2)  # same scheduling, swappable job function
+    try:
+        seen: list[int] = []
+        with pytest.raises(RuntimeError, match="worker died"):
+            for index, _ in writers.run([job(i) for i in range(40)], expected=40):
+                seen.append(index)
+    finally:
+        writers.close()
+    assert 0 in seen and 1 not in seen
+    assert len(started) <= 4, "no job is started once one has failed, beyond those in flight"
+    assert sorted(seen) == sorted(i for i in started if i != 1), "every started job's result is seen"
+
+
+def test_a_full_disk_stops_submission(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fake_write(item: WriteJob) -> WriteResult:
+        if item.path.endswith("/0.flac"):
+            return WriteResult("disk_full", error_kind="DiskFullError", message="full", strerror="full")
+        time.sleep(0.02)
+        return WriteResult("written", size=1, mtime_ns=1)
+
+    monkeypatch.setattr(parallel, "write_job", fake_write)
+    writers = TagWriters(2)
+    writers._executor = ThreadPoolExecutor(2)
+    try:
+        seen = [index for index, _ in writers.run([job(i) for i in range(40)], expected=40)]
+    finally:
+        writers.close()
+    assert 0 in seen and len(seen) <= 4
+
+
+def test_small_batches_run_inline_until_a_pool_is_worth_starting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parallel, "write_job", lambda item: WriteResult("unchanged", size=1, mtime_ns=1))
+    with TagWriters(2) as writers:
+        small = [job(i) for i in range(parallel.POOL_MIN_FILES - 1)]
+        assert len(list(writers.run(small, expected=len(small)))) == len(small)
+        assert not writers.started
