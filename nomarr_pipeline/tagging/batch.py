@@ -18,9 +18,11 @@ Per page of ``store.files_pending_write``: load the files' predictions, select t
 
 Files are written by up to ``writers`` worker processes at once
 (:mod:`~nomarr_pipeline.tagging.parallel`; ``writers=1`` writes them one after the other in
-this process). Selection, recording and the store stay in this process, page by page: a page
-is recorded once all its writes are in, so the guarantees above hold per file as before. On a
-full disk no further file is started, the writes in flight finish and are recorded too.
+this process). Selection, recording and the store stay in this process. The writers pull
+jobs from one stream over all pages, so the next page is fetched and selected while the last
+writes of the one before run; each page is still recorded on its own (one ``record_writes`` +
+``upsert_files``), in order, once all its writes are in. On a full disk no further file is
+started, the writes in flight finish and everything done is recorded before the stop.
 
 ``file_write_mode == "none"`` writes nothing and records nothing. ``dry_run=True`` reads the
 files' current tags and returns preview rows (file, key, current value, proposed value)
@@ -41,7 +43,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from nomarr_pipeline.tagging.atomic import DiskFullError, WriteError
 from nomarr_pipeline.tagging.formats import NomTags, normalize_tags, read_nom_tags
-from nomarr_pipeline.tagging.parallel import ReportedDiskFull, TagWriters, WriteJob, WriteResult
+from nomarr_pipeline.tagging.parallel import (
+    ReportedDiskFull,
+    TagWriters,
+    WriteJob,
+    WriteResult,
+)
 from nomarr_pipeline.tagging.selection import select_tags
 
 if TYPE_CHECKING:
@@ -211,27 +218,63 @@ def _record(doc: Doc, *, error: str | None, pending: bool) -> Doc:
     }
 
 
-def _process_page(
-    store: Store,
-    page: list[Doc],
-    library: Doc,
-    settings: _BatchSettings,
-    report: WriteReport,
-    writers: TagWriters,
-) -> None:
-    predictions_by_file: dict[str, list[Doc]] = defaultdict(list)
-    for prediction in store.file_tags_for_files([doc["_key"] for doc in page]):
-        predictions_by_file[prediction["file_id"]].append(prediction)
+@dataclass
+class _Page:
+    """One page of pending files on its way through the writers, until it is recorded."""
 
-    records: list[Doc] = []
-    new_stats: list[Doc] = []
-    to_write: list[Doc] = []  # the docs of the jobs made so far, by job index
+    records: list[Doc] = field(default_factory=list)
+    new_stats: list[Doc] = field(default_factory=list)
+    in_flight: int = 0  # jobs handed to the writers whose result is not in yet
+    complete: bool = False  # every file of the page became a job, a record or a skip
 
-    def jobs() -> Iterator[WriteJob]:
-        # A generator, so that the writers pull each job when they have room: selecting the
-        # next file's tags overlaps the writes in flight instead of delaying the first one.
-        for doc in page:
-            file_id, path = doc["_key"], _file_path(doc, library)
+    @property
+    def done(self) -> bool:
+        return self.complete and self.in_flight == 0
+
+
+class _PageStream:
+    """Turns pages of pending files into write jobs and records each page once its results are in.
+
+    The jobs of all pages form one stream that the writers pull from, so the next page is
+    fetched and its tags selected while the last writes of the page before are still running;
+    a page is still recorded on its own, in one ``record_writes`` + ``upsert_files``, and in
+    order.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        library: Doc,
+        settings: _BatchSettings,
+        report: WriteReport,
+        batch_size: int,
+        progress: Callable[[WriteReport], None] | None,
+    ) -> None:
+        self.store, self.library, self.settings, self.report = store, library, settings, report
+        self.batch_size, self.progress = batch_size, progress
+        self.pages: list[_Page] = []  # not yet recorded, oldest first
+        self.job_files: list[tuple[_Page, Doc]] = []  # by job index
+
+    def fetch(self, after_key: str | None) -> list[Doc]:
+        return self.store.files_pending_write(self.library["_key"], after_key, self.batch_size)
+
+    def jobs(self, first_page: list[Doc]) -> Iterator[WriteJob]:
+        page_docs = first_page
+        while page_docs:
+            page = _Page()
+            self.pages.append(page)
+            yield from self._page_jobs(page_docs, page)
+            page.complete = True
+            self.record_done_pages()
+            page_docs = self.fetch(page_docs[-1]["_key"])
+
+    def _page_jobs(self, docs: list[Doc], page: _Page) -> Iterator[WriteJob]:
+        settings, report = self.settings, self.report
+        predictions_by_file: dict[str, list[Doc]] = defaultdict(list)
+        for prediction in self.store.file_tags_for_files([doc["_key"] for doc in docs]):
+            predictions_by_file[prediction["file_id"]].append(prediction)
+        for doc in docs:
+            file_id, path = doc["_key"], _file_path(doc, self.library)
             predictions = predictions_by_file.get(file_id, [])
             try:
                 tags = select_tags(
@@ -247,7 +290,7 @@ def _process_page(
                 report.failed += 1
                 report.add_error(file_id, path, exc)
                 if not settings.dry_run:
-                    records.append(_record(doc, error=f"cannot build tags: {exc}", pending=True))
+                    page.records.append(_record(doc, error=f"cannot build tags: {exc}", pending=True))
                 continue
             if not tags:
                 # Nothing selectable yet: leave the file (and any older nom: tags) alone.
@@ -258,9 +301,10 @@ def _process_page(
                 continue
             if doc.get("size") is None or doc.get("mtime_ns") is None:
                 unscanned = WriteError(path, "has no scanned size/mtime; rescan the library first")
-                _count_failure(doc, path, unscanned, report, records)
+                _count_failure(doc, path, unscanned, report, page.records)
                 continue
-            to_write.append(doc)
+            page.in_flight += 1
+            self.job_files.append((page, doc))
             yield WriteJob(
                 path=path,
                 tags=tags,
@@ -271,22 +315,28 @@ def _process_page(
                 durable=settings.durable,
             )
 
-    try:
-        disk_full: DiskFullError | None = None
-        for index, result in writers.run(jobs(), expected=len(page)):
-            doc = to_write[index]
-            path = _file_path(doc, library)
-            _count_result(doc, path, result, report, records, new_stats)
-            if result.status == "disk_full" and disk_full is None:
-                disk_full = ReportedDiskFull(path, result.strerror or "disk full")
-        if disk_full is not None:
-            raise disk_full
-    finally:
-        # Runs on the way out of a disk-full stop too: what was written stays recorded.
-        if new_stats:
-            store.upsert_files(new_stats)
-        if records:
-            store.record_writes(records)
+    def count(self, index: int, result: WriteResult) -> None:
+        page, doc = self.job_files[index]
+        _count_result(doc, _file_path(doc, self.library), result, self.report, page.records, page.new_stats)
+        page.in_flight -= 1
+        self.record_done_pages()
+
+    def record_done_pages(self) -> None:
+        while self.pages and self.pages[0].done:
+            self._record(self.pages.pop(0))
+            if self.progress is not None:
+                self.progress(self.report)
+
+    def record_all(self) -> None:
+        """On the way out of a stop: what was done in the unfinished pages is recorded too."""
+        while self.pages:
+            self._record(self.pages.pop(0))
+
+    def _record(self, page: _Page) -> None:
+        if page.new_stats:
+            self.store.upsert_files(page.new_stats)
+        if page.records:
+            self.store.record_writes(page.records)
 
 
 def _count_failure(doc: Doc, path: str, error: WriteError, report: WriteReport, records: list[Doc]) -> None:
@@ -381,18 +431,20 @@ def write_pending_tags(
         dry_run=dry_run,
         durable=durable,
     )
-    after_key: str | None = None
+    stream = _PageStream(store, library, settings, report, batch_size, progress)
+    first_page = stream.fetch(None)
+    disk_full: DiskFullError | None = None
     # A dry run only reads tags (no atomic write to spread), so it never starts writers.
     with TagWriters(1 if dry_run else writers) as file_writers:
-        while True:
-            page = store.files_pending_write(library["_key"], after_key, batch_size)
-            if not page:
-                break
-            after_key = page[-1]["_key"]
-            try:
-                _process_page(store, page, library, settings, report, file_writers)
-            except DiskFullError as exc:
-                raise WriteBatchStopped(exc, report) from exc
-            if progress is not None:
-                progress(report)
+        try:
+            for index, result in file_writers.run(stream.jobs(first_page), expected=len(first_page)):
+                stream.count(index, result)
+                if result.status == "disk_full" and disk_full is None:
+                    path = _file_path(stream.job_files[index][1], library)
+                    disk_full = ReportedDiskFull(path, result.strerror or "disk full")
+        finally:
+            # Runs on the way out of a disk-full stop too: what was written stays recorded.
+            stream.record_all()
+    if disk_full is not None:
+        raise WriteBatchStopped(disk_full, report) from disk_full
     return report

@@ -2,8 +2,9 @@
 
 Why processes and not threads: mutagen is pure Python, so parsing, saving and the verifying
 re-open (about two thirds of a file's write) hold the GIL; only the copy, fsync and rename
-release it. Measured on the 2-core build machine (docs/BENCHMARKS.md), two threads were no
-faster than one writer, two processes close to twice as fast.
+release it. Measured on the 2-core build machine in a quiet moment, two threads wrote
+1.0-1.1x as many files per second as one writer, two processes 1.5-1.8x (docs/BENCHMARKS.md has
+the figures, and what a busy machine does to them).
 
 Every file still goes through :func:`~nomarr_pipeline.tagging.atomic.write_file_tags`
 unchanged, inside the worker; jobs and results cross the process boundary as plain data
@@ -19,6 +20,7 @@ interpreter inherits neither the run's open database connections nor Dagster's t
 from __future__ import annotations
 
 import errno
+import itertools
 import multiprocessing
 import os
 from collections.abc import Iterable, Iterator
@@ -30,15 +32,21 @@ from nomarr_pipeline.tagging.atomic import DiskFullError, FileChangedError, Writ
 
 MAX_AUTO_WRITERS = 4
 # Below this many files to write, a batch is written inline: starting the worker processes
-# (~0.1 s, a fresh interpreter importing mutagen) costs more than a few files' writes save.
-POOL_MIN_FILES = 32
+# (a fresh interpreter importing mutagen, ~0.1-0.15 s of CPU each) costs about what 100-200
+# files' writes save on two cores, so a pool only pays off beyond. The batch passes the size
+# of its first page: with the default page size (200), a pool starts when that page is full.
+POOL_MIN_FILES = 200
 START_METHOD = "spawn"
+# Jobs travel to the workers in chunks: one round trip per file cost ~0.3 ms of CPU (pickling,
+# queue threads, wake-ups), a sixth of the write itself; a chunk still stops at a full disk.
+CHUNK_SIZE = 4
 
-ResultStatus = Literal["written", "unchanged", "changed", "failed", "disk_full"]
+ResultStatus = Literal["written", "unchanged", "changed", "failed", "disk_full", "crashed"]
 
 
 def default_writers() -> int:
-    """One writer per CPU, at most :data:`MAX_AUTO_WRITERS` (the disk, not the CPU, limits beyond)."""
+    """One writer per CPU, at most :data:`MAX_AUTO_WRITERS`: a write is CPU-bound (mutagen), so
+    more writers than CPUs only add processes, and the copies and fsyncs share one disk."""
     return max(1, min(MAX_AUTO_WRITERS, os.cpu_count() or 1))
 
 
@@ -99,6 +107,30 @@ def write_job(job: WriteJob) -> WriteResult:
     return WriteResult(outcome.status, size=outcome.size, mtime_ns=outcome.mtime_ns)
 
 
+def write_chunk(jobs: list[WriteJob]) -> list[WriteResult]:
+    """:func:`write_job` for each job in turn, in a worker; stops after a full disk.
+
+    A job that raises (a bug: ``write_file_tags`` turns every file problem into a result) ends
+    the chunk with a ``crashed`` result, so that the files written before it in the chunk are
+    still reported and recorded.
+    """
+    results: list[WriteResult] = []
+    for job in jobs:
+        try:
+            result = write_job(job)
+        except Exception as exc:
+            results.append(WriteResult("crashed", error_kind=type(exc).__name__, message=str(exc)))
+            break
+        results.append(result)
+        if result.status == "disk_full":
+            break
+    return results
+
+
+class WriterCrashed(RuntimeError):
+    """A writer process hit an unexpected error (not a file problem); the batch stops."""
+
+
 class ReportedDiskFull(DiskFullError):
     """The :class:`DiskFullError` a writer reported, rebuilt in this process from its text."""
 
@@ -150,8 +182,8 @@ class TagWriters:
         """Yield ``(index of the job in jobs, result)`` as files finish, in completion order.
 
         ``jobs`` is consumed lazily, one job per free slot, so the caller's work that makes a
-        job (selecting tags) overlaps the writes in flight. ``expected``: about how many jobs
-        there are, to decide whether starting the pool is worth it.
+        job (selecting tags) overlaps the writes in flight. ``expected``: how many jobs there are
+        at least (later batches' included), to decide whether starting the pool is worth it.
 
         After a ``disk_full`` result no further job is started; the writes already in flight
         finish and are yielded (their files may be written: the caller must record them), then
@@ -168,38 +200,43 @@ class TagWriters:
         yield from self._run_pooled(self._pool(), jobs)
 
     def _run_pooled(self, executor: Executor, jobs: Iterable[WriteJob]) -> Iterator[tuple[int, WriteResult]]:
-        # Two jobs per writer: each worker has its next file queued when it finishes one, and
-        # a full disk leaves at most that many writes to finish before the batch stops.
+        # Two chunks per writer in flight: each worker has its next chunk queued when it
+        # finishes one, and a full disk leaves at most that many chunks to finish.
         max_in_flight = 2 * self.writers
-        in_flight: dict[Future[WriteResult], int] = {}
+        in_flight: dict[Future[list[WriteResult]], list[int]] = {}
         pending = enumerate(jobs)
         exhausted = stopping = False
         failure: BaseException | None = None
         try:
             while True:
                 while not (stopping or exhausted) and len(in_flight) < max_in_flight:
-                    item = next(pending, None)
-                    if item is None:
-                        exhausted = True
-                    else:
-                        in_flight[executor.submit(write_job, item[1])] = item[0]
+                    chunk = list(itertools.islice(pending, CHUNK_SIZE))
+                    exhausted = len(chunk) < CHUNK_SIZE
+                    if chunk:
+                        future = executor.submit(write_chunk, [job for _, job in chunk])
+                        in_flight[future] = [index for index, _ in chunk]
                 if not in_flight:
                     break
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in sorted(done, key=in_flight.__getitem__):
-                    index = in_flight.pop(future)
+                for future in sorted(done, key=lambda f: in_flight[f][0]):
+                    indices = in_flight.pop(future)
                     try:
-                        result = future.result()
+                        results = future.result()
                     except BaseException as exc:  # re-raised once the in-flight writes are in
                         stopping = True
                         failure = failure or exc
                         continue
-                    if result.status == "disk_full":
-                        stopping = True
-                    yield index, result
+                    for index, result in zip(indices, results, strict=False):
+                        if result.status == "crashed":
+                            stopping = True
+                            failure = failure or WriterCrashed(f"{result.error_kind}: {result.message}")
+                            continue
+                        if result.status == "disk_full":
+                            stopping = True
+                        yield index, result
         finally:
             # Reached early only if the consumer stopped iterating or this thread was
-            # interrupted: jobs not started yet are dropped; running ones finish in close().
+            # interrupted: chunks not started yet are dropped; running ones finish in close().
             for future in in_flight:
                 future.cancel()
         if failure is not None:

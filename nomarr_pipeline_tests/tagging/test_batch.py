@@ -329,9 +329,23 @@ def test_concurrent_batch_writes_every_file(
     }
     register(store, files)
 
-    report = run(store, library_root, batch_size=5, writers=2)
+    recorded: list[list[str]] = []
+    record_writes = store.record_writes
+
+    def spy(records: list[dict[str, Any]]) -> None:
+        recorded.append(sorted(record["_key"] for record in records))
+        record_writes(records)
+
+    store.record_writes = spy  # type: ignore[method-assign]
+    progress: list[int] = []
+    report = run(
+        store, library_root, batch_size=5, writers=2, progress=lambda r: progress.append(r.processed)
+    )
 
     assert pools_started == [2], "one pool of two writers, kept across the three pages"
+    keys_in_order = sorted(files)
+    assert recorded == [keys_in_order[:5], keys_in_order[5:10], keys_in_order[10:]], "one call per page"
+    assert len(progress) == 3 and progress == sorted(progress) and progress[-1] == len(files)
     assert (report.written, report.unchanged, report.skipped, report.failed) == (len(files), 0, 0, 0)
     for key, path in files.items():
         tags = read_nom_tags(path)

@@ -35,7 +35,7 @@ def test_jobs_and_results_are_plain_picklable_data() -> None:
     assert pickle.loads(pickle.dumps(result)) == result
 
 
-def test_a_failing_job_stops_submission_and_is_raised_after_in_flight_results(
+def test_a_crashing_job_stops_submission_and_is_raised_after_in_flight_results(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     started: list[int] = []
@@ -46,7 +46,7 @@ def test_a_failing_job_stops_submission_and_is_raised_after_in_flight_results(
         with lock:
             started.append(index)
         if index == 1:
-            raise RuntimeError("worker died")
+            raise ValueError("a bug in the writer")
         time.sleep(0.05)  # the others are still in flight when job 1 fails
         return WriteResult("written", size=1, mtime_ns=1)
 
@@ -55,14 +55,16 @@ def test_a_failing_job_stops_submission_and_is_raised_after_in_flight_results(
     writers._executor = ThreadPoolExecutor(2)  # same scheduling, swappable job function
     try:
         seen: list[int] = []
-        with pytest.raises(RuntimeError, match="worker died"):
+        with pytest.raises(parallel.WriterCrashed, match="ValueError: a bug in the writer"):
             for index, _ in writers.run([job(i) for i in range(40)], expected=40):
                 seen.append(index)
     finally:
         writers.close()
     assert 0 in seen and 1 not in seen
-    assert len(started) <= 4, "no job is started once one has failed, beyond those in flight"
-    assert sorted(seen) == sorted(i for i in started if i != 1), "every started job's result is seen"
+    in_flight = 2 * 2 * parallel.CHUNK_SIZE  # two chunks per writer
+    assert len(started) <= in_flight, "no job is started once one has failed, beyond those in flight"
+    # Job 1's chunk ends at the failure; every other job that ran has its result seen.
+    assert sorted(seen) == sorted(i for i in started if i != 1)
 
 
 def test_a_full_disk_stops_submission(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,7 +81,9 @@ def test_a_full_disk_stops_submission(monkeypatch: pytest.MonkeyPatch) -> None:
         seen = [index for index, _ in writers.run([job(i) for i in range(40)], expected=40)]
     finally:
         writers.close()
-    assert 0 in seen and len(seen) <= 4
+    assert 0 in seen and len(seen) <= 2 * 2 * parallel.CHUNK_SIZE
+    first_chunk = set(range(parallel.CHUNK_SIZE))
+    assert not (first_chunk - {0}) & set(seen), "the chunk stops at the full disk"
 
 
 def test_small_batches_run_inline_until_a_pool_is_worth_starting(monkeypatch: pytest.MonkeyPatch) -> None:
