@@ -1,5 +1,9 @@
 """``library_files``: the scan of every configured library root."""
 
+import time
+from collections.abc import Callable
+from pathlib import Path
+
 import dagster as dg
 
 from nomarr_pipeline.library.scanner import LibraryDefaults, scan_library
@@ -10,6 +14,18 @@ class LibraryScanConfig(dg.Config):
     full_scan: bool = False
     """Stat every file, not only those in folders whose mtime changed: catches tag edits made
     in place by other programs (the nightly schedule does this)."""
+
+
+def _progress_log(context: dg.AssetExecutionContext, root: Path) -> Callable[[int, int], None]:
+    """Logs a scan's progress at most every 10 s (a first scan of a large library takes a while)."""
+    last = [time.monotonic()]
+
+    def log(done: int, total: int) -> None:
+        if time.monotonic() - last[0] >= 10 or done == total:
+            last[0] = time.monotonic()
+            context.log.info(f"{root}: {done}/{total} files looked at")
+
+    return log
 
 
 @dg.asset(group_name="library", kinds={"python", "sqlite"})
@@ -35,7 +51,9 @@ def library_files(
     totals = {"total": 0, "new": 0, "changed": 0, "removed": 0, "unchanged": 0, "errors": 0}
     per_library = []
     for root in roots:
-        report = scan_library(db, root, defaults, full=config.full_scan)
+        report = scan_library(
+            db, root, defaults, full=config.full_scan, progress=_progress_log(context, root)
+        )
         context.log.info(
             f"{root}: {report.total} files ({report.new} new, {report.changed} changed, "
             f"{report.removed} removed, {report.errors} errors) in {report.seconds:.1f}s"

@@ -72,8 +72,13 @@ def scan_library(
     *,
     full: bool = False,
     probe: Callable[[str], float | None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ScanReport:
-    """Bring ``library_files`` in line with the folder ``root``. Never raises for one bad file."""
+    """Bring ``library_files`` in line with the folder ``root``. Never raises for one bad file.
+
+    Probed files are stored a batch at a time, so an interrupted first scan of a large library
+    keeps what it read; ``progress(done, total)`` follows the files seen in the walk.
+    """
     started = time.perf_counter()
     if not root.is_dir():
         raise NotADirectoryError(f"library root {root} is not a folder (or cannot be reached)")
@@ -89,35 +94,46 @@ def scan_library(
     changed_ids: list[str] = []
     seen: set[str] = set()
     scanned_at = now_ms()
-    for item in walk.files:
+
+    def flush() -> None:
+        # A changed file's old predictions go before its new scan fields land.
+        if changed_ids:
+            store.delete_file_tags(changed_ids)
+        if upserts:
+            store.upsert_files(upserts)
+        changed_ids.clear()
+        upserts.clear()
+
+    for done, item in enumerate(walk.files, start=1):
         seen.add(item.path)
         known = index.get(item.path)
         if known is not None and known.size == item.size and known.mtime_ns == item.mtime_ns:
             report.unchanged += 1
-            continue
-        doc = _file_doc(library_id, root_path, item, scanned_at, probe)
-        if known is None:
-            report.new += 1
         else:
-            report.changed += 1
-            changed_ids.append(known.key)
-            doc.update(STALE_ANALYSIS_RESET)
-        report.errors += doc["scan_error"] is not None
-        upserts.append(doc)
+            doc = _file_doc(library_id, root_path, item, scanned_at, probe)
+            if known is None:
+                report.new += 1
+            else:
+                report.changed += 1
+                changed_ids.append(known.key)
+                doc.update(STALE_ANALYSIS_RESET)
+            report.errors += doc["scan_error"] is not None
+            upserts.append(doc)
+            if len(upserts) >= WRITE_BATCH:
+                flush()
+        if progress is not None and (done % WRITE_BATCH == 0 or done == len(walk.files)):
+            progress(done, len(walk.files))
     for path, reason in [*walk.file_errors.items(), *walk.unreadable_folders.items()]:
         seen.add(path)
         upserts.append(_error_doc(library_id, root_path, path, reason, scanned_at))
         report.errors += 1
+    flush()
 
     removed = _removed(index, seen, walk)
     report.removed = len(removed)
     # Known files in unchanged or unreadable folders are kept as they are.
     report.unchanged += sum(1 for path in index if path not in seen and path not in removed)
 
-    for batch in _batches(changed_ids):
-        store.delete_file_tags(batch)
-    for batch in _batches(upserts):
-        store.upsert_files(batch)
     for batch in _batches([index[path].key for path in removed]):
         store.delete_files(batch)
     # Saved last: a crash before this point makes the next scan look at every folder again.

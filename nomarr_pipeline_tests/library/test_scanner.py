@@ -206,3 +206,30 @@ def test_hidden_files_are_not_tracks(store: Store, library: Path) -> None:
     write_wav(library / ".a.nomarr-tmp-x1.wav")  # a tag writer's temporary copy
     write_wav(library / "._a.wav")  # macOS resource fork
     assert scan_library(store, library).total == 3
+
+
+def test_progress_and_work_kept_when_a_scan_is_interrupted(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nomarr_pipeline.library import scanner
+
+    monkeypatch.setattr(scanner, "WRITE_BATCH", 4)
+    root = tmp_path / "big"
+    for i in range(10):
+        write_wav(root / f"{i:02d}.wav", seconds=0.05)
+    probed: list[str] = []
+
+    def dies_on_the_ninth(path: str) -> float:
+        if len(probed) == 8:
+            raise KeyboardInterrupt  # the process is stopped mid-scan
+        probed.append(path)
+        return 0.05
+
+    with pytest.raises(KeyboardInterrupt):
+        scan_library(store, root, probe=dies_on_the_ninth)
+    assert store.file_counts()["total"] == 8  # two full batches were stored before the stop
+
+    calls: list[tuple[int, int]] = []
+    report = scan_library(store, root, progress=lambda done, total: calls.append((done, total)))
+    assert (report.new, report.unchanged, report.total) == (2, 8, 10)
+    assert calls[-1] == (10, 10) and all(total == 10 for _, total in calls)
