@@ -13,7 +13,7 @@ from nomarr_pipeline.resources import LibraryResource, StoreResource
 class LibraryScanConfig(dg.Config):
     full_scan: bool = False
     """Stat every file, not only those in folders whose mtime changed: catches tag edits made
-    in place by other programs (the nightly schedule does this)."""
+    in place by other programs, which do not change their folder's mtime."""
 
 
 def _progress_log(context: dg.AssetExecutionContext, root: Path) -> Callable[[int, int], None]:
