@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import dagster as dg
@@ -19,6 +18,7 @@ from nomarr_pipeline.resources import LibraryResource, StoreResource, TaggingRes
 from nomarr_pipeline.sensors import calibration_hash_sensor
 from nomarr_pipeline.store import Store, open_store
 from nomarr_pipeline.tagging.formats import read_nom_tags
+from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ffmpeg") is None, reason="ffmpeg is installed by scripts/test.sh"
@@ -27,24 +27,8 @@ HEADS = ("mood_happy-discogs-effnet-1", "danceability-discogs-effnet-1")
 
 
 def _library(root: Path, files: int) -> None:
-    root.mkdir(parents=True)
     for i in range(files):
-        ext = ("mp3", "flac", "m4a")[i % 3]
-        subprocess.run(
-            [
-                "ffmpeg",
-                "-v",
-                "error",
-                "-f",
-                "lavfi",
-                "-i",
-                f"sine=frequency={200 + 40 * i}:duration=1",
-                "-metadata",
-                f"title=Track {i}",
-                str(root / f"{i:02d}.{ext}"),
-            ],
-            check=True,
-        )
+        make_audio(root / f"{i:02d}.{('mp3', 'flac', 'm4a')[i % 3]}", seconds=1.0, seed=i)
 
 
 def _analyse(store: Store, models: Path, seed: int) -> None:

@@ -11,6 +11,7 @@ import pytest
 from nomarr_pipeline.library.changes import changed_folders
 from nomarr_pipeline.library.scanner import LibraryDefaults, scan_library
 from nomarr_pipeline.store import Store
+from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
 
 from .conftest import write_wav
 
@@ -183,20 +184,7 @@ def test_mp3_from_ffmpeg_has_duration(store: Store, tmp_path: Path) -> None:
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg is installed by the test command; run it through scripts/test.sh")
     root = tmp_path / "lib"
-    root.mkdir()
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=300:duration=1.5",
-            str(root / "tone.mp3"),
-        ],
-        check=True,
-    )
+    make_audio(root / "tone.mp3", seconds=1.5, seed=3)
     report = scan_library(store, root)
     (f,) = [f for page in store.iter_files(report.library_id) for f in page]
     assert f["duration_s"] == pytest.approx(1.5, abs=0.1) and f["scan_error"] is None
