@@ -601,10 +601,11 @@ def cmd_write_tags(args: argparse.Namespace) -> int:
 
 def preview_tags(output: Path) -> int:
     """What a tag write would change, file by file and key by key, as CSV (files untouched)."""
+    from nomarr_pipeline.calibration.state import has_usable_calibration
     from nomarr_pipeline.tagging.batch import WriteReport, preview_frame, write_pending_tags
 
     store = open_checked_store()
-    has_calibration = bool(calibrated_states(store))
+    has_calibration = has_usable_calibration(store.list_calibrations())
     rows = []
     for library in store.list_libraries():
         pending = store.file_counts(library["_key"])["pending_writes"]

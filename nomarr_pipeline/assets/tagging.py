@@ -4,9 +4,9 @@ import dagster as dg
 import pandas as pd
 
 from nomarr_pipeline.calibration.recalibration import recalibrate
+from nomarr_pipeline.calibration.state import has_usable_calibration, is_usable
 from nomarr_pipeline.resources import LibraryResource, StoreResource, TaggingResource
 from nomarr_pipeline.settings import Settings
-from nomarr_pipeline.store import Store
 from nomarr_pipeline.tagging.batch import WriteBatchStopped, WriteReport, preview_frame, write_pending_tags
 
 PREVIEW_ROWS_SHOWN = 50
@@ -32,7 +32,7 @@ def calibrated_tags(
             "files_recalibrated": report.recalibrated,
             "remaining": report.remaining,
             "expected_calibration_hash": report.expected_hash,
-            "usable_calibrations": _usable_calibrations(db),
+            "usable_calibrations": sum(is_usable(state) for state in db.list_calibrations()),
             "seconds": round(report.seconds, 3),
         }
     )
@@ -57,7 +57,7 @@ def written_tags(
     """``nom:`` tags written atomically into the audio files of each library, per its mode."""
     db = store.open()
     roots = {str(root.resolve()) for root in library.root_paths()}
-    has_calibration = _usable_calibrations(db) > 0
+    has_calibration = has_usable_calibration(db.list_calibrations())
     reports: list[WriteReport] = []
     for lib in db.list_libraries():
         if lib["root_path"] not in roots:
@@ -97,11 +97,3 @@ def written_tags(
         metadata["preview_rows"] = len(frame)
         metadata["preview"] = dg.MetadataValue.md(frame.head(PREVIEW_ROWS_SHOWN).to_markdown(index=False))
     return dg.MaterializeResult(metadata=metadata)
-
-
-def _usable_calibrations(db: Store) -> int:
-    return sum(
-        1
-        for state in db.list_calibrations()
-        if state.get("p5") is not None and state.get("p95") is not None and state["p95"] > state["p5"]
-    )

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from nomarr_pipeline.calibration.histogram import HistogramSpec, PercentileResult
@@ -188,3 +188,14 @@ def compute_state(
 
 def _delta(previous: float | None, current: float) -> float | None:
     return None if previous is None else current - float(previous)
+
+
+def is_usable(state: Mapping[str, Any]) -> bool:
+    """A calibration that can be applied: p5 and p95 set and ``p95 > p5`` (DESIGN.md §5)."""
+    p5, p95 = state.get("p5"), state.get("p95")
+    return p5 is not None and p95 is not None and p95 > p5
+
+
+def has_usable_calibration(states: Iterable[Mapping[str, Any]]) -> bool:
+    """Seed 004's gate for mood tiers and raw scores: any calibration that can be applied."""
+    return any(is_usable(state) for state in states)

@@ -152,3 +152,15 @@ def test_history_keys_are_safe_and_distinct() -> None:
     assert set(a) <= allowed and set(b) <= allowed
     assert a != b
     assert history_key("m:h:l", 1) != history_key("m:h:l", 2)
+
+
+def test_usable_calibration_needs_p95_above_p5() -> None:
+    from nomarr_pipeline.calibration.state import has_usable_calibration, is_usable
+
+    assert is_usable({"p5": 0.1, "p95": 0.9})
+    assert not is_usable({"p5": 0.5, "p95": 0.5})
+    assert not is_usable({"p5": None, "p95": 0.9})
+    # The writer and the CLI preview gate mood tiers on this: degenerate states do not count.
+    assert not has_usable_calibration([{"p5": 0.5, "p95": 0.5}, {"p5": None, "p95": None}])
+    assert has_usable_calibration([{"p5": 0.5, "p95": 0.5}, {"p5": 0.2, "p95": 0.8}])
+    assert not has_usable_calibration([])
