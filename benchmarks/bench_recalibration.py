@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -24,8 +25,8 @@ from bench_calibration import ensure_db, heads_for, peak_rss_kib, reset_peak_rss
 
 from nomarr_pipeline.calibration.generation import calibrate_heads
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
-from nomarr_pipeline.calibration.recalibration import recalibrate
-from nomarr_pipeline.calibration.tiers import TierConfig, compute_mood_tiers
+from nomarr_pipeline.calibration.recalibration import default_readers, recalibrate
+from nomarr_pipeline.calibration.tiers import TierConfig, mood_tiers_of_rows
 from nomarr_pipeline.store import open_store
 
 
@@ -35,16 +36,20 @@ def phase_recalibrate(path: Path, batch_size: int) -> dict[str, float]:
     baseline = reset_peak_rss()
     started = time.perf_counter()
     report = recalibrate(store, tier_config=TierConfig(exclude_heads=()), batch_size=batch_size)
+    assert report.voided == 0
     return {
         "seconds": time.perf_counter() - started,
         "growth_kib": peak_rss_kib() - baseline,
+        # The reader processes have ended by now: the peak RSS of the largest one.
+        "reader_peak_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
         "recalibrated": report.recalibrated,
         "remaining": report.remaining,
     }
 
 
 def phase_breakdown(path: Path, batch_size: int) -> dict[str, float]:
-    """One batch, step by step (the steps ``recalibrate_batch`` performs)."""
+    """One batch, step by step, in this one process (the steps of a recalibration batch:
+    claim and finish in the writer, tier inputs and tiers in a reader)."""
     store = open_store(f"sqlite:///{path}")
     store.reset_calibration_hashes()
     expected = expected_calibration_hash(store.list_calibrations())
@@ -56,22 +61,20 @@ def phase_breakdown(path: Path, batch_size: int) -> dict[str, float]:
         timings[name] = time.perf_counter() - started
         return result
 
-    ids = timed("files_needing_recalibration", lambda: store.files_needing_recalibration(
-        expected, batch_size))  # fmt: skip
-    timed("apply_calibration", lambda: store.apply_calibration(ids))
-    rows = timed("file_tags_for_files", lambda: store.file_tags_for_files(ids))
+    ids = timed("claim_files_for_recalibration (writer)", lambda: store.claim_files_for_recalibration(
+        expected, "bench:", "bench:1", batch_size))  # fmt: skip
+    rows = timed("tier_inputs (reader)", lambda: store.tier_inputs(ids))
 
     def tiers():
         grouped = defaultdict(list)
         for row in rows:
-            grouped[row["file_id"]].append(row)
+            grouped[row[0]].append(row)
         config = TierConfig(exclude_heads=())
-        return {key: compute_mood_tiers(grouped[key], config) for key in ids}
+        return {key: mood_tiers_of_rows(grouped[key], config) for key in ids}
 
-    by_file = timed("compute_mood_tiers", tiers)
-    timed("finish_recalibration", lambda: store.finish_recalibration([
-        {"_key": key, "calibration_hash": expected, "mood_tiers": by_file[key],
-         "file_tags_pending": True} for key in ids]))  # fmt: skip
+    by_file = timed("compute_mood_tiers (reader)", tiers)
+    timed("finish_claimed_recalibration (writer)", lambda: store.finish_claimed_recalibration(
+        "bench:1", expected, by_file))  # fmt: skip
     timed("count_files_needing_recalibration", lambda: store.count_files_needing_recalibration(
         expected))  # fmt: skip
     return timings
@@ -114,7 +117,9 @@ def main() -> None:
     assert result["recalibrated"] == args.files and result["remaining"] == 0, (result, reset)
     print(
         f"recalibrate: {result['seconds']:.2f} s for {result['recalibrated']:,} files "
-        f"(batch {args.batch_size}), peak RSS growth {result['growth_kib'] / 1024:.1f} MB"
+        f"(batch {args.batch_size}, {default_readers()} reader processes), "
+        f"peak RSS growth {result['growth_kib'] / 1024:.1f} MB in the writer, "
+        f"peak RSS {result['reader_peak_kib'] / 1024:.1f} MB per reader process"
     )
     breakdown = run_child("breakdown", path, args.batch_size)
     batches = -(-args.files // args.batch_size)

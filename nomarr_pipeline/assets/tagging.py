@@ -34,6 +34,8 @@ def calibrated_tags(
             "expected_calibration_hash": report.expected_hash,
             "usable_calibrations": sum(is_usable(state) for state in db.list_calibrations()),
             "seconds": round(report.seconds, 3),
+            "reader_processes": report.readers,
+            "claims_voided_by_new_predictions": report.voided,
         }
     )
 

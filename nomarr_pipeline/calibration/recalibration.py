@@ -1,35 +1,54 @@
 """Hash-based recalibration (seed 003): bring every file to the calibration in force.
 
 ``expected = expected_calibration_hash(calibration_state)``; files whose stored
-``calibration_hash`` differs are processed in batches, each in one store transaction
-(``store.recalibrate_files``), so predictions written meanwhile cannot slip in between:
+``calibration_hash`` differs are processed in batches of three steps:
 
-1. ``apply_calibration``: calibrated values, set-based in the DB;
-2. the batch's predictions read back, to compute mood tiers;
-3. hash, tiers and ``file_tags_pending`` set on the files.
+1. **claim** (one short statement): up to ``batch_size`` mismatching files get this run's
+   claim token as their hash. A claim is never a real hash, so a claimed file still needs
+   recalibration; predictions written after the claim clear the hash, which voids it.
+2. **read and compute** (no write lock): the batch's predictions with the calibrated value
+   the store is about to set, then the mood tiers of each file. This is most of the work, so
+   it runs in reader processes, several batches at once, while the writer commits.
+3. **finish** (one store transaction per batch): for the files that still hold the claim,
+   the calibrated values are stored set-based, then the tiers, the expected hash and
+   ``file_tags_pending``. A file whose claim was voided is left mismatching and is claimed
+   again, so tiers computed from predictions that changed meanwhile are never stored.
 
-A file gets the expected hash only together with its tiers, so a crash leaves finished
-files finished and the rest still mismatching: a rerun resumes where it stopped. The hash
-is computed once per run; calibrations that change during a run make the next run redo
-the files this one finished (never the reverse). Memory is one batch.
+A crash leaves finished files finished and claimed ones mismatching: a rerun resumes where
+it stopped. The hash is computed once per run; calibrations that change during a run make
+the next run redo the files this one finished (never the reverse). Memory is the batches in
+flight (``readers + 1``), not the library.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import signal
 import time
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
 from nomarr_pipeline.calibration.state import Doc
-from nomarr_pipeline.calibration.tiers import TierConfig, compute_mood_tiers
+from nomarr_pipeline.calibration.tiers import TierConfig, TierInput, mood_tiers_of_rows
 from nomarr_pipeline.store.protocol import Store
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]  # (files recalibrated so far, last batch size)
+
+CLAIM_PREFIX = "claim:"
+MAX_AUTO_READERS = 4
+# Below this many files a run reads inline: starting a reader process (a fresh interpreter
+# importing the store) costs about what a few batches' reads save.
+POOL_MIN_FILES = 5_000
+START_METHOD = "spawn"  # a fresh interpreter inherits no open database connection
 
 
 class RecalibrationStalledError(RuntimeError):
@@ -43,6 +62,8 @@ class RecalibrationReport:
     batches: int
     remaining: int
     seconds: float
+    voided: int = 0  # claims voided by predictions written meanwhile (claimed again)
+    readers: int = 1  # processes that read and computed tiers (1: inline)
 
     @property
     def complete(self) -> bool:
@@ -58,6 +79,18 @@ def recalibration_status(store: Store, library_id: str | None = None) -> dict[st
     }
 
 
+def default_readers() -> int:
+    return max(1, min(MAX_AUTO_READERS, os.cpu_count() or 1))
+
+
+def batch_tiers(store: Store, file_ids: Sequence[str], config: TierConfig) -> dict[str, Doc | None]:
+    """Mood tiers of each file of a batch, from one read of its predictions."""
+    by_file: dict[str, list[TierInput]] = defaultdict(list)
+    for row in store.tier_inputs(file_ids):
+        by_file[row[0]].append(row)
+    return {file_id: mood_tiers_of_rows(by_file.get(file_id, ()), config) for file_id in file_ids}
+
+
 def recalibrate(
     store: Store,
     *,
@@ -66,50 +99,155 @@ def recalibrate(
     library_id: str | None = None,
     progress: ProgressCallback | None = None,
     max_files: int | None = None,
+    readers: int = 0,
 ) -> RecalibrationReport:
     """Recalibrate every file whose hash differs from the expected one (or ``max_files`` of
-    them, so a sensor-triggered run can be kept short; the rest waits for the next run)."""
+    them, so a sensor-triggered run can be kept short; the rest waits for the next run).
+
+    ``readers``: processes computing tiers while this one writes; 0 picks one per CPU (at
+    most :data:`MAX_AUTO_READERS`) for large runs and inline for small ones, 1 is inline.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if readers < 0:
+        raise ValueError(f"readers must be 0 (automatic) or a positive count, got {readers}")
     started = time.perf_counter()
     config = tier_config or TierConfig()
     expected = expected_calibration_hash(store.list_calibrations())
-    recalibrated = 0
-    batches = 0
-    previous_batch: list[str] = []
-    while max_files is None or recalibrated < max_files:
-        limit = batch_size if max_files is None else min(batch_size, max_files - recalibrated)
-        file_ids = store.files_needing_recalibration(expected, limit, library_id)
-        if not file_ids:
-            break
-        if file_ids == previous_batch:
-            raise RecalibrationStalledError(
-                f"files {file_ids[:3]}... still need recalibration after being finished"
-            )
-        recalibrate_batch(store, file_ids, expected, config)
-        previous_batch = file_ids
-        recalibrated += len(file_ids)
-        batches += 1
-        if progress is not None:
-            progress(recalibrated, len(file_ids))
+    if readers == 0:
+        pending = store.count_files_needing_recalibration(expected, library_id)
+        readers = default_readers() if min(pending, max_files or pending) >= POOL_MIN_FILES else 1
+    with _tier_readers(store, config, readers) as compute:
+        run = _Run(store, expected, config, batch_size, library_id, max_files, progress, compute)
+        run.until_done(depth=readers + 1)
     remaining = store.count_files_needing_recalibration(expected, library_id)
     seconds = time.perf_counter() - started
     log.info(
-        "recalibrated %d files in %d batches (%.1f s), %d remaining, hash %s",
-        recalibrated, batches, seconds, remaining, expected,
+        "recalibrated %d files in %d batches (%.1f s, %d readers), %d claims voided by new "
+        "predictions, %d remaining, hash %s",
+        run.recalibrated, run.batches, seconds, readers, run.voided, remaining, expected,
     )  # fmt: skip
-    return RecalibrationReport(expected, recalibrated, batches, remaining, seconds)
+    return RecalibrationReport(
+        expected, run.recalibrated, run.batches, remaining, seconds, run.voided, readers
+    )
 
 
-def recalibrate_batch(
-    store: Store, file_ids: list[str], expected_hash: str, config: TierConfig
-) -> None:
-    """One batch, in one store transaction (so analysis cannot slip in between)."""
+ComputeTiers = Callable[[list[str]], "Future[dict[str, Doc | None]]"]
 
-    def tiers_of(tags: Sequence[Doc]) -> dict[str, Doc]:
-        by_file: dict[str, list[Doc]] = defaultdict(list)
-        for tag in tags:
-            by_file[tag["file_id"]].append(tag)
-        return {file_id: compute_mood_tiers(by_file.get(file_id, ()), config) for file_id in file_ids}
 
-    store.recalibrate_files(file_ids, expected_hash, tiers_of)
+class _Run:
+    """The claim -> compute -> finish loop, keeping ``depth`` batches in flight."""
+
+    def __init__(
+        self,
+        store: Store,
+        expected: str,
+        config: TierConfig,
+        batch_size: int,
+        library_id: str | None,
+        max_files: int | None,
+        progress: ProgressCallback | None,
+        compute: ComputeTiers,
+    ) -> None:
+        self.store, self.expected, self.config = store, expected, config
+        self.batch_size, self.library_id, self.max_files = batch_size, library_id, max_files
+        self.progress, self.compute = progress, compute
+        # Unique per run, so files claimed by a crashed or concurrent run are claimed anew; and
+        # per batch, so a file voided and claimed again by a later batch is never finished by
+        # the earlier batch, whose tiers it no longer matches.
+        self.run = f"{CLAIM_PREFIX}{uuid.uuid4().hex}:"
+        self.claims = 0
+        self.claimed = self.recalibrated = self.voided = self.batches = 0
+        self.last_finished: list[str] = []
+
+    def until_done(self, depth: int) -> None:
+        in_flight: deque[tuple[str, list[str], Future[dict[str, Doc | None]]]] = deque()
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(in_flight) < depth:
+                    claim, file_ids = self._claim()
+                    if not file_ids:
+                        exhausted = True
+                        break
+                    in_flight.append((claim, file_ids, self.compute(file_ids)))
+                if not in_flight:
+                    return
+                claim, file_ids, tiers = in_flight.popleft()
+                if self._finish(claim, file_ids, tiers.result()):
+                    exhausted = False  # voided claims are mismatching again: claim them anew
+        finally:
+            for _, _, future in in_flight:
+                future.cancel()
+
+    def _claim(self) -> tuple[str, list[str]]:
+        limit = self.batch_size
+        if self.max_files is not None:
+            limit = min(limit, self.max_files - self.claimed)
+            if limit <= 0:
+                return "", []
+        self.claims += 1
+        claim = f"{self.run}{self.claims}"
+        file_ids = self.store.claim_files_for_recalibration(
+            self.expected, self.run, claim, limit, self.library_id
+        )
+        if file_ids and file_ids == self.last_finished:
+            raise RecalibrationStalledError(
+                f"files {file_ids[:3]}... still need recalibration after being finished"
+            )
+        self.claimed += len(file_ids)
+        return claim, file_ids
+
+    def _finish(self, claim: str, file_ids: list[str], tiers: dict[str, Doc | None]) -> int:
+        """Store the batch; returns how many of its claims were voided."""
+        finished = self.store.finish_claimed_recalibration(claim, self.expected, tiers)
+        self.recalibrated += len(finished)
+        voided = len(file_ids) - len(finished)
+        if voided:
+            self.voided += voided
+            self.claimed -= voided  # they count against max_files once, when finished
+            log.info("%d files got new predictions while recalibrating; they are redone", voided)
+        self.last_finished = finished
+        self.batches += 1
+        if self.progress is not None:
+            self.progress(self.recalibrated, len(finished))
+        return voided
+
+
+@contextmanager
+def _tier_readers(store: Store, config: TierConfig, readers: int) -> Iterator[ComputeTiers]:
+    """``compute(file_ids) -> Future[tiers]``: inline, or in ``readers`` reader processes
+    that each open their own store connection."""
+    if readers <= 1:
+
+        def inline(file_ids: list[str]) -> Future[dict[str, Doc | None]]:
+            future: Future[dict[str, Doc | None]] = Future()
+            future.set_result(batch_tiers(store, file_ids, config))
+            return future
+
+        yield inline
+        return
+    context = multiprocessing.get_context(START_METHOD)
+    with ProcessPoolExecutor(
+        readers, mp_context=context, initializer=_init_reader, initargs=(store, config)
+    ) as pool:
+        try:
+            yield lambda file_ids: pool.submit(_reader_batch_tiers, file_ids)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+_reader: tuple[Store, TierConfig] | None = None
+
+
+def _init_reader(store: Store, config: TierConfig) -> None:
+    global _reader
+    # A Ctrl-C reaches the whole process group; the parent decides what to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _reader = (store, config)
+
+
+def _reader_batch_tiers(file_ids: list[str]) -> dict[str, Doc | None]:
+    assert _reader is not None, "reader process was not initialised"
+    store, config = _reader
+    return batch_tiers(store, file_ids, config)

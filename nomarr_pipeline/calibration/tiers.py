@@ -74,12 +74,8 @@ class TierConfig:
     exclude_heads: tuple[str, ...] = DEFAULT_EXCLUDED_HEADS
     max_std: float | None = None
     # Memo of head filters and terms; a config is immutable, so they never go stale.
-    _mood_heads: dict[str, bool] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
-    _terms: dict[tuple[str, str], str] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
+    _mood_heads: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _terms: dict[tuple[str, str], str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.loose <= self.regular <= self.strict <= 1.0:
@@ -150,37 +146,36 @@ def _finite_number(value: Any) -> bool:
 _INF = math.inf
 _NEG_INF = -math.inf
 
+# One prediction as mood tiers read it, in the order of store.protocol.TIER_INPUT_FIELDS:
+# (file_id, head_name, label, std, calibrated_value). The file id is not used here.
+TierInput = tuple[Any, str, str, Any, Any]
+
 # Per head while reading a file's tags: label -> (sum, count) of usable calibrated values,
 # or None for a label seen without one (it still counts towards the head's class count).
 _LabelSums = dict[str, tuple[float, int] | None]
 
 
-def head_scores(
-    tags: Iterable[Mapping[str, Any]], config: TierConfig
-) -> dict[str, tuple[int, dict[str, float]]]:
+def head_scores(rows: Iterable[TierInput], config: TierConfig) -> dict[str, tuple[int, dict[str, float]]]:
     """head_name -> (number of labels seen, label -> mean calibrated value over backbones).
 
     This loop runs for every stored prediction during recalibration (10 M for a large
-    library), so it avoids per-tag function calls where a dict lookup does.
+    library), so it takes plain tuples and avoids per-row function calls where a dict
+    lookup does.
     """
     mood_heads = config._mood_heads
     max_std = config.max_std
     heads: dict[str, _LabelSums] = {}
-    for tag in tags:
-        head_name = tag["head_name"]
+    for _, head_name, label, std, calibrated in rows:
         is_mood = mood_heads.get(head_name)
         if is_mood is None:
             is_mood = config.head_is_mood(head_name)
         if not is_mood:
             continue
-        label = tag["label"]
         sums = heads.get(head_name)
         if sums is None:
             sums = heads[head_name] = {}
-        calibrated = tag.get("calibrated_value")
         usable = calibrated is not None and _finite_number(calibrated)
         if usable and max_std is not None:
-            std = tag.get("std")
             usable = std is None or not _finite_number(std) or std <= max_std
         previous = sums.get(label)
         if not usable:
@@ -207,12 +202,20 @@ def compute_mood_tiers(
     ``tags`` are the file's ``file_tags`` documents (``head_name``, ``label``,
     ``calibrated_value``, ``std``; other fields are ignored).
     """
+    rows = [
+        (None, tag["head_name"], tag["label"], tag.get("std"), tag.get("calibrated_value")) for tag in tags
+    ]
+    return mood_tiers_of_rows(rows, config)
+
+
+def mood_tiers_of_rows(rows: Iterable[TierInput], config: TierConfig | None = None) -> dict[str, list[str]]:
+    """:func:`compute_mood_tiers` of one file's rows as the store's ``tier_inputs`` returns them."""
     config = config or _DEFAULT_CONFIG
     loose, regular, strict = config.loose, config.regular, config.strict
     loose_terms: set[str] = set()
     regular_terms: set[str] = set()
     strict_terms: set[str] = set()
-    for head_name, (label_count, scores) in head_scores(tags, config).items():
+    for head_name, (label_count, scores) in head_scores(rows, config).items():
         for label, score in _passing_candidates(label_count, scores):
             if score < loose:
                 continue

@@ -7,13 +7,13 @@ from urllib.parse import urlsplit, urlunsplit
 from nomarr_pipeline.store.protocol import (
     COLLECTIONS,
     STALE_ANALYSIS_RESET,
+    TIER_INPUT_FIELDS,
     Doc,
     FileStat,
     HeadVersion,
     SparseHistogram,
     Store,
     StoreError,
-    TierFunction,
 )
 
 
@@ -61,13 +61,13 @@ def redact_url(url: str) -> str:
 __all__ = [
     "COLLECTIONS",
     "STALE_ANALYSIS_RESET",
+    "TIER_INPUT_FIELDS",
     "Doc",
     "FileStat",
     "HeadVersion",
     "SparseHistogram",
     "Store",
     "StoreError",
-    "TierFunction",
     "open_store",
     "redact_url",
 ]

@@ -55,7 +55,6 @@ from nomarr_pipeline.store.protocol import (
     HeadVersion,
     SparseHistogram,
     StoreError,
-    TierFunction,
 )
 from nomarr_pipeline.store.sqlite_schema import (
     CALIBRATION_HISTORY,
@@ -178,6 +177,17 @@ class ArangoStore:
 
     def __repr__(self) -> str:
         return f"ArangoStore({self._display_url!r}, database={self._database_name!r})"
+
+    def __getstate__(self) -> Doc:
+        # A worker process gets the settings (credentials travel only through the private
+        # pipe to the child) and connects on first use; never the parent's connection.
+        state = dict(self.__dict__)
+        state.update(_lock=None, _pid=None, _client=None, _db=None)
+        return state
+
+    def __setstate__(self, state: Doc) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     # ---- connection and schema ----------------------------------------------------------
     def _database(self) -> StandardDatabase:
@@ -665,15 +675,6 @@ class ArangoStore:
         )
         return int(rows[0]) if rows else 0
 
-    def files_needing_recalibration(
-        self, expected_hash: str, limit: int, library_id: str | None = None
-    ) -> list[str]:
-        scope, bind = _needs_recalibration(expected_hash, library_id)
-        return self._query(
-            f"FOR d IN library_files FILTER {scope} SORT d._key LIMIT @limit RETURN d._key",
-            {**bind, "limit": limit},
-        )
-
     def apply_calibration(self, file_ids: Sequence[str]) -> None:
         ids = list(file_ids)
         with self._atomic(["file_tags"], _chunk_count(ids)) as txn:
@@ -682,27 +683,60 @@ class ArangoStore:
     def finish_recalibration(self, updates: Sequence[Doc]) -> None:
         self._update_by_key("library_files", updates)
 
-    def recalibrate_files(
-        self, file_ids: Sequence[str], expected_hash: str, mood_tiers: TierFunction
-    ) -> None:
+    def claim_files_for_recalibration(
+        self, expected_hash: str, run: str, claim: str, limit: int, library_id: str | None = None
+    ) -> list[str]:
+        if not run or not claim.startswith(run):
+            raise ValueError(f"claim {claim!r} must start with its run {run!r}")
+        scope, bind = _needs_recalibration(expected_hash, library_id)
+        claimed = self._query(
+            f"FOR d IN library_files FILTER {scope} "
+            "AND (d.calibration_hash == null OR LEFT(d.calibration_hash, LENGTH(@run)) != @run) "
+            "SORT d._key LIMIT @limit "
+            "UPDATE d WITH {calibration_hash: @claim} IN library_files RETURN NEW._key",
+            {**bind, "run": run, "claim": claim, "limit": limit},
+        )
+        return sorted(claimed)
+
+    def tier_inputs(self, file_ids: Sequence[str]) -> list[tuple[Any, ...]]:
         ids = list(file_ids)
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(ids), WRITE_CHUNK_SIZE):
+            chunk = ids[start : start + WRITE_CHUNK_SIZE]
+            rows += [
+                (file_id, head_name, label, _as_float(std), _as_float(calibrated))
+                for file_id, head_name, label, std, calibrated in self._query(
+                    TIER_INPUTS_AQL, {"file_ids": chunk}
+                )
+            ]
+        return rows
+
+    def finish_claimed_recalibration(
+        self, claim: str, expected_hash: str, mood_tiers: Mapping[str, Doc | None]
+    ) -> list[str]:
         with self._transaction(["file_tags", "library_files"]) as txn:
-            self._write_chunks(APPLY_CALIBRATION_AQL, "file_ids", ids, db=txn)
-            tags: list[Doc] = []
+            held: list[str] = []
+            ids = list(mood_tiers)
             for start in range(0, len(ids), WRITE_CHUNK_SIZE):
-                chunk = ids[start : start + WRITE_CHUNK_SIZE]
-                tags += self._query(TIER_INPUTS_AQL, {"file_ids": chunk}, db=txn)
-            tiers = mood_tiers(tags)
+                held += self._query(
+                    "FOR d IN library_files FILTER d._key IN @file_ids AND d.calibration_hash == @claim "
+                    "RETURN d._key",
+                    {"file_ids": ids[start : start + WRITE_CHUNK_SIZE], "claim": claim},
+                    db=txn,
+                )
+            held.sort()
+            self._write_chunks(APPLY_CALIBRATION_AQL, "file_ids", held, db=txn)
             updates = [
                 {
                     "_key": file_id,
                     "calibration_hash": expected_hash,
-                    "mood_tiers": tiers.get(file_id),
+                    "mood_tiers": mood_tiers[file_id],
                     "file_tags_pending": True,
                 }
-                for file_id in ids
+                for file_id in held
             ]
             self._update_by_key("library_files", updates, db=txn)
+        return held
 
     def reset_calibration_hashes(self, library_id: str | None = None) -> int:
         scope = "d.library_id == @library_id AND " if library_id is not None else ""
@@ -751,7 +785,9 @@ FOR ft IN file_tags
 # null compares less than every number (`0.5 > null` is true), hence the IS_NUMBER guards;
 # and a division by zero is a warning (queries run with failOnWarning), so the divisor is
 # never zero whichever branches AQL chooses to evaluate.
-APPLY_CALIBRATION_AQL = """
+# One expression for the value apply_calibration() stores and the value tier_inputs()
+# reports, so that tiers computed from a read agree with the stored values to the last bit.
+_CALIBRATED_VALUE_AQL = """
 FOR ft IN file_tags
   FILTER ft.file_id IN @file_ids
   LET cal = FIRST(
@@ -764,16 +800,17 @@ FOR ft IN file_tags
   LET value = usable ? ft.value : 0
   LET p5 = usable ? cal.p5 : 0
   LET span = usable ? cal.p95 - cal.p5 : 1
-  UPDATE ft WITH {
-    calibrated_value: usable ? MIN([MAX([(value - p5) / span, 0]), 1]) : null
-  } IN file_tags OPTIONS {keepNull: true}
+  LET calibrated = usable ? MIN([MAX([(value - p5) / span, 0]), 1]) : null
 """.strip()
 
-# Only what mood tiers need, read inside the recalibration's transaction.
+APPLY_CALIBRATION_AQL = (
+    _CALIBRATED_VALUE_AQL
+    + "\n  UPDATE ft WITH {calibrated_value: calibrated} IN file_tags OPTIONS {keepNull: true}"
+)
+
+# Only what mood tiers need, with the calibrated value as apply_calibration() would store it.
 TIER_INPUTS_AQL = (
-    "FOR d IN file_tags FILTER d.file_id IN @file_ids "
-    "RETURN {file_id: d.file_id, model_key: d.model_key, head_name: d.head_name, label: d.label, "
-    "value: d.value, std: d.std, calibrated_value: d.calibrated_value}"
+    _CALIBRATED_VALUE_AQL + "\n  RETURN [ft.file_id, ft.head_name, ft.label, ft.std, calibrated]"
 )
 
 _REMOVE_TAGS_OF_FILES = "FOR d IN file_tags FILTER d.file_id IN @file_ids REMOVE d IN file_tags"
@@ -784,6 +821,11 @@ _NEEDS_ANALYSIS = (
     "AND FIRST(FOR t IN file_tags FILTER t.file_id == d._key AND t.model_key == @model_key "
     "AND t.head_name == @head_name AND t.tagger_version == @tagger_version LIMIT 1 RETURN 1) == null"
 )
+
+
+def _as_float(number: Any) -> Any:
+    """SQLite returns REAL columns as floats; ArangoDB prints integral doubles as integers."""
+    return float(number) if number.__class__ is int else number
 
 
 def _needs_recalibration(expected_hash: str, library_id: str | None) -> tuple[str, Doc]:

@@ -58,7 +58,7 @@ INDEXES: tuple[PersistentIndex, ...] = (
     ),
     # file_index() and upsert lookups by path.
     PersistentIndex("library_files", "idx_library_files_library_path", ("library_id", "path")),
-    # count/files_needing_recalibration() per library.
+    # count_files_needing_recalibration() and claim_files_for_recalibration() per library.
     PersistentIndex(
         "library_files", "idx_library_files_calibration_hash", ("library_id", "calibration_hash")
     ),

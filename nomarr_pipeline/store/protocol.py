@@ -8,14 +8,12 @@ Timestamps are integer milliseconds since the epoch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 Doc = dict[str, Any]
-# Mood tiers of a batch: the batch's tags (file_id, model_key, head_name, label, value, std,
-# calibrated_value) in, file_id -> {"mood-strict": [...], ...} out.
-TierFunction = Callable[[Sequence[Doc]], Mapping[str, Doc]]
+TIER_INPUT_FIELDS = ("file_id", "head_name", "label", "std", "calibrated_value")
 
 COLLECTIONS = (
     "libraries",
@@ -175,10 +173,6 @@ class Store(Protocol):
     def count_files_needing_recalibration(self, expected_hash: str, library_id: str | None = None) -> int:
         """Analysed files whose ``calibration_hash`` is null or differs from ``expected_hash``."""
 
-    def files_needing_recalibration(
-        self, expected_hash: str, limit: int, library_id: str | None = None
-    ) -> list[str]: ...
-
     def apply_calibration(self, file_ids: Sequence[str]) -> None:
         """Set ``calibrated_value = clamp((value - p5) / (p95 - p5), 0, 1)`` on these files'
         ``file_tags`` from ``calibration_state``, set-based; null where no calibration
@@ -187,13 +181,31 @@ class Store(Protocol):
     def finish_recalibration(self, updates: Sequence[Doc]) -> None:
         """``[{"_key", "calibration_hash", "mood_tiers", "file_tags_pending"}]`` in one transaction."""
 
-    def recalibrate_files(
-        self, file_ids: Sequence[str], expected_hash: str, mood_tiers: TierFunction
-    ) -> None:
-        """Recalibrate a batch in ONE transaction: ``apply_calibration``, read the tags back,
-        ``mood_tiers(tags)``, then set each file's ``mood_tiers``, ``calibration_hash =
-        expected_hash`` and ``file_tags_pending``. Predictions written concurrently land
-        either before (and are calibrated) or after (and clear the hash again), never between."""
+    def claim_files_for_recalibration(
+        self, expected_hash: str, run: str, claim: str, limit: int, library_id: str | None = None
+    ) -> list[str]:
+        """Up to ``limit`` files needing recalibration, with their ``calibration_hash`` set to
+        ``claim`` in the same statement. ``claim`` starts with ``run``; files holding a claim
+        of the same run (a hash starting with ``run``) are in flight and skipped.
+
+        A claim is never a real hash, so a claimed file still needs recalibration until it is
+        finished (a crash loses nothing). Predictions written after the claim clear the hash
+        (``write_predictions``), which voids it: see ``finish_claimed_recalibration``."""
+
+    def tier_inputs(self, file_ids: Sequence[str]) -> list[tuple[Any, ...]]:
+        """These files' ``file_tags`` as mood tiers need them: one tuple per prediction with
+        the fields :data:`TIER_INPUT_FIELDS`, ``calibrated_value`` computed from the current
+        ``calibration_state`` by the very expression ``apply_calibration`` stores. Tuples, not
+        documents: this is the hot read of a recalibration (10 M rows for a large library)."""
+
+    def finish_claimed_recalibration(
+        self, claim: str, expected_hash: str, mood_tiers: Mapping[str, Doc | None]
+    ) -> list[str]:
+        """In ONE transaction, for the files of ``mood_tiers`` that still hold ``claim``:
+        ``apply_calibration``, then ``mood_tiers``, ``calibration_hash = expected_hash`` and
+        ``file_tags_pending``. A file whose claim was voided (new predictions since the claim,
+        so its tiers may be stale) is left as it is, still needing recalibration. Returns the
+        files finished."""
 
     def reset_calibration_hashes(self, library_id: str | None = None) -> int:
         """Force recalibration: set every hash to null; returns how many files."""

@@ -7,9 +7,10 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from nomarr_pipeline.store.protocol import (
@@ -18,7 +19,6 @@ from nomarr_pipeline.store.protocol import (
     HeadVersion,
     SparseHistogram,
     StoreError,
-    TierFunction,
 )
 from nomarr_pipeline.store.sqlite_schema import (
     CALIBRATION_HISTORY,
@@ -41,6 +41,10 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._local = threading.local()
+
+    def __reduce__(self) -> tuple[type[SqliteStore], tuple[Path]]:
+        # A worker process gets the path and opens its own connection on first use.
+        return (SqliteStore, (self.path,))
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -372,15 +376,6 @@ class SqliteStore:
         params = {"hash": expected_hash, "library_id": library_id}
         return int(self._query(f"SELECT COUNT(*) {self._NEEDS_RECALIBRATION}", params)[0][0])
 
-    def files_needing_recalibration(
-        self, expected_hash: str, limit: int, library_id: str | None = None
-    ) -> list[str]:
-        rows = self._query(
-            f"SELECT _key {self._NEEDS_RECALIBRATION} LIMIT :limit",
-            {"hash": expected_hash, "library_id": library_id, "limit": limit},
-        )
-        return [r[0] for r in rows]
-
     def apply_calibration(self, file_ids: Sequence[str]) -> None:
         with self._write() as conn:
             conn.execute(_APPLY_CALIBRATION, (json.dumps(list(file_ids)),))
@@ -388,28 +383,48 @@ class SqliteStore:
     def finish_recalibration(self, updates: Sequence[Doc]) -> None:
         self._update(LIBRARY_FILES, updates)
 
-    def recalibrate_files(
-        self, file_ids: Sequence[str], expected_hash: str, mood_tiers: TierFunction
-    ) -> None:
-        ids = json.dumps(list(file_ids))
+    def claim_files_for_recalibration(
+        self, expected_hash: str, run: str, claim: str, limit: int, library_id: str | None = None
+    ) -> list[str]:
+        _check_claim(run, claim)
         with self._write() as conn:
-            conn.execute(_APPLY_CALIBRATION, (ids,))
-            reader = conn.cursor()
-            reader.row_factory = None  # plain tuples: this read is the hot path of a recalibration
-            rows = reader.execute(
-                f"SELECT {', '.join(_TIER_FIELDS)} FROM file_tags "
-                "WHERE file_id IN (SELECT value FROM json_each(?))",
-                (ids,),
-            )
-            tiers = mood_tiers([dict(zip(_TIER_FIELDS, row, strict=True)) for row in rows])
+            rows = conn.execute(
+                "UPDATE library_files SET calibration_hash = :claim WHERE _key IN ("
+                f"SELECT _key {self._NEEDS_RECALIBRATION} AND (calibration_hash IS NULL "
+                "OR substr(calibration_hash, 1, length(:run)) != :run) LIMIT :limit) "
+                "RETURNING _key",
+                {"hash": expected_hash, "run": run, "claim": claim, "library_id": library_id,
+                 "limit": limit},
+            ).fetchall()  # fmt: skip
+        return sorted(r[0] for r in rows)
+
+    def tier_inputs(self, file_ids: Sequence[str]) -> list[tuple[Any, ...]]:
+        reader = self._conn.cursor()
+        reader.row_factory = None  # plain tuples, as the protocol promises
+        return reader.execute(_TIER_INPUTS, (json.dumps(list(file_ids)),)).fetchall()
+
+    def finish_claimed_recalibration(
+        self, claim: str, expected_hash: str, mood_tiers: Mapping[str, Doc | None]
+    ) -> list[str]:
+        with self._write() as conn:
+            held = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT _key FROM library_files WHERE calibration_hash = ? "
+                    "AND _key IN (SELECT value FROM json_each(?)) ORDER BY _key",
+                    (claim, json.dumps(list(mood_tiers))),
+                )
+            ]
+            conn.execute(_APPLY_CALIBRATION, (json.dumps(held),))
             conn.executemany(
                 "UPDATE library_files SET calibration_hash = ?, mood_tiers = ?, file_tags_pending = 1 "
                 "WHERE _key = ?",
                 [
-                    (expected_hash, json.dumps(tiers.get(file_id), sort_keys=True), file_id)
-                    for file_id in file_ids
+                    (expected_hash, json.dumps(mood_tiers[file_id], sort_keys=True), file_id)
+                    for file_id in held
                 ],
             )
+        return held
 
     def reset_calibration_hashes(self, library_id: str | None = None) -> int:
         with self._write() as conn:
@@ -433,18 +448,28 @@ class SqliteStore:
         self._update(LIBRARY_FILES, results)
 
 
-_TIER_FIELDS = ("file_id", "model_key", "head_name", "label", "value", "std", "calibrated_value")
+# One subquery for the value apply_calibration stores and the value tier_inputs reports, so
+# that tiers computed from a read agree with the stored values to the last bit.
+_CALIBRATED = f"""(
+    SELECT CASE WHEN c.p95 > c.p5 AND {_FINITE_NUMBER.replace("value", "t.value")}
+                THEN MIN(MAX((t.value - c.p5) / (c.p95 - c.p5), 0.0), 1.0) END
+    FROM calibration_state c
+    WHERE c.model_key = t.model_key AND c.head_name = t.head_name AND c.label = t.label)"""
 
 _APPLY_CALIBRATION = f"""
-    UPDATE file_tags SET calibrated_value = (
-        SELECT CASE WHEN c.p95 > c.p5 AND {_FINITE_NUMBER.replace("value", "file_tags.value")}
-                    THEN MIN(MAX((file_tags.value - c.p5) / (c.p95 - c.p5), 0.0), 1.0)
-               END
-        FROM calibration_state c
-        WHERE c.model_key = file_tags.model_key AND c.head_name = file_tags.head_name
-          AND c.label = file_tags.label)
+    UPDATE file_tags AS t SET calibrated_value = {_CALIBRATED}
     WHERE file_id IN (SELECT value FROM json_each(?))
 """
+
+_TIER_INPUTS = f"""
+    SELECT t.file_id, t.head_name, t.label, t.std, {_CALIBRATED}
+    FROM file_tags t WHERE t.file_id IN (SELECT value FROM json_each(?))
+"""
+
+
+def _check_claim(run: str, claim: str) -> None:
+    if not run or not claim.startswith(run):
+        raise ValueError(f"claim {claim!r} must start with its run {run!r}")
 
 
 def _head_params(head: HeadVersion) -> dict[str, object]:

@@ -67,33 +67,33 @@ def test_recalibrates_every_file_in_batches(sqlite_store: Store) -> None:
 
 
 def test_resumes_after_a_crash(sqlite_store: Store) -> None:
-    fill(sqlite_store)
+    keys = fill(sqlite_store)
     calibrate_heads(sqlite_store, HEADS, now_ms=NOW)
 
     class CrashingStore:
         def __init__(self, inner: Store) -> None:
             self.inner, self.finished = inner, 0
 
-        def recalibrate_files(self, file_ids, expected_hash, mood_tiers):
+        def finish_claimed_recalibration(self, claim, expected_hash, mood_tiers):
             if self.finished == 2:
-                # Dies mid-transaction, after the tiers were computed: nothing of the batch stays.
-                def dying(tags):
-                    mood_tiers(tags)
-                    raise RuntimeError("killed")
-
-                self.inner.recalibrate_files(file_ids, expected_hash, dying)
+                # Dies inside the third batch's transaction, after its values were applied.
+                unstorable = {key: {"mood-loose": object()} for key in mood_tiers}
+                self.inner.finish_claimed_recalibration(claim, expected_hash, unstorable)
             self.finished += 1
-            self.inner.recalibrate_files(file_ids, expected_hash, mood_tiers)
+            return self.inner.finish_claimed_recalibration(claim, expected_hash, mood_tiers)
 
         def __getattr__(self, name):
             return getattr(self.inner, name)
 
-    with pytest.raises(RuntimeError, match="killed"):
+    with pytest.raises(TypeError):
         recalibrate(CrashingStore(sqlite_store), batch_size=4)  # type: ignore[arg-type]
     expected = expected_calibration_hash(sqlite_store.list_calibrations())
+    # Two batches finished; the third rolled back and the fourth was only claimed.
     assert sqlite_store.count_files_needing_recalibration(expected) == FILES - 8
     report = recalibrate(sqlite_store, batch_size=4)
     assert report.recalibrated == FILES - 8 and report.remaining == 0
+    for key in keys:
+        check_file_is_recalibrated(sqlite_store, key, expected)
 
 
 def test_new_calibration_triggers_full_recalibration_small_drift_does_not(sqlite_store: Store) -> None:
@@ -153,14 +153,14 @@ def test_a_hash_that_does_not_stick_stops_the_run(sqlite_store: Store) -> None:
         def __init__(self, inner: Store) -> None:
             self.inner = inner
 
-        def recalibrate_files(self, file_ids, expected_hash, mood_tiers) -> None:
-            self.inner.recalibrate_files(file_ids, "not-the-expected-hash", mood_tiers)
+        def finish_claimed_recalibration(self, claim, expected_hash, mood_tiers):
+            return self.inner.finish_claimed_recalibration(claim, "not-the-expected-hash", mood_tiers)
 
         def __getattr__(self, name):
             return getattr(self.inner, name)
 
     with pytest.raises(RecalibrationStalledError):
-        recalibrate(ForgetfulStore(sqlite_store))  # type: ignore[arg-type]
+        recalibrate(ForgetfulStore(sqlite_store), batch_size=5)  # type: ignore[arg-type]
 
 
 def test_batch_size_validated(sqlite_store: Store) -> None:
@@ -182,11 +182,10 @@ def test_status_for_sensors(sqlite_store: Store) -> None:
     assert recalibration_status(sqlite_store, "lib1")["remaining"] == 0
 
 
-def test_predictions_written_during_a_batch_are_not_marked_calibrated(sqlite_store: Store, tmp_path) -> None:
-    """Analysis in another process writing while a batch is recalibrated waits for the batch's
-    transaction and then clears the file's hash: the new predictions get calibrated next run."""
-    import threading
-
+def test_predictions_written_while_tiers_are_computed_void_the_claim(sqlite_store: Store) -> None:
+    """Analysis in another process writes between a batch's read and its finish: the file is
+    not marked calibrated with tiers of its old predictions; it is claimed again and finished
+    from the new ones in the same run."""
     from nomarr_pipeline.store import open_store
 
     keys = fill(sqlite_store)
@@ -194,17 +193,47 @@ def test_predictions_written_during_a_batch_are_not_marked_calibrated(sqlite_sto
     expected = expected_calibration_hash(sqlite_store.list_calibrations())
     other = open_store(f"sqlite:///{sqlite_store.path}")  # type: ignore[attr-defined]
     fresh = [dict(t, value=0.42, calibrated_value=None) for t in sqlite_store.file_tags_for_files([keys[0]])]
-    writer = threading.Thread(target=other.write_predictions, args=(fresh,))
 
-    def tiers_while_analysis_writes(tags):
-        writer.start()
-        writer.join(timeout=0.5)  # blocked by the batch's transaction
-        assert writer.is_alive()
-        return {key: empty_tiers() for key in keys}
+    class AnalysisMeanwhile:
+        def __init__(self, inner: Store) -> None:
+            self.inner, self.reads = inner, 0
 
-    sqlite_store.recalibrate_files(keys, expected, tiers_while_analysis_writes)
-    writer.join(timeout=30)
-    (first,) = sqlite_store.get_files([keys[0]])
-    assert first["calibration_hash"] is None  # cleared by the later write: recalibrated again
-    assert sqlite_store.get_files([keys[1]])[0]["calibration_hash"] == expected
-    assert recalibrate(sqlite_store).recalibrated == 1
+        def tier_inputs(self, file_ids):
+            rows = self.inner.tier_inputs(file_ids)
+            self.reads += 1
+            if self.reads == 1:
+                assert keys[0] in file_ids
+                other.write_predictions(fresh)
+            return rows
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    report = recalibrate(AnalysisMeanwhile(sqlite_store), readers=1)  # type: ignore[arg-type]
+    assert (report.recalibrated, report.voided, report.remaining) == (FILES, 1, 0)
+    assert {t["value"] for t in sqlite_store.file_tags_for_files([keys[0]])} == {0.42}
+    for key in keys:
+        check_file_is_recalibrated(sqlite_store, key, expected)
+
+
+def test_reader_processes_give_the_same_result_as_inline(sqlite_store: Store, tmp_path) -> None:
+    from nomarr_pipeline.store import open_store
+
+    inline_store = open_store(f"sqlite:///{tmp_path / 'inline.db'}")
+    keys = fill(sqlite_store)
+    fill(inline_store)
+    for store in (sqlite_store, inline_store):
+        calibrate_heads(store, HEADS, now_ms=NOW)
+    pooled = recalibrate(sqlite_store, batch_size=4, readers=2)
+    inline = recalibrate(inline_store, batch_size=4, readers=1)
+    assert (pooled.recalibrated, pooled.batches, pooled.remaining, pooled.readers) == (FILES, 6, 0, 2)
+    assert (inline.recalibrated, inline.expected_hash, inline.readers) == (FILES, pooled.expected_hash, 1)
+    for key in keys:
+        check_file_is_recalibrated(sqlite_store, key, pooled.expected_hash)
+    assert sqlite_store.get_files(keys) == inline_store.get_files(keys)
+    assert sqlite_store.file_tags_for_files(keys) == inline_store.file_tags_for_files(keys)
+
+
+def test_readers_validated(sqlite_store: Store) -> None:
+    with pytest.raises(ValueError, match="readers"):
+        recalibrate(sqlite_store, readers=-1)

@@ -573,9 +573,17 @@ def test_recalibration_counts_and_pages(store: ArangoStore, fake: FakeArango) ->
     assert store.count_files_needing_recalibration("H") == 7
     assert fake.requests[-1].bind_vars == {"expected_hash": "H"}
 
-    fake.answer("RETURN d._key", ["a", "b"])
-    assert store.files_needing_recalibration("H", 2, "lib1") == ["a", "b"]
-    assert fake.requests[-1].bind_vars == {"expected_hash": "H", "library_id": "lib1", "limit": 2}
+
+def test_claim_marks_and_returns_mismatching_files_in_one_statement(
+    store: ArangoStore, fake: FakeArango
+) -> None:
+    fake.answer("RETURN NEW._key", ["b", "a"])
+    assert store.claim_files_for_recalibration("H", "run:", "run:1", 2, "lib1") == ["a", "b"]
+    (request,) = fake.requests
+    assert request.bind_vars == {
+        "expected_hash": "H", "library_id": "lib1", "run": "run:", "claim": "run:1", "limit": 2}  # fmt: skip
+    assert "LEFT(d.calibration_hash, LENGTH(@run)) != @run" in request.query
+    assert "UPDATE d WITH {calibration_hash: @claim} IN library_files" in request.query
 
 
 def test_finish_recalibration_updates_by_key_in_one_statement(store: ArangoStore, fake: FakeArango) -> None:
@@ -593,39 +601,44 @@ def test_finish_recalibration_updates_by_key_in_one_statement(store: ArangoStore
     assert len(request.bind_vars["rows"]) == 300
 
 
-def test_recalibrate_files_is_one_transaction_around_apply_read_and_finish(
+def test_tier_inputs_compute_calibration_like_apply_without_writing(
     store: ArangoStore, fake: FakeArango
 ) -> None:
-    tag = {"file_id": "f1", "model_key": "m", "head_name": "h", "label": "happy", "value": 0.5,
-           "std": 0.1, "calibrated_value": 0.5}  # fmt: skip
-    fake.answer("RETURN {file_id: d.file_id", [tag])
-    seen: list[list[dict]] = []
+    fake.answer("RETURN [ft.file_id", [["f1", "h", "happy", 0.1, 1]])
+    ids = [f"f{i}" for i in range(arango_module.WRITE_CHUNK_SIZE + 1)]
+    rows = store.tier_inputs(ids)
+    assert rows == [("f1", "h", "happy", 0.1, 1.0)] * 2 and isinstance(rows[0][4], float)
+    first, second = fake.requests
+    assert [len(r.bind_vars["file_ids"]) for r in (first, second)] == [len(ids) - 1, 1]
+    apply_part = arango_module.APPLY_CALIBRATION_AQL.split("\n  UPDATE")[0]
+    assert first.query.startswith(apply_part), "the same calibration expression as apply_calibration"
+    assert "UPDATE" not in first.query and "ft.head_name, ft.label, ft.std, calibrated]" in first.query
 
-    def tiers(tags: list[dict]) -> dict[str, dict]:
-        seen.append(list(tags))
-        return {"f1": {"mood-strict": [], "mood-regular": ["happy"], "mood-loose": ["happy"]}}
 
-    store.recalibrate_files(["f1", "f2"], "H", tiers)
-    assert seen == [[tag]]
-    begin, apply, read, finish, commit = fake.requests
+def test_finish_claimed_is_one_transaction_over_files_still_claimed(
+    store: ArangoStore, fake: FakeArango
+) -> None:
+    fake.answer("d.calibration_hash == @claim RETURN d._key", ["f1"])  # f2 got new predictions
+    tiers = {"mood-strict": [], "mood-regular": ["happy"], "mood-loose": ["happy"]}
+    assert store.finish_claimed_recalibration("claim:1", "H", {"f1": tiers, "f2": tiers}) == ["f1"]
+    begin, held, apply, finish, commit = fake.requests
     assert begin.path.endswith("/_api/transaction/begin")
     assert sorted(begin.body["collections"]["write"]) == ["file_tags", "library_files"]
-    assert "calibrated_value: usable ?" in apply.query and apply.bind_vars == {"file_ids": ["f1", "f2"]}
-    assert "FILTER d.file_id IN @file_ids" in read.query and read.bind_vars == {"file_ids": ["f1", "f2"]}
+    assert held.bind_vars == {"file_ids": ["f1", "f2"], "claim": "claim:1"}
+    assert "calibrated_value: calibrated" in apply.query and apply.bind_vars == {"file_ids": ["f1"]}
     assert "UPDATE d WITH UNSET(row" in finish.query
     assert [(r["_key"], r["calibration_hash"], r["file_tags_pending"]) for r in finish.bind_vars["rows"]] == [
-        ("f1", "H", True), ("f2", "H", True)]  # fmt: skip
+        ("f1", "H", True)]  # fmt: skip
     assert finish.bind_vars["rows"][0]["mood_tiers"]["mood-loose"] == ["happy"]
-    assert all(r.headers.get("x-arango-trx-id") == "1" for r in (apply, read, finish))
+    assert all(r.headers.get("x-arango-trx-id") == "1" for r in (held, apply, finish))
     assert commit.method == "put" and commit.path.endswith("/_api/transaction/1")
 
 
-def test_recalibrate_files_aborts_when_the_tiers_fail(store: ArangoStore, fake: FakeArango) -> None:
-    def broken(_tags: list[dict]) -> dict[str, dict]:
-        raise ValueError("bad tier config")
-
-    with pytest.raises(ValueError, match="bad tier config"):
-        store.recalibrate_files(["f1"], "H", broken)
+def test_finish_claimed_aborts_when_a_statement_fails(store: ArangoStore, fake: FakeArango) -> None:
+    fake.answer("d.calibration_hash == @claim RETURN d._key", ["f1"])
+    fake.fail("UPDATE d WITH UNSET(row")
+    with pytest.raises(Exception, match="unique constraint"):
+        store.finish_claimed_recalibration("claim:1", "H", {"f1": None})
     assert fake.endpoints()[-1] == f"DELETE /_db/{DB}/_api/transaction/1"
     assert not any(r.method == "put" for r in fake.requests), "never committed"
 
@@ -913,6 +926,8 @@ LITERALS = {
     "library": "LITlib9",
     "file": "LITfile4",
     "hash": "LIThashX1",
+    "run": "LITrunP5",
+    "claim": "LITrunP5claimK8",
     "path": "/LITpath/x.mp3",
 }
 NUMBERS = (0.123456789, 987654321, 4242)
@@ -964,7 +979,9 @@ def _exercise_every_operation(store: ArangoStore, fake: FakeArango) -> None:
     store.latest_history(f"{m}:{h}:{lbl}")
     store.list_history(f"{m}:{h}:{lbl}", limit=4242)
     store.count_files_needing_recalibration(LITERALS["hash"], lib)
-    store.files_needing_recalibration(LITERALS["hash"], 4242, lib)
+    store.claim_files_for_recalibration(LITERALS["hash"], LITERALS["run"], LITERALS["claim"], 4242, lib)
+    store.tier_inputs([f])
+    store.finish_claimed_recalibration(LITERALS["claim"], LITERALS["hash"], {f: None})
     store.apply_calibration([f])
     store.finish_recalibration([{"_key": f, "calibration_hash": LITERALS["hash"], "mood_tiers": None}])
     store.reset_calibration_hashes(lib)

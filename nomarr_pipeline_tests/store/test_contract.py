@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pytest
 
-from nomarr_pipeline.store import FileStat, HeadVersion, Store
+from nomarr_pipeline.store import TIER_INPUT_FIELDS, FileStat, HeadVersion, Store
 
 HEAD = HeadVersion("effnet-discogs-effnet-1", "mood_happy", "tv1")
 
@@ -247,7 +248,6 @@ def test_recalibration_queries_apply_and_finish(store: Store) -> None:
     )
     assert store.count_files_needing_recalibration("H") == 3
     assert store.count_files_needing_recalibration("H", "lib1") == 2
-    assert sorted(store.files_needing_recalibration("H", 10, "lib1")) == ["a", "b"]
     store.apply_calibration(["a", "b"])
     got = {
         (t["file_id"], t["label"]): t["calibrated_value"] for t in store.file_tags_for_files(["a", "b", "x"])
@@ -261,7 +261,7 @@ def test_recalibration_queries_apply_and_finish(store: Store) -> None:
     store.finish_recalibration(
         [{"_key": "a", "calibration_hash": "H", "mood_tiers": tiers, "file_tags_pending": True}]
     )
-    assert store.files_needing_recalibration("H", 10, "lib1") == ["b"]
+    assert store.count_files_needing_recalibration("H", "lib1") == 1
     (a,) = store.get_files(["a"])
     assert a["mood_tiers"] == tiers and a["file_tags_pending"] is True
     assert store.reset_calibration_hashes("lib1") == 1
@@ -294,34 +294,77 @@ def test_file_counts_of_an_empty_store_are_zero(store: Store) -> None:
     assert set(store.file_counts().values()) == {0}
 
 
-def test_recalibrate_files_is_all_or_nothing(store: Store) -> None:
+def _analysed(store: Store, keys: Sequence[str]) -> None:
+    store.record_analysis([{"_key": k, "analyzed_at": 1, "analysis_error": None} for k in keys])
+
+
+def test_claims_take_mismatching_files_once_and_keep_them_mismatching(store: Store) -> None:
+    store.upsert_files([_file("a"), _file("b"), _file("c"), _file("d"), _file("x", library_id="lib2")])
+    store.write_predictions([_tag(k, "happy", 0.5) for k in ("a", "b", "c", "d", "x")])
+    _analysed(store, ["a", "b", "c", "x"])  # d is not analysed: nothing to calibrate
+    store.finish_recalibration([{"_key": "c", "calibration_hash": "H"}])
+    assert store.claim_files_for_recalibration("H", "run1:", "run1:1", 1, "lib1") == ["a"]
+    assert store.claim_files_for_recalibration("H", "run1:", "run1:2", 10, "lib1") == ["b"]
+    assert store.claim_files_for_recalibration("H", "run1:", "run1:3", 10, "lib1") == []
+    assert [f["calibration_hash"] for f in store.get_files(["a", "b"])] == ["run1:1", "run1:2"]
+    # Claimed files still need recalibration: a crash now loses nothing.
+    assert store.count_files_needing_recalibration("H", "lib1") == 2
+    # Another run (a crashed or concurrent one) takes them over.
+    assert store.claim_files_for_recalibration("H", "run2:", "run2:1", 10) == ["a", "b", "x"]
+    with pytest.raises(ValueError, match="must start with its run"):
+        store.claim_files_for_recalibration("H", "run3:", "run2:9", 10)
+
+
+def test_tier_inputs_carry_the_value_apply_calibration_will_store(store: Store) -> None:
     store.upsert_files([_file("a"), _file("b")])
-    store.write_predictions([_tag("a", "happy", 0.5, std=0.2), _tag("b", "happy", 0.95)])
-    store.record_analysis([{"_key": k, "analyzed_at": 1, "analysis_error": None} for k in ("a", "b")])
+    store.write_predictions(
+        [_tag("a", "happy", 0.5, std=0.2), _tag("a", "bad", 0.7), _tag("a", "unknown", 0.7),
+         _tag("b", "happy", 0.95)]
+    )  # fmt: skip
+    store.save_calibrations([_state("happy", 0.1, 0.9), _state("bad", 0.5, 0.5)], [])
+    rows = store.tier_inputs(["a"])
+    assert all(isinstance(row, tuple) and len(row) == len(TIER_INPUT_FIELDS) for row in rows)
+    inputs = {row[2]: dict(zip(TIER_INPUT_FIELDS, row, strict=True)) for row in rows}
+    assert set(inputs) == {"happy", "bad", "unknown"}
+    assert inputs["happy"] == {"file_id": "a", "head_name": HEAD.head_name, "label": "happy", "std": 0.2,
+                               "calibrated_value": pytest.approx(0.5)}  # fmt: skip
+    assert inputs["bad"]["calibrated_value"] is None  # p95 <= p5
+    assert inputs["unknown"]["calibrated_value"] is None  # no calibration
+    assert all(t["calibrated_value"] is None for t in store.file_tags_for_files(["a"]))  # read only
+    store.apply_calibration(["a"])
+    stored = {t["label"]: t["calibrated_value"] for t in store.file_tags_for_files(["a"])}
+    assert stored == {label: t["calibrated_value"] for label, t in inputs.items()}  # to the last bit
+    assert store.tier_inputs([]) == []
+
+
+def test_finish_stores_only_files_that_still_hold_the_claim(store: Store) -> None:
+    store.upsert_files([_file("a"), _file("b"), _file("c")])
+    store.write_predictions([_tag("a", "happy", 0.5), _tag("b", "happy", 0.95), _tag("c", "happy", 0.3)])
+    _analysed(store, ["a", "b", "c"])
     store.save_calibrations([_state("happy", 0.1, 0.9)], [])
-
-    def broken(_tags: object) -> dict:
-        raise RuntimeError("crash while computing tiers")
-
-    with pytest.raises(RuntimeError):
-        store.recalibrate_files(["a", "b"], "H", broken)
-    assert all(t["calibrated_value"] is None for t in store.file_tags_for_files(["a", "b"]))
+    assert store.claim_files_for_recalibration("H", "claim:", "claim:1", 2) == ["a", "b"]
+    tiers = {"mood-strict": [], "mood-regular": [], "mood-loose": ["happy"]}
+    # New predictions for b after its tiers were computed: its claim is void.
+    store.write_predictions([_tag("b", "happy", 0.2)])
+    assert store.finish_claimed_recalibration("claim:1", "H", {"a": tiers, "b": tiers}) == ["a"]
+    a, b, c = store.get_files(["a", "b", "c"])
+    assert (a["calibration_hash"], a["mood_tiers"], a["file_tags_pending"]) == ("H", tiers, True)
+    assert b["calibration_hash"] is None and b["mood_tiers"] is None and c["calibration_hash"] is None
+    calibrated = {t["file_id"]: t["calibrated_value"] for t in store.file_tags_for_files(["a", "b", "c"])}
+    assert calibrated == {"a": pytest.approx(0.5), "b": None, "c": None}
     assert store.count_files_needing_recalibration("H") == 2
+    assert store.finish_claimed_recalibration("claim:1", "H", {}) == []
 
-    seen: list[dict] = []
 
-    def tiers(tags: list[dict]) -> dict[str, dict]:
-        seen.extend(tags)
-        return {"a": {"mood-strict": [], "mood-regular": [], "mood-loose": ["happy"]}}
-
-    store.recalibrate_files(["a", "b"], "H", tiers)
-    by_file = {t["file_id"]: t for t in seen}
-    assert by_file["a"]["calibrated_value"] == pytest.approx(0.5) and by_file["a"]["std"] == 0.2
-    assert by_file["b"]["calibrated_value"] == 1.0
-    assert {"file_id", "model_key", "head_name", "label", "value", "std", "calibrated_value"} <= set(
-        by_file["a"]
-    )
-    a, b = store.get_files(["a", "b"])
-    assert a["mood_tiers"]["mood-loose"] == ["happy"] and a["calibration_hash"] == "H"
-    assert a["file_tags_pending"] is True and b["calibration_hash"] == "H"
-    assert store.count_files_needing_recalibration("H") == 0
+def test_finish_is_all_or_nothing(store: Store) -> None:
+    store.upsert_files([_file("a"), _file("b")])
+    store.write_predictions([_tag("a", "happy", 0.5), _tag("b", "happy", 0.95)])
+    _analysed(store, ["a", "b"])
+    store.save_calibrations([_state("happy", 0.1, 0.9)], [])
+    assert store.claim_files_for_recalibration("H", "claim:", "claim:1", 10) == ["a", "b"]
+    unstorable = {"mood-loose": object()}  # fails while the batch is being stored
+    with pytest.raises((TypeError, ValueError)):
+        store.finish_claimed_recalibration("claim:1", "H", {"a": {"mood-loose": []}, "b": unstorable})
+    assert all(t["calibrated_value"] is None for t in store.file_tags_for_files(["a", "b"]))
+    assert [f["calibration_hash"] for f in store.get_files(["a", "b"])] == ["claim:1", "claim:1"]
+    assert store.count_files_needing_recalibration("H") == 2
