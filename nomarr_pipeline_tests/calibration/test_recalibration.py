@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -237,3 +239,56 @@ def test_reader_processes_give_the_same_result_as_inline(sqlite_store: Store, tm
 def test_readers_validated(sqlite_store: Store) -> None:
     with pytest.raises(ValueError, match="readers"):
         recalibrate(sqlite_store, readers=-1)
+
+
+KILLED_RUN = """
+import sys, time
+from nomarr_pipeline.calibration.recalibration import recalibrate
+from nomarr_pipeline.store import open_store
+
+def progress(done, batch):
+    print(done, flush=True)
+    time.sleep(0.2)  # time for the test to kill this process between batches or inside one
+
+if __name__ == "__main__":
+    recalibrate(open_store(sys.argv[1]), batch_size=50, readers=int(sys.argv[2]), progress=progress)
+"""
+
+
+@pytest.mark.parametrize("readers", [1, 2])
+def test_a_killed_run_loses_nothing_and_a_rerun_finishes(tmp_path, readers: int) -> None:
+    """SIGKILL (no cleanup, no rollback in Python): finished batches stay finished, the
+    claimed ones still mismatch, and the next run completes every file correctly."""
+    import signal
+    import subprocess
+    import sys
+
+    from nomarr_pipeline.store import open_store
+
+    count = 1000
+    values = np.random.default_rng(5).uniform(0.0, 1.0, count).round(6).tolist()
+    url = f"sqlite:///{tmp_path / 'killed.sqlite3'}"
+    store = open_store(url)
+    keys = populate(store, {(EFFNET, "mood_happy"): {"happy": values, "non_happy": [1 - v for v in values]}})
+    calibrate_heads(store, HEADS[:1], now_ms=NOW)
+    expected = expected_calibration_hash(store.list_calibrations())
+    script = tmp_path / "killed_run.py"
+    script.write_text(KILLED_RUN)
+    child = subprocess.Popen(
+        [sys.executable, str(script), url, str(readers)], stdout=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        finished_before_kill = int(child.stdout.readline())
+        os.killpg(child.pid, signal.SIGKILL)  # the writer and its reader processes
+    finally:
+        child.wait(timeout=60)
+    remaining = store.count_files_needing_recalibration(expected)
+    assert 0 < remaining <= count - finished_before_kill
+    claimed = [f for f in store.get_files(keys) if (f["calibration_hash"] or "").startswith("claim:")]
+    assert claimed, "the kill left claimed batches behind"
+    report = recalibrate(store, batch_size=50, readers=1)
+    assert report.recalibrated == remaining and report.remaining == 0
+    for key in keys:
+        check_file_is_recalibrated(store, key, expected)
