@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -25,17 +26,20 @@ from bench_calibration import ensure_db, heads_for, peak_rss_kib, reset_peak_rss
 
 from nomarr_pipeline.calibration.generation import calibrate_heads
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
-from nomarr_pipeline.calibration.recalibration import default_readers, recalibrate
+from nomarr_pipeline.calibration.recalibration import recalibrate
 from nomarr_pipeline.calibration.tiers import TierConfig, mood_tiers_of_rows
 from nomarr_pipeline.store import open_store
 
 
-def phase_recalibrate(path: Path, batch_size: int) -> dict[str, float]:
+def phase_recalibrate(path: Path, batch_size: int, readers: int = 0) -> dict[str, float]:
     store = open_store(f"sqlite:///{path}")
+    store.reset_calibration_hashes()
     store.list_calibrations()  # connection and schema before the baseline
     baseline = reset_peak_rss()
     started = time.perf_counter()
-    report = recalibrate(store, tier_config=TierConfig(exclude_heads=()), batch_size=batch_size)
+    report = recalibrate(
+        store, tier_config=TierConfig(exclude_heads=()), batch_size=batch_size, readers=readers
+    )
     assert report.voided == 0
     return {
         "seconds": time.perf_counter() - started,
@@ -44,10 +48,11 @@ def phase_recalibrate(path: Path, batch_size: int) -> dict[str, float]:
         "reader_peak_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
         "recalibrated": report.recalibrated,
         "remaining": report.remaining,
+        "readers": report.readers,
     }
 
 
-def phase_breakdown(path: Path, batch_size: int) -> dict[str, float]:
+def phase_breakdown(path: Path, batch_size: int, readers: int = 0) -> dict[str, float]:
     """One batch, step by step, in this one process (the steps of a recalibration batch:
     claim and finish in the writer, tier inputs and tiers in a reader)."""
     store = open_store(f"sqlite:///{path}")
@@ -83,9 +88,9 @@ def phase_breakdown(path: Path, batch_size: int) -> dict[str, float]:
 PHASES = {"recalibrate": phase_recalibrate, "breakdown": phase_breakdown}
 
 
-def run_child(phase: str, path: Path, batch_size: int) -> dict:
+def run_child(phase: str, path: Path, batch_size: int, readers: int = 0) -> dict:
     command = [sys.executable, str(Path(__file__)), "--phase", phase, "--db", str(path),
-               "--batch-size", str(batch_size)]  # fmt: skip
+               "--batch-size", str(batch_size), "--readers", str(readers)]  # fmt: skip
     out = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -96,11 +101,14 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--db-dir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--readers", type=int, default=0, help="0: automatic (the pipeline's default)")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time readers=1 (tiers computed inline, one process)")  # fmt: skip
     parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--db", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
-        print(json.dumps(PHASES[args.phase](args.db, args.batch_size)))
+        print(json.dumps(PHASES[args.phase](args.db, args.batch_size, args.readers)))
         return
 
     path = ensure_db(args.db_dir, args.files, args.labels)
@@ -113,14 +121,22 @@ def main() -> None:
     total = args.files * args.labels
     print(f"store: {path}, {args.files:,} files needing recalibration, {total:,} values")
 
-    result = run_child("recalibrate", path, args.batch_size)
+    print(f"load average before: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    result = run_child("recalibrate", path, args.batch_size, args.readers)
     assert result["recalibrated"] == args.files and result["remaining"] == 0, (result, reset)
     print(
         f"recalibrate: {result['seconds']:.2f} s for {result['recalibrated']:,} files "
-        f"(batch {args.batch_size}, {default_readers()} reader processes), "
+        f"(batch {args.batch_size}, {result['readers']} reader processes), "
         f"peak RSS growth {result['growth_kib'] / 1024:.1f} MB in the writer, "
         f"peak RSS {result['reader_peak_kib'] / 1024:.1f} MB per reader process"
     )
+    if args.baseline:
+        inline = run_child("recalibrate", path, args.batch_size, 1)
+        print(
+            f"baseline, readers=1 (inline): {inline['seconds']:.2f} s, peak RSS growth "
+            f"{inline['growth_kib'] / 1024:.1f} MB; speed-up x{inline['seconds'] / result['seconds']:.2f}"
+        )
+    print(f"load average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
     breakdown = run_child("breakdown", path, args.batch_size)
     batches = -(-args.files // args.batch_size)
     print(f"one batch of {args.batch_size} files ({batches} batches in the run):")
