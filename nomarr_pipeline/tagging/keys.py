@@ -25,6 +25,7 @@ value read back compares equal as a string to what :func:`format_score` produced
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -120,6 +121,8 @@ def _check_name_part(what: str, value: str) -> None:
         )
 
 
+# A library repeats the same few thousand (model, head, label) keys for every file it writes.
+@functools.lru_cache(maxsize=65536)
 def score_key(kind: ScoreKind, model_key: str, head_name: str, label: str) -> str:
     """``nom:{kind}:{model_key}:{head_name}:{escaped label}``."""
     if kind not in SCORE_KINDS:
