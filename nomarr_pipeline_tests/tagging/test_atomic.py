@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from nomarr_pipeline.tagging import keys
+from nomarr_pipeline.tagging import atomic, keys
 from nomarr_pipeline.tagging.atomic import (
     CorruptFileError,
     DiskFullError,
@@ -18,12 +20,13 @@ from nomarr_pipeline.tagging.atomic import (
     OutsideLibraryError,
     PermissionDeniedError,
     UnsupportedFileError,
+    VerificationError,
     WriteError,
     is_tag_write_temp,
     remove_stale_temps,
     write_file_tags,
 )
-from nomarr_pipeline.tagging.formats import read_nom_tags
+from nomarr_pipeline.tagging.formats import FileTagState, read_nom_tags
 from nomarr_pipeline_tests.tagging.audio_helpers import (
     FORMATS,
     decoded_audio_hash,
@@ -230,3 +233,113 @@ def test_stale_temps_from_a_crashed_writer_are_recognised_and_removed(
     assert is_tag_write_temp(old_temp) and not is_tag_write_temp(keep)
     assert remove_stale_temps(library_root) == [old_temp]
     assert sorted(p.name for p in library_root.rglob("*") if p.is_file()) == [fresh_temp.name, "track.mp3"]
+
+
+# ---- the temp copy's descriptor, copy and writeback ----------------------------------------
+
+
+def open_descriptors() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def no_descriptor_leak() -> Iterator[None]:
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to count open descriptors")
+    before = open_descriptors()
+    yield
+    assert open_descriptors() <= before, "every descriptor a write opens is closed again"
+
+
+@pytest.mark.usefixtures("no_descriptor_leak")
+@pytest.mark.parametrize("refusal", ["missing", errno.EXDEV, errno.ENOSYS])
+def test_copy_without_copy_file_range_falls_back_to_read_write(
+    refusal: str | int, make_file: Callable[..., Path], library_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = make_file("m4a")
+    audio_before, foreign_before = decoded_audio_hash(path), foreign_tags(path)
+    if refusal == "missing":
+        monkeypatch.delattr(os, "copy_file_range")
+    else:
+
+        def refuse(*args: object) -> int:
+            raise OSError(refusal, os.strerror(int(refusal)))
+
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+
+    assert write(path, library_root).status == "written"
+
+    assert read_nom_tags(path)[keys.VERSION] == ["nomarr-1"]
+    assert foreign_tags(path) == foreign_before
+    assert decoded_audio_hash(path) == audio_before
+
+
+@pytest.mark.usefixtures("no_descriptor_leak")
+def test_failed_verification_keeps_the_original_and_closes_everything(
+    make_file: Callable[..., Path], library_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = make_file("mp3")
+    content = path.read_bytes()
+    real_read = atomic.read_written_state
+
+    def read_back_wrong(copy: Path, *, format_of: Path) -> FileTagState:
+        state = real_read(copy, format_of=format_of)
+        return dataclasses.replace(state, nom_tags={**state.nom_tags, keys.VERSION: ["something else"]})
+
+    monkeypatch.setattr(atomic, "read_written_state", read_back_wrong)
+    with pytest.raises(VerificationError, match="did not read back"):
+        write(path, library_root)
+    assert path.read_bytes() == content
+    assert temp_leftovers(library_root) == []
+
+
+@pytest.mark.usefixtures("no_descriptor_leak")
+@pytest.mark.parametrize("durable", [True, False])
+def test_writeback_starts_before_the_verify_only_for_durable_writes(
+    durable: bool, make_file: Callable[..., Path], library_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    real_sync, real_read = atomic._SYNC_FILE_RANGE, atomic.read_written_state
+
+    def sync_file_range(descriptor: int, offset: int, length: int, flags: int) -> int:
+        assert os.path.basename(os.readlink(f"/proc/self/fd/{descriptor}")).startswith(".track.nomarr-tmp-")
+        events.append("writeback")
+        return real_sync(descriptor, offset, length, flags) if real_sync is not None else 0
+
+    def read_written_state(copy: Path, *, format_of: Path) -> FileTagState:
+        events.append("verify")
+        return real_read(copy, format_of=format_of)
+
+    monkeypatch.setattr(atomic, "_SYNC_FILE_RANGE", sync_file_range)
+    monkeypatch.setattr(atomic, "read_written_state", read_written_state)
+    assert write(make_file("flac"), library_root, durable=durable).status == "written"
+    assert events == (["writeback", "verify"] if durable else ["verify"])
+
+
+def test_write_works_where_sync_file_range_is_missing(
+    make_file: Callable[..., Path], library_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(atomic, "_SYNC_FILE_RANGE", None)
+    path = make_file("ogg")
+    assert write(path, library_root).status == "written"
+    assert read_nom_tags(path)[keys.MOOD_REGULAR] == ["happy", "party"]
+
+
+@pytest.mark.usefixtures("no_descriptor_leak")
+def test_change_while_writing_is_caught_before_the_replace(
+    make_file: Callable[..., Path], library_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = make_file("flac")
+    real_read = atomic.read_written_state
+
+    def edit_meanwhile(copy: Path, *, format_of: Path) -> FileTagState:
+        with path.open("ab") as other_program:
+            other_program.write(b"\x00")
+        return real_read(copy, format_of=format_of)
+
+    monkeypatch.setattr(atomic, "read_written_state", edit_meanwhile)
+    content_before = path.read_bytes()
+    with pytest.raises(FileChangedError, match="changed on disk"):
+        write(path, library_root)
+    assert path.read_bytes() == content_before + b"\x00", "the other program's edit is kept"
+    assert temp_leftovers(library_root) == []
