@@ -92,3 +92,72 @@ def test_small_batches_run_inline_until_a_pool_is_worth_starting(monkeypatch: py
         small = [job(i) for i in range(parallel.POOL_MIN_FILES - 1)]
         assert len(list(writers.run(small, expected=len(small)))) == len(small)
         assert not writers.started
+
+
+def run_with_thread_pool(writers: int, jobs: list[WriteJob]) -> list[int]:
+    """``TagWriters(writers).run`` with its worker processes played by threads."""
+    tag_writers = TagWriters(writers)
+    tag_writers._executor = ThreadPoolExecutor(tag_writers.processes)
+    try:
+        return [index for index, _ in tag_writers.run(jobs, expected=len(jobs))]
+    finally:
+        tag_writers.close()
+
+
+def test_this_process_writes_alongside_its_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    writer_of: dict[int, str] = {}
+
+    def fake_write(item: WriteJob) -> WriteResult:
+        writer_of[int(os.path.basename(item.path).split(".")[0])] = threading.current_thread().name
+        time.sleep(0.002)
+        return WriteResult("written", size=1, mtime_ns=1)
+
+    monkeypatch.setattr(parallel, "write_job", fake_write)
+    seen = run_with_thread_pool(3, [job(i) for i in range(60)])
+
+    assert sorted(seen) == list(range(60)), "every job once"
+    assert TagWriters(3).processes == 2
+    here = {index for index, name in writer_of.items() if name == threading.main_thread().name}
+    assert here and len(here) < 60, "this process wrote some files, the workers the others"
+    assert set(range(2 * 2 * parallel.CHUNK_SIZE)).isdisjoint(here), "the workers' chunks are queued first"
+
+
+def test_a_full_disk_in_this_process_stops_submission(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[int] = []
+    here_first = 2 * parallel.CHUNK_SIZE  # the first job of the first chunk this process writes
+
+    def fake_write(item: WriteJob) -> WriteResult:
+        index = int(os.path.basename(item.path).split(".")[0])
+        started.append(index)
+        if index == here_first:
+            return WriteResult("disk_full", error_kind="DiskFullError", message="full", strerror="full")
+        time.sleep(0.02)  # the workers' chunks are still running when this process hits the full disk
+        return WriteResult("written", size=1, mtime_ns=1)
+
+    monkeypatch.setattr(parallel, "write_job", fake_write)
+    seen = run_with_thread_pool(2, [job(i) for i in range(40)])
+
+    assert sorted(seen) == sorted(started), "the writes in flight finish and are reported"
+    assert sorted(started) == [*range(here_first), here_first], "nothing starts after the full disk"
+
+
+def test_a_crash_in_this_process_is_raised_after_the_workers_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    here_first = 2 * parallel.CHUNK_SIZE
+    seen: list[int] = []
+
+    def fake_write(item: WriteJob) -> WriteResult:
+        if item.path.endswith(f"/{here_first}.flac"):
+            raise ValueError("a bug in the writer")
+        time.sleep(0.02)
+        return WriteResult("written", size=1, mtime_ns=1)
+
+    monkeypatch.setattr(parallel, "write_job", fake_write)
+    tag_writers = TagWriters(2)
+    tag_writers._executor = ThreadPoolExecutor(1)
+    try:
+        with pytest.raises(parallel.WriterCrashed, match="ValueError: a bug in the writer"):
+            for index, _ in tag_writers.run([job(i) for i in range(40)], expected=40):
+                seen.append(index)
+    finally:
+        tag_writers.close()
+    assert sorted(seen) == list(range(here_first)), "the workers' chunks in flight are reported first"
