@@ -21,6 +21,12 @@ The sequence (DESIGN.md §6):
    check the original once more for changes and ``os.replace`` it onto the original; the
    stat returned is the copy's own (``fstat`` of its descriptor).
 
+:func:`write_file_tags` does all six steps. :func:`prepare_file_write` stops after step 5 (and
+the permission bits) and returns a :class:`PreparedWrite` whose ``commit`` is step 6: a batch
+prepares a few files and then commits them one after the other, so that one journal commit
+serves several fsyncs (each copy is still fsynced and its original re-checked right before
+its own replace).
+
 Measured and left out: saving into an in-memory copy of the original (read it, let mutagen
 save into a ``BytesIO``, write that) cost more CPU than copy-then-save-in-place on the test
 machine, so every file takes the same path whatever its size.
@@ -32,7 +38,8 @@ differ from the stat the batch stored and the file is analysed and written again
 fsync per file would cost time without making any file safer.
 
 Any failure removes the temp copy; the original is only ever replaced by a verified copy.
-Only a crash of the process itself can leave a temp copy behind: scanners should skip names
+Only a crash of the process itself can leave temp copies behind (those of the files prepared
+and not yet committed): scanners should skip names
 for which :func:`is_tag_write_temp` is true, and :func:`remove_stale_temps` clears them.
 The writer works on the resolved path, so a symlink inside the library stays a symlink.
 A file with several hard links becomes a separate file (the other links keep the old
@@ -58,7 +65,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, NoReturn
 
 import mutagen
 
@@ -403,10 +410,69 @@ def remove_stale_temps(root: str | os.PathLike[str], *, older_than_s: float = 36
     return removed
 
 
-# ---- the one entry point -----------------------------------------------------------------
+# ---- the entry points -------------------------------------------------------------------
 
 
-def write_file_tags(
+def _raise_classified(exc: BaseException, target: Path) -> NoReturn:
+    """Raise what the caller should see for ``exc``, raised while writing ``target``."""
+    classified = _classify(exc, target)
+    if classified is exc and isinstance(exc, Exception) and not isinstance(exc, WriteError):
+        # Whatever else went wrong, the original is untouched: report it for this file.
+        classified = WriteError(target, f"unexpected error while writing ({type(exc).__name__}: {exc})")
+    if classified is exc:  # a WriteError already, or KeyboardInterrupt, SystemExit: not a file problem
+        raise exc
+    raise classified from exc
+
+
+@dataclass
+class PreparedWrite:
+    """A verified temp copy waiting to replace its original (steps 1-5 done).
+
+    :meth:`commit` does step 6; :meth:`discard` deletes the copy and leaves the original as it
+    is. Several prepared writes can be committed one after the other: the first fsync's
+    journal commit then usually carries the other copies' metadata too, so their fsyncs find
+    it done instead of each waiting for one of its own. Each copy is still fsynced, and its
+    original checked once more, right before its own replace.
+    """
+
+    target: Path
+    temp: _TempCopy
+    expected_size: int
+    expected_mtime_ns: int
+    durable: bool
+    _finished: bool = False
+
+    def commit(self) -> WriteOutcome:
+        """Fsync the copy, check the original once more and replace it; raises like
+        :func:`write_file_tags`."""
+        if self._finished:
+            raise RuntimeError(f"{self.target}: this prepared write was already committed or discarded")
+        try:
+            if self.durable:
+                os.fsync(self.temp.descriptor)
+            # Narrow the window in which another program's edit could be overwritten.
+            _stat_as_scanned(self.target, self.expected_size, self.expected_mtime_ns)
+            os.replace(self.temp.path, self.target)
+            self._finished = True
+            # The replaced file is the copy's inode: its stat, without looking the path up again.
+            written = os.fstat(self.temp.descriptor)
+            self.temp.close()
+        except BaseException as exc:
+            self.discard()  # keeps the original error, not a cleanup one
+            _raise_classified(exc, self.target)
+        return WriteOutcome(self.target, "written", written.st_size, written.st_mtime_ns)
+
+    def discard(self) -> None:
+        """Delete the copy unless it replaced the original already; safe to call twice."""
+        if self._finished:
+            with contextlib.suppress(OSError):
+                self.temp.close()
+            return
+        self._finished = True
+        self.temp.discard()
+
+
+def prepare_file_write(
     path: str | os.PathLike[str],
     tags: TagInput,
     *,
@@ -415,12 +481,11 @@ def write_file_tags(
     expected_mtime_ns: int,
     standard_mood: bool = False,
     durable: bool = True,
-) -> WriteOutcome:
-    """Give the file at ``path`` exactly the ``nom:`` tags ``tags``, atomically.
+) -> WriteOutcome | PreparedWrite:
+    """Steps 1-5 for the file at ``path``: an "unchanged" :class:`WriteOutcome`, or a
+    :class:`PreparedWrite` that the caller must commit or discard.
 
-    ``durable=False`` skips the fsync (for throwaway copies); the replace stays atomic.
-    Raises a :class:`WriteError` subclass for a per-file failure and :class:`DiskFullError`
-    when the disk is full.
+    Raises like :func:`write_file_tags`; nothing is left behind when it raises.
     """
     wanted = normalize_tags(tags)
     target = resolve_inside_roots(path, library_roots)
@@ -447,23 +512,36 @@ def write_file_tags(
             _start_writeback(temp.descriptor)
         _verify_copy(temp.path, target, before, wanted, standard_mood=standard_mood)
         _match_ownership_and_mode(temp.descriptor, scanned)
-        if durable:
-            os.fsync(temp.descriptor)
-        # Narrow the window in which another program's edit could be overwritten.
-        _stat_as_scanned(target, expected_size, expected_mtime_ns)
-        os.replace(temp.path, target)
-        # The replaced file is the copy's inode: its stat, without looking the path up again.
-        written = os.fstat(temp.descriptor)
-        temp.close()
-        temp = None
     except BaseException as exc:
         if temp is not None:
             temp.discard()  # keeps the original error, not a cleanup one
-        classified = _classify(exc, target)
-        if classified is exc and isinstance(exc, Exception) and not isinstance(exc, WriteError):
-            # Whatever else went wrong, the original is untouched: report it for this file.
-            classified = WriteError(target, f"unexpected error while writing ({type(exc).__name__}: {exc})")
-        if classified is exc:  # KeyboardInterrupt, SystemExit: not a file problem
-            raise
-        raise classified from exc
-    return WriteOutcome(target, "written", written.st_size, written.st_mtime_ns)
+        _raise_classified(exc, target)
+    return PreparedWrite(target, temp, expected_size, expected_mtime_ns, durable)
+
+
+def write_file_tags(
+    path: str | os.PathLike[str],
+    tags: TagInput,
+    *,
+    library_roots: Sequence[str | os.PathLike[str]],
+    expected_size: int,
+    expected_mtime_ns: int,
+    standard_mood: bool = False,
+    durable: bool = True,
+) -> WriteOutcome:
+    """Give the file at ``path`` exactly the ``nom:`` tags ``tags``, atomically.
+
+    ``durable=False`` skips the fsync (for throwaway copies); the replace stays atomic.
+    Raises a :class:`WriteError` subclass for a per-file failure and :class:`DiskFullError`
+    when the disk is full.
+    """
+    prepared = prepare_file_write(
+        path,
+        tags,
+        library_roots=library_roots,
+        expected_size=expected_size,
+        expected_mtime_ns=expected_mtime_ns,
+        standard_mood=standard_mood,
+        durable=durable,
+    )
+    return prepared.commit() if isinstance(prepared, PreparedWrite) else prepared

@@ -14,9 +14,12 @@ use anyway) and no core left to selection and bookkeeping alone: on the 2-core m
 files went from 628 to 712 files/s against two worker processes (paired runs, same code
 otherwise).
 
-Every file still goes through :func:`~nomarr_pipeline.tagging.atomic.write_file_tags`
-unchanged, in a worker or in this process; jobs and results cross the process boundary as plain data
-(str, int, dict, tuple). Errors come back as ``(kind, message)`` fields of a
+Every file still goes through every step of :mod:`~nomarr_pipeline.tagging.atomic`, in a
+worker or in this process, a chunk at a time: each file of the chunk is prepared (checked,
+copied, written, verified), then the chunk's copies are committed (fsync, re-check, replace)
+one after the other, so that their fsyncs share journal commits (paired runs, 300 files:
++6 % files/s with one writer, +10 % with two). Jobs and results cross the process boundary
+as plain data (str, int, dict, tuple). Errors come back as ``(kind, message)`` fields of a
 :class:`WriteResult`, never as pickled exceptions: ``WriteError(path, reason)`` cannot be
 rebuilt by pickle, which would turn every per-file error into a broken pool.
 
@@ -31,12 +34,19 @@ import errno
 import itertools
 import multiprocessing
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from types import TracebackType
 from typing import Literal, NamedTuple
 
-from nomarr_pipeline.tagging.atomic import DiskFullError, FileChangedError, WriteError, write_file_tags
+from nomarr_pipeline.tagging.atomic import (
+    DiskFullError,
+    FileChangedError,
+    PreparedWrite,
+    WriteError,
+    WriteOutcome,
+    prepare_file_write,
+)
 
 MAX_AUTO_WRITERS = 4
 # Below this many files to write, a batch is written inline: starting the worker processes
@@ -47,6 +57,7 @@ POOL_MIN_FILES = 200
 START_METHOD = "spawn"
 # Jobs travel to the workers in chunks: one round trip per file cost ~0.3 ms of CPU (pickling,
 # queue threads, wake-ups), a sixth of the write itself; a chunk still stops at a full disk.
+# A chunk is also the group whose copies are committed together (8 measured about the same).
 CHUNK_SIZE = 4
 
 ResultStatus = Literal["written", "unchanged", "changed", "failed", "disk_full", "crashed"]
@@ -90,13 +101,31 @@ class WriteResult(NamedTuple):
     strerror: str | None = None
 
 
-def write_job(job: WriteJob) -> WriteResult:
-    """Run one job through ``write_file_tags``; per-file errors and a full disk become results.
+def _result_of(attempt: Callable[[], WriteOutcome | PreparedWrite]) -> WriteResult | PreparedWrite:
+    """Per-file errors and a full disk as results; a prepared write as it is."""
+    try:
+        outcome = attempt()
+    except FileChangedError as exc:
+        return WriteResult("changed", error_kind=type(exc).__name__, message=str(exc))
+    except WriteError as exc:
+        return WriteResult("failed", error_kind=type(exc).__name__, message=str(exc))
+    except DiskFullError as exc:
+        kind = type(exc).__name__
+        return WriteResult("disk_full", error_kind=kind, message=str(exc), strerror=exc.strerror)
+    if isinstance(outcome, PreparedWrite):
+        return outcome
+    return WriteResult(outcome.status, size=outcome.size, mtime_ns=outcome.mtime_ns)
+
+
+def write_job(job: WriteJob) -> WriteResult | PreparedWrite:
+    """Run one job through ``prepare_file_write``: per-file errors and a full disk become
+    results, a file to replace comes back as its verified :class:`PreparedWrite` (for
+    :func:`write_chunk` to commit).
 
     Anything else (KeyboardInterrupt, a bug) propagates, as it does in the sequential batch.
     """
-    try:
-        outcome = write_file_tags(
+    return _result_of(
+        lambda: prepare_file_write(
             job.path,
             job.tags,
             library_roots=job.library_roots,
@@ -105,34 +134,63 @@ def write_job(job: WriteJob) -> WriteResult:
             standard_mood=job.standard_mood,
             durable=job.durable,
         )
-    except FileChangedError as exc:
-        return WriteResult("changed", error_kind=type(exc).__name__, message=str(exc))
-    except WriteError as exc:
-        return WriteResult("failed", error_kind=type(exc).__name__, message=str(exc))
-    except DiskFullError as exc:
-        kind = type(exc).__name__
-        return WriteResult("disk_full", error_kind=kind, message=str(exc), strerror=exc.strerror)
-    return WriteResult(outcome.status, size=outcome.size, mtime_ns=outcome.mtime_ns)
+    )
 
 
-def write_chunk(jobs: list[WriteJob]) -> list[WriteResult]:
-    """:func:`write_job` for each job in turn, in a worker; stops after a full disk.
+def _crashed(exc: Exception) -> WriteResult:
+    return WriteResult("crashed", error_kind=type(exc).__name__, message=str(exc))
 
-    A job that raises (a bug: ``write_file_tags`` turns every file problem into a result) ends
-    the chunk with a ``crashed`` result, so that the files written before it in the chunk are
-    still reported and recorded.
+
+def write_chunk(jobs: list[WriteJob], *, contain_crashes: bool = True) -> list[WriteResult]:
+    """:func:`write_job` for each job in turn, then the prepared writes committed one after the
+    other; stops after a full disk. Results come in job order, one per job handled.
+
+    The commits are grouped at the end of the chunk so that the first one's fsync (its journal
+    commit) covers the other copies written meanwhile: the later fsyncs then return without a
+    wait of their own (see :class:`~nomarr_pipeline.tagging.atomic.PreparedWrite`).
+
+    A job that raises (a bug: every file problem becomes a result) ends the chunk with a
+    ``crashed`` result, so that the files handled before it are still reported and recorded;
+    with ``contain_crashes=False`` (writing inline) the error propagates instead. Copies not
+    committed when the chunk ends early are deleted.
     """
-    results: list[WriteResult] = []
-    for job in jobs:
+    handled: list[WriteResult | PreparedWrite] = []
+    try:
+        for job in jobs:
+            try:
+                result = write_job(job)
+            except Exception as exc:
+                if not contain_crashes:
+                    raise
+                handled.append(_crashed(exc))
+                break
+            handled.append(result)
+            if isinstance(result, WriteResult) and result.status == "disk_full":
+                break
+        return _commit_all(handled, contain_crashes=contain_crashes)
+    finally:
+        for item in handled:
+            if isinstance(item, PreparedWrite):
+                item.discard()  # a no-op for the committed ones
+
+
+def _commit_all(handled: list[WriteResult | PreparedWrite], *, contain_crashes: bool) -> list[WriteResult]:
+    """Commit the prepared writes in ``handled`` in order, replacing each with its result."""
+    for position, item in enumerate(handled):
+        if not isinstance(item, PreparedWrite):
+            continue
         try:
-            result = write_job(job)
+            result = _result_of(item.commit)
         except Exception as exc:
-            results.append(WriteResult("crashed", error_kind=type(exc).__name__, message=str(exc)))
+            if not contain_crashes:
+                raise
+            # The later files were not replaced: they count as not handled, like a stop.
+            del handled[position + 1 :]
+            handled[position] = _crashed(exc)
             break
-        results.append(result)
-        if result.status == "disk_full":
-            break
-    return results
+        assert isinstance(result, WriteResult)
+        handled[position] = result
+    return [item for item in handled if isinstance(item, WriteResult)]
 
 
 class WriterCrashed(RuntimeError):
@@ -205,11 +263,15 @@ class TagWriters:
         submission; the other in-flight results are yielded first, then that error is raised.
         """
         if self.writers == 1 or (self._executor is None and expected < POOL_MIN_FILES):
-            for index, job in enumerate(jobs):
-                result = write_job(job)
-                yield index, result
-                if result.status == "disk_full":
+            pending, index = iter(jobs), 0
+            while chunk := list(itertools.islice(pending, CHUNK_SIZE)):
+                results = write_chunk(chunk, contain_crashes=False)
+                # Every result is reported, also those after a full disk: their files may be written.
+                for offset, result in enumerate(results):
+                    yield index + offset, result
+                if any(result.status == "disk_full" for result in results):
                     return
+                index += len(chunk)
             return
         yield from _PooledRun(self._pool(), jobs, max_in_flight=2 * self.processes).results()
 

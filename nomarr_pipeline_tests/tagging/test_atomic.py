@@ -19,10 +19,13 @@ from nomarr_pipeline.tagging.atomic import (
     MissingFileError,
     OutsideLibraryError,
     PermissionDeniedError,
+    PreparedWrite,
     UnsupportedFileError,
     VerificationError,
     WriteError,
+    WriteOutcome,
     is_tag_write_temp,
+    prepare_file_write,
     remove_stale_temps,
     write_file_tags,
 )
@@ -342,4 +345,77 @@ def test_change_while_writing_is_caught_before_the_replace(
     with pytest.raises(FileChangedError, match="changed on disk"):
         write(path, library_root)
     assert path.read_bytes() == content_before + b"\x00", "the other program's edit is kept"
+    assert temp_leftovers(library_root) == []
+
+
+# ---- prepared writes, committed later --------------------------------------------------------
+
+
+def prepare(path: Path, root: Path, tags: dict[str, str | list[str]] = TAGS) -> WriteOutcome | PreparedWrite:
+    size, mtime_ns = stat_of(path)
+    return prepare_file_write(
+        path, tags, library_roots=[root], expected_size=size, expected_mtime_ns=mtime_ns
+    )
+
+
+@pytest.mark.usefixtures("no_descriptor_leak")
+def test_prepared_writes_replace_their_originals_only_when_committed(
+    make_file: Callable[..., Path], library_root: Path
+) -> None:
+    paths = [make_file(ext, f"{i}.{ext}") for i, ext in enumerate(["mp3", "flac", "m4a"])]
+    contents = [path.read_bytes() for path in paths]
+    prepared = [prepare(path, library_root) for path in paths]
+    assert all(isinstance(item, PreparedWrite) for item in prepared)
+    prepared_writes = [item for item in prepared if isinstance(item, PreparedWrite)]
+    assert [path.read_bytes() for path in paths] == contents, "nothing replaced before the commit"
+    assert len(temp_leftovers(library_root)) == 3
+
+    outcomes = [item.commit() for item in prepared_writes]
+
+    assert [outcome.status for outcome in outcomes] == ["written"] * 3
+    for path, outcome in zip(paths, outcomes, strict=True):
+        assert read_nom_tags(path)[keys.VERSION] == ["nomarr-1"]
+        assert (outcome.size, outcome.mtime_ns) == stat_of(path)
+    assert temp_leftovers(library_root) == []
+    with pytest.raises(RuntimeError, match="already committed"):
+        prepared_writes[0].commit()
+    prepared_writes[0].discard()  # harmless after the commit
+    assert read_nom_tags(paths[0])[keys.VERSION] == ["nomarr-1"]
+
+
+@pytest.mark.usefixtures("no_descriptor_leak")
+def test_a_discarded_prepared_write_leaves_the_original_and_no_temp(
+    make_file: Callable[..., Path], library_root: Path
+) -> None:
+    path = make_file("ogg")
+    content = path.read_bytes()
+    prepared = prepare(path, library_root)
+    assert isinstance(prepared, PreparedWrite)
+    prepared.discard()
+    prepared.discard()
+    assert path.read_bytes() == content
+    assert temp_leftovers(library_root) == []
+
+
+def test_an_unchanged_file_is_not_prepared(make_file: Callable[..., Path], library_root: Path) -> None:
+    path = make_file("wav")
+    write(path, library_root)
+    outcome = prepare(path, library_root)
+    assert isinstance(outcome, WriteOutcome) and outcome.status == "unchanged"
+    assert temp_leftovers(library_root) == []
+
+
+@pytest.mark.usefixtures("no_descriptor_leak")
+def test_a_file_changed_between_prepare_and_commit_is_not_replaced(
+    make_file: Callable[..., Path], library_root: Path
+) -> None:
+    path = make_file("mp3")
+    prepared = prepare(path, library_root)
+    assert isinstance(prepared, PreparedWrite)
+    with path.open("ab") as other_program:
+        other_program.write(b"\x00")
+    edited = path.read_bytes()
+    with pytest.raises(FileChangedError):
+        prepared.commit()
+    assert path.read_bytes() == edited
     assert temp_leftovers(library_root) == []

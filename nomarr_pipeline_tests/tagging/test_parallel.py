@@ -1,4 +1,5 @@
-"""TagWriters' scheduling: how many writers, when a pool starts, stopping on a failed job.
+"""TagWriters' scheduling: how many writers, when a pool starts, stopping on a failed job;
+and a chunk's prepare-then-commit order on real files.
 
 The pool's real work (spawned processes writing real files) is tested through the batch in
 test_batch.py; here the job function is replaced in a thread pool to control what fails when.
@@ -10,12 +11,18 @@ import os
 import pickle
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nomarr_pipeline.tagging import parallel
+from nomarr_pipeline.tagging.atomic import DiskFullError, PreparedWrite, WriteOutcome
+from nomarr_pipeline.tagging.formats import read_nom_tags
 from nomarr_pipeline.tagging.parallel import TagWriters, WriteJob, WriteResult
+from nomarr_pipeline_tests.tagging.audio_helpers import stat_of, temp_leftovers
 
 
 def job(index: int) -> WriteJob:
@@ -161,3 +168,135 @@ def test_a_crash_in_this_process_is_raised_after_the_workers_results(monkeypatch
     finally:
         tag_writers.close()
     assert sorted(seen) == list(range(here_first)), "the workers' chunks in flight are reported first"
+
+
+# ---- a chunk: prepared one by one, committed together ------------------------------------------
+
+
+def real_job(path: Path, root: Path) -> WriteJob:
+    size, mtime_ns = stat_of(path)
+    return WriteJob(str(path), {"nom:version": "v2", "nom:mood-strict": ["happy"]}, size, mtime_ns,
+                    (str(root),), False, True)  # fmt: skip
+
+
+def test_a_chunk_prepares_every_file_before_committing_any(
+    make_file: Callable[..., Path], library_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = [make_file(ext, f"{i}.{ext}") for i, ext in enumerate(["mp3", "flac", "m4a", "opus"])]
+    events: list[str] = []
+    real_prepare, real_commit = parallel.prepare_file_write, PreparedWrite.commit
+
+    def prepare(path: str, *args: Any, **kwargs: Any) -> WriteOutcome | PreparedWrite:
+        events.append(f"prepare {Path(path).name}")
+        return real_prepare(path, *args, **kwargs)
+
+    def commit(self: PreparedWrite) -> WriteOutcome:
+        events.append(f"commit {self.target.name}")
+        return real_commit(self)
+
+    monkeypatch.setattr(parallel, "prepare_file_write", prepare)
+    monkeypatch.setattr(PreparedWrite, "commit", commit)
+    results = parallel.write_chunk([real_job(path, library_root) for path in paths])
+
+    names = [path.name for path in paths]
+    assert events == [f"prepare {name}" for name in names] + [f"commit {name}" for name in names]
+    assert [result.status for result in results] == ["written"] * 4
+    for path, result in zip(paths, results, strict=True):
+        assert read_nom_tags(path)["nom:version"] == ["v2"]
+        assert (result.size, result.mtime_ns) == stat_of(path)
+    assert temp_leftovers(library_root) == []
+
+
+def test_a_file_edited_before_the_chunk_commits_is_reported_changed_and_kept(
+    make_file: Callable[..., Path], library_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = make_file("flac", "a.flac"), make_file("mp3", "b.mp3")
+    real_prepare = parallel.prepare_file_write
+
+    def prepare(path: str, *args: Any, **kwargs: Any) -> WriteOutcome | PreparedWrite:
+        prepared = real_prepare(path, *args, **kwargs)
+        if Path(path) == second:  # another program edits the first file while the second is prepared
+            with first.open("ab") as other_program:
+                other_program.write(b"\x00")
+        return prepared
+
+    monkeypatch.setattr(parallel, "prepare_file_write", prepare)
+    edited_size = stat_of(first)[0] + 1
+    results = parallel.write_chunk([real_job(first, library_root), real_job(second, library_root)])
+
+    assert [(result.status, result.error_kind) for result in results] == [
+        ("changed", "FileChangedError"),
+        ("written", None),
+    ]
+    assert stat_of(first)[0] == edited_size and "nom:version" not in read_nom_tags(first)
+    assert read_nom_tags(second)["nom:version"] == ["v2"]
+    assert temp_leftovers(library_root) == []
+
+
+@pytest.mark.parametrize("contain_crashes", [True, False])
+def test_a_crash_mid_chunk_commits_the_files_before_and_deletes_nothing_else(
+    contain_crashes: bool, make_file: Callable[..., Path], library_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = [make_file(ext, f"{i}.{ext}") for i, ext in enumerate(["mp3", "flac", "m4a"])]
+    contents = [path.read_bytes() for path in paths]
+    real_prepare = parallel.prepare_file_write
+
+    def prepare(path: str, *args: Any, **kwargs: Any) -> WriteOutcome | PreparedWrite:
+        if Path(path) == paths[2]:
+            raise ValueError("a bug in the writer")
+        return real_prepare(path, *args, **kwargs)
+
+    monkeypatch.setattr(parallel, "prepare_file_write", prepare)
+    jobs = [real_job(path, library_root) for path in paths]
+    if contain_crashes:
+        results = parallel.write_chunk(jobs)
+        assert [result.status for result in results] == ["written", "written", "crashed"]
+        assert all(read_nom_tags(path)["nom:version"] == ["v2"] for path in paths[:2])
+    else:
+        with pytest.raises(ValueError, match="a bug"):
+            parallel.write_chunk(jobs, contain_crashes=False)
+        # Inline, the error propagates at once: the prepared copies are deleted, not committed.
+        assert [path.read_bytes() for path in paths[:2]] == contents[:2]
+    assert paths[2].read_bytes() == contents[2]
+    assert temp_leftovers(library_root) == []
+
+
+class FakePrepared(PreparedWrite):
+    """A prepared write whose commit gives a set answer (no file behind it)."""
+
+    def __init__(self, answer: WriteOutcome | DiskFullError) -> None:
+        self.answer = answer
+        self.discarded = False
+
+    def commit(self) -> WriteOutcome:
+        if isinstance(self.answer, DiskFullError):
+            raise self.answer
+        return self.answer
+
+    def discard(self) -> None:
+        self.discarded = True
+
+
+def test_inline_writing_reports_every_result_of_a_chunk_that_hit_a_full_disk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers: dict[int, WriteOutcome | DiskFullError | WriteResult] = {
+        0: DiskFullError("/music/0.flac", "no space"),
+        1: WriteOutcome(Path("/music/1.flac"), "written", 5, 6),
+        2: WriteResult("unchanged", size=1, mtime_ns=1),
+        3: WriteResult("failed", error_kind="CorruptFileError", message="/music/3.flac: cannot be read"),
+    }
+
+    def fake_write(item: WriteJob) -> WriteResult | PreparedWrite:
+        answer = answers[int(os.path.basename(item.path).split(".")[0])]
+        return answer if isinstance(answer, WriteResult) else FakePrepared(answer)
+
+    monkeypatch.setattr(parallel, "write_job", fake_write)
+    with TagWriters(1) as writers:
+        seen = list(writers.run([job(i) for i in range(3 * parallel.CHUNK_SIZE)], expected=12))
+    assert [(index, result.status) for index, result in seen] == [
+        (0, "disk_full"),
+        (1, "written"),  # committed after the full disk was seen: its file is written, so it is reported
+        (2, "unchanged"),
+        (3, "failed"),
+    ], "the whole chunk is reported, and nothing after it is started"
