@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from nomarr_pipeline.store import open_store
+from nomarr_pipeline.store.sqlite import _TIER_INPUTS
 from nomarr_pipeline.store.sqlite_schema import MIGRATIONS
 
 
@@ -30,6 +31,12 @@ def test_version_1_database_is_migrated_on_open_and_keeps_rows(tmp_path: Path) -
     assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     ddl = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'file_tags'").fetchone()[0]
     assert "WITHOUT ROWID" in ddl
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "idx_calibration_state_params" in indexes and "idx_calibration_state_label" not in indexes
+    plan = " ".join(
+        str(row[-1]) for row in conn.execute("EXPLAIN QUERY PLAN " + _TIER_INPUTS, ('["f1"]',))
+    )
+    assert "COVERING INDEX idx_calibration_state_params" in plan
 
 
 def test_opening_twice_is_idempotent(tmp_path: Path) -> None:
