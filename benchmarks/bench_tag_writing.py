@@ -4,11 +4,12 @@ Both write the same ``nom:`` tag set (36 keys) to fresh copies of the same gener
 (mp3, flac, m4a in turn). The bare loop is ``formats.write_nom_tags`` on each file, one after
 the other: one mutagen open + save, no temp copy, no verification, no fsync. The pipeline is
 ``batch.write_pending_tags`` on a fresh SQLite store holding those files' predictions and mood
-tiers: page the pending files, select their tags, ``atomic.write_file_tags`` each (root and
-change checks, read, temp copy, write, re-open and verify, fsync, replace), record the results
-— with ``writers=1`` (one file after the other) and with the default writer count (one per
-CPU, at most 4; starting the worker processes is inside the timing). Goal: pipeline files/s
-≥ 0.5 × bare files/s.
+tiers: page the pending files, select their tags, write each file through every step of
+``tagging.atomic`` (root and change checks, read, temp copy, write, re-open and verify — a
+chunk of files at a time — then fsync, re-check and replace each), record the results — with
+``writers=1`` (one file after the other, in this process) and with the default writer count
+(one per CPU, at most 4: this process and ``writers - 1`` worker processes, whose start-up is
+inside the timing). Goal: pipeline files/s ≥ 0.5 × bare files/s.
 
 ``--engines`` also times the bare write step (``write_file_tags`` jobs, no store) inline, on
 threads and on processes, which is how the pool kind was chosen.
@@ -179,7 +180,8 @@ def timed_engine(
     with Clock() as clock:
         writers = TagWriters(1 if engine == "inline" else workers)
         if engine == "threads":
-            writers._executor = ThreadPoolExecutor(workers)  # same scheduling, threads instead of processes
+            # Same scheduling, threads instead of the worker processes (this thread writes too).
+            writers._executor = ThreadPoolExecutor(writers.processes)
         try:
             results = [result for _, result in writers.run(jobs, expected=len(jobs))]
         finally:

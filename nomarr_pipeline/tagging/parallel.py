@@ -209,7 +209,7 @@ class TagWriters:
     """Runs write jobs with ``writers`` files in flight at most: one in this process, one in
     each of ``writers - 1`` worker processes.
 
-    ``writers == 1`` writes inline, one file after the other: the sequential path. Otherwise a
+    ``writers == 1`` writes inline, one file at a time: the sequential path. Otherwise a
     process pool is started at the first batch of at least :data:`POOL_MIN_FILES` jobs and
     kept for later batches (a library's pages); smaller batches before that run inline.
     Use as a context manager so that the pool is shut down.
