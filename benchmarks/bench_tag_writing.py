@@ -106,6 +106,9 @@ def fresh_copies(sources: list[Path], folder: Path, count: int) -> list[Path]:
         target = folder / f"{index:05d}{source.suffix}"
         shutil.copyfile(source, target)
         copies.append(target)
+    # Every timed section starts without dirty pages: otherwise the writeback of these copies
+    # (and of the previous section's writes) lands in the next section's fsyncs and timing.
+    os.sync()
     return copies
 
 
