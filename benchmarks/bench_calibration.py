@@ -181,9 +181,12 @@ def phase_load_all(path: Path, labels: int) -> dict[str, float]:
 PHASES = {"histogram": phase_histogram, "load_all": phase_load_all}
 
 
-def run_child(phase: str, path: Path, labels: int, script: Path | None = None) -> dict:
-    command = [sys.executable, str(script or Path(__file__)), "--phase", phase,
-               "--db", str(path), "--labels", str(labels)]  # fmt: skip
+def run_child(script: Path, phase: str, path: Path, **options: object) -> dict:
+    """Run one ``--phase`` of a benchmark script in a fresh process (its own peak RSS) and
+    return the JSON its last line prints; ``options`` become ``--name value`` arguments."""
+    command = [sys.executable, str(script), "--phase", phase, "--db", str(path)]
+    for name, value in options.items():
+        command += [f"--{name.replace('_', '-')}", str(value)]
     out = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -206,10 +209,11 @@ def main() -> None:
     path = ensure_db(args.db_dir, args.files, args.labels)
     total = args.files * args.labels
     print(f"store: {path} ({path.stat().st_size / 2**20:.0f} MiB), {total:,} values")
-    runs = [run_child("histogram", path, args.labels) for _ in range(max(args.repeat, 1))]
+    script = Path(__file__)
+    runs = [run_child(script, "histogram", path, labels=args.labels) for _ in range(max(args.repeat, 1))]
     print("histogram runs: " + ", ".join(f"{run['seconds']:.2f} s" for run in runs))
     new = min(runs, key=lambda run: run["seconds"])
-    old = run_child("load_all", path, args.labels)
+    old = run_child(script, "load_all", path, labels=args.labels)
     assert new["values"] == old["values"] == total, (new, old)
     print(f"{'approach':<12}{'seconds':>10}{'peak RSS growth':>18}")
     for name, result in (("histogram", new), ("load-all", old)):

@@ -15,14 +15,12 @@ import argparse
 import json
 import os
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from bench_calibration import ensure_db, heads_for, peak_rss_kib, reset_peak_rss
+from bench_calibration import ensure_db, heads_for, peak_rss_kib, reset_peak_rss, run_child
 
 from nomarr_pipeline.calibration.generation import calibrate_heads
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
@@ -85,14 +83,8 @@ def phase_breakdown(path: Path, batch_size: int, readers: int = 0) -> dict[str, 
     return timings
 
 
+SCRIPT = Path(__file__)
 PHASES = {"recalibrate": phase_recalibrate, "breakdown": phase_breakdown}
-
-
-def run_child(phase: str, path: Path, batch_size: int, readers: int = 0) -> dict:
-    command = [sys.executable, str(Path(__file__)), "--phase", phase, "--db", str(path),
-               "--batch-size", str(batch_size), "--readers", str(readers)]  # fmt: skip
-    out = subprocess.run(command, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -122,7 +114,7 @@ def main() -> None:
     print(f"store: {path}, {args.files:,} files needing recalibration, {total:,} values")
 
     print(f"load average before: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    result = run_child("recalibrate", path, args.batch_size, args.readers)
+    result = run_child(SCRIPT, "recalibrate", path, batch_size=args.batch_size, readers=args.readers)
     assert result["recalibrated"] == args.files and result["remaining"] == 0, (result, reset)
     print(
         f"recalibrate: {result['seconds']:.2f} s for {result['recalibrated']:,} files "
@@ -131,13 +123,13 @@ def main() -> None:
         f"peak RSS {result['reader_peak_kib'] / 1024:.1f} MB per reader process"
     )
     if args.baseline:
-        inline = run_child("recalibrate", path, args.batch_size, 1)
+        inline = run_child(SCRIPT, "recalibrate", path, batch_size=args.batch_size, readers=1)
         print(
             f"baseline, readers=1 (inline): {inline['seconds']:.2f} s, peak RSS growth "
             f"{inline['growth_kib'] / 1024:.1f} MB; speed-up x{inline['seconds'] / result['seconds']:.2f}"
         )
     print(f"load average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    breakdown = run_child("breakdown", path, args.batch_size)
+    breakdown = run_child(SCRIPT, "breakdown", path, batch_size=args.batch_size)
     batches = -(-args.files // args.batch_size)
     print(f"one batch of {args.batch_size} files ({batches} batches in the run):")
     for step, seconds in breakdown.items():
