@@ -880,9 +880,7 @@ def _from_stored(collection: str, stored: Mapping[str, Any]) -> Doc:
     never set), floats as floats and the original ``_key``."""
     doc: Doc = {**_READ_DEFAULTS.get(collection, {}), **stored}
     for field in _FLOAT_FIELDS.get(collection, ()):
-        value = doc.get(field)
-        if isinstance(value, int) and not isinstance(value, bool):
-            doc[field] = float(value)
+        doc[field] = _as_float(doc.get(field))
     if collection in ENCODED_KEY_COLLECTIONS and isinstance(doc.get("_key"), str):
         doc["_key"] = decode_key(doc["_key"])
     return doc
