@@ -118,7 +118,7 @@ def recalibrate(
         pending = store.count_files_needing_recalibration(expected, library_id)
         readers = default_readers() if min(pending, max_files or pending) >= POOL_MIN_FILES else 1
     with _tier_readers(store, config, readers) as compute:
-        run = _Run(store, expected, config, batch_size, library_id, max_files, progress, compute)
+        run = _Run(store, expected, batch_size, library_id, max_files, progress, compute)
         run.until_done(depth=readers + 1)
     remaining = store.count_files_needing_recalibration(expected, library_id)
     seconds = time.perf_counter() - started
@@ -142,14 +142,13 @@ class _Run:
         self,
         store: Store,
         expected: str,
-        config: TierConfig,
         batch_size: int,
         library_id: str | None,
         max_files: int | None,
         progress: ProgressCallback | None,
         compute: ComputeTiers,
     ) -> None:
-        self.store, self.expected, self.config = store, expected, config
+        self.store, self.expected = store, expected
         self.batch_size, self.library_id, self.max_files = batch_size, library_id, max_files
         self.progress, self.compute = progress, compute
         # Unique per run, so files claimed by a crashed or concurrent run are claimed anew; and
