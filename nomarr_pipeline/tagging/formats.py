@@ -146,7 +146,7 @@ class _QuickTXXX(TXXX):
 
     @classmethod
     def _fromData(cls, header: Any, tflags: int, data: bytes) -> TXXX:
-        if tflags or header.f_unsynch or header.version < header._V24 or data[:1] != _UTF8_ENCODING_BYTE:
+        if tflags or header.f_unsynch or header.version < _ID3_V24 or data[:1] != _UTF8_ENCODING_BYTE:
             return TXXX._fromData(header, tflags, data)
         desc, _, rest = data[1:].partition(b"\x00")
         if not rest:  # no text after the description: mutagen drops the frame as junk
@@ -165,6 +165,7 @@ class _QuickTXXX(TXXX):
 
 
 _UTF8_ENCODING_BYTE = bytes([Encoding.UTF8])
+_ID3_V24 = (2, 4, 0)  # ID3Header.version is a (major, minor, revision) tuple
 _QUICK_ID3_FRAMES: dict[str, type[Frame]] = {**Frames, "TXXX": _QuickTXXX}
 
 
