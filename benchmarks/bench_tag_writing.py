@@ -14,7 +14,11 @@ inside the timing). Goal: pipeline files/s ≥ 0.5 × bare files/s.
 ``--engines`` also times the bare write step (``write_file_tags`` jobs, no store) inline, on
 threads and on processes, which is how the pool kind was chosen.
 
-    .venv/bin/python benchmarks/bench_tag_writing.py [--files 300] [--repeats 3] [--engines]
+``--workdir`` puts the files on another filesystem; the script prints which filesystem holds
+them (and, for ext4, whether it has a journal), because that moves the pipeline's figures and
+not the bare loop's (docs/BENCHMARKS.md, "Where the gap is").
+
+    .venv/bin/python benchmarks/bench_tag_writing.py [--files 300] [--repeats 3] [--engines] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -110,6 +114,38 @@ def fresh_copies(sources: list[Path], folder: Path, count: int) -> list[Path]:
     # (and of the previous section's writes) lands in the next section's fsyncs and timing.
     os.sync()
     return copies
+
+
+def filesystem_of(path: Path) -> str:
+    """The filesystem holding ``path`` as "type on device" (Linux' mount table), and for ext4
+    whether it keeps a journal: without one, the kernel's inode allocator steps over every
+    inode freed in the last minute, so each temp copy costs the pipeline more than on a
+    journaling filesystem (docs/BENCHMARKS.md, "Where the gap is")."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return "unknown (no /proc/self/mounts)"
+    real = os.path.join(os.path.realpath(path), "")
+    best: tuple[str, str, str] | None = None
+    for line in mounts:
+        device, mount_point, fs_type = line.split()[:3]
+        mount_point = mount_point.replace("\\040", " ")
+        longer = best is None or len(mount_point) > len(best[1])
+        if longer and real.startswith(os.path.join(mount_point, "")):
+            best = (device, mount_point, fs_type)
+    if best is None:
+        return "unknown"
+    device, mount_point, fs_type = best
+    described = f"{fs_type} on {device} (mounted at {mount_point})"
+    if fs_type == "ext4":
+        # jbd2 names a journal after the kernel's block device name (vda, dm-0, ...), which
+        # the device path in the mount table need not show.
+        device_id = os.stat(path).st_dev
+        block = Path(f"/sys/dev/block/{os.major(device_id)}:{os.minor(device_id)}")
+        if block.exists():
+            has_journal = Path(f"/proc/fs/jbd2/{block.resolve().name}-8").exists()
+            described += ", with a journal" if has_journal else ", without a journal"
+    return described
 
 
 class Clock:
@@ -216,6 +252,7 @@ def main() -> None:
         print(f"{args.files} files per run (mp3/flac/m4a of {args.seconds:g} s: {sizes}), "
               f"{len(tags)} nom: keys, {args.repeats} repetitions, os.cpu_count()={os.cpu_count()}, "
               f"default writers={default}")  # fmt: skip
+        print(f"workdir {workdir}: {filesystem_of(workdir)}")
         print(f"load average before: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
         def bare(path: Path) -> None:

@@ -17,11 +17,12 @@ otherwise).
 Every file still goes through every step of :mod:`~nomarr_pipeline.tagging.atomic`, in a
 worker or in this process, a chunk at a time: each file of the chunk is prepared (checked,
 copied, written, verified), then the chunk's copies are committed (fsync, re-check, replace)
-one after the other, so that their fsyncs share journal commits (paired runs, 300 files:
-+6 % files/s with one writer, +10 % with two). Jobs and results cross the process boundary
-as plain data (str, int, dict, tuple). Errors come back as ``(kind, message)`` fields of a
-:class:`WriteResult`, never as pickled exceptions: ``WriteError(path, reason)`` cannot be
-rebuilt by pickle, which would turn every per-file error into a broken pool.
+one after the other, so that their fsyncs share journal commits (one writer, 1000 files on a
+journaling ext4: 487 -> 583 files/s; no difference on a filesystem without a journal). Jobs
+and results cross the process boundary as plain data (str, int, dict, tuple). Errors come
+back as ``(kind, message)`` fields of a :class:`WriteResult`, never as pickled exceptions:
+``WriteError(path, reason)`` cannot be rebuilt by pickle, which would turn every per-file
+error into a broken pool.
 
 Workers are started with ``spawn`` (like the analysis workers in ``ml/workers.py``): a fresh
 interpreter inherits neither the run's open database connections nor Dagster's threads, which
