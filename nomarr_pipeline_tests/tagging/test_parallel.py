@@ -25,6 +25,13 @@ from nomarr_pipeline.tagging.parallel import TagWriters, WriteJob, WriteResult
 from nomarr_pipeline_tests.tagging.audio_helpers import stat_of, temp_leftovers
 
 
+@pytest.fixture(autouse=True)
+def chunks_of_four(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduling tests' job counts are sized for chunks of 4 (a few chunks per writer);
+    the scheduling itself does not depend on the size."""
+    monkeypatch.setattr(parallel, "CHUNK_SIZE", 4)
+
+
 def job(index: int) -> WriteJob:
     return WriteJob(f"/music/{index}.flac", {"nom:version": "v"}, 10, 20, ("/music",), False, True)
 
@@ -261,15 +268,53 @@ def test_a_crash_mid_chunk_commits_the_files_before_and_deletes_nothing_else(
     assert temp_leftovers(library_root) == []
 
 
+@pytest.mark.parametrize("group_bytes", [1, "two files"])
+def test_copies_are_committed_once_a_group_holds_commit_group_bytes(
+    group_bytes: int | str,
+    make_file: Callable[..., Path],
+    library_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    paths = [make_file("flac", f"{i}.flac") for i in range(5)]
+    if group_bytes == "two files":
+        group_bytes = 2 * stat_of(paths[0])[0]  # same generated audio: the same size each
+    monkeypatch.setattr(parallel, "COMMIT_GROUP_BYTES", group_bytes)
+    events: list[str] = []
+    real_prepare, real_commit = parallel.prepare_file_write, PreparedWrite.commit
+
+    def prepare(path: str, *args: Any, **kwargs: Any) -> WriteOutcome | PreparedWrite:
+        events.append(f"prepare {Path(path).stem}")
+        return real_prepare(path, *args, **kwargs)
+
+    def commit(self: PreparedWrite) -> WriteOutcome:
+        events.append(f"commit {self.target.stem} with {len(temp_leftovers(library_root))} copies")
+        return real_commit(self)
+
+    monkeypatch.setattr(parallel, "prepare_file_write", prepare)
+    monkeypatch.setattr(PreparedWrite, "commit", commit)
+    results = parallel.write_chunk([real_job(path, library_root) for path in paths])
+
+    assert [result.status for result in results] == ["written"] * 5
+    if group_bytes == 1:  # every copy is a full group: committed before the next file is prepared
+        assert events == [e for i in range(5) for e in (f"prepare {i}", f"commit {i} with 1 copies")]
+    else:
+        assert events == ["prepare 0", "prepare 1", "commit 0 with 2 copies", "commit 1 with 1 copies",
+                          "prepare 2", "prepare 3", "commit 2 with 2 copies", "commit 3 with 1 copies",
+                          "prepare 4", "commit 4 with 1 copies"]  # fmt: skip
+    assert all(read_nom_tags(path)["nom:version"] == ["v2"] for path in paths)
+    assert temp_leftovers(library_root) == []
+
+
 class FakePrepared(PreparedWrite):
     """A prepared write whose commit gives a set answer (no file behind it)."""
 
-    def __init__(self, answer: WriteOutcome | DiskFullError) -> None:
+    def __init__(self, answer: WriteOutcome | BaseException, size: int = 0) -> None:
         self.answer = answer
+        self.expected_size = size
         self.discarded = False
 
     def commit(self) -> WriteOutcome:
-        if isinstance(self.answer, DiskFullError):
+        if isinstance(self.answer, BaseException):
             raise self.answer
         return self.answer
 
@@ -300,3 +345,36 @@ def test_inline_writing_reports_every_result_of_a_chunk_that_hit_a_full_disk(
         (2, "unchanged"),
         (3, "failed"),
     ], "the whole chunk is reported, and nothing after it is started"
+
+
+def test_a_commit_that_raises_deletes_the_later_copies_of_its_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    later = FakePrepared(WriteOutcome(Path("/music/1.flac"), "written", 5, 6))
+    prepared = {0: FakePrepared(RuntimeError("a bug in commit")), 1: later}
+    monkeypatch.setattr(parallel, "write_job", lambda item: prepared[int(Path(item.path).stem)])
+
+    results = parallel.write_chunk([job(0), job(1)])
+
+    assert [(result.status, result.message) for result in results] == [("crashed", "a bug in commit")]
+    assert later.discarded, "a copy that will not be committed is deleted, not left behind"
+
+
+@pytest.mark.parametrize("stop", [DiskFullError("/music/0.flac", "full"), RuntimeError("a bug in commit")])
+def test_a_full_disk_or_a_crash_in_a_group_commit_ends_the_chunk(
+    stop: BaseException, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(parallel, "COMMIT_GROUP_BYTES", 100)
+    prepared_jobs: list[int] = []
+
+    def fake_write(item: WriteJob) -> PreparedWrite:
+        index = int(Path(item.path).stem)
+        prepared_jobs.append(index)
+        if index == 0:
+            return FakePrepared(stop, size=100)
+        return FakePrepared(WriteOutcome(Path(item.path), "written", 1, 1))
+
+    monkeypatch.setattr(parallel, "write_job", fake_write)
+    results = parallel.write_chunk([job(i) for i in range(4)])
+
+    assert prepared_jobs == [0], "no file is prepared after the group that stopped"
+    expected = "disk_full" if isinstance(stop, DiskFullError) else "crashed"
+    assert [result.status for result in results] == [expected]
