@@ -186,10 +186,10 @@ def real_job(path: Path, root: Path) -> WriteJob:
                     (str(root),), False, True)  # fmt: skip
 
 
-def test_a_chunk_prepares_every_file_before_committing_any(
-    make_file: Callable[..., Path], library_root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    paths = [make_file(ext, f"{i}.{ext}") for i, ext in enumerate(["mp3", "flac", "m4a", "opus"])]
+def record_prepares_and_commits(
+    monkeypatch: pytest.MonkeyPatch, describe_commit: Callable[[PreparedWrite], str]
+) -> list[str]:
+    """The real prepare and commit, each logged as it starts (a file by its name)."""
     events: list[str] = []
     real_prepare, real_commit = parallel.prepare_file_write, PreparedWrite.commit
 
@@ -198,11 +198,19 @@ def test_a_chunk_prepares_every_file_before_committing_any(
         return real_prepare(path, *args, **kwargs)
 
     def commit(self: PreparedWrite) -> WriteOutcome:
-        events.append(f"commit {self.target.name}")
+        events.append(describe_commit(self))
         return real_commit(self)
 
     monkeypatch.setattr(parallel, "prepare_file_write", prepare)
     monkeypatch.setattr(PreparedWrite, "commit", commit)
+    return events
+
+
+def test_a_chunk_prepares_every_file_before_committing_any(
+    make_file: Callable[..., Path], library_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = [make_file(ext, f"{i}.{ext}") for i, ext in enumerate(["mp3", "flac", "m4a", "opus"])]
+    events = record_prepares_and_commits(monkeypatch, lambda prepared: f"commit {prepared.target.name}")
     results = parallel.write_chunk([real_job(path, library_root) for path in paths])
 
     names = [path.name for path in paths]
@@ -279,28 +287,21 @@ def test_copies_are_committed_once_a_group_holds_commit_group_bytes(
     if group_bytes == "two files":
         group_bytes = 2 * stat_of(paths[0])[0]  # same generated audio: the same size each
     monkeypatch.setattr(parallel, "COMMIT_GROUP_BYTES", group_bytes)
-    events: list[str] = []
-    real_prepare, real_commit = parallel.prepare_file_write, PreparedWrite.commit
-
-    def prepare(path: str, *args: Any, **kwargs: Any) -> WriteOutcome | PreparedWrite:
-        events.append(f"prepare {Path(path).stem}")
-        return real_prepare(path, *args, **kwargs)
-
-    def commit(self: PreparedWrite) -> WriteOutcome:
-        events.append(f"commit {self.target.stem} with {len(temp_leftovers(library_root))} copies")
-        return real_commit(self)
-
-    monkeypatch.setattr(parallel, "prepare_file_write", prepare)
-    monkeypatch.setattr(PreparedWrite, "commit", commit)
+    events = record_prepares_and_commits(
+        monkeypatch,
+        lambda prepared: f"commit {prepared.target.name}, {len(temp_leftovers(library_root))} copies",
+    )
     results = parallel.write_chunk([real_job(path, library_root) for path in paths])
 
     assert [result.status for result in results] == ["written"] * 5
     if group_bytes == 1:  # every copy is a full group: committed before the next file is prepared
-        assert events == [e for i in range(5) for e in (f"prepare {i}", f"commit {i} with 1 copies")]
+        assert events == [e for i in range(5) for e in (f"prepare {i}.flac", f"commit {i}.flac, 1 copies")]
     else:
-        assert events == ["prepare 0", "prepare 1", "commit 0 with 2 copies", "commit 1 with 1 copies",
-                          "prepare 2", "prepare 3", "commit 2 with 2 copies", "commit 3 with 1 copies",
-                          "prepare 4", "commit 4 with 1 copies"]  # fmt: skip
+        assert events == [
+            "prepare 0.flac", "prepare 1.flac", "commit 0.flac, 2 copies", "commit 1.flac, 1 copies",
+            "prepare 2.flac", "prepare 3.flac", "commit 2.flac, 2 copies", "commit 3.flac, 1 copies",
+            "prepare 4.flac", "commit 4.flac, 1 copies",
+        ]  # fmt: skip
     assert all(read_nom_tags(path)["nom:version"] == ["v2"] for path in paths)
     assert temp_leftovers(library_root) == []
 
