@@ -32,6 +32,7 @@ from typing import Any
 
 from nomarr_pipeline.calibration.histogram import HistogramSpec
 from nomarr_pipeline.calibration.state import calibration_def_hash, calibration_key
+from nomarr_pipeline.ml.discovery import head_partition_key
 
 log = logging.getLogger(__name__)
 
@@ -379,5 +380,5 @@ def states_by_head(states: Sequence[Mapping[str, Any]]) -> dict[str, list[Mappin
     """Partition key ``"{model_key}:{head_name}"`` -> that head's states."""
     grouped: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for state in states:
-        grouped[f"{state['model_key']}:{state['head_name']}"].append(state)
+        grouped[head_partition_key(state["model_key"], state["head_name"])].append(state)
     return dict(grouped)

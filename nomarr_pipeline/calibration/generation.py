@@ -37,6 +37,7 @@ from nomarr_pipeline.calibration.state import (
     calibration_key,
     compute_state,
 )
+from nomarr_pipeline.ml.discovery import head_partition_key
 from nomarr_pipeline.store.protocol import SparseHistogram, Store
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class HeadRef:
 
     @property
     def partition_key(self) -> str:
-        return f"{self.model_key}:{self.head_name}"
+        return head_partition_key(self.model_key, self.head_name)
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ class HeadCalibrationReport:
 
     @property
     def partition_key(self) -> str:
-        return f"{self.model_key}:{self.head_name}"
+        return head_partition_key(self.model_key, self.head_name)
 
     @property
     def changed(self) -> bool:

@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nomarr_pipeline.ml.discovery import head_partition_key
 from nomarr_pipeline.store.protocol import SparseHistogram
 
 DEFAULT_BINS = 10_000
@@ -118,7 +119,7 @@ def spec_for(
         spec_for("musicnn-msd-musicnn-1", "deam", {"deam": HistogramSpec(0.0, 10.0)})
     """
     if overrides:
-        partition_key = f"{model_key}:{head_name}"
+        partition_key = head_partition_key(model_key, head_name)
         if partition_key in overrides:
             return overrides[partition_key]
         if head_name in overrides:

@@ -84,7 +84,7 @@ class Head:
 
     @property
     def partition_key(self) -> str:
-        return f"{self.model_key}:{self.head_name}"
+        return head_partition_key(self.model_key, self.head_name)
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,11 @@ class ModelCatalog:
 
 class ModelMetadataError(ValueError):
     """Why one model's metadata cannot be used."""
+
+
+def head_partition_key(model_key: str, head_name: str) -> str:
+    """The ``heads`` partition key of one head, ``"{model_key}:{head_name}"`` (DESIGN.md §9)."""
+    return f"{model_key}:{head_name}"
 
 
 def partition_key_problem(key: str) -> str | None:

@@ -182,8 +182,9 @@ def write_chunk(jobs: list[WriteJob], *, contain_crashes: bool = True) -> list[W
             if isinstance(result, PreparedWrite):
                 group_bytes += result.expected_size
                 if group_bytes >= COMMIT_GROUP_BYTES:
-                    committed, group, group_bytes = _commit_all(group, contain_crashes=contain_crashes), [], 0
+                    committed = _commit_all(group, contain_crashes=contain_crashes)
                     results += committed
+                    group, group_bytes = [], 0
                     if any(outcome.status in ("crashed", "disk_full") for outcome in committed):
                         break
         return results + _commit_all(group, contain_crashes=contain_crashes)
