@@ -8,18 +8,22 @@ The sequence (DESIGN.md §6):
    write (read-only or immutable), even though its folder would allow a replace;
 3. read the current tags; if they already equal the wanted ones, stop ("unchanged");
 4. create ``.<name>.nomarr-tmp-<random><ext>`` in the same folder (same filesystem, so the
-   final rename is atomic) and keep its descriptor; fill it with the original's bytes (a
-   reflink clone where the filesystem has them, an in-kernel ``copy_file_range`` elsewhere)
-   and write the tags into the copy through that descriptor; for a durable write, start the
-   copy's writeback to disk now (Linux), so that the fsync in step 6 finds it mostly done;
+   final rename is atomic) and keep its descriptor — or, for a batch, rename one of the
+   writer's spare inodes (:mod:`~nomarr_pipeline.tagging.spares`) to that name; fill it with
+   the original's bytes (a reflink clone where the filesystem has them, an in-kernel
+   ``copy_file_range`` elsewhere) and write the tags into the copy through that descriptor;
+   for a durable write, start the copy's writeback to disk now (Linux), so that the fsync in
+   step 6 finds it mostly done;
 5. re-open the copy from disk, by its path, and verify: the namespace reads back exactly as
    asked and the audio properties (length, sample rate, channels, bitrate) are those of the
    original (:func:`~nomarr_pipeline.tagging.formats.read_written_state`: mutagen's reader,
    except that the ``TXXX`` frame bodies Nomarr writes are decoded without its per-field
    machinery — same result, an mp3's verifying parse ~40 % cheaper);
 6. give the copy the original's permission bits (and owner, when running as root), fsync it,
-   check the original once more for changes and ``os.replace`` it onto the original; the
-   stat returned is the copy's own (``fstat`` of its descriptor).
+   check the original once more for changes and ``os.replace`` it onto the original — for a
+   batch, exchange the two names instead, and keep the old original as a spare inode where
+   nothing else can notice; the stat returned is the copy's own (``fstat`` of its
+   descriptor).
 
 :func:`write_file_tags` does all six steps. :func:`prepare_file_write` stops after step 5 (and
 the permission bits) and returns a :class:`PreparedWrite` whose ``commit`` is step 6: a batch
@@ -80,6 +84,7 @@ from nomarr_pipeline.tagging.formats import (
     normalize_tags,
     read_written_state,
 )
+from nomarr_pipeline.tagging.spares import SpareInodes, exchange
 
 TEMP_MARKER = ".nomarr-tmp-"
 # Lengths computed from frame counts can differ in the last float digits between parses.
@@ -286,8 +291,8 @@ def _try_reflink(source: int, copy: int, device: int) -> bool:
 
 
 def _copy_data(source: int, copy: int) -> None:
-    """Copy all of ``source`` into the empty ``copy`` inside the kernel (no round trip through
-    Python buffers); a read/write loop where ``copy_file_range`` is missing or refused."""
+    """Copy all of ``source`` over the start of ``copy`` inside the kernel (no round trip
+    through Python buffers); a read/write loop where ``copy_file_range`` is missing or refused."""
     if hasattr(os, "copy_file_range"):
         try:
             while os.copy_file_range(source, copy, _COPY_CHUNK):
@@ -314,20 +319,27 @@ class _TempCopy:
 
     path: Path
     descriptor: int
+    device: int
 
     @classmethod
-    def create(cls, original: Path, device: int) -> _TempCopy:
-        descriptor, name = tempfile.mkstemp(
-            prefix=f".{original.stem[:_MAX_NAME_IN_TEMP]}{TEMP_MARKER}",
-            suffix=original.suffix,
-            dir=original.parent,
-        )
-        temp = cls(Path(name), descriptor)
+    def create(cls, original: Path, scanned: os.stat_result, spares: SpareInodes | None) -> _TempCopy:
+        """A copy of ``original`` in a new temp file, or in one of ``spares`` where one fits."""
+        prefix = f".{original.stem[:_MAX_NAME_IN_TEMP]}{TEMP_MARKER}"
+        taken = None
+        if spares is not None:
+            taken = spares.take(original.parent, prefix, original.suffix, scanned.st_dev, scanned.st_gid)
+        recycled = taken is not None
+        if taken is None:
+            descriptor, name = tempfile.mkstemp(prefix=prefix, suffix=original.suffix, dir=original.parent)
+            taken = Path(name), descriptor
+        temp = cls(*taken, scanned.st_dev)
         try:
             source = os.open(original, os.O_RDONLY)
             try:
-                if not _try_reflink(source, descriptor, device):
-                    _copy_data(source, descriptor)
+                if not _try_reflink(source, temp.descriptor, scanned.st_dev):
+                    _copy_data(source, temp.descriptor)
+                if recycled:  # cut off what is left of the spare's old bytes
+                    os.ftruncate(temp.descriptor, os.fstat(source).st_size)
             finally:
                 os.close(source)
         except BaseException:
@@ -383,6 +395,10 @@ def _match_ownership_and_mode(descriptor: int, original: os.stat_result) -> None
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         # Only root may give a file away; as root, keep the library's owner on the new inode.
         os.fchown(descriptor, original.st_uid, original.st_gid)
+    elif hasattr(os, "fchown"):
+        # Anyone may give their file one of their own groups: keep the original's where allowed.
+        with contextlib.suppress(PermissionError):
+            os.fchown(descriptor, -1, original.st_gid)
 
 
 def is_tag_write_temp(path: str | os.PathLike[str]) -> bool:
@@ -440,6 +456,7 @@ class PreparedWrite:
     expected_size: int
     expected_mtime_ns: int
     durable: bool
+    spares: SpareInodes | None = None
     _finished: bool = False
 
     def commit(self) -> WriteOutcome:
@@ -447,19 +464,28 @@ class PreparedWrite:
         :func:`write_file_tags`."""
         if self._finished:
             raise RuntimeError(f"{self.target}: this prepared write was already committed or discarded")
+        exchanged = False
         try:
             if self.durable:
                 os.fsync(self.temp.descriptor)
             # Narrow the window in which another program's edit could be overwritten.
             _stat_as_scanned(self.target, self.expected_size, self.expected_mtime_ns)
-            os.replace(self.temp.path, self.target)
+            # With spares to fill, the old original moves to the temp name instead of being freed.
+            exchanged = self.spares is not None and exchange(self.temp.path, self.target, self.temp.device)
+            if not exchanged:
+                os.replace(self.temp.path, self.target)
             self._finished = True
             # The replaced file is the copy's inode: its stat, without looking the path up again.
             written = os.fstat(self.temp.descriptor)
             self.temp.close()
         except BaseException as exc:
             self.discard()  # keeps the original error, not a cleanup one
+            if exchanged:  # the copy is in place; the old original must not stay behind
+                with contextlib.suppress(OSError):
+                    self.temp.path.unlink()
             _raise_classified(exc, self.target)
+        if self.spares is not None and exchanged:
+            self.spares.keep(self.temp.path, self.temp.device)
         return WriteOutcome(self.target, "written", written.st_size, written.st_mtime_ns)
 
     def discard(self) -> None:
@@ -481,11 +507,15 @@ def prepare_file_write(
     expected_mtime_ns: int,
     standard_mood: bool = False,
     durable: bool = True,
+    spares: SpareInodes | None = None,
 ) -> WriteOutcome | PreparedWrite:
     """Steps 1-5 for the file at ``path``: an "unchanged" :class:`WriteOutcome`, or a
     :class:`PreparedWrite` that the caller must commit or discard.
 
-    Raises like :func:`write_file_tags`; nothing is left behind when it raises.
+    ``spares``: the writer's :class:`~nomarr_pipeline.tagging.spares.SpareInodes`; the copy
+    then reuses a spare where one fits, and the commit adds the replaced original to them.
+    The caller must :meth:`~nomarr_pipeline.tagging.spares.SpareInodes.release` them when its
+    batch ends. Raises like :func:`write_file_tags`; nothing is left behind when it raises.
     """
     wanted = normalize_tags(tags)
     target = resolve_inside_roots(path, library_roots)
@@ -505,7 +535,7 @@ def prepare_file_write(
 
     temp: _TempCopy | None = None
     try:
-        temp = _TempCopy.create(target, scanned.st_dev)
+        temp = _TempCopy.create(target, scanned, spares)
         with temp.writer() as copy:
             opened.save_normalized(wanted, standard_mood=standard_mood, into=copy)
         if durable:
@@ -516,7 +546,7 @@ def prepare_file_write(
         if temp is not None:
             temp.discard()  # keeps the original error, not a cleanup one
         _raise_classified(exc, target)
-    return PreparedWrite(target, temp, expected_size, expected_mtime_ns, durable)
+    return PreparedWrite(target, temp, expected_size, expected_mtime_ns, durable, spares)
 
 
 def write_file_tags(

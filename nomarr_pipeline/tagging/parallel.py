@@ -33,6 +33,7 @@ interpreter inherits neither the run's open database connections nor Dagster's t
 
 from __future__ import annotations
 
+import atexit
 import errno
 import itertools
 import multiprocessing
@@ -50,6 +51,7 @@ from nomarr_pipeline.tagging.atomic import (
     WriteOutcome,
     prepare_file_write,
 )
+from nomarr_pipeline.tagging.spares import SpareInodes
 
 MAX_AUTO_WRITERS = 4
 # Below this many files to write, a batch is written inline: starting the worker processes
@@ -67,6 +69,11 @@ CHUNK_SIZE = 16
 # Bounds the temp copies a writer holds before committing them (disk space and dirty page
 # cache): 16 copies of 40 MB FLACs would be 640 MB; with this bound they commit two at a time.
 COMMIT_GROUP_BYTES = 64 * 1024 * 1024
+
+# The replaced originals this process keeps as its next temp copies (tagging/spares.py): one
+# chunk's worth, so that a chunk's commits refill what the next chunk's copies take, and no
+# more blocks than a commit group's copies.
+PROCESS_SPARES = SpareInodes(limit=CHUNK_SIZE, byte_limit=COMMIT_GROUP_BYTES)
 
 ResultStatus = Literal["written", "unchanged", "changed", "failed", "disk_full", "crashed"]
 
@@ -125,10 +132,10 @@ def _result_of(attempt: Callable[[], WriteOutcome | PreparedWrite]) -> WriteResu
     return WriteResult(outcome.status, size=outcome.size, mtime_ns=outcome.mtime_ns)
 
 
-def write_job(job: WriteJob) -> WriteResult | PreparedWrite:
-    """Run one job through ``prepare_file_write``: per-file errors and a full disk become
-    results, a file to replace comes back as its verified :class:`PreparedWrite` (for
-    :func:`write_chunk` to commit).
+def write_job(job: WriteJob, spares: SpareInodes | None = None) -> WriteResult | PreparedWrite:
+    """Run one job through ``prepare_file_write`` (with ``spares``, if given): per-file errors
+    and a full disk become results, a file to replace comes back as its verified
+    :class:`PreparedWrite` (for :func:`write_chunk` to commit).
 
     Anything else (KeyboardInterrupt, a bug) propagates, as it does in the sequential batch.
     """
@@ -141,6 +148,7 @@ def write_job(job: WriteJob) -> WriteResult | PreparedWrite:
             expected_mtime_ns=job.expected_mtime_ns,
             standard_mood=job.standard_mood,
             durable=job.durable,
+            spares=spares,
         )
     )
 
@@ -149,7 +157,9 @@ def _crashed(exc: Exception) -> WriteResult:
     return WriteResult("crashed", error_kind=type(exc).__name__, message=str(exc))
 
 
-def write_chunk(jobs: list[WriteJob], *, contain_crashes: bool = True) -> list[WriteResult]:
+def write_chunk(
+    jobs: list[WriteJob], *, contain_crashes: bool = True, recycle: bool = False
+) -> list[WriteResult]:
     """:func:`write_job` for each job in turn, the prepared writes committed one after the other
     in groups; stops after a full disk. Results come in job order, one per job handled.
 
@@ -163,14 +173,18 @@ def write_chunk(jobs: list[WriteJob], *, contain_crashes: bool = True) -> list[W
     ``crashed`` result, so that the files handled before it are still reported and recorded;
     with ``contain_crashes=False`` (writing inline) the error propagates instead. Copies not
     committed when the chunk ends early are deleted.
+
+    ``recycle``: use and refill :data:`PROCESS_SPARES`; whoever asks for it releases them
+    (:meth:`TagWriters.close`, and each worker process when it exits).
     """
+    spares = PROCESS_SPARES if recycle else None
     results: list[WriteResult] = []
     group: list[WriteResult | PreparedWrite] = []
     group_bytes = 0
     try:
         for job in jobs:
             try:
-                result = write_job(job)
+                result = write_job(job, spares)
             except Exception as exc:
                 if not contain_crashes:
                     raise
@@ -219,6 +233,11 @@ def _commit_all(handled: list[WriteResult | PreparedWrite], *, contain_crashes: 
     return [item for item in handled if isinstance(item, WriteResult)]
 
 
+def _release_spares_at_exit() -> None:
+    """Worker process initializer: the spares go when the pool shuts the worker down."""
+    atexit.register(PROCESS_SPARES.release)
+
+
 class WriterCrashed(RuntimeError):
     """A writer process hit an unexpected error (not a file problem); the batch stops."""
 
@@ -263,16 +282,23 @@ class TagWriters:
         self.close()
 
     def close(self) -> None:
-        if self._executor is not None:
-            # Waits for writes still running (e.g. after Ctrl-C), so none is cut off mid-file
-            # by the interpreter exiting; jobs not yet started are dropped.
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        """Stop the worker processes (each deletes its spare inodes as it exits) and delete
+        this process' spares."""
+        try:
+            if self._executor is not None:
+                # Waits for writes still running (e.g. after Ctrl-C), so none is cut off mid-file
+                # by the interpreter exiting; jobs not yet started are dropped.
+                self._executor.shutdown(wait=True, cancel_futures=True)
+                self._executor = None
+        finally:
+            PROCESS_SPARES.release()
 
     def _pool(self) -> Executor:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(
-                max_workers=self.processes, mp_context=multiprocessing.get_context(START_METHOD)
+                max_workers=self.processes,
+                mp_context=multiprocessing.get_context(START_METHOD),
+                initializer=_release_spares_at_exit,
             )
         return self._executor
 
@@ -291,7 +317,7 @@ class TagWriters:
         if self.writers == 1 or (self._executor is None and expected < POOL_MIN_FILES):
             pending, index = iter(jobs), 0
             while chunk := list(itertools.islice(pending, CHUNK_SIZE)):
-                results = write_chunk(chunk, contain_crashes=False)
+                results = write_chunk(chunk, contain_crashes=False, recycle=True)
                 # Every result is reported, also those after a full disk: their files may be written.
                 for offset, result in enumerate(results):
                     yield index + offset, result
@@ -328,7 +354,7 @@ class _PooledRun:
         while not (self.stopping or self.exhausted) and len(self.in_flight) < self.max_in_flight:
             chunk = self._next_chunk()
             if chunk:
-                future = self.executor.submit(write_chunk, [job for _, job in chunk])
+                future = self.executor.submit(write_chunk, [job for _, job in chunk], recycle=True)
                 self.in_flight[future] = [index for index, _ in chunk]
 
     def _accept(self, indices: list[int], results: list[WriteResult]) -> Iterator[tuple[int, WriteResult]]:
@@ -345,7 +371,8 @@ class _PooledRun:
         chunk = self._next_chunk()
         if chunk:
             # write_chunk, as in a worker: a job that raises ends the chunk as "crashed".
-            yield from self._accept([index for index, _ in chunk], write_chunk([job for _, job in chunk]))
+            results = write_chunk([job for _, job in chunk], recycle=True)
+            yield from self._accept([index for index, _ in chunk], results)
 
     def _collect(self, done: set[Future[list[WriteResult]]]) -> Iterator[tuple[int, WriteResult]]:
         for future in sorted(done, key=lambda f: self.in_flight[f][0]):

@@ -20,7 +20,12 @@ from nomarr_pipeline.tagging.batch import (
     write_preview_csv,
 )
 from nomarr_pipeline.tagging.formats import read_nom_tags, write_nom_tags
-from nomarr_pipeline_tests.tagging.audio_helpers import stat_of, temp_leftovers, tiny_filesystem
+from nomarr_pipeline_tests.tagging.audio_helpers import (
+    decoded_audio_hash,
+    stat_of,
+    temp_leftovers,
+    tiny_filesystem,
+)
 
 LIB = "lib"
 MODEL = "effnet-discogs-effnet-1"
@@ -359,6 +364,33 @@ def test_concurrent_batch_writes_every_file(
 
     store.finish_recalibration([{"_key": k, "mood_tiers": TIERS, "file_tags_pending": True} for k in files])
     assert run(store, library_root, writers=2).unchanged == len(files)
+
+
+def test_concurrent_writers_delete_their_spare_inodes_when_the_batch_ends(
+    store: Store,
+    make_file: Callable[..., Path],
+    library_root: Path,
+    pools_started: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Chunks of 4: the worker process is sent two chunks before this process writes any, so
+    # both end the batch holding the originals of their last chunk as spares.
+    monkeypatch.setattr(parallel, "CHUNK_SIZE", 4)
+    store.ensure_library(library_doc(library_root))
+    named = enumerate(EXTENSIONS * 4)
+    files = {f"f{i:02d}": make_file(ext, f"album{i % 4}/{i:02d}.{ext}") for i, ext in named}
+    register(store, files)
+    audio_before = {key: decoded_audio_hash(files[key]) for key in ("f00", "f13", "f27")}
+
+    report = run(store, library_root, writers=2)
+
+    assert pools_started == [1]
+    assert report.written == len(files)
+    assert temp_leftovers(library_root) == [], "spares must go with the batch, the worker's too"
+    assert parallel.PROCESS_SPARES.kept_bytes == 0 and len(parallel.PROCESS_SPARES) == 0
+    for key, audio in audio_before.items():
+        assert decoded_audio_hash(files[key]) == audio
+        assert read_nom_tags(files[key])[keys.VERSION] == ["nomarr-test-7"]
 
 
 def test_concurrent_per_file_errors_are_recorded_and_the_batch_goes_on(

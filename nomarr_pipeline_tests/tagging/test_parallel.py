@@ -55,7 +55,7 @@ def test_a_crashing_job_stops_submission_and_is_raised_after_in_flight_results(
     started: list[int] = []
     lock = threading.Lock()
 
-    def fake_write(item: WriteJob) -> WriteResult:
+    def fake_write(item: WriteJob, _spares: object = None) -> WriteResult:
         index = int(os.path.basename(item.path).split(".")[0])
         with lock:
             started.append(index)
@@ -82,7 +82,7 @@ def test_a_crashing_job_stops_submission_and_is_raised_after_in_flight_results(
 
 
 def test_a_full_disk_stops_submission(monkeypatch: pytest.MonkeyPatch) -> None:
-    def fake_write(item: WriteJob) -> WriteResult:
+    def fake_write(item: WriteJob, _spares: object = None) -> WriteResult:
         if item.path.endswith("/0.flac"):
             return WriteResult("disk_full", error_kind="DiskFullError", message="full", strerror="full")
         time.sleep(0.02)
@@ -101,7 +101,8 @@ def test_a_full_disk_stops_submission(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_small_batches_run_inline_until_a_pool_is_worth_starting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(parallel, "write_job", lambda item: WriteResult("unchanged", size=1, mtime_ns=1))
+    unchanged = WriteResult("unchanged", size=1, mtime_ns=1)
+    monkeypatch.setattr(parallel, "write_job", lambda item, _spares=None: unchanged)
     with TagWriters(2) as writers:
         small = [job(i) for i in range(parallel.POOL_MIN_FILES - 1)]
         assert len(list(writers.run(small, expected=len(small)))) == len(small)
@@ -121,7 +122,7 @@ def run_with_thread_pool(writers: int, jobs: list[WriteJob]) -> list[int]:
 def test_this_process_writes_alongside_its_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     writer_of: dict[int, str] = {}
 
-    def fake_write(item: WriteJob) -> WriteResult:
+    def fake_write(item: WriteJob, _spares: object = None) -> WriteResult:
         writer_of[int(os.path.basename(item.path).split(".")[0])] = threading.current_thread().name
         time.sleep(0.002)
         return WriteResult("written", size=1, mtime_ns=1)
@@ -140,7 +141,7 @@ def test_a_full_disk_in_this_process_stops_submission(monkeypatch: pytest.Monkey
     started: list[int] = []
     here_first = 2 * parallel.CHUNK_SIZE  # the first job of the first chunk this process writes
 
-    def fake_write(item: WriteJob) -> WriteResult:
+    def fake_write(item: WriteJob, _spares: object = None) -> WriteResult:
         index = int(os.path.basename(item.path).split(".")[0])
         started.append(index)
         if index == here_first:
@@ -159,7 +160,7 @@ def test_a_crash_in_this_process_is_raised_after_the_workers_results(monkeypatch
     here_first = 2 * parallel.CHUNK_SIZE
     seen: list[int] = []
 
-    def fake_write(item: WriteJob) -> WriteResult:
+    def fake_write(item: WriteJob, _spares: object = None) -> WriteResult:
         if item.path.endswith(f"/{here_first}.flac"):
             raise ValueError("a bug in the writer")
         time.sleep(0.02)
@@ -333,7 +334,7 @@ def test_inline_writing_reports_every_result_of_a_chunk_that_hit_a_full_disk(
         3: WriteResult("failed", error_kind="CorruptFileError", message="/music/3.flac: cannot be read"),
     }
 
-    def fake_write(item: WriteJob) -> WriteResult | PreparedWrite:
+    def fake_write(item: WriteJob, _spares: object = None) -> WriteResult | PreparedWrite:
         answer = answers[int(os.path.basename(item.path).split(".")[0])]
         return answer if isinstance(answer, WriteResult) else FakePrepared(answer)
 
@@ -351,7 +352,7 @@ def test_inline_writing_reports_every_result_of_a_chunk_that_hit_a_full_disk(
 def test_a_commit_that_raises_deletes_the_later_copies_of_its_group(monkeypatch: pytest.MonkeyPatch) -> None:
     later = FakePrepared(WriteOutcome(Path("/music/1.flac"), "written", 5, 6))
     prepared = {0: FakePrepared(RuntimeError("a bug in commit")), 1: later}
-    monkeypatch.setattr(parallel, "write_job", lambda item: prepared[int(Path(item.path).stem)])
+    monkeypatch.setattr(parallel, "write_job", lambda item, _spares=None: prepared[int(Path(item.path).stem)])
 
     results = parallel.write_chunk([job(0), job(1)])
 
@@ -366,7 +367,7 @@ def test_a_full_disk_or_a_crash_in_a_group_commit_ends_the_chunk(
     monkeypatch.setattr(parallel, "COMMIT_GROUP_BYTES", 100)
     prepared_jobs: list[int] = []
 
-    def fake_write(item: WriteJob) -> PreparedWrite:
+    def fake_write(item: WriteJob, _spares: object = None) -> PreparedWrite:
         index = int(Path(item.path).stem)
         prepared_jobs.append(index)
         if index == 0:
