@@ -105,15 +105,32 @@ def _nobody_else_has_open(descriptor: int) -> bool:
     return True
 
 
+def _has_xattrs(descriptor: int) -> bool:
+    try:
+        return bool(os.listxattr(descriptor))
+    except OSError as exc:
+        if exc.errno == errno.EOPNOTSUPP:  # a filesystem without extended attributes
+            return False
+        raise
+
+
 def _recyclable(descriptor: int) -> bool:
     info = os.fstat(descriptor)
     return (
         stat.S_ISREG(info.st_mode)
         and info.st_nlink == 1
         and info.st_uid == os.geteuid()
-        and not os.listxattr(descriptor)
+        and not _has_xattrs(descriptor)
         and _nobody_else_has_open(descriptor)
     )
+
+
+def _names(path: Path, descriptor: int) -> bool:
+    """Whether ``path`` names the file open as ``descriptor``."""
+    try:
+        return os.path.samestat(os.stat(path, follow_symlinks=False), os.fstat(descriptor))
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -206,6 +223,10 @@ class SpareInodes:
                 continue
             except OSError:
                 break
+            if not _names(name, spare.descriptor):
+                # Another file was put at the spare's name: it is not ours to write or delete.
+                os.close(spare.descriptor)
+                return None
             return name, spare.descriptor
         self._drop(spare)
         return None

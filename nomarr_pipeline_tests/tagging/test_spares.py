@@ -207,6 +207,23 @@ def test_a_non_root_writer_does_not_use_a_spare_of_another_group(
     path.unlink()
 
 
+def test_a_file_put_at_a_spare_name_is_neither_written_nor_deleted(
+    make_file: Callable[..., Path], library_root: Path, pool: SpareInodes
+) -> None:
+    first, second = make_file("flac", "first.flac"), make_file("flac", "second.flac")
+    write(first, library_root, pool)
+    [spare] = pool._spares
+    intruder = library_root / "intruder.bin"
+    intruder.write_bytes(b"not the writer's file")
+    os.replace(intruder, spare.path)
+    audio_before = decoded_audio_hash(second)
+
+    write(second, library_root, pool)
+
+    assert decoded_audio_hash(second) == audio_before
+    assert [path.read_bytes() for path in temp_leftovers(library_root)].count(b"not the writer's file") == 1
+
+
 def test_a_spare_left_by_a_crashed_writer_is_a_stale_temp(
     make_file: Callable[..., Path], library_root: Path, pool: SpareInodes
 ) -> None:
