@@ -43,8 +43,9 @@ fsync per file would cost time without making any file safer.
 
 Any failure removes the temp copy; the original is only ever replaced by a verified copy.
 Only a crash of the process itself can leave temp copies behind (those of the files prepared
-and not yet committed): scanners should skip names
-for which :func:`is_tag_write_temp` is true, and :func:`remove_stale_temps` clears them.
+and not yet committed, and a batch writer's spare inodes): scanners skip names for which
+:func:`is_tag_write_temp` is true, and :func:`remove_stale_temps` clears them (a batch does so
+in each folder it writes to).
 The writer works on the resolved path, so a symlink inside the library stays a symlink.
 A file with several hard links becomes a separate file (the other links keep the old
 tags), which is what ``os.replace`` does to any hard link.
@@ -412,17 +413,23 @@ def remove_stale_temps(root: str | os.PathLike[str], *, older_than_s: float = 36
 
     The age limit keeps a write that is running right now from losing its temp file.
     """
+    removed: list[Path] = []
+    for folder, _, _ in os.walk(root):
+        removed += remove_stale_temps_in(folder, older_than_s=older_than_s)
+    return removed
+
+
+def remove_stale_temps_in(folder: str | os.PathLike[str], *, older_than_s: float = 3600.0) -> list[Path]:
+    """:func:`remove_stale_temps` for ``folder`` alone, not its subfolders."""
     cutoff = time.time() - older_than_s
     removed: list[Path] = []
-    for folder, _, names in os.walk(root):
-        for name in names:
-            candidate = Path(folder) / name
-            if not is_tag_write_temp(name):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                if candidate.lstat().st_mtime < cutoff:
-                    candidate.unlink()
-                    removed.append(candidate)
+    with os.scandir(folder) as listing:
+        entries = [entry for entry in listing if is_tag_write_temp(entry.name)]
+    for entry in entries:
+        with contextlib.suppress(FileNotFoundError):
+            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
     return removed
 
 

@@ -31,6 +31,7 @@ built by the same selection; files and the store are left untouched.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -41,7 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from nomarr_pipeline.tagging.atomic import DiskFullError, WriteError
+from nomarr_pipeline.tagging.atomic import (
+    DiskFullError,
+    WriteError,
+    remove_stale_temps_in,
+    resolve_inside_roots,
+)
 from nomarr_pipeline.tagging.formats import NomTags, normalize_tags, read_nom_tags
 from nomarr_pipeline.tagging.parallel import (
     ReportedDiskFull,
@@ -98,6 +104,7 @@ class WriteReport:
     unchanged: int = 0
     skipped: int = 0
     failed: int = 0
+    stale_temps_removed: int = 0
     errors: list[dict[str, str]] = field(default_factory=list)
     errors_not_listed: int = 0
     preview: list[PreviewRow] = field(default_factory=list)
@@ -125,6 +132,7 @@ class WriteReport:
             "unchanged": self.unchanged,
             "skipped": self.skipped,
             "failed": self.failed,
+            "stale_temps_removed": self.stale_temps_removed,
             "errors_listed": len(self.errors),
             "errors_not_listed": self.errors_not_listed,
             "preview_rows": len(self.preview),
@@ -254,6 +262,7 @@ class _PageStream:
         self.batch_size, self.progress = batch_size, progress
         self.pages: list[_Page] = []  # not yet recorded, oldest first
         self.job_files: list[tuple[_Page, Doc]] = []  # by job index
+        self.swept_folders: set[str] = set()
 
     def fetch(self, after_key: str | None) -> list[Doc]:
         return self.store.files_pending_write(self.library["_key"], after_key, self.batch_size)
@@ -303,6 +312,7 @@ class _PageStream:
                 unscanned = WriteError(path, "has no scanned size/mtime; rescan the library first")
                 _count_failure(doc, path, unscanned, report, page.records)
                 continue
+            self._sweep_folder_of(path)
             page.in_flight += 1
             self.job_files.append((page, doc))
             yield WriteJob(
@@ -314,6 +324,18 @@ class _PageStream:
                 standard_mood=settings.standard_mood,
                 durable=settings.durable,
             )
+
+    def _sweep_folder_of(self, path: str) -> None:
+        """Delete what a crashed writer left (temp copies, spare inodes) in ``path``'s folder,
+        once per batch: a crash happens mid-batch, and the next batch writes the same files."""
+        folder = os.path.dirname(path)
+        if folder in self.swept_folders:
+            return
+        self.swept_folders.add(folder)
+        # Where the writer puts its copies: next to the file's real path, inside a root.
+        with contextlib.suppress(OSError, WriteError):  # outside the roots, unreadable: the write reports it
+            real_folder = resolve_inside_roots(path, self.settings.library_roots).parent
+            self.report.stale_temps_removed += len(remove_stale_temps_in(real_folder))
 
     def count(self, index: int, result: WriteResult) -> None:
         page, doc = self.job_files[index]

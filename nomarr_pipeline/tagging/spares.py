@@ -185,6 +185,9 @@ class SpareInodes:
 
     def _add(self, path: Path, descriptor: int, device: int) -> bool:
         os.fchmod(descriptor, 0o600)
+        # The old original's mtime may be years old: a sweep for stale temps (older than an
+        # hour) must not mistake a spare in use for a crashed writer's.
+        os.utime(descriptor)
         info = os.fstat(descriptor)
         with self._lock:  # the whole decision, so that threads cannot both pass the limits
             if len(self._spares) >= self.limit:

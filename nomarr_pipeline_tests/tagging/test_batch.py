@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -302,6 +303,29 @@ def test_stored_data_that_cannot_become_a_tag_fails_that_file_only(
     assert (report.written, report.failed) == (1, 1)
     assert "cannot build tags" in file_doc(store, "a-bad")["write_error"]
     assert bad.read_bytes() == before
+
+
+def test_a_batch_removes_what_a_crashed_writer_left_in_the_folders_it_writes(
+    store: Store, make_file: Callable[..., Path], library_root: Path
+) -> None:
+    store.ensure_library(library_doc(library_root))
+    path = make_file("flac", "Album/01.flac")
+    untouched_folder = library_root / "Other"
+    untouched_folder.mkdir()
+    register(store, {"f1": path})
+    hour_ago = time.time() - 3700
+    stale = [path.parent / ".01.nomarr-tmp-crashed.flac", path.parent / ".02.nomarr-tmp-spare.mp3",
+             untouched_folder / ".03.nomarr-tmp-crashed.ogg"]  # fmt: skip
+    for leftover in stale:
+        leftover.write_bytes(b"a copy from a writer that crashed")
+        os.utime(leftover, (hour_ago, hour_ago))
+    running = path.parent / ".04.nomarr-tmp-running.flac"
+    running.write_bytes(b"another batch's copy, being written now")
+
+    report = run(store, library_root)
+
+    assert report.written == 1 and report.summary()["stale_temps_removed"] == 2
+    assert sorted(p.name for p in temp_leftovers(library_root)) == [stale[2].name, running.name]
 
 
 # ---- several writers at once -----------------------------------------------------------------

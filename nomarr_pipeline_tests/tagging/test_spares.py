@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from nomarr_pipeline.tagging.atomic import (
     is_tag_write_temp,
     prepare_file_write,
     remove_stale_temps,
+    remove_stale_temps_in,
 )
 from nomarr_pipeline.tagging.formats import read_nom_tags
 from nomarr_pipeline.tagging.spares import SpareInodes
@@ -222,6 +224,18 @@ def test_a_file_put_at_a_spare_name_is_neither_written_nor_deleted(
 
     assert decoded_audio_hash(second) == audio_before
     assert [path.read_bytes() for path in temp_leftovers(library_root)].count(b"not the writer's file") == 1
+
+
+def test_a_spare_in_use_is_not_taken_for_a_stale_temp(
+    make_file: Callable[..., Path], library_root: Path, pool: SpareInodes
+) -> None:
+    path = make_file("mp3")
+    two_years_ago = time.time() - 2 * 365 * 86400
+    os.utime(path, (two_years_ago, two_years_ago))
+    write(path, library_root, pool)
+
+    assert remove_stale_temps_in(library_root) == []
+    assert len(pool) == 1 and pool._spares[0].path.exists()
 
 
 def test_a_spare_left_by_a_crashed_writer_is_a_stale_temp(
