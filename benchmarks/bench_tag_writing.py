@@ -19,6 +19,7 @@ them (and, for ext4, whether it has a journal), because that moves the pipeline'
 not the bare loop's (docs/BENCHMARKS.md, "Where the gap is").
 
     .venv/bin/python benchmarks/bench_tag_writing.py [--files 300] [--repeats 3] [--engines] [--workdir DIR]
+        [--per-folder N]
 """
 
 from __future__ import annotations
@@ -101,13 +102,16 @@ def make_sources(folder: Path, seconds: float) -> list[Path]:
     return sources
 
 
-def fresh_copies(sources: list[Path], folder: Path, count: int) -> list[Path]:
+def fresh_copies(sources: list[Path], folder: Path, count: int, per_folder: int = 0) -> list[Path]:
+    """``count`` copies of ``sources`` in ``folder``, or in album folders of ``per_folder``."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     copies = []
     for index, source in zip(range(count), itertools.cycle(sources), strict=False):
-        target = folder / f"{index:05d}{source.suffix}"
+        album = folder / f"album{index // per_folder:04d}" if per_folder else folder
+        album.mkdir(exist_ok=True)
+        target = album / f"{index:05d}{source.suffix}"
         shutil.copyfile(source, target)
         copies.append(target)
     # Every timed section starts without dirty pages: otherwise the writeback of these copies
@@ -239,6 +243,7 @@ def main() -> None:
     parser.add_argument("--writers", type=int, nargs="*", default=[], help="more writer counts to time")
     parser.add_argument("--engines", action="store_true", help="also time inline/threads/processes")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temp folder, removed after")
+    parser.add_argument("--per-folder", type=int, default=0, help="files per album folder (0: one folder)")
     args = parser.parse_args()
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="nomarr-bench-"))
@@ -261,14 +266,15 @@ def main() -> None:
         root = workdir / "pipeline"
         results: dict[str, list[Measure]] = {"bare": []}
         for _ in range(args.repeats):
-            results["bare"].append(timed(fresh_copies(sources, workdir / "bare", args.files), bare))
+            copies = fresh_copies(sources, workdir / "bare", args.files, args.per_folder)
+            results["bare"].append(timed(copies, bare))
             for count in writer_counts:
-                files = fresh_copies(sources, root, args.files)
+                files = fresh_copies(sources, root, args.files, args.per_folder)
                 results.setdefault(f"pipeline writers={count}", []).append(timed_batch(files, root, count))
                 assert read_nom_tags(files[0])[keys.VERSION] == [VERSION]
             if args.engines:
                 for engine, workers in (("inline", 1), ("threads", default), ("processes", default)):
-                    files = fresh_copies(sources, root, args.files)
+                    files = fresh_copies(sources, root, args.files, args.per_folder)
                     name = f"write jobs {engine}" + (f" x{workers}" if engine != "inline" else "")
                     results.setdefault(name, []).append(timed_engine(files, root, tags, engine, workers))
 
