@@ -20,11 +20,13 @@ copied, written, verified), then the chunk's copies are committed (fsync, re-che
 one after the other, so that their fsyncs share journal commits (one writer, 1000 files on a
 journaling ext4: 487 files/s committing each file alone, 583 in groups of 4; no difference on
 a filesystem without a journal). A group is also committed as soon as its copies reach
-:data:`COMMIT_GROUP_BYTES`, so large files do not pile up temp copies. Jobs
-and results cross the process boundary as plain data (str, int, dict, tuple). Errors come
-back as ``(kind, message)`` fields of a :class:`WriteResult`, never as pickled exceptions:
-``WriteError(path, reason)`` cannot be rebuilt by pickle, which would turn every per-file
-error into a broken pool.
+:data:`COMMIT_GROUP_BYTES`, so large files do not pile up temp copies. Each writer keeps the
+originals its commits replace as its next chunk's temp copies (:data:`PROCESS_SPARES`, see
+:mod:`~nomarr_pipeline.tagging.spares`); :meth:`TagWriters.close` deletes this process'
+spares, and each worker deletes its own as it exits. Jobs and results cross the process
+boundary as plain data (str, int, dict, tuple). Errors come back as ``(kind, message)``
+fields of a :class:`WriteResult`, never as pickled exceptions: ``WriteError(path, reason)``
+cannot be rebuilt by pickle, which would turn every per-file error into a broken pool.
 
 Workers are started with ``spawn`` (like the analysis workers in ``ml/workers.py``): a fresh
 interpreter inherits neither the run's open database connections nor Dagster's threads, which
