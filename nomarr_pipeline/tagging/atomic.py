@@ -413,23 +413,28 @@ def remove_stale_temps(root: str | os.PathLike[str], *, older_than_s: float = 36
 
     The age limit keeps a write that is running right now from losing its temp file.
     """
+    cutoff = time.time() - older_than_s
     removed: list[Path] = []
-    for folder, _, _ in os.walk(root):
-        removed += remove_stale_temps_in(folder, older_than_s=older_than_s)
+    for folder, _, names in os.walk(root):
+        removed += _remove_stale(Path(folder), names, cutoff)
     return removed
 
 
 def remove_stale_temps_in(folder: str | os.PathLike[str], *, older_than_s: float = 3600.0) -> list[Path]:
     """:func:`remove_stale_temps` for ``folder`` alone, not its subfolders."""
-    cutoff = time.time() - older_than_s
+    return _remove_stale(Path(folder), os.listdir(folder), time.time() - older_than_s)
+
+
+def _remove_stale(folder: Path, names: list[str], cutoff: float) -> list[Path]:
     removed: list[Path] = []
-    with os.scandir(folder) as listing:
-        entries = [entry for entry in listing if is_tag_write_temp(entry.name)]
-    for entry in entries:
+    for name in names:
+        candidate = folder / name
+        if not is_tag_write_temp(name):
+            continue
         with contextlib.suppress(FileNotFoundError):
-            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
+            if candidate.lstat().st_mtime < cutoff:
+                candidate.unlink()
+                removed.append(candidate)
     return removed
 
 

@@ -38,7 +38,7 @@ import stat
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 _AT_FDCWD = -100
@@ -114,8 +114,7 @@ def _has_xattrs(descriptor: int) -> bool:
         raise
 
 
-def _recyclable(descriptor: int) -> bool:
-    info = os.fstat(descriptor)
+def _recyclable(descriptor: int, info: os.stat_result) -> bool:
     return (
         stat.S_ISREG(info.st_mode)
         and info.st_nlink == 1
@@ -172,9 +171,11 @@ class SpareInodes:
         """
         descriptor = -1
         try:
-            if len(self._spares) < self.limit and _RENAMEAT2 is not None:
+            if len(self._spares) < self.limit:
                 descriptor = os.open(old, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-                if _recyclable(descriptor) and self._add(old, descriptor, device):
+                info = os.fstat(descriptor)
+                spare = Spare(old, descriptor, device, info.st_gid, info.st_size)
+                if _recyclable(descriptor, info) and self._add(spare):
                     return
         except OSError:
             pass
@@ -183,23 +184,21 @@ class SpareInodes:
         with contextlib.suppress(OSError):
             old.unlink()
 
-    def _add(self, path: Path, descriptor: int, device: int) -> bool:
-        os.fchmod(descriptor, 0o600)
+    def _add(self, spare: Spare) -> bool:
+        os.fchmod(spare.descriptor, 0o600)
         # The old original's mtime may be years old: a sweep for stale temps (older than an
         # hour) must not mistake a spare in use for a crashed writer's.
-        os.utime(descriptor)
-        info = os.fstat(descriptor)
+        os.utime(spare.descriptor)
         with self._lock:  # the whole decision, so that threads cannot both pass the limits
             if len(self._spares) >= self.limit:
                 return False
-            size = info.st_size
-            if self._bytes + size > self.byte_limit:
+            if self._bytes + spare.size > self.byte_limit:
                 # Freeing blocks costs what keeping them saves (ext4 also discards them on a
                 # "discard" mount), but disk space held by spares stays bounded.
-                os.ftruncate(descriptor, 0)
-                size = 0
-            self._spares.append(Spare(path, descriptor, device, info.st_gid, size))
-            self._bytes += size
+                os.ftruncate(spare.descriptor, 0)
+                spare = replace(spare, size=0)
+            self._spares.append(spare)
+            self._bytes += spare.size
         return True
 
     def take(self, folder: Path, prefix: str, suffix: str, device: int, gid: int) -> tuple[Path, int] | None:
