@@ -42,7 +42,7 @@ class Settings:
     data_dir: Path
     store_url: str
     arango_db: str
-    arango_user: str
+    arango_user: str | None  # None: the user in the ArangoDB URL, else root
     arango_password: str | None = field(repr=False)
     library_roots: tuple[Path, ...]
     models_dir: Path | None
@@ -64,7 +64,7 @@ class Settings:
             data_dir=data_dir,
             store_url=store_url,
             arango_db=_env_str("NOMARR_ARANGO_DB") or "nomarr",
-            arango_user=_env_str("NOMARR_ARANGO_USER") or "root",
+            arango_user=_env_str("NOMARR_ARANGO_USER"),
             arango_password=_env_str("NOMARR_ARANGO_PASSWORD"),
             library_roots=tuple(split_roots(_env_str("NOMARR_LIBRARY_ROOTS"))),
             models_dir=Path(models).expanduser().absolute() if models else None,

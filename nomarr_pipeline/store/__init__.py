@@ -21,11 +21,15 @@ def open_store(
     url: str,
     *,
     arango_db: str = "nomarr",
-    arango_user: str = "root",
+    arango_user: str | None = None,
     arango_password: str | None = None,
     arango_http_client: object | None = None,
 ) -> Store:
-    """``sqlite:///abs/path.db`` opens the embedded store; ``http(s)://host:port`` ArangoDB."""
+    """``sqlite:///abs/path.db`` opens the embedded store; ``http(s)://host:port`` ArangoDB.
+
+    ArangoDB credentials: ``arango_user``/``arango_password`` win over a user/password in the
+    URL; without either the user is ``root``.
+    """
     scheme = urlsplit(url).scheme.lower()
     if scheme == "sqlite":
         from nomarr_pipeline.store.sqlite import SqliteStore

@@ -154,7 +154,7 @@ class ArangoStore:
         url: str,
         *,
         database: str = "nomarr",
-        username: str | None = "root",
+        username: str | None = None,
         password: str | None = None,
         http_client: HTTPClient | None = None,
     ) -> None:

@@ -24,6 +24,7 @@ import requests
 from arango.http import HTTPClient
 from arango.response import Response
 
+from nomarr_pipeline.settings import Settings
 from nomarr_pipeline.store import (
     COLLECTIONS,
     FileStat,
@@ -70,6 +71,7 @@ class FakeArango(HTTPClient):
     schema_version: int | None = SCHEMA_VERSION
     collections: set[str] = field(default_factory=set)
     reject_auth: bool = False
+    user: str = "root"  # the only user it lets in (with PASSWORD)
     forbid_create_database: bool = False
     requests: list[Recorded] = field(default_factory=list)
     # (fragment of the AQL text, rows or a function of (query, bind vars)); first match wins.
@@ -99,7 +101,7 @@ class FakeArango(HTTPClient):
         path = unquote(urlsplit(url).path)
         body = json.loads(data) if isinstance(data, str) and data else None
         self.requests.append(Recorded(method, path, dict(params or {}), body, dict(headers or {})))
-        if self.reject_auth or auth != ("root", PASSWORD):
+        if self.reject_auth or auth != (self.user, PASSWORD):
             status, payload = 401, _error(401, 11, "not authorized to execute this request")
         else:
             status, payload = self._route(method, path, dict(params or {}), body)
@@ -388,6 +390,36 @@ def test_credentials_in_the_url_are_used_when_no_password_is_given() -> None:
     )
     engine.list_libraries()  # FakeArango answers 401 unless auth == ("root", PASSWORD)
     assert all("@" not in r.path for r in fake.requests)
+
+
+def test_user_in_the_url_is_used_when_no_user_is_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeArango(user="alice")
+    engine = open_store("http://alice@arango.test:8529", arango_password=PASSWORD, arango_http_client=fake)
+    engine.list_libraries()  # FakeArango answers 401 unless auth == ("alice", PASSWORD)
+
+    # The same through the settings every caller reads (NOMARR_ARANGO_USER unset).
+    monkeypatch.setenv("NOMARR_STORE_URL", "http://alice@arango.test:8529")
+    monkeypatch.setenv("NOMARR_ARANGO_PASSWORD", PASSWORD)
+    monkeypatch.delenv("NOMARR_ARANGO_USER", raising=False)
+    settings = Settings.from_env()
+    fake = FakeArango(user="alice")
+    open_store(
+        settings.store_url,
+        arango_db=settings.arango_db,
+        arango_user=settings.arango_user,
+        arango_password=settings.arango_password,
+        arango_http_client=fake,
+    ).list_libraries()
+    assert fake.requests and all(r.path.startswith("/_db/") for r in fake.requests)
+
+
+def test_configured_user_wins_over_the_url_and_root_is_the_default() -> None:
+    fake = FakeArango(user="bob")
+    open_store(
+        "http://alice@arango.test:8529", arango_user="bob", arango_password=PASSWORD, arango_http_client=fake
+    ).list_libraries()
+    fake = FakeArango(user="root")
+    open_store(URL, arango_password=PASSWORD, arango_http_client=fake).list_libraries()
 
 
 def test_connection_refused_fails_fast_with_redacted_url() -> None:
