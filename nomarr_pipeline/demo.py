@@ -4,6 +4,7 @@ tiny real Essentia models (``nomarr_pipeline.ml.demo_models``)."""
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import struct
 import subprocess
@@ -27,6 +28,24 @@ DEMO_TRACKS: list[tuple[str, str, tuple[str, ...]]] = [
     ("Noise/04 rain.aif", "anoisesrc=color=pink:duration=8:amplitude=0.1", ()),
     ("Spoken/01 chapter.m4b", "anoisesrc=color=brown:duration=8:amplitude=0.2", ("-c:a", "aac")),
 ]
+
+
+def configure_demo_environment(folder: Path) -> dict[str, str]:
+    """Point every NOMARR_* setting at the demo folder, so the demo never reads or writes the
+    user's own store, library or exports (it writes tags into the demo files only)."""
+    data = folder / "data"
+    env = {
+        "NOMARR_DATA_DIR": str(data),
+        "NOMARR_STORE_URL": f"sqlite:///{data / 'nomarr.sqlite3'}",
+        "NOMARR_EXPORT_DIR": str(data / "calibration"),
+        "NOMARR_LIBRARY_ROOTS": str(folder / "library"),
+        "NOMARR_MODELS_DIR": str(folder / "models"),
+        "NOMARR_FILE_WRITE_MODE": "full",
+        "NOMARR_AUTO_WRITE_TAGS": "true",
+        "NOMARR_WRITE_RAW_SCORES": "false",
+    }
+    os.environ.update(env)
+    return env
 
 
 def build_demo_library(dest: Path) -> Path:

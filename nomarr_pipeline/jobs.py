@@ -1,7 +1,11 @@
 """Jobs the sensors, schedules, CLI and UI launch."""
 
+from collections.abc import Sequence
+
 import dagster as dg
 
+# Tags that make one run cover a range of partitions: with BackfillPolicy.single_run, one
+# backbone pass per file serves every head in the range.
 PARTITION_RANGE_START = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END = "dagster/asset_partition_range_end"
 
@@ -27,16 +31,15 @@ calibration_job = dg.define_asset_job(
     "and the calibrations.json package.",
 )
 
-
-def partition_range_tags(keys: list[str]) -> dict[str, str]:
-    # A range of dynamic partitions is the keys between these two, in the order they were added.
-    """Tags that make one run cover every partition from ``keys[0]`` to ``keys[-1]``."""
-    return {PARTITION_RANGE_START: keys[0], PARTITION_RANGE_END: keys[-1]}
-
-
 tagging_job = dg.define_asset_job(
     "tagging_job",
     selection=dg.AssetSelection.assets("calibrated_tags", "written_tags"),
     description="Recalibrate stored predictions whose calibration_hash is stale, then write tags "
     "into the audio files (explicit batch; the sensor's runs write auto_write_tags libraries only).",
 )
+
+
+def partition_range_tags(keys: Sequence[str]) -> dict[str, str]:
+    """Tags that make one run cover every partition from ``keys[0]`` to ``keys[-1]``, in the
+    order the dynamic partitions were added."""
+    return {PARTITION_RANGE_START: keys[0], PARTITION_RANGE_END: keys[-1]}

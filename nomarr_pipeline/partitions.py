@@ -4,4 +4,5 @@ from __future__ import annotations
 
 import dagster as dg
 
-heads_partitions = dg.DynamicPartitionsDefinition(name="heads")
+HEADS = "heads"
+heads_partitions = dg.DynamicPartitionsDefinition(name=HEADS)

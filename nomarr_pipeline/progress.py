@@ -1,48 +1,61 @@
-"""Progress of long steps for people watching a terminal or reading a log.
+"""Progress of long command-line steps: a ``rich`` progress bar on a terminal, plain log
+lines otherwise (CI logs, ``nohup`` files), both on stderr so stdout stays for results
+(``write-tags --preview --output -`` prints CSV there).
 
-:class:`ProgressReporter` is a ``progress(done, total)`` callback: on a terminal it redraws
-one line (bar, files done / total, rate, time left); otherwise it prints plain log lines, at
-most one per ``log_every_s`` seconds plus the last one, so CI logs and ``nohup`` files stay
-readable. :class:`ProgressPoller` drives a reporter from a background thread that measures
-progress itself (e.g. by counting rows in the store) — the way to show progress of work that
-runs inside a Dagster run, where no callback reaches the command line.
-
-Plain Python: no Dagster import, so every layer may use it.
+:class:`StepProgress` is a ``progress(done, total)`` callback; :class:`ProgressPoller` feeds
+it from a background thread that measures progress itself (e.g. by counting rows in the
+store) — the way to show work that runs inside a Dagster run, where no callback reaches the
+command line.
 """
 
 from __future__ import annotations
 
-import math
-import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TextIO
+from datetime import timedelta
 
-ProgressCallback = Callable[[int, int], None]
-BAR_WIDTH = 24
-
-
-def format_duration(seconds: float) -> str:
-    """``75`` → ``1m15s``; ``3700`` → ``1h01m``; unknown (inf/nan) → ``?``."""
-    if not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 
-class ProgressReporter:
-    """Shows ``done / total`` of one step with rate and time left.
+class RateColumn(ProgressColumn):
+    """``12.5 files/s``: rich's speed estimate in the step's unit."""
 
-    Call it with ``(done, total)`` as often as you like (it throttles itself); call
-    :meth:`finish` once at the end. ``total`` may change between calls (work discovered
-    on the way) and may be 0 (nothing to do).
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{rate(task):.1f} {self.unit}/s", style="progress.data.speed")
+
+
+def rate(task: Task) -> float:
+    # rich leaves the first sample out of its estimate, so work done before the step was
+    # watched (files analysed by an earlier run) does not inflate the rate.
+    return task.finished_speed or task.speed or 0.0
+
+
+def duration(seconds: float | None) -> str:
+    """``0:01:15`` as rich's time column shows it; ``?`` while unknown."""
+    return "?" if seconds is None else str(timedelta(seconds=round(seconds)))
+
+
+class StepProgress:
+    """Files done / total of one step, with rate and time left.
+
+    Use it as a context manager and call it with ``(done, total)`` as often as you like;
+    ``total`` may change on the way and may be 0 (nothing to do). Off a terminal it prints a
+    line at most every ``log_every_s`` seconds, and a summary line at the end.
     """
 
     def __init__(
@@ -50,125 +63,97 @@ class ProgressReporter:
         label: str,
         *,
         unit: str = "files",
-        stream: TextIO | None = None,
-        interactive: bool | None = None,
+        console: Console | None = None,
         log_every_s: float = 10.0,
-        redraw_every_s: float = 0.2,
-        clock: Callable[[], float] = time.monotonic,
+        get_time: Callable[[], float] = time.monotonic,
     ) -> None:
         self.label = label
         self.unit = unit
-        self.stream = stream if stream is not None else sys.stderr
-        if interactive is None:
-            isatty = getattr(self.stream, "isatty", None)
-            interactive = bool(isatty and isatty())
-        self.interactive = interactive
+        self.console = console or Console(stderr=True)
+        self.interactive = self.console.is_terminal
         self.log_every_s = log_every_s
-        self.redraw_every_s = redraw_every_s
-        self._clock = clock
-        self._started = clock()
-        self._last_shown = -math.inf
-        self._first_done: int | None = None
-        self.done = 0
-        self.total = 0
-        self._finished = False
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(unit),
+            RateColumn(unit),
+            TimeRemainingColumn(),
+            console=self.console,
+            get_time=get_time,
+            disable=not self.interactive,  # still keeps the numbers for the log lines
+        )
+        self._task_id = self._bar.add_task(label, total=None)
+        self._last_line = -float("inf")
         self._lock = threading.Lock()
 
-    # ---- numbers -----------------------------------------------------------------------
-    def elapsed(self) -> float:
-        return self._clock() - self._started
+    @property
+    def task(self) -> Task:
+        return self._bar.tasks[0]
 
-    def rate(self) -> float:
-        """Units per second since the first report (work done before we started watching,
-        e.g. files analysed by an earlier run, does not inflate the rate)."""
-        elapsed = self.elapsed()
-        progressed = self.done - (self._first_done or 0)
-        return progressed / elapsed if elapsed > 0 and progressed > 0 else 0.0
+    def __enter__(self) -> StepProgress:
+        self._bar.start()
+        return self
 
-    def seconds_left(self) -> float:
-        rate = self.rate()
-        remaining = max(0, self.total - self.done)
-        if remaining == 0:
-            return 0.0
-        return remaining / rate if rate > 0 else math.inf
-
-    def line(self) -> str:
-        percent = 100.0 * self.done / self.total if self.total else 100.0
-        return (
-            f"{self.label}: {self.done}/{self.total} {self.unit} ({percent:.0f}%), "
-            f"{self.rate():.1f} {self.unit}/s, {format_duration(self.seconds_left())} left"
-        )
-
-    # ---- output ------------------------------------------------------------------------
     def __call__(self, done: int, total: int) -> None:
         with self._lock:
-            if self._first_done is None:
-                self._first_done = done
-            self.done, self.total = max(0, int(done)), max(0, int(total))
-            now = self._clock()
-            every = self.redraw_every_s if self.interactive else self.log_every_s
-            if now - self._last_shown < every:
-                return
-            self._last_shown = now
-            self._show()
+            self._bar.update(self._task_id, completed=max(0, done), total=max(0, total))
+            now = self._bar.get_time()
+            if not self.interactive and now - self._last_line >= self.log_every_s:
+                self._last_line = now
+                self.console.print(self.line(), highlight=False, soft_wrap=True)
 
-    def _show(self) -> None:
-        if self.interactive:
-            filled = BAR_WIDTH if not self.total else int(BAR_WIDTH * min(1.0, self.done / self.total))
-            bar = "#" * filled + "." * (BAR_WIDTH - filled)
-            # \r + clear-to-end-of-line redraws in place without leaving fragments behind.
-            self.stream.write(f"\r\x1b[K[{bar}] {self.line()}")
-        else:
-            self.stream.write(self.line() + "\n")
-        self.stream.flush()
+    def line(self) -> str:
+        task = self.task
+        done, total = int(task.completed), int(task.total or 0)
+        percent = 100 * done / total if total else 100
+        return (
+            f"{self.label}: {done}/{total} {self.unit} ({percent:.0f}%), "
+            f"{rate(task):.1f} {self.unit}/s, {duration(task.time_remaining)} left"
+        )
 
-    def finish(self, message: str | None = None) -> None:
-        """Show the final state once (always, regardless of throttling) and end the line."""
-        with self._lock:
-            if self._finished:
-                return
-            self._finished = True
-            summary = message or (
-                f"{self.label}: {self.done}/{self.total} {self.unit} in {format_duration(self.elapsed())}"
+    def __exit__(self, *exc_info: object) -> None:
+        self._bar.stop()  # a terminal keeps the final bar
+        if not self.interactive:
+            task = self.task
+            self.console.print(
+                f"{self.label}: {int(task.completed)}/{int(task.total or 0)} {self.unit} "
+                f"in {duration(task.elapsed or 0.0)}",
+                highlight=False,
+                soft_wrap=True,
             )
-            prefix = "\r\x1b[K" if self.interactive else ""
-            self.stream.write(f"{prefix}{summary}\n")
-            self.stream.flush()
 
 
 class ProgressPoller:
     """Calls ``measure() -> (done, total)`` every ``interval_s`` on a daemon thread and feeds
-    ``reporter``; use it as a context manager around work that reports nothing itself.
+    ``progress``; use it as a context manager around work that reports nothing itself.
 
     A failing measurement (e.g. the database is briefly locked) skips that tick: progress
     display must never break the work it watches.
     """
 
     def __init__(
-        self,
-        reporter: ProgressReporter,
-        measure: Callable[[], tuple[int, int]],
-        *,
-        interval_s: float = 1.0,
+        self, progress: StepProgress, measure: Callable[[], tuple[int, int]], *, interval_s: float = 1.0
     ) -> None:
-        self.reporter = reporter
+        self.progress = progress
         self.measure = measure
         self.interval_s = interval_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"progress:{reporter.label}", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"progress:{progress.label}", daemon=True)
 
     def _tick(self) -> None:
         try:
             done, total = self.measure()
         except Exception:  # see the class docstring
             return
-        self.reporter(done, total)
+        self.progress(done, total)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             self._tick()
 
     def __enter__(self) -> ProgressPoller:
+        self.progress.__enter__()
         self._tick()
         self._thread.start()
         return self
@@ -178,4 +163,4 @@ class ProgressPoller:
         # Bounded: one measurement is a single cheap query.
         self._thread.join(timeout=max(5.0, 2 * self.interval_s))
         self._tick()
-        self.reporter.finish()
+        self.progress.__exit__(*exc_info)

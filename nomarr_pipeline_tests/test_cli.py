@@ -4,6 +4,7 @@ export/import and the tag-write preview — all on real stores, real Dagster run
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -12,13 +13,15 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
+from rich.console import Console
 
-from nomarr_pipeline import cli
+from nomarr_pipeline import cli, runner
 from nomarr_pipeline.calibration.histogram import HistogramSpec, PercentileResult
 from nomarr_pipeline.calibration.state import compute_state
 from nomarr_pipeline.demo import DEMO_TRACKS, write_wav
+from nomarr_pipeline.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START, calibration_job, predictions_job
 from nomarr_pipeline.ml.demo_models import write_demo_models
-from nomarr_pipeline.progress import ProgressPoller, ProgressReporter, format_duration
+from nomarr_pipeline.progress import ProgressPoller, StepProgress
 from nomarr_pipeline.store import open_store
 
 
@@ -35,51 +38,49 @@ class FakeClock:
 # ---- progress ---------------------------------------------------------------------------------
 
 
-def test_format_duration() -> None:
-    assert [format_duration(s) for s in (0, 59.4, 75, 3700)] == ["0s", "59s", "1m15s", "1h01m"]
-    assert format_duration(float("inf")) == "?"
-
-
 def test_plain_log_lines_when_not_a_terminal_are_throttled() -> None:
     out, clock = io.StringIO(), FakeClock()
-    reporter = ProgressReporter("predictions", stream=out, log_every_s=10, clock=clock)
-    assert reporter.interactive is False  # a StringIO is not a terminal
-    reporter(0, 100)
-    clock.now += 5
-    reporter(25, 100)  # within 10 s of the last line: not printed
-    clock.now += 5
-    reporter(50, 100)
-    reporter.finish()
-    lines = out.getvalue().splitlines()
-    assert lines[0] == "predictions: 0/100 files (0%), 0.0 files/s, ? left"
-    assert lines[1] == "predictions: 50/100 files (50%), 5.0 files/s, 10s left"
-    assert lines[2] == "predictions: 50/100 files in 10s"
-    assert "\r" not in out.getvalue()
+    with StepProgress("predictions", console=Console(file=out), log_every_s=10, get_time=clock) as progress:
+        assert progress.interactive is False  # a StringIO is not a terminal
+        progress(0, 100)
+        clock.now += 5
+        progress(25, 100)  # within 10 s of the last line: not printed
+        clock.now += 5
+        progress(50, 100)
+    assert out.getvalue().splitlines() == [
+        "predictions: 0/100 files (0%), 0.0 files/s, ? left",
+        "predictions: 50/100 files (50%), 5.0 files/s, 0:00:10 left",
+        "predictions: 50/100 files in 0:00:10",
+    ]
+    assert "\x1b" not in out.getvalue() and "\r" not in out.getvalue()
 
 
-def test_terminal_output_redraws_one_line() -> None:
+def test_terminal_shows_a_rich_progress_bar() -> None:
     out, clock = io.StringIO(), FakeClock()
-    reporter = ProgressReporter("tags", stream=out, interactive=True, clock=clock, unit="files")
-    reporter(0, 4)
-    clock.now += 1
-    reporter(2, 4)
-    reporter.finish()
+    console = Console(file=out, force_terminal=True, width=120, color_system=None)
+    with StepProgress("tags", console=console, get_time=clock) as progress:
+        assert progress.interactive is True
+        for done in range(3):
+            progress(done, 4)
+            clock.now += 1
     text = out.getvalue()
-    assert text.count("\n") == 1  # only the final line ends a line
-    assert "\r\x1b[K[############............] tags: 2/4 files (50%), 2.0 files/s, 1s left" in text
-    assert text.endswith("tags: 2/4 files in 1s\n")
+    assert "\r" in text or "\x1b[2K" in text  # redrawn in place, not one line per update
+    final = text.rsplit("\x1b[2K", 1)[-1]
+    assert "tags" in final and "2/4 files" in final and "1.0 files/s" in final and "0:00:02" in final
+    assert "━" in final  # the bar
+    assert "tags: " not in text  # none of the plain log lines
 
 
 def test_poller_measures_in_the_background_and_always_finishes() -> None:
     out = io.StringIO()
-    reporter = ProgressReporter("scan", stream=out, log_every_s=0)
+    progress = StepProgress("scan", console=Console(file=out), log_every_s=0)
     done = iter(range(1000))
 
     def measure() -> tuple[int, int]:
         return min(next(done), 10), 10
 
-    with ProgressPoller(reporter, measure, interval_s=0.01):
-        while reporter.done < 10:
+    with ProgressPoller(progress, measure, interval_s=0.01):
+        while progress.task.completed < 10:
             pass
     assert out.getvalue().splitlines()[-1].startswith("scan: 10/10 files in")
 
@@ -90,19 +91,19 @@ def test_poller_survives_a_failing_measurement() -> None:
     def broken() -> tuple[int, int]:
         raise RuntimeError("database is locked")
 
-    with ProgressPoller(ProgressReporter("x", stream=out), broken, interval_s=0.01):
+    with ProgressPoller(StepProgress("x", console=Console(file=out)), broken, interval_s=0.01):
         pass
-    assert out.getvalue() == "x: 0/0 files in 0s\n"
+    assert out.getvalue() == "x: 0/0 files in 0:00:00\n"
 
 
-# ---- partition ranges -------------------------------------------------------------------------
+# ---- partition ranges and jobs ------------------------------------------------------------------
 
 
 def test_contiguous_ranges_skip_partitions_not_wanted() -> None:
     ordered = ["a:1", "a:2", "old:x", "b:1", "b:2"]
-    assert cli.contiguous_ranges(ordered, ["a:1", "a:2", "b:1", "b:2"]) == [("a:1", "a:2"), ("b:1", "b:2")]
-    assert cli.contiguous_ranges(ordered, ["b:2", "a:1"]) == [("a:1", "a:1"), ("b:2", "b:2")]
-    assert cli.contiguous_ranges(ordered, []) == []
+    assert runner.contiguous_ranges(ordered, ["a:1", "a:2", "b:1", "b:2"]) == [["a:1", "a:2"], ["b:1", "b:2"]]
+    assert runner.contiguous_ranges(ordered, ["b:2", "a:1"]) == [["a:1"], ["b:2"]]
+    assert runner.contiguous_ranges(ordered, []) == []
 
 
 # ---- clear errors -----------------------------------------------------------------------------
@@ -188,6 +189,73 @@ def test_bad_setting_is_a_clear_error(monkeypatch, capsys) -> None:
     code, _, err = _run_cli(capsys, "status")
     assert code == 2
     _assert_clear_error(err, "NOMARR_FILE_WRITE_MODE")
+
+
+def test_usage_errors_exit_2_with_clicks_message(capsys) -> None:
+    code, _, err = _run_cli(capsys, "no-such-command")
+    assert code == 2 and "No such command" in err
+    code, _, err = _run_cli(capsys, "import-calibrations")
+    assert code == 2 and "Missing argument 'PACKAGE'" in err
+    code, out, _ = _run_cli(capsys, "--help")
+    assert code == 0
+    for command in ("demo", "run", "scan", "status", "export-calibrations", "write-tags"):
+        assert command in out
+
+
+def test_interrupt_exits_130(monkeypatch, capsys) -> None:
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "open_checked_store", interrupted)
+    code, _, err = _run_cli(capsys, "status")
+    assert (code, err.strip()) == (130, "interrupted")  # click ends the ^C line first
+
+
+def test_a_failed_step_exits_1_and_skips_what_follows(
+    tmp_path: Path, monkeypatch, capsys, dagster_home: Path
+) -> None:
+    write_wav(tmp_path / "music" / "a.wav")
+    monkeypatch.setenv("NOMARR_LIBRARY_ROOTS", str(tmp_path / "music"))
+    monkeypatch.setenv("NOMARR_STORE_URL", f"sqlite:///{tmp_path / 'store.sqlite3'}")
+    launched = []
+
+    def failing_launch(instance, job, tags, *, verbose):
+        launched.append(job.name)
+        return "run-0001", "step library_files failed: disk on fire"
+
+    monkeypatch.setattr(runner, "launch_run", failing_launch)
+    code, out, _ = _run_cli(capsys, "scan")
+    assert code == 1 and launched == ["library_scan_job"]
+    assert "scan                         failed   step library_files failed: disk on fire" in out
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        pipeline = runner.PipelineRunner(instance)
+        pipeline.run_job("scan", "library_scan_job")
+        skipped = pipeline.run_job("predictions", predictions_job.name, ["m:h"])
+    assert (skipped.status, skipped.detail) == ("skipped", "an earlier step failed")
+    assert launched == ["library_scan_job", "library_scan_job"]
+
+
+def test_status_and_export_count_only_calibrations_that_can_be_applied(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    monkeypatch.setenv("NOMARR_STORE_URL", url)
+    store = open_store(url)
+    store.ensure_library({"_key": "lib", "name": "library", "root_path": str(tmp_path)})
+    usable, flat = _state("mood_happy", "happy", 0.1, 0.9), _state("mood_sad", "sad", 0.5, 0.5)
+    store.save_calibrations([usable, flat], [])  # p95 <= p5: in force, but never applied
+    store.close()
+
+    code, out, _ = _run_cli(capsys, "status")
+    frame = pd.read_csv(io.StringIO(out), sep=r"\s{2,}", engine="python")
+    assert code == 0 and frame["calibrated heads"].tolist() == [1]
+
+    code, out, _ = _run_cli(capsys, "export-calibrations", "--dest", str(tmp_path / "out"))
+    assert code == 0 and "(1 labels)" in out and "sidecars: 1 in" in out
+    package = json.loads((tmp_path / "out" / "calibrations.json").read_text())
+    assert [entry["key"] for entry in package["calibrations"]] == [usable["_key"]]
+    assert not (tmp_path / "out" / "effnet-discogs-effnet-1" / "mood_sad-calibration-v1.json").exists()
 
 
 # ---- calibration packages ---------------------------------------------------------------------
@@ -281,17 +349,22 @@ def test_demo_runs_the_whole_pipeline(demo_run: tuple[Path, Path, int, str]) -> 
         jobs = {run.job_name for run in runs}
         assert "library_scan_job" in jobs
         assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
-        predictions = [run for run in runs if run.job_name == cli.PREDICTIONS_JOB]
+        predictions = [run for run in runs if run.job_name == predictions_job.name]
+        (calibration_run,) = [run for run in runs if run.job_name == calibration_job.name]
+        # calibrations.json is part of the calibration run, not a step of its own.
+        (package,) = instance.fetch_materializations(dg.AssetKey("calibration_package"), limit=5).records
+        assert package.run_id == calibration_run.run_id
     # All heads in one run (a partition range), not one run per head.
     (prediction_run,) = predictions
-    assert prediction_run.tags[cli.RANGE_START_TAG] != prediction_run.tags[cli.RANGE_END_TAG]
+    assert prediction_run.tags[PARTITION_RANGE_START] != prediction_run.tags[PARTITION_RANGE_END]
+    assert "calibration                  ok       7 heads in 1 run(s)" in out
 
     store = open_store(f"sqlite:///{folder / 'data' / 'nomarr.sqlite3'}")
     try:
         counts = store.file_counts()
         assert counts["total"] == len(DEMO_TRACKS)
         assert counts["analysed"] == len(DEMO_TRACKS)
-        assert cli.calibrated_states(store)
+        assert runner.usable_calibrations(store)
     finally:
         store.close()
 
@@ -316,7 +389,7 @@ def test_status_and_preview_after_the_demo(
     code, out, _ = _run_cli(capsys, "status")
     assert code == 0
     header, row = out.splitlines()[:2]
-    for column in cli.STATUS_COLUMNS:
+    for column in runner.STATUS_COLUMNS:
         assert column in header
     assert row.split()[:2] == ["library", str(len(DEMO_TRACKS))]
 
