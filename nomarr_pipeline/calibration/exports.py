@@ -1,9 +1,11 @@
 """Sidecars and ``calibrations.json``: exports of ``calibration_state``, and the import that
 bootstraps it (seed 000, "Sidecars" and "Export/Import Calibration Package").
 
-The DB is the source of truth. Exports are written atomically (temporary file in the
-destination folder, then ``os.replace``), so a reader never sees half a file, and a failed
-sidecar write is a warning in the report, never an exception that could undo a DB change.
+The DB is the source of truth. Exports hold the calibrations that can be applied
+(``state.is_usable``: a label with ``p95 <= p5`` calibrates nothing, so it is left out).
+They are written atomically (temporary file in the destination folder, then ``os.replace``),
+so a reader never sees half a file, and a failed sidecar write is a warning in the report,
+never an exception that could undo a DB change.
 
 Sidecar layout: ``<dest>/<model_key>/<head_name>-calibration-v<version>.json``. The folder
 per backbone keeps ``mood_happy`` of effnet and of musicnn apart; the file name is the
@@ -31,7 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from nomarr_pipeline.calibration.histogram import HistogramSpec
-from nomarr_pipeline.calibration.state import calibration_def_hash, calibration_key
+from nomarr_pipeline.calibration.state import (
+    calibration_def_hash,
+    calibration_key,
+    is_usable,
+    usable_percentiles,
+)
 from nomarr_pipeline.ml.discovery import head_partition_key
 
 log = logging.getLogger(__name__)
@@ -115,7 +122,7 @@ def sidecar_documents(
     """(model_key, head_name, version) -> sidecar document, labels sorted by name."""
     grouped: dict[tuple[str, str, int], dict[str, Doc]] = defaultdict(dict)
     for state in states:
-        if state.get("p5") is None or state.get("p95") is None:
+        if not is_usable(state):
             continue
         head = (state["model_key"], state["head_name"], state["version"])
         grouped[head][state["label"]] = _label_numbers(state)
@@ -175,7 +182,7 @@ def package_document(states: Iterable[Mapping[str, Any]], exported_at: str) -> D
             "histogram": state["histogram"],
         }
         for state in states
-        if state.get("p5") is not None and state.get("p95") is not None
+        if is_usable(state)
     ]
     entries.sort(key=lambda entry: entry["key"])
     return {
@@ -282,7 +289,7 @@ def _validate_entry(index: int, entry: Any) -> tuple[Doc, bool]:
         "computed_p5": float(entry["p5"]),
         "computed_p95": float(entry["p95"]),
     }
-    return state, entry["p5"] == entry["p95"]
+    return state, not usable_percentiles(entry["p5"], entry["p95"])
 
 
 def parse_package(text: str) -> tuple[list[Doc], list[str]]:

@@ -36,6 +36,7 @@ from nomarr_pipeline.calibration.state import (
     Doc,
     calibration_key,
     compute_state,
+    usable_percentiles,
 )
 from nomarr_pipeline.ml.discovery import head_partition_key
 from nomarr_pipeline.store.protocol import SparseHistogram, Store
@@ -95,7 +96,7 @@ class LabelCalibration:
 
     @property
     def usable(self) -> bool:
-        return self.p5 is not None and self.p95 is not None and self.p95 > self.p5
+        return usable_percentiles(self.p5, self.p95)
 
 
 @dataclass

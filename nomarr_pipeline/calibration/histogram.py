@@ -144,11 +144,6 @@ class PercentileResult:
     def has_values(self) -> bool:
         return self.n > 0
 
-    @property
-    def usable(self) -> bool:
-        """Whether ``calibrate`` can use it: applying needs ``p95 > p5`` (DESIGN.md §5)."""
-        return self.p5 is not None and self.p95 is not None and self.p95 > self.p5
-
 
 def derive_percentiles(
     hist: SparseHistogram,

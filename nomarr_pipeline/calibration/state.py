@@ -190,10 +190,15 @@ def _delta(previous: float | None, current: float) -> float | None:
     return None if previous is None else current - float(previous)
 
 
-def is_usable(state: Mapping[str, Any]) -> bool:
-    """A calibration that can be applied: p5 and p95 set and ``p95 > p5`` (DESIGN.md §5)."""
-    p5, p95 = state.get("p5"), state.get("p95")
+def usable_percentiles(p5: float | None, p95: float | None) -> bool:
+    """The one rule for whether a calibration can be applied: p5 and p95 set and
+    ``p95 > p5`` (DESIGN.md §5, decision 3; otherwise applying would divide by zero)."""
     return p5 is not None and p95 is not None and p95 > p5
+
+
+def is_usable(state: Mapping[str, Any]) -> bool:
+    """Whether a ``calibration_state`` document can be applied (:func:`usable_percentiles`)."""
+    return usable_percentiles(state.get("p5"), state.get("p95"))
 
 
 def has_usable_calibration(states: Iterable[Mapping[str, Any]]) -> bool:

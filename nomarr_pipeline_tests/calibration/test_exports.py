@@ -76,6 +76,15 @@ def test_sidecars_one_per_head_and_backbone(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.rglob("*.tmp")]
 
 
+def test_exports_leave_out_calibrations_that_cannot_be_applied(tmp_path: Path) -> None:
+    flat = make_state("effnet-discogs-effnet-1", "mood_sad", "sad", 0.4, 0.4)  # p95 <= p5
+    flat_only_head = sidecar_path(tmp_path, "effnet-discogs-effnet-1", "mood_sad", 1)
+    assert export_sidecars([*STATES, flat], tmp_path, now_ms=NOW).ok
+    assert not flat_only_head.exists()
+    package = json.loads(export_package([*STATES, flat], tmp_path, now_ms=NOW).read_text())
+    assert sorted(entry["key"] for entry in package["calibrations"]) == sorted(s["_key"] for s in STATES)
+
+
 def test_sidecar_failure_is_a_warning(tmp_path: Path) -> None:
     blocker = tmp_path / "effnet-discogs-effnet-1"
     blocker.write_text("a file where a folder should be")

@@ -11,6 +11,7 @@ from nomarr_pipeline.calibration.histogram import (
     out_of_range_share,
     spec_for,
 )
+from nomarr_pipeline.calibration.state import usable_percentiles
 from nomarr_pipeline.store.protocol import SparseHistogram
 from nomarr_pipeline_tests.calibration.binning import (
     adversarial_datasets,
@@ -92,7 +93,7 @@ def test_seed_rule_on_handmade_histogram() -> None:
     hist = SparseHistogram([(30, 10), (10, 5), (20, 85)], 0, 0)  # unsorted on purpose
     result = derive_percentiles(hist, HistogramSpec(0.0, 1.0, 100))
     assert result == PercentileResult(p5=0.1, p95=0.3, n=100, underflow_count=0, overflow_count=0)
-    assert result.usable and result.has_values
+    assert usable_percentiles(result.p5, result.p95) and result.has_values
 
 
 def test_underflow_counts_before_the_bins_and_overflow_after() -> None:
@@ -103,22 +104,24 @@ def test_underflow_counts_before_the_bins_and_overflow_after() -> None:
     assert out_of_range_share(result) == pytest.approx(0.2)
     # All underflow: both percentiles clamp to lo, so the calibration is unusable.
     only_under = derive_percentiles(SparseHistogram([], 7, 0), spec)
-    assert (only_under.p5, only_under.p95) == (0.0, 0.0) and not only_under.usable
+    assert (only_under.p5, only_under.p95) == (0.0, 0.0)
+    assert not usable_percentiles(only_under.p5, only_under.p95)
     only_over = derive_percentiles(SparseHistogram([], 0, 7), spec)
-    assert (only_over.p5, only_over.p95) == (1.0, 1.0) and not only_over.usable
+    assert (only_over.p5, only_over.p95) == (1.0, 1.0)
+    assert not usable_percentiles(only_over.p5, only_over.p95)
 
 
 def test_empty_histogram_has_no_percentiles() -> None:
     result = derive_percentiles(SparseHistogram([], 0, 0))
     assert result == PercentileResult(None, None, 0, 0, 0)
-    assert not result.usable and not result.has_values
+    assert not usable_percentiles(result.p5, result.p95) and not result.has_values
     assert out_of_range_share(result) == 0.0
 
 
 def test_single_value_gives_equal_percentiles_and_is_unusable() -> None:
     result = derive_percentiles(SparseHistogram([(4242, 1)], 0, 0))
     assert result.p5 == result.p95 == pytest.approx(0.4242)
-    assert not result.usable
+    assert not usable_percentiles(result.p5, result.p95)
 
 
 @pytest.mark.parametrize("p_low,p_high", [(0.0, 0.9), (0.5, 0.5), (0.9, 0.1), (0.1, 1.0)])
