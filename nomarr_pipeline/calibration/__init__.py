@@ -20,7 +20,6 @@ from nomarr_pipeline.calibration.exports import (
     export_package,
     export_sidecars,
     import_package,
-    load_package,
     sidecar_path,
 )
 from nomarr_pipeline.calibration.generation import (
@@ -44,7 +43,6 @@ from nomarr_pipeline.calibration.recalibration import (
     RecalibrationReport,
     RecalibrationStalledError,
     recalibrate,
-    recalibration_status,
 )
 from nomarr_pipeline.calibration.state import (
     DEFAULT_DRIFT_TOLERANCE,
@@ -83,9 +81,7 @@ __all__ = [
     "export_package",
     "export_sidecars",
     "import_package",
-    "load_package",
     "recalibrate",
-    "recalibration_status",
     "sidecar_path",
     "spec_for",
 ]

@@ -26,7 +26,7 @@ import math
 import os
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +39,6 @@ from nomarr_pipeline.calibration.state import (
     is_usable,
     usable_percentiles,
 )
-from nomarr_pipeline.ml.discovery import head_partition_key
 
 log = logging.getLogger(__name__)
 
@@ -327,18 +326,6 @@ def parse_package(text: str) -> tuple[list[Doc], list[str]]:
     return states, unusable
 
 
-def load_package(path: Path) -> list[Doc]:
-    """Validated state documents (without timestamps) of a ``calibrations.json``.
-
-    Raises ``InvalidPackageError`` naming the first bad entry. Entries with ``p5 == p95`` are
-    accepted (they are what the exporter had in force) and logged: they calibrate nothing.
-    """
-    states, unusable = parse_package_file(path)
-    for key in unusable:
-        log.warning("calibration %s has p5 == p95 and will not calibrate anything", key)
-    return states
-
-
 def import_package(
     store: Any, path: Path, now_ms: int, *, overwrite: bool = False
 ) -> ImportReport:
@@ -382,10 +369,3 @@ def parse_package_file(path: Path) -> tuple[list[Doc], list[str]]:
         raise InvalidPackageError(f"cannot read calibration package {path}: {error}") from None
     return parse_package(text)
 
-
-def states_by_head(states: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
-    """Partition key ``"{model_key}:{head_name}"`` -> that head's states."""
-    grouped: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    for state in states:
-        grouped[head_partition_key(state["model_key"], state["head_name"])].append(state)
-    return dict(grouped)

@@ -70,15 +70,6 @@ class RecalibrationReport:
         return self.remaining == 0
 
 
-def recalibration_status(store: Store, library_id: str | None = None) -> dict[str, object]:
-    """What a sensor needs: the expected hash and how many files do not carry it yet."""
-    expected = expected_calibration_hash(store.list_calibrations())
-    return {
-        "expected_hash": expected,
-        "remaining": store.count_files_needing_recalibration(expected, library_id),
-    }
-
-
 def default_readers() -> int:
     return max(1, min(MAX_AUTO_READERS, os.cpu_count() or 1))
 

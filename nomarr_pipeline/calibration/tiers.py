@@ -128,10 +128,6 @@ def default_term(label: str) -> str:
     return words
 
 
-def term_for(head_name: str, label: str, config: TierConfig) -> str:
-    return config.term(head_name, label)
-
-
 def _finite_number(value: Any) -> bool:
     if value.__class__ is float:  # the common case, straight from the store
         return _NEG_INF < value < _INF  # false for NaN and both infinities
@@ -243,10 +239,6 @@ def _passing_candidates(label_count: int, scores: dict[str, float]) -> list[tupl
     if first_score == second_score:
         return []
     return [(first, first_score)] if first_score > second_score else [(second, second_score)]
-
-
-def empty_tiers() -> dict[str, list[str]]:
-    return {name: [] for name in TIER_NAMES}
 
 
 _DEFAULT_CONFIG = TierConfig()

@@ -12,7 +12,7 @@ from nomarr_pipeline.calibration.exports import (
     export_package,
     export_sidecars,
     import_package,
-    load_package,
+    parse_package_file,
     sidecar_path,
 )
 from nomarr_pipeline.calibration.histogram import HistogramSpec, PercentileResult
@@ -119,7 +119,7 @@ def test_package_round_trip(tmp_path: Path) -> None:
         "key", "model", "head", "label", "version", "p5", "p95", "n", "underflow_count",
         "overflow_count", "histogram",
     }  # fmt: skip
-    loaded = {state["_key"]: state for state in load_package(path)}
+    loaded = {state["_key"]: state for state in parse_package_file(path)[0]}
     for original in STATES:
         got = loaded[original["_key"]]
         for name in ("model_key", "head_name", "label", "version", "p5", "p95", "n",
@@ -195,7 +195,7 @@ def test_invalid_packages_are_refused_with_the_entry_named(tmp_path: Path, name:
     payload = bad(valid_package()) if callable(bad) else bad
     path = write(tmp_path, payload)
     with pytest.raises(InvalidPackageError) as error:
-        load_package(path)
+        parse_package_file(path)
     if callable(bad) and name not in {"wrong_version", "wrong_method", "no_list"}:
         assert "calibrations[" in str(error.value)
     store = FakeStore()
@@ -208,18 +208,18 @@ def test_nan_is_refused(tmp_path: Path) -> None:
     text = json.dumps(valid_package()).replace('"p5": 0.1,', '"p5": NaN,', 1)
     assert "NaN" in text
     with pytest.raises(InvalidPackageError, match="NaN"):
-        load_package(write(tmp_path, text))
+        parse_package_file(write(tmp_path, text))
 
 
 def test_missing_file_is_an_invalid_package(tmp_path: Path) -> None:
     with pytest.raises(InvalidPackageError, match="cannot read"):
-        load_package(tmp_path / "absent.json")
+        parse_package_file(tmp_path / "absent.json")
 
 
 def test_equal_percentiles_are_accepted_but_flagged(tmp_path: Path) -> None:
     package = valid_package()
     package["calibrations"][0].update(p5=0.5, p95=0.5)
     path = write(tmp_path, package)
-    assert len(load_package(path)) == 3
+    assert len(parse_package_file(path)[0]) == 3
     report = import_package(FakeStore(), path, NOW)
     assert report.unusable == [package["calibrations"][0]["key"]]

@@ -9,7 +9,7 @@ from nomarr_pipeline.calibration.apply import calibrate
 from nomarr_pipeline.calibration.generation import HeadRef, calibrate_heads
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
 from nomarr_pipeline.calibration.recalibration import RecalibrationStalledError, recalibrate
-from nomarr_pipeline.calibration.tiers import TierConfig, compute_mood_tiers, empty_tiers
+from nomarr_pipeline.calibration.tiers import TIER_NAMES, TierConfig, compute_mood_tiers
 from nomarr_pipeline.store import Store
 from nomarr_pipeline_tests.calibration.conftest import populate
 
@@ -117,7 +117,7 @@ def test_without_calibration_files_get_empty_tiers_and_no_values(sqlite_store: S
     assert report.recalibrated == FILES
     assert report.expected_hash == expected_calibration_hash([])
     for key in keys[:3]:
-        assert sqlite_store.get_files([key])[0]["mood_tiers"] == empty_tiers()
+        assert sqlite_store.get_files([key])[0]["mood_tiers"] == {name: [] for name in TIER_NAMES}
         assert all(t["calibrated_value"] is None for t in sqlite_store.file_tags_for_files([key]))
     # The first calibration changes the hash: everything is recalibrated again.
     calibrate_heads(sqlite_store, HEADS, now_ms=NOW)
@@ -168,20 +168,6 @@ def test_a_hash_that_does_not_stick_stops_the_run(sqlite_store: Store) -> None:
 def test_batch_size_validated(sqlite_store: Store) -> None:
     with pytest.raises(ValueError):
         recalibrate(sqlite_store, batch_size=0)
-
-
-def test_status_for_sensors(sqlite_store: Store) -> None:
-    from nomarr_pipeline.calibration.recalibration import recalibration_status
-
-    fill(sqlite_store)
-    calibrate_heads(sqlite_store, HEADS, now_ms=NOW)
-    status = recalibration_status(sqlite_store)
-    assert status == {
-        "expected_hash": expected_calibration_hash(sqlite_store.list_calibrations()),
-        "remaining": FILES,
-    }
-    recalibrate(sqlite_store)
-    assert recalibration_status(sqlite_store, "lib1")["remaining"] == 0
 
 
 def test_predictions_written_while_tiers_are_computed_void_the_claim(sqlite_store: Store) -> None:

@@ -8,11 +8,11 @@ from nomarr_pipeline.calibration.tiers import (
     TierConfig,
     compute_mood_tiers,
     default_term,
-    empty_tiers,
 )
 
 EFFNET = "effnet-discogs-effnet-1"
 MUSICNN = "musicnn-msd-musicnn-1"
+EMPTY_TIERS = {name: [] for name in TIER_NAMES}
 
 
 def tag(head: str, label: str, calibrated: float | None, *, model: str = EFFNET, std=0.0):
@@ -57,7 +57,7 @@ def test_default_terms() -> None:
 
 def test_tie_on_two_class_head_yields_nothing() -> None:
     tiers = compute_mood_tiers([tag("mood_sad", "sad", 1.0), tag("mood_sad", "non_sad", 1.0)])
-    assert tiers == empty_tiers()
+    assert tiers == EMPTY_TIERS
 
 
 def test_multi_label_heads_yield_every_passing_label() -> None:
@@ -82,7 +82,7 @@ def test_genre_and_regression_heads_are_excluded_by_default() -> None:
         tag("deam", "arousal", 1.0),
         tag("approachability_regression", "approachability", 1.0),
     ]
-    assert compute_mood_tiers(tags) == empty_tiers()
+    assert compute_mood_tiers(tags) == EMPTY_TIERS
     opened = TierConfig(exclude_heads=())
     assert compute_mood_tiers(tags, opened)["mood-strict"] == ["approachability", "rock", "rock punk"]
 
@@ -111,7 +111,7 @@ def test_backbones_vote_together_so_terms_never_contradict() -> None:
         tag("mood_happy", "non_happy", 0.7, model=MUSICNN),
     ]
     # happy = mean(0.9, 0.2) = 0.55, non_happy = mean(0.1, 0.7) = 0.4 -> happy, below loose.
-    assert compute_mood_tiers(tags) == empty_tiers()
+    assert compute_mood_tiers(tags) == EMPTY_TIERS
     tags[2]["calibrated_value"] = 0.8  # happy = 0.85
     assert compute_mood_tiers(tags)["mood-regular"] == ["happy"]
 
@@ -119,15 +119,15 @@ def test_backbones_vote_together_so_terms_never_contradict() -> None:
 def test_uncalibrated_rows_are_ignored() -> None:
     tags = [tag("mood_happy", "happy", None), tag("mood_happy", "non_happy", 0.7)]
     assert compute_mood_tiers(tags)["mood-loose"] == ["not happy"]
-    assert compute_mood_tiers([tag("mood_happy", "happy", float("nan"))]) == empty_tiers()
-    assert compute_mood_tiers([]) == empty_tiers()
+    assert compute_mood_tiers([tag("mood_happy", "happy", float("nan"))]) == EMPTY_TIERS
+    assert compute_mood_tiers([]) == EMPTY_TIERS
 
 
 def test_stability_gate_drops_unstable_predictions() -> None:
     tags = [tag("mood_happy", "happy", 0.95, std=0.4), tag("mood_happy", "non_happy", 0.05)]
     assert compute_mood_tiers(tags)["mood-strict"] == ["happy"]
     gated = compute_mood_tiers(tags, TierConfig(max_std=0.2))
-    assert gated == empty_tiers()  # non_happy at 0.05 passes no tier
+    assert gated == EMPTY_TIERS  # non_happy at 0.05 passes no tier
     tags[0]["std"] = None  # unknown std is not evidence of instability
     assert compute_mood_tiers(tags, TierConfig(max_std=0.2))["mood-strict"] == ["happy"]
 
