@@ -13,7 +13,6 @@ from nomarr_pipeline.assets.calibration import (
 from nomarr_pipeline.assets.file_tags import file_tags
 from nomarr_pipeline.assets.library_files import library_files
 from nomarr_pipeline.assets.tagging import calibrated_tags, written_tags
-from nomarr_pipeline.head_sensor import head_discovery_sensor
 from nomarr_pipeline.jobs import calibration_job, library_scan_job, predictions_job, tagging_job
 from nomarr_pipeline.resources import (
     CalibrationResource,
@@ -23,7 +22,7 @@ from nomarr_pipeline.resources import (
     TaggingResource,
 )
 from nomarr_pipeline.schedules import nightly_calibration_schedule
-from nomarr_pipeline.sensors import calibration_hash_sensor, library_change_sensor
+from nomarr_pipeline.sensors import calibration_hash_sensor, head_discovery_sensor, library_change_sensor
 
 defs = dg.Definitions(
     assets=[

@@ -15,9 +15,9 @@ from dagster._core.storage.tags import (
 )
 
 from nomarr_pipeline.assets.file_tags import file_tags
-from nomarr_pipeline.head_sensor import head_discovery_sensor
 from nomarr_pipeline.ml.demo_models import write_demo_models
 from nomarr_pipeline.resources import ModelsResource, StoreResource
+from nomarr_pipeline.sensors import head_discovery_sensor
 from nomarr_pipeline.store import open_store
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
 
