@@ -238,6 +238,7 @@ def _init_reader(store: Store, config: TierConfig) -> None:
 
 
 def _reader_batch_tiers(file_ids: list[str]) -> dict[str, Doc | None]:
-    assert _reader is not None, "reader process was not initialised"
+    if _reader is None:
+        raise RuntimeError("recalibration reader process was not initialised")
     store, config = _reader
     return batch_tiers(store, file_ids, config)

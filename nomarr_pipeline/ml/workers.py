@@ -106,6 +106,12 @@ class _Worker:
     task: FileTask | None = None
     started: float = 0.0
 
+    def busy_task(self) -> FileTask:
+        """The task of a worker the pool dispatched to (only those are collected)."""
+        if self.task is None:
+            raise RuntimeError(f"analysis worker {self.process.pid} has no task to collect")
+        return self.task
+
 
 class WorkerPool:
     """``processes`` workers, each analysing one file at a time with its cached models."""
@@ -198,8 +204,7 @@ class WorkerPool:
     def _collect(
         self, worker: _Worker, ready: set[object]
     ) -> tuple[FileTask, FileAnalysis] | None:
-        task = worker.task
-        assert task is not None
+        task = worker.busy_task()
         if worker.conn in ready:
             try:
                 result: FileAnalysis = worker.conn.recv()
@@ -218,8 +223,7 @@ class WorkerPool:
         return None
 
     def _replace(self, worker: _Worker, message: str) -> tuple[FileTask, FileAnalysis]:
-        task = worker.task
-        assert task is not None
+        task = worker.busy_task()
         self._discard(worker)
         self.replaced_workers += 1
         # The replacement is spawned lazily by the next dispatch.

@@ -159,7 +159,8 @@ class SqliteStore:
                 row,
             )
         library = self.get_library(doc["_key"])
-        assert library is not None
+        if library is None:  # only a delete racing between the two statements gets here
+            raise StoreError(f"library {doc['_key']!r} vanished while it was being added")
         return library
 
     def get_library(self, key: str) -> Doc | None:
