@@ -1,5 +1,6 @@
-"""Dagster resources: configuration only. Clients (database connections, model sessions)
-are opened per process by the code that uses them, never held by a resource."""
+"""Dagster resources: configuration only in their fields. A client (the store's database
+connection) is opened on first use within one execution — a step or a sensor tick, each in
+its own process — and closed when that execution ends."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
+from pydantic import PrivateAttr
 
 from nomarr_pipeline.settings import WRITE_MODES, Settings, split_roots
-from nomarr_pipeline.store import Store, open_store
+from nomarr_pipeline.store import Store, StoreError, open_store, store_engine
 
 if TYPE_CHECKING:
     from nomarr_pipeline.calibration.histogram import SpecOverrides
@@ -26,20 +28,44 @@ class StoreResource(dg.ConfigurableResource):
     # Set it as dg.EnvVar("NOMARR_ARANGO_PASSWORD"); never as a literal.
     arango_password: str | None = None
 
+    _store: Store | None = PrivateAttr(default=None)
+
     def open(self) -> Store:
-        env = Settings.from_env()
-        return open_store(
-            self.url or env.store_url,
-            arango_db=self.arango_db or env.arango_db,
-            arango_user=self.arango_user or env.arango_user,
-            arango_password=self.arango_password or env.arango_password,
-        )
+        """The store of this execution: connected on first use, closed at its end."""
+        if self._store is None:
+            env = Settings.from_env()
+            self._store = open_store(
+                self.url or env.store_url,
+                arango_db=self.arango_db or env.arango_db,
+                arango_user=self.arango_user or env.arango_user,
+                arango_password=self.arango_password or env.arango_password,
+            )
+        return self._store
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     def describe(self) -> str:
         """The URL without credentials, for metadata and logs."""
         from nomarr_pipeline.store import redact_url
 
         return redact_url(self.url or Settings.from_env().store_url)
+
+
+def configured_store_kind() -> str:
+    """The engine of ``NOMARR_STORE_URL`` (``sqlite`` by default) for assets' ``kinds``
+    badges, read when the definitions load; an unsupported URL shows as ``store`` here and
+    fails with a clear error when an asset opens it."""
+    url = os.environ.get("NOMARR_STORE_URL") or "sqlite://"
+    try:
+        return store_engine(url)
+    except StoreError:
+        return "store"
+
+
+STORE_KIND = configured_store_kind()
 
 
 class LibraryResource(dg.ConfigurableResource):
@@ -142,6 +168,7 @@ class TaggingResource(dg.ConfigurableResource):
 
 
 __all__ = [
+    "STORE_KIND",
     "CalibrationResource",
     "LibraryResource",
     "ModelsResource",

@@ -16,7 +16,7 @@ from nomarr_pipeline.calibration.hashing import expected_calibration_hash
 from nomarr_pipeline.calibration.plots import histogram_png, png_markdown
 from nomarr_pipeline.calibration.state import calibration_key
 from nomarr_pipeline.partitions import heads_partitions
-from nomarr_pipeline.resources import CalibrationResource, ModelsResource, StoreResource
+from nomarr_pipeline.resources import STORE_KIND, CalibrationResource, ModelsResource, StoreResource
 from nomarr_pipeline.store import Store
 
 OUT_OF_RANGE_LIMIT = 0.05
@@ -50,7 +50,7 @@ STATE_CHECKS = [
     deps=["file_tags"],
     check_specs=STATE_CHECKS,
     group_name="calibration",
-    kinds={"python", "numpy"},
+    kinds={"python", "numpy", STORE_KIND},
 )
 def calibration_state(
     context: dg.AssetExecutionContext,

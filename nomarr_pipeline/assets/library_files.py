@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from nomarr_pipeline.library.scanner import LibraryDefaults, scan_library
-from nomarr_pipeline.resources import LibraryResource, StoreResource
+from nomarr_pipeline.resources import STORE_KIND, LibraryResource, StoreResource
 
 
 class LibraryScanConfig(dg.Config):
@@ -28,7 +28,7 @@ def _progress_log(context: dg.AssetExecutionContext, root: Path) -> Callable[[in
     return log
 
 
-@dg.asset(group_name="library", kinds={"python", "sqlite"})
+@dg.asset(group_name="library", kinds={"python", STORE_KIND})
 def library_files(
     context: dg.AssetExecutionContext,
     config: LibraryScanConfig,

@@ -5,14 +5,14 @@ import pandas as pd
 
 from nomarr_pipeline.calibration.recalibration import recalibrate
 from nomarr_pipeline.calibration.state import has_usable_calibration, is_usable
-from nomarr_pipeline.resources import LibraryResource, StoreResource, TaggingResource
+from nomarr_pipeline.resources import STORE_KIND, LibraryResource, StoreResource, TaggingResource
 from nomarr_pipeline.settings import Settings
 from nomarr_pipeline.tagging.batch import WriteBatchStopped, WriteReport, preview_frame, write_pending_tags
 
 PREVIEW_ROWS_SHOWN = 50
 
 
-@dg.asset(deps=["calibration_state"], group_name="tagging", kinds={"python", "sqlite"})
+@dg.asset(deps=["calibration_state"], group_name="tagging", kinds={"python", STORE_KIND})
 def calibrated_tags(
     context: dg.AssetExecutionContext, store: StoreResource, tagging: TaggingResource
 ) -> dg.MaterializeResult:

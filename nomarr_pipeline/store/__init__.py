@@ -16,6 +16,20 @@ from nomarr_pipeline.store.protocol import (
     StoreError,
 )
 
+# URL scheme -> engine (``Store.engine``).
+ENGINES = {"sqlite": "sqlite", "http": "arango", "https": "arango"}
+
+
+def store_engine(url: str) -> str:
+    """The engine a store URL selects; :class:`StoreError` for an unsupported URL."""
+    engine = ENGINES.get(urlsplit(url).scheme.lower())
+    if engine is None:
+        raise StoreError(
+            f"unsupported store URL {redact_url(url)!r}: use sqlite:///<absolute path> "
+            "or an ArangoDB URL http(s)://host:port"
+        )
+    return engine
+
 
 def open_store(
     url: str,
@@ -30,24 +44,18 @@ def open_store(
     ArangoDB credentials: ``arango_user``/``arango_password`` win over a user/password in the
     URL; without either the user is ``root``.
     """
-    scheme = urlsplit(url).scheme.lower()
-    if scheme == "sqlite":
+    if store_engine(url) == "sqlite":
         from nomarr_pipeline.store.sqlite import SqliteStore
 
         return SqliteStore.from_url(url)
-    if scheme in ("http", "https"):
-        from nomarr_pipeline.store.arango import ArangoStore
+    from nomarr_pipeline.store.arango import ArangoStore
 
-        return ArangoStore(
-            url,
-            database=arango_db,
-            username=arango_user,
-            password=arango_password,
-            http_client=arango_http_client,
-        )
-    raise StoreError(
-        f"unsupported store URL {redact_url(url)!r}: use sqlite:///<absolute path> "
-        "or an ArangoDB URL http(s)://host:port"
+    return ArangoStore(
+        url,
+        database=arango_db,
+        username=arango_user,
+        password=arango_password,
+        http_client=arango_http_client,
     )
 
 
@@ -74,4 +82,5 @@ __all__ = [
     "StoreError",
     "open_store",
     "redact_url",
+    "store_engine",
 ]

@@ -55,20 +55,28 @@ def test_no_library_roots_is_a_clear_failure(tmp_path: Path) -> None:
     assert "NOMARR_LIBRARY_ROOTS" in str(result.all_events)
 
 
+def _tick(
+    instance: dg.DagsterInstance, resources: dict[str, object], cursor: str | None = None
+) -> tuple[dg.SensorResult | dg.SkipReason, str | None]:
+    """One tick as the daemon runs it (resources set up and torn down around it): the result
+    and the cursor it leaves."""
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
+        return library_change_sensor(context), context.cursor
+
+
 def test_library_change_sensor_requests_a_scan_only_on_change(tmp_path: Path) -> None:
     root = _library(tmp_path)
     resources = _resources(tmp_path, root)
     with dg.instance_for_test() as instance:
-        first = library_change_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        first, _ = _tick(instance, resources)
         assert isinstance(first, dg.SensorResult) and len(first.run_requests) == 1  # never scanned
 
         assert dg.materialize([library_files], resources=resources, instance=instance).success
-        quiet = library_change_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        quiet, _ = _tick(instance, resources)
         assert isinstance(quiet, dg.SkipReason) and "no library folder changed" in quiet.skip_message
 
         write_wav(root / "Album" / "c.wav")
-        ctx = dg.build_sensor_context(instance=instance, resources=resources)
-        changed = library_change_sensor(ctx)
+        changed, _ = _tick(instance, resources)
         assert isinstance(changed, dg.SensorResult) and len(changed.run_requests) == 1
         assert changed.run_requests[0].run_key.startswith("scan-")
 
@@ -81,7 +89,7 @@ def test_library_change_sensor_does_not_pile_up_runs(tmp_path: Path) -> None:
             assets=[library_files], jobs=[library_scan_job], resources=resources
         ).resolve_job_def("library_scan_job")
         instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED)
-        result = library_change_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        result, _ = _tick(instance, resources)
         assert isinstance(result, dg.SkipReason) and "already queued or running" in result.skip_message
 
 
@@ -91,7 +99,7 @@ def test_a_scan_with_new_files_requests_predictions_for_all_heads_in_one_run(tmp
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("heads", ["m:a", "m:b", "m:c"])
         assert dg.materialize([library_files], resources=resources, instance=instance).success
-        result = library_change_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        result, _ = _tick(instance, resources)
         assert isinstance(result, dg.SensorResult)
         (request,) = result.run_requests
         assert request.job_name == "predictions_job"
@@ -99,16 +107,9 @@ def test_a_scan_with_new_files_requests_predictions_for_all_heads_in_one_run(tmp
         assert request.tags["nomarr/new_or_changed_files"] == "3"
 
         # The same scan is not analysed twice; a rescan that changed nothing asks for nothing.
-        ctx = dg.build_sensor_context(instance=instance, resources=resources, cursor='{"scan_seen": 0}')
-        library_change_sensor(ctx)
-        assert isinstance(
-            library_change_sensor(
-                dg.build_sensor_context(instance=instance, resources=resources, cursor=ctx.cursor)
-            ),
-            dg.SkipReason,
-        )
+        _, cursor = _tick(instance, resources, cursor='{"scan_seen": 0}')
+        again, _ = _tick(instance, resources, cursor)
+        assert isinstance(again, dg.SkipReason)
         assert dg.materialize([library_files], resources=resources, instance=instance).success
-        quiet = library_change_sensor(
-            dg.build_sensor_context(instance=instance, resources=resources, cursor=ctx.cursor)
-        )
+        quiet, _ = _tick(instance, resources, cursor)
         assert isinstance(quiet, dg.SkipReason)

@@ -105,7 +105,8 @@ def test_preview_lists_changes_without_touching_files(setup: tuple) -> None:
 
 
 def _tick(instance: dg.DagsterInstance, resources: dict[str, object]) -> dg.SensorResult | dg.SkipReason:
-    return calibration_hash_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        return calibration_hash_sensor(context)
 
 
 def test_calibration_hash_sensor_requests_once_and_again_on_new_mismatches(setup: tuple) -> None:
