@@ -12,6 +12,7 @@ from collections.abc import Callable
 import dagster as dg
 
 from nomarr_pipeline.assets.heads import models_folder
+from nomarr_pipeline.assets.tables import metadata_table
 from nomarr_pipeline.ml.analysis import FileProgress, HeadReport, analyze
 from nomarr_pipeline.ml.discovery import discover_models
 from nomarr_pipeline.partitions import heads_partitions
@@ -34,19 +35,20 @@ def _progress_logger(context: dg.AssetExecutionContext) -> Callable[[FileProgres
     return log
 
 
+HEAD_COLUMNS = {"head": "string", "analysed": "int", "failed": "int", "skipped": "int", "seconds": "float"}
+
+
 def _metadata(reports: dict[str, HeadReport], seconds: float) -> dict[str, dg.MetadataValue]:
     rows = [
-        f"| {key} | {r.analysed} | {r.failed} | {r.skipped} | {r.seconds:.1f} |"
-        for key, r in sorted(reports.items())
+        (key, r.analysed, r.failed, r.skipped, round(r.seconds, 1)) for key, r in sorted(reports.items())
     ]
-    table = "\n".join(["| head | analysed | failed | skipped | seconds |", "|---|---|---|---|---|", *rows])
     return {
         # Sums over heads: a file analysed for three heads counts three times.
         "analysed": dg.MetadataValue.int(sum(r.analysed for r in reports.values())),
         "failed": dg.MetadataValue.int(sum(r.failed for r in reports.values())),
         "skipped": dg.MetadataValue.int(sum(r.skipped for r in reports.values())),
         "seconds": dg.MetadataValue.float(round(seconds, 3)),
-        "heads": dg.MetadataValue.md(table),
+        "heads": metadata_table(HEAD_COLUMNS, rows),
         "per_head": dg.MetadataValue.json(
             {key: report.as_metadata() for key, report in sorted(reports.items())}
         ),

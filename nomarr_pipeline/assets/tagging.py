@@ -3,11 +3,18 @@
 import dagster as dg
 import pandas as pd
 
+from nomarr_pipeline.assets.tables import metadata_table
 from nomarr_pipeline.calibration.recalibration import recalibrate
 from nomarr_pipeline.calibration.state import has_usable_calibration, is_usable
 from nomarr_pipeline.resources import STORE_KIND, LibraryResource, StoreResource, TaggingResource
 from nomarr_pipeline.settings import Settings
-from nomarr_pipeline.tagging.batch import WriteBatchStopped, WriteReport, preview_frame, write_pending_tags
+from nomarr_pipeline.tagging.batch import (
+    PREVIEW_COLUMNS,
+    WriteBatchStopped,
+    WriteReport,
+    preview_frame,
+    write_pending_tags,
+)
 
 PREVIEW_ROWS_SHOWN = 50
 
@@ -97,5 +104,8 @@ def written_tags(
         frame.to_csv(csv, index=False)
         metadata["preview_csv"] = dg.MetadataValue.path(str(csv))
         metadata["preview_rows"] = len(frame)
-        metadata["preview"] = dg.MetadataValue.md(frame.head(PREVIEW_ROWS_SHOWN).to_markdown(index=False))
+        shown = frame.head(PREVIEW_ROWS_SHOWN).astype(object)
+        metadata["preview"] = metadata_table(
+            dict.fromkeys(PREVIEW_COLUMNS, "string"), shown.where(shown.notna(), None).itertuples(index=False)
+        )
     return dg.MaterializeResult(metadata=metadata)

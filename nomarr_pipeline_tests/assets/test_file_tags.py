@@ -73,6 +73,8 @@ def test_one_partition(instance: dg.DagsterInstance, store_url: str, models_dir:
     per_head = metadata["per_head"].value
     assert per_head[HAPPY]["analysed"] == 2
     assert "audio too short" in per_head[HAPPY]["errors"][0]
+    (row,) = [record.data for record in metadata["heads"].records]
+    assert (row["head"], row["analysed"], row["failed"]) == (HAPPY, 2, 1)
     store = open_store(store_url)
     tags = store.file_tags_for_files(["one.flac", "two.mp3"])
     assert {t["head_name"] for t in tags} == {"mood_happy"} and len(tags) == 4

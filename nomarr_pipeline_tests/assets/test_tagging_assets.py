@@ -17,6 +17,7 @@ from nomarr_pipeline.ml.discovery import discover_models
 from nomarr_pipeline.resources import LibraryResource, StoreResource, TaggingResource
 from nomarr_pipeline.sensors import calibration_hash_sensor
 from nomarr_pipeline.store import Store, open_store
+from nomarr_pipeline.tagging.batch import PREVIEW_COLUMNS
 from nomarr_pipeline.tagging.formats import read_nom_tags
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
 
@@ -99,7 +100,10 @@ def test_preview_lists_changes_without_touching_files(setup: tuple) -> None:
     )
     meta = result.get_asset_materialization_events()[-1].materialization.metadata
     assert meta["dry_run"].value is True and meta["preview_rows"].value > 0
-    assert "nom:mood-loose" in meta["preview"].value
+    preview = meta["preview"]
+    assert isinstance(preview, dg.TableMetadataValue)
+    assert [column.name for column in preview.schema.columns] == list(PREVIEW_COLUMNS)
+    assert "nom:mood-loose" in {record.data["key"] for record in preview.records}
     assert Path(meta["preview_csv"].value).read_text().startswith("file_id,")
     assert (root / "01.flac").read_bytes() == before
 
