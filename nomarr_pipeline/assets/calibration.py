@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from nomarr_pipeline.assets.heads import run_heads
+from nomarr_pipeline.assets.tables import metadata_table
 from nomarr_pipeline.calibration.exports import export_package, export_sidecars
 from nomarr_pipeline.calibration.generation import (
     HeadCalibrationReport,
@@ -14,16 +15,35 @@ from nomarr_pipeline.calibration.generation import (
 )
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
 from nomarr_pipeline.calibration.plots import histogram_png, png_markdown
-from nomarr_pipeline.calibration.state import calibration_key
+from nomarr_pipeline.calibration.state import calibration_key, is_usable
 from nomarr_pipeline.partitions import heads_partitions
 from nomarr_pipeline.resources import STORE_KIND, CalibrationResource, ModelsResource, StoreResource
-from nomarr_pipeline.store import Store
 
 OUT_OF_RANGE_LIMIT = 0.05
 # Per-label numbers become individual metadata entries (plotted over time in the UI) for
 # heads up to this many labels; larger heads (genre_discogs400) get one table instead.
 PLOTTED_LABELS = 16
 HISTOGRAM_IMAGES = 4
+RECENT_SNAPSHOTS = 5
+DELTAS = ("p5_delta", "p95_delta", "n_delta")
+LABEL_COLUMNS = {
+    "label": "string",
+    "p5": "float",
+    "p95": "float",
+    "n": "int",
+    "out_of_range_ratio": "float",
+    "p5_delta": "float",
+    "p95_delta": "float",
+}
+SNAPSHOT_COLUMNS = {
+    "label": "string",
+    f"snapshots (last {RECENT_SNAPSHOTS})": "int",
+    "p5": "float",
+    "p95": "float",
+    "p5_delta": "float",
+    "p95_delta": "float",
+    "n_delta": "int",
+}
 
 STATE_CHECKS = [
     dg.AssetCheckSpec(
@@ -71,7 +91,7 @@ def calibration_state(
             keep_histograms=len(head.labels) <= HISTOGRAM_IMAGES,
         )
         reports.append(report)
-        context.add_asset_metadata(_head_metadata(db, report, histograms), partition_key=head.partition_key)
+        context.add_asset_metadata(_head_metadata(report, histograms), partition_key=head.partition_key)
         for warning in report.warnings:
             context.log.warning(warning)
         context.log.info(
@@ -81,7 +101,7 @@ def calibration_state(
     return dg.MaterializeResult(check_results=_checks(reports, calibration.min_n))
 
 
-def _head_metadata(db: Store, report: HeadCalibrationReport, histograms: dict) -> dict[str, object]:
+def _head_metadata(report: HeadCalibrationReport, histograms: dict) -> dict[str, object]:
     meta: dict[str, object] = {
         "labels_calibrated": len(report.labels),
         "labels_without_values": dg.MetadataValue.json(report.empty_labels),
@@ -92,24 +112,16 @@ def _head_metadata(db: Store, report: HeadCalibrationReport, histograms: dict) -
     }
     rows = []
     for label in report.labels:
-        share = (label.underflow_count + label.overflow_count) / label.n if label.n else 0.0
-        latest = db.latest_history(label.key) or {}
-        rows.append((label.label, label.p5, label.p95, label.n, share, latest))
+        share = round((label.underflow_count + label.overflow_count) / label.n if label.n else 0.0, 6)
+        rows.append((label.label, label.p5, label.p95, label.n, share, label.p5_delta, label.p95_delta))
         if len(report.labels) <= PLOTTED_LABELS:
             meta[f"{label.label}/p5"] = label.p5
             meta[f"{label.label}/p95"] = label.p95
             meta[f"{label.label}/n"] = label.n
-            meta[f"{label.label}/out_of_range_ratio"] = round(share, 6)
-            meta[f"{label.label}/p5_delta"] = latest.get("p5_delta")
-            meta[f"{label.label}/p95_delta"] = latest.get("p95_delta")
-    meta["labels"] = dg.MetadataValue.md(
-        "| label | p5 | p95 | n | out of range | p5 Δ | p95 Δ |\n|---|---|---|---|---|---|---|\n"
-        + "\n".join(
-            f"| {name} | {_num(p5)} | {_num(p95)} | {n} | {share:.2%} | {_num(h.get('p5_delta'))} "
-            f"| {_num(h.get('p95_delta'))} |"
-            for name, p5, p95, n, share, h in rows
-        )
-    )
+            meta[f"{label.label}/out_of_range_ratio"] = share
+            meta[f"{label.label}/p5_delta"] = label.p5_delta
+            meta[f"{label.label}/p95_delta"] = label.p95_delta
+    meta["labels"] = metadata_table(LABEL_COLUMNS, rows)
     images = [
         png_markdown(
             histogram_png(hist, report.spec, state.p5, state.p95, f"{report.partition_key}:{name}"), alt=name
@@ -121,10 +133,6 @@ def _head_metadata(db: Store, report: HeadCalibrationReport, histograms: dict) -
     if images:
         meta["histograms"] = dg.MetadataValue.md("\n\n".join(images))
     return {k: v for k, v in meta.items() if v is not None}
-
-
-def _num(value: object) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else "–" if value is None else str(value)
 
 
 def _checks(reports: Sequence[HeadCalibrationReport], min_n: int) -> list[dg.AssetCheckResult]:
@@ -174,24 +182,21 @@ def calibration_history(
     for head in heads:
         meta: dict[str, object] = {}
         rows = []
-        for label in head.labels:
-            snapshots = db.list_history(calibration_key(head.model_key, head.head_name, label), limit=5)
+        keys = {label: calibration_key(head.model_key, head.head_name, label) for label in head.labels}
+        history = db.recent_history(list(keys.values()), per_key=RECENT_SNAPSHOTS)  # one query
+        for label, key in keys.items():
+            snapshots = history.get(key)
             if not snapshots:
                 continue
             latest = snapshots[0]
             rows.append(
-                f"| {label} | {len(snapshots)} | {_num(latest['p5'])} | {_num(latest['p95'])} | "
-                f"{_num(latest.get('p5_delta'))} | {_num(latest.get('p95_delta'))} | "
-                f"{_num(latest.get('n_delta'))} |"
+                (label, len(snapshots), *(latest.get(field) for field in ("p5", "p95", *DELTAS)))
             )
             if len(head.labels) <= PLOTTED_LABELS:
-                for field in ("p5_delta", "p95_delta", "n_delta"):
+                for field in DELTAS:
                     if latest.get(field) is not None:
                         meta[f"{label}/{field}"] = latest[field]
-        meta["snapshots"] = dg.MetadataValue.md(
-            "| label | recent snapshots | p5 | p95 | p5 Δ | p95 Δ | n Δ |\n|---|---|---|---|---|---|---|\n"
-            + "\n".join(rows)
-        )
+        meta["snapshots"] = metadata_table(SNAPSHOT_COLUMNS, rows)
         meta["labels_with_history"] = len(rows)
         context.add_asset_metadata(meta, partition_key=head.partition_key)
     return dg.MaterializeResult()
@@ -248,7 +253,7 @@ def calibration_package(
     context.log.info(f"wrote {path} with {len(states)} calibrations; progress {progress}")
     metadata = {
         "path": dg.MetadataValue.path(str(path)),
-        "calibrations": len(states),
+        "calibrations": sum(is_usable(state) for state in states),  # what the package holds
         "expected_calibration_hash": expected_calibration_hash(states),
         "total_heads": progress["total_heads"],
         "calibrated_heads": progress["calibrated_heads"],

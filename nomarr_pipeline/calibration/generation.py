@@ -1,9 +1,10 @@
 """Calibration generation: one DB histogram per (head, label) -> ``calibration_state``.
 
-Per head: for every label, ``store.histogram`` (one grouped query) -> ``derive_percentiles``
--> ``compute_state`` against the stored state and the newest history snapshot; then all of
-the head's states and snapshots go to ``store.save_calibrations`` in one transaction, so a
-head is calibrated completely or not at all.
+Per head: the newest history snapshot of every label (one query), then for every label
+``store.histogram`` (one grouped query) -> ``derive_percentiles`` -> ``compute_state``
+against the stored state and that snapshot; then all of the head's states and snapshots go
+to ``store.save_calibrations`` in one transaction, so a head is calibrated completely or not
+at all.
 
 * Memory: one label's sparse histogram (at most ``bins`` pairs) is alive at a time, plus
   one small state document per label. Nothing grows with the number of files.
@@ -93,6 +94,8 @@ class LabelCalibration:
     p5: float | None
     p95: float | None
     adopted: bool
+    p5_delta: float | None = None  # against the previous snapshot; None for the first
+    p95_delta: float | None = None
 
     @property
     def usable(self) -> bool:
@@ -143,6 +146,8 @@ class HeadCalibrationReport:
                     "overflow_count": label.overflow_count,
                     "adopted": label.adopted,
                     "usable": label.usable,
+                    "p5_delta": label.p5_delta,
+                    "p95_delta": label.p95_delta,
                 }
                 for label in self.labels
             },
@@ -192,6 +197,8 @@ def calibrate_head(
     histograms: dict[str, SparseHistogram] = {}
     states: list[Doc] = []
     history: list[Doc] = []
+    keys = {label: calibration_key(head.model_key, head.head_name, label) for label in labels}
+    previous_snapshots = store.recent_history(list(keys.values()))  # one query for the head
     for label in labels:
         hist = store.histogram(head.model_key, head.head_name, label, spec.lo, spec.hi, spec.bins)
         result = derive_percentiles(hist, spec, p_low, p_high)
@@ -201,7 +208,7 @@ def calibrate_head(
         if not result.has_values:
             report.empty_labels.append(label)
             continue
-        key = calibration_key(head.model_key, head.head_name, label)
+        key = keys[label]
         state, snapshot = compute_state(
             store.get_calibration(key),
             model_key=head.model_key,
@@ -212,7 +219,7 @@ def calibrate_head(
             result=result,
             now_ms=timestamp,
             drift_tolerance=drift_tolerance,
-            previous_snapshot=store.latest_history(key),
+            previous_snapshot=previous_snapshots.get(key, [None])[0],
         )
         states.append(state)
         history.append(snapshot)
@@ -238,6 +245,8 @@ def _label_report(
         p5=state["p5"],
         p95=state["p95"],
         adopted=bool(snapshot["adopted"]),
+        p5_delta=snapshot["p5_delta"],
+        p95_delta=snapshot["p95_delta"],
     )
 
 

@@ -114,7 +114,7 @@ def compute_state(
     """The new state document and this computation's history snapshot.
 
     ``previous`` is the stored state (``store.get_calibration``), ``previous_snapshot`` the
-    newest history document (``store.latest_history``); deltas are against that snapshot and
+    newest history document (``store.recent_history``); deltas are against that snapshot and
     ``None`` when there is none. ``result`` must have values: a label with ``n == 0`` gets
     no calibration at all.
     """

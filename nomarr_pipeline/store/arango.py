@@ -654,18 +654,21 @@ class ArangoStore:
                 db=txn,
             )
 
-    def latest_history(self, calibration_key: str) -> Doc | None:
-        found = self.list_history(calibration_key, limit=1)
-        return found[0] if found else None
-
-    def list_history(self, calibration_key: str, limit: int = 100) -> list[Doc]:
-        # Ties on snapshot_at break by key (SQLite uses insertion order, which ArangoDB lacks).
+    def recent_history(self, calibration_keys: Sequence[str], per_key: int = 1) -> dict[str, list[Doc]]:
+        # One index range per key (the subquery keeps LIMIT per key). Ties on snapshot_at
+        # break by _key: SQLite uses insertion order, which ArangoDB lacks.
         rows = self._query(
-            "FOR d IN calibration_history FILTER d.calibration_key == @calibration_key "
-            f"SORT d.snapshot_at DESC, d._key DESC LIMIT @limit RETURN {_RETURN_DOC}",
-            {"calibration_key": calibration_key, "limit": limit},
+            "FOR key IN @calibration_keys "
+            "LET recent = (FOR d IN calibration_history FILTER d.calibration_key == key "
+            f"SORT d.snapshot_at DESC, d._key DESC LIMIT @per_key RETURN {_RETURN_DOC}) "
+            "FOR d IN recent RETURN d",
+            {"calibration_keys": list(calibration_keys), "per_key": per_key},
         )
-        return [_from_stored("calibration_history", r) for r in rows]
+        found: dict[str, list[Doc]] = {}
+        for row in rows:
+            doc = _from_stored("calibration_history", row)
+            found.setdefault(doc["calibration_key"], []).append(doc)
+        return found
 
     # ---- recalibration ------------------------------------------------------------------------
     def count_files_needing_recalibration(self, expected_hash: str, library_id: str | None = None) -> int:

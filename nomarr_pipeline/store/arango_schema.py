@@ -68,7 +68,7 @@ INDEXES: tuple[PersistentIndex, ...] = (
     PersistentIndex("library_folders", "idx_library_folders_library", ("library_id",)),
     # apply_calibration() joins file_tags to their calibration by these fields.
     PersistentIndex("calibration_state", "idx_calibration_state_label", ("model_key", "head_name", "label")),
-    # latest_history()/list_history(): newest snapshots of one calibration.
+    # recent_history(): newest snapshots of each calibration of a head.
     PersistentIndex("calibration_history", "idx_calibration_history_key", ("calibration_key", "snapshot_at")),
 )
 

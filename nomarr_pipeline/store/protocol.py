@@ -164,10 +164,10 @@ class Store(Protocol):
         """Upsert ``calibration_state`` documents and append ``calibration_history`` snapshots
         in one transaction (no partial computation is ever visible)."""
 
-    def latest_history(self, calibration_key: str) -> Doc | None: ...
-
-    def list_history(self, calibration_key: str, limit: int = 100) -> list[Doc]:
-        """Newest first."""
+    def recent_history(self, calibration_keys: Sequence[str], per_key: int = 1) -> dict[str, list[Doc]]:
+        """The newest ``per_key`` snapshots of each of these calibrations, newest first, in ONE
+        query (a head's labels at once); calibrations without history are absent. Snapshots
+        taken at the same time come newest-written first on SQLite, by ``_key`` elsewhere."""
 
     # ---- recalibration ---------------------------------------------------------------
     def count_files_needing_recalibration(self, expected_hash: str, library_id: str | None = None) -> int:

@@ -353,17 +353,23 @@ class SqliteStore:
             self._upsert(conn, CALIBRATION_STATE, states, replace=True)
             self._upsert(conn, CALIBRATION_HISTORY, history, replace=True)
 
-    def latest_history(self, calibration_key: str) -> Doc | None:
-        found = self.list_history(calibration_key, limit=1)
-        return found[0] if found else None
-
-    def list_history(self, calibration_key: str, limit: int = 100) -> list[Doc]:
+    def recent_history(self, calibration_keys: Sequence[str], per_key: int = 1) -> dict[str, list[Doc]]:
         rows = self._query(
-            "SELECT * FROM calibration_history WHERE calibration_key = ? "
-            "ORDER BY snapshot_at DESC, rowid DESC LIMIT ?",
-            (calibration_key, limit),
+            """
+            SELECT * FROM (
+                SELECT *, ROW_NUMBER() OVER (
+                    PARTITION BY calibration_key ORDER BY snapshot_at DESC, rowid DESC
+                ) AS recency
+                FROM calibration_history
+                WHERE calibration_key IN (SELECT value FROM json_each(?))
+            ) WHERE recency <= ? ORDER BY calibration_key, recency
+            """,
+            (json.dumps(list(calibration_keys)), per_key),
         )
-        return [CALIBRATION_HISTORY.from_row(r) for r in rows]
+        found: dict[str, list[Doc]] = {}
+        for row in rows:
+            found.setdefault(row["calibration_key"], []).append(CALIBRATION_HISTORY.from_row(row))
+        return found
 
     # ---- recalibration -----------------------------------------------------------------
     # Three index-served ranges instead of `!=`, so finished files are never re-read.

@@ -74,6 +74,18 @@ def test_calibration_assets_one_run_for_all_heads(tmp_path: Path) -> None:
         assert 0.0 <= meta["happy/p5"].value < meta["happy/p95"].value <= 1.0
         assert meta["happy/n"].value == 150
         assert "data:image/png;base64," in meta["histograms"].value
+        labels = {record.data["label"]: record.data for record in meta["labels"].records}
+        assert set(labels) == {"happy", "non_happy"}
+        assert labels["happy"]["p5"] == meta["happy/p5"].value and labels["happy"]["n"] == 150
+        assert labels["happy"]["p5_delta"] is None  # the first computation
+        history = next(
+            e.materialization.metadata
+            for e in result.get_asset_materialization_events()
+            if e.asset_key == calibration_history.key and e.partition == happy.partition
+        )
+        (snapshot,) = [r.data for r in history["snapshots"].records if r.data["label"] == "happy"]
+        assert snapshot["p5"] == labels["happy"]["p5"] and snapshot["snapshots (last 5)"] == 1
+        assert [c.name for c in history["snapshots"].schema.columns][:2] == ["label", "snapshots (last 5)"]
 
         checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
         assert checks["p5_below_p95"].passed and checks["minimum_n"].passed

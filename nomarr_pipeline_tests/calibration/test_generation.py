@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -57,7 +59,7 @@ def test_calibrates_every_label_with_seed_fields(sqlite_store: Store) -> None:
     assert state["histogram"] == HistogramSpec().to_doc()
     assert state["created_at"] == state["updated_at"] == state["last_computation_at"] == NOW
     assert len(sqlite_store.list_calibrations()) == 4
-    history = sqlite_store.list_history(state["_key"])
+    history = sqlite_store.recent_history([state["_key"]], per_key=10)[state["_key"]]
     assert len(history) == 1 and history[0]["p5"] == state["p5"]
 
 
@@ -67,7 +69,8 @@ def test_rerun_is_idempotent(sqlite_store: Store) -> None:
     first = sqlite_store.list_calibrations()
     calibrate_heads(sqlite_store, [HAPPY_HEAD], now_ms=NOW)
     assert sqlite_store.list_calibrations() == first
-    assert len(sqlite_store.list_history(f"{EFFNET}:mood_happy:happy")) == 1
+    key = f"{EFFNET}:mood_happy:happy"
+    assert len(sqlite_store.recent_history([key], per_key=10)[key]) == 1
 
 
 def test_later_run_records_history_and_respects_drift(sqlite_store: Store) -> None:
@@ -80,9 +83,10 @@ def test_later_run_records_history_and_respects_drift(sqlite_store: Store) -> No
     # Same data a day later: nothing in force changes, a snapshot with zero deltas is added.
     (report,) = calibrate_heads(sqlite_store, [HAPPY_HEAD], now_ms=NOW + DAY_MS)
     assert not report.changed
-    latest = sqlite_store.latest_history(key)
-    assert latest is not None
+    (latest,) = sqlite_store.recent_history([key])[key]
     assert (latest["p5_delta"], latest["p95_delta"], latest["n_delta"]) == (0.0, 0.0, 0)
+    happy = next(label for label in report.labels if label.label == "happy")
+    assert (happy.p5_delta, happy.p95_delta) == (0.0, 0.0)  # the report carries the deltas
 
     # Much higher values: the percentiles move far beyond the tolerance and are adopted.
     fill(sqlite_store, [min(v + 0.15, 1.0) for v in HAPPY])
@@ -91,7 +95,31 @@ def test_later_run_records_history_and_respects_drift(sqlite_store: Store) -> No
     assert moved is not None and report.changed
     assert moved["p5"] == pytest.approx(first["p5"] + 0.15, abs=2e-4)
     assert moved["created_at"] == NOW and moved["updated_at"] == NOW + 2 * DAY_MS
-    assert len(sqlite_store.list_history(key)) == 3
+    assert len(sqlite_store.recent_history([key], per_key=10)[key]) == 3
+
+
+class CountingStore:
+    """The real store, counting the calls made to it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> object:
+        self.calls[name] += 1
+        return getattr(self.store, name)
+
+
+def test_one_history_query_per_head_whatever_its_labels(sqlite_store: Store) -> None:
+    labels = tuple(f"genre_{i:03d}" for i in range(40))
+    populate(sqlite_store, {(EFFNET, "genre_discogs400"): {label: HAPPY[:50] for label in labels}})
+    head = HeadRef(EFFNET, "genre_discogs400", 1, labels)
+    for day in range(2):  # the first computation, then one with previous snapshots
+        counting = CountingStore(sqlite_store)
+        (report,) = calibrate_heads(counting, [head], now_ms=NOW + day * DAY_MS)  # type: ignore[list-item]
+        history_reads = {name: n for name, n in counting.calls.items() if "history" in name}
+        assert history_reads == {"recent_history": 1}
+        assert len(report.labels) == 40 and report.error is None
 
 
 def test_small_drift_is_not_adopted(sqlite_store: Store) -> None:

@@ -556,15 +556,31 @@ def test_calibration_reads_decode_keys_and_fill_fields(store: ArangoStore, fake:
     assert [c["_key"] for c in store.list_calibrations()] == ["m:h:A c", "m:h:b"]
 
 
-def test_history_newest_first(store: ArangoStore, fake: FakeArango) -> None:
-    fake.answer("FOR d IN calibration_history", [{"_key": "h2", "calibration_key": "k", "snapshot_at": 20}])
-    latest = store.latest_history("k")
-    assert latest is not None and latest["_key"] == "h2" and latest["p5_delta"] is None
-    (request,) = fake.requests
-    assert "SORT d.snapshot_at DESC" in request.query and "LIMIT @limit" in request.query
-    assert request.bind_vars == {"calibration_key": "k", "limit": 1}
-    store.list_history("k")
-    assert fake.requests[-1].bind_vars == {"calibration_key": "k", "limit": 100}
+def test_recent_history_of_a_head_is_one_query_limited_per_key(store: ArangoStore, fake: FakeArango) -> None:
+    keys = [f"m:genre:label {i}" for i in range(400)]
+    fake.answer(
+        "FOR d IN calibration_history",
+        [
+            {"_key": encode_key("h@20"), "calibration_key": keys[0], "snapshot_at": 20, "p5": 0},
+            {"_key": "h2", "calibration_key": keys[0], "snapshot_at": 10},
+            {"_key": "h3", "calibration_key": keys[7], "snapshot_at": 5},
+        ],
+    )
+    recent = store.recent_history(keys, per_key=2)
+    (request,) = fake.requests  # one request for 400 labels
+    assert request.bind_vars == {"calibration_keys": keys, "per_key": 2}
+    # LIMIT inside a subquery per key: a LIMIT in a nested FOR would cap all keys together.
+    assert re.search(
+        r"FOR key IN @calibration_keys LET recent = \(FOR d IN calibration_history "
+        r"FILTER d\.calibration_key == key SORT d\.snapshot_at DESC, d\._key DESC LIMIT @per_key RETURN",
+        request.query,
+    ), request.query
+    assert {key: [h["_key"] for h in found] for key, found in recent.items()} == {
+        keys[0]: ["h@20", "h2"],
+        keys[7]: ["h3"],
+    }
+    first = recent[keys[0]][0]
+    assert first["p5"] == 0.0 and isinstance(first["p5"], float) and first["p5_delta"] is None
 
 
 def test_labels_of_head_sorted_like_sqlite(store: ArangoStore, fake: FakeArango) -> None:
@@ -1008,8 +1024,7 @@ def _exercise_every_operation(store: ArangoStore, fake: FakeArango) -> None:
         [{"_key": f"{m}:{h}:{lbl}", "model_key": m, "head_name": h, "label": lbl, "p5": 0.123456789}],
         [{"_key": "LIThist", "calibration_key": f"{m}:{h}:{lbl}", "snapshot_at": 987654321}],
     )
-    store.latest_history(f"{m}:{h}:{lbl}")
-    store.list_history(f"{m}:{h}:{lbl}", limit=4242)
+    store.recent_history([f"{m}:{h}:{lbl}"], per_key=4242)
     store.count_files_needing_recalibration(LITERALS["hash"], lib)
     store.claim_files_for_recalibration(LITERALS["hash"], LITERALS["run"], LITERALS["claim"], 4242, lib)
     store.tier_inputs([f])

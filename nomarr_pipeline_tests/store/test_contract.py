@@ -225,9 +225,30 @@ def test_calibrations_and_history_saved_together(store: Store) -> None:
     )
     assert store.get_calibration(str(state["_key"])) == {**state, "n": 20}
     assert [c["_key"] for c in store.list_calibrations()] == [state["_key"]]
-    latest = store.latest_history(str(state["_key"]))
-    assert latest is not None and latest["_key"] == "h2" and latest["n_delta"] == 10
-    assert [h["_key"] for h in store.list_history(str(state["_key"]))] == ["h2", "h1"]
+    key = str(state["_key"])
+    (latest,) = store.recent_history([key])[key]
+    assert latest["_key"] == "h2" and latest["n_delta"] == 10 and latest["p5_delta"] is None
+    assert [h["_key"] for h in store.recent_history([key], per_key=5)[key]] == ["h2", "h1"]
+
+
+def test_recent_history_of_many_calibrations_in_one_call(store: Store) -> None:
+    """Each key gets its own newest snapshots (a limit per key, not over all of them)."""
+    folk, happy = _state("Folk, World, & Country", 0.1, 0.9), _state("happy", 0.2, 0.8)
+    snapshots = [
+        {"_key": f"{name}@{at}", "calibration_key": state["_key"], "snapshot_at": at, "p5": 0.1, "n": at}
+        for name, state, times in (("folk", folk, (10, 30, 20)), ("happy", happy, (5,)))
+        for at in times
+    ]
+    store.save_calibrations([folk, happy], snapshots)
+    keys = [str(folk["_key"]), str(happy["_key"]), "m:h:never-calibrated"]
+    recent = store.recent_history(keys, per_key=2)
+    assert {key: [h["_key"] for h in found] for key, found in recent.items()} == {
+        keys[0]: ["folk@30", "folk@20"],
+        keys[1]: ["happy@5"],
+    }
+    assert recent[keys[0]][0]["n"] == 30 and recent[keys[0]][0]["p95"] is None
+    assert {key: len(found) for key, found in store.recent_history(keys).items()} == {keys[0]: 1, keys[1]: 1}
+    assert store.recent_history([]) == {}
     assert store.get_calibration("nope") is None
 
 
