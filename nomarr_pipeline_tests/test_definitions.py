@@ -1,42 +1,19 @@
-"""The code location carries exactly the names of DESIGN.md §9 (and the README's concepts
-table): tests, docs, sensors' run requests and users rely on them."""
+"""The code location carries exactly the names of DESIGN.md §9, no more and no fewer."""
 
 from __future__ import annotations
 
 import dagster as dg
 
 from nomarr_pipeline.definitions import defs
-
-ASSETS = {
-    "library_files",
-    "file_tags",
-    "calibration_state",
-    "calibration_history",
-    "calibration_sidecars",
-    "calibration_package",
-    "calibrated_tags",
-    "written_tags",
-}
-HEAD_PARTITIONED = {"file_tags", "calibration_state", "calibration_history", "calibration_sidecars"}
-SENSORS = {"library_change_sensor", "head_discovery_sensor", "calibration_hash_sensor"}
-SCHEDULES = {"nightly_calibration_schedule"}
-JOBS = {
-    "library_scan_job": {"library_files"},
-    "predictions_job": {"file_tags"},
-    "calibration_job": {
-        "calibration_state",
-        "calibration_history",
-        "calibration_sidecars",
-        "calibration_package",
-    },
-    "tagging_job": {"calibrated_tags", "written_tags"},
-}
-CHECKS = {
-    ("calibration_state", "out_of_range_ratio"),
-    ("calibration_state", "minimum_n"),
-    ("calibration_state", "p5_below_p95"),
-}
-RESOURCES = {"store", "library", "models", "calibration", "tagging"}
+from nomarr_pipeline_tests.design_names import (
+    ASSETS,
+    CHECKS,
+    HEAD_PARTITIONED,
+    JOBS,
+    RESOURCES,
+    SCHEDULES,
+    SENSORS,
+)
 
 
 def test_assets_and_their_partitions() -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from nomarr_pipeline.demo import write_wav
 from nomarr_pipeline.store import open_store
+from nomarr_pipeline_tests.design_names import ASSETS, HEAD_PARTITIONED, SCHEDULES, SENSORS
 from nomarr_pipeline_tests.ui.dagster_dev import (
     ASSET_GRAPH_QUERY,
     AUTOMATION_QUERY,
@@ -37,18 +38,7 @@ pytestmark = pytest.mark.slow
 
 # The design contract (DESIGN.md §9). Extend the REQUIRED_* sets as pieces land; the
 # DESIGNED_* sets bound what may exist at all.
-DESIGNED_ASSETS = frozenset(
-    {
-        "library_files",
-        "file_tags",
-        "calibration_state",
-        "calibration_history",
-        "calibration_sidecars",
-        "calibration_package",
-        "calibrated_tags",
-        "written_tags",
-    }
-)
+DESIGNED_ASSETS = frozenset(ASSETS)
 REQUIRED_ASSETS = DESIGNED_ASSETS
 # (upstream, downstream): checked whenever the downstream asset is defined in code (a
 # not-yet-defined asset shows up only as a stub without its own dependencies).
@@ -63,12 +53,10 @@ DESIGNED_LINEAGE = frozenset(
         ("calibrated_tags", "written_tags"),
     }
 )
-HEAD_PARTITIONED_ASSETS = frozenset(
-    {"file_tags", "calibration_state", "calibration_history", "calibration_sidecars"}
-)
-DESIGNED_SENSORS = frozenset({"library_change_sensor", "head_discovery_sensor", "calibration_hash_sensor"})
+HEAD_PARTITIONED_ASSETS = frozenset(HEAD_PARTITIONED)
+DESIGNED_SENSORS = frozenset(SENSORS)
 REQUIRED_SENSORS = DESIGNED_SENSORS
-DESIGNED_SCHEDULES = frozenset({"nightly_calibration_schedule"})
+DESIGNED_SCHEDULES = frozenset(SCHEDULES)
 REQUIRED_SCHEDULES = DESIGNED_SCHEDULES
 
 RUN_TIMEOUT_S = 120.0
