@@ -101,7 +101,7 @@ def export_calibrations(dest: Path | None) -> int:
     states = runner.usable_calibrations(runner.open_checked_store())
     if not states:
         raise UserError("there is no calibration to export yet", "run `nomarr-pipeline run` first")
-    dest = dest.absolute() if dest else runner.settings().export_dir
+    dest = dest.absolute() if dest else runner.checked_settings().export_dir
     try:
         package = export_package(states, dest)
     except OSError as error:
@@ -209,7 +209,7 @@ def _print_outcomes(outcomes: Sequence[StepOutcome]) -> bool:
 
 
 def _print_where_to_look(store: Store) -> None:
-    settings = runner.settings()
+    settings = runner.checked_settings()
     click.echo()
     frame = runner.status_frame(store)
     if not frame.empty:

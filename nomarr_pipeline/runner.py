@@ -52,7 +52,7 @@ class UserError(Exception):
 # ---- pre-flight checks ----------------------------------------------------------------------
 
 
-def settings() -> Settings:
+def checked_settings() -> Settings:
     try:
         return Settings.from_env()
     except ValueError as error:
@@ -62,7 +62,7 @@ def settings() -> Settings:
 def open_checked_store() -> Store:
     """Open the configured store and touch it once, so an unreachable database is reported
     before any run starts."""
-    config = settings()
+    config = checked_settings()
     try:
         store = open_store(
             config.store_url,
@@ -80,7 +80,7 @@ def open_checked_store() -> Store:
 
 
 def require_library_roots() -> list[Path]:
-    roots = list(settings().library_roots)
+    roots = list(checked_settings().library_roots)
     if not roots:
         raise UserError(
             "no library folders configured",
@@ -99,7 +99,7 @@ def require_heads() -> list[Head]:
     """Every usable head of NOMARR_MODELS_DIR; problems with single models are printed."""
     from nomarr_pipeline.ml.discovery import discover_models
 
-    models_dir = settings().models_dir
+    models_dir = checked_settings().models_dir
     if models_dir is None:
         raise UserError(
             "no models folder configured",
