@@ -1,6 +1,6 @@
 """Dagster resources: configuration only in their fields. A client (the store's database
-connection) is opened on first use within one execution — a step or a sensor tick, each in
-its own process — and closed when that execution ends."""
+connection) is opened on first use within one execution (a run's step, a sensor tick) and
+closed when that execution ends."""
 
 from __future__ import annotations
 
