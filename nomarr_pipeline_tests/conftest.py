@@ -16,6 +16,7 @@ def isolated_nomarr_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path
         "NOMARR_STORE_URL",
         "NOMARR_LIBRARY_ROOTS",
         "NOMARR_MODELS_DIR",
+        "NOMARR_MODELS_URL",
         "NOMARR_EXPORT_DIR",
         "NOMARR_FILE_WRITE_MODE",
         "NOMARR_AUTO_WRITE_TAGS",

@@ -8,8 +8,10 @@ the term chosen for each head does not depend on the tier, and the thresholds ar
 Rules, in order:
 
 1. Heads are filtered by ``include_heads``/``exclude_heads`` (``fnmatch`` patterns on
-   ``head_name``). Genre and regression heads are excluded by default: genres are not
-   moods, and a regression output (arousal, valence) has no "high means present" reading.
+   ``head_name``). Genre, regression and auto-tagging heads are excluded by default:
+   genres and styles are not moods, and a regression output (arousal, valence) has no
+   "high means present" reading. Tiers are opt-in per head: list a head in
+   ``include_heads`` (or drop its pattern from ``exclude_heads``) to let it vote.
 2. Optional stability gate: a prediction whose per-patch ``std`` exceeds ``max_std`` is
    dropped (the model disagreed with itself across the track).
 3. Rows without a calibrated value (no calibration, or ``p95 <= p5``) are ignored.
@@ -41,6 +43,9 @@ DEFAULT_EXCLUDED_HEADS: tuple[str, ...] = (
     "deam",  # arousal/valence regression heads
     "emomusic",
     "muse",
+    # Auto-tagging models' own heads (msd-musicnn, mtt-musicnn, discogs-effnet-bs64): style
+    # and instrument tags. They are the only head names with a '-' (ml.discovery).
+    "*-*",
 )
 
 

@@ -3,6 +3,10 @@
 Only JSON files are parsed and model files hashed; nothing is loaded into TensorFlow here,
 so discovery is cheap enough for a sensor tick. A broken model becomes a
 :class:`ModelProblem` and never hides the models that work (DESIGN.md §4).
+
+An auto-tagging model (``msd-musicnn-1``, ``mtt-musicnn-1``, ``discogs-effnet-bs64-1``) is
+a backbone whose JSON has ``classes`` and a ``predictions`` output: it is also a head of its
+own, fed by the same backbone pass (:func:`autotagging_head_name` names it).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -27,14 +31,21 @@ class BackboneFamily:
     algorithm: str
     embedding_output: str
     embedding_size: int
+    # The algorithm's default input node (used when the JSON names none).
+    default_input: str
+    # Whether its own predictions can come out of the embeddings pass (see ml.backbone_pass).
+    one_pass_predictions: bool
 
 
 BACKBONE_FAMILIES: dict[str, BackboneFamily] = {
     family.algorithm: family
     for family in (
-        BackboneFamily("effnet", "TensorflowPredictEffnetDiscogs", "PartitionedCall:1", 1280),
-        BackboneFamily("musicnn", "TensorflowPredictMusiCNN", "model/dense/BiasAdd", 200),
-        BackboneFamily("vggish", "TensorflowPredictVGGish", "model/vggish/embeddings", 128),
+        BackboneFamily("effnet", "TensorflowPredictEffnetDiscogs", "PartitionedCall:1", 1280,
+                       "serving_default_melspectrogram", True),
+        BackboneFamily("musicnn", "TensorflowPredictMusiCNN", "model/dense/BiasAdd", 200,
+                       "model/Placeholder", True),
+        BackboneFamily("vggish", "TensorflowPredictVGGish", "model/vggish/embeddings", 128,
+                       "model/Placeholder", False),
     )
 }
 
@@ -58,15 +69,21 @@ class Backbone:
     algorithm: str
     graph_path: Path
     metadata_path: Path
-    input_node: str | None  # None → the Essentia algorithm's default
+    input_node: str  # from the JSON, else the Essentia algorithm's default
     embedding_output: str
     embedding_size: int
     version: int
+    # Its own tag activations when it is an auto-tagging model with a usable head.
+    predictions_output: str | None = None
 
 
 @dataclass(frozen=True)
 class Head:
-    """A classifier/regressor on top of one backbone's embeddings; one Dagster partition."""
+    """A classifier/regressor on top of one backbone's embeddings; one Dagster partition.
+
+    For an auto-tagging model (``autotagging``) the head is the backbone's own predictions
+    output: ``graph_path``/``metadata_path`` are the backbone's, and no graph of its own runs.
+    """
 
     name: str  # file stem, e.g. "mood_happy-discogs-effnet-1"
     head_name: str
@@ -81,6 +98,7 @@ class Head:
     output_node: str
     backbone: Backbone
     tagger_version: str
+    autotagging: bool = False
 
     @property
     def partition_key(self) -> str:
@@ -153,6 +171,7 @@ def discover_models(models_dir: Path, *, compute_versions: bool = True) -> Model
         )
     problems: list[ModelProblem] = []
     backbones: dict[str, Backbone] = {}
+    backbone_metadata: dict[str, dict[str, Any]] = {}
     head_entries: list[tuple[Path, Path, dict[str, Any]]] = []
 
     for metadata_path, graph_path in _model_pairs(models_dir, problems):
@@ -169,8 +188,21 @@ def discover_models(models_dir: Path, *, compute_versions: bool = True) -> Model
             problems.append(ModelProblem(metadata_path, _duplicate(backbones[backbone.name])))
             continue
         backbones[backbone.name] = backbone
+        backbone_metadata[backbone.name] = metadata
 
     heads: dict[str, Head] = {}
+    # Own heads first: they decide whether a backbone's pass also fetches its predictions,
+    # and the heads parsed below must refer to that final Backbone.
+    for name, metadata in backbone_metadata.items():
+        try:
+            own = _autotagging_head(backbones[name], metadata, compute_versions)
+        except ModelMetadataError as exc:
+            problems.append(ModelProblem(backbones[name].metadata_path,
+                                         f"{exc}; it still serves as a backbone"))
+            continue
+        if own is not None:
+            backbones[name] = own.backbone
+            heads[own.partition_key] = own
     for metadata_path, graph_path, metadata in head_entries:
         try:
             head = _parse_head(metadata_path, graph_path, metadata, backbones, compute_versions)
@@ -282,11 +314,107 @@ def _parse_backbone(
         algorithm=known.algorithm,
         graph_path=graph_path,
         metadata_path=metadata_path,
-        input_node=str(inputs[0]["name"]) if inputs else None,
+        input_node=str(inputs[0]["name"]) if inputs else known.default_input,
         embedding_output=known.embedding_output,
         embedding_size=known.embedding_size,
         version=_version(metadata),
     )
+
+
+_VERSION_SUFFIX = re.compile(r"-\d+$")
+
+
+def autotagging_head_name(backbone_name: str) -> str | None:
+    """The ``head_name`` of an auto-tagging model's own head: its file name without the
+    version (``msd-musicnn-1`` → ``msd-musicnn``), or None when that has no ``-``.
+
+    A classifier head's name is its file name up to the first ``-``, so it never contains
+    one: the ``-`` tells an auto-tagging head apart (mood tiers exclude them by it).
+    """
+    name = _VERSION_SUFFIX.sub("", backbone_name)
+    if "-" not in name:
+        name = backbone_name
+    return name if "-" in name else None
+
+
+def _predictions_node(metadata: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for node in _schema_nodes(metadata, "outputs"):
+        if node.get("output_purpose") == "predictions":
+            return node
+    return None
+
+
+def _autotagging_head(
+    backbone: Backbone, metadata: Mapping[str, Any], compute_versions: bool
+) -> Head | None:
+    """The backbone's own head, None for a pure feature extractor; raises why it cannot be one."""
+    classes = metadata.get("classes")
+    output = _predictions_node(metadata)
+    if not classes or output is None:
+        return None
+    labels = _labels(classes)
+    if not BACKBONE_FAMILIES[backbone.algorithm].one_pass_predictions:
+        raise ModelMetadataError(
+            f"its own predictions ({len(labels)} classes) are not offered as a head: "
+            "auto-tagging is supported on effnet and musicnn backbones"
+        )
+    output_node = str(output["name"])
+    if output_node == backbone.embedding_output:
+        raise ModelMetadataError(
+            f"its predictions output {output_node!r} is its embeddings output"
+        )
+    _check_output_width(output, labels)
+    head_name = autotagging_head_name(backbone.name)
+    if head_name is None:
+        raise ModelMetadataError(
+            f"its own predictions are not offered as a head: the file name {backbone.name!r} "
+            "is not '<name>-<version>' like Essentia's (e.g. msd-musicnn-1)"
+        )
+    with_predictions = replace(backbone, predictions_output=output_node)
+    head = Head(
+        name=backbone.name,
+        head_name=head_name,
+        embedding_tag=backbone.name,
+        model_key=f"{backbone.family}-{backbone.name}",
+        labels=labels,
+        version=backbone.version,
+        kind=_head_kind(backbone.input_node, output),
+        graph_path=backbone.graph_path,
+        metadata_path=backbone.metadata_path,
+        input_node=backbone.input_node,
+        output_node=output_node,
+        backbone=with_predictions,
+        tagger_version=(
+            tagger_version(backbone.graph_path, backbone.graph_path, backbone.metadata_path)
+            if compute_versions
+            else ""
+        ),
+        autotagging=True,
+    )
+    problem = partition_key_problem(head.partition_key)
+    if problem:
+        raise ModelMetadataError(problem)
+    return head
+
+
+def _labels(classes: Any) -> tuple[str, ...]:
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(label, str) and label for label in classes)
+    ):
+        raise ModelMetadataError("'classes' must be a non-empty list of label strings")
+    if len(set(classes)) != len(classes):
+        raise ModelMetadataError("'classes' has duplicate labels")
+    return tuple(classes)
+
+
+def _check_output_width(output: Mapping[str, Any], labels: tuple[str, ...]) -> None:
+    width = _last_int_dim(output)
+    if width is not None and width != len(labels):
+        raise ModelMetadataError(
+            f"prediction output width {width} does not match {len(labels)} classes"
+        )
 
 
 def _find_backbone(inference: Mapping[str, Any], backbones: Mapping[str, Backbone]) -> Backbone:
@@ -310,9 +438,9 @@ def _find_backbone(inference: Mapping[str, Any], backbones: Mapping[str, Backbon
 
 def _predictions_output(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
     outputs = _schema_nodes(metadata, "outputs")
-    for node in outputs:
-        if node.get("output_purpose") == "predictions":
-            return node
+    node = _predictions_node(metadata)
+    if node is not None:
+        return node
     if len(outputs) == 1:
         return outputs[0]
     raise ModelMetadataError("'schema.outputs' has no output with output_purpose 'predictions'")
@@ -349,15 +477,7 @@ def _parse_head(
             f"head file name {stem!r} is not '<head_name>-<embedding tag>' "
             "(e.g. mood_happy-discogs-effnet-1)"
         )
-    classes = metadata.get("classes")
-    if (
-        not isinstance(classes, list)
-        or not classes
-        or not all(isinstance(label, str) and label for label in classes)
-    ):
-        raise ModelMetadataError("'classes' must be a non-empty list of label strings")
-    if len(set(classes)) != len(classes):
-        raise ModelMetadataError("'classes' has duplicate labels")
+    labels = _labels(metadata.get("classes"))
 
     inference = _inference(metadata)
     algorithm = inference.get("algorithm", HEAD_ALGORITHM)
@@ -375,11 +495,7 @@ def _parse_head(
             f"embedding size {backbone.embedding_size}"
         )
     output = _predictions_output(metadata)
-    output_width = _last_int_dim(output)
-    if output_width is not None and output_width != len(classes):
-        raise ModelMetadataError(
-            f"prediction output width {output_width} does not match {len(classes)} classes"
-        )
+    _check_output_width(output, labels)
 
     model_key = f"{backbone.family}-{embedding_tag}"
     head = Head(
@@ -387,7 +503,7 @@ def _parse_head(
         head_name=head_name,
         embedding_tag=embedding_tag,
         model_key=model_key,
-        labels=tuple(classes),
+        labels=labels,
         version=_version(metadata),
         kind=_head_kind(input_node, output),
         graph_path=graph_path,

@@ -1,7 +1,9 @@
 """Essentia inference for one file: decode once, one pass per backbone, every head pooled.
 
-Runs inside a worker process (see :mod:`nomarr_pipeline.ml.workers`): Essentia is imported
-lazily so that the orchestrating process never loads TensorFlow.
+An auto-tagging model's own head takes its values from the same backbone pass as the
+embeddings (:mod:`nomarr_pipeline.ml.backbone_pass`). Runs inside a worker process (see
+:mod:`nomarr_pipeline.ml.workers`): Essentia is imported lazily so that the orchestrating
+process never loads TensorFlow.
 """
 
 from __future__ import annotations
@@ -16,17 +18,16 @@ from typing import Any
 import numpy as np
 
 from nomarr_pipeline.ml.audio import SAMPLE_RATE, AudioDecodeError, load_audio
+from nomarr_pipeline.ml.backbone_pass import RECIPES, BackboneOutputs, BackbonePass
 from nomarr_pipeline.ml.discovery import Backbone, Head
 from nomarr_pipeline.ml.pooling import NonFiniteOutputError, pool_patches
 
 # Seconds of audio one analysis patch covers (patch frames × 256-sample hop at 16 kHz);
 # shorter audio gives zero patches.
 PATCH_SECONDS: dict[str, float] = {"effnet": 2.05, "musicnn": 2.99, "vggish": 0.96}
-# Essentia's default; TensorflowPredictEffnetDiscogs crashes the process with batchSize <= 0
-# and the real discogs-effnet-bs64 graphs have a fixed batch of 64.
-EFFNET_BATCH_SIZE = 64
 
 Predictor = Callable[[np.ndarray], Any]
+BackbonePredictor = Callable[[np.ndarray], "BackboneOutputs"]
 
 
 class AnalysisError(RuntimeError):
@@ -70,24 +71,17 @@ class ModelSession:
     """The models one worker has loaded; each backbone and head is loaded once, on first use."""
 
     def __init__(self) -> None:
-        self._backbones: dict[Path, Predictor] = {}
+        self._backbones: dict[Path, BackbonePredictor] = {}
         self._heads: dict[Path, Predictor] = {}
         self.backbone_passes: Counter[str] = Counter()
 
     # ---- loading -------------------------------------------------------------------
-    def _backbone(self, backbone: Backbone) -> Predictor:
+    def _backbone(self, backbone: Backbone) -> BackbonePredictor:
         predictor = self._backbones.get(backbone.graph_path)
         if predictor is None:
-            es = _essentia()
-            params: dict[str, Any] = {
-                "graphFilename": str(backbone.graph_path),
-                "output": backbone.embedding_output,
-            }
-            if backbone.input_node:
-                params["input"] = backbone.input_node
-            if backbone.family == "effnet":
-                params["batchSize"] = EFFNET_BATCH_SIZE
-            predictor = getattr(es, backbone.algorithm)(**params)
+            _essentia()  # logging settings before the first algorithm is made
+            one_pass = backbone.family in RECIPES
+            predictor = BackbonePass(backbone) if one_pass else _embeddings_only(backbone)
             self._backbones[backbone.graph_path] = predictor
         return predictor
 
@@ -102,14 +96,15 @@ class ModelSession:
         return predictor
 
     # ---- running -------------------------------------------------------------------
-    def embeddings(self, backbone: Backbone, audio: np.ndarray) -> np.ndarray:
-        """``[patches, embedding_size]``; :class:`AnalysisError` when there is none."""
+    def run_backbone(self, backbone: Backbone, audio: np.ndarray) -> BackboneOutputs:
+        """Embeddings ``[patches, embedding_size]`` (and the model's own predictions) from
+        one pass; :class:`AnalysisError` when there is no patch."""
         self.backbone_passes[backbone.name] += 1
         try:
-            raw = self._backbone(backbone)(audio)
+            outputs = self._backbone(backbone)(audio)
         except RuntimeError as exc:
             raise AnalysisError(f"backbone {backbone.name} failed: {_describe(exc)}") from exc
-        patches = np.asarray(raw, dtype=np.float32)
+        patches = outputs.embeddings
         if patches.size == 0:
             seconds = audio.size / SAMPLE_RATE
             needed = PATCH_SECONDS.get(backbone.family)
@@ -125,11 +120,16 @@ class ModelSession:
             )
         if not np.all(np.isfinite(patches)):
             raise AnalysisError(f"backbone {backbone.name} produced NaN/infinite embeddings")
-        return patches
+        return outputs
 
-    def head_outcome(self, head: Head, embeddings: np.ndarray) -> HeadOutcome:
+    def head_outcome(self, head: Head, outputs: BackboneOutputs) -> HeadOutcome:
         try:
-            raw = self._head(head)(embeddings)
+            if head.autotagging:
+                if outputs.predictions is None:
+                    raise ValueError(f"backbone {head.backbone.name} gave no predictions")
+                raw = outputs.predictions
+            else:
+                raw = self._head(head)(outputs.embeddings)
             pooled = pool_patches(np.asarray(raw), len(head.labels))
         except NonFiniteOutputError as exc:
             return HeadOutcome(head.partition_key,
@@ -148,12 +148,12 @@ class ModelSession:
         for backbone_heads in by_backbone.values():
             backbone = backbone_heads[0].backbone
             try:
-                embeddings = self.embeddings(backbone, audio)
+                outputs = self.run_backbone(backbone, audio)
             except AnalysisError as exc:
                 outcomes.extend(HeadOutcome(h.partition_key, error=str(exc))
                                 for h in backbone_heads)
                 continue
-            outcomes.extend(self.head_outcome(head, embeddings) for head in backbone_heads)
+            outcomes.extend(self.head_outcome(head, outputs) for head in backbone_heads)
         return tuple(outcomes)
 
     def analyze_file(self, path: Path, heads: Sequence[Head]) -> FileAnalysis:
@@ -169,3 +169,16 @@ class ModelSession:
             outcomes = self.analyze_audio(audio, heads)
         passes = self.backbone_passes - passes_before
         return FileAnalysis(outcomes, time.perf_counter() - started, dict(passes))
+
+
+def _embeddings_only(backbone: Backbone) -> BackbonePredictor:
+    """A backbone family without a one-pass recipe: Essentia's own algorithm, embeddings only."""
+    algorithm = getattr(_essentia(), backbone.algorithm)(
+        graphFilename=str(backbone.graph_path), input=backbone.input_node,
+        output=backbone.embedding_output,
+    )
+
+    def run(audio: np.ndarray) -> BackboneOutputs:
+        return BackboneOutputs(np.asarray(algorithm(audio), dtype=np.float32), None)
+
+    return run

@@ -87,6 +87,15 @@ def test_genre_and_regression_heads_are_excluded_by_default() -> None:
     assert compute_mood_tiers(tags, opened)["mood-strict"] == ["approachability", "rock", "rock punk"]
 
 
+def test_auto_tagging_heads_are_excluded_by_default() -> None:
+    """msd-musicnn tags include moods ("happy", "sad"), but style tags vote only when asked."""
+    tags = [tag("msd-musicnn", "happy", 1.0), tag("msd-musicnn", "sad", 0.9), tag("msd-musicnn", "rock", 0.1),
+            tag("discogs-effnet-bs64", "Electronic---House", 1.0)]  # fmt: skip
+    assert compute_mood_tiers(tags) == empty_tiers()
+    opted_in = TierConfig(include_heads=("msd-musicnn",), exclude_heads=())
+    assert compute_mood_tiers(tags, opted_in)["mood-loose"] == ["happy", "sad"]
+
+
 def test_include_and_exclude_patterns() -> None:
     tags = [tag("mood_happy", "happy", 1.0), tag("mood_happy", "non_happy", 0.0),
             tag("danceability", "danceable", 1.0), tag("danceability", "not_danceable", 0.0)]  # fmt: skip

@@ -5,6 +5,7 @@ Session-scoped and treated as read-only by tests, so they are built once per run
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,10 @@ from nomarr_pipeline.ml.discovery import ModelCatalog, discover_models
 from nomarr_pipeline_tests.ml.audio_fixtures import AUDIO_FORMATS, make_audio
 
 FIXTURE_SECONDS = 6.0
+# The trained MSD-MusiCNN weights live outside the repository (never copied into it):
+# `../shared/models` beside the main checkout, or wherever this variable points.
+REAL_MODELS_ENV = "NOMARR_TEST_REAL_MODELS_DIR"
+REAL_MODELS_DEFAULT = Path(__file__).resolve().parents[2].parent / "shared" / "models"
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +43,13 @@ def audio_by_format(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
         suffix: make_audio(folder / f"fixture{index}{suffix}", FIXTURE_SECONDS, seed=index)
         for index, suffix in enumerate(AUDIO_FORMATS)
     }
+
+
+@pytest.fixture(scope="session")
+def real_models_dir() -> Path:
+    """The folder holding the real ``msd-musicnn-1.pb``/``.json``; skips the test without it."""
+    folder = Path(os.environ.get(REAL_MODELS_ENV) or REAL_MODELS_DEFAULT)
+    if not (folder / "msd-musicnn-1.pb").is_file() or not (folder / "msd-musicnn-1.json").is_file():
+        pytest.skip(f"real MSD-MusiCNN weights not found in {folder} (set {REAL_MODELS_ENV} "
+                    "to the folder holding msd-musicnn-1.pb and msd-musicnn-1.json)")
+    return folder

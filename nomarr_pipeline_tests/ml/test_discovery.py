@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from nomarr_pipeline.ml.demo_models import write_demo_models
-from nomarr_pipeline.ml.discovery import HeadKind, discover_models, partition_key_problem
+from nomarr_pipeline.ml.discovery import (
+    HeadKind,
+    autotagging_head_name,
+    discover_models,
+    partition_key_problem,
+)
 
 HAPPY = "mood_happy-discogs-effnet-1"
 
@@ -44,7 +49,9 @@ def test_flat_folder_finds_every_head(flat: Path) -> None:
         "effnet-discogs-effnet-1:mood_aggressive",
         "effnet-discogs-effnet-1:mood_happy",
         "effnet-discogs-effnet-1:mtg_jamendo_moodtheme",
+        "effnet-discogs-effnet-bs64-1:discogs-effnet-bs64",
         "musicnn-msd-musicnn-1:mood_sad",
+        "musicnn-msd-musicnn-1:msd-musicnn",
     ]
 
 
@@ -130,20 +137,20 @@ def test_missing_pb(flat: Path) -> None:
     (flat / f"{HAPPY}.pb").unlink()
     catalog = discover_models(flat)
     assert "effnet-discogs-effnet-1:mood_happy" not in catalog.partition_keys
-    assert len(catalog.heads) == 6  # the others keep working
+    assert len(catalog.heads) == 8  # the others keep working
     assert _problem_for(flat, HAPPY) == f"model file {HAPPY}.pb is missing"
 
 
 def test_missing_json(flat: Path) -> None:
     (flat / f"{HAPPY}.json").unlink()
     assert _problem_for(flat, HAPPY) == f"metadata {HAPPY}.json is missing"
-    assert len(discover_models(flat).heads) == 6
+    assert len(discover_models(flat).heads) == 8
 
 
 def test_malformed_json(flat: Path) -> None:
     (flat / f"{HAPPY}.json").write_text("{not json")
     assert _problem_for(flat, HAPPY).startswith("unreadable model metadata")
-    assert len(discover_models(flat).heads) == 6
+    assert len(discover_models(flat).heads) == 8
 
 
 def test_json_that_is_not_an_object(flat: Path) -> None:
@@ -160,14 +167,15 @@ def test_unknown_backbone_algorithm(flat: Path) -> None:
     # its head has no backbone now; the effnet heads are untouched
     assert "musicnn-msd-musicnn-1:mood_sad" not in catalog.partition_keys
     assert "'msd-musicnn-1' was not found" in _problem_for(flat, "mood_sad-msd-musicnn-1")
-    assert len(catalog.heads) == 6
+    assert len(catalog.heads) == 7
 
 
 def test_head_without_backbone(flat: Path) -> None:
     (flat / "discogs-effnet-bs64-1.pb").unlink()
     (flat / "discogs-effnet-bs64-1.json").unlink()
     catalog = discover_models(flat)
-    assert catalog.partition_keys == ["musicnn-msd-musicnn-1:mood_sad"]
+    assert catalog.partition_keys == ["musicnn-msd-musicnn-1:mood_sad",
+                                      "musicnn-msd-musicnn-1:msd-musicnn"]
     message = _problem_for(flat, HAPPY)
     assert message == ("its backbone 'discogs-effnet-bs64-1' was not found in the models "
                        "directory (add the embedding model's .pb and .json)")
@@ -225,7 +233,7 @@ def test_forbidden_characters_in_partition_key(flat: Path) -> None:
         (flat / f"{HAPPY}{suffix}").rename(flat / f"mood happy,x-discogs-effnet-1{suffix}")
     message = _problem_for(flat, "mood happy,x-discogs-effnet-1")
     assert "forbidden characters" in message
-    assert len(discover_models(flat).heads) == 6
+    assert len(discover_models(flat).heads) == 8
 
 
 @pytest.mark.parametrize("key", ["a/b:c", "a:b,c", "a|b", "a[0]", "a b", " a", ""])
@@ -243,7 +251,7 @@ def test_duplicate_head_in_two_folders(flat: Path) -> None:
     shutil.copy(flat / f"{HAPPY}.pb", copy / f"{HAPPY}.pb")
     shutil.copy(flat / f"{HAPPY}.json", copy / f"{HAPPY}.json")
     catalog = discover_models(flat)
-    assert len(catalog.heads) == 7
+    assert len(catalog.heads) == 9
     assert any("duplicate of" in p.message for p in catalog.problems)
 
 
@@ -258,3 +266,81 @@ def test_select(flat: Path) -> None:
     heads, missing = catalog.select(["effnet-discogs-effnet-1:mood_happy", "gone:head"])
     assert [h.head_name for h in heads] == ["mood_happy"]
     assert missing == ["gone:head"]
+
+
+# ---- auto-tagging models: a backbone that is also a head -------------------------------
+MSD = "msd-musicnn-1"
+MSD_KEY = "musicnn-msd-musicnn-1:msd-musicnn"
+
+
+def test_auto_tagging_backbones_are_heads_of_their_own(flat: Path) -> None:
+    catalog = discover_models(flat)
+    msd = catalog.head(MSD_KEY)
+    styles = catalog.head("effnet-discogs-effnet-bs64-1:discogs-effnet-bs64")
+    assert msd is not None and styles is not None
+    assert msd.autotagging and styles.autotagging
+    assert (msd.head_name, msd.model_key, msd.embedding_tag) == ("msd-musicnn", "musicnn-msd-musicnn-1", MSD)
+    assert msd.labels == tuple(json.loads((flat / f"{MSD}.json").read_text())["classes"])
+    assert len(styles.labels) == 400
+    assert (msd.output_node, styles.output_node) == ("model/Sigmoid", "PartitionedCall:0")
+    assert (msd.kind, styles.kind) == (HeadKind.SIGMOID, HeadKind.PARTITIONED)
+    assert msd.graph_path == msd.backbone.graph_path
+    # The backbone's pass fetches its predictions, for its own head and its other heads alike.
+    (backbone,) = [b for b in catalog.backbones if b.name == MSD]
+    assert backbone.predictions_output == "model/Sigmoid"
+    sad = catalog.head("musicnn-msd-musicnn-1:mood_sad")
+    assert sad is not None and sad.backbone == backbone == msd.backbone
+    assert msd.tagger_version and msd.tagger_version != sad.tagger_version
+
+
+def test_a_feature_extractor_without_classes_is_only_a_backbone(flat: Path) -> None:
+    _edit_json(flat / f"{MSD}.json", classes=[])  # like discogs_release_embeddings-effnet-bs64-1
+    catalog = discover_models(flat)
+    assert MSD_KEY not in catalog.partition_keys and not catalog.problems
+    (backbone,) = [b for b in catalog.backbones if b.name == MSD]
+    assert backbone.predictions_output is None
+
+
+def test_own_head_width_mismatch_keeps_the_backbone(flat: Path) -> None:
+    _edit_json(flat / f"{MSD}.json", classes=["rock", "pop"])
+    catalog = discover_models(flat)
+    assert _problem_for(flat, MSD) == (
+        "prediction output width 50 does not match 2 classes; it still serves as a backbone")
+    assert MSD_KEY not in catalog.partition_keys
+    assert "musicnn-msd-musicnn-1:mood_sad" in catalog.partition_keys
+    (backbone,) = [b for b in catalog.backbones if b.name == MSD]
+    assert backbone.predictions_output is None  # nothing asks for the unusable output
+
+
+def test_own_head_duplicate_labels(flat: Path) -> None:
+    data = json.loads((flat / f"{MSD}.json").read_text())
+    data["classes"][1] = data["classes"][0]
+    (flat / f"{MSD}.json").write_text(json.dumps(data))
+    assert _problem_for(flat, MSD) == "'classes' has duplicate labels; it still serves as a backbone"
+
+
+def test_own_head_needs_a_one_pass_family(flat: Path) -> None:
+    _edit_json(flat / f"{MSD}.json",
+               inference={"sample_rate": 16000, "algorithm": "TensorflowPredictVGGish"})
+    assert _problem_for(flat, MSD) == (
+        "its own predictions (50 classes) are not offered as a head: auto-tagging is supported "
+        "on effnet and musicnn backbones; it still serves as a backbone")
+
+
+def test_own_head_name_needs_a_hyphen(flat: Path) -> None:
+    for suffix in (".pb", ".json"):
+        (flat / f"{MSD}{suffix}").rename(flat / f"tagger{suffix}")
+    catalog = discover_models(flat)
+    assert "is not '<name>-<version>'" in _problem_for(flat, "tagger")
+    assert "tagger" in [b.name for b in catalog.backbones]
+
+
+@pytest.mark.parametrize(("backbone", "head_name"), [
+    ("msd-musicnn-1", "msd-musicnn"),
+    ("mtt-musicnn-1", "mtt-musicnn"),
+    ("discogs-effnet-bs64-1", "discogs-effnet-bs64"),
+    ("tagger-2", "tagger-2"),
+    ("tagger", None),
+])
+def test_autotagging_head_name(backbone: str, head_name: str | None) -> None:
+    assert autotagging_head_name(backbone) == head_name

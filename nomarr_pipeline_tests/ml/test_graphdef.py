@@ -78,8 +78,10 @@ def test_real_essentia_runs_every_demo_model_unchanged(
     assert embeddings["effnet"].shape == (5, 1280)  # 6 s → 5 patches of 128 frames, hop 62
     assert np.asarray(styles(audio)).shape == (5, 400)
     assert embeddings["musicnn"].shape == (3, 200)
-    assert {head.name for head in catalog.heads} == set(HEAD_NAMES)
+    assert {head.name for head in catalog.heads if not head.autotagging} == set(HEAD_NAMES)
     for head in catalog.heads:
+        if head.autotagging:
+            continue
         model = es.TensorflowPredict2D(graphFilename=str(head.graph_path),
                                        input=head.input_node, output=head.output_node)
         predictions = np.asarray(model(embeddings[head.backbone.family]))

@@ -1,0 +1,128 @@
+"""One run of a backbone network per file, giving its embeddings and its own predictions.
+
+Essentia's ``TensorflowPredictEffnetDiscogs``/``TensorflowPredictMusiCNN`` fetch a single
+output node, so an auto-tagging model would need a second pass for its tags. This module
+does what those algorithms do inside — frames of 512 samples every 256, 96 mel bands from
+``TensorflowInputMusiCNN``, patches of frames, batches of 64 into ``TensorflowPredict`` — but
+asks ``TensorflowPredict`` for every output it needs at once. The results equal the
+algorithms' own, value for value (``nomarr_pipeline_tests/ml/test_backbone_pass.py``).
+
+Imported only inside worker processes: it loads Essentia.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from nomarr_pipeline.ml.discovery import Backbone
+
+# Patches per TensorflowPredict call: Essentia's default, and the fixed batch of the real
+# discogs-effnet-bs64 graphs.
+BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class PatchRecipe:
+    """How one backbone family turns audio into the input patches of its network."""
+
+    frame_size: int
+    hop_size: int
+    bands: int
+    patch_size: int
+    patch_hop: int
+    # effnet-bs64 graphs take exactly BATCH_SIZE patches: the last batch is padded, and the
+    # number of patches kept follows Essentia's estimate (see essentia_patch_count).
+    fixed_batch: bool
+
+
+# The values Essentia's algorithms hard-code or default to (DESIGN.md §4).
+RECIPES: dict[str, PatchRecipe] = {
+    "musicnn": PatchRecipe(512, 256, 96, 187, 93, fixed_batch=False),
+    "effnet": PatchRecipe(512, 256, 96, 128, 62, fixed_batch=True),
+}
+
+
+def essentia_patch_count(samples: int, frames: int, recipe: PatchRecipe) -> int:
+    """How many patches Essentia's algorithm returns for this audio.
+
+    Patches start every ``patch_hop`` frames and the last incomplete one is dropped. With a
+    fixed batch, TensorflowPredictEffnetDiscogs first estimates the frame count in float32
+    arithmetic (zero-padding the signal to whole batches) and returns only that many
+    patches, which can be one fewer than the frames allow.
+    """
+    available = 0 if frames < recipe.patch_size else 1 + (frames - recipe.patch_size) // recipe.patch_hop
+    if not recipe.fixed_batch:
+        return available
+    hops = np.float32((samples - recipe.frame_size / 2.0) / recipe.hop_size)
+    estimated_frames = 1 + int(np.ceil(hops))
+    patch_hops = np.float32(estimated_frames - recipe.patch_size) / np.float32(recipe.patch_hop)
+    estimated = 1 + int(np.floor(patch_hops))
+    return max(0, min(available, estimated))
+
+
+@dataclass(frozen=True)
+class BackboneOutputs:
+    """``[patches, embedding_size]`` embeddings and, for an auto-tagging model,
+    ``[patches, classes]`` predictions of the same patches."""
+
+    embeddings: np.ndarray
+    predictions: np.ndarray | None
+
+
+class BackbonePass:
+    """A loaded backbone that yields embeddings and its own predictions from one run."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        import essentia.standard as es
+
+        self.recipe = RECIPES[backbone.family]
+        self._input = backbone.input_node
+        self._outputs = [backbone.embedding_output]
+        if backbone.predictions_output:
+            self._outputs.append(backbone.predictions_output)
+        self._mel = es.TensorflowInputMusiCNN()
+        self._frames = es.FrameGenerator
+        self._predict = es.TensorflowPredict(
+            graphFilename=str(backbone.graph_path), inputs=[self._input], outputs=self._outputs
+        )
+
+    def bands(self, audio: np.ndarray) -> np.ndarray:
+        """``[frames, bands]`` mel bands, framed as Essentia's FrameCutter frames them."""
+        recipe = self.recipe
+        frames = self._frames(audio, frameSize=recipe.frame_size, hopSize=recipe.hop_size)
+        rows = [self._mel(frame) for frame in frames]
+        if not rows:
+            return np.zeros((0, recipe.bands), dtype=np.float32)
+        return np.asarray(rows, dtype=np.float32)
+
+    def __call__(self, audio: np.ndarray) -> BackboneOutputs:
+        import essentia
+
+        recipe = self.recipe
+        bands = self.bands(audio)
+        count = essentia_patch_count(audio.size, bands.shape[0], recipe)
+        results: list[list[np.ndarray]] = [[] for _ in self._outputs]
+        if count:
+            # A view: patch i is frames [i * hop, i * hop + patch_size).
+            windows = np.lib.stride_tricks.sliding_window_view(
+                bands, recipe.patch_size, axis=0)[:: recipe.patch_hop][:count]
+            for start in range(0, count, BATCH_SIZE):
+                # windows are [patch, bands, frames]: the network wants [patch, 1, frames, bands].
+                batch = np.ascontiguousarray(
+                    windows[start : start + BATCH_SIZE].transpose(0, 2, 1)[:, None])
+                real = batch.shape[0]
+                if recipe.fixed_batch and real < BATCH_SIZE:
+                    padding = np.zeros((BATCH_SIZE - real, *batch.shape[1:]), dtype=np.float32)
+                    batch = np.concatenate([batch, padding])
+                pool = essentia.Pool()
+                pool.set(self._input, batch)
+                out: Any = self._predict(pool)
+                for index, name in enumerate(self._outputs):
+                    values = np.asarray(out[name], dtype=np.float32)
+                    results[index].append(values.reshape(batch.shape[0], -1)[:real])
+        stacked = [np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+                   for parts in results]
+        return BackboneOutputs(stacked[0], stacked[1] if len(stacked) > 1 else None)
