@@ -221,3 +221,61 @@ class GraphBuilder:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(self.to_bytes())
         return path
+
+
+# ---- checking a downloaded graph -------------------------------------------------------------
+# GraphDef's own fields: node (1), library (2), version (3, deprecated varint), versions (4),
+# debug_info (5). Newer TensorFlow versions may add fields; any field with a valid wire type
+# is accepted, but the message must parse to its last byte. TensorFlow writes fields in
+# number order and always writes `versions`, so a graph cut between two nodes lacks it.
+_GRAPH_NODE_FIELD = 1
+_GRAPH_VERSIONS_FIELD = 4
+_VALID_WIRE_TYPES = {0: "varint", 1: "64-bit", 2: "length-delimited", 5: "32-bit"}
+
+
+def _read_varint(data: bytes | memoryview, offset: int) -> tuple[int, int]:
+    value = shift = 0
+    while offset < len(data):
+        byte = data[offset]
+        offset += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, offset
+        shift += 7
+        if shift > 63:
+            break
+    raise ValueError(f"malformed varint at byte {offset}")
+
+
+def graphdef_problem(data: bytes | memoryview) -> str | None:
+    """Why ``data`` is not a complete serialised GraphDef (truncated, an HTML page, empty),
+    or None. Walks the top-level fields only: cheap even for an 18 MB graph."""
+    offset = nodes = 0
+    has_versions = False
+    size = len(data)
+    try:
+        while offset < size:
+            tag, offset = _read_varint(data, offset)
+            field_number, wire_type = tag >> 3, tag & 7
+            if field_number == 0 or wire_type not in _VALID_WIRE_TYPES:
+                return f"not a TensorFlow graph: invalid protobuf field at byte {offset}"
+            if wire_type == 0:
+                _, offset = _read_varint(data, offset)
+            elif wire_type == 1:
+                offset += 8
+            elif wire_type == 5:
+                offset += 4
+            else:
+                length, offset = _read_varint(data, offset)
+                offset += length
+                nodes += field_number == _GRAPH_NODE_FIELD
+                has_versions |= field_number == _GRAPH_VERSIONS_FIELD
+    except ValueError as exc:
+        return f"not a TensorFlow graph: {exc}"
+    if offset > size:
+        return f"TensorFlow graph is truncated: {size} bytes, its last field needs {offset}"
+    if nodes == 0:
+        return "not a TensorFlow graph: it has no nodes"
+    if not has_versions:
+        return "TensorFlow graph is incomplete: it ends before its 'versions' field"
+    return None

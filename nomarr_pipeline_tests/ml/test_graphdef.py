@@ -10,7 +10,7 @@ import pytest
 
 from nomarr_pipeline.ml.demo_models import HEAD_NAMES, write_demo_models
 from nomarr_pipeline.ml.discovery import ModelCatalog
-from nomarr_pipeline.ml.graphdef import GraphBuilder, _varint, tensor_shape_proto
+from nomarr_pipeline.ml.graphdef import GraphBuilder, _varint, graphdef_problem, tensor_shape_proto
 from nomarr_pipeline.ml.inference import ModelSession
 
 
@@ -105,3 +105,27 @@ def test_outputs_vary_with_the_audio(
         assert np.ptp(values) > 0.1, (key, values)
         if head.kind != "regression":
             assert all(0.0 < v < 1.0 for v in values), (key, values)
+
+
+def test_graphdef_problem_accepts_real_graphs(models_dir: Path) -> None:
+    for graph in sorted(models_dir.glob("*.pb")):
+        assert graphdef_problem(graph.read_bytes()) is None, graph.name
+
+
+def test_graphdef_problem_rejects_truncated_html_json_and_empty(models_dir: Path) -> None:
+    data = (models_dir / "msd-musicnn-1.pb").read_bytes()
+    assert "truncated" in (graphdef_problem(data[: len(data) // 2]) or "")
+    assert graphdef_problem(data[:-1]) is not None
+    # Cut exactly between two nodes: every field parses, but the graph is incomplete.
+    graph = GraphBuilder()
+    graph.placeholder("a", [1])
+    graph.placeholder("b", [1])
+    whole = graph.to_bytes()
+    first_node_end = 2 + whole[1]
+    assert graphdef_problem(whole) is None
+    assert graphdef_problem(whole[:first_node_end]) == (
+        "TensorFlow graph is incomplete: it ends before its 'versions' field")
+    html = b"<!DOCTYPE html><html><body>404 Not Found</body></html>"
+    assert "invalid protobuf field" in (graphdef_problem(html) or "")
+    assert graphdef_problem(b'{"name": "msd-musicnn-1"}') is not None
+    assert graphdef_problem(b"") == "not a TensorFlow graph: it has no nodes"
