@@ -232,4 +232,15 @@ def write_demo_models(dest: Path, *, heads: tuple[str, ...] | None = None) -> li
     return written
 
 
+def write_demo_head(
+    dest: Path, name: str, classes: tuple[str, ...], activation: str = "Softmax"
+) -> Path:
+    """One more generated head, e.g. ``mood_party-discogs-effnet-1``; its backbone (effnet
+    or musicnn) follows the name's embedding tag. Returns the ``.pb`` path."""
+    backbone = MUSICNN if name.endswith("-" + MUSICNN.name) else EFFNET
+    spec = _HeadSpec(name, backbone, classes, activation, f"{name} (generated)")
+    dest.mkdir(parents=True, exist_ok=True)
+    return _write_pair(dest, spec.name, _head_graph(spec), _head_metadata(spec))
+
+
 HEAD_NAMES: tuple[str, ...] = tuple(spec.name for spec in HEADS)
