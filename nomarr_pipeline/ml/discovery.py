@@ -107,10 +107,11 @@ class Head:
 
 @dataclass(frozen=True)
 class ModelProblem:
-    """A model file that cannot be used, and why (shown to the user, never raised)."""
+    """A model file that cannot be used, why, and what to do (shown, never raised)."""
 
     path: Path
     message: str
+    fix: str = ""
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,20 @@ class ModelCatalog:
 
 
 class ModelMetadataError(ValueError):
-    """Why one model's metadata cannot be used."""
+    """Why one model's metadata cannot be used, and what to do about it."""
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
+def _refetch(name: str) -> str:
+    return (f"replace it with Essentia's original: delete {name}.pb and {name}.json, then "
+            f"`nomarr-pipeline models fetch {name}`")
+
+
+def _problem(path: Path, exc: ModelMetadataError, suffix: str = "") -> ModelProblem:
+    return ModelProblem(path, f"{exc}{suffix}", exc.fix or _refetch(path.stem))
 
 
 def head_partition_key(model_key: str, head_name: str) -> str:
@@ -167,7 +181,10 @@ def discover_models(models_dir: Path, *, compute_versions: bool = True) -> Model
     """
     if not models_dir.is_dir():
         return ModelCatalog(
-            problems=(ModelProblem(models_dir, "models directory does not exist"),)
+            problems=(ModelProblem(
+                models_dir, "models directory does not exist",
+                "set NOMARR_MODELS_DIR to your models folder, or create it and run "
+                "`nomarr-pipeline models fetch --recommended`"),)
         )
     problems: list[ModelProblem] = []
     backbones: dict[str, Backbone] = {}
@@ -182,10 +199,10 @@ def discover_models(models_dir: Path, *, compute_versions: bool = True) -> Model
                 continue
             backbone = _parse_backbone(metadata_path, graph_path, metadata)
         except ModelMetadataError as exc:
-            problems.append(ModelProblem(metadata_path, str(exc)))
+            problems.append(_problem(metadata_path, exc))
             continue
         if backbone.name in backbones:
-            problems.append(ModelProblem(metadata_path, _duplicate(backbones[backbone.name])))
+            problems.append(_duplicate(metadata_path, backbones[backbone.name]))
             continue
         backbones[backbone.name] = backbone
         backbone_metadata[backbone.name] = metadata
@@ -197,8 +214,8 @@ def discover_models(models_dir: Path, *, compute_versions: bool = True) -> Model
         try:
             own = _autotagging_head(backbones[name], metadata, compute_versions)
         except ModelMetadataError as exc:
-            problems.append(ModelProblem(backbones[name].metadata_path,
-                                         f"{exc}; it still serves as a backbone"))
+            problems.append(_problem(backbones[name].metadata_path, exc,
+                                     "; it still serves as a backbone"))
             continue
         if own is not None:
             backbones[name] = own.backbone
@@ -207,10 +224,10 @@ def discover_models(models_dir: Path, *, compute_versions: bool = True) -> Model
         try:
             head = _parse_head(metadata_path, graph_path, metadata, backbones, compute_versions)
         except ModelMetadataError as exc:
-            problems.append(ModelProblem(metadata_path, str(exc)))
+            problems.append(_problem(metadata_path, exc))
             continue
         if head.partition_key in heads:
-            problems.append(ModelProblem(metadata_path, _duplicate(heads[head.partition_key])))
+            problems.append(_duplicate(metadata_path, heads[head.partition_key]))
             continue
         heads[head.partition_key] = head
 
@@ -223,8 +240,9 @@ def discover_models(models_dir: Path, *, compute_versions: bool = True) -> Model
     )
 
 
-def _duplicate(first: Backbone | Head) -> str:
-    return f"duplicate of {first.metadata_path} (same name); this copy is ignored"
+def _duplicate(path: Path, first: Backbone | Head) -> ModelProblem:
+    return ModelProblem(path, f"duplicate of {first.metadata_path} (same name); this copy is ignored",
+                        "delete one of the two copies")
 
 
 def _model_pairs(models_dir: Path, problems: list[ModelProblem]) -> list[tuple[Path, Path]]:
@@ -234,11 +252,15 @@ def _model_pairs(models_dir: Path, problems: list[ModelProblem]) -> list[tuple[P
         if graph_path.is_file():
             pairs.append((metadata_path, graph_path))
         else:
-            problems.append(ModelProblem(metadata_path, f"model file {graph_path.name} is missing"))
+            problems.append(ModelProblem(
+                metadata_path, f"model file {graph_path.name} is missing",
+                f"`nomarr-pipeline models fetch {graph_path.stem}`, or delete {metadata_path.name}"))
     for graph_path in sorted(models_dir.rglob("*.pb")):
         if not graph_path.with_suffix(".json").is_file():
             problems.append(
-                ModelProblem(graph_path, f"metadata {graph_path.stem}.json is missing")
+                ModelProblem(graph_path, f"metadata {graph_path.stem}.json is missing",
+                             f"`nomarr-pipeline models fetch {graph_path.stem}`, or delete "
+                             f"{graph_path.name}")
             )
     return pairs
 
@@ -305,7 +327,8 @@ def _parse_backbone(
     if known is None:
         supported = ", ".join(sorted(BACKBONE_FAMILIES))
         raise ModelMetadataError(
-            f"unsupported backbone algorithm {algorithm!r} (supported: {supported})"
+            f"unsupported backbone algorithm {algorithm!r} (supported: {supported})",
+            "remove it from the models folder; its heads cannot run either",
         )
     inputs = _schema_nodes(metadata, "inputs")
     return Backbone(
@@ -356,7 +379,8 @@ def _autotagging_head(
     if not BACKBONE_FAMILIES[backbone.algorithm].one_pass_predictions:
         raise ModelMetadataError(
             f"its own predictions ({len(labels)} classes) are not offered as a head: "
-            "auto-tagging is supported on effnet and musicnn backbones"
+            "auto-tagging is supported on effnet and musicnn backbones",
+            "nothing to do: its heads work as usual",
         )
     output_node = str(output["name"])
     if output_node == backbone.embedding_output:
@@ -368,7 +392,8 @@ def _autotagging_head(
     if head_name is None:
         raise ModelMetadataError(
             f"its own predictions are not offered as a head: the file name {backbone.name!r} "
-            "is not '<name>-<version>' like Essentia's (e.g. msd-musicnn-1)"
+            "is not '<name>-<version>' like Essentia's (e.g. msd-musicnn-1)",
+            "rename its .pb and .json to Essentia's file name (the names heads refer to it by)",
         )
     with_predictions = replace(backbone, predictions_output=output_node)
     head = Head(
@@ -417,7 +442,9 @@ def _check_output_width(output: Mapping[str, Any], labels: tuple[str, ...]) -> N
         )
 
 
-def _find_backbone(inference: Mapping[str, Any], backbones: Mapping[str, Backbone]) -> Backbone:
+def _find_backbone(
+    inference: Mapping[str, Any], backbones: Mapping[str, Backbone], head_file: str
+) -> Backbone:
     embedding = inference.get("embedding_model")
     if not isinstance(embedding, Mapping):
         raise ModelMetadataError("head metadata names no 'inference.embedding_model'")
@@ -432,7 +459,8 @@ def _find_backbone(inference: Mapping[str, Any], backbones: Mapping[str, Backbon
     wanted = " or ".join(repr(name) for name in dict.fromkeys(candidates)) or "(unnamed)"
     raise ModelMetadataError(
         f"its backbone {wanted} was not found in the models directory "
-        "(add the embedding model's .pb and .json)"
+        "(add the embedding model's .pb and .json)",
+        f"`nomarr-pipeline models fetch {head_file}` (fetches its backbone)",
     )
 
 
@@ -463,6 +491,9 @@ def _head_kind(input_node: str, output: Mapping[str, Any]) -> HeadKind:
     )
 
 
+_RENAME_HEAD = "rename its .pb and .json to Essentia's '<head>-<embedding tag>' file name"
+
+
 def _parse_head(
     metadata_path: Path,
     graph_path: Path,
@@ -475,7 +506,8 @@ def _parse_head(
     if not sep or not head_name or not embedding_tag:
         raise ModelMetadataError(
             f"head file name {stem!r} is not '<head_name>-<embedding tag>' "
-            "(e.g. mood_happy-discogs-effnet-1)"
+            "(e.g. mood_happy-discogs-effnet-1)",
+            _RENAME_HEAD,
         )
     labels = _labels(metadata.get("classes"))
 
@@ -485,14 +517,16 @@ def _parse_head(
         raise ModelMetadataError(
             f"head algorithm {algorithm!r} is not supported (only {HEAD_ALGORITHM})"
         )
-    backbone = _find_backbone(inference, backbones)
+    backbone = _find_backbone(inference, backbones, stem)
     inputs = _schema_nodes(metadata, "inputs")
     input_node = str(inputs[0]["name"]) if inputs else "model/Placeholder"
     input_width = _last_int_dim(inputs[0]) if inputs else None
     if input_width is not None and input_width != backbone.embedding_size:
         raise ModelMetadataError(
             f"head input width {input_width} does not match backbone {backbone.name!r} "
-            f"embedding size {backbone.embedding_size}"
+            f"embedding size {backbone.embedding_size}",
+            "this head was trained on another backbone's embeddings: fetch the variant of "
+            f"the head made for {backbone.name}, or correct its 'inference.embedding_model'",
         )
     output = _predictions_output(metadata)
     _check_output_width(output, labels)
@@ -519,7 +553,7 @@ def _parse_head(
     )
     problem = partition_key_problem(head.partition_key)
     if problem:
-        raise ModelMetadataError(problem)
+        raise ModelMetadataError(problem, _RENAME_HEAD)
     return head
 
 

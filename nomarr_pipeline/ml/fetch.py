@@ -41,7 +41,15 @@ MODELS_URL_ENV = "NOMARR_MODELS_URL"
 # Where Essentia's site keeps the backbones heads name; a head `<task>-<tag>` lives under
 # classification-heads/<task>/ (see model_path).
 BACKBONE_PATHS: dict[str, str] = {
-    "discogs-effnet-bs64-1": "feature-extractors/discogs-effnet/discogs-effnet-bs64-1",
+    **{
+        name: f"feature-extractors/discogs-effnet/{name}"
+        for name in (
+            "discogs-effnet-bs64-1",
+            "discogs-effnet-bs1-1",
+            *(f"discogs_{kind}_embeddings-effnet-bs64-1"
+              for kind in ("artist", "label", "multi", "release", "track")),
+        )
+    },
     "msd-musicnn-1": "autotagging/msd/msd-musicnn-1",
     "mtt-musicnn-1": "autotagging/mtt/mtt-musicnn-1",
     "audioset-vggish-3": "feature-extractors/vggish/audioset-vggish-3",
@@ -130,13 +138,13 @@ def _url(base_url: str, path: str, suffix: str) -> str:
     return urllib.parse.urljoin(base, urllib.parse.quote(path + suffix))
 
 
-def present_models(models_dir: Path) -> set[str]:
-    """Names of the complete ``.pb`` + ``.json`` pairs anywhere under ``models_dir``."""
+def present_models(models_dir: Path) -> dict[str, Path]:
+    """The complete ``.pb`` + ``.json`` pairs anywhere under ``models_dir``: name → metadata."""
     if not models_dir.is_dir():
-        return set()
+        return {}
     return {
-        metadata.stem
-        for metadata in models_dir.rglob("*.json")
+        metadata.stem: metadata
+        for metadata in sorted(models_dir.rglob("*.json"))
         if metadata.with_suffix(".pb").is_file()
     }
 
@@ -179,6 +187,7 @@ class _Fetcher:
         if stem in self.present:
             if stem not in self.report.present and stem not in self.report.fetched:
                 self.report.present.append(stem)
+                self._complete(stem, self.present[stem])
             return
         what = f"{stem} (the backbone of {needed_by})" if needed_by else stem
         if stem in self._in_progress:
@@ -188,8 +197,20 @@ class _Fetcher:
             self._fetch_pair(path, stem, what)
         finally:
             self._in_progress.discard(stem)
-        self.present.add(stem)
+        self.present[stem] = self.models_dir / f"{stem}.json"
         self.report.fetched.append(stem)
+
+    def _complete(self, stem: str, metadata_path: Path) -> None:
+        """A head already here may still lack its backbone: fetch that."""
+        try:
+            metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return  # `models list` reports the broken file
+        if not isinstance(metadata, dict) or not isinstance(metadata.get("inference"), Mapping):
+            return
+        backbone = _backbone_name(metadata)
+        if backbone and backbone != stem and backbone not in self.present:
+            self.fetch(_backbone_source(backbone, metadata), needed_by=stem)
 
     def _fetch_pair(self, path: str, stem: str, what: str) -> None:
         metadata_temp: Path | None = self._download(path, ".json", stem, what)

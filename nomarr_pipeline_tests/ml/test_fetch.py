@@ -251,3 +251,15 @@ def test_only_the_command_line_fetches() -> None:
     users = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
                    if "ml.fetch" in p.read_text(encoding="utf-8") or "import fetch" in p.read_text())
     assert set(users) <= {"cli.py", "ml/fetch.py"}
+
+
+def test_fetching_a_present_head_brings_its_missing_backbone(site: ModelSite, source: Path,
+                                                             tmp_path: Path) -> None:
+    """What `models list` advises for a head without its backbone."""
+    for suffix in (".pb", ".json"):
+        (tmp_path / f"{HAPPY}{suffix}").write_bytes((source / f"{HAPPY}{suffix}").read_bytes())
+    (problem,) = discover_models(tmp_path).problems
+    assert problem.fix == f"`nomarr-pipeline models fetch {HAPPY}` (fetches its backbone)"
+    report = fetch_models([HAPPY], tmp_path, base_url=site.url)
+    assert (report.fetched, report.present) == ([EFFNET], [HAPPY])
+    assert not discover_models(tmp_path).problems

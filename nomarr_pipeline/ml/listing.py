@@ -1,0 +1,68 @@
+"""What a models folder holds, as text for people: ``nomarr-pipeline models list``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from nomarr_pipeline.ml.discovery import ModelCatalog
+
+LABELS_SHOWN = 8
+
+
+def _labels(labels: tuple[str, ...], limit: int | None) -> str:
+    shown = labels if limit is None else labels[:limit]
+    more = f", … (+{len(labels) - len(shown)} more)" if len(shown) < len(labels) else ""
+    return ", ".join(shown) + more
+
+
+def _where(path: Path, models_dir: Path) -> str:
+    if path == models_dir:
+        return str(path)
+    try:
+        return str(path.relative_to(models_dir))
+    except ValueError:
+        return str(path)
+
+
+def models_listing(
+    catalog: ModelCatalog,
+    models_dir: Path,
+    *,
+    mood_head: Callable[[str], bool] | None = None,
+    labels_shown: int | None = LABELS_SHOWN,
+) -> list[str]:
+    """Backbones, heads (partition key, labels, whether they vote in mood tiers when
+    ``mood_head`` is given) and every problem with what to do, one line each."""
+    lines = [
+        f"models folder {models_dir}: {len(catalog.backbones)} backbones, "
+        f"{len(catalog.heads)} heads, {len(catalog.problems)} problems",
+        "",
+        "backbones:",
+    ]
+    own_heads = {head.backbone.name: head for head in catalog.heads if head.autotagging}
+    for backbone in catalog.backbones:
+        own = own_heads.get(backbone.name)
+        tags = f", auto-tagging ({len(own.labels)} tags)" if own else ""
+        lines.append(f"  {backbone.name}  [{backbone.family}{tags}]  "
+                     f"{_where(backbone.graph_path, models_dir)}")
+    if not catalog.backbones:
+        lines.append("  (none)")
+    lines += ["", "heads (partition key: labels):"]
+    for head in catalog.heads:
+        notes = [f"{len(head.labels)} label{'s' if len(head.labels) != 1 else ''}"]
+        if head.autotagging:
+            notes.append(f"the tags of {head.backbone.name}")
+        if mood_head is not None:
+            notes.append("in mood tiers" if mood_head(head.head_name) else "not in mood tiers")
+        lines.append(f"  {head.partition_key}  ({', '.join(notes)})")
+        lines.append(f"      {_labels(head.labels, labels_shown)}")
+    if not catalog.heads:
+        lines.append("  (none)")
+    if catalog.problems:
+        lines += ["", "problems:"]
+        for problem in catalog.problems:
+            lines.append(f"  {_where(problem.path, models_dir)}: {problem.message}")
+            if problem.fix:
+                lines.append(f"      next: {problem.fix}")
+    return lines
