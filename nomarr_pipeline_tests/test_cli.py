@@ -338,7 +338,7 @@ def test_demo_runs_the_whole_pipeline(demo_run: tuple[Path, Path, int, str]) -> 
     assert code == 0, out
     assert (home / "dagster.yaml").is_file()
     assert "scan                         ok       13 files, 0 unreadable" in out
-    assert "head discovery               ok       7 heads (7 new)" in out
+    assert "head discovery               ok       9 heads (9 new)" in out
     assert f"tags written into: {folder / 'library'}" in out
 
     with dg.DagsterInstance.from_config(str(home)) as instance:

@@ -15,6 +15,8 @@ SAMPLE_RATE = 16000
 # Essentia's MonoLoader cannot decode Opus; ffmpeg decodes it to the same raw format.
 FFMPEG_SUFFIXES = frozenset({".opus"})
 FFMPEG_TIMEOUT_S = 600.0
+# The Opus ID header is the first packet of the first Ogg page (byte 28 in practice).
+_OGG_OPUS_PROBE_BYTES = 512
 
 
 class AudioDecodeError(ValueError):
@@ -51,17 +53,28 @@ def decode_with_essentia(path: Path) -> np.ndarray:
         raise AudioDecodeError(f"Essentia could not decode the file: {exc}") from exc
 
 
+def is_ogg_opus(path: Path) -> bool:
+    """An Ogg file whose first packet is an Opus header, whatever its extension."""
+    try:
+        with path.open("rb") as stream:
+            head = stream.read(_OGG_OPUS_PROBE_BYTES)
+    except OSError:
+        return False
+    return head.startswith(b"OggS") and b"OpusHead" in head
+
+
 def load_audio(path: Path) -> np.ndarray:
     """The whole file as 16 kHz mono float32 samples; :class:`AudioDecodeError` if it fails."""
     if not path.is_file():
         raise AudioDecodeError(f"file not found: {path}")
-    if path.suffix.lower() in FFMPEG_SUFFIXES:
+    # MonoLoader on Opus inside .ogg sometimes aborts the whole process instead of failing.
+    if path.suffix.lower() in FFMPEG_SUFFIXES or is_ogg_opus(path):
         samples = decode_with_ffmpeg(path)
     else:
         try:
             samples = decode_with_essentia(path)
         except AudioDecodeError as essentia_error:
-            # e.g. Opus inside a .ogg container, which MonoLoader cannot decode either.
+            # Whatever MonoLoader cannot read, ffmpeg may (other codecs, odd containers).
             try:
                 samples = decode_with_ffmpeg(path)
             except AudioDecodeError as ffmpeg_error:

@@ -159,14 +159,16 @@ def _head_graph(spec: _HeadSpec) -> GraphBuilder:
     return graph
 
 
-def _backbone_metadata(spec: _BackboneSpec) -> dict[str, Any]:
+def _backbone_metadata(spec: _BackboneSpec, autotagging: bool) -> dict[str, Any]:
+    # Without its classes it is a plain feature extractor (like Essentia's
+    # discogs_track_embeddings-effnet-bs64-1): its predictions output is not a head.
     return {
         "name": f"{spec.name} (nomarr demo)",
-        "type": "Demo feature extractor",
+        "type": "Demo auto-tagging model" if autotagging else "Demo feature extractor",
         "version": "1",
         "description": "Tiny generated stand-in with the real node names; not a trained model.",
         "framework": "tensorflow",
-        "classes": list(spec.prediction_classes),
+        "classes": list(spec.prediction_classes) if autotagging else [],
         "model_types": ["frozen_model"],
         "schema": {
             "inputs": [{"name": spec.input_node, "type": "float",
@@ -218,12 +220,15 @@ def _write_pair(dest: Path, name: str, graph: GraphBuilder, metadata: dict[str, 
 def write_demo_models(dest: Path, *, heads: tuple[str, ...] | None = None) -> list[Path]:
     """Write both backbones and the demo heads (or only ``heads``, by file stem) to ``dest``.
 
-    Returns the written ``.pb`` paths; each has its ``.json`` beside it. Deterministic:
-    the same call always writes the same bytes.
+    The backbones are auto-tagging models, heads of their own (400 styles on
+    ``discogs-effnet-bs64-1``, 50 tags on ``msd-musicnn-1``), unless ``heads`` leaves their
+    names out. Returns the written ``.pb`` paths; each has its ``.json`` beside it.
+    Deterministic: the same call always writes the same bytes.
     """
     dest.mkdir(parents=True, exist_ok=True)
     written = [
-        _write_pair(dest, spec.name, _backbone_graph(spec), _backbone_metadata(spec))
+        _write_pair(dest, spec.name, _backbone_graph(spec),
+                    _backbone_metadata(spec, autotagging=heads is None or spec.name in heads))
         for spec in (EFFNET, MUSICNN)
     ]
     for spec in HEADS:

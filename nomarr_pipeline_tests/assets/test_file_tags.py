@@ -141,7 +141,7 @@ def test_sensor_adds_new_heads_as_one_run_and_removes_vanished(
     assert isinstance(result, dg.SensorResult)
     keys = instance.get_dynamic_partitions("heads")
     assert "effnet-gone-1:old_head" not in keys
-    assert len(keys) == 7
+    assert len(keys) == 9  # seven classifier heads, two auto-tagging models
     (run,) = result.run_requests or []
     assert run.asset_selection == [file_tags.key]
     new = [k for k in keys if k != HAPPY]

@@ -62,8 +62,6 @@ def test_short_audio_gives_no_patch_and_no_crash(catalog: ModelCatalog) -> None:
 
 def test_a_pure_feature_extractor_fetches_embeddings_only(tmp_path: Path) -> None:
     write_demo_models(tmp_path, heads=())
-    metadata = tmp_path / "msd-musicnn-1.json"
-    metadata.write_text(metadata.read_text().replace('"classes": [', '"tags": ['))
     (backbone,) = [b for b in discover_models(tmp_path).backbones if b.family == "musicnn"]
     assert backbone.predictions_output is None
     outputs = BackbonePass(backbone)(synthesize(4.0, seed=2, sample_rate=16000))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nomarr_pipeline.ml.audio import AudioDecodeError, load_audio
+from nomarr_pipeline.ml.audio import AudioDecodeError, is_ogg_opus, load_audio
 from nomarr_pipeline.ml.discovery import ModelCatalog, discover_models
 from nomarr_pipeline.ml.graphdef import GraphBuilder
 from nomarr_pipeline.ml.inference import ModelSession
@@ -76,6 +76,18 @@ def test_opus_in_an_ogg_container_decodes(tmp_path: Path, audio_by_format: dict[
                     "libopus", "-ar", "48000", str(ogg_opus)], check=True)
     samples = load_audio(ogg_opus)
     assert abs(samples.size / 16000 - 6.0) < 0.1
+
+
+def test_opus_in_ogg_is_recognised_before_essentia_sees_it(
+    tmp_path: Path, audio_by_format: dict[str, Path]
+) -> None:
+    """MonoLoader sometimes aborts the process on Opus in .ogg, so it must never get one."""
+    ogg_opus = tmp_path / "opus-inside.ogg"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(audio_by_format[".wav"]), "-c:a",
+                    "libopus", "-ar", "48000", str(ogg_opus)], check=True)
+    assert is_ogg_opus(ogg_opus) and is_ogg_opus(audio_by_format[".opus"])
+    assert not any(is_ogg_opus(audio_by_format[suffix]) for suffix in (".ogg", ".flac", ".mp3"))
+    assert not is_ogg_opus(tmp_path / "missing.ogg")
 
 
 def test_missing_file_is_a_decode_error(tmp_path: Path) -> None:
