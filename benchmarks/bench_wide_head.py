@@ -1,0 +1,184 @@
+"""A 400-label head (discogs-effnet-bs64's styles) against the same values in two-label heads.
+
+    .venv/bin/python benchmarks/bench_wide_head.py                      # 10,000 files x 400 labels
+    .venv/bin/python benchmarks/bench_wide_head.py --files 1000 --tag-files 15 --repeats 2
+
+The same predictions, grouped two ways: 200 two-label heads (bench_calibration.py's store,
+cached under --db-dir) and one head of 400 labels (a copy of that store whose rows are
+renamed to one head, as an auto-tagging model stores them). Timed, median of --repeats:
+
+* ``calibration``: ``calibrate_heads`` over each grouping (one histogram query per label
+  either way, one transaction per head);
+* ``metadata``: what the ``calibration_state`` asset attaches to each partition
+  (``assets.calibration._head_metadata``: a history lookup per label and the label table)
+  plus ``calibration_history``'s per-label ``list_history`` reads, for the wide head and
+  for all 200 narrow heads; and the size of the wide head's label table. Histogram images
+  are left out of both: the asset draws them only for heads of up to 4 labels (about 0.2 s
+  each), so the 200 narrow heads would be timed drawing 400 pictures;
+* ``tag writing``: ``formats.write_nom_tags`` of a full-mode tag set (bench_tag_writing.py's
+  36 keys) with and without the wide head's 800 scores (raw + calibrated), on fresh mp3,
+  flac and m4a copies, and reading them back.
+
+Goals: per value, the wide head's calibration within 1.25x of the narrow heads'; its
+partition metadata under 0.5 s. Tag writing has no goal here: it measures what 800 more
+keys per file cost (docs/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_calibration  # a sibling script
+import bench_tag_writing
+
+from nomarr_pipeline.assets.calibration import _head_metadata
+from nomarr_pipeline.calibration.generation import HeadRef, calibrate_head
+from nomarr_pipeline.calibration.state import calibration_key
+from nomarr_pipeline.store import open_store
+from nomarr_pipeline.tagging import keys
+from nomarr_pipeline.tagging.formats import read_nom_tags, write_nom_tags
+
+LABELS = 400
+WIDE_MODEL = "effnet-discogs-effnet-bs64-1"
+WIDE_HEAD = "discogs-effnet-bs64"
+
+
+def wide_store(narrow: Path) -> Path:
+    """A copy of the narrow store with every row moved to one 400-label head."""
+    wide = narrow.with_name(narrow.stem + "-wide.sqlite3")
+    marker = wide.with_suffix(".complete")
+    if not marker.exists():
+        shutil.copyfile(narrow, wide)
+        store = open_store(f"sqlite:///{wide}")
+        conn = store._conn  # type: ignore[attr-defined]  # benchmark-only shortcut, as bench_calibration
+        conn.execute("UPDATE file_tags SET model_key = ?, head_name = ?", (WIDE_MODEL, WIDE_HEAD))
+        conn.execute("DELETE FROM calibration_state")
+        conn.execute("DELETE FROM calibration_history")
+        conn.commit()
+        conn.execute("ANALYZE")
+        store.close()
+        marker.write_text("ok")
+    return wide
+
+
+def median_seconds(work: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def calibrate_and_describe(url: str, heads: list[HeadRef], repeats: int) -> tuple[float, float, int]:
+    """Median seconds of calibrating ``heads`` and of building their partition metadata, and
+    the largest label table (characters)."""
+    store = open_store(url)
+    try:
+        reports: list = []
+
+        def calibrate() -> None:
+            reports.clear()
+            for head in heads:
+                reports.append(calibrate_head(store, head))
+
+        calibration = median_seconds(calibrate, repeats)
+        table = 0
+
+        def describe() -> None:
+            nonlocal table
+            for head, (report, histograms) in zip(heads, reports, strict=True):
+                meta = _head_metadata(store, report, histograms)
+                table = max(table, len(str(meta["labels"].value)))
+                for label in head.labels:
+                    store.list_history(calibration_key(head.model_key, head.head_name, label), limit=5)
+
+        metadata = median_seconds(describe, repeats)
+        return calibration, metadata, table
+    finally:
+        store.close()
+
+
+def wide_tag_set() -> dict[str, str | list[str]]:
+    tags = bench_tag_writing.tag_set()
+    for index in range(LABELS):
+        label = f"Genre {index // 25:02d}---Style {index:03d}"
+        value = (index % 97) / 97
+        tags[keys.raw_score_key(WIDE_MODEL, WIDE_HEAD, label)] = keys.format_score(value)
+        tags[keys.calibrated_score_key(WIDE_MODEL, WIDE_HEAD, label)] = keys.format_score(value / 2)
+    return tags
+
+
+def tag_writing(files: int, repeats: int, workdir: Path) -> dict[str, tuple[float, float, int]]:
+    """name -> (write ms per file, read ms per file, keys) for the narrow and the wide set."""
+    (workdir / "sources").mkdir(parents=True)
+    sources = bench_tag_writing.make_sources(workdir / "sources", seconds=30)
+    results = {}
+    for name, tags in (("36 keys", bench_tag_writing.tag_set()), ("836 keys", wide_tag_set())):
+        writes, reads = [], []
+        for _ in range(repeats):
+            copies = bench_tag_writing.fresh_copies(sources, workdir / "copies", files)
+            started = time.perf_counter()
+            for path in copies:
+                write_nom_tags(path, tags)
+            writes.append((time.perf_counter() - started) * 1000 / files)
+            started = time.perf_counter()
+            for path in copies:
+                assert len(read_nom_tags(path)) == len(tags)
+            reads.append((time.perf_counter() - started) * 1000 / files)
+        results[name] = (statistics.median(writes), statistics.median(reads), len(tags))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=10_000, help="files in the stores")
+    parser.add_argument("--tag-files", type=int, default=30, help="files per tag-writing pass")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--db-dir", type=Path, default=Path(tempfile.gettempdir()))
+    args = parser.parse_args()
+    print(f"load {os.getloadavg()[0]:.2f}; {args.files:,} files x {LABELS} labels "
+          f"= {args.files * LABELS:,} values per grouping", flush=True)
+
+    narrow_path = bench_calibration.ensure_db(args.db_dir, args.files, LABELS)
+    wide_path = wide_store(narrow_path)
+    narrow_heads = bench_calibration.heads_for(LABELS)
+    labels = tuple(label for head in narrow_heads for label in head.labels)
+    wide_heads = [HeadRef(WIDE_MODEL, WIDE_HEAD, 1, labels)]
+
+    narrow = calibrate_and_describe(f"sqlite:///{narrow_path}", narrow_heads, args.repeats)
+    wide = calibrate_and_describe(f"sqlite:///{wide_path}", wide_heads, args.repeats)
+    print(f"{'':<34}{'200 heads x 2':>14}{'1 head x 400':>14}{'ratio':>8}")
+    for index, name in enumerate(("calibration (s)", "partition metadata (s)")):
+        print(f"{name:<34}{narrow[index]:>14.3f}{wide[index]:>14.3f}{wide[index] / narrow[index]:>8.2f}")
+    print(f"label table of the wide head: {wide[2]:,} characters (one metadata entry)")
+
+    with tempfile.TemporaryDirectory(prefix="nomarr-wide-") as tmp:
+        writing = tag_writing(args.tag_files, args.repeats, Path(tmp))
+    print(f"tag writing, {args.tag_files} files (mp3/flac/m4a) per pass:")
+    for name, (write_ms, read_ms, count) in writing.items():
+        print(f"  {name:<10} write {write_ms:7.1f} ms/file, read {read_ms:6.1f} ms/file ({count} keys)")
+    narrow_write = writing["36 keys"][0]
+    wide_write = writing["836 keys"][0]
+    print(f"  the wide head's 800 keys add {wide_write - narrow_write:.1f} ms per file "
+          f"({(wide_write - narrow_write) * 1000 / 800:.0f} us per key), x{wide_write / narrow_write:.2f}")
+    goals = {
+        "calibration within 1.25x per value": wide[0] <= 1.25 * narrow[0],
+        "wide head's partition metadata under 0.5 s": wide[1] <= 0.5,
+    }
+    for goal, met in goals.items():
+        print(f"  [{'x' if met else ' '}] {goal}")
+
+
+if __name__ == "__main__":
+    main()
