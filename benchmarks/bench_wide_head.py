@@ -10,9 +10,10 @@ renamed to one head, as an auto-tagging model stores them). Timed, median of --r
 * ``calibration``: ``calibrate_heads`` over each grouping (one histogram query per label
   either way, one transaction per head);
 * ``metadata``: what the ``calibration_state`` asset attaches to each partition
-  (``assets.calibration._head_metadata``: a history lookup per label and the label table)
-  plus ``calibration_history``'s per-label ``list_history`` reads, for the wide head and
-  for all 200 narrow heads; and the size of the wide head's label table. Histogram images
+  (``assets.calibration._head_metadata``: the label table) plus ``calibration_history``'s
+  read of each head's recent snapshots (``recent_history``, one query per head), for the
+  wide head and for all 200 narrow heads; and the size of the wide head's label table
+  (its JSON, as the metadata is stored). Histogram images
   are left out of both: the asset draws them only for heads of up to 4 labels (about 0.2 s
   each), so the 200 narrow heads would be timed drawing 400 pictures;
 * ``tag writing``: ``formats.write_nom_tags`` of a full-mode tag set (bench_tag_writing.py's
@@ -40,8 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_calibration  # a sibling script
 import bench_tag_writing
+from dagster._serdes import serialize_value
 
-from nomarr_pipeline.assets.calibration import _head_metadata
+from nomarr_pipeline.assets.calibration import RECENT_SNAPSHOTS, _head_metadata
 from nomarr_pipeline.calibration.generation import HeadRef, calibrate_head
 from nomarr_pipeline.calibration.state import calibration_key
 from nomarr_pipeline.store import open_store
@@ -98,10 +100,10 @@ def calibrate_and_describe(url: str, heads: list[HeadRef], repeats: int) -> tupl
         def describe() -> None:
             nonlocal table
             for head, (report, histograms) in zip(heads, reports, strict=True):
-                meta = _head_metadata(store, report, histograms)
-                table = max(table, len(str(meta["labels"].value)))
-                for label in head.labels:
-                    store.list_history(calibration_key(head.model_key, head.head_name, label), limit=5)
+                meta = _head_metadata(report, histograms)
+                table = max(table, len(serialize_value(meta["labels"])))
+                store.recent_history([calibration_key(head.model_key, head.head_name, label)
+                                      for label in head.labels], per_key=RECENT_SNAPSHOTS)
 
         metadata = median_seconds(describe, repeats)
         return calibration, metadata, table

@@ -9,10 +9,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from nomarr_pipeline.head_sensor import head_discovery_sensor
 from nomarr_pipeline.ml import fetch
 from nomarr_pipeline.ml.fetch import fetch_models
 from nomarr_pipeline.resources import ModelsResource
+from nomarr_pipeline.sensors import head_discovery_sensor
 from nomarr_pipeline_tests.ml.model_server import ModelSite, generated_models, publish, serve
 
 

@@ -91,7 +91,7 @@ def test_auto_tagging_heads_are_excluded_by_default() -> None:
     """msd-musicnn tags include moods ("happy", "sad"), but style tags vote only when asked."""
     tags = [tag("msd-musicnn", "happy", 1.0), tag("msd-musicnn", "sad", 0.9), tag("msd-musicnn", "rock", 0.1),
             tag("discogs-effnet-bs64", "Electronic---House", 1.0)]  # fmt: skip
-    assert compute_mood_tiers(tags) == empty_tiers()
+    assert compute_mood_tiers(tags) == EMPTY_TIERS
     opted_in = TierConfig(include_heads=("msd-musicnn",), exclude_heads=())
     assert compute_mood_tiers(tags, opted_in)["mood-loose"] == ["happy", "sad"]
 
