@@ -21,6 +21,7 @@ import click
 
 from nomarr_pipeline import runner
 from nomarr_pipeline.jobs import library_scan_job, tagging_job
+from nomarr_pipeline.progress import StepProgress
 from nomarr_pipeline.runner import StepOutcome, UserError
 from nomarr_pipeline.store import Store, StoreError, redact_url
 
@@ -187,6 +188,97 @@ def write_tags(preview: bool, output: str, verbose: bool) -> int:
             "recalibration + tag writing", tagging_job.name, progress=runner.tagging_progress()
         )
     return 0 if _print_outcomes([outcome]) else 1
+
+
+@cli.group()
+def models() -> None:
+    """List the models in NOMARR_MODELS_DIR, or fetch Essentia's."""
+
+
+@models.command("list")
+@click.option("--all-labels", is_flag=True, help="Every label of every head (else the first 8).")
+def models_list(all_labels: bool) -> int:
+    """Backbones, heads with their labels and partition keys, and every problem."""
+    from nomarr_pipeline.calibration.tiers import TierConfig
+    from nomarr_pipeline.ml.discovery import discover_models
+    from nomarr_pipeline.ml.listing import LABELS_SHOWN, models_listing
+
+    models_dir = runner.require_models_dir()
+    if not models_dir.is_dir():
+        raise UserError(
+            f"models folder {models_dir} does not exist",
+            "`nomarr-pipeline models fetch --recommended` creates and fills it, or fix NOMARR_MODELS_DIR",
+        )
+    catalog = discover_models(models_dir, compute_versions=False)
+    lines = models_listing(catalog, models_dir, mood_head=TierConfig().head_is_mood,
+                           labels_shown=None if all_labels else LABELS_SHOWN)
+    click.echo("\n".join(lines))
+    return 0
+
+
+@models.command("fetch")
+@click.argument("names", nargs=-1)
+@click.option("--recommended", is_flag=True, help="The mood and danceability heads and their backbone.")
+def models_fetch(names: tuple[str, ...], recommended: bool) -> int:
+    """Download models (NAMES, e.g. mood_happy-discogs-effnet-1) and the backbones they need.
+
+    From NOMARR_MODELS_URL (default: Essentia's model site) into NOMARR_MODELS_DIR.
+    """
+    from nomarr_pipeline.ml.discovery import discover_models
+    from nomarr_pipeline.ml.fetch import RECOMMENDED, FetchError, fetch_models, models_url_from_env
+
+    if not names and not recommended:
+        raise UserError("no model named", "name models (e.g. `nomarr-pipeline models fetch "
+                        "mood_happy-discogs-effnet-1`) or use --recommended")
+    models_dir = runner.require_models_dir()
+    base_url = models_url_from_env()
+    click.echo(f"from {base_url} into {models_dir}")
+    wanted = [*(RECOMMENDED if recommended else ()), *names]
+    with _DownloadProgress() as progress:
+        try:
+            report = fetch_models(wanted, models_dir, base_url=base_url, progress=progress)
+        except FetchError as error:
+            raise UserError(str(error), error.fix) from None
+    for name in report.fetched:
+        click.echo(f"fetched: {name}")
+    for name in report.present:
+        click.echo(f"already there: {name}")
+    click.echo(f"downloaded {report.bytes_downloaded / 1e6:.1f} MB")
+    catalog = discover_models(models_dir, compute_versions=False)
+    for problem in catalog.problems:
+        click.echo(f"warning: model {problem.path}: {problem.message}", err=True)
+    click.echo(f"{len(catalog.heads)} heads in {models_dir}; next: head_discovery_sensor adds the new ones "
+               "(`dagster dev`), or `nomarr-pipeline run`")
+    return 0
+
+
+class _DownloadProgress:
+    """One progress bar per graph of a fetch (``fetch_models``' callback); the JSON files
+    are a few kB."""
+
+    def __init__(self) -> None:
+        self._label: str | None = None
+        self._bar: StepProgress | None = None
+
+    def __call__(self, label: str, done: int, total: int | None) -> None:
+        if not label.endswith(".pb"):
+            return
+        if label != self._label:
+            self.close()
+            self._label, self._bar = label, StepProgress(label, unit="kB").__enter__()
+        if self._bar is not None:
+            self._bar(done // 1000, (total if total is not None else done) // 1000)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+    def __enter__(self) -> _DownloadProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 # ---- output ---------------------------------------------------------------------------------

@@ -95,17 +95,23 @@ def require_library_roots() -> list[Path]:
     return roots
 
 
-def require_heads() -> list[Head]:
-    """Every usable head of NOMARR_MODELS_DIR; problems with single models are printed."""
-    from nomarr_pipeline.ml.discovery import discover_models
-
+def require_models_dir() -> Path:
+    """NOMARR_MODELS_DIR, which must be set (the folder itself may not exist yet)."""
     models_dir = checked_settings().models_dir
     if models_dir is None:
         raise UserError(
             "no models folder configured",
-            "set NOMARR_MODELS_DIR to a folder of Essentia models (<name>.pb + <name>.json), "
+            "set NOMARR_MODELS_DIR to a folder for Essentia models (<name>.pb + <name>.json), "
             "or try `nomarr-pipeline demo`",
         )
+    return models_dir
+
+
+def require_heads() -> list[Head]:
+    """Every usable head of NOMARR_MODELS_DIR; problems with single models are printed."""
+    from nomarr_pipeline.ml.discovery import discover_models
+
+    models_dir = require_models_dir()
     if not models_dir.is_dir():
         raise UserError(
             f"models folder {models_dir} does not exist",
@@ -117,8 +123,8 @@ def require_heads() -> list[Head]:
     if not catalog.heads:
         raise UserError(
             f"no usable model heads in {models_dir}",
-            "put Essentia head models (e.g. mood_happy-discogs-effnet-1.pb + .json) and their "
-            "backbone (e.g. discogs-effnet-bs64-1.pb + .json) into that folder",
+            "`nomarr-pipeline models fetch --recommended` (or put Essentia head models and their "
+            "backbone, <name>.pb + <name>.json, into that folder); `nomarr-pipeline models list` shows why",
         )
     return list(catalog.heads)
 

@@ -85,7 +85,12 @@ Progress = Callable[[str, int, int | None], None]  # (file name, bytes done, tot
 
 
 class FetchError(RuntimeError):
-    """A model could not be fetched; the message says why in one line."""
+    """A model could not be fetched; the message says why in one line, ``fix`` what to do."""
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.fix = fix or ("check the model name (Essentia's list: https://essentia.upf.edu/models.html) "
+                           f"and {MODELS_URL_ENV}; the models fetched before it are kept")
 
 
 class _Retryable(Exception):
@@ -246,7 +251,8 @@ class _Fetcher:
             temp.unlink(missing_ok=True)
             if exc.errno in _NO_SPACE:
                 raise FetchError(f"{what}: not enough disk space in {self.models_dir} "
-                                 f"({exc.strerror}); nothing of it was kept") from None
+                                 f"({exc.strerror}); nothing of it was kept",
+                                 "free some space there and run the command again") from None
             raise FetchError(f"{what}: cannot write to {self.models_dir}: {exc}") from None
         except BaseException:
             temp.unlink(missing_ok=True)
@@ -264,7 +270,8 @@ class _Fetcher:
                 return
             except _Retryable as exc:
                 last_problem = str(exc)
-        raise FetchError(f"{what}: {url}: {last_problem} (gave up after {ATTEMPTS} attempts)")
+        raise FetchError(f"{what}: {url}: {last_problem} (gave up after {ATTEMPTS} attempts)",
+                         "check the network (or the mirror) and run the command again")
 
     def _request(self, url: str, out: BinaryIO, received: int, label: str, what: str) -> None:
         """One request for the bytes from ``received`` on (all of them if the server
