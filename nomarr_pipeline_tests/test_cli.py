@@ -357,7 +357,7 @@ def test_demo_runs_the_whole_pipeline(demo_run: tuple[Path, Path, int, str]) -> 
     # All heads in one run (a partition range), not one run per head.
     (prediction_run,) = predictions
     assert prediction_run.tags[PARTITION_RANGE_START] != prediction_run.tags[PARTITION_RANGE_END]
-    assert "calibration                  ok       7 heads in 1 run(s)" in out
+    assert "calibration                  ok       9 heads in 1 run(s)" in out
 
     store = open_store(f"sqlite:///{folder / 'data' / 'nomarr.sqlite3'}")
     try:
