@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# A running model site for `models fetch` tests, wherever they are.
+from nomarr_pipeline_tests.ml.model_server import model_site  # noqa: F401
+
 
 @pytest.fixture(autouse=True)
 def isolated_nomarr_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -21,8 +21,10 @@ from nomarr_pipeline.calibration.state import compute_state
 from nomarr_pipeline.demo import DEMO_TRACKS, write_wav
 from nomarr_pipeline.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START, calibration_job, predictions_job
 from nomarr_pipeline.ml.demo_models import write_demo_models
+from nomarr_pipeline.ml.fetch import RECOMMENDED
 from nomarr_pipeline.progress import ProgressPoller, StepProgress
 from nomarr_pipeline.store import open_store
+from nomarr_pipeline_tests.ml.model_server import ModelSite, site_path
 
 
 class FakeClock:
@@ -412,3 +414,73 @@ def test_status_and_preview_after_the_demo(
         assert store.count_files_needing_recalibration(expected) == len(DEMO_TRACKS)
     finally:
         store.close()
+
+
+# ---- models list / models fetch ----------------------------------------------------------------
+
+HAPPY = "mood_happy-discogs-effnet-1"
+
+
+def test_models_list_shows_keys_labels_and_problems(tmp_path: Path, monkeypatch, capsys) -> None:
+    write_demo_models(tmp_path / "models")
+    (tmp_path / "models" / "mood_sad-msd-musicnn-1.pb").unlink()
+    monkeypatch.setenv("NOMARR_MODELS_DIR", str(tmp_path / "models"))
+    code, out, _ = _run_cli(capsys, "models", "list")
+    assert code == 0
+    assert "2 backbones, 8 heads, 1 problems" in out.splitlines()[0]
+    assert "  effnet-discogs-effnet-1:mood_happy  (2 labels, in mood tiers)" in out
+    assert "      happy, non_happy" in out
+    assert "  effnet-discogs-effnet-bs64-1:discogs-effnet-bs64  (400 labels, the tags of " in out
+    assert "(+392 more)" in out
+    assert "next: `nomarr-pipeline models fetch mood_sad-msd-musicnn-1`" in out
+
+    code, out, _ = _run_cli(capsys, "models", "list", "--all-labels")
+    assert code == 0 and "Demo---Style 399" in out
+
+
+def test_models_list_without_a_models_folder(tmp_path: Path, monkeypatch, capsys) -> None:
+    code, _, err = _run_cli(capsys, "models", "list")
+    assert code == 2
+    _assert_clear_error(err, "no models folder configured", "NOMARR_MODELS_DIR")
+    monkeypatch.setenv("NOMARR_MODELS_DIR", str(tmp_path / "nowhere"))
+    code, _, err = _run_cli(capsys, "models", "list")
+    assert code == 2
+    _assert_clear_error(err, "does not exist", "models fetch --recommended")
+
+
+def test_models_fetch_a_head_with_its_backbone(model_site: ModelSite, tmp_path: Path, monkeypatch,
+                                               capsys) -> None:
+    monkeypatch.setenv("NOMARR_MODELS_DIR", str(tmp_path / "models"))
+    code, out, err = _run_cli(capsys, "models", "fetch", HAPPY)
+    assert code == 0, err
+    assert f"from {model_site.url} into {tmp_path / 'models'}" in out
+    assert f"fetched: discogs-effnet-bs64-1\nfetched: {HAPPY}\n" in out
+    assert "2 heads in" in out
+    # Not a terminal: plain progress lines on stderr, one summary per graph.
+    assert "discogs-effnet-bs64-1.pb: " in err and " kB in " in err
+    assert ".json: " not in err  # a few kB: no progress shown
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
+        "discogs-effnet-bs64-1.json", "discogs-effnet-bs64-1.pb", f"{HAPPY}.json", f"{HAPPY}.pb"]
+
+    code, out, _ = _run_cli(capsys, "models", "fetch", "--recommended")
+    assert code == 0
+    assert out.count("fetched: ") == len(RECOMMENDED) - 1  # all but mood_happy; the backbone is here
+    assert f"already there: {HAPPY}" in out
+
+
+def test_models_fetch_failure_is_a_clear_error_and_leaves_nothing(
+    model_site: ModelSite, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("NOMARR_MODELS_DIR", str(tmp_path / "models"))
+    model_site.fail(site_path("discogs-effnet-bs64-1", ".pb"), "html")
+    code, _, err = _run_cli(capsys, "models", "fetch", HAPPY)
+    assert code == 2
+    _assert_clear_error(err, "returned a web page", "NOMARR_MODELS_URL")
+    assert list((tmp_path / "models").iterdir()) == []
+
+    code, _, err = _run_cli(capsys, "models", "fetch")
+    assert code == 2
+    _assert_clear_error(err, "no model named", "--recommended")
+    code, _, err = _run_cli(capsys, "models", "fetch", "no-such-head-1")
+    assert code == 2
+    _assert_clear_error(err, "HTTP 404")

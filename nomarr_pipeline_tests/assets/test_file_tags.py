@@ -16,10 +16,12 @@ from dagster._core.storage.tags import (
 
 from nomarr_pipeline.assets.file_tags import file_tags
 from nomarr_pipeline.ml.demo_models import write_demo_models
+from nomarr_pipeline.ml.fetch import fetch_models
 from nomarr_pipeline.resources import ModelsResource, StoreResource
 from nomarr_pipeline.sensors import head_discovery_sensor
 from nomarr_pipeline.store import open_store
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
+from nomarr_pipeline_tests.ml.model_server import ModelSite
 
 HAPPY = "effnet-discogs-effnet-1:mood_happy"
 DANCE = "effnet-discogs-effnet-1:danceability"
@@ -187,6 +189,27 @@ def test_sensor_reanalyses_when_a_model_file_is_replaced(
     (run,) = result.run_requests or []
     assert run.partition_key_range == dg.PartitionKeyRange(keys[0], keys[-1])
     assert isinstance(_tick(instance, models_dir, cursor)[0], dg.SkipReason)
+
+
+def test_sensor_picks_up_fetched_models(instance: dg.DagsterInstance, model_site: ModelSite,
+                                       tmp_path: Path) -> None:
+    models = tmp_path / "fetched"
+    models.mkdir()
+    empty, cursor = _tick(instance, models, None)
+    assert isinstance(empty, dg.SkipReason)
+
+    fetch_models(["mood_happy-discogs-effnet-1"], models, base_url=model_site.url)
+    result, cursor = _tick(instance, models, cursor)
+    added = [HAPPY, "effnet-discogs-effnet-bs64-1:discogs-effnet-bs64"]
+    assert isinstance(result, dg.SensorResult)
+    assert instance.get_dynamic_partitions("heads") == added
+    (run,) = result.run_requests or []
+    assert run.partition_key_range == dg.PartitionKeyRange(added[0], added[-1])
+
+    fetch_models(["msd-musicnn-1"], models, base_url=model_site.url)
+    result, cursor = _tick(instance, models, cursor)
+    assert isinstance(result, dg.SensorResult)
+    assert instance.get_dynamic_partitions("heads") == [*added, "musicnn-msd-musicnn-1:msd-musicnn"]
 
 
 def test_sensor_skips_without_models_folder(instance: dg.DagsterInstance, tmp_path: Path) -> None:

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
+from nomarr_pipeline.ml import fetch
 from nomarr_pipeline.ml.demo_models import write_demo_head, write_demo_models
 from nomarr_pipeline.ml.fetch import RECOMMENDED, model_path
 
@@ -33,6 +36,7 @@ class ModelSite:
     faults: dict[str, list[str]] = field(default_factory=dict)
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range)
     url: str = ""
+    source: Path | None = None  # the folder of the published models
 
     def fail(self, path: str, *faults: str) -> None:
         assert all(fault in FAULTS for fault in faults), faults
@@ -64,6 +68,7 @@ def generated_models(dest: Path) -> Path:
 
 def publish(site: ModelSite, source: Path) -> None:
     """Put every model of ``source`` at its place on the site."""
+    site.source = source
     for graph in sorted(source.glob("*.pb")):
         for suffix in (".pb", ".json"):
             site.files[site_path(graph.stem, suffix)] = graph.with_suffix(suffix).read_bytes()
@@ -131,3 +136,16 @@ def serve(site: ModelSite) -> Iterator[ModelSite]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def model_site(tmp_path_factory: pytest.TempPathFactory,
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[ModelSite]:
+    """The generated models (``site.source``) published on a running site,
+    ``NOMARR_MODELS_URL`` pointing at it (import this fixture into a test module to use it)."""
+    monkeypatch.setattr(fetch, "RETRY_PAUSE_S", 0.01)
+    site = ModelSite()
+    publish(site, generated_models(tmp_path_factory.mktemp("published")))
+    with serve(site) as running:
+        monkeypatch.setenv("NOMARR_MODELS_URL", running.url)
+        yield running

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,30 +23,21 @@ from nomarr_pipeline.ml.fetch import (
     models_url_from_env,
     remove_stale_temp_files,
 )
-from nomarr_pipeline_tests.ml.model_server import (
-    ModelSite,
-    generated_models,
-    publish,
-    serve,
-    site_path,
-)
+from nomarr_pipeline_tests.ml.model_server import ModelSite, site_path
 
 HAPPY = "mood_happy-discogs-effnet-1"
 EFFNET = "discogs-effnet-bs64-1"
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generated_models(tmp_path_factory.mktemp("published"))
+@pytest.fixture
+def site(model_site: ModelSite) -> ModelSite:
+    return model_site
 
 
 @pytest.fixture
-def site(source: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModelSite]:
-    monkeypatch.setattr(fetch, "RETRY_PAUSE_S", 0.01)
-    published = ModelSite()
-    publish(published, source)
-    with serve(published) as running:
-        yield running
+def source(site: ModelSite) -> Path:
+    assert site.source is not None
+    return site.source  # the generated models the site serves
 
 
 def _everything_in(folder: Path) -> list[str]:
