@@ -27,7 +27,7 @@ from nomarr_pipeline.ml.pooling import NonFiniteOutputError, pool_patches
 PATCH_SECONDS: dict[str, float] = {"effnet": 2.05, "musicnn": 2.99, "vggish": 0.96}
 
 Predictor = Callable[[np.ndarray], Any]
-BackbonePredictor = Callable[[np.ndarray], "BackboneOutputs"]
+BackbonePredictor = Callable[[np.ndarray], BackboneOutputs]
 
 
 class AnalysisError(RuntimeError):
