@@ -1,36 +1,22 @@
 """Writing one library file's ``nom:`` tags so that the file is never left half-written.
 
-The sequence (DESIGN.md §6), in two steps so that a batch can record what it is about to put
-in place before it does (:mod:`~nomarr_pipeline.tagging.batch`):
+:func:`prepare_write` (DESIGN.md §6): refuse a path whose real path is outside every library
+root, a file whose (size, mtime_ns) is none Nomarr knows for it (changed on disk: its
+predictions may not describe it any more) and a file that is read-only or immutable; read the
+tags and stop if they are already the wanted ones; copy the file to a temp file in the same
+folder (same filesystem: the rename is atomic; the name records its writer,
+:mod:`~nomarr_pipeline.tagging.temps`), save the tags into the copy, re-open it from disk with
+mutagen as players will and verify the tags and audio properties; give it the original's
+permissions (and owner, as root) and fsync it. :func:`commit_write` checks the original once
+more and renames the copy onto it; the rename keeps the size and mtime prepare returned, so a
+batch can record them first. The folder is not fsynced: if a crash loses the rename, the old,
+complete file is back with its old stat and is written again.
 
-:func:`prepare_write`
-  1. refuse a path whose real path (symlinks resolved) is outside every library root;
-  2. refuse a file whose (size, mtime_ns) is none of those Nomarr knows for it (the scan's,
-     or the one a tag writer recorded): it changed on disk and its predictions may no longer
-     describe it; refuse a file the process may not write (read-only or immutable);
-  3. read the current tags; if they already equal the wanted ones, stop ("unchanged");
-  4. copy the file to a temp file in the same folder (same filesystem, so the final rename is
-     atomic; its name records the writer, :mod:`~nomarr_pipeline.tagging.temps`) and save the
-     tags into the copy;
-  5. re-open the copy from disk with mutagen, as players and other taggers will, and verify
-     that the namespace reads back exactly as asked and the audio properties (length, sample
-     rate, channels, bitrate) are the original's;
-  6. give the copy the original's permission bits (and owner, as root) and fsync it.
-
-:func:`commit_write`
-  7. check the original once more and ``os.replace`` the copy onto it. The copy's inode, size
-     and mtime are those :func:`prepare_write` returned, and the rename keeps them.
-
-The folder is not fsynced: if a crash loses the rename, the old, complete file is back with
-its old stat, and the next batch writes it again. Any failure deletes the temp copy; the
-original is only ever replaced by a verified copy. The writer works on the resolved path, so
-a symlink inside the library stays a symlink; a file with several hard links becomes a
-separate file, as ``os.replace`` makes any hard link.
-
-Per-file problems raise a :class:`WriteError` subclass, which a batch records and moves past.
-A full disk raises :class:`DiskFullError`, deliberately *not* a ``WriteError``: the next file
-would fail the same way, so the batch must stop. Both pickle, so a worker process can return
-them as results.
+Any failure deletes the temp copy: the original is only ever replaced by a verified copy. A
+symlink inside the library stays a symlink (the real path is written); a hard link becomes a
+separate file, as with any ``os.replace``. Per-file problems raise a :class:`WriteError`; a
+full disk raises :class:`DiskFullError`, deliberately not a ``WriteError``: the next file would
+fail the same way, so a batch must stop. Both pickle, for worker processes to return them.
 """
 
 from __future__ import annotations
@@ -255,7 +241,7 @@ def _same_audio(before: AudioProperties, after: AudioProperties) -> bool:
 def _verify_copy(
     copy: Path, original: Path, before: FileTagState, wanted: NomTags, *, standard_mood: bool
 ) -> None:
-    after = read_file_state(copy, format_of=original)
+    after = read_file_state(copy)  # the temp's name ends with the original's extension
     if not _tags_match(after, wanted, standard_mood=standard_mood):
         raise VerificationError(original, "tags written to the temp copy did not read back as asked")
     if not _same_audio(before.properties, after.properties):
@@ -316,7 +302,7 @@ def prepare_write(
             with open(target, "rb") as source:
                 shutil.copyfileobj(source, copy, _COPY_CHUNK)
             copy.seek(0)
-            opened.save_normalized(wanted, standard_mood=standard_mood, into=copy)
+            opened.save(wanted, standard_mood=standard_mood, into=copy)
             copy.flush()
             _verify_copy(temp, target, before, wanted, standard_mood=standard_mood)
             _match_ownership_and_mode(copy.fileno(), scanned)

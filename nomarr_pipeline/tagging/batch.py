@@ -42,7 +42,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from nomarr_pipeline.store.protocol import FileStat
@@ -140,20 +139,8 @@ class WriteReport:
 
     def summary(self) -> dict[str, Any]:
         """Plain numbers and strings, fit for Dagster metadata or a CLI line."""
-        return {
-            "library_id": self.library_id,
-            "mode": self.mode,
-            "dry_run": self.dry_run,
-            "written": self.written,
-            "unchanged": self.unchanged,
-            "skipped": self.skipped,
-            "failed": self.failed,
-            "stale_temps_removed": self.stale_temps_removed,
-            "rescanned": self.rescanned,
-            "errors_listed": len(self.errors),
-            "errors_not_listed": self.errors_not_listed,
-            "preview_rows": len(self.preview),
-        }
+        counts = {name: value for name, value in vars(self).items() if not isinstance(value, list)}
+        return {**counts, "errors_listed": len(self.errors), "preview_rows": len(self.preview)}
 
 
 class WriteBatchStopped(DiskFullError):
@@ -173,10 +160,6 @@ class WriteBatchStopped(DiskFullError):
 # ---- preview -----------------------------------------------------------------------------
 
 
-def _shown(values: list[str] | None) -> str | None:
-    return None if values is None else LIST_SEPARATOR.join(values)
-
-
 def preview_rows_for(file_id: str, path: str, current: NomTags, proposed: NomTags) -> list[PreviewRow]:
     """One row per key present now or proposed, in key order."""
     rows: list[PreviewRow] = []
@@ -189,7 +172,8 @@ def preview_rows_for(file_id: str, path: str, current: NomTags, proposed: NomTag
             action = "remove"
         else:
             action = "keep" if now == then else "change"
-        rows.append(PreviewRow(file_id, path, key, _shown(now), _shown(then), action))
+        shown = [None if values is None else LIST_SEPARATOR.join(values) for values in (now, then)]
+        rows.append(PreviewRow(file_id, path, key, *shown, action))
     return rows
 
 
@@ -199,12 +183,6 @@ def preview_frame(rows: Sequence[PreviewRow]) -> pd.DataFrame:
     return pd.DataFrame(
         [[getattr(row, c) for c in PREVIEW_COLUMNS] for row in rows], columns=list(PREVIEW_COLUMNS)
     )
-
-
-def write_preview_csv(rows: Sequence[PreviewRow], path: str | os.PathLike[str]) -> Path:
-    target = Path(path)
-    preview_frame(rows).to_csv(target, index=False)
-    return target
 
 
 # ---- the writers -------------------------------------------------------------------------

@@ -285,14 +285,9 @@ class OpenedAudio:
     """One parse of a file: read its state, then save changed tags into it or into a byte-for-byte
     copy of it (mutagen writes the in-memory tags into whichever file it is given)."""
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        format_of: str | os.PathLike[str] | None = None,
-    ) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
-        self._adapter = _adapter_for(format_of if format_of is not None else path)
+        self._adapter = _adapter_for(path)
         self._audio = self._adapter.open(self.path)
 
     def state(self) -> FileTagState:
@@ -302,34 +297,16 @@ class OpenedAudio:
             properties=_properties(self._audio),
         )
 
-    def save_tags(
-        self, tags: TagInput, *, standard_mood: bool = False, into: str | os.PathLike[str] | None = None
-    ) -> None:
-        """Make the namespace exactly ``tags`` and save into ``into`` (default: the file itself).
-
-        ``into`` must hold the same bytes as the parsed file (a fresh copy of it).
-        """
-        self.save_normalized(
-            normalize_tags(tags), standard_mood=standard_mood, into=into if into is not None else self.path
-        )
-
-    def save_normalized(
-        self, tags: NomTags, *, standard_mood: bool, into: str | os.PathLike[str] | BinaryIO
-    ) -> None:
-        """:meth:`save_tags` for tags that already went through :func:`normalize_tags`, into a
-        path or an open read-write binary file holding a fresh copy of the parsed file."""
+    def save(self, tags: NomTags, *, standard_mood: bool, into: str | BinaryIO) -> None:
+        """Make the namespace exactly ``tags`` (from :func:`normalize_tags`) and save into
+        ``into``: the file itself, or an open read-write copy holding the same bytes."""
         self._adapter.apply(self._audio, tags, standard_mood=standard_mood)
-        self._adapter.save(self._audio, into if not isinstance(into, os.PathLike) else os.fspath(into))
+        self._adapter.save(self._audio, into)
 
 
-def read_file_state(
-    path: str | os.PathLike[str], *, format_of: str | os.PathLike[str] | None = None
-) -> FileTagState:
-    """Namespace, standard mood field and audio properties from one parse of ``path``.
-
-    ``format_of`` names the file whose extension decides the format (for a temp copy).
-    """
-    return OpenedAudio(path, format_of=format_of).state()
+def read_file_state(path: str | os.PathLike[str]) -> FileTagState:
+    """Namespace, standard mood field and audio properties from one parse of ``path``."""
+    return OpenedAudio(path).state()
 
 
 def read_nom_tags(path: str | os.PathLike[str]) -> NomTags:
@@ -345,5 +322,6 @@ def write_nom_tags(path: str | os.PathLike[str], tags: TagInput, *, standard_moo
     alone. This writes the file directly; :func:`nomarr_pipeline.tagging.atomic.write_file_tags`
     is the safe entry point for library files.
     """
-    normalize_tags(tags)  # refuse bad values before the file is opened for writing
-    OpenedAudio(path).save_tags(tags, standard_mood=standard_mood)
+    wanted = normalize_tags(tags)  # refuse bad values before the file is opened for writing
+    opened = OpenedAudio(path)
+    opened.save(wanted, standard_mood=standard_mood, into=opened.path)

@@ -239,8 +239,8 @@ def test_failed_verification_keeps_the_original_and_closes_everything(
     content = path.read_bytes()
     real_read = atomic.read_file_state
 
-    def read_back_wrong(copy: Path, *, format_of: Path) -> FileTagState:
-        state = real_read(copy, format_of=format_of)
+    def read_back_wrong(copy: Path) -> FileTagState:
+        state = real_read(copy)
         return dataclasses.replace(state, nom_tags={**state.nom_tags, keys.VERSION: ["something else"]})
 
     monkeypatch.setattr(atomic, "read_file_state", read_back_wrong)
@@ -257,10 +257,10 @@ def test_change_while_writing_is_caught_before_the_replace(
     path = make_file("flac")
     real_read = atomic.read_file_state
 
-    def edit_meanwhile(copy: Path, *, format_of: Path) -> FileTagState:
+    def edit_meanwhile(copy: Path) -> FileTagState:
         with path.open("ab") as other_program:
             other_program.write(b"\x00")
-        return real_read(copy, format_of=format_of)
+        return real_read(copy)
 
     monkeypatch.setattr(atomic, "read_file_state", edit_meanwhile)
     content_before = path.read_bytes()

@@ -17,8 +17,8 @@ from nomarr_pipeline.tagging import batch, keys
 from nomarr_pipeline.tagging.batch import (
     PREVIEW_COLUMNS,
     WriteBatchStopped,
+    preview_frame,
     write_pending_tags,
-    write_preview_csv,
 )
 from nomarr_pipeline.tagging.formats import read_nom_tags, write_nom_tags
 from nomarr_pipeline_tests.tagging.audio_helpers import (
@@ -181,7 +181,8 @@ def test_dry_run_previews_without_touching_anything(
     assert actions[keys.MOOD_REGULAR] == (None, "happy; party", "add")
     assert actions[keys.VERSION] == ("old", "nomarr-test-7", "change")
 
-    csv_path = write_preview_csv(report.preview, tmp_path / "preview.csv")
+    csv_path = tmp_path / "preview.csv"
+    preview_frame(report.preview).to_csv(csv_path, index=False)
     frame = pd.read_csv(csv_path, keep_default_na=False)
     assert list(frame.columns) == list(PREVIEW_COLUMNS)
     assert len(frame) == len(report.preview)
