@@ -2,15 +2,17 @@
 
 First, every temp copy that a dead writer left anywhere under the library roots is deleted
 (:func:`~nomarr_pipeline.tagging.temps.remove_abandoned_temps`; ``stale_temps_removed``).
-Then, per page of ``store.files_pending_write``: load the files' predictions, select their
-tags (:func:`~nomarr_pipeline.tagging.selection.select_tags`) and write the files a chunk at a
-time. A chunk's files are prepared (checked, copied, written, verified, fsynced:
-:func:`~nomarr_pipeline.tagging.atomic.prepare_write`) in this process or, for larger pages,
-in a pool of worker processes (mutagen is pure Python and holds the GIL, so threads would not
-help). This process then adds each copy's size and mtime to the file's ``written_stats``, renames the
-copies into place
-(:func:`~nomarr_pipeline.tagging.atomic.commit_write`) and records the results: a scan that
-runs meanwhile recognises Nomarr's own writes, whatever moment it looks at a file.
+Then, a page of ``store.files_pending_write`` at a time: load the files' predictions, select
+their tags (:func:`~nomarr_pipeline.tagging.selection.select_tags`) and write the files a
+chunk at a time, in this process or, for a batch of :data:`POOL_MIN_FILES` or more, in worker
+processes while this process selects the next chunks (mutagen is pure Python and holds the
+GIL, so threads would not help; several writers also overlap their waits for the disk). A
+chunk's files are prepared (checked,
+copied, written, verified, fsynced: :func:`~nomarr_pipeline.tagging.atomic.prepare_write`),
+their copies' sizes and mtimes added to the files' ``written_stats`` in one store call, and
+the copies renamed into place (:func:`~nomarr_pipeline.tagging.atomic.commit_write`); this
+process then records the outcomes. A scan running meanwhile thus recognises Nomarr's own
+writes, whatever moment it looks at a file.
 
 Outcomes per file:
 
@@ -23,7 +25,7 @@ Outcomes per file:
   program edited it: recorded as ``write_error`` and handed to ``rescan``, which records the
   new stat and has the file analysed and written again;
 - failed (missing, permission, corrupt, outside the roots, …) — recorded, stays pending;
-- disk full — no further copy is committed (prepared ones are deleted), what was done is
+- disk full — no further chunk is started, the chunks running finish, what was done is
   recorded and :class:`WriteBatchStopped` is raised: every later file would fail the same way.
 
 ``file_write_mode == "none"`` writes nothing and records nothing. ``dry_run=True`` reads the
@@ -34,13 +36,14 @@ built by the same selection; files and the store are left untouched.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import multiprocessing
 import os
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -191,6 +194,7 @@ def preview_frame(rows: Sequence[PreviewRow]) -> pd.DataFrame:
 class WriteJob(NamedTuple):
     """One file to write, as plain data a worker process can receive."""
 
+    key: str
     path: str
     tags: dict[str, str | list[str]]
     known_stats: tuple[Stat, ...]
@@ -200,60 +204,106 @@ class WriteJob(NamedTuple):
     owner: Owner
 
 
-def prepare_job(job: WriteJob) -> Prepared:
-    """:func:`prepare_write` with per-file errors and a full disk returned, not raised."""
+def _prepare(job: WriteJob) -> Prepared:
     try:
         return prepare_write(
             job.path, job.tags, library_roots=job.library_roots, known_stats=job.known_stats,
             standard_mood=job.standard_mood, durable=job.durable, owner=job.owner,
         )  # fmt: skip
+    except (WriteError, DiskFullError) as exc:  # per-file results, not failures of the chunk
+        return exc
+
+
+def _commit(job: WriteJob, prepared: Prepared) -> Finished:
+    if not isinstance(prepared, PreparedWrite):
+        return prepared
+    try:
+        return commit_write(prepared, known_stats=job.known_stats)
     except (WriteError, DiskFullError) as exc:
         return exc
 
 
-def prepare_chunk(jobs: Sequence[WriteJob]) -> list[Prepared]:
-    """:func:`prepare_job` for each job in turn; none after a full disk."""
-    results: list[Prepared] = []
+def write_chunk(store: Store, jobs: Sequence[WriteJob]) -> list[Finished]:
+    """Write ``jobs``' files (in a worker process or this one): prepare each, add the copies'
+    stats to ``written_stats`` in one store call, rename them into place. One result per job
+    handled; none after a full disk, nor once the batch that owns the jobs is gone."""
+    handled: list[tuple[WriteJob, Prepared]] = []
     for job in jobs:
-        results.append(prepare_job(job))
-        if isinstance(results[-1], DiskFullError):
+        if os.getpid() != job.owner.pid and os.getppid() != job.owner.pid:
+            break  # a worker whose batch died: its files are the next batch's
+        handled.append((job, _prepare(job)))
+        if isinstance(handled[-1][1], DiskFullError):
             break
-    return results
+    copies = [(job, copy) for job, copy in handled if isinstance(copy, PreparedWrite)]
+    try:
+        if copies:
+            stats = [{"_key": job.key, "size": copy.size, "mtime_ns": copy.mtime_ns} for job, copy in copies]
+            store.add_written_stats(stats)
+    except BaseException:
+        for _, copy in copies:
+            discard_write(copy)
+        raise
+    return [_commit(job, prepared) for job, prepared in handled]
+
+
+_worker_store: Store | None = None
+
+
+def _open_worker(store: Store) -> None:
+    global _worker_store
+    _worker_store = store  # opens its own connection on first use
+
+
+def _write_chunk_in_worker(jobs: Sequence[WriteJob]) -> list[Finished]:
+    assert _worker_store is not None, "worker started without its store"
+    return write_chunk(_worker_store, jobs)
+
+
+Chunk = list[tuple["Doc", WriteJob]]
 
 
 class _Writers:
-    """Prepares chunks of jobs in this process, or in ``writers`` worker processes once a page is
-    large enough for their start-up to pay off (the pool is then kept for the batch)."""
+    """Writes chunks in this process, or in ``writers`` worker processes when the batch has at
+    least :data:`POOL_MIN_FILES` files, keeping two chunks per worker in flight (so that the
+    next chunks are selected while the workers write) and starting none once :attr:`stopping`
+    is set."""
 
-    def __init__(self, writers: int) -> None:
+    def __init__(self, store: Store, writers: int) -> None:
         if writers < 0:
             raise ValueError(f"writers must be 0 (automatic) or a positive count, got {writers}")
-        self.writers = writers or default_writers()
+        self.store, self.writers = store, writers or default_writers()
+        self.stopping = False
         self._pool: ProcessPoolExecutor | None = None
 
-    def prepare(self, chunks: list[list[WriteJob]]) -> Iterator[list[Prepared]]:
-        """Results per chunk, in order; every chunk is prepared, so the caller must drain this
-        and commit or discard every prepared copy."""
-        if self.writers == 1 or (self._pool is None and sum(map(len, chunks)) < POOL_MIN_FILES):
-            return map(prepare_chunk, chunks)
-        if self._pool is None:
-            # spawn: a fresh interpreter inherits neither open database connections nor threads.
-            context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(self.writers, mp_context=context)
-        return self._pool.map(prepare_chunk, chunks)
+    def run(self, chunks: Iterator[Chunk]) -> Iterator[tuple[Chunk, list[Finished]]]:
+        """Each chunk with its results, in order."""
+        first = list(itertools.islice(chunks, -(-POOL_MIN_FILES // CHUNK_SIZE)))
+        chunks = itertools.chain(first, chunks)
+        if self.writers == 1 or sum(map(len, first)) < POOL_MIN_FILES:
+            for chunk in chunks:
+                yield chunk, write_chunk(self.store, [job for _, job in chunk])
+                if self.stopping:
+                    return
+            return
+        # spawn: a fresh interpreter inherits neither open database connections nor threads.
+        context = multiprocessing.get_context("spawn")
+        self._pool = ProcessPoolExecutor(
+            self.writers, mp_context=context, initializer=_open_worker, initargs=(self.store,)
+        )
+        queued: deque[tuple[Chunk, Future[list[Finished]]]] = deque()
+        while True:
+            while not self.stopping and len(queued) < 2 * self.writers and (chunk := next(chunks, None)):
+                queued.append((chunk, self._pool.submit(_write_chunk_in_worker, [job for _, job in chunk])))
+            if not queued:
+                return
+            chunk, future = queued.popleft()
+            yield chunk, future.result()
 
     def close(self) -> None:
         if self._pool is not None:
             # Waits for the chunks running (after an interrupt), so none is cut off mid-file.
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-
-
-def _commit(prepared: PreparedWrite, known_stats: Sequence[Stat]) -> Finished:
-    try:
-        return commit_write(prepared, known_stats=known_stats)
-    except (WriteError, DiskFullError) as exc:
-        return exc
 
 
 # ---- the batch ---------------------------------------------------------------------------
@@ -263,10 +313,6 @@ def _file_path(doc: Doc, library: Doc) -> str:
     path = str(doc["path"])
     # The scanner stores absolute paths; a relative one is taken as relative to the root.
     return path if os.path.isabs(path) else os.path.join(str(library["root_path"]), path)
-
-
-def _written_stat(key: str, prepared: PreparedWrite) -> Doc:
-    return {"_key": key, "size": prepared.size, "mtime_ns": prepared.mtime_ns}
 
 
 @dataclass
@@ -280,21 +326,33 @@ class _Batch:
     tagger_version_of: TaggerVersionSource
     standard_mood: bool
     durable: bool
+    batch_size: int
+    progress: Callable[[WriteReport], None] | None
     rescan: Callable[[list[Doc]], int] | None
     owner: Owner = field(default_factory=this_process)
     stopped: DiskFullError | None = None
 
-    def page(self, docs: list[Doc]) -> None:
-        jobs = list(self._jobs(docs))
-        if self.report.dry_run or not jobs:
-            return
-        chunks = [jobs[start : start + CHUNK_SIZE] for start in range(0, len(jobs), CHUNK_SIZE)]
-        changed: list[Doc] = []
-        results = self.writers.prepare([[job for _, job in chunk] for chunk in chunks])
-        for chunk, prepared in zip(chunks, results, strict=True):
-            self._finish(chunk, prepared, changed)
-        if changed and self.rescan is not None:
-            self.report.rescanned += self.rescan(changed)
+    def run(self) -> None:
+        for chunk, results in self.writers.run(self._chunks()):
+            self._finish(chunk, results)
+            if self.progress is not None:
+                self.progress(self.report)
+
+    def _chunks(self) -> Iterator[Chunk]:
+        """The pending files' jobs, :data:`CHUNK_SIZE` at a time, a page read when needed."""
+        jobs, after = [], None
+        while self.stopped is None and (
+            docs := self.store.files_pending_write(self.library["_key"], after, self.batch_size)
+        ):
+            after = docs[-1]["_key"]
+            jobs += self._jobs(docs)
+            while len(jobs) >= CHUNK_SIZE:
+                yield jobs[:CHUNK_SIZE]
+                jobs = jobs[CHUNK_SIZE:]
+            if self.report.dry_run and self.progress is not None:
+                self.progress(self.report)
+        if jobs and self.stopped is None:
+            yield jobs
 
     def _jobs(self, docs: list[Doc]) -> Iterator[tuple[Doc, WriteJob]]:
         report, failures = self.report, []
@@ -331,48 +389,41 @@ class _Batch:
             else:
                 known = FileStat.of(doc).known
                 job = WriteJob(
-                    path, tags, known, self.library_roots, self.standard_mood, self.durable, self.owner
+                    file_id,
+                    path,
+                    tags,
+                    known,
+                    self.library_roots,
+                    self.standard_mood,
+                    self.durable,
+                    self.owner,
                 )
                 yield doc, job
         if failures and not report.dry_run:
             self.store.record_writes(failures)
 
-    def _finish(self, chunk: list[tuple[Doc, WriteJob]], results: list[Prepared], changed: list[Doc]) -> None:
-        """Record the chunk's written stats, rename its copies into place, record the outcomes."""
-        if self.stopped is None:
-            intents = [
-                _written_stat(doc["_key"], r)
-                for (doc, _), r in zip(chunk, results, strict=False)
-                if isinstance(r, PreparedWrite)
-            ]
-            if intents:
-                self.store.add_written_stats(intents)
-        records = []
+    def _finish(self, chunk: Chunk, results: list[Finished]) -> None:
+        """Count and record the chunk's outcomes (a chunk that ended early leaves the rest
+        pending); files another program changed go to ``rescan``."""
+        records, changed = [], []
         for (doc, job), result in zip(chunk, results, strict=False):
-            if self.stopped is not None:
-                if isinstance(result, PreparedWrite):
-                    discard_write(result)  # its stat in written_stats can never turn up
-                continue
-            finished = _commit(result, job.known_stats) if isinstance(result, PreparedWrite) else result
-            if isinstance(finished, FileChangedError):
-                finished = self._retry(doc, job, finished)
-                if isinstance(finished, FileChangedError):
+            if isinstance(result, FileChangedError):
+                result = self._retry(job, result)
+                if isinstance(result, FileChangedError):
                     changed.append(doc)
-            records.append(self._count(doc, finished))
+            records.append(self._count(doc, result))
         if records:
             self.store.record_writes(records)
+        if changed and self.rescan is not None:
+            self.report.rescanned += self.rescan(changed)
 
-    def _retry(self, doc: Doc, job: WriteJob, changed: FileChangedError) -> Finished:
+    def _retry(self, job: WriteJob, changed: FileChangedError) -> Finished:
         """The file's stat is not the page's: if the store knows it now (another batch wrote the
         file since the page was read), write the file again under that stat."""
-        current = self.store.get_files([doc["_key"]])
+        current = self.store.get_files([job.key])
         if not current or not FileStat.of(current[0]).matches(*changed.found):
             return changed
-        result = prepare_job(job._replace(known_stats=(changed.found,)))
-        if not isinstance(result, PreparedWrite):
-            return result
-        self.store.add_written_stats([_written_stat(doc["_key"], result)])
-        return _commit(result, (changed.found,))
+        return write_chunk(self.store, [job._replace(known_stats=(changed.found,))])[0]
 
     def _count(self, doc: Doc, result: Finished) -> Doc:
         """Count one file's outcome in the report; the store update that records it."""
@@ -386,7 +437,8 @@ class _Batch:
             return {"_key": file_id, "written_at": now_ms(), "write_error": None, "file_tags_pending": False,
                     "size": result.size, "mtime_ns": result.mtime_ns, "written_stats": None}  # fmt: skip
         if isinstance(result, DiskFullError):
-            self.stopped = result  # counts in none of the totals: the file was not handled
+            self.stopped = self.stopped or result  # in none of the totals: the file was not handled
+            self.writers.stopping = True
         elif isinstance(result, FileChangedError):
             report.skipped += 1
         else:
@@ -449,17 +501,12 @@ def write_pending_tags(
     if not dry_run:
         report.stale_temps_removed = len(remove_abandoned_temps(roots))
     batch = _Batch(
-        store, library, report, _Writers(1 if dry_run else writers), has_calibration, roots,
-        tagger_version_of, standard_mood, durable, rescan,
+        store, library, report, _Writers(store, 1 if dry_run else writers), has_calibration, roots,
+        tagger_version_of, standard_mood, durable, batch_size, progress, rescan,
     )  # fmt: skip
     finished = False
     try:
-        docs = store.files_pending_write(library["_key"], None, batch_size)
-        while docs and batch.stopped is None:
-            batch.page(docs)
-            if progress is not None:
-                progress(report)
-            docs = store.files_pending_write(library["_key"], docs[-1]["_key"], batch_size)
+        batch.run()
         finished = True
     finally:
         batch.writers.close()

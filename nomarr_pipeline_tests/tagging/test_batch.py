@@ -39,8 +39,9 @@ from nomarr_pipeline_tests.tagging.library_helpers import (
 
 
 def test_full_batch_writes_records_and_keeps_scanner_stat(
-    store: Store, make_file: Callable[..., Path], library_root: Path
+    store: Store, make_file: Callable[..., Path], library_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(batch, "CHUNK_SIZE", 2)  # progress is reported per chunk
     store.ensure_library(library_doc(library_root))
     files = {"a": make_file("mp3"), "b": make_file("flac"), "c": make_file("m4a")}
     register(store, files)
@@ -311,8 +312,13 @@ EXTENSIONS = ("mp3", "flac", "m4a", "ogg", "opus", "wav", "aiff")
 
 
 def test_concurrent_batch_writes_every_file(
-    store: Store, make_file: Callable[..., Path], library_root: Path, pools_started: list[int]
+    store: Store,
+    make_file: Callable[..., Path],
+    library_root: Path,
+    pools_started: list[int],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(batch, "CHUNK_SIZE", 4)  # chunks across pages of 5
     store.ensure_library(library_doc(library_root))
     files = {
         f"f{i:02d}": make_file(ext, f"album{i % 3}/{i:02d}.{ext}") for i, ext in enumerate(EXTENSIONS * 2)
@@ -334,7 +340,7 @@ def test_concurrent_batch_writes_every_file(
 
     assert pools_started == [2], "one pool of two worker processes, kept across the three pages"
     assert recorded == sorted(files), "every file's outcome recorded once, in order"
-    assert len(progress) == 3 and progress == sorted(progress) and progress[-1] == len(files)
+    assert progress == [4, 8, 12, 14], "progress after each chunk"
     assert (report.written, report.unchanged, report.skipped, report.failed) == (len(files), 0, 0, 0)
     for key, path in files.items():
         tags = read_nom_tags(path)
