@@ -112,15 +112,21 @@ def pipeline_seconds(files: list[Path], root: Path, writers: int) -> float:
         library = store.ensure_library({"_key": "bench", "name": "bench", "root_path": str(root),
                                         "file_write_mode": "full", "write_raw_scores": False})  # fmt: skip
         ids = [f"{index:05d}" for index in range(len(files))]
+        stats = [os.stat(path) for path in files]
         store.upsert_files([{"_key": key, "library_id": "bench", "path": str(path), "size": info.st_size,
                              "mtime_ns": info.st_mtime_ns, "scanned_at": 1}
-                            for key, path in zip(ids, files, strict=True) for info in [os.stat(path)]])  # fmt: skip
+                            for key, path, info in zip(ids, files, stats, strict=True)])  # fmt: skip
         store.write_predictions([doc for key in ids for doc in predictions_for(key)])
         store.finish_recalibration([{"_key": key, "calibration_hash": "h", "mood_tiers": TIERS,
                                      "file_tags_pending": True} for key in ids])  # fmt: skip
         reports = []
-        seconds = timed(lambda: reports.append(write_pending_tags(
-            store, library=library, library_roots=[root], has_calibration=True, writers=writers)))  # fmt: skip
+
+        def batch() -> None:
+            roots = [root]
+            reports.append(write_pending_tags(store, library=library, library_roots=roots,
+                                              has_calibration=True, writers=writers))  # fmt: skip
+
+        seconds = timed(batch)
     finally:
         store.close()
     assert (reports[0].written, reports[0].failed) == (len(files), 0), reports[0].summary()
@@ -174,8 +180,9 @@ def bench_sweep(workdir: Path, files: int, repeats: int) -> None:
         sweep.append(timed(lambda: remove_abandoned_temps([root])))
         walk.append(timed(lambda: walk_library(str(root), {}, full=True)))
     median_sweep, median_walk = statistics.median(sweep), statistics.median(walk)
-    print(f"sweep of abandoned temps over {files} files in {files // 100} folders: median {median_sweep:.3f} s "
-          f"(runs: {', '.join(f'{s:.3f}' for s in sweep)}); the scanner's full walk (a stat per file): "
+    runs = ", ".join(f"{seconds:.3f}" for seconds in sweep)
+    print(f"sweep of abandoned temps over {files} files in {files // 100} folders: median "
+          f"{median_sweep:.3f} s (runs: {runs}); the scanner's full walk (a stat per file): "
           f"{median_walk:.3f} s; ratio {median_sweep / median_walk:.2f}")  # fmt: skip
 
 
