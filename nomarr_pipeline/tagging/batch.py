@@ -255,7 +255,8 @@ def _open_worker(store: Store) -> None:
 
 
 def _write_chunk_in_worker(jobs: Sequence[WriteJob]) -> list[Finished]:
-    assert _worker_store is not None, "worker started without its store"
+    if _worker_store is None:
+        raise RuntimeError("a tag-writing worker process was started without its store")
     return write_chunk(_worker_store, jobs)
 
 
