@@ -6,6 +6,7 @@ import pandas as pd
 from nomarr_pipeline.assets.tables import metadata_table
 from nomarr_pipeline.calibration.recalibration import recalibrate
 from nomarr_pipeline.calibration.state import has_usable_calibration, is_usable
+from nomarr_pipeline.library.scanner import rescan_files
 from nomarr_pipeline.resources import STORE_KIND, LibraryResource, StoreResource, TaggingResource
 from nomarr_pipeline.settings import Settings
 from nomarr_pipeline.tagging.batch import (
@@ -83,6 +84,8 @@ def written_tags(
                 standard_mood=tagging.standard_mood,
                 writers=tagging.writers,
                 dry_run=config.preview,
+                # Edited in place by another program: analysed and written again from scratch.
+                rescan=lambda docs, lib=lib: rescan_files(db, lib, docs),
             )
         except WriteBatchStopped as stopped:
             raise dg.Failure(str(stopped), metadata=stopped.report.summary()) from stopped
@@ -92,7 +95,7 @@ def written_tags(
             context.log.warning(f"{error['path']}: {error['kind']}: {error['error']}")
     metadata: dict[str, object] = {
         field: sum(getattr(r, field) for r in reports)
-        for field in ("written", "unchanged", "skipped", "failed")
+        for field in ("written", "unchanged", "skipped", "failed", "rescanned", "stale_temps_removed")
     }
     metadata["libraries"] = dg.MetadataValue.json([r.summary() for r in reports])
     metadata["has_calibration"] = has_calibration

@@ -1,8 +1,12 @@
 """Scan library roots into ``library_files``: new, changed and removed files, errors per file.
 
-A changed file (size or mtime differs) loses its analysis state and predictions so it is
-analysed again; a removed file is deleted with its predictions. Files in a folder that could
-not be read are kept as they were: an unreadable folder is not a deleted one.
+A changed file (its size or mtime is neither the one stored nor the one a tag writer recorded
+for the copy it renames into place) loses its analysis state and predictions so it is analysed
+again; a removed file is deleted with its predictions. Before a file counts as changed, its
+stored stat is read again: a tag writer may have written it since the scan read the index.
+Files in a folder that could not be read are kept as they were: an unreadable folder is not a
+deleted one. :func:`rescan_files` does the same for given files, wherever they are (a tag
+writer found them changed on disk by another program, in a folder whose mtime did not move).
 """
 
 from __future__ import annotations
@@ -91,36 +95,33 @@ def scan_library(
     report.folders_skipped = len(walk.unchanged_folders)
 
     upserts: list[Doc] = []
-    changed_ids: list[str] = []
+    candidates: list[tuple[SeenFile, FileStat]] = []  # known files whose stat differs
     seen: set[str] = set()
     scanned_at = now_ms()
 
     def flush() -> None:
-        # A changed file's old predictions go before its new scan fields land.
-        if changed_ids:
-            store.delete_file_tags(changed_ids)
-        if upserts:
-            store.upsert_files(upserts)
-        changed_ids.clear()
+        changed = _changed_docs(store, library_id, root_path, candidates, scanned_at, probe)
+        report.changed += len(changed)
+        report.unchanged += len(candidates) - len(changed)
+        report.errors += sum(doc["scan_error"] is not None for doc in changed)
+        _store(store, upserts, changed)
+        candidates.clear()
         upserts.clear()
 
     for done, item in enumerate(walk.files, start=1):
         seen.add(item.path)
         known = index.get(item.path)
-        if known is not None and known.size == item.size and known.mtime_ns == item.mtime_ns:
-            report.unchanged += 1
-        else:
+        if known is None:
             doc = _file_doc(library_id, root_path, item, scanned_at, probe)
-            if known is None:
-                report.new += 1
-            else:
-                report.changed += 1
-                changed_ids.append(known.key)
-                doc.update(STALE_ANALYSIS_RESET)
+            report.new += 1
             report.errors += doc["scan_error"] is not None
             upserts.append(doc)
-            if len(upserts) >= WRITE_BATCH:
-                flush()
+        elif known.matches(item.size, item.mtime_ns):
+            report.unchanged += 1
+        else:
+            candidates.append((item, known))
+        if len(upserts) + len(candidates) >= WRITE_BATCH:
+            flush()
         if progress is not None and (done % WRITE_BATCH == 0 or done == len(walk.files)):
             progress(done, len(walk.files))
     for path, reason in [*walk.file_errors.items(), *walk.unreadable_folders.items()]:
@@ -141,6 +142,57 @@ def scan_library(
     report.total = store.file_counts(library_id)["total"]
     report.seconds = time.perf_counter() - started
     return report
+
+
+def rescan_files(
+    store: Store, library: Doc, docs: Sequence[Doc], probe: Callable[[str], float | None] | None = None
+) -> int:
+    """Stat the files ``docs`` of ``library`` again and record those changed on disk as a scan
+    would (new stat and duration, predictions dropped, analysed and written again); returns how
+    many. A file that is gone is left to the next scan of its folder."""
+    candidates = []
+    for doc in docs:
+        try:
+            info = os.stat(doc["path"])
+        except OSError:
+            continue
+        candidates.append((SeenFile(doc["path"], info.st_size, info.st_mtime_ns), FileStat.of(doc)))
+    changed = _changed_docs(
+        store, library["_key"], library["root_path"], candidates, now_ms(), probe or audio_duration
+    )
+    _store(store, [], changed)
+    return len(changed)
+
+
+def _changed_docs(
+    store: Store,
+    library_id: str,
+    root: str,
+    candidates: Sequence[tuple[SeenFile, FileStat]],
+    scanned_at: int,
+    probe: Callable[[str], float | None],
+) -> list[Doc]:
+    """New documents for the ``candidates`` whose stat is still none the store knows, read
+    again now: a tag writer records its copy's stat before renaming it into place."""
+    if not candidates:
+        return []
+    current = {
+        doc["_key"]: FileStat.of(doc) for doc in store.get_files([known.key for _, known in candidates])
+    }
+    changed = []
+    for item, known in candidates:
+        now = current.get(known.key)
+        if now is None or not now.matches(item.size, item.mtime_ns):
+            changed.append({**_file_doc(library_id, root, item, scanned_at, probe), **STALE_ANALYSIS_RESET})
+    return changed
+
+
+def _store(store: Store, new: list[Doc], changed: list[Doc]) -> None:
+    # A changed file's old predictions go before its new scan fields land.
+    if changed:
+        store.delete_file_tags([doc["_key"] for doc in changed])
+    if new or changed:
+        store.upsert_files(new + changed)
 
 
 def _file_doc(

@@ -5,8 +5,9 @@ not stat'ed (a rescan of an unchanged library costs one stat per folder). Adding
 renaming a file changes its folder's mtime; a tag edit in place does not, so a full walk
 (``full=True``) re-stats every file.
 
-Symlinks are followed only when their target stays inside the root, and every folder is
-visited once (by device and inode), so a link loop cannot recurse forever.
+Symlinks are followed only when their target stays inside the root. Every folder is visited
+once (by device and inode), so a link loop cannot recurse forever, and every file is recorded
+once, by its real path: a link to a file inside the root is that file, not a second track.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Walk:
     files: list[SeenFile] = field(default_factory=list)
     # Paths listed in a folder that could not be stat'ed (vanished, unreadable) -> reason.
     file_errors: dict[str, str] = field(default_factory=dict)
+    recorded: set[str] = field(default_factory=set)
 
 
 def within(path: str, root: str) -> bool:
@@ -76,9 +78,9 @@ def _visit(entry: os.DirEntry[str], root: str, folder_unchanged: bool, stack: li
             if os.path.isdir(target):
                 stack.append(target)
                 return
-            if not is_audio_name(entry.name) or folder_unchanged:
+            if not is_audio_name(os.path.basename(target)) or folder_unchanged:
                 return
-            _record(entry.path, os.stat(target), walk)
+            _record(target, os.stat(target), walk)
             return
         if entry.is_dir(follow_symlinks=False):
             stack.append(entry.path)
@@ -93,4 +95,6 @@ def _visit(entry: os.DirEntry[str], root: str, folder_unchanged: bool, stack: li
 
 
 def _record(path: str, stat: os.stat_result, walk: Walk) -> None:
-    walk.files.append(SeenFile(path, stat.st_size, stat.st_mtime_ns))
+    if path not in walk.recorded:
+        walk.recorded.add(path)
+        walk.files.append(SeenFile(path, stat.st_size, stat.st_mtime_ns))

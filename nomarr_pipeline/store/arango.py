@@ -427,10 +427,13 @@ class ArangoStore:
     def file_index(self, library_id: str) -> dict[str, FileStat]:
         rows = self._query(
             "FOR d IN library_files FILTER d.library_id == @library_id "
-            "RETURN [d.path, d._key, d.size, d.mtime_ns]",
+            "RETURN [d.path, d._key, d.size, d.mtime_ns, d.written_stats]",
             {"library_id": library_id},
         )
-        return {path: FileStat(key, size or 0, mtime_ns or 0) for path, key, size, mtime_ns in rows}
+        return {
+            path: FileStat.of({"_key": key, "size": size, "mtime_ns": mtime_ns, "written_stats": written})
+            for path, key, size, mtime_ns, written in rows
+        }
 
     def upsert_files(self, docs: Sequence[Doc]) -> None:
         stored = [_to_stored("library_files", _require_key("library_files", d)) for d in docs]
@@ -760,6 +763,17 @@ class ArangoStore:
             {"library_id": library_id, "after_key": after_key or "", "limit": limit},
         )
         return [_from_stored("library_files", r) for r in rows]
+
+    def add_written_stats(self, stats: Sequence[Doc]) -> None:
+        rows = [{"_key": s["_key"], "stat": [s["size"], s["mtime_ns"]]} for s in stats]
+        # Read and update in one statement: a concurrent append is never lost (ArangoDB
+        # serialises or refuses conflicting writes of one document).
+        aql = (
+            "FOR row IN @rows FOR d IN library_files FILTER d._key == row._key "
+            "UPDATE d WITH {written_stats: PUSH(d.written_stats || [], row.stat)} IN library_files"
+        )
+        with self._atomic(["library_files"], _chunk_count(rows)) as txn:
+            self._write_chunks(aql, "rows", rows, db=txn)
 
     def record_writes(self, results: Sequence[Doc]) -> None:
         self._update_by_key("library_files", results)

@@ -33,16 +33,33 @@ STALE_ANALYSIS_RESET: Doc = {
     "file_tags_pending": False,
     "written_at": None,
     "write_error": None,
+    "written_stats": None,
 }
 
 
 @dataclass(frozen=True)
 class FileStat:
-    """What the scanner compares to decide whether a file changed."""
+    """What the scanner compares to decide whether a file changed: the (size, mtime_ns) the scan
+    recorded and ``written``, the stats of the copies tag writers are renaming into place
+    (``library_files.written_stats``, recorded before each rename, which keeps both)."""
 
     key: str
     size: int
     mtime_ns: int
+    written: tuple[tuple[int, int], ...] = ()
+
+    @classmethod
+    def of(cls, doc: Mapping[str, Any]) -> FileStat:
+        written = tuple((int(size), int(mtime_ns)) for size, mtime_ns in doc.get("written_stats") or ())
+        return cls(doc["_key"], doc.get("size") or 0, doc.get("mtime_ns") or 0, written)
+
+    @property
+    def known(self) -> tuple[tuple[int, int], ...]:
+        """Every (size, mtime_ns) under which the file is the one the scan saw."""
+        return ((self.size, self.mtime_ns), *self.written)
+
+    def matches(self, size: int, mtime_ns: int) -> bool:
+        return (size, mtime_ns) in self.known
 
 
 @dataclass(frozen=True)
@@ -105,7 +122,7 @@ class Store(Protocol):
         """Replace the library's folder cache with ``folders``."""
 
     def file_index(self, library_id: str) -> dict[str, FileStat]:
-        """Path -> FileStat for every file of the library."""
+        """Path -> FileStat (with its ``written_stats``) for every file of the library."""
 
     def upsert_files(self, docs: Sequence[Doc]) -> None:
         """Insert or update ``library_files`` documents by ``_key`` (only the fields given)."""
@@ -213,5 +230,12 @@ class Store(Protocol):
     # ---- tag writing -----------------------------------------------------------------
     def files_pending_write(self, library_id: str, after_key: str | None, limit: int) -> list[Doc]: ...
 
+    def add_written_stats(self, stats: Sequence[Doc]) -> None:
+        """``[{"_key", "size", "mtime_ns"}]``: append each (size, mtime_ns) to the file's
+        ``written_stats``, in one transaction, keeping what other writers appended meanwhile.
+        A tag writer calls this before renaming a copy into place; unknown keys are ignored."""
+
     def record_writes(self, results: Sequence[Doc]) -> None:
-        """``[{"_key", "written_at", "write_error", "file_tags_pending"}]`` onto ``library_files``."""
+        """Update existing ``library_files`` (never create one) with the given fields of
+        ``[{"_key", "written_at", "write_error", "file_tags_pending", "size", "mtime_ns",
+        "written_stats"}]`` (any subset besides ``_key``); unknown keys are ignored."""

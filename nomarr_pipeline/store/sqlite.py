@@ -191,9 +191,14 @@ class SqliteStore:
 
     def file_index(self, library_id: str) -> dict[str, FileStat]:
         rows = self._conn.execute(
-            "SELECT path, _key, size, mtime_ns FROM library_files WHERE library_id = ?", (library_id,)
+            "SELECT path, _key, size, mtime_ns, written_stats FROM library_files WHERE library_id = ?",
+            (library_id,),
         )
-        return {path: FileStat(key, size or 0, mtime_ns or 0) for path, key, size, mtime_ns in rows}
+        return {
+            path: FileStat.of({"_key": key, "size": size, "mtime_ns": mtime_ns,
+                               "written_stats": written and json.loads(written)})
+            for path, key, size, mtime_ns, written in rows
+        }  # fmt: skip
 
     def upsert_files(self, docs: Sequence[Doc]) -> None:
         with self._write() as conn:
@@ -450,6 +455,15 @@ class SqliteStore:
             (library_id, after_key or "", limit),
         )
         return [LIBRARY_FILES.from_row(r) for r in rows]
+
+    def add_written_stats(self, stats: Sequence[Doc]) -> None:
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE library_files SET written_stats = "
+                "json_insert(coalesce(written_stats, '[]'), '$[#]', json_array(:size, :mtime_ns)) "
+                "WHERE _key = :_key",
+                [{"_key": s["_key"], "size": s["size"], "mtime_ns": s["mtime_ns"]} for s in stats],
+            )
 
     def record_writes(self, results: Sequence[Doc]) -> None:
         self._update(LIBRARY_FILES, results)

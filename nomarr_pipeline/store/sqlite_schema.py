@@ -81,8 +81,9 @@ LIBRARY_FILES = Table(
         "file_tags_pending",
         "written_at",
         "write_error",
+        "written_stats",
     ),
-    json_columns=frozenset({"mood_tiers"}),
+    json_columns=frozenset({"mood_tiers", "written_stats"}),
     bool_columns=frozenset({"file_tags_pending"}),
 )
 FILE_TAGS = Table(
@@ -208,7 +209,13 @@ DROP INDEX IF EXISTS idx_calibration_state_label;
 CREATE INDEX idx_calibration_state_params ON calibration_state(model_key, head_name, label, p5, p95);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+# Version 4: the stats of the copies tag writers are renaming into place (a JSON list of
+# [size, mtime_ns], recorded before each rename), so that a scan recognises their own changes.
+_V4 = """
+ALTER TABLE library_files ADD COLUMN written_stats TEXT;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -1,28 +1,32 @@
 """Writing every pending file of a library: the batch workflow over the Store protocol.
 
-Per page of ``store.files_pending_write``: load the files' predictions, select their tags
-(:func:`~nomarr_pipeline.tagging.selection.select_tags`), write each file atomically
-(:func:`~nomarr_pipeline.tagging.atomic.write_file_tags`) and record the results with
-``store.record_writes``. Outcomes per file:
+First, every temp copy that a dead writer left anywhere under the library roots is deleted
+(:func:`~nomarr_pipeline.tagging.temps.remove_abandoned_temps`; ``stale_temps_removed``).
+Then, a page of ``store.files_pending_write`` at a time: load the files' predictions, select
+their tags (:func:`~nomarr_pipeline.tagging.selection.select_tags`) and write the files a
+chunk at a time, in this process or, for a batch of :data:`POOL_MIN_FILES` or more, in worker
+processes while this process selects the next chunks (mutagen is pure Python and holds the
+GIL, so threads would not help; several writers also overlap their waits for the disk). A
+chunk's files are prepared (checked,
+copied, written, verified, fsynced: :func:`~nomarr_pipeline.tagging.atomic.prepare_write`),
+their copies' sizes and mtimes added to the files' ``written_stats`` in one store call, and
+the copies renamed into place (:func:`~nomarr_pipeline.tagging.atomic.commit_write`); this
+process then records the outcomes. A scan running meanwhile thus recognises Nomarr's own
+writes, whatever moment it looks at a file.
+
+Outcomes per file:
 
 - written / unchanged — ``written_at`` set, ``write_error`` cleared, ``file_tags_pending``
-  cleared; a written file's new size and mtime are stored too, so the next scan does not
-  take Nomarr's own write for an outside change and re-analyse the file;
+  cleared, the file's new size and mtime stored;
 - skipped, nothing to write (e.g. ``minimal`` mode before calibration exists) — nothing is
-  recorded and the file stays pending until there is something to write (seed 004: files
-  tagged before calibration are picked up again later);
-- skipped, changed on disk — recorded as ``write_error``, stays pending (a rescan resets it);
+  recorded and the file stays pending until there is something to write (seed 004);
+- changed on disk — first the store is asked again: if the file's stat is one Nomarr recorded
+  meanwhile (another batch wrote it), the file is written with that stat. Otherwise another
+  program edited it: recorded as ``write_error`` and handed to ``rescan``, which records the
+  new stat and has the file analysed and written again;
 - failed (missing, permission, corrupt, outside the roots, …) — recorded, stays pending;
-- disk full — what was done so far is recorded and :class:`WriteBatchStopped` is raised:
-  every later file would fail the same way.
-
-Files are written by up to ``writers`` worker processes at once
-(:mod:`~nomarr_pipeline.tagging.parallel`; ``writers=1`` writes them one after the other in
-this process). Selection, recording and the store stay in this process. The writers pull
-jobs from one stream over all pages, so the next page is fetched and selected while the last
-writes of the one before run; each page is still recorded on its own (one ``record_writes`` +
-``upsert_files``), in order, once all its writes are in. On a full disk no further file is
-started, the writes in flight finish and everything done is recorded before the stop.
+- disk full — no further chunk is started, the chunks running finish, what was done is
+  recorded and :class:`WriteBatchStopped` is raised: every later file would fail the same way.
 
 ``file_write_mode == "none"`` writes nothing and records nothing. ``dry_run=True`` reads the
 files' current tags and returns preview rows (file, key, current value, proposed value)
@@ -31,31 +35,33 @@ built by the same selection; files and the store are left untouched.
 
 from __future__ import annotations
 
-import contextlib
 import errno
+import itertools
 import logging
+import multiprocessing
 import os
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
+from nomarr_pipeline.store.protocol import FileStat
 from nomarr_pipeline.tagging.atomic import (
     DiskFullError,
+    FileChangedError,
+    PreparedWrite,
+    Stat,
     WriteError,
-    remove_stale_temps_in,
-    resolve_inside_roots,
+    WriteOutcome,
+    commit_write,
+    discard_write,
+    prepare_write,
 )
 from nomarr_pipeline.tagging.formats import NomTags, normalize_tags, read_nom_tags
-from nomarr_pipeline.tagging.parallel import (
-    ReportedDiskFull,
-    TagWriters,
-    WriteJob,
-    WriteResult,
-)
 from nomarr_pipeline.tagging.selection import select_tags
+from nomarr_pipeline.tagging.temps import Owner, remove_abandoned_temps, this_process
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -67,9 +73,16 @@ log = logging.getLogger(__name__)
 MAX_REPORTED_ERRORS = 100
 PREVIEW_COLUMNS = ("file_id", "path", "key", "current", "proposed", "action")
 LIST_SEPARATOR = "; "  # how a multi-valued tag is shown in a preview
+CHUNK_SIZE = 16  # files per task of a writer; their written stats go to the store in one call
+MAX_AUTO_WRITERS = 4
+# Starting worker processes (a fresh interpreter importing mutagen) costs about what 100 files'
+# writes save on two cores: smaller pages are written in this process.
+POOL_MIN_FILES = 100
 
 TaggerVersionSource = str | Callable[[Sequence["Doc"]], str]
 PreviewAction = Literal["add", "change", "remove", "keep"]
+Prepared = WriteOutcome | PreparedWrite | WriteError | DiskFullError
+Finished = WriteOutcome | WriteError | DiskFullError
 
 
 def now_ms() -> int:
@@ -80,6 +93,11 @@ def tagger_version_from_predictions(predictions: Sequence[Doc]) -> str:
     """The ``tagger_version`` of a file's predictions; several distinct ones joined by ``,``."""
     versions = sorted({str(doc["tagger_version"]) for doc in predictions if doc.get("tagger_version")})
     return ",".join(versions) or "unknown"
+
+
+def default_writers() -> int:
+    """One writer per CPU, at most :data:`MAX_AUTO_WRITERS` (the copies share one disk)."""
+    return max(1, min(MAX_AUTO_WRITERS, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -105,6 +123,7 @@ class WriteReport:
     skipped: int = 0
     failed: int = 0
     stale_temps_removed: int = 0
+    rescanned: int = 0
     errors: list[dict[str, str]] = field(default_factory=list)
     errors_not_listed: int = 0
     preview: list[PreviewRow] = field(default_factory=list)
@@ -113,38 +132,25 @@ class WriteReport:
     def processed(self) -> int:
         return self.written + self.unchanged + self.skipped + self.failed
 
-    def add_error(self, file_id: str, path: str, error: BaseException | str, kind: str | None = None) -> None:
-        """``kind`` defaults to the error's class name (``"skipped"`` for a plain message)."""
+    def add_error(self, file_id: str, path: str, error: BaseException) -> None:
         if len(self.errors) >= MAX_REPORTED_ERRORS:
             self.errors_not_listed += 1
             return
-        if kind is None:
-            kind = type(error).__name__ if isinstance(error, BaseException) else "skipped"
-        self.errors.append({"file_id": file_id, "path": path, "kind": kind, "error": str(error)})
+        self.errors.append(
+            {"file_id": file_id, "path": path, "kind": type(error).__name__, "error": str(error)}
+        )
 
     def summary(self) -> dict[str, Any]:
         """Plain numbers and strings, fit for Dagster metadata or a CLI line."""
-        return {
-            "library_id": self.library_id,
-            "mode": self.mode,
-            "dry_run": self.dry_run,
-            "written": self.written,
-            "unchanged": self.unchanged,
-            "skipped": self.skipped,
-            "failed": self.failed,
-            "stale_temps_removed": self.stale_temps_removed,
-            "errors_listed": len(self.errors),
-            "errors_not_listed": self.errors_not_listed,
-            "preview_rows": len(self.preview),
-        }
+        counts = {name: value for name, value in vars(self).items() if not isinstance(value, list)}
+        return {**counts, "errors_listed": len(self.errors), "preview_rows": len(self.preview)}
 
 
 class WriteBatchStopped(DiskFullError):
     """The disk filled up mid-batch; the files handled before were recorded."""
 
     def __init__(self, cause: DiskFullError, report: WriteReport) -> None:
-        self.report = report
-        self.path = cause.path
+        self.report, self.path, self.detail = report, cause.path, cause.detail
         OSError.__init__(
             self,
             errno.ENOSPC,
@@ -155,10 +161,6 @@ class WriteBatchStopped(DiskFullError):
 
 
 # ---- preview -----------------------------------------------------------------------------
-
-
-def _shown(values: list[str] | None) -> str | None:
-    return None if values is None else LIST_SEPARATOR.join(values)
 
 
 def preview_rows_for(file_id: str, path: str, current: NomTags, proposed: NomTags) -> list[PreviewRow]:
@@ -173,7 +175,8 @@ def preview_rows_for(file_id: str, path: str, current: NomTags, proposed: NomTag
             action = "remove"
         else:
             action = "keep" if now == then else "change"
-        rows.append(PreviewRow(file_id, path, key, _shown(now), _shown(then), action))
+        shown = [None if values is None else LIST_SEPARATOR.join(values) for values in (now, then)]
+        rows.append(PreviewRow(file_id, path, key, *shown, action))
     return rows
 
 
@@ -185,30 +188,126 @@ def preview_frame(rows: Sequence[PreviewRow]) -> pd.DataFrame:
     )
 
 
-def write_preview_csv(rows: Sequence[PreviewRow], path: str | os.PathLike[str]) -> Path:
-    target = Path(path)
-    preview_frame(rows).to_csv(target, index=False)
-    return target
+# ---- the writers -------------------------------------------------------------------------
+
+
+class WriteJob(NamedTuple):
+    """One file to write, as plain data a worker process can receive."""
+
+    key: str
+    path: str
+    tags: dict[str, str | list[str]]
+    known_stats: tuple[Stat, ...]
+    library_roots: tuple[str, ...]
+    standard_mood: bool
+    durable: bool
+    owner: Owner
+
+
+def _prepare(job: WriteJob) -> Prepared:
+    try:
+        return prepare_write(
+            job.path, job.tags, library_roots=job.library_roots, known_stats=job.known_stats,
+            standard_mood=job.standard_mood, durable=job.durable, owner=job.owner,
+        )  # fmt: skip
+    except (WriteError, DiskFullError) as exc:  # per-file results, not failures of the chunk
+        return exc
+
+
+def _commit(job: WriteJob, prepared: Prepared) -> Finished:
+    if not isinstance(prepared, PreparedWrite):
+        return prepared
+    try:
+        return commit_write(prepared, known_stats=job.known_stats)
+    except (WriteError, DiskFullError) as exc:
+        return exc
+
+
+def write_chunk(store: Store, jobs: Sequence[WriteJob]) -> list[Finished]:
+    """Write ``jobs``' files (in a worker process or this one): prepare each, add the copies'
+    stats to ``written_stats`` in one store call, rename them into place. One result per job
+    handled; none after a full disk, nor once the batch that owns the jobs is gone."""
+    handled: list[tuple[WriteJob, Prepared]] = []
+    for job in jobs:
+        if os.getpid() != job.owner.pid and os.getppid() != job.owner.pid:
+            break  # a worker whose batch died: its files are the next batch's
+        handled.append((job, _prepare(job)))
+        if isinstance(handled[-1][1], DiskFullError):
+            break
+    copies = [(job, copy) for job, copy in handled if isinstance(copy, PreparedWrite)]
+    try:
+        if copies:
+            stats = [{"_key": job.key, "size": copy.size, "mtime_ns": copy.mtime_ns} for job, copy in copies]
+            store.add_written_stats(stats)
+    except BaseException:
+        for _, copy in copies:
+            discard_write(copy)
+        raise
+    return [_commit(job, prepared) for job, prepared in handled]
+
+
+_worker_store: Store | None = None
+
+
+def _open_worker(store: Store) -> None:
+    global _worker_store
+    _worker_store = store  # opens its own connection on first use
+
+
+def _write_chunk_in_worker(jobs: Sequence[WriteJob]) -> list[Finished]:
+    if _worker_store is None:
+        raise RuntimeError("a tag-writing worker process was started without its store")
+    return write_chunk(_worker_store, jobs)
+
+
+Chunk = list[tuple["Doc", WriteJob]]
+
+
+class _Writers:
+    """Writes chunks in this process, or in ``writers`` worker processes when the batch has at
+    least :data:`POOL_MIN_FILES` files, keeping two chunks per worker in flight (so that the
+    next chunks are selected while the workers write) and starting none once :attr:`stopping`
+    is set."""
+
+    def __init__(self, store: Store, writers: int) -> None:
+        if writers < 0:
+            raise ValueError(f"writers must be 0 (automatic) or a positive count, got {writers}")
+        self.store, self.writers = store, writers or default_writers()
+        self.stopping = False
+        self._pool: ProcessPoolExecutor | None = None
+
+    def run(self, chunks: Iterator[Chunk]) -> Iterator[tuple[Chunk, list[Finished]]]:
+        """Each chunk with its results, in order."""
+        first = list(itertools.islice(chunks, -(-POOL_MIN_FILES // CHUNK_SIZE)))
+        chunks = itertools.chain(first, chunks)
+        if self.writers == 1 or sum(map(len, first)) < POOL_MIN_FILES:
+            for chunk in chunks:
+                yield chunk, write_chunk(self.store, [job for _, job in chunk])
+                if self.stopping:
+                    return
+            return
+        # spawn: a fresh interpreter inherits neither open database connections nor threads.
+        context = multiprocessing.get_context("spawn")
+        self._pool = ProcessPoolExecutor(
+            self.writers, mp_context=context, initializer=_open_worker, initargs=(self.store,)
+        )
+        queued: deque[tuple[Chunk, Future[list[Finished]]]] = deque()
+        while True:
+            while not self.stopping and len(queued) < 2 * self.writers and (chunk := next(chunks, None)):
+                queued.append((chunk, self._pool.submit(_write_chunk_in_worker, [job for _, job in chunk])))
+            if not queued:
+                return
+            chunk, future = queued.popleft()
+            yield chunk, future.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            # Waits for the chunks running (after an interrupt), so none is cut off mid-file.
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 # ---- the batch ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _BatchSettings:
-    mode: str
-    has_calibration: bool
-    write_raw_scores: bool
-    library_roots: tuple[str, ...]
-    tagger_version_of: TaggerVersionSource
-    standard_mood: bool
-    dry_run: bool
-    durable: bool
-
-    def version_for(self, predictions: Sequence[Doc]) -> str:
-        if callable(self.tagger_version_of):
-            return self.tagger_version_of(predictions)
-        return self.tagger_version_of
 
 
 def _file_path(doc: Doc, library: Doc) -> str:
@@ -217,68 +316,47 @@ def _file_path(doc: Doc, library: Doc) -> str:
     return path if os.path.isabs(path) else os.path.join(str(library["root_path"]), path)
 
 
-def _record(doc: Doc, *, error: str | None, pending: bool) -> Doc:
-    return {
-        "_key": doc["_key"],
-        "written_at": None if error else now_ms(),
-        "write_error": error,
-        "file_tags_pending": pending,
-    }
-
-
 @dataclass
-class _Page:
-    """One page of pending files on its way through the writers, until it is recorded."""
+class _Batch:
+    store: Store
+    library: Doc
+    report: WriteReport
+    writers: _Writers
+    has_calibration: bool
+    library_roots: tuple[str, ...]
+    tagger_version_of: TaggerVersionSource
+    standard_mood: bool
+    durable: bool
+    batch_size: int
+    progress: Callable[[WriteReport], None] | None
+    rescan: Callable[[list[Doc]], int] | None
+    owner: Owner = field(default_factory=this_process)
+    stopped: DiskFullError | None = None
 
-    records: list[Doc] = field(default_factory=list)
-    new_stats: list[Doc] = field(default_factory=list)
-    in_flight: int = 0  # jobs handed to the writers whose result is not in yet
-    complete: bool = False  # every file of the page became a job, a record or a skip
+    def run(self) -> None:
+        for chunk, results in self.writers.run(self._chunks()):
+            self._finish(chunk, results)
+            if self.progress is not None:
+                self.progress(self.report)
 
-    @property
-    def done(self) -> bool:
-        return self.complete and self.in_flight == 0
+    def _chunks(self) -> Iterator[Chunk]:
+        """The pending files' jobs, :data:`CHUNK_SIZE` at a time, a page read when needed."""
+        jobs, after = [], None
+        while self.stopped is None and (
+            docs := self.store.files_pending_write(self.library["_key"], after, self.batch_size)
+        ):
+            after = docs[-1]["_key"]
+            jobs += self._jobs(docs)
+            while len(jobs) >= CHUNK_SIZE:
+                yield jobs[:CHUNK_SIZE]
+                jobs = jobs[CHUNK_SIZE:]
+            if self.report.dry_run and self.progress is not None:
+                self.progress(self.report)
+        if jobs and self.stopped is None:
+            yield jobs
 
-
-class _PageStream:
-    """Turns pages of pending files into write jobs and records each page once its results are in.
-
-    The jobs of all pages form one stream that the writers pull from, so the next page is
-    fetched and its tags selected while the last writes of the page before are still running;
-    a page is still recorded on its own, in one ``record_writes`` + ``upsert_files``, and in
-    order.
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        library: Doc,
-        settings: _BatchSettings,
-        report: WriteReport,
-        batch_size: int,
-        progress: Callable[[WriteReport], None] | None,
-    ) -> None:
-        self.store, self.library, self.settings, self.report = store, library, settings, report
-        self.batch_size, self.progress = batch_size, progress
-        self.pages: list[_Page] = []  # not yet recorded, oldest first
-        self.job_files: list[tuple[_Page, Doc]] = []  # by job index
-        self.swept_folders: set[str] = set()
-
-    def fetch(self, after_key: str | None) -> list[Doc]:
-        return self.store.files_pending_write(self.library["_key"], after_key, self.batch_size)
-
-    def jobs(self, first_page: list[Doc]) -> Iterator[WriteJob]:
-        page_docs = first_page
-        while page_docs:
-            page = _Page()
-            self.pages.append(page)
-            yield from self._page_jobs(page_docs, page)
-            page.complete = True
-            self.record_done_pages()
-            page_docs = self.fetch(page_docs[-1]["_key"])
-
-    def _page_jobs(self, docs: list[Doc], page: _Page) -> Iterator[WriteJob]:
-        settings, report = self.settings, self.report
+    def _jobs(self, docs: list[Doc]) -> Iterator[tuple[Doc, WriteJob]]:
+        report, failures = self.report, []
         predictions_by_file: dict[str, list[Doc]] = defaultdict(list)
         for prediction in self.store.file_tags_for_files([doc["_key"] for doc in docs]):
             predictions_by_file[prediction["file_id"]].append(prediction)
@@ -287,110 +365,88 @@ class _PageStream:
             predictions = predictions_by_file.get(file_id, [])
             try:
                 tags = select_tags(
-                    mode=settings.mode,
-                    has_calibration=settings.has_calibration,
-                    write_raw_scores=settings.write_raw_scores,
+                    mode=report.mode,
+                    has_calibration=self.has_calibration,
+                    write_raw_scores=bool(self.library.get("write_raw_scores")),
                     predictions=predictions,
                     mood_tiers=doc.get("mood_tiers"),
-                    tagger_version=settings.version_for(predictions),
+                    tagger_version=(
+                        self.tagger_version_of(predictions)
+                        if callable(self.tagger_version_of)
+                        else self.tagger_version_of
+                    ),
                 )
                 normalize_tags(tags)
             except ValueError as exc:  # stored data that cannot become a tag (TagKeyError, …)
-                report.failed += 1
-                report.add_error(file_id, path, exc)
-                if not settings.dry_run:
-                    page.records.append(_record(doc, error=f"cannot build tags: {exc}", pending=True))
+                failures.append(self._count(doc, WriteError(path, f"cannot build tags: {exc}")))
                 continue
             if not tags:
-                # Nothing selectable yet: leave the file (and any older nom: tags) alone.
-                report.skipped += 1
-                continue
-            if settings.dry_run:
+                report.skipped += 1  # nothing selectable yet: the file and its nom: tags stay
+            elif report.dry_run:
                 _preview_file(file_id, path, tags, report)
-                continue
-            if doc.get("size") is None or doc.get("mtime_ns") is None:
+            elif doc.get("size") is None or doc.get("mtime_ns") is None:
                 unscanned = WriteError(path, "has no scanned size/mtime; rescan the library first")
-                _count_failure(doc, path, unscanned, report, page.records)
-                continue
-            self._sweep_folder_of(path)
-            page.in_flight += 1
-            self.job_files.append((page, doc))
-            yield WriteJob(
-                path=path,
-                tags=tags,
-                expected_size=int(doc["size"]),
-                expected_mtime_ns=int(doc["mtime_ns"]),
-                library_roots=settings.library_roots,
-                standard_mood=settings.standard_mood,
-                durable=settings.durable,
-            )
+                failures.append(self._count(doc, unscanned))
+            else:
+                known = FileStat.of(doc).known
+                job = WriteJob(
+                    file_id,
+                    path,
+                    tags,
+                    known,
+                    self.library_roots,
+                    self.standard_mood,
+                    self.durable,
+                    self.owner,
+                )
+                yield doc, job
+        if failures and not report.dry_run:
+            self.store.record_writes(failures)
 
-    def _sweep_folder_of(self, path: str) -> None:
-        """Delete what a crashed writer left (temp copies, spare inodes) in ``path``'s folder,
-        once per batch: a crash happens mid-batch, and the next batch writes the same files."""
-        folder = os.path.dirname(path)
-        if folder in self.swept_folders:
-            return
-        self.swept_folders.add(folder)
-        # Where the writer puts its copies: next to the file's real path, inside a root.
-        with contextlib.suppress(OSError, WriteError):  # outside the roots, unreadable: the write reports it
-            real_folder = resolve_inside_roots(path, self.settings.library_roots).parent
-            self.report.stale_temps_removed += len(remove_stale_temps_in(real_folder))
+    def _finish(self, chunk: Chunk, results: list[Finished]) -> None:
+        """Count and record the chunk's outcomes (a chunk that ended early leaves the rest
+        pending); files another program changed go to ``rescan``."""
+        records, changed = [], []
+        for (doc, job), result in zip(chunk, results, strict=False):
+            if isinstance(result, FileChangedError):
+                result = self._retry(job, result)
+                if isinstance(result, FileChangedError):
+                    changed.append(doc)
+            records.append(self._count(doc, result))
+        if records:
+            self.store.record_writes(records)
+        if changed and self.rescan is not None:
+            self.report.rescanned += self.rescan(changed)
 
-    def count(self, index: int, result: WriteResult) -> None:
-        page, doc = self.job_files[index]
-        _count_result(doc, _file_path(doc, self.library), result, self.report, page.records, page.new_stats)
-        page.in_flight -= 1
-        self.record_done_pages()
+    def _retry(self, job: WriteJob, changed: FileChangedError) -> Finished:
+        """The file's stat is not the page's: if the store knows it now (another batch wrote the
+        file since the page was read), write the file again under that stat."""
+        current = self.store.get_files([job.key])
+        if not current or not FileStat.of(current[0]).matches(*changed.found):
+            return changed
+        return write_chunk(self.store, [job._replace(known_stats=(changed.found,))])[0]
 
-    def record_done_pages(self) -> None:
-        while self.pages and self.pages[0].done:
-            self._record(self.pages.pop(0))
-            if self.progress is not None:
-                self.progress(self.report)
-
-    def record_all(self) -> None:
-        """On the way out of a stop: what was done in the unfinished pages is recorded too."""
-        while self.pages:
-            self._record(self.pages.pop(0))
-
-    def _record(self, page: _Page) -> None:
-        if page.new_stats:
-            self.store.upsert_files(page.new_stats)
-        if page.records:
-            self.store.record_writes(page.records)
-
-
-def _count_failure(doc: Doc, path: str, error: WriteError, report: WriteReport, records: list[Doc]) -> None:
-    log.warning("tag write failed: %s", error)
-    report.failed += 1
-    report.add_error(doc["_key"], path, error)
-    records.append(_record(doc, error=str(error), pending=True))
-
-
-def _count_result(
-    doc: Doc, path: str, result: WriteResult, report: WriteReport, records: list[Doc], new_stats: list[Doc]
-) -> None:
-    """Count one file's result in the report and queue its store updates."""
-    file_id = doc["_key"]
-    if result.status in ("written", "unchanged"):
-        records.append(_record(doc, error=None, pending=False))
-        if result.status == "unchanged":
-            report.unchanged += 1
-            return
-        report.written += 1
-        stat = {"size": result.size, "mtime_ns": result.mtime_ns}
-        new_stats.append({"_key": file_id, "library_id": doc["library_id"], **stat})
-        return
-    message = result.message or result.status
-    if result.status == "changed":
-        report.skipped += 1
-    elif result.status == "failed":
-        log.warning("tag write failed: %s", message)
-        report.failed += 1
-    # A full disk counts in none of the totals (as before): the file was not handled.
-    report.add_error(file_id, path, message, kind=result.error_kind)
-    records.append(_record(doc, error=message, pending=True))
+    def _count(self, doc: Doc, result: Finished) -> Doc:
+        """Count one file's outcome in the report; the store update that records it."""
+        report, file_id = self.report, doc["_key"]
+        if isinstance(result, WriteOutcome):
+            if result.status == "written":
+                report.written += 1
+            else:
+                report.unchanged += 1
+            # The stat is final: the writers' stats are needed no longer.
+            return {"_key": file_id, "written_at": now_ms(), "write_error": None, "file_tags_pending": False,
+                    "size": result.size, "mtime_ns": result.mtime_ns, "written_stats": None}  # fmt: skip
+        if isinstance(result, DiskFullError):
+            self.stopped = self.stopped or result  # in none of the totals: the file was not handled
+            self.writers.stopping = True
+        elif isinstance(result, FileChangedError):
+            report.skipped += 1
+        else:
+            log.warning("tag write failed: %s", result)
+            report.failed += 1
+        report.add_error(file_id, _file_path(doc, self.library), result)
+        return {"_key": file_id, "written_at": None, "write_error": str(result), "file_tags_pending": True}
 
 
 def _preview_file(file_id: str, path: str, tags: dict[str, str | list[str]], report: WriteReport) -> None:
@@ -421,16 +477,15 @@ def write_pending_tags(
     durable: bool = True,
     writers: int = 0,
     progress: Callable[[WriteReport], None] | None = None,
+    rescan: Callable[[list[Doc]], int] | None = None,
 ) -> WriteReport:
     """Write (or preview) the tags of every file of ``library`` with ``file_tags_pending``.
 
     In a dry run the counts say what a real run would do: ``written`` = files whose tags
-    would change. ``durable=False`` skips the per-file fsync before the replace (faster; on a
-    crash a just-written file may come back without its data on filesystems that do not
-    flush a replaced file's data themselves, as ext4 does by default) — keep the default for libraries
-    you care about. ``writers`` files are written at once (``0``: one per CPU, at most 4;
-    ``1``: one after the other, in this process); a dry run reads files in this process.
-    Raises :class:`WriteBatchStopped` when the disk is full.
+    would change. ``durable=False`` skips the per-file fsync (throwaway copies only).
+    ``writers`` files are prepared at once (``0``: one per CPU, at most 4; ``1``: one after
+    the other, in this process). ``rescan(docs)`` is given the files another program changed
+    and returns how many it rescanned. Raises :class:`WriteBatchStopped` when the disk is full.
     """
     mode = str(library.get("file_write_mode") or "full")
     report = WriteReport(library_id=library["_key"], mode=mode, dry_run=dry_run)
@@ -443,30 +498,22 @@ def write_pending_tags(
             library["_key"],
             " (raw scores are written instead)" if library.get("write_raw_scores") and mode == "full" else "",
         )
-    settings = _BatchSettings(
-        mode=mode,
-        has_calibration=has_calibration,
-        write_raw_scores=bool(library.get("write_raw_scores")),
-        library_roots=tuple(os.fspath(root) for root in library_roots),
-        tagger_version_of=tagger_version_of,
-        standard_mood=standard_mood,
-        dry_run=dry_run,
-        durable=durable,
-    )
-    stream = _PageStream(store, library, settings, report, batch_size, progress)
-    first_page = stream.fetch(None)
-    disk_full: DiskFullError | None = None
-    # A dry run only reads tags (no atomic write to spread), so it never starts writers.
-    with TagWriters(1 if dry_run else writers) as file_writers:
-        try:
-            for index, result in file_writers.run(stream.jobs(first_page), expected=len(first_page)):
-                stream.count(index, result)
-                if result.status == "disk_full" and disk_full is None:
-                    path = _file_path(stream.job_files[index][1], library)
-                    disk_full = ReportedDiskFull(path, result.strerror or "disk full")
-        finally:
-            # Runs on the way out of a disk-full stop too: what was written stays recorded.
-            stream.record_all()
-    if disk_full is not None:
-        raise WriteBatchStopped(disk_full, report) from disk_full
+    roots = tuple(os.fspath(root) for root in library_roots)
+    if not dry_run:
+        report.stale_temps_removed = len(remove_abandoned_temps(roots))
+    batch = _Batch(
+        store, library, report, _Writers(store, 1 if dry_run else writers), has_calibration, roots,
+        tagger_version_of, standard_mood, durable, batch_size, progress, rescan,
+    )  # fmt: skip
+    finished = False
+    try:
+        batch.run()
+        finished = True
+    finally:
+        batch.writers.close()
+        if not finished and not dry_run:
+            # Interrupted between a prepare and its commit: the copies are ours, and dead.
+            remove_abandoned_temps(roots, also=batch.owner)
+    if batch.stopped is not None:
+        raise WriteBatchStopped(batch.stopped, report) from batch.stopped
     return report

@@ -21,11 +21,6 @@ only when the regular tier is in the tag set; otherwise the field is left exactl
 
 Nothing outside the namespace is changed: foreign frames, atoms and comments are kept as they
 are, in their order.
-
-:func:`read_written_state` re-reads a copy the writer has just saved, for its verification: the
-same result as :func:`read_file_state`, with two costs of mutagen's general reader left out
-where they buy nothing for such a file (ID3 ``TXXX`` bodies in the one form the writer
-produces are decoded directly; MP4 values are not rendered again as they are loaded).
 """
 
 from __future__ import annotations
@@ -39,7 +34,7 @@ from typing import Any, BinaryIO
 import mutagen
 from mutagen.aiff import AIFF
 from mutagen.flac import FLAC
-from mutagen.id3 import ID3, TMOO, TXXX, Encoding, Frame, Frames
+from mutagen.id3 import ID3, TMOO, TXXX, Encoding
 from mutagen.mp3 import MP3
 from mutagen.mp4 import MP4, AtomDataType, MP4FreeForm, MP4Tags
 from mutagen.oggopus import OggOpus
@@ -116,10 +111,6 @@ class _TagAdapter:
             raise mutagen.MutagenError(f"{path}: not a recognised audio file")
         return audio
 
-    def open_written(self, path: str) -> mutagen.FileType:
-        """:meth:`open` for a copy the writer just saved; may decode faster, reads the same."""
-        return self.open(path)
-
     def read(self, audio: Any) -> NomTags:
         raise NotImplementedError
 
@@ -133,48 +124,9 @@ class _TagAdapter:
         audio.save(target)
 
 
-class _QuickTXXX(TXXX):
-    """Reads a ``TXXX`` frame into a plain :class:`TXXX`, like mutagen, but without mutagen's
-    per-field machinery in the one case the writer produces: an ID3v2.4 frame without flags
-    or unsynchronisation, in UTF-8. Every other frame is left to mutagen's own reader.
-
-    Used only to re-read a copy just written (:func:`read_written_state`): mutagen still parses
-    the tag header and walks the frames; only the decoding of the 36-odd ``TXXX`` bodies, the
-    bulk of a verifying parse, is done here. The result is the frame mutagen would build
-    (``test_formats`` compares the two on edge cases).
-    """
-
-    @classmethod
-    def _fromData(cls, header: Any, tflags: int, data: bytes) -> TXXX:
-        if tflags or header.f_unsynch or header.version < _ID3_V24 or data[:1] != _UTF8_ENCODING_BYTE:
-            return TXXX._fromData(header, tflags, data)
-        desc, _, rest = data[1:].partition(b"\x00")
-        if not rest:  # no text after the description: mutagen drops the frame as junk
-            return TXXX._fromData(header, tflags, data)
-        # Values are NUL-terminated, the last terminator optional: "a\0b\0" and "a\0b" are both [a, b].
-        values = rest.split(b"\x00")
-        if rest.endswith(b"\x00"):
-            values.pop()
-        try:
-            decoded = {"desc": desc.decode("utf-8"), "text": [value.decode("utf-8") for value in values]}
-        except UnicodeDecodeError:
-            return TXXX._fromData(header, tflags, data)  # mutagen's fix-ups, or a junk frame
-        frame: TXXX = TXXX.__new__(TXXX)
-        frame.__dict__.update(encoding=Encoding.UTF8, **decoded)
-        return frame
-
-
-_UTF8_ENCODING_BYTE = bytes([Encoding.UTF8])
-_ID3_V24 = (2, 4, 0)  # ID3Header.version is a (major, minor, revision) tuple
-_QUICK_ID3_FRAMES: dict[str, type[Frame]] = {**Frames, "TXXX": _QuickTXXX}
-
-
 class _Id3Adapter(_TagAdapter):
     def __init__(self, opener: Callable[..., mutagen.FileType]) -> None:
         self.opener = opener
-
-    def open_written(self, path: str) -> mutagen.FileType:
-        return self.opener(path, known_frames=_QUICK_ID3_FRAMES)
 
     def read(self, audio: Any) -> NomTags:
         tags: ID3 | None = audio.tags
@@ -207,24 +159,8 @@ class _Id3Adapter(_TagAdapter):
         audio.save(target, v2_version=4)
 
 
-class _LoadedMP4Tags(MP4Tags):
-    """MP4 tags as mutagen loads them, minus the check that renders each value again as it is
-    stored: every value here was just parsed from the file (mutagen's check exists for values
-    a caller assigns). For re-reading a written copy only; never saved."""
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        super(MP4Tags, self).__setitem__(key, value)  # the store below MP4Tags' checking one
-
-
-class _WrittenMP4(MP4):
-    MP4Tags = _LoadedMP4Tags
-
-
 class _Mp4Adapter(_TagAdapter):
     opener = staticmethod(MP4)
-
-    def open_written(self, path: str) -> mutagen.FileType:
-        return _WrittenMP4(path)
 
     def read(self, audio: Any) -> NomTags:
         tags: MP4Tags | None = audio.tags
@@ -349,16 +285,10 @@ class OpenedAudio:
     """One parse of a file: read its state, then save changed tags into it or into a byte-for-byte
     copy of it (mutagen writes the in-memory tags into whichever file it is given)."""
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        format_of: str | os.PathLike[str] | None = None,
-        written: bool = False,
-    ) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
-        self._adapter = _adapter_for(format_of if format_of is not None else path)
-        self._audio = self._adapter.open_written(self.path) if written else self._adapter.open(self.path)
+        self._adapter = _adapter_for(path)
+        self._audio = self._adapter.open(self.path)
 
     def state(self) -> FileTagState:
         return FileTagState(
@@ -367,40 +297,16 @@ class OpenedAudio:
             properties=_properties(self._audio),
         )
 
-    def save_tags(
-        self, tags: TagInput, *, standard_mood: bool = False, into: str | os.PathLike[str] | None = None
-    ) -> None:
-        """Make the namespace exactly ``tags`` and save into ``into`` (default: the file itself).
-
-        ``into`` must hold the same bytes as the parsed file (a fresh copy of it).
-        """
-        self.save_normalized(
-            normalize_tags(tags), standard_mood=standard_mood, into=into if into is not None else self.path
-        )
-
-    def save_normalized(
-        self, tags: NomTags, *, standard_mood: bool, into: str | os.PathLike[str] | BinaryIO
-    ) -> None:
-        """:meth:`save_tags` for tags that already went through :func:`normalize_tags`, into a
-        path or an open read-write binary file holding a fresh copy of the parsed file."""
+    def save(self, tags: NomTags, *, standard_mood: bool, into: str | BinaryIO) -> None:
+        """Make the namespace exactly ``tags`` (from :func:`normalize_tags`) and save into
+        ``into``: the file itself, or an open read-write copy holding the same bytes."""
         self._adapter.apply(self._audio, tags, standard_mood=standard_mood)
-        self._adapter.save(self._audio, into if not isinstance(into, os.PathLike) else os.fspath(into))
+        self._adapter.save(self._audio, into)
 
 
-def read_file_state(
-    path: str | os.PathLike[str], *, format_of: str | os.PathLike[str] | None = None
-) -> FileTagState:
-    """Namespace, standard mood field and audio properties from one parse of ``path``.
-
-    ``format_of`` names the file whose extension decides the format (for a temp copy).
-    """
-    return OpenedAudio(path, format_of=format_of).state()
-
-
-def read_written_state(path: str | os.PathLike[str], *, format_of: str | os.PathLike[str]) -> FileTagState:
-    """:func:`read_file_state` of a copy the writer just saved, re-read from disk: the same
-    result, with the ID3 ``TXXX`` frames the writer produces decoded by :class:`_QuickTXXX`."""
-    return OpenedAudio(path, format_of=format_of, written=True).state()
+def read_file_state(path: str | os.PathLike[str]) -> FileTagState:
+    """Namespace, standard mood field and audio properties from one parse of ``path``."""
+    return OpenedAudio(path).state()
 
 
 def read_nom_tags(path: str | os.PathLike[str]) -> NomTags:
@@ -416,10 +322,6 @@ def write_nom_tags(path: str | os.PathLike[str], tags: TagInput, *, standard_moo
     alone. This writes the file directly; :func:`nomarr_pipeline.tagging.atomic.write_file_tags`
     is the safe entry point for library files.
     """
-    normalize_tags(tags)  # refuse bad values before the file is opened for writing
-    OpenedAudio(path).save_tags(tags, standard_mood=standard_mood)
-
-
-def audio_properties(path: str | os.PathLike[str]) -> AudioProperties:
-    adapter = _adapter_for(path)
-    return _properties(adapter.open(os.fspath(path)))
+    wanted = normalize_tags(tags)  # refuse bad values before the file is opened for writing
+    opened = OpenedAudio(path)
+    opened.save(wanted, standard_mood=standard_mood, into=opened.path)

@@ -8,7 +8,7 @@ Keys (DESIGN.md §9):
 - ``nom:cal:{model_key}:{head_name}:{label}`` — the calibrated value of that label.
 
 ``model_key`` and ``head_name`` never contain ``:`` (they come from model file names), so a
-score key parses back by splitting on the first four colons; the label takes the rest and
+score key splits back into its parts on the first four colons; the label takes the rest and
 may itself hold ``:``, spaces and punctuation (``Electronic---House``, ``Folk, World, &
 Country``).
 
@@ -16,8 +16,8 @@ The same key string is used in every container format, so it must be legal every
 strictest is Vorbis comments: field names are printable ASCII ``0x20..0x7D`` without ``=``
 (MP4 freeform names must also be latin-1). Label characters outside that set, plus ``%``
 itself, are therefore percent-encoded as UTF-8 bytes (``%C3%A9`` for ``é``, ``%3D`` for
-``=``, ``%7E`` for ``~``). Ordinary labels are left readable and :func:`parse_score_key`
-undoes the encoding exactly.
+``=``, ``%7E`` for ``~``). Ordinary labels are left readable, and the encoding is undone
+exactly by decoding the percent escapes as UTF-8.
 
 Scores are written with :data:`SCORE_FORMAT` (six decimals, fixed point, no exponent), so a
 value read back compares equal as a string to what :func:`format_score` produced.
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
 from typing import Literal
 
 NAMESPACE = "nom:"
@@ -56,19 +55,6 @@ class TagKeyError(ValueError):
     """A key part that cannot be placed in the namespace, or a key that is not a score key."""
 
 
-@dataclass(frozen=True)
-class ScoreKey:
-    """The parts of a ``nom:raw:…`` or ``nom:cal:…`` key."""
-
-    kind: ScoreKind
-    model_key: str
-    head_name: str
-    label: str
-
-    def render(self) -> str:
-        return score_key(self.kind, self.model_key, self.head_name, self.label)
-
-
 def is_nom_key(key: str) -> bool:
     """Whether ``key`` belongs to the namespace. Case-insensitive: Vorbis field names are."""
     return key[: len(NAMESPACE)].lower() == NAMESPACE
@@ -88,29 +74,6 @@ def escape_label(label: str) -> str:
         else:
             parts.extend(f"%{byte:02X}" for byte in char.encode("utf-8"))
     return "".join(parts)
-
-
-def unescape_label(text: str) -> str:
-    """Undo :func:`escape_label`; strict, so a malformed escape is an error, not a guess."""
-    if _ESCAPE not in text:
-        return text
-    out = bytearray()
-    index = 0
-    while index < len(text):
-        char = text[index]
-        if char == _ESCAPE:
-            hex_pair = text[index + 1 : index + 3]
-            if len(hex_pair) != 2 or any(c not in "0123456789ABCDEFabcdef" for c in hex_pair):
-                raise TagKeyError(f"malformed escape in label {text!r}")
-            out.append(int(hex_pair, 16))
-            index += 3
-        else:
-            out.extend(char.encode("utf-8"))
-            index += 1
-    try:
-        return out.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise TagKeyError(f"escape in label {text!r} is not UTF-8") from exc
 
 
 def _check_name_part(what: str, value: str) -> None:
@@ -140,17 +103,6 @@ def raw_score_key(model_key: str, head_name: str, label: str) -> str:
 
 def calibrated_score_key(model_key: str, head_name: str, label: str) -> str:
     return score_key("cal", model_key, head_name, label)
-
-
-def parse_score_key(key: str) -> ScoreKey:
-    """The parts of a score key; :class:`TagKeyError` for anything else."""
-    parts = key.split(":", 4)
-    if len(parts) != 5 or parts[0] + ":" != NAMESPACE or parts[1] not in SCORE_KINDS:
-        raise TagKeyError(f"{key!r} is not a nom: score key")
-    _, kind, model_key, head_name, escaped_label = parts
-    if not model_key or not head_name or not escaped_label:
-        raise TagKeyError(f"{key!r} has an empty part")
-    return ScoreKey(kind, model_key, head_name, unescape_label(escaped_label))  # type: ignore[arg-type]
 
 
 def format_score(value: float) -> str:

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import dagster as dg
+import mutagen
 import numpy as np
 import pytest
+from mutagen.id3 import TIT2
 
 from nomarr_pipeline.assets.tagging import WriteTagsConfig, calibrated_tags, written_tags
 from nomarr_pipeline.calibration.generation import calibrate_heads
@@ -88,6 +91,42 @@ def test_recalibrate_then_write_tags_into_files(setup: tuple) -> None:
     }
     assert meta["calibrated_tags"]["files_recalibrated"].value == 0
     assert meta["written_tags"]["written"].value == 0
+
+
+def _written_tags_metadata(resources: dict[str, object]) -> dict[str, dg.MetadataValue]:
+    result = dg.materialize([calibrated_tags, written_tags], resources=resources)
+    assert result.success
+    return result.get_asset_materialization_events()[-1].materialization.metadata
+
+
+def test_a_file_edited_in_place_by_another_program_is_rescanned_and_written_after_new_analysis(
+    setup: tuple,
+) -> None:
+    resources, store, root, models = setup
+    edited = root / "00.mp3"
+    (doc,) = [d for page in store.iter_files() for d in page if d["path"] == str(edited.resolve())]
+    folder_mtime = root.stat().st_mtime_ns
+    audio = mutagen.File(edited)
+    audio.tags.add(TIT2(encoding=3, text=["Retitled by another tagger"]))
+    audio.save()  # in place: the folder's mtime does not move, so no folder scan sees it
+    os.utime(root, ns=(folder_mtime, folder_mtime))
+
+    meta = _written_tags_metadata(resources)
+
+    assert (meta["written"].value, meta["skipped"].value, meta["rescanned"].value) == (11, 1, 1)
+    (now,) = store.get_files([doc["_key"]])
+    assert (now["size"], now["mtime_ns"]) == (edited.stat().st_size, edited.stat().st_mtime_ns)
+    assert now["analyzed_at"] is None and store.file_tags_for_files([doc["_key"]]) == []
+    assert now["write_error"] is None and now["file_tags_pending"] is False
+    assert scan_library(store, root).changed == 0, "recorded: not stuck until a full scan"
+
+    _analyse(store, models, seed=3)  # the next predictions run analyses it again
+    calibrate_heads(store, discover_models(models).heads)
+    meta = _written_tags_metadata(resources)
+    assert meta["failed"].value == 0 and meta["skipped"].value == 0
+    assert "nom:mood-loose" in read_nom_tags(edited)
+    assert str(mutagen.File(edited).tags["TIT2"]) == "Retitled by another tagger"
+    assert store.file_counts()["pending_writes"] == 0
 
 
 def test_preview_lists_changes_without_touching_files(setup: tuple) -> None:

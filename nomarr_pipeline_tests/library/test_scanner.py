@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nomarr_pipeline.library.changes import changed_folders
-from nomarr_pipeline.library.scanner import LibraryDefaults, scan_library
+from nomarr_pipeline.library.scanner import LibraryDefaults, rescan_files, scan_library
 from nomarr_pipeline.store import Store
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
 
@@ -39,26 +39,17 @@ def test_library_defaults_apply_only_to_new_libraries(store: Store, library: Pat
     assert store.get_library(report.library_id)["file_write_mode"] == "none"
 
 
+def _prediction(file_id: str) -> dict[str, object]:
+    return {"_key": f"{file_id}|t1", "file_id": file_id, "model_key": "m", "head_name": "h",
+            "label": "x", "value": 0.5, "std": 0.0, "calibrated_value": 0.4, "nomarr_only": True,
+            "tagger_version": "v"}  # fmt: skip
+
+
 def test_rescan_detects_new_changed_removed_and_resets_stale_analysis(store: Store, library: Path) -> None:
     first = scan_library(store, library)
     files = _by_name(store, first.library_id)
     song = files["01 song.wav"]
-    store.write_predictions(
-        [
-            {
-                "_key": "t1",
-                "file_id": song["_key"],
-                "model_key": "m",
-                "head_name": "h",
-                "label": "x",
-                "value": 0.5,
-                "std": 0.0,
-                "calibrated_value": 0.4,
-                "nomarr_only": True,
-                "tagger_version": "v",
-            }
-        ]
-    )
+    store.write_predictions([_prediction(song["_key"])])
     store.upsert_files(
         [{"_key": song["_key"], "analyzed_at": 5, "calibration_hash": "H", "file_tags_pending": True}]
     )
@@ -82,6 +73,30 @@ def test_rescan_detects_new_changed_removed_and_resets_stale_analysis(store: Sto
     assert "a.wav" not in files and "b.wav" in files
 
 
+def test_a_tag_writers_recorded_stat_is_no_change(store: Store, library: Path) -> None:
+    """The stat a tag writer recorded before renaming its copy into place is Nomarr's own write,
+    also when the writer recorded it after this scan read the index."""
+    first = scan_library(store, library)
+    a = _by_name(store, first.library_id)["a.wav"]
+    store.write_predictions([_prediction(a["_key"])])
+    index = store.file_index
+    write_wav(library / "a.tmp", seconds=0.7)  # the "tag writer's copy": another size and mtime
+
+    def index_then_writer_records_and_renames(library_id: str) -> dict:
+        before = index(library_id)
+        copy = os.stat(library / "a.tmp")
+        store.add_written_stats([{"_key": a["_key"], "size": copy.st_size, "mtime_ns": copy.st_mtime_ns}])
+        os.replace(library / "a.tmp", library / "a.wav")
+        return before
+
+    store.file_index = index_then_writer_records_and_renames  # type: ignore[method-assign]
+    report = scan_library(store, library)
+    assert (report.changed, report.unchanged) == (0, 3)
+    assert len(store.file_tags_for_files([a["_key"]])) == 1, "the predictions are kept"
+    store.file_index = index  # type: ignore[method-assign]
+    assert scan_library(store, library, full=True).changed == 0
+
+
 def test_in_place_edit_needs_a_full_scan(store: Store, library: Path) -> None:
     scan_library(store, library)
     target = library / "a.wav"
@@ -91,6 +106,27 @@ def test_in_place_edit_needs_a_full_scan(store: Store, library: Path) -> None:
     os.utime(library, ns=(folder_mtime, folder_mtime))
     assert scan_library(store, library).changed == 0
     assert scan_library(store, library, full=True).changed == 1
+
+
+def test_rescan_files_records_in_place_edits_that_no_folder_scan_sees(store: Store, library: Path) -> None:
+    report = scan_library(store, library)
+    files = _by_name(store, report.library_id)
+    edited, kept = files["a.wav"], files["01 song.wav"]
+    store.write_predictions([_prediction(edited["_key"]), _prediction(kept["_key"])])
+    store.upsert_files([{"_key": edited["_key"], "analyzed_at": 5, "file_tags_pending": True}])
+    folder_mtime = library.stat().st_mtime_ns
+    with open(library / "a.wav", "ab") as other_program:
+        other_program.write(b"\0" * 10)
+    os.utime(library, ns=(folder_mtime, folder_mtime))
+    library_doc = store.get_library(report.library_id)
+
+    assert rescan_files(store, library_doc, [edited, kept]) == 1
+
+    (now,) = store.get_files([edited["_key"]])
+    assert now["size"] == edited["size"] + 10 and now["analyzed_at"] is None
+    assert now["file_tags_pending"] is False and store.file_tags_for_files([edited["_key"]]) == []
+    assert len(store.file_tags_for_files([kept["_key"]])) == 1
+    assert scan_library(store, library, full=True).changed == 0, "recorded as a scan would"
 
 
 def test_removed_folder_removes_its_files(store: Store, library: Path) -> None:
@@ -160,10 +196,14 @@ def test_symlinks_never_leave_the_root_and_loops_end(store: Store, library: Path
     (library / "escape.wav").symlink_to(outside / "secret.wav")
     (library / "Artist" / "loop").symlink_to(library, target_is_directory=True)
     (library / "alias.wav").symlink_to(library / "a.wav")
+    (library / "Artist" / "Album" / "alias of a.wav").symlink_to(library / "a.wav")
     report = scan_library(store, library)
     names = set(_by_name(store, report.library_id))
     assert "secret.wav" not in names and "escape.wav" not in names
-    assert "alias.wav" in names and report.total == 4
+    # A link to a file inside the root is that file: indexed once, by its real path.
+    assert names == {"a.wav", "01 song.wav", "02 song.WAV"} and report.total == 3
+    assert _by_name(store, report.library_id)["a.wav"]["path"] == str(library.resolve() / "a.wav")
+    assert scan_library(store, library, full=True).changed == 0
 
 
 def test_changed_folders_sees_additions_and_removals(store: Store, library: Path) -> None:

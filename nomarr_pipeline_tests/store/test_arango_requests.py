@@ -846,11 +846,28 @@ def test_invalid_file_keys_are_refused_before_any_request(store: ArangoStore, fa
 
 def test_file_index_maps_to_file_stats(store: ArangoStore, fake: FakeArango) -> None:
     fake.answer(
-        "RETURN [d.path, d._key, d.size, d.mtime_ns]",
-        [["/m/a.mp3", "a", 20, 100], ["/m/b.mp3", "b", None, None]],
+        "RETURN [d.path, d._key, d.size, d.mtime_ns, d.written_stats]",
+        [["/m/a.mp3", "a", 20, 100, [[30, 200]]], ["/m/b.mp3", "b", None, None, None]],
     )
-    assert store.file_index("lib1") == {"/m/a.mp3": FileStat("a", 20, 100), "/m/b.mp3": FileStat("b", 0, 0)}
+    assert store.file_index("lib1") == {
+        "/m/a.mp3": FileStat("a", 20, 100, ((30, 200),)),
+        "/m/b.mp3": FileStat("b", 0, 0),
+    }
     assert fake.requests[0].bind_vars == {"library_id": "lib1"}
+
+
+def test_written_stats_are_appended_in_the_statement_that_reads_them(
+    store: ArangoStore, fake: FakeArango
+) -> None:
+    store.add_written_stats(
+        [{"_key": "a", "size": 12, "mtime_ns": 300}, {"_key": "b", "size": 5, "mtime_ns": 6}]
+    )
+    (request,) = fake.requests
+    assert (
+        "UPDATE d WITH {written_stats: PUSH(d.written_stats || [], row.stat)} IN library_files"
+        in request.query
+    )
+    assert request.bind_vars == {"rows": [{"_key": "a", "stat": [12, 300]}, {"_key": "b", "stat": [5, 6]}]}
 
 
 def test_folder_cache_is_replaced_in_one_transaction(store: ArangoStore, fake: FakeArango) -> None:

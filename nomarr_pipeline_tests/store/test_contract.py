@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from nomarr_pipeline.store import TIER_INPUT_FIELDS, FileStat, HeadVersion, Store
+from nomarr_pipeline.store import STALE_ANALYSIS_RESET, TIER_INPUT_FIELDS, FileStat, HeadVersion, Store
 
 HEAD = HeadVersion("effnet-discogs-effnet-1", "mood_happy", "tv1")
 
@@ -309,6 +309,36 @@ def test_pending_writes_and_results(store: Store) -> None:
     assert [f["_key"] for f in store.files_pending_write("lib1", None, 10)] == ["c"]
     (c,) = store.get_files(["c"])
     assert c["write_error"] == "denied"
+
+
+def test_tag_writers_stats_are_known_until_the_write_is_recorded(store: Store) -> None:
+    store.upsert_files([_file("a", file_tags_pending=True), _file("b")])
+    # Before each rename: the copy's stat, appended (two writers at once keep both).
+    store.add_written_stats(
+        [{"_key": "a", "size": 12, "mtime_ns": 300}, {"_key": "ghost", "size": 1, "mtime_ns": 1}]
+    )
+    store.add_written_stats([{"_key": "a", "size": 13, "mtime_ns": 301}])
+    index = store.file_index("lib1")
+    assert index["/music/a.mp3"] == FileStat("a", 10, 100, ((12, 300), (13, 301)))
+    assert index["/music/a.mp3"].known == ((10, 100), (12, 300), (13, 301))
+    assert index["/music/b.mp3"].known == ((10, 100),)
+    (a,) = store.get_files(["a"])
+    assert FileStat.of(a) == index["/music/a.mp3"] and a["file_tags_pending"] is True
+    assert store.get_files(["ghost"]) == [], "a stat for an unknown file creates nothing"
+    # After: the final stat, the written ones cleared. A record never creates a file either.
+    store.record_writes(
+        [
+            {"_key": "a", "size": 12, "mtime_ns": 300, "written_stats": None, "written_at": 5,
+             "write_error": None, "file_tags_pending": False},
+            {"_key": "ghost", "written_at": 1},
+        ]
+    )  # fmt: skip
+    assert store.file_index("lib1")["/music/a.mp3"] == FileStat("a", 12, 300)
+    assert store.get_files(["ghost"]) == []
+    # A file whose audio changed loses the writers' stats with the rest of its analysis state.
+    store.add_written_stats([{"_key": "b", "size": 7, "mtime_ns": 7}])
+    store.upsert_files([{"_key": "b", "size": 99, "mtime_ns": 99, **STALE_ANALYSIS_RESET}])
+    assert store.file_index("lib1")["/music/b.mp3"] == FileStat("b", 99, 99)
 
 
 def test_file_counts_of_an_empty_store_are_zero(store: Store) -> None:

@@ -4,11 +4,12 @@ ffmpeg once per session and pre-tagged with foreign (non-``nom:``) tags through 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from nomarr_pipeline.store import Store, open_store
 from nomarr_pipeline_tests.tagging.audio_helpers import FORMATS, add_foreign_tags, encode
 
 
@@ -42,3 +43,10 @@ def make_file(audio_sources: dict[str, Path], library_root: Path) -> Callable[..
         return target
 
     return make
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = open_store(f"sqlite:///{tmp_path / 'nomarr.db'}")
+    yield opened
+    opened.close()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
+import pickle
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,9 +24,9 @@ from nomarr_pipeline.tagging.atomic import (
     VerificationError,
     WriteError,
     WriteOutcome,
-    is_tag_write_temp,
-    prepare_file_write,
-    remove_stale_temps,
+    commit_write,
+    discard_write,
+    prepare_write,
     write_file_tags,
 )
 from nomarr_pipeline.tagging.formats import FileTagState, read_nom_tags
@@ -48,13 +48,11 @@ TAGS: dict[str, str | list[str]] = {
 
 
 def write(path: Path, root: Path, tags: dict[str, str | list[str]] = TAGS, **kwargs: object) -> object:
-    size, mtime_ns = stat_of(path)
     return write_file_tags(
         path,
         tags,
         library_roots=[root],
-        expected_size=size,
-        expected_mtime_ns=mtime_ns,
+        known_stats=[stat_of(path)],
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -101,26 +99,20 @@ def test_changed_on_disk_is_skipped(make_file: Callable[..., Path], library_root
     path = make_file("flac")
     size, mtime_ns = stat_of(path)
     original = path.read_bytes()
-    with pytest.raises(FileChangedError, match="changed on disk"):
-        write_file_tags(
-            path, TAGS, library_roots=[library_root], expected_size=size, expected_mtime_ns=mtime_ns - 1
-        )
+    with pytest.raises(FileChangedError, match="changed on disk") as caught:
+        write_file_tags(path, TAGS, library_roots=[library_root], known_stats=[(size, mtime_ns - 1)])
+    assert caught.value.found == (size, mtime_ns), "the stat found on disk, for the caller to look up"
     with pytest.raises(FileChangedError):
-        write_file_tags(
-            path, TAGS, library_roots=[library_root], expected_size=size + 1, expected_mtime_ns=mtime_ns
-        )
+        write_file_tags(path, TAGS, library_roots=[library_root], known_stats=[(size + 1, mtime_ns)])
     assert path.read_bytes() == original
+    # Any stat Nomarr knows for the file will do (the scan's, or one a tag writer recorded).
+    known = [(size + 1, mtime_ns), (size, mtime_ns)]
+    assert write_file_tags(path, TAGS, library_roots=[library_root], known_stats=known).status == "written"
 
 
 def test_missing_file(library_root: Path) -> None:
     with pytest.raises(MissingFileError, match="not found"):
-        write_file_tags(
-            library_root / "gone.mp3",
-            TAGS,
-            library_roots=[library_root],
-            expected_size=1,
-            expected_mtime_ns=1,
-        )
+        write_file_tags(library_root / "gone.mp3", TAGS, library_roots=[library_root], known_stats=[(1, 1)])
 
 
 @pytest.mark.parametrize(
@@ -223,22 +215,7 @@ def test_full_disk_raises_disk_full_and_leaves_nothing_behind(
         assert sorted(os.listdir(root)) == ["track.flac"]
 
 
-def test_stale_temps_from_a_crashed_writer_are_recognised_and_removed(
-    make_file: Callable[..., Path], library_root: Path
-) -> None:
-    keep = make_file("mp3", "Album/track.mp3")
-    old_temp = library_root / "Album" / ".track.nomarr-tmp-abc123.mp3"
-    fresh_temp = library_root / ".other.nomarr-tmp-def456.flac"
-    for temp in (old_temp, fresh_temp):
-        temp.write_bytes(b"partial")
-    os.utime(old_temp, (1_000_000_000, 1_000_000_000))
-
-    assert is_tag_write_temp(old_temp) and not is_tag_write_temp(keep)
-    assert remove_stale_temps(library_root) == [old_temp]
-    assert sorted(p.name for p in library_root.rglob("*") if p.is_file()) == [fresh_temp.name, "track.mp3"]
-
-
-# ---- the temp copy's descriptor, copy and writeback ----------------------------------------
+# ---- the temp copy ------------------------------------------------------------------------
 
 
 def open_descriptors() -> set[str]:
@@ -255,41 +232,18 @@ def no_descriptor_leak() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("no_descriptor_leak")
-@pytest.mark.parametrize("refusal", ["missing", errno.EXDEV, errno.ENOSYS])
-def test_copy_without_copy_file_range_falls_back_to_read_write(
-    refusal: str | int, make_file: Callable[..., Path], library_root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = make_file("m4a")
-    audio_before, foreign_before = decoded_audio_hash(path), foreign_tags(path)
-    if refusal == "missing":
-        monkeypatch.delattr(os, "copy_file_range")
-    else:
-
-        def refuse(*args: object) -> int:
-            raise OSError(refusal, os.strerror(int(refusal)))
-
-        monkeypatch.setattr(os, "copy_file_range", refuse)
-
-    assert write(path, library_root).status == "written"
-
-    assert read_nom_tags(path)[keys.VERSION] == ["nomarr-1"]
-    assert foreign_tags(path) == foreign_before
-    assert decoded_audio_hash(path) == audio_before
-
-
-@pytest.mark.usefixtures("no_descriptor_leak")
 def test_failed_verification_keeps_the_original_and_closes_everything(
     make_file: Callable[..., Path], library_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = make_file("mp3")
     content = path.read_bytes()
-    real_read = atomic.read_written_state
+    real_read = atomic.read_file_state
 
-    def read_back_wrong(copy: Path, *, format_of: Path) -> FileTagState:
-        state = real_read(copy, format_of=format_of)
+    def read_back_wrong(copy: Path) -> FileTagState:
+        state = real_read(copy)
         return dataclasses.replace(state, nom_tags={**state.nom_tags, keys.VERSION: ["something else"]})
 
-    monkeypatch.setattr(atomic, "read_written_state", read_back_wrong)
+    monkeypatch.setattr(atomic, "read_file_state", read_back_wrong)
     with pytest.raises(VerificationError, match="did not read back"):
         write(path, library_root)
     assert path.read_bytes() == content
@@ -297,50 +251,18 @@ def test_failed_verification_keeps_the_original_and_closes_everything(
 
 
 @pytest.mark.usefixtures("no_descriptor_leak")
-@pytest.mark.parametrize("durable", [True, False])
-def test_writeback_starts_before_the_verify_only_for_durable_writes(
-    durable: bool, make_file: Callable[..., Path], library_root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    events: list[str] = []
-    real_sync, real_read = atomic._SYNC_FILE_RANGE, atomic.read_written_state
-
-    def sync_file_range(descriptor: int, offset: int, length: int, flags: int) -> int:
-        assert os.path.basename(os.readlink(f"/proc/self/fd/{descriptor}")).startswith(".track.nomarr-tmp-")
-        events.append("writeback")
-        return real_sync(descriptor, offset, length, flags) if real_sync is not None else 0
-
-    def read_written_state(copy: Path, *, format_of: Path) -> FileTagState:
-        events.append("verify")
-        return real_read(copy, format_of=format_of)
-
-    monkeypatch.setattr(atomic, "_SYNC_FILE_RANGE", sync_file_range)
-    monkeypatch.setattr(atomic, "read_written_state", read_written_state)
-    assert write(make_file("flac"), library_root, durable=durable).status == "written"
-    assert events == (["writeback", "verify"] if durable else ["verify"])
-
-
-def test_write_works_where_sync_file_range_is_missing(
-    make_file: Callable[..., Path], library_root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(atomic, "_SYNC_FILE_RANGE", None)
-    path = make_file("ogg")
-    assert write(path, library_root).status == "written"
-    assert read_nom_tags(path)[keys.MOOD_REGULAR] == ["happy", "party"]
-
-
-@pytest.mark.usefixtures("no_descriptor_leak")
 def test_change_while_writing_is_caught_before_the_replace(
     make_file: Callable[..., Path], library_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = make_file("flac")
-    real_read = atomic.read_written_state
+    real_read = atomic.read_file_state
 
-    def edit_meanwhile(copy: Path, *, format_of: Path) -> FileTagState:
+    def edit_meanwhile(copy: Path) -> FileTagState:
         with path.open("ab") as other_program:
             other_program.write(b"\x00")
-        return real_read(copy, format_of=format_of)
+        return real_read(copy)
 
-    monkeypatch.setattr(atomic, "read_written_state", edit_meanwhile)
+    monkeypatch.setattr(atomic, "read_file_state", edit_meanwhile)
     content_before = path.read_bytes()
     with pytest.raises(FileChangedError, match="changed on disk"):
         write(path, library_root)
@@ -352,10 +274,7 @@ def test_change_while_writing_is_caught_before_the_replace(
 
 
 def prepare(path: Path, root: Path, tags: dict[str, str | list[str]] = TAGS) -> WriteOutcome | PreparedWrite:
-    size, mtime_ns = stat_of(path)
-    return prepare_file_write(
-        path, tags, library_roots=[root], expected_size=size, expected_mtime_ns=mtime_ns
-    )
+    return prepare_write(path, tags, library_roots=[root], known_stats=[stat_of(path)])
 
 
 @pytest.mark.usefixtures("no_descriptor_leak")
@@ -363,24 +282,26 @@ def test_prepared_writes_replace_their_originals_only_when_committed(
     make_file: Callable[..., Path], library_root: Path
 ) -> None:
     paths = [make_file(ext, f"{i}.{ext}") for i, ext in enumerate(["mp3", "flac", "m4a"])]
+    stats = [stat_of(path) for path in paths]
     contents = [path.read_bytes() for path in paths]
     prepared = [prepare(path, library_root) for path in paths]
     assert all(isinstance(item, PreparedWrite) for item in prepared)
     prepared_writes = [item for item in prepared if isinstance(item, PreparedWrite)]
     assert [path.read_bytes() for path in paths] == contents, "nothing replaced before the commit"
-    assert len(temp_leftovers(library_root)) == 3
+    assert sorted(temp_leftovers(library_root)) == sorted(item.temp for item in prepared_writes)
+    assert pickle.loads(pickle.dumps(prepared_writes[0])) == prepared_writes[0], "plain data"
 
-    outcomes = [item.commit() for item in prepared_writes]
+    outcomes = [
+        commit_write(item, known_stats=[stat]) for item, stat in zip(prepared_writes, stats, strict=True)
+    ]
 
     assert [outcome.status for outcome in outcomes] == ["written"] * 3
-    for path, outcome in zip(paths, outcomes, strict=True):
+    for path, item, outcome in zip(paths, prepared_writes, outcomes, strict=True):
         assert read_nom_tags(path)[keys.VERSION] == ["nomarr-1"]
-        assert (outcome.size, outcome.mtime_ns) == stat_of(path)
+        assert (outcome.size, outcome.mtime_ns) == (item.size, item.mtime_ns) == stat_of(path), (
+            "the stat recorded before the rename is the one the file has after it"
+        )
     assert temp_leftovers(library_root) == []
-    with pytest.raises(RuntimeError, match="already committed"):
-        prepared_writes[0].commit()
-    prepared_writes[0].discard()  # harmless after the commit
-    assert read_nom_tags(paths[0])[keys.VERSION] == ["nomarr-1"]
 
 
 @pytest.mark.usefixtures("no_descriptor_leak")
@@ -391,8 +312,8 @@ def test_a_discarded_prepared_write_leaves_the_original_and_no_temp(
     content = path.read_bytes()
     prepared = prepare(path, library_root)
     assert isinstance(prepared, PreparedWrite)
-    prepared.discard()
-    prepared.discard()
+    discard_write(prepared)
+    discard_write(prepared)
     assert path.read_bytes() == content
     assert temp_leftovers(library_root) == []
 
@@ -405,17 +326,46 @@ def test_an_unchanged_file_is_not_prepared(make_file: Callable[..., Path], libra
     assert temp_leftovers(library_root) == []
 
 
-@pytest.mark.usefixtures("no_descriptor_leak")
 def test_a_file_changed_between_prepare_and_commit_is_not_replaced(
     make_file: Callable[..., Path], library_root: Path
 ) -> None:
     path = make_file("mp3")
+    scanned = stat_of(path)
     prepared = prepare(path, library_root)
     assert isinstance(prepared, PreparedWrite)
     with path.open("ab") as other_program:
         other_program.write(b"\x00")
     edited = path.read_bytes()
     with pytest.raises(FileChangedError):
-        prepared.commit()
+        commit_write(prepared, known_stats=[scanned])
     assert path.read_bytes() == edited
     assert temp_leftovers(library_root) == []
+
+
+def test_a_temp_copy_swapped_before_the_commit_is_not_renamed(
+    make_file: Callable[..., Path], library_root: Path
+) -> None:
+    path = make_file("flac")
+    scanned, content = stat_of(path), path.read_bytes()
+    prepared = prepare(path, library_root)
+    assert isinstance(prepared, PreparedWrite)
+    prepared.temp.unlink()
+    prepared.temp.write_bytes(b"someone else's file under the temp name")
+    with pytest.raises(WriteError, match="changed by someone else"):
+        commit_write(prepared, known_stats=[scanned])
+    assert path.read_bytes() == content
+    assert temp_leftovers(library_root) == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        FileChangedError("/music/a.mp3", (5, 6)),
+        CorruptFileError("/music/a.mp3", "cannot be read as audio"),
+        DiskFullError("/music/a.mp3", "No space left on device"),
+    ],
+)
+def test_errors_cross_process_boundaries(error: Exception) -> None:
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error) and str(copy) == str(error)
+    assert vars(copy) == vars(error)

@@ -4,110 +4,44 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
+from nomarr_pipeline.library.scanner import scan_library
 from nomarr_pipeline.store import Store, open_store
-from nomarr_pipeline.tagging import keys, parallel
+from nomarr_pipeline.tagging import batch, keys
 from nomarr_pipeline.tagging.batch import (
     PREVIEW_COLUMNS,
     WriteBatchStopped,
+    preview_frame,
     write_pending_tags,
-    write_preview_csv,
 )
 from nomarr_pipeline.tagging.formats import read_nom_tags, write_nom_tags
 from nomarr_pipeline_tests.tagging.audio_helpers import (
-    decoded_audio_hash,
     stat_of,
     temp_leftovers,
     tiny_filesystem,
 )
-
-LIB = "lib"
-MODEL = "effnet-discogs-effnet-1"
-TIERS = {
-    "mood-strict": ["happy"],
-    "mood-regular": ["happy", "party"],
-    "mood-loose": ["happy", "party", "relaxed"],
-}
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(f"sqlite:///{tmp_path / 'nomarr.db'}")
-    yield opened
-    opened.close()
-
-
-def library_doc(root: Path, mode: str = "full", write_raw_scores: bool = False) -> dict[str, Any]:
-    return {
-        "_key": LIB,
-        "name": "Test library",
-        "root_path": str(root),
-        "auto_write_tags": False,
-        "file_write_mode": mode,
-        "write_raw_scores": write_raw_scores,
-    }
-
-
-def predictions(file_id: str) -> list[dict[str, Any]]:
-    rows = [("mood_happy", "happy", 0.8, 0.9), ("genre_discogs400", "Electronic---House", 0.25, None)]
-    return [
-        {
-            "_key": f"{file_id}|{MODEL}|{head}|{label}",
-            "file_id": file_id,
-            "model_key": MODEL,
-            "head_name": head,
-            "label": label,
-            "value": value,
-            "std": 0.01,
-            "calibrated_value": calibrated,
-            "nomarr_only": True,
-            "tagger_version": "nomarr-test-7",
-        }
-        for head, label, value, calibrated in rows
-    ]
-
-
-def register(store: Store, files: dict[str, Path], *, stat_from_disk: bool = True) -> None:
-    """Scan, analysis and recalibration results for ``files`` as the other stages leave them."""
-    docs = []
-    for key, path in files.items():
-        size, mtime_ns = stat_of(path) if stat_from_disk else (1, 1)
-        docs.append({"_key": key, "library_id": LIB, "path": str(path), "size": size, "mtime_ns": mtime_ns,
-                     "scanned_at": 1, "file_tags_pending": False})  # fmt: skip
-    store.upsert_files(docs)
-    store.write_predictions([doc for key in files for doc in predictions(key)])
-    store.finish_recalibration(
-        [
-            {"_key": key, "calibration_hash": "h", "mood_tiers": TIERS, "file_tags_pending": True}
-            for key in files
-        ]
-    )
-
-
-def run(store: Store, root: Path | list[Path], *, has_calibration: bool = True, **kwargs: Any) -> Any:
-    roots = root if isinstance(root, list) else [root]
-    library = store.get_library(LIB)
-    assert library is not None
-    return write_pending_tags(
-        store, library=library, library_roots=roots, has_calibration=has_calibration, **kwargs
-    )
-
-
-def file_doc(store: Store, key: str) -> dict[str, Any]:
-    (doc,) = store.get_files([key])
-    return doc
+from nomarr_pipeline_tests.tagging.library_helpers import (
+    MODEL,
+    TIERS,
+    file_doc,
+    library_doc,
+    predictions,
+    register,
+    run,
+    scanned_library,
+)
 
 
 def test_full_batch_writes_records_and_keeps_scanner_stat(
-    store: Store, make_file: Callable[..., Path], library_root: Path
+    store: Store, make_file: Callable[..., Path], library_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(batch, "CHUNK_SIZE", 2)  # progress is reported per chunk
     store.ensure_library(library_doc(library_root))
     files = {"a": make_file("mp3"), "b": make_file("flac"), "c": make_file("m4a")}
     register(store, files)
@@ -248,7 +182,8 @@ def test_dry_run_previews_without_touching_anything(
     assert actions[keys.MOOD_REGULAR] == (None, "happy; party", "add")
     assert actions[keys.VERSION] == ("old", "nomarr-test-7", "change")
 
-    csv_path = write_preview_csv(report.preview, tmp_path / "preview.csv")
+    csv_path = tmp_path / "preview.csv"
+    preview_frame(report.preview).to_csv(csv_path, index=False)
     frame = pd.read_csv(csv_path, keep_default_na=False)
     assert list(frame.columns) == list(PREVIEW_COLUMNS)
     assert len(frame) == len(report.preview)
@@ -305,27 +240,54 @@ def test_stored_data_that_cannot_become_a_tag_fails_that_file_only(
     assert bad.read_bytes() == before
 
 
-def test_a_batch_removes_what_a_crashed_writer_left_in_the_folders_it_writes(
+def test_a_file_edited_by_another_program_is_handed_to_rescan(
     store: Store, make_file: Callable[..., Path], library_root: Path
 ) -> None:
     store.ensure_library(library_doc(library_root))
-    path = make_file("flac", "Album/01.flac")
-    untouched_folder = library_root / "Other"
-    untouched_folder.mkdir()
-    register(store, {"f1": path})
-    hour_ago = time.time() - 3700
-    stale = [path.parent / ".01.nomarr-tmp-crashed.flac", path.parent / ".02.nomarr-tmp-spare.mp3",
-             untouched_folder / ".03.nomarr-tmp-crashed.ogg"]  # fmt: skip
-    for leftover in stale:
-        leftover.write_bytes(b"a copy from a writer that crashed")
-        os.utime(leftover, (hour_ago, hour_ago))
-    running = path.parent / ".04.nomarr-tmp-running.flac"
-    running.write_bytes(b"another batch's copy, being written now")
+    files = {"a-edited": make_file("flac", "a.flac"), "b-good": make_file("mp3", "b.mp3")}
+    register(store, files)
+    with files["a-edited"].open("ab") as other_program:
+        other_program.write(b"\x00")
+    handed: list[list[str]] = []
 
+    def rescan(docs: list[dict[str, Any]]) -> int:
+        handed.append([doc["_key"] for doc in docs])
+        return len(docs)
+
+    report = run(store, library_root, rescan=rescan)
+
+    assert handed == [["a-edited"]]
+    assert (report.written, report.skipped, report.rescanned) == (1, 1, 1)
+    assert "changed on disk" in file_doc(store, "a-edited")["write_error"]
+
+
+def test_a_stat_recorded_by_another_batch_since_the_page_was_read_is_accepted(
+    store: Store, make_file: Callable[..., Path], library_root: Path
+) -> None:
+    """Two batches at once: the other one wrote and recorded the file after this one read it."""
+    store.ensure_library(library_doc(library_root))
+    files = {f"f{i}": make_file(ext, f"{i}.{ext}") for i, ext in enumerate(("mp3", "flac", "m4a"))}
+    register(store, files)
+    read_pages = store.files_pending_write
+
+    def page_then_other_batch(*args: Any) -> list[dict[str, Any]]:
+        page = read_pages(*args)
+        if page:
+            other = open_store(f"sqlite:///{store.path}")  # type: ignore[attr-defined]
+            try:
+                assert run(other, library_root).written == len(page)
+            finally:
+                other.close()
+        return page
+
+    store.files_pending_write = page_then_other_batch  # type: ignore[method-assign]
     report = run(store, library_root)
 
-    assert report.written == 1 and report.summary()["stale_temps_removed"] == 2
-    assert sorted(p.name for p in temp_leftovers(library_root)) == [stale[2].name, running.name]
+    assert (report.unchanged, report.skipped, report.failed) == (3, 0, 0)
+    for key, path in files.items():
+        doc = file_doc(store, key)
+        assert doc["write_error"] is None and doc["file_tags_pending"] is False
+        assert (doc["size"], doc["mtime_ns"]) == stat_of(path)
 
 
 # ---- several writers at once -----------------------------------------------------------------
@@ -336,13 +298,13 @@ def pools_started(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Write even a handful of files through the process pool, and count the pools started."""
     started: list[int] = []
 
-    class CountedPool(parallel.ProcessPoolExecutor):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            started.append(kwargs["max_workers"])
-            super().__init__(*args, **kwargs)
+    class CountedPool(batch.ProcessPoolExecutor):
+        def __init__(self, max_workers: int, **kwargs: Any) -> None:
+            started.append(max_workers)
+            super().__init__(max_workers, **kwargs)
 
-    monkeypatch.setattr(parallel, "POOL_MIN_FILES", 2)
-    monkeypatch.setattr(parallel, "ProcessPoolExecutor", CountedPool)
+    monkeypatch.setattr(batch, "POOL_MIN_FILES", 2)
+    monkeypatch.setattr(batch, "ProcessPoolExecutor", CountedPool)
     return started
 
 
@@ -350,19 +312,24 @@ EXTENSIONS = ("mp3", "flac", "m4a", "ogg", "opus", "wav", "aiff")
 
 
 def test_concurrent_batch_writes_every_file(
-    store: Store, make_file: Callable[..., Path], library_root: Path, pools_started: list[int]
+    store: Store,
+    make_file: Callable[..., Path],
+    library_root: Path,
+    pools_started: list[int],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(batch, "CHUNK_SIZE", 4)  # chunks across pages of 5
     store.ensure_library(library_doc(library_root))
     files = {
         f"f{i:02d}": make_file(ext, f"album{i % 3}/{i:02d}.{ext}") for i, ext in enumerate(EXTENSIONS * 2)
     }
     register(store, files)
 
-    recorded: list[list[str]] = []
+    recorded: list[str] = []
     record_writes = store.record_writes
 
     def spy(records: list[dict[str, Any]]) -> None:
-        recorded.append(sorted(record["_key"] for record in records))
+        recorded.extend(record["_key"] for record in records if "written_at" in record)
         record_writes(records)
 
     store.record_writes = spy  # type: ignore[method-assign]
@@ -371,10 +338,9 @@ def test_concurrent_batch_writes_every_file(
         store, library_root, batch_size=5, writers=2, progress=lambda r: progress.append(r.processed)
     )
 
-    assert pools_started == [1], "one pool (one worker process beside this one), kept across the three pages"
-    keys_in_order = sorted(files)
-    assert recorded == [keys_in_order[:5], keys_in_order[5:10], keys_in_order[10:]], "one call per page"
-    assert len(progress) == 3 and progress == sorted(progress) and progress[-1] == len(files)
+    assert pools_started == [2], "one pool of two worker processes, kept across the three pages"
+    assert recorded == sorted(files), "every file's outcome recorded once, in order"
+    assert progress == [4, 8, 12, 14], "progress after each chunk"
     assert (report.written, report.unchanged, report.skipped, report.failed) == (len(files), 0, 0, 0)
     for key, path in files.items():
         tags = read_nom_tags(path)
@@ -388,33 +354,6 @@ def test_concurrent_batch_writes_every_file(
 
     store.finish_recalibration([{"_key": k, "mood_tiers": TIERS, "file_tags_pending": True} for k in files])
     assert run(store, library_root, writers=2).unchanged == len(files)
-
-
-def test_concurrent_writers_delete_their_spare_inodes_when_the_batch_ends(
-    store: Store,
-    make_file: Callable[..., Path],
-    library_root: Path,
-    pools_started: list[int],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Chunks of 4: the worker process is sent two chunks before this process writes any, so
-    # both end the batch holding the originals of their last chunk as spares.
-    monkeypatch.setattr(parallel, "CHUNK_SIZE", 4)
-    store.ensure_library(library_doc(library_root))
-    named = enumerate(EXTENSIONS * 4)
-    files = {f"f{i:02d}": make_file(ext, f"album{i % 4}/{i:02d}.{ext}") for i, ext in named}
-    register(store, files)
-    audio_before = {key: decoded_audio_hash(files[key]) for key in ("f00", "f13", "f27")}
-
-    report = run(store, library_root, writers=2)
-
-    assert pools_started == [1]
-    assert report.written == len(files)
-    assert temp_leftovers(library_root) == [], "spares must go with the batch, the worker's too"
-    assert parallel.PROCESS_SPARES.kept_bytes == 0 and len(parallel.PROCESS_SPARES) == 0
-    for key, audio in audio_before.items():
-        assert decoded_audio_hash(files[key]) == audio
-        assert read_nom_tags(files[key])[keys.VERSION] == ["nomarr-test-7"]
 
 
 def test_concurrent_per_file_errors_are_recorded_and_the_batch_goes_on(
@@ -434,7 +373,7 @@ def test_concurrent_per_file_errors_are_recorded_and_the_batch_goes_on(
 
     report = run(store, library_root, writers=2)
 
-    assert pools_started == [1]  # writers=2: one worker process, and this process writes too
+    assert pools_started == [2]
     good = [key for key in files if key.endswith("-good")]
     assert (report.written, report.skipped, report.failed) == (len(good), 1, 2)
     assert {e["file_id"]: e["kind"] for e in report.errors} == {
@@ -468,7 +407,7 @@ def test_concurrent_full_disk_stops_records_in_flight_and_leaves_no_temp(
         with pytest.raises(WriteBatchStopped, match="stopped") as caught:
             run(store, [library_root, tiny_root], batch_size=50, writers=2)
 
-        assert pools_started == [1]  # writers=2: one worker process, and this process writes too
+        assert pools_started == [2]
         assert full.read_bytes() == full_before
         assert temp_leftovers(tiny_root) == []
         assert os.listdir(tiny_root) == ["b.flac"]
@@ -476,8 +415,8 @@ def test_concurrent_full_disk_stops_records_in_flight_and_leaves_no_temp(
     b_doc = file_doc(store, "b")
     assert b_doc["file_tags_pending"] is True and "disk full" in b_doc["write_error"]
 
-    # Every other file is either written and recorded, or untouched and still pending: the
-    # writes in flight when the disk filled up finished and were recorded, nothing else began.
+    # Every other file is either written and recorded, or untouched and still pending: copies
+    # prepared when the disk filled up were deleted, not renamed into place.
     written = []
     for key, path in {"a": first, **later}.items():
         doc = file_doc(store, key)
@@ -488,9 +427,6 @@ def test_concurrent_full_disk_stops_records_in_flight_and_leaves_no_temp(
             assert keys.MOOD_STRICT in read_nom_tags(path)
             assert (doc["size"], doc["mtime_ns"]) == stat_of(path)
     assert caught.value.report.written == len(written)
-    # How many files the other writer finished before b's worker reported the full disk
-    # depends on process start-up timing; that nothing is submitted after it is tested
-    # deterministically in test_parallel.py.
 
 
 def test_one_writer_never_starts_a_pool(
@@ -501,3 +437,23 @@ def test_one_writer_never_starts_a_pool(
     register(store, files)
     assert run(store, library_root, writers=1).written == 3
     assert pools_started == []
+
+
+def test_a_symlink_alias_is_one_file_written_once_without_a_false_change(
+    store: Store, make_file: Callable[..., Path], library_root: Path
+) -> None:
+    target = make_file("flac", "real/01.flac")
+    (library_root / "links").mkdir()
+    (library_root / "links" / "alias.flac").symlink_to(target)
+    (library_root / "real" / "same folder alias.flac").symlink_to(target)
+    library_id, files = scanned_library(store, library_root)
+    assert list(files.values()) == [target.resolve()], "indexed once, by its real path"
+
+    library = store.get_library(library_id)
+    assert library is not None
+    report = write_pending_tags(store, library=library, library_roots=[library_root], has_calibration=True)
+
+    assert (report.written, report.skipped, report.failed) == (1, 0, 0)
+    assert store.file_counts(library_id)["write_errors"] == 0
+    assert scan_library(store, library_root, full=True).changed == 0
+    assert (library_root / "links" / "alias.flac").is_symlink()

@@ -7,17 +7,13 @@ from pathlib import Path
 
 import mutagen
 import pytest
-from mutagen.id3 import TXXX, Frame
-from mutagen.id3._tags import ID3Header  # the class mutagen hands to a frame reader
 
 from nomarr_pipeline.tagging import keys
 from nomarr_pipeline.tagging.formats import (
     TagValueError,
     UnsupportedFormatError,
-    _QuickTXXX,
     read_file_state,
     read_nom_tags,
-    read_written_state,
     write_nom_tags,
 )
 from nomarr_pipeline_tests.tagging.audio_helpers import (
@@ -134,58 +130,3 @@ def test_id3v23_file_keeps_its_foreign_values_and_is_saved_as_v24(
     assert foreign_tags(path) == foreign_before
     assert read_nom_tags(path) == EXPECTED
     assert decoded_audio_hash(path) == audio_before
-
-
-# ---- the verifying re-read ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize("extension", ALL_FORMATS)
-def test_written_state_reads_what_the_full_reader_reads(
-    extension: str, make_file: Callable[..., Path]
-) -> None:
-    path = make_file(extension)
-    write_nom_tags(path, TAGS, standard_mood=True)
-    assert read_written_state(path, format_of=path) == read_file_state(path)
-    assert read_written_state(path, format_of=path).nom_tags == EXPECTED
-
-
-V24, V23 = (2, 4, 0), (2, 3, 0)
-TAG_UNSYNCH = 0x80  # ID3v2 header flag: the whole tag is unsynchronised
-
-
-@pytest.mark.parametrize(
-    ("version", "tag_flags", "frame_flags", "body"),
-    [
-        (V24, 0, 0, b"\x03nom:version\x00v1"),  # last value without terminator
-        (V24, 0, 0, b"\x03nom:version\x00v1\x00"),  # ... and with one
-        (V24, 0, 0, b"\x03nom:mood-loose\x00happy\x00party\x00M\xc3\xbasica\x00"),
-        (V24, 0, 0, b"\x03nom:mood-loose\x00happy\x00\x00party"),  # an empty value in between
-        (V24, 0, 0, b"\x03nom:version\x00\x00"),  # one empty value
-        (V24, 0, 0, b"\x03nom:version\x00"),  # no value
-        (V24, 0, 0, b"\x03nom:version"),  # no terminator after the description
-        (V24, 0, 0, b"\x03\x00v"),  # empty description
-        (V24, 0, 0, b"\x03"),  # nothing but the encoding
-        (V24, 0, 0, b"\x03nom:version\x00caf\xe9"),  # not UTF-8: mutagen's fix-ups decide
-        (V24, 0, 0, b"\x00nom:version\x00caf\xe9"),  # latin-1
-        (V24, 0, 0, b"\x01\xff\xfen\x00o\x00m\x00\x00\x00v\x00\x00\x00"),  # UTF-16
-        (V24, 0, 0, b"\x07nom:version\x00v"),  # no such encoding: a junk frame
-        (V24, 0, Frame.FLAG24_UNSYNCH, b"\x03nom:version\x00v\xff\x00\x00"),
-        (V24, 0, Frame.FLAG24_ALTERTAG, b"\x03nom:version\x00v"),
-        (V24, TAG_UNSYNCH, 0, b"\x03nom:version\x00v\xff\x00\x00"),
-        (V23, 0, 0, b"\x03nom:version\x00v1\x00\x00\x00"),  # v2.3 takes trailing NULs for padding
-    ],
-)
-def test_quick_txxx_builds_the_frame_mutagen_builds(
-    version: tuple[int, int, int], tag_flags: int, frame_flags: int, body: bytes
-) -> None:
-    header = ID3Header()
-    header.version, header._flags = version, tag_flags
-
-    def build(reader: type[TXXX]) -> tuple[str, dict[str, object]] | str:
-        try:
-            frame = reader._fromData(header, frame_flags, body)
-        except Exception as exc:  # the same junk-frame error from both, or neither
-            return type(exc).__name__
-        return type(frame).__name__, dict(vars(frame))
-
-    assert build(_QuickTXXX) == build(TXXX)
