@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -300,6 +301,8 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         self._seen = None
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signals reach the main thread only
         read, write = os.pipe()
         os.set_blocking(read, False)
         os.set_blocking(write, False)

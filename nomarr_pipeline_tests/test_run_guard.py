@@ -21,6 +21,7 @@ from dagster._core.instance.config import dagster_instance_config
 from mutagen import File as MutagenFile
 
 from nomarr_pipeline.run_guard import ProcessIdentity
+from nomarr_pipeline.store import open_store
 from nomarr_pipeline_tests.cli_processes import (
     Command,
     PipelineFolder,
@@ -265,3 +266,45 @@ def test_two_runs_at_once_on_the_embedded_store(tmp_path: Path) -> None:
     finally:
         db.close()
     _assert_library_settled(folder)
+
+
+# ---- the sensors ------------------------------------------------------------------------------
+
+
+def _dead_process() -> ProcessIdentity:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = psutil.Process(process.pid).create_time()
+    process.wait()
+    return ProcessIdentity(ProcessIdentity.current().host, process.pid, started)
+
+
+def test_a_sensor_never_takes_a_dead_command_line_run_for_one_in_flight(tmp_path: Path) -> None:
+    from nomarr_pipeline.definitions import defs
+    from nomarr_pipeline.resources import StoreResource
+    from nomarr_pipeline.sensors import calibration_hash_sensor
+
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    store = open_store(url)
+    store.ensure_library({"_key": "lib", "name": "library", "root_path": str(tmp_path)})
+    store.upsert_files([{"_key": "f1", "library_id": "lib", "path": f"{tmp_path}/a.mp3", "analyzed_at": 1}])
+    store.close()
+    with dg.instance_for_test() as instance:
+        tagging_job = defs.resolve_job_def("tagging_job")
+        # What `nomarr-pipeline write-tags` killed in its tag-writing step leaves behind.
+        dead = instance.create_run_for_job(
+            tagging_job, status=dg.DagsterRunStatus.STARTED, tags=_dead_process().tags()
+        )
+        instance.event_log_storage.claim_concurrency_slot("tag_writing", dead.run_id, "written_tags")
+        alive = instance.create_run_for_job(
+            tagging_job, status=dg.DagsterRunStatus.STARTED, tags=ProcessIdentity.current().tags()
+        )
+        resources = {"store": StoreResource(url=url)}
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            result = calibration_hash_sensor(context)
+        # The live run is in flight; the dead one is not any more.
+        assert isinstance(result, dg.SkipReason) and "already in flight" in result.skip_message
+        assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert claimed_slots(instance) == []
+        instance.report_run_failed(instance.get_run_by_id(alive.run_id))
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            assert isinstance(calibration_hash_sensor(context), dg.SensorResult)
