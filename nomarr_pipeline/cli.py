@@ -133,7 +133,7 @@ def import_calibrations(package: Path, overwrite: bool, allow_unknown: bool) -> 
     known = None if allow_unknown else runner.known_head_labels()
     if known is None and not allow_unknown:
         raise UserError(
-            "cannot check which of the package's heads are yours: NOMARR_MODELS_DIR is not a folder",
+            "cannot check which of the package's heads are yours: NOMARR_MODELS_DIR is unset or not a folder",
             "set NOMARR_MODELS_DIR to your models folder (or import every head with --allow-unknown)",
         )
     store = runner.open_checked_store(for_writing=True)

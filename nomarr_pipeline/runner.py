@@ -301,7 +301,7 @@ def launch_run(
     STOP.raise_if_received()
     if result.success:
         return result.run_id, None
-    return result.run_id, _failure_message(result.all_events)
+    return result.run_id, _failure_of(result.all_events)
 
 
 # A step's store error is re-raised in the command line as itself, so it gets its own advice.
@@ -310,7 +310,8 @@ _STORE_ERRORS: dict[str, type[StoreError]] = {
 }
 
 
-def _failure_message(events: Sequence[dg.DagsterEvent]) -> str:
+def _failure_of(events: Sequence[dg.DagsterEvent]) -> str:
+    """What failed, as the summary says it; a step's store error is raised as itself."""
     for event in events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error

@@ -462,3 +462,36 @@ def test_status_and_preview_after_the_demo(
         assert store.count_files_needing_recalibration(expected) == len(DEMO_TRACKS)
     finally:
         store.close()
+
+
+# ---- what a failed run says -------------------------------------------------------------------
+
+
+def _failing_job(error: Exception) -> dg.JobDefinition:
+    @dg.op
+    def writes_predictions() -> None:
+        raise error
+
+    @dg.job
+    def failing() -> None:
+        writes_predictions()
+
+    return failing
+
+
+def test_a_failed_step_is_summarised_by_its_own_error_and_a_store_error_is_raised() -> None:
+    from nomarr_pipeline.store import StoreError, StoreFullError
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        for error, says in [
+            (dg.Failure("the disk holding the library is full"), "the disk holding the library is full"),
+            (ValueError("no such head"), "no such head"),
+        ]:
+            run_id, failure = runner.launch_run(instance, _failing_job(error), {}, verbose=False)
+            assert failure == f"step writes_predictions failed: {says}"
+            assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+        full = StoreFullError("the disk holding the SQLite store /x.sqlite3 is full")
+        with pytest.raises(StoreFullError, match=r"^the disk holding the SQLite store /x.sqlite3 is full$"):
+            runner.launch_run(instance, _failing_job(full), {}, verbose=False)
+        with pytest.raises(StoreError, match="server went away"):
+            runner.launch_run(instance, _failing_job(StoreError("server went away")), {}, verbose=False)

@@ -106,36 +106,22 @@ def _kill_while_writing(folder: PipelineFolder, variant: int) -> str:
     raise AssertionError("could not kill write-tags while its tag-writing step ran")
 
 
-def _assert_library_settled(folder: PipelineFolder) -> None:
+def _assert_library_settled(folder: PipelineFolder, *, after_kills: bool = False) -> None:
     with folder.store() as store:
         counts = store.file_counts()
+        errors = [f["write_error"] for page in store.iter_files() for f in page if f.get("write_error")]
+    if after_kills:
+        # A writer killed between replacing a file and recording it leaves the file looking
+        # edited by another program: issue 14 item 4, fixed in the tag writer. Such files are
+        # the only ones that may still wait for a rescan.
+        assert all("changed on disk since the scan" in error for error in errors), errors
+        assert counts["pending_writes"] == len(errors)
+    else:
         assert counts["pending_writes"] == 0
-        assert counts["write_errors"] == 0
+        assert errors == []
     for path in folder.library.rglob("*"):
         if path.is_file() and not path.name.startswith("."):
             assert MutagenFile(path) is not None, path  # every file still opens
-
-
-@pytest.mark.slow
-def test_more_kills_while_writing_than_the_pool_has_slots(analysed: PipelineFolder) -> None:
-    with analysed.instance() as instance:
-        limit = instance.event_log_storage.get_concurrency_info("tag_writing").limit or 1
-    killed = [_kill_while_writing(analysed, variant=kill % 2 + 1) for kill in range(limit + 1)]
-    with analysed.instance() as instance:
-        assert killed[-1] in claimed_slots(instance)  # the last writer died holding its slot
-
-    final = analysed.run("write-tags", timeout=300)
-    assert final.returncode == 0, final.stderr
-    assert "Traceback" not in final.stderr
-    assert f"run {killed[-1][:8]} (tagging_job) was left unfinished by nomarr-pipeline pid" in final.stderr
-    statuses = _runs(analysed)
-    assert [statuses[run_id] for run_id in killed] == [dg.DagsterRunStatus.FAILURE] * len(killed)
-    with analysed.instance() as instance:
-        assert claimed_slots(instance) == []
-        for run_id in killed:
-            (failure,) = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
-            assert "is gone: it was killed or crashed" in (failure.message or "")
-    _assert_library_settled(analysed)
 
 
 HOLDER = """
@@ -227,6 +213,30 @@ def test_sigterm_stops_tag_writing_like_ctrl_c_and_loses_nothing(analysed: Pipel
     rerun = analysed.run("write-tags", timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     _assert_library_settled(analysed)
+
+
+@pytest.mark.slow
+def test_more_kills_while_writing_than_the_pool_has_slots(analysed: PipelineFolder) -> None:
+    """Last of the tests on ``analysed``: the files its kills leave for issue 14 item 4 would
+    fail the strict checks of the others."""
+    with analysed.instance() as instance:
+        limit = instance.event_log_storage.get_concurrency_info("tag_writing").limit or 1
+    killed = [_kill_while_writing(analysed, variant=kill % 2 + 1) for kill in range(limit + 1)]
+    with analysed.instance() as instance:
+        assert killed[-1] in claimed_slots(instance)  # the last writer died holding its slot
+
+    final = analysed.run("write-tags", timeout=300)
+    assert final.returncode == 0, final.stderr
+    assert "Traceback" not in final.stderr
+    assert f"run {killed[-1][:8]} (tagging_job) was left unfinished by nomarr-pipeline pid" in final.stderr
+    statuses = _runs(analysed)
+    assert [statuses[run_id] for run_id in killed] == [dg.DagsterRunStatus.FAILURE] * len(killed)
+    with analysed.instance() as instance:
+        assert claimed_slots(instance) == []
+        for run_id in killed:
+            (failure,) = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+            assert "is gone: it was killed or crashed" in (failure.message or "")
+    _assert_library_settled(analysed, after_kills=True)
 
 
 # ---- two pipelines on one embedded store ---------------------------------------------------

