@@ -34,7 +34,7 @@ from nomarr_pipeline_tests.cli_processes import (
 from nomarr_pipeline_tests.ui.dagster_dev import REPO_ROOT
 
 # Enough files that the tag-writing step lasts long enough to be killed in the middle.
-LIBRARY_COPIES = 6
+LIBRARY_COPIES = 3
 
 # ---- configuration ------------------------------------------------------------------------
 
