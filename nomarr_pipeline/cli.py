@@ -5,12 +5,13 @@ decorate a function with ``@cli.command()``; for a family of commands (``models 
 ``models fetch``) make a group with ``@cli.group()`` and decorate its commands with
 ``@<group>.command()``. Raise :class:`~nomarr_pipeline.runner.UserError` for problems the
 user can fix; :func:`main` turns it into ``error:`` / ``next:`` lines and exit status 2.
-Exit status 1 means a pipeline step failed, 130 an interrupt.
+Exit status 1 means a pipeline step failed, 130 an interrupt (Ctrl-C), 143 a SIGTERM.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import warnings
@@ -22,6 +23,7 @@ import click
 from nomarr_pipeline import runner
 from nomarr_pipeline.jobs import library_scan_job, tagging_job
 from nomarr_pipeline.progress import StepProgress
+from nomarr_pipeline.run_guard import STOP
 from nomarr_pipeline.runner import StepOutcome, UserError
 from nomarr_pipeline.store import Store, StoreError, redact_url
 
@@ -53,7 +55,7 @@ def demo(folder: Path, verbose: bool) -> int:
     library = build_demo_library(folder / "library")
     click.echo(f"demo library: {library}")
     click.echo(f"demo models:  {build_demo_models(folder / 'models')}")
-    ok = _run_and_summarise(verbose)
+    ok = _run_and_summarise("demo", verbose)
     click.echo(f"tags written into: {library}  (nom:* keys; e.g. `ffprobe` or mutagen-inspect)")
     click.echo("to use the demo data in `dagster dev`, start it with:")
     click.echo("  " + " ".join(f"{name}={value}" for name, value in env.items()) + " dagster dev")
@@ -64,16 +66,15 @@ def demo(folder: Path, verbose: bool) -> int:
 @verbose_option
 def run(verbose: bool) -> int:
     """Run the whole pipeline on NOMARR_LIBRARY_ROOTS with NOMARR_MODELS_DIR."""
-    return 0 if _run_and_summarise(verbose) else 1
+    return 0 if _run_and_summarise("run", verbose) else 1
 
 
 @cli.command()
 def scan() -> int:
     """Scan the configured library folders."""
     runner.require_library_roots()
-    runner.open_checked_store()
-    with runner.dagster_instance() as instance:
-        outcome = runner.PipelineRunner(instance).run_job("scan", library_scan_job.name)
+    with runner.pipeline_session("scan") as (pipeline, _):
+        outcome = pipeline.run_job("scan", library_scan_job.name)
     return 0 if _print_outcomes([outcome]) else 1
 
 
@@ -82,7 +83,7 @@ def status() -> int:
     """Files, analysis, calibration and pending writes per library."""
     import pandas as pd
 
-    frame = runner.status_frame(runner.open_checked_store())
+    frame = runner.status_frame(runner.open_checked_store(), runner.known_head_labels())
     if frame.empty:
         click.echo("no library scanned yet: run `nomarr-pipeline run` (or `nomarr-pipeline demo`)")
         return 0
@@ -102,7 +103,10 @@ def export_calibrations(dest: Path | None) -> int:
     states = runner.usable_calibrations(runner.open_checked_store())
     if not states:
         raise UserError("there is no calibration to export yet", "run `nomarr-pipeline run` first")
-    dest = dest.absolute() if dest else runner.checked_settings().export_dir
+    if dest:
+        dest = runner.writable_folder(dest.absolute(), "--dest", "a folder (created if its parent exists)")
+    else:
+        dest = runner.require_export_dir()
     try:
         package = export_package(states, dest)
     except OSError as error:
@@ -118,19 +122,43 @@ def export_calibrations(dest: Path | None) -> int:
 @cli.command("import-calibrations")
 @click.argument("package", type=click.Path(path_type=Path))
 @click.option("--overwrite", is_flag=True, help="Replace calibrations that exist here.")
-def import_calibrations(package: Path, overwrite: bool) -> int:
+@click.option(
+    "--allow-unknown", is_flag=True, help="Also import heads that are not in NOMARR_MODELS_DIR."
+)
+def import_calibrations(package: Path, overwrite: bool, allow_unknown: bool) -> int:
     """Bootstrap calibrations from a calibrations.json (PACKAGE)."""
     from nomarr_pipeline.calibration.exports import InvalidPackageError, import_package
 
     if not package.is_file():
         raise UserError(f"calibration package {package} not found", "give the path of a calibrations.json")
-    store = runner.open_checked_store()
+    known = None if allow_unknown else runner.known_head_labels()
+    if known is None and not allow_unknown:
+        raise UserError(
+            "cannot check which of the package's heads are yours: NOMARR_MODELS_DIR is unset or not a folder",
+            "set NOMARR_MODELS_DIR to your models folder (or import every head with --allow-unknown)",
+        )
+    store = runner.open_checked_store(for_writing=True)
     try:
-        report = import_package(store, package, time.time_ns() // 1_000_000, overwrite=overwrite)
+        report = import_package(
+            store, package, time.time_ns() // 1_000_000, overwrite=overwrite, known_heads=known
+        )
     except InvalidPackageError as error:
         raise UserError(
             str(error), "export a fresh package with `nomarr-pipeline export-calibrations`"
         ) from None
+    if report.unknown:
+        heads = sorted({key.rsplit(":", 1)[0] for key in report.unknown})
+        shown = ", ".join(heads[:5]) + (f" and {len(heads) - 5} more" if len(heads) > 5 else "")
+        click.echo(
+            f"not imported: {len(report.unknown)} labels of {len(heads)} heads that are not in "
+            f"NOMARR_MODELS_DIR ({shown}); --allow-unknown imports them too",
+            err=True,
+        )
+        if not report.imported and not report.skipped_existing:
+            raise UserError(
+                f"the package {package} calibrates none of the heads in NOMARR_MODELS_DIR",
+                "set NOMARR_MODELS_DIR to the models the package was made with (or use --allow-unknown)",
+            )
     click.echo(f"imported: {len(report.imported)} labels")
     if report.skipped_existing:
         click.echo(
@@ -150,7 +178,7 @@ def force_recalibration(library: str | None) -> int:
     """Mark every file stale so it is recalibrated (new tier settings)."""
     from nomarr_pipeline.library.identity import library_key
 
-    store = runner.open_checked_store()
+    store = runner.open_checked_store(for_writing=True)
     library_id = None
     if library:
         library_id = library_key(Path(library).resolve())
@@ -182,9 +210,8 @@ def write_tags(preview: bool, output: str, verbose: bool) -> int:
         changes = int((frame["action"] != "keep").sum())
         click.echo(f"preview: {output} ({frame['file_id'].nunique()} files, {changes} tag changes)")
         return 0
-    runner.open_checked_store()
-    with runner.dagster_instance() as instance:
-        outcome = runner.PipelineRunner(instance, verbose=verbose).run_job(
+    with runner.pipeline_session("write-tags", verbose=verbose) as (pipeline, _):
+        outcome = pipeline.run_job(
             "recalibration + tag writing", tagging_job.name, progress=runner.tagging_progress()
         )
     return 0 if _print_outcomes([outcome]) else 1
@@ -284,9 +311,9 @@ class _DownloadProgress:
 # ---- output ---------------------------------------------------------------------------------
 
 
-def _run_and_summarise(verbose: bool) -> bool:
+def _run_and_summarise(command: str, verbose: bool) -> bool:
     """The whole pipeline, then its summary and where to look; whether every step succeeded."""
-    outcomes, store = runner.run_pipeline(verbose=verbose)
+    outcomes, store = runner.run_pipeline(command, verbose=verbose)
     click.echo("\npipeline:")
     ok = _print_outcomes(outcomes)
     _print_where_to_look(store)
@@ -303,7 +330,7 @@ def _print_outcomes(outcomes: Sequence[StepOutcome]) -> bool:
 def _print_where_to_look(store: Store) -> None:
     settings = runner.checked_settings()
     click.echo()
-    frame = runner.status_frame(store)
+    frame = runner.status_frame(store, runner.known_head_labels())
     if not frame.empty:
         click.echo(frame.to_string(index=False))
         click.echo()
@@ -318,27 +345,28 @@ def _print_where_to_look(store: Store) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit status: 0 ok, 1 a step failed, 2 a problem the user can
-    fix (or a usage error), 130 interrupted."""
+    fix (or a usage error), 130 interrupted by Ctrl-C, 143 stopped by SIGTERM."""
     # Beta/preview notices about Dagster APIs the project chose on purpose are noise to an
     # operator; real warnings still show.
     warnings.filterwarnings("ignore", message=r".*(is currently in beta|is currently in preview).*")
-    try:
-        return int(cli.main(args=argv, prog_name="nomarr-pipeline", standalone_mode=False) or 0)
-    except UserError as error:
-        click.echo(f"error: {error.problem}\nnext: {error.next_step}", err=True)
-        return 2
-    except StoreError as error:  # raised after the pre-flight check, e.g. the server went away
-        click.echo(
-            f"error: database: {error}\nnext: check NOMARR_STORE_URL and that the database is running",
-            err=True,
-        )
-        return 2
-    except click.ClickException as error:  # bad usage: click's own message
-        error.show()
-        return error.exit_code
-    except (click.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
-        click.echo("interrupted", err=True)
-        return 130
+    with STOP:
+        try:
+            return int(cli.main(args=argv, prog_name="nomarr-pipeline", standalone_mode=False) or 0)
+        except UserError as error:
+            click.echo(f"error: {error.problem}\nnext: {error.next_step}", err=True)
+            return 2
+        except StoreError as error:  # after the pre-flight check: a full disk, a lost server
+            click.echo(f"error: database: {error}\nnext: {runner.store_advice(error)}", err=True)
+            return 2
+        except click.ClickException as error:  # bad usage: click's own message
+            error.show()
+            return error.exit_code
+        except (click.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+            if STOP.received() == signal.SIGTERM:
+                click.echo("stopped (SIGTERM); run the command again to continue", err=True)
+                return 143
+            click.echo("interrupted", err=True)
+            return 130
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ class StoreResource(dg.ConfigurableResource):
         """The store of this execution: connected on first use, closed at its end."""
         if self._store is None:
             env = Settings.from_env()
+            if not self.url:
+                env.ensure_store_folder()  # the data dir of the default store; never other folders
             self._store = open_store(
                 self.url or env.store_url,
                 arango_db=self.arango_db or env.arango_db,

@@ -1,7 +1,8 @@
 """Headless operation, for the command line: pre-flight checks that turn configuration
 problems into :class:`UserError`, the pipeline's Dagster jobs run in-process against the
 instance at ``DAGSTER_HOME`` (so every run shows in ``dagster dev`` as if launched from the
-UI), and the status of every library.
+UI), and the status of every library. What stands in the way of a run (runs left by a crash,
+busy pool slots, another pipeline on the embedded store) is :mod:`nomarr_pipeline.run_guard`'s.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,8 +31,17 @@ from nomarr_pipeline.jobs import (
 )
 from nomarr_pipeline.partitions import HEADS
 from nomarr_pipeline.progress import ProgressPoller, StepProgress
-from nomarr_pipeline.settings import Settings
-from nomarr_pipeline.store import Doc, Store, StoreError, open_store, redact_url
+from nomarr_pipeline.run_guard import STOP, RunGuard, one_pipeline_per_store
+from nomarr_pipeline.settings import SettingError, Settings
+from nomarr_pipeline.store import (
+    Doc,
+    Store,
+    StoreError,
+    StoreFullError,
+    StoreReadOnlyError,
+    open_store,
+    redact_url,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,20 +60,37 @@ class UserError(Exception):
         self.next_step = next_step
 
 
+def say(text: str) -> None:
+    """A line for the user about what the command line is doing or waiting for (stderr)."""
+    print(text, file=sys.stderr, flush=True)
+
+
 # ---- pre-flight checks ----------------------------------------------------------------------
 
 
 def checked_settings() -> Settings:
     try:
         return Settings.from_env()
+    except SettingError as error:
+        raise UserError(str(error), error.next_step) from None
     except ValueError as error:
         raise UserError(str(error), "fix the NOMARR_* environment variable (see the README table)") from None
 
 
-def open_checked_store() -> Store:
+def open_checked_store(*, for_writing: bool = False) -> Store:
     """Open the configured store and touch it once, so an unreachable database is reported
-    before any run starts."""
+    before any run starts; ``for_writing`` also refuses an embedded store this user cannot
+    write (a read-only file, folder or mount)."""
     config = checked_settings()
+    try:
+        config.ensure_store_folder()
+    except SettingError as error:
+        raise UserError(str(error), error.next_step) from None
+    except OSError as error:
+        raise UserError(
+            f"cannot create the data folder {config.data_dir}: {error.strerror}",
+            "set NOMARR_DATA_DIR to a folder this user can write",
+        ) from None
     try:
         store = open_store(
             config.store_url,
@@ -72,11 +100,70 @@ def open_checked_store() -> Store:
         )
         store.list_libraries()  # one cheap round trip: reachable, authenticated, schema in place
     except StoreError as error:
-        raise UserError(
-            f"cannot use the store at {redact_url(config.store_url)}: {error}",
-            "check NOMARR_STORE_URL (and NOMARR_ARANGO_* for ArangoDB) and that the database is running",
-        ) from None
+        problem = f"cannot use the store at {redact_url(config.store_url)}: {error}"
+        raise UserError(problem, store_advice(error)) from None
+    path = config.sqlite_store_path()
+    if for_writing and path is not None:
+        _require_writable_store(path)
     return store
+
+
+def store_advice(error: StoreError) -> str:
+    """What to do about a store that refused: the ``next:`` line."""
+    if isinstance(error, StoreFullError):
+        return (
+            "free space on the store's disk (or move the store and set NOMARR_STORE_URL), then run "
+            "again: everything stored before is kept and the runs resume"
+        )
+    if isinstance(error, StoreReadOnlyError):
+        return (
+            "make the store file and its folder writable (or set NOMARR_STORE_URL to a writable copy), "
+            "then run again"
+        )
+    return "check NOMARR_STORE_URL (and NOMARR_ARANGO_* for ArangoDB) and that the database is running"
+
+
+def _require_writable_store(path: Path) -> None:
+    # SQLite writes the file and, next to it, its write-ahead log.
+    for target in (path, path.parent):
+        if os.access(target, os.W_OK):
+            continue
+        read_only_mount = bool(os.statvfs(target).f_flag & os.ST_RDONLY)
+        why = "is on a read-only file system" if read_only_mount else "is not writable by this user"
+        raise UserError(
+            f"the SQLite store {path} cannot be written: {target} {why}",
+            "make the store file and its folder writable, or set NOMARR_STORE_URL to a writable copy "
+            "(sqlite3 nomarr.sqlite3 \".backup copy.sqlite3\")",
+        )
+
+
+def writable_folder(path: Path, variable: str, expected: str) -> Path:
+    """``path`` as a folder this process can write, created when only its last part is
+    missing; otherwise a :class:`UserError` naming ``variable``."""
+    fix = f"set {variable} to {expected}"
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{variable} is {path}, which is not a folder", fix)
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise UserError(f"{variable} is {path}, but its parent folder does not exist", fix)
+        try:
+            path.mkdir()
+        except OSError as error:
+            raise UserError(f"cannot create {variable} {path}: {error.strerror}", fix) from None
+    try:
+        with tempfile.TemporaryFile(dir=path):  # gone again when closed
+            pass
+    except OSError as error:
+        raise UserError(
+            f"cannot write into {variable} {path}: {error.strerror}",
+            f"make it writable (or free space on its disk), or {fix}",
+        ) from None
+    return path
+
+
+def require_export_dir() -> Path:
+    expected = "a folder for calibration exports (or unset it: <data dir>/calibration)"
+    return writable_folder(checked_settings().export_dir, "NOMARR_EXPORT_DIR", expected)
 
 
 def require_library_roots() -> list[Path]:
@@ -86,12 +173,13 @@ def require_library_roots() -> list[Path]:
             "no library folders configured",
             "set NOMARR_LIBRARY_ROOTS to your music folders separated by ':' (or try `nomarr-pipeline demo`)",
         )
-    missing = [str(root) for root in roots if not root.is_dir()]
-    if missing:
-        raise UserError(
-            f"library folders not found: {', '.join(missing)}",
-            "fix NOMARR_LIBRARY_ROOTS (folders separated by ':')",
-        )
+    for root in roots:
+        if not root.is_dir():
+            why = "is not a folder" if root.exists() else "does not exist"
+            raise UserError(
+                f"NOMARR_LIBRARY_ROOTS names {root}, which {why}",
+                "set NOMARR_LIBRARY_ROOTS to existing music folders, separated by ':'",
+            )
     return roots
 
 
@@ -113,9 +201,10 @@ def require_heads() -> list[Head]:
 
     models_dir = require_models_dir()
     if not models_dir.is_dir():
+        why = "is not a folder" if models_dir.exists() else "does not exist"
         raise UserError(
-            f"models folder {models_dir} does not exist",
-            "fix NOMARR_MODELS_DIR: it must name a folder of Essentia models (<name>.pb + <name>.json)",
+            f"NOMARR_MODELS_DIR names {models_dir}, which {why}",
+            "set NOMARR_MODELS_DIR to a folder of Essentia models (<name>.pb + <name>.json)",
         )
     catalog = discover_models(models_dir)
     for problem in catalog.problems:
@@ -129,16 +218,57 @@ def require_heads() -> list[Head]:
     return list(catalog.heads)
 
 
+def known_head_labels() -> dict[tuple[str, str], tuple[str, ...]] | None:
+    """(model_key, head_name) -> labels of every head in NOMARR_MODELS_DIR; ``None`` when no
+    models folder is configured."""
+    from nomarr_pipeline.ml.discovery import discover_models
+
+    models_dir = checked_settings().models_dir
+    if models_dir is None or not models_dir.is_dir():
+        return None
+    return {(head.model_key, head.head_name): head.labels for head in discover_models(models_dir).heads}
+
+
 def dagster_instance() -> dg.DagsterInstance:
     """The instance the CLI shares with ``dagster dev``: ``DAGSTER_HOME``, by default
     ``.dagster_home/`` with the repository's ``dagster.yaml``."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").absolute())))
-    home.mkdir(parents=True, exist_ok=True)
+    expected = "a folder for Dagster's runs (or unset it: .dagster_home/ in this folder)"
+    if not home.is_absolute():
+        raise UserError(f"DAGSTER_HOME is {home}, not an absolute path", f"set DAGSTER_HOME to {expected}")
+    writable_folder(home, "DAGSTER_HOME", expected)
     config = home / "dagster.yaml"
     shipped = Path(__file__).resolve().parent.parent / "dagster.yaml"
-    if not config.exists() and shipped.exists():
-        shutil.copyfile(shipped, config)
-    return dg.DagsterInstance.get()
+    try:
+        if not config.exists() and shipped.exists():
+            shutil.copyfile(shipped, config)
+        return dg.DagsterInstance.get()
+    except Exception as error:
+        raise _instance_error(error) from None
+
+
+# Packages whose errors mean that the instance's database refused (Dagster's storages).
+_STORAGE_PACKAGES = ("sqlite3", "sqlalchemy", "psycopg2", "psycopg")
+
+
+def _is_storage_error(error: BaseException) -> bool:
+    return isinstance(error, OSError) or type(error).__module__.split(".")[0] in _STORAGE_PACKAGES
+
+
+def _instance_error(error: Exception) -> Exception:
+    """A :class:`UserError` when the instance's storage refused (full disk, read-only),
+    else ``error`` itself (a bug, shown with its traceback)."""
+    cause: BaseException | None = error
+    while cause is not None and not _is_storage_error(cause):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return error
+    home = os.environ["DAGSTER_HOME"]
+    return UserError(
+        f"the Dagster instance in DAGSTER_HOME {home} cannot be written: {cause}",
+        "free space on its disk or make it writable, or set DAGSTER_HOME to another folder; "
+        "then run again (finished work is kept)",
+    )
 
 
 # ---- running jobs ---------------------------------------------------------------------------
@@ -157,32 +287,54 @@ class StepOutcome:
 def launch_run(
     instance: dg.DagsterInstance, job: dg.JobDefinition, tags: dict[str, str], *, verbose: bool
 ) -> tuple[str, str | None]:
-    """Run ``job`` once and wait: its run id, and what failed (``None`` when it succeeded)."""
-    # Dagster's console logger would interleave every event with the progress bar; the events
-    # are still stored in the instance (the UI shows them all).
-    level = "INFO" if verbose else "WARNING"
-    result = job.execute_in_process(
-        instance=instance,
-        run_config={"loggers": {"console": {"config": {"log_level": level}}}},
-        tags=tags,
-        raise_on_error=False,
-    )
-    return result.run_id, None if result.success else _failure_message(result)
+    """Run ``job`` once and wait: its run id, and what failed (``None`` when it succeeded).
+
+    A step that failed because the store's disk is full or read-only raises that
+    :class:`StoreError`, as does an interrupt (Ctrl-C, SIGTERM) its ``KeyboardInterrupt``."""
+    # Dagster's console logger would interleave its events, tracebacks included, with the
+    # progress bar; the summary names what failed, and the instance keeps every event (the
+    # UI shows them all, as does --verbose).
+    level = "INFO" if verbose else "CRITICAL"
+    try:
+        result = job.execute_in_process(
+            instance=instance,
+            run_config={"loggers": {"console": {"config": {"log_level": level}}}},
+            tags=tags,
+            raise_on_error=False,
+        )
+    except Exception as error:
+        raise _instance_error(error) from None
+    STOP.raise_if_received()
+    if result.success:
+        return result.run_id, None
+    return result.run_id, _failure_of(result.all_events)
 
 
-def _failure_message(result: dg.ExecuteInProcessResult) -> str:
-    for event in result.all_events:
+# A step's store error is re-raised in the command line as itself, so it gets its own advice.
+_STORE_ERRORS: dict[str, type[StoreError]] = {
+    cls.__name__: cls for cls in (StoreError, StoreFullError, StoreReadOnlyError)
+}
+
+
+def _failure_of(events: Sequence[dg.DagsterEvent]) -> str:
+    """What failed, as the summary says it; a step's store error is raised as itself."""
+    for event in events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error
-            # A dg.Failure carries the user-facing text in its description.
-            message = error.message.strip().splitlines()[-1] if error.message else error.cls_name
-            return f"step {event.step_key} failed: {message}"
+            while error.cause is not None and error.cls_name not in _STORE_ERRORS:
+                error = error.cause  # the step's own exception, under Dagster's wrapper
+            # "module.Class: text" -> "text"; a dg.Failure's description is its last line.
+            text = error.message.split(f"{error.cls_name}: ", 1)[-1].strip()
+            text = text.splitlines()[-1] if text else error.cls_name
+            if error.cls_name in _STORE_ERRORS:
+                raise _STORE_ERRORS[error.cls_name](text)
+            return f"step {event.step_key} failed: {text}"
     return "the run failed (see its logs in the Dagster UI)"
 
 
 class PipelineRunner:
     """Runs the pipeline's jobs one after the other against one Dagster instance; a step
-    after a failed one is skipped."""
+    after a failed one is skipped. Runs a crash left unfinished are failed first."""
 
     def __init__(self, instance: dg.DagsterInstance, *, verbose: bool = False) -> None:
         from nomarr_pipeline.definitions import defs
@@ -191,6 +343,8 @@ class PipelineRunner:
         self.defs = defs
         self.verbose = verbose
         self.outcomes: list[StepOutcome] = []
+        self.guard = RunGuard(instance, say=say)
+        self.guard.fail_dead_runs()
 
     def run_job(
         self,
@@ -208,7 +362,7 @@ class PipelineRunner:
             outcome.status, outcome.detail = "skipped", "an earlier step failed"
             return outcome
         job = self.defs.resolve_job_def(job_name)
-        base_tags = {"nomarr/launched_by": "cli"}
+        base_tags = {"nomarr/launched_by": "cli", **self.guard.run_tags()}
         runs = [base_tags]
         if job.partitions_def is not None:
             if not partition_keys:
@@ -218,6 +372,7 @@ class PipelineRunner:
             ranges = contiguous_ranges(ordered, partition_keys)
             runs = [{**base_tags, **partition_range_tags(keys)} for keys in ranges]
             outcome.detail = f"{len(partition_keys)} heads in {len(runs)} run(s)"
+        self.guard.wait_for_pools(job)  # before the progress bar, which would hide its message
         with ProgressPoller(StepProgress(step), progress) if progress else nullcontext():
             for tags in runs:
                 run_id, failure = launch_run(self.instance, job, tags, verbose=self.verbose)
@@ -233,6 +388,17 @@ class PipelineRunner:
         if new:
             self.instance.add_dynamic_partitions(HEADS, new)
         return new
+
+
+@contextmanager
+def pipeline_session(command: str, *, verbose: bool = False) -> Iterator[tuple[PipelineRunner, Store]]:
+    """The writable store and a runner on the Dagster instance, for a command that launches
+    runs; on the embedded store, only one such command at a time (a second one waits)."""
+    store = open_checked_store(for_writing=True)
+    path = checked_settings().sqlite_store_path()
+    exclusive = one_pipeline_per_store(path, command, say=say) if path else nullcontext()
+    with exclusive, dagster_instance() as instance:
+        yield PipelineRunner(instance, verbose=verbose), store
 
 
 def contiguous_ranges(ordered_keys: Sequence[str], wanted: Sequence[str]) -> list[list[str]]:
@@ -252,14 +418,13 @@ def contiguous_ranges(ordered_keys: Sequence[str], wanted: Sequence[str]) -> lis
 # ---- the pipeline ---------------------------------------------------------------------------
 
 
-def run_pipeline(*, verbose: bool = False) -> tuple[list[StepOutcome], Store]:
+def run_pipeline(command: str = "run", *, verbose: bool = False) -> tuple[list[StepOutcome], Store]:
     """Scan → heads → predictions → calibration (with its package) → recalibration and tag
     writing. Returns each step's outcome and the store, for the summary."""
     roots = require_library_roots()
     heads = require_heads()
-    store = open_checked_store()
-    with dagster_instance() as instance:
-        runner = PipelineRunner(instance, verbose=verbose)
+    with pipeline_session(command, verbose=verbose) as (runner, store):
+        require_export_dir()  # by default in the data folder, which the session creates
         started = time.monotonic()
 
         print(f"scan: {len(roots)} library folder(s)")
@@ -339,11 +504,14 @@ def usable_calibrations(store: Store) -> list[Doc]:
     return [state for state in store.list_calibrations() if is_usable(state)]
 
 
-def status_frame(store: Store) -> pd.DataFrame:
-    """One row per library: the numbers ``nomarr-pipeline status`` prints."""
+def status_frame(store: Store, known_heads: Collection[tuple[str, str]] | None = None) -> pd.DataFrame:
+    """One row per library: the numbers ``nomarr-pipeline status`` prints. "calibrated
+    heads" counts the heads of ``known_heads`` (the models folder's (model_key, head_name))
+    with a calibration that can be applied; every calibrated head when it is ``None``."""
     import pandas as pd
 
-    heads = len({(s["model_key"], s["head_name"]) for s in usable_calibrations(store)})
+    calibrated = {(s["model_key"], s["head_name"]) for s in usable_calibrations(store)}
+    heads = len(calibrated if known_heads is None else calibrated & set(known_heads))
     target = expected_calibration_hash(store.list_calibrations())
     rows = []
     for library in store.list_libraries():

@@ -24,6 +24,7 @@ from nomarr_pipeline.library.identity import library_key
 from nomarr_pipeline.ml.discovery import discover_models
 from nomarr_pipeline.partitions import HEADS, heads_partitions
 from nomarr_pipeline.resources import LibraryResource, ModelsResource, StoreResource
+from nomarr_pipeline.run_guard import RunGuard
 
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -34,6 +35,8 @@ IN_FLIGHT = [
 
 
 def job_in_flight(context: dg.SensorEvaluationContext, job_name: str) -> bool:
+    # A command-line run of this machine whose process died would look in flight for ever.
+    RunGuard(context.instance, say=context.log.warning).fail_dead_runs()
     runs = context.instance.get_runs(filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT), limit=1)
     return bool(runs)
 

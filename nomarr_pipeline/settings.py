@@ -13,6 +13,16 @@ from pathlib import Path
 WRITE_MODES = ("none", "minimal", "full")
 
 
+class SettingError(ValueError):
+    """A ``NOMARR_*`` variable whose value cannot work: which one, what is wrong, and what to
+    set it to (the command line prints them as its ``error:`` / ``next:`` lines)."""
+
+    def __init__(self, variable: str, problem: str, expected: str) -> None:
+        super().__init__(f"{variable} {problem}")
+        self.variable = variable
+        self.next_step = f"set {variable} to {expected}"
+
+
 def _env_bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
@@ -22,7 +32,7 @@ def _env_bool(name: str, default: bool) -> bool:
         return True
     if value in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"{name} must be true or false, got {raw!r}")
+    raise SettingError(name, f"is {raw!r}, not true or false", "true or false")
 
 
 def _env_str(name: str) -> str | None:
@@ -55,9 +65,12 @@ class Settings:
     def from_env(cls) -> Settings:
         data_dir = Path(_env_str("NOMARR_DATA_DIR") or ".nomarr").expanduser().absolute()
         store_url = _env_str("NOMARR_STORE_URL") or default_store_url(data_dir)
+        _check_store_url(store_url)
         mode = (_env_str("NOMARR_FILE_WRITE_MODE") or "full").lower()
         if mode not in WRITE_MODES:
-            raise ValueError(f"NOMARR_FILE_WRITE_MODE must be one of {WRITE_MODES}, got {mode!r}")
+            raise SettingError(
+                "NOMARR_FILE_WRITE_MODE", f"is {mode!r}, not a write mode", "none, minimal or full"
+            )
         models = _env_str("NOMARR_MODELS_DIR")
         export = _env_str("NOMARR_EXPORT_DIR")
         return cls(
@@ -73,6 +86,55 @@ class Settings:
             auto_write_tags=_env_bool("NOMARR_AUTO_WRITE_TAGS", False),
             write_raw_scores=_env_bool("NOMARR_WRITE_RAW_SCORES", False),
         )
+
+
+    def sqlite_store_path(self) -> Path | None:
+        """The file of the embedded store, ``None`` for a database server."""
+        from nomarr_pipeline.store import store_engine
+
+        if store_engine(self.store_url) != "sqlite":
+            return None
+        from nomarr_pipeline.store.sqlite import SqliteStore
+
+        return SqliteStore.from_url(self.store_url).path
+
+    def ensure_store_folder(self) -> None:
+        """Create the data folder when the embedded store lives in it (the default); refuse
+        an embedded store anywhere else whose folder does not exist, so that a mistyped
+        ``NOMARR_STORE_URL`` never creates folders and runs the pipeline on an empty store."""
+        path = self.sqlite_store_path()
+        if path is None or path.parent.is_dir():
+            return
+        folder = path.parent
+        if folder != self.data_dir:
+            raise SettingError(
+                "NOMARR_STORE_URL",
+                f"names {path}, but the folder {folder} does not exist",
+                "a file in an existing folder (or unset it: the store then lives in NOMARR_DATA_DIR)",
+            )
+        if folder.exists() or not folder.parent.is_dir():
+            raise SettingError(
+                "NOMARR_DATA_DIR",
+                f"is {folder}: {'not a folder' if folder.exists() else 'its parent folder does not exist'}",
+                "a folder whose parent exists (it is created), or unset it for .nomarr/ in this folder",
+            )
+        folder.mkdir(exist_ok=True)
+
+
+def _check_store_url(url: str) -> None:
+    from nomarr_pipeline.store import StoreError, store_engine
+
+    try:
+        if store_engine(url) == "sqlite":
+            from nomarr_pipeline.store.sqlite import SqliteStore
+
+            SqliteStore.from_url(url)
+    except StoreError as error:
+        raise SettingError(
+            "NOMARR_STORE_URL",
+            f"cannot be used: {error}",
+            "one of those, or unset it for the embedded store in NOMARR_DATA_DIR",
+        ) from None
 
 
 def default_store_url(data_dir: Path) -> str:

@@ -142,7 +142,7 @@ def test_run_without_models_folder(tmp_path: Path, monkeypatch, capsys, dagster_
     monkeypatch.setenv("NOMARR_MODELS_DIR", str(tmp_path / "nowhere"))
     code, _, err = _run_cli(capsys, "run")
     assert code == 2
-    _assert_clear_error(err, f"models folder {tmp_path / 'nowhere'} does not exist")
+    _assert_clear_error(err, f"NOMARR_MODELS_DIR names {tmp_path / 'nowhere'}, which does not exist")
 
     (tmp_path / "empty-models").mkdir()
     monkeypatch.setenv("NOMARR_MODELS_DIR", str(tmp_path / "empty-models"))
@@ -159,7 +159,7 @@ def test_run_without_library(tmp_path: Path, monkeypatch, capsys, dagster_home: 
     monkeypatch.setenv("NOMARR_LIBRARY_ROOTS", str(tmp_path / "missing"))
     code, _, err = _run_cli(capsys, "run")
     assert code == 2
-    _assert_clear_error(err, "library folders not found")
+    _assert_clear_error(err, f"NOMARR_LIBRARY_ROOTS names {tmp_path / 'missing'}, which does not exist")
 
 
 def test_run_on_an_empty_library(tmp_path: Path, monkeypatch, capsys, dagster_home: Path) -> None:
@@ -296,6 +296,8 @@ def test_export_then_import_calibrations(tmp_path: Path, monkeypatch, capsys) ->
 
     target_url = f"sqlite:///{tmp_path / 'target.sqlite3'}"
     monkeypatch.setenv("NOMARR_STORE_URL", target_url)
+    write_demo_models(tmp_path / "models", heads=("mood_happy-discogs-effnet-1",))
+    monkeypatch.setenv("NOMARR_MODELS_DIR", str(tmp_path / "models"))
     code, out, _ = _run_cli(capsys, "import-calibrations", str(package))
     assert code == 0
     assert "imported: 2 labels" in out
@@ -311,6 +313,54 @@ def test_export_then_import_calibrations(tmp_path: Path, monkeypatch, capsys) ->
     code, _, err = _run_cli(capsys, "import-calibrations", str(tmp_path / "broken.json"))
     assert code == 2
     _assert_clear_error(err, "export-calibrations")
+
+
+def _package(tmp_path: Path, states: list[dict]) -> Path:
+    from nomarr_pipeline.calibration.exports import export_package
+
+    return export_package(states, tmp_path / "package")
+
+
+def test_import_refuses_heads_that_are_not_in_the_models_folder(tmp_path: Path, monkeypatch, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    monkeypatch.setenv("NOMARR_STORE_URL", url)
+    write_demo_models(tmp_path / "models", heads=("mood_happy-discogs-effnet-1",))
+    known = _state("mood_happy", "happy", 0.1, 0.9)
+    strangers = [_state(f"stranger_{index}", "yes", 0.1, 0.9) for index in range(7)]
+    wrong_label = _state("mood_happy", "grumpy", 0.1, 0.9)  # a head of ours, a label it lacks
+    package = _package(tmp_path, [known, wrong_label, *strangers])
+
+    # Without a models folder nothing says which heads are ours: refused, nothing stored.
+    code, _, err = _run_cli(capsys, "import-calibrations", str(package))
+    assert code == 2
+    _assert_clear_error(err, "NOMARR_MODELS_DIR", "--allow-unknown")
+    assert open_store(url).list_calibrations() == []
+
+    monkeypatch.setenv("NOMARR_MODELS_DIR", str(tmp_path / "models"))
+    only_strangers = _package(tmp_path / "strangers", strangers)
+    code, _, err = _run_cli(capsys, "import-calibrations", str(only_strangers))
+    assert code == 2
+    assert "not imported: 7 labels of 7 heads that are not in NOMARR_MODELS_DIR" in err
+    _assert_clear_error(err.split("\n", 1)[1], "calibrates none of the heads in NOMARR_MODELS_DIR")
+    assert open_store(url).list_calibrations() == []
+
+    code, out, err = _run_cli(capsys, "import-calibrations", str(package))
+    assert code == 0 and "imported: 1 labels" in out
+    assert "not imported: 8 labels of 8 heads" in err and "and 3 more" in err
+    assert [state["_key"] for state in open_store(url).list_calibrations()] == [known["_key"]]
+    code, out, _ = _run_cli(capsys, "status")
+    assert code == 0
+
+    # Imported anyway on request, they are stored but never count as this library's heads.
+    code, out, _ = _run_cli(capsys, "import-calibrations", "--allow-unknown", str(package))
+    assert code == 0 and "imported: 8 labels" in out
+    store = open_store(url)
+    store.ensure_library({"_key": "lib", "name": "library", "root_path": str(tmp_path)})
+    assert len(store.list_calibrations()) == 9
+    store.close()
+    code, out, _ = _run_cli(capsys, "status")
+    frame = pd.read_csv(io.StringIO(out), sep=r"\s{2,}", engine="python")
+    assert code == 0 and frame["calibrated heads"].tolist() == [1]
 
 
 # ---- the demo, end to end ---------------------------------------------------------------------
@@ -484,3 +534,36 @@ def test_models_fetch_failure_is_a_clear_error_and_leaves_nothing(
     code, _, err = _run_cli(capsys, "models", "fetch", "no-such-head-1")
     assert code == 2
     _assert_clear_error(err, "HTTP 404")
+
+
+# ---- what a failed run says -------------------------------------------------------------------
+
+
+def _failing_job(error: Exception) -> dg.JobDefinition:
+    @dg.op
+    def writes_predictions() -> None:
+        raise error
+
+    @dg.job
+    def failing() -> None:
+        writes_predictions()
+
+    return failing
+
+
+def test_a_failed_step_is_summarised_by_its_own_error_and_a_store_error_is_raised() -> None:
+    from nomarr_pipeline.store import StoreError, StoreFullError
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        for error, says in [
+            (dg.Failure("the disk holding the library is full"), "the disk holding the library is full"),
+            (ValueError("no such head"), "no such head"),
+        ]:
+            run_id, failure = runner.launch_run(instance, _failing_job(error), {}, verbose=False)
+            assert failure == f"step writes_predictions failed: {says}"
+            assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+        full = StoreFullError("the disk holding the SQLite store /x.sqlite3 is full")
+        with pytest.raises(StoreFullError, match=r"^the disk holding the SQLite store /x.sqlite3 is full$"):
+            runner.launch_run(instance, _failing_job(full), {}, verbose=False)
+        with pytest.raises(StoreError, match="server went away"):
+            runner.launch_run(instance, _failing_job(StoreError("server went away")), {}, verbose=False)

@@ -32,6 +32,7 @@ ADAPTERS = (
     "jobs",
     "partitions",
     "resources",
+    "run_guard",
     "runner",
     "schedules",
     "sensors",

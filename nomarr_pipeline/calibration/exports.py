@@ -26,7 +26,7 @@ import math
 import os
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,6 +68,7 @@ class ImportReport:
     imported: list[str] = field(default_factory=list)
     skipped_existing: list[str] = field(default_factory=list)
     unusable: list[str] = field(default_factory=list)  # p5 == p95: imported, never applied
+    unknown: list[str] = field(default_factory=list)  # labels of heads not in the models folder: not imported
 
 
 def iso_utc(epoch_ms: int | None = None) -> str:
@@ -327,19 +328,34 @@ def parse_package(text: str) -> tuple[list[Doc], list[str]]:
 
 
 def import_package(
-    store: Any, path: Path, now_ms: int, *, overwrite: bool = False
+    store: Any,
+    path: Path,
+    now_ms: int,
+    *,
+    overwrite: bool = False,
+    known_heads: Mapping[tuple[str, str], Collection[str]] | None = None,
 ) -> ImportReport:
     """Bootstrap ``calibration_state`` from a package, in one ``save_calibrations`` call.
 
     The DB wins conflicts by default (seed 000: import is a one-time hydration, not a sync):
     keys that already have a calibration are skipped unless ``overwrite`` is set. Imported
     states carry ``imported: True`` and ``imported_at``; no history is written, because no
-    computation happened on this library.
+    computation happened on this library. With ``known_heads`` ((model_key, head_name) ->
+    labels of the models folder), labels of any other head are left out and listed in
+    ``unknown``: a package made for other models must not pass for this library's calibration.
     """
-    states, unusable = parse_package_file(path)
-    report = ImportReport(unusable=list(unusable))
+    states, unusable_keys = parse_package_file(path)
+    unusable = set(unusable_keys)
+    report = ImportReport()
     to_save: list[Doc] = []
     for state in states:
+        if known_heads is not None and state["label"] not in known_heads.get(
+            (state["model_key"], state["head_name"]), ()
+        ):
+            report.unknown.append(state["_key"])
+            continue
+        if state["_key"] in unusable:
+            report.unusable.append(state["_key"])
         existing = store.get_calibration(state["_key"])
         if existing is not None and not overwrite:
             report.skipped_existing.append(state["_key"])

@@ -14,6 +14,8 @@ from nomarr_pipeline.store.protocol import (
     SparseHistogram,
     Store,
     StoreError,
+    StoreFullError,
+    StoreReadOnlyError,
 )
 
 # URL scheme -> engine (``Store.engine``).
@@ -80,6 +82,8 @@ __all__ = [
     "SparseHistogram",
     "Store",
     "StoreError",
+    "StoreFullError",
+    "StoreReadOnlyError",
     "open_store",
     "redact_url",
     "store_engine",

@@ -93,6 +93,14 @@ class StoreError(RuntimeError):
     """A database problem the user can act on (unreachable server, bad URL, bad schema)."""
 
 
+class StoreFullError(StoreError):
+    """The disk (or quota) holding the store is full: the write was rolled back."""
+
+
+class StoreReadOnlyError(StoreError):
+    """The store can be read but not written (file permissions, read-only mount)."""
+
+
 @runtime_checkable
 class Store(Protocol):
     """One database holding the library, predictions and calibrations."""

@@ -19,6 +19,8 @@ from nomarr_pipeline.store.protocol import (
     HeadVersion,
     SparseHistogram,
     StoreError,
+    StoreFullError,
+    StoreReadOnlyError,
 )
 from nomarr_pipeline.store.sqlite_schema import (
     CALIBRATION_HISTORY,
@@ -55,7 +57,8 @@ class SqliteStore:
                 f"SQLite URL must name an absolute path, like sqlite:////data/nomarr.db "
                 f"or sqlite:///{Path('nomarr.db').absolute()}; got {url!r}"
             )
-        return cls(Path(raw))
+        # sqlite:////abs/path leaves "//abs/path", which POSIX paths keep as it is.
+        return cls(Path("/" + raw.lstrip("/")))
 
     # ---- connection ------------------------------------------------------------------
     @property
@@ -63,14 +66,18 @@ class SqliteStore:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == os.getpid():
             return conn
+        if not self.path.parent.is_dir():
+            # Never create folders: a mistyped path must not start an empty store somewhere.
+            raise StoreError(f"the folder of the SQLite store {self.path} does not exist")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             migrate(conn)
+        except sqlite3.OperationalError as exc:
+            raise self._failure(exc, "cannot open") from exc
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the SQLite store at {self.path}: {exc}") from exc
         self._local.conn = conn
@@ -83,17 +90,31 @@ class SqliteStore:
             conn.close()
         self._local.conn = None
 
+    def _failure(self, exc: sqlite3.OperationalError, doing: str) -> StoreError:
+        """A clear :class:`StoreError` for what the disk or the file refused."""
+        name = getattr(exc, "sqlite_errorname", "")
+        if name == "SQLITE_FULL":
+            return StoreFullError(f"the disk holding the SQLite store {self.path} is full ({exc})")
+        if name.startswith("SQLITE_READONLY"):
+            return StoreReadOnlyError(f"the SQLite store {self.path} is read-only ({exc})")
+        return StoreError(f"{doing} the SQLite store at {self.path}: {exc}")
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; taken IMMEDIATE so concurrent writers queue on busy_timeout."""
+        """One write transaction; taken IMMEDIATE so concurrent writers queue on busy_timeout.
+        A full disk or a read-only file ends it as a :class:`StoreError`, rolled back."""
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise self._failure(exc, "cannot write to") from exc
 
     def _query(self, sql: str, params: Sequence[object] | dict[str, object] = ()) -> list[sqlite3.Row]:
         return self._conn.execute(sql, params).fetchall()
