@@ -236,6 +236,9 @@ class RunGuard:
                         "in the Dagster UI to free its slot"
                     )
             time.sleep(POLL_S)
+            # A signal handler's KeyboardInterrupt can be lost (raised inside a garbage
+            # collector callback): the wake-up pipe still has the signal.
+            STOP.raise_if_received()
             self.fail_dead_runs()
 
 
@@ -259,6 +262,7 @@ def one_pipeline_per_store(store_path: Path, command: str, *, say: Say) -> Itera
             )
             while not _try_lock(fd):
                 time.sleep(POLL_S / 4)
+                STOP.raise_if_received()
         os.ftruncate(fd, 0)
         about = {"command": command, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         os.pwrite(fd, json.dumps(about).encode(), 0)
