@@ -25,8 +25,10 @@ class StoreResource(dg.ConfigurableResource):
     url: str | None = None
     arango_db: str | None = None
     arango_user: str | None = None
-    # Set it as dg.EnvVar("NOMARR_ARANGO_PASSWORD"); never as a literal.
+    # Set them as dg.EnvVar("NOMARR_ARANGO_PASSWORD") / dg.EnvVar("NOMARR_PG_PASSWORD"); never
+    # as literals. Without pg_password libpq's PGPASSWORD / ~/.pgpass still apply.
     arango_password: str | None = None
+    pg_password: str | None = None
 
     _store: Store | None = PrivateAttr(default=None)
 
@@ -41,6 +43,7 @@ class StoreResource(dg.ConfigurableResource):
                 arango_db=self.arango_db or env.arango_db,
                 arango_user=self.arango_user or env.arango_user,
                 arango_password=self.arango_password or env.arango_password,
+                pg_password=self.pg_password or env.pg_password,
             )
         return self._store
 

@@ -97,6 +97,7 @@ def open_checked_store(*, for_writing: bool = False) -> Store:
             arango_db=config.arango_db,
             arango_user=config.arango_user,
             arango_password=config.arango_password,
+            pg_password=config.pg_password,
         )
         store.list_libraries()  # one cheap round trip: reachable, authenticated, schema in place
     except StoreError as error:

@@ -1,7 +1,7 @@
 """Configuration from ``NOMARR_*`` environment variables (DESIGN.md §9).
 
 Plain Python so the CLI, the domain code and the Dagster resources read one source of truth.
-Secrets (the ArangoDB password) are read here and never put into repr, logs or metadata.
+Secrets (the ArangoDB and PostgreSQL passwords) are read here and never put into repr, logs or metadata.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class Settings:
     arango_db: str
     arango_user: str | None  # None: the user in the ArangoDB URL, else root
     arango_password: str | None = field(repr=False)
+    pg_password: str | None = field(repr=False)
     library_roots: tuple[Path, ...]
     models_dir: Path | None
     export_dir: Path
@@ -79,6 +80,7 @@ class Settings:
             arango_db=_env_str("NOMARR_ARANGO_DB") or "nomarr",
             arango_user=_env_str("NOMARR_ARANGO_USER"),
             arango_password=_env_str("NOMARR_ARANGO_PASSWORD"),
+            pg_password=_env_str("NOMARR_PG_PASSWORD"),
             library_roots=tuple(split_roots(_env_str("NOMARR_LIBRARY_ROOTS"))),
             models_dir=Path(models).expanduser().absolute() if models else None,
             export_dir=Path(export).expanduser().absolute() if export else data_dir / "calibration",

@@ -1,13 +1,17 @@
-"""Shared fixtures: an isolated data folder and environment for every test."""
+"""Shared fixtures: an isolated data folder and environment for every test, and a
+PostgreSQL server for the whole session with a fresh database per test."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 # A running model site for `models fetch` tests, wherever they are.
 from nomarr_pipeline_tests.ml.model_server import model_site  # noqa: F401
+from nomarr_pipeline_tests.postgres_server import SKIP_REASON, PostgresServer, running_server
 
 
 @pytest.fixture(autouse=True)
@@ -25,6 +29,42 @@ def isolated_nomarr_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path
         "NOMARR_AUTO_WRITE_TAGS",
         "NOMARR_WRITE_RAW_SCORES",
         "NOMARR_ARANGO_PASSWORD",
+        "NOMARR_PG_PASSWORD",
+        "PGPASSWORD",
+        "PGPASSFILE",
     ):
         monkeypatch.delenv(name, raising=False)
     return data
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster per test session (per pytest-xdist worker)."""
+    if SKIP_REASON:
+        pytest.skip(SKIP_REASON)
+    with running_server() as server:
+        yield server
+
+
+@dataclass(frozen=True)
+class PostgresDatabase:
+    """A fresh, empty database on the session's server; dropped after the test."""
+
+    server: PostgresServer
+    name: str
+
+    @property
+    def url(self) -> str:
+        """The store URL; the password is :attr:`password` (``NOMARR_PG_PASSWORD``)."""
+        return self.server.url(self.name)
+
+    @property
+    def password(self) -> str:
+        return self.server.password
+
+
+@pytest.fixture
+def postgres_db(postgres_server: PostgresServer) -> Iterator[PostgresDatabase]:
+    name = postgres_server.create_database()
+    yield PostgresDatabase(postgres_server, name)
+    postgres_server.drop_database(name)

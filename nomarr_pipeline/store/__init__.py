@@ -19,7 +19,13 @@ from nomarr_pipeline.store.protocol import (
 )
 
 # URL scheme -> engine (``Store.engine``).
-ENGINES = {"sqlite": "sqlite", "http": "arango", "https": "arango"}
+ENGINES = {
+    "sqlite": "sqlite",
+    "postgresql": "postgres",
+    "postgres": "postgres",
+    "http": "arango",
+    "https": "arango",
+}
 
 
 def store_engine(url: str) -> str:
@@ -27,8 +33,8 @@ def store_engine(url: str) -> str:
     engine = ENGINES.get(urlsplit(url).scheme.lower())
     if engine is None:
         raise StoreError(
-            f"unsupported store URL {redact_url(url)!r}: use sqlite:///<absolute path> "
-            "or an ArangoDB URL http(s)://host:port"
+            f"unsupported store URL {redact_url(url)!r}: use sqlite:///<absolute path>, "
+            "postgresql://user@host:port/dbname or an ArangoDB URL http(s)://host:port"
         )
     return engine
 
@@ -40,16 +46,24 @@ def open_store(
     arango_user: str | None = None,
     arango_password: str | None = None,
     arango_http_client: object | None = None,
+    pg_password: str | None = None,
 ) -> Store:
-    """``sqlite:///abs/path.db`` opens the embedded store; ``http(s)://host:port`` ArangoDB.
+    """``sqlite:///abs/path.db`` opens the embedded store, ``postgresql://user@host:port/db``
+    PostgreSQL (password from ``pg_password``, else libpq's PGPASSWORD / ~/.pgpass) and
+    ``http(s)://host:port`` ArangoDB.
 
     ArangoDB credentials: ``arango_user``/``arango_password`` win over a user/password in the
     URL; without either the user is ``root``.
     """
-    if store_engine(url) == "sqlite":
+    engine = store_engine(url)
+    if engine == "sqlite":
         from nomarr_pipeline.store.sqlite import SqliteStore
 
         return SqliteStore.from_url(url)
+    if engine == "postgres":
+        from nomarr_pipeline.store.postgres import PostgresStore
+
+        return PostgresStore(url, password=pg_password)
     from nomarr_pipeline.store.arango import ArangoStore
 
     return ArangoStore(

@@ -1,6 +1,7 @@
 """The ``store`` fixture: every engine that can run here, each test against each.
 
-SQLite always runs. ArangoDB runs when ``NOMARR_TEST_ARANGO_URL`` names a server (with
+SQLite and PostgreSQL always run (PostgreSQL on the session's throwaway server, a fresh
+database per test: see ``nomarr_pipeline_tests/conftest.py``). ArangoDB runs when ``NOMARR_TEST_ARANGO_URL`` names a server (with
 ``NOMARR_TEST_ARANGO_PASSWORD``); each test gets a fresh database that is dropped afterwards.
 """
 
@@ -15,13 +16,19 @@ import pytest
 
 from nomarr_pipeline.store import Store, open_store
 
-ENGINES = ["sqlite", "arango"]
+ENGINES = ["sqlite", "postgres", "arango"]
 
 
 @pytest.fixture(params=ENGINES)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "sqlite":
         engine = open_store(f"sqlite:///{tmp_path / 'contract.sqlite3'}")
+        yield engine
+        engine.close()
+        return
+    if request.param == "postgres":
+        database = request.getfixturevalue("postgres_db")
+        engine = open_store(database.url, pg_password=database.password)
         yield engine
         engine.close()
         return

@@ -1,0 +1,758 @@
+"""The production store: PostgreSQL through psycopg 3.
+
+One connection per process and thread, opened lazily (Dagster runs each step in its own
+process); every protocol call is one transaction, retried a bounded number of times when
+PostgreSQL reports a transient failure (serialization failure, deadlock, a dropped
+connection or a restarting server). Anything else is a :class:`StoreError` with one line
+that says what to fix. Statements use bind parameters only; table and column names come
+from the schema module, never from documents.
+
+Bulk paths: predictions go in through ``COPY``; claims take rows with ``FOR UPDATE SKIP
+LOCKED`` so several recalibrating processes take different files; the histogram is one
+grouped query per label over the covering index ``idx_file_tags_histogram``.
+
+Differences from SQLite that the contract tolerates: ``file_tags.value`` is a double, so a
+value that is not a number is stored as null (ineligible for calibration either way).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import suppress
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+
+from nomarr_pipeline.store.postgres_schema import (
+    MIGRATION_LOCK_KEY,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    TABLES,
+    as_double,
+    from_row,
+    to_row,
+)
+from nomarr_pipeline.store.protocol import (
+    Doc,
+    FileStat,
+    HeadVersion,
+    SparseHistogram,
+    StoreError,
+)
+from nomarr_pipeline.store.sqlite_schema import FILE_TAGS, LIBRARIES, LIBRARY_FILES, Table
+
+T = TypeVar("T")
+
+# A transient failure is retried this many times, waiting RETRY_BACKOFF_S * 2**attempt
+# between attempts (0.25 .. 4 s, about 8 s in all: long enough for a server restart).
+MAX_RETRIES = 5
+RETRY_BACKOFF_S = 0.25
+CONNECT_TIMEOUT_S = 10
+# SQLSTATEs worth another attempt: the statement may succeed as it is on a new try.
+_TRANSIENT_SQLSTATES = frozenset(
+    {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "57P01",  # admin_shutdown (server stopping or restarting)
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now (server starting up)
+    }
+)
+_FILE_TAG_COLUMNS = FILE_TAGS.columns
+_FINITE = "{v} > '-Infinity'::float8 AND {v} < 'Infinity'::float8"  # NaN sorts above Infinity
+
+
+class PostgresStore:
+    """The Store protocol on PostgreSQL. Holds configuration only until first used."""
+
+    engine = "postgres"
+
+    def __init__(self, url: str, *, password: str | None = None) -> None:
+        self._url = url
+        self._password = password
+        self._conninfo = _conninfo(url)
+        self._display_url = _display(url)
+        self._user = self._conninfo.get("user") or os.environ.get("PGUSER") or getpass.getuser()
+        self._dbname = self._conninfo.get("dbname") or self._user
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self._display_url!r})"
+
+    def __reduce__(self) -> tuple[type[PostgresStore], tuple[str], Doc]:
+        # A worker process gets the settings (the password only through the private pipe to
+        # the child) and connects on first use; never the parent's connection.
+        return (PostgresStore, (self._url,), {"_password": self._password})
+
+    def __setstate__(self, state: Doc) -> None:
+        self._password = state["_password"]
+
+    # ---- connection and schema ---------------------------------------------------------
+    def _connection(self) -> psycopg.Connection[Any]:
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid() and not conn.closed:
+            return conn
+        try:
+            conn = psycopg.connect(**self._conninfo, password=self._password, autocommit=True)
+        except psycopg.Error as exc:
+            raise self._error(exc, "connect to") from None
+        try:
+            self._migrate(conn)
+        except psycopg.Error as exc:
+            conn.close()
+            raise self._error(exc, "create the nomarr tables in") from None
+        except BaseException:
+            conn.close()
+            raise
+        self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        if self._schema_version(conn) == SCHEMA_VERSION:
+            return
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            version = self._schema_version(conn)  # another process may have migrated meanwhile
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the PostgreSQL database {self._dbname!r} has nomarr schema version {version}, "
+                    f"newer than this nomarr_pipeline understands ({SCHEMA_VERSION}); upgrade it"
+                )
+            for number, script in enumerate(MIGRATIONS, start=1):
+                if version < number:
+                    conn.execute(script)  # type: ignore[arg-type]  # the schema's own literal SQL
+            conn.execute(
+                "INSERT INTO nomarr_meta (_key, version, updated_at) VALUES ('schema', %s, %s) "
+                "ON CONFLICT (_key) DO UPDATE SET version = excluded.version, "
+                "updated_at = excluded.updated_at",
+                (SCHEMA_VERSION, int(time.time() * 1000)),
+            )
+
+    @staticmethod
+    def _schema_version(conn: psycopg.Connection[Any]) -> int:
+        """0 for a database this code never opened."""
+        exists = conn.execute("SELECT to_regclass('nomarr_meta') IS NOT NULL").fetchone()
+        if not exists or not exists[0]:
+            return 0
+        row = conn.execute("SELECT version FROM nomarr_meta WHERE _key = 'schema'").fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            with suppress(psycopg.Error):
+                conn.close()
+        self._local.conn = None
+
+    def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """``work`` in one transaction; a transient failure rolls it back and runs it again
+        (on a new connection when the old one is gone)."""
+        attempt = 0
+        while True:
+            try:
+                conn = self._connection()
+                with conn.transaction():
+                    return work(conn)
+            except StoreError as exc:
+                # A failed reconnect while the server restarts is transient too.
+                if not _is_unreachable(exc.__context__) or attempt >= MAX_RETRIES or attempt == 0:
+                    raise
+            except psycopg.Error as exc:
+                broken = getattr(self._local, "conn", None) is None or self._local.conn.broken
+                if broken:
+                    self.close()
+                if attempt >= MAX_RETRIES or not (broken or exc.sqlstate in _TRANSIENT_SQLSTATES):
+                    raise self._error(exc, "use", retried=attempt) from None
+            time.sleep(RETRY_BACKOFF_S * 2**attempt)
+            attempt += 1
+
+    def _rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
+        def read(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+            with conn.cursor(row_factory=dict_row) as cur:
+                return cur.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+        return self._run(read)
+
+    def _scalar(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
+        return self._run(lambda conn: conn.execute(sql, params).fetchone()[0])  # type: ignore[arg-type, index]
+
+    # ---- errors --------------------------------------------------------------------------
+    def _error(self, exc: psycopg.Error, action: str, retried: int = 0) -> StoreError:
+        """One line naming what to fix; never the password."""
+        reason = _reason(exc)
+        lower = reason.lower()
+        where = f"PostgreSQL at {self._display_url}"
+        if "password authentication failed" in lower or "no password supplied" in lower:
+            message = (
+                f"{where} refused user {self._user!r}: wrong or missing password "
+                "(set NOMARR_PG_PASSWORD, or libpq's PGPASSWORD / ~/.pgpass)"
+            )
+        elif "role" in lower and "does not exist" in lower:
+            message = f"{where} has no user {self._user!r}: create it or fix the user in NOMARR_STORE_URL"
+        elif exc.sqlstate == "3D000" or ("database" in lower and "does not exist" in lower):
+            message = (
+                f"database {self._dbname!r} does not exist on {where}: create it "
+                f"(createdb -O {self._user} {self._dbname}) or fix NOMARR_STORE_URL"
+            )
+        elif isinstance(exc, pg_errors.InsufficientPrivilege):
+            message = (
+                f"user {self._user!r} lacks privileges in database {self._dbname!r} ({reason}): "
+                f"as its owner, GRANT USAGE, CREATE ON SCHEMA public TO {self._user} and "
+                f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {self._user}"
+            )
+        elif _is_unreachable(exc) or getattr(exc, "sqlstate", None) in _TRANSIENT_SQLSTATES:
+            after = f" (gave up after {retried} retries)" if retried else ""
+            message = (
+                f"cannot {action} {where}: {reason}{after}; is the server running, and are host "
+                "and port in NOMARR_STORE_URL right? A re-run resumes where this one stopped"
+            )
+        else:
+            message = f"{where}: {reason}"
+        if self._password:
+            message = message.replace(self._password, "***")
+        error = StoreError(message)
+        error.__context__ = exc
+        return error
+
+    # ---- generic document helpers ---------------------------------------------------------
+    @staticmethod
+    def _upsert(conn: psycopg.Connection[Any], table: Table, docs: Sequence[Doc], *, replace: bool) -> None:
+        """Insert or update by ``_key``; with ``replace=False`` only the given fields change."""
+        groups: dict[tuple[str, ...], list[Doc]] = {}
+        for doc in docs:
+            if "_key" not in doc:
+                raise ValueError(f"{table.name} document without _key: {doc!r}")
+            row = to_row(table, doc)
+            groups.setdefault(tuple(sorted(row)), []).append(row)
+        every = (*table.columns, *(("extra",) if table.has_extra else ()))
+        for columns, rows in groups.items():
+            if replace:
+                columns = every
+                rows = [{c: row.get(c) for c in every} for row in rows]
+            names = ", ".join(columns)
+            values = ", ".join(_placeholder(table, c) for c in columns)
+            if replace:
+                sets = [f"{c} = excluded.{c}" for c in columns if c != "_key"]
+            else:
+                sets = [
+                    f"extra = jsonb_strip_nulls(coalesce({table.name}.extra, '{{}}') || excluded.extra)"
+                    if c == "extra"
+                    else f"{c} = excluded.{c}"
+                    for c in columns
+                    if c != "_key"
+                ]
+            conflict = f"DO UPDATE SET {', '.join(sets)}" if sets else "DO NOTHING"
+            with conn.cursor() as cur:
+                cur.executemany(
+                    f"INSERT INTO {table.name} ({names}) VALUES ({values}) ON CONFLICT (_key) {conflict}",  # type: ignore[arg-type]
+                    rows,
+                )
+
+    def _update(self, table: Table, docs: Sequence[Doc]) -> None:
+        """Update existing documents' given fields; unknown keys are ignored."""
+        groups: dict[tuple[str, ...], list[Doc]] = {}
+        for doc in docs:
+            row = to_row(table, doc)
+            if len(row) > 1:
+                groups.setdefault(tuple(sorted(row)), []).append(row)
+
+        def update(conn: psycopg.Connection[Any]) -> None:
+            for columns, rows in groups.items():
+                sets = ", ".join(
+                    f"extra = jsonb_strip_nulls(coalesce(extra, '{{}}') || {_placeholder(table, c)})"
+                    if c == "extra"
+                    else f"{c} = {_placeholder(table, c)}"
+                    for c in columns
+                    if c != "_key"
+                )
+                with conn.cursor() as cur:
+                    cur.executemany(f"UPDATE {table.name} SET {sets} WHERE _key = %(_key)s", rows)  # type: ignore[arg-type]
+
+        if groups:
+            self._run(update)
+
+    def _get(self, table: Table, keys: Sequence[str]) -> list[Doc]:
+        if not keys:
+            return []
+        rows = self._rows(f"SELECT * FROM {table.name} WHERE _key = ANY(%s) ORDER BY _key", (list(keys),))
+        return [from_row(table, r) for r in rows]
+
+    # ---- libraries -------------------------------------------------------------------------
+    def ensure_library(self, doc: Doc) -> Doc:
+        row = to_row(LIBRARIES, doc)
+        names = ", ".join(row)
+        values = ", ".join(_placeholder(LIBRARIES, c) for c in row)
+        self._run(
+            lambda conn: conn.execute(
+                f"INSERT INTO libraries ({names}) VALUES ({values}) ON CONFLICT (_key) DO NOTHING",  # type: ignore[arg-type]
+                row,
+            )
+        )
+        library = self.get_library(doc["_key"])
+        if library is None:  # only if someone deleted it in between
+            raise StoreError(f"library {doc['_key']!r} vanished while it was being created")
+        return library
+
+    def get_library(self, key: str) -> Doc | None:
+        found = self._get(LIBRARIES, [key])
+        return found[0] if found else None
+
+    def list_libraries(self) -> list[Doc]:
+        return [from_row(LIBRARIES, r) for r in self._rows("SELECT * FROM libraries ORDER BY _key")]
+
+    def update_library(self, key: str, fields: Doc) -> None:
+        self._update(LIBRARIES, [{**fields, "_key": key}])
+
+    # ---- scanning ----------------------------------------------------------------------------
+    def load_folder_cache(self, library_id: str) -> dict[str, tuple[int, int]]:
+        rows = self._rows(
+            "SELECT path, mtime_ns, entry_count FROM library_folders WHERE library_id = %s", (library_id,)
+        )
+        return {r["path"]: (r["mtime_ns"], r["entry_count"]) for r in rows}
+
+    def save_folder_cache(self, library_id: str, folders: dict[str, tuple[int, int]]) -> None:
+        def save(conn: psycopg.Connection[Any]) -> None:
+            conn.execute("DELETE FROM library_folders WHERE library_id = %s", (library_id,))
+            with conn.cursor() as cur, cur.copy(
+                "COPY library_folders (library_id, path, mtime_ns, entry_count) FROM STDIN"
+            ) as copy:
+                for path, (mtime_ns, entry_count) in folders.items():
+                    copy.write_row((library_id, path, mtime_ns, entry_count))
+
+        self._run(save)
+
+    def file_index(self, library_id: str) -> dict[str, FileStat]:
+        def read(conn: psycopg.Connection[Any]) -> dict[str, FileStat]:
+            cur = conn.execute(
+                "SELECT path, _key, size, mtime_ns FROM library_files WHERE library_id = %s", (library_id,)
+            )
+            return {path: FileStat(key, size or 0, mtime_ns or 0) for path, key, size, mtime_ns in cur}
+
+        return self._run(read)
+
+    def upsert_files(self, docs: Sequence[Doc]) -> None:
+        self._run(lambda conn: self._upsert(conn, LIBRARY_FILES, docs, replace=False))
+
+    def delete_files(self, file_ids: Sequence[str]) -> None:
+        ids = list(file_ids)
+
+        def delete(conn: psycopg.Connection[Any]) -> None:
+            conn.execute("DELETE FROM file_tags WHERE file_id = ANY(%s)", (ids,))
+            conn.execute("DELETE FROM library_files WHERE _key = ANY(%s)", (ids,))
+
+        self._run(delete)
+
+    def delete_file_tags(self, file_ids: Sequence[str]) -> None:
+        ids = list(file_ids)
+        self._run(lambda conn: conn.execute("DELETE FROM file_tags WHERE file_id = ANY(%s)", (ids,)))
+
+    def get_files(self, file_ids: Sequence[str]) -> list[Doc]:
+        return self._get(LIBRARY_FILES, file_ids)
+
+    def iter_files(self, library_id: str | None = None, batch_size: int = 1000) -> Iterator[list[Doc]]:
+        after = ""
+        while True:
+            rows = self._rows(
+                "SELECT * FROM library_files WHERE _key > %(after)s "
+                "AND (%(library_id)s::text IS NULL OR library_id = %(library_id)s) "
+                "ORDER BY _key LIMIT %(limit)s",
+                {"after": after, "library_id": library_id, "limit": batch_size},
+            )
+            if not rows:
+                return
+            yield [from_row(LIBRARY_FILES, r) for r in rows]
+            after = rows[-1]["_key"]
+
+    def file_counts(self, library_id: str | None = None) -> Doc:
+        (row,) = self._rows(
+            """
+            SELECT count(*) AS total,
+                   count(*) FILTER (WHERE analyzed_at IS NOT NULL AND analysis_error IS NULL) AS analysed,
+                   count(analysis_error) AS analysis_errors,
+                   count(scan_error) AS scan_errors,
+                   count(*) FILTER (WHERE file_tags_pending) AS pending_writes,
+                   count(write_error) AS write_errors,
+                   count(written_at) AS written
+            FROM library_files WHERE %(library_id)s::text IS NULL OR library_id = %(library_id)s
+            """,
+            {"library_id": library_id},
+        )
+        return {k: int(v) for k, v in row.items()}
+
+    # ---- analysis ----------------------------------------------------------------------------
+    _NEEDS_ANALYSIS = """
+        FROM library_files f
+        WHERE f.scan_error IS NULL AND f.analysis_error IS NULL
+          AND NOT EXISTS (
+            SELECT 1 FROM file_tags t
+            WHERE t.file_id = f._key AND t.model_key = %(model_key)s
+              AND t.head_name = %(head_name)s AND t.tagger_version = %(tagger_version)s)
+    """
+
+    def files_needing_analysis(self, head: HeadVersion, after_key: str | None, limit: int) -> list[Doc]:
+        rows = self._rows(
+            f"SELECT f.* {self._NEEDS_ANALYSIS} AND f._key > %(after)s ORDER BY f._key LIMIT %(limit)s",
+            {**_head_params(head), "after": after_key or "", "limit": limit},
+        )
+        return [from_row(LIBRARY_FILES, r) for r in rows]
+
+    def count_files_needing_analysis(self, head: HeadVersion) -> int:
+        return int(self._scalar(f"SELECT count(*) {self._NEEDS_ANALYSIS}", _head_params(head)))
+
+    def write_predictions(self, docs: Sequence[Doc]) -> None:
+        if not docs:
+            return
+        # The last document of a (file, head, label) wins, as INSERT OR REPLACE does in SQLite.
+        rows: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
+        for doc in docs:
+            if "_key" not in doc:
+                raise ValueError(f"file_tags document without _key: {doc!r}")
+            row = _file_tag_row(doc)
+            rows[(row[1], row[2], row[3], row[4])] = row
+        groups = sorted({key[:3] for key in rows})
+        file_ids = sorted({g[0] for g in groups})
+
+        def write(conn: psycopg.Connection[Any]) -> None:
+            # Files first, in key order: a concurrent recalibration finishing these files
+            # either sees their hash cleared (its claim is void) or finishes before this
+            # write, whose hash clearing then makes them stale again. Never a lost update.
+            conn.execute(
+                "UPDATE library_files SET calibration_hash = NULL WHERE _key IN ("
+                "SELECT _key FROM library_files WHERE _key = ANY(%s) ORDER BY _key FOR UPDATE)",
+                (file_ids,),
+            )
+            conn.execute(
+                "DELETE FROM file_tags t USING unnest(%s::text[], %s::text[], %s::text[]) AS g(f, m, h) "
+                "WHERE t.file_id = g.f AND t.model_key = g.m AND t.head_name = g.h",
+                ([g[0] for g in groups], [g[1] for g in groups], [g[2] for g in groups]),
+            )
+            _copy_file_tags(conn, rows.values())
+
+        self._run(write)
+
+    def record_analysis(self, results: Sequence[Doc]) -> None:
+        self._update(LIBRARY_FILES, results)
+
+    def file_tags_for_files(self, file_ids: Sequence[str]) -> list[Doc]:
+        if not file_ids:
+            return []
+        rows = self._rows(
+            "SELECT * FROM file_tags WHERE file_id = ANY(%s) ORDER BY file_id, model_key, head_name, label",
+            (list(file_ids),),
+        )
+        return [from_row(FILE_TAGS, r) for r in rows]
+
+    def count_predictions(self, model_key: str, head_name: str) -> int:
+        return int(
+            self._scalar(
+                "SELECT count(DISTINCT file_id) FROM file_tags WHERE model_key = %s AND head_name = %s",
+                (model_key, head_name),
+            )
+        )
+
+    # ---- calibration -------------------------------------------------------------------------
+    def histogram(
+        self, model_key: str, head_name: str, label: str, lo: float, hi: float, bins: int
+    ) -> SparseHistogram:
+        if not hi > lo or bins < 1:
+            raise ValueError(f"invalid histogram spec lo={lo} hi={hi} bins={bins}")
+
+        def read(conn: psycopg.Connection[Any]) -> list[tuple[int, int]]:
+            return conn.execute(HISTOGRAM_SQL, {  # type: ignore[return-value]
+                "lo": float(lo), "hi": float(hi), "bins": int(bins),
+                "model_key": model_key, "head_name": head_name, "label": label,
+            }).fetchall()  # fmt: skip
+
+        rows = self._run(read)
+        in_range = [(int(index), int(count)) for index, count in rows if 0 <= index < bins]
+        under = sum(int(count) for index, count in rows if index < 0)
+        over = sum(int(count) for index, count in rows if index >= bins)
+        return SparseHistogram(bins=in_range, underflow_count=under, overflow_count=over)
+
+    def labels_of_head(self, model_key: str, head_name: str) -> list[str]:
+        rows = self._rows(
+            "SELECT DISTINCT label FROM file_tags WHERE model_key = %s AND head_name = %s ORDER BY label",
+            (model_key, head_name),
+        )
+        return [r["label"] for r in rows]
+
+    def get_calibration(self, key: str) -> Doc | None:
+        found = self._get(TABLES["calibration_state"], [key])
+        return found[0] if found else None
+
+    def list_calibrations(self) -> list[Doc]:
+        rows = self._rows("SELECT * FROM calibration_state ORDER BY _key")
+        return [from_row(TABLES["calibration_state"], r) for r in rows]
+
+    def save_calibrations(self, states: Sequence[Doc], history: Sequence[Doc]) -> None:
+        def save(conn: psycopg.Connection[Any]) -> None:
+            self._upsert(conn, TABLES["calibration_state"], states, replace=True)
+            self._upsert(conn, TABLES["calibration_history"], history, replace=True)
+
+        self._run(save)
+
+    def latest_history(self, calibration_key: str) -> Doc | None:
+        found = self.list_history(calibration_key, limit=1)
+        return found[0] if found else None
+
+    def list_history(self, calibration_key: str, limit: int = 100) -> list[Doc]:
+        rows = self._rows(
+            "SELECT * FROM calibration_history WHERE calibration_key = %s "
+            "ORDER BY snapshot_at DESC, seq DESC LIMIT %s",
+            (calibration_key, limit),
+        )
+        return [from_row(TABLES["calibration_history"], r) for r in rows]
+
+    # ---- recalibration -----------------------------------------------------------------------
+    def count_files_needing_recalibration(self, expected_hash: str, library_id: str | None = None) -> int:
+        return int(
+            self._scalar(
+                "SELECT count(*) FROM library_files WHERE "
+                "(calibration_hash IS NULL OR calibration_hash < %(hash)s OR calibration_hash > %(hash)s) "
+                "AND analyzed_at IS NOT NULL "
+                "AND (%(library_id)s::text IS NULL OR library_id = %(library_id)s)",
+                {"hash": expected_hash, "library_id": library_id},
+            )
+        )
+
+    def apply_calibration(self, file_ids: Sequence[str]) -> None:
+        ids = list(file_ids)
+        self._run(lambda conn: conn.execute(APPLY_CALIBRATION_SQL, (ids,)))
+
+    def finish_recalibration(self, updates: Sequence[Doc]) -> None:
+        self._update(LIBRARY_FILES, updates)
+
+    def claim_files_for_recalibration(
+        self, expected_hash: str, run: str, claim: str, limit: int, library_id: str | None = None
+    ) -> list[str]:
+        if not run or not claim.startswith(run):
+            raise ValueError(f"claim {claim!r} must start with its run {run!r}")
+        params = {"hash": expected_hash, "run": run, "claim": claim, "limit": limit, "library_id": library_id}
+
+        def claim_rows(conn: psycopg.Connection[Any]) -> list[str]:
+            rows = conn.execute(CLAIM_SQL, params).fetchall()
+            return sorted(r[0] for r in rows)
+
+        return self._run(claim_rows)
+
+    def tier_inputs(self, file_ids: Sequence[str]) -> list[tuple[Any, ...]]:
+        ids = list(file_ids)
+        if not ids:
+            return []
+        return self._run(lambda conn: conn.execute(TIER_INPUTS_SQL, (ids,)).fetchall())
+
+    def finish_claimed_recalibration(
+        self, claim: str, expected_hash: str, mood_tiers: Mapping[str, Doc | None]
+    ) -> list[str]:
+        candidates = sorted(mood_tiers)
+
+        def finish(conn: psycopg.Connection[Any]) -> list[str]:
+            held = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT _key FROM library_files WHERE _key = ANY(%s) AND calibration_hash = %s "
+                    "ORDER BY _key FOR UPDATE",
+                    (candidates, claim),
+                )
+            ]
+            tiers = [json.dumps(mood_tiers[file_id], sort_keys=True) for file_id in held]
+            conn.execute(APPLY_CALIBRATION_SQL, (held,))
+            conn.execute(
+                "UPDATE library_files f SET calibration_hash = %s, mood_tiers = v.tiers::jsonb, "
+                "file_tags_pending = true FROM unnest(%s::text[], %s::text[]) AS v(key, tiers) "
+                "WHERE f._key = v.key",
+                (expected_hash, held, tiers),
+            )
+            return held
+
+        return self._run(finish)
+
+    def reset_calibration_hashes(self, library_id: str | None = None) -> int:
+        def reset(conn: psycopg.Connection[Any]) -> int:
+            return conn.execute(
+                "UPDATE library_files SET calibration_hash = NULL WHERE calibration_hash IS NOT NULL "
+                "AND (%(library_id)s::text IS NULL OR library_id = %(library_id)s)",
+                {"library_id": library_id},
+            ).rowcount
+
+        return self._run(reset)
+
+    # ---- tag writing -------------------------------------------------------------------------
+    def files_pending_write(self, library_id: str, after_key: str | None, limit: int) -> list[Doc]:
+        rows = self._rows(
+            "SELECT * FROM library_files WHERE library_id = %s AND file_tags_pending "
+            "AND _key > %s ORDER BY _key LIMIT %s",
+            (library_id, after_key or "", limit),
+        )
+        return [from_row(LIBRARY_FILES, r) for r in rows]
+
+    def record_writes(self, results: Sequence[Doc]) -> None:
+        self._update(LIBRARY_FILES, results)
+
+
+# ---- SQL ---------------------------------------------------------------------------------------
+# The seed's histogram (seed 000) with SQLite's integer bin arithmetic: multiplying by
+# bins/(hi - lo) rather than dividing by the bin width keeps a value on a bin edge (0.3 of
+# 10,000 bins) in the bin that edge starts; -1 collects underflow, `bins` overflow.
+HISTOGRAM_SQL = f"""
+SELECT CASE WHEN value < %(lo)s THEN -1
+            WHEN value > %(hi)s THEN %(bins)s
+            ELSE LEAST(floor((value - %(lo)s) * %(bins)s / (%(hi)s - %(lo)s))::integer, %(bins)s - 1)
+       END AS bin_index,
+       count(*) AS bin_count
+FROM file_tags
+WHERE model_key = %(model_key)s AND head_name = %(head_name)s AND label = %(label)s
+  AND nomarr_only AND {_FINITE.format(v="value")}
+GROUP BY 1 ORDER BY 1
+"""
+
+# One expression for the value apply_calibration stores and the value tier_inputs reports,
+# so that tiers computed from a read agree with the stored values to the last bit.
+_CALIBRATED = f"""(
+    SELECT CASE WHEN c.p95 > c.p5 AND {_FINITE.format(v="t.value")}
+                THEN LEAST(GREATEST((t.value - c.p5) / (c.p95 - c.p5), 0.0::float8), 1.0::float8) END
+    FROM calibration_state c
+    WHERE c.model_key = t.model_key AND c.head_name = t.head_name AND c.label = t.label
+    LIMIT 1)"""
+
+# Rows whose value does not change are not rewritten (no new row version, no WAL).
+APPLY_CALIBRATION_SQL = f"""
+UPDATE file_tags AS t SET calibrated_value = {_CALIBRATED}
+WHERE t.file_id = ANY(%s) AND t.calibrated_value IS DISTINCT FROM {_CALIBRATED}
+"""
+
+TIER_INPUTS_SQL = f"""
+SELECT t.file_id, t.head_name, t.label, t.std, {_CALIBRATED}
+FROM file_tags t WHERE t.file_id = ANY(%s)
+"""
+
+# Three index range scans (no hash, below, above the expected one), each taking unlocked rows
+# only: concurrent recalibrations claim different files and never wait for each other. A CTE
+# is read on demand, so the later ranges are not scanned once the first fills the batch.
+_CLAIMABLE = """
+    SELECT _key FROM library_files
+    WHERE {hash_range} AND analyzed_at IS NOT NULL
+      AND (%(library_id)s::text IS NULL OR library_id = %(library_id)s)
+      AND (calibration_hash IS NULL OR left(calibration_hash, length(%(run)s)) <> %(run)s)
+    LIMIT %(limit)s FOR UPDATE SKIP LOCKED"""
+CLAIM_SQL = f"""
+WITH unhashed AS ({_CLAIMABLE.format(hash_range="calibration_hash IS NULL")}),
+     below AS ({_CLAIMABLE.format(hash_range="calibration_hash < %(hash)s")}),
+     above AS ({_CLAIMABLE.format(hash_range="calibration_hash > %(hash)s")})
+UPDATE library_files SET calibration_hash = %(claim)s
+WHERE _key IN (
+    SELECT _key FROM (
+        SELECT _key FROM unhashed UNION ALL SELECT _key FROM below UNION ALL SELECT _key FROM above
+    ) AS claimable LIMIT %(limit)s)
+RETURNING _key
+"""
+
+
+def _copy_file_tags(conn: psycopg.Connection[Any], rows: Any) -> None:
+    columns = ", ".join(_FILE_TAG_COLUMNS)
+    with conn.cursor() as cur, cur.copy(f"COPY file_tags ({columns}) FROM STDIN") as copy:  # type: ignore[arg-type]
+        for row in rows:
+            copy.write_row(row)
+
+
+def _file_tag_row(doc: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A ``file_tags`` document as the tuple ``_copy_file_tags`` sends (fields in column order)."""
+    unknown = set(doc) - set(_FILE_TAG_COLUMNS)
+    if unknown:
+        raise ValueError(f"file_tags has no field {sorted(unknown)[0]!r}")
+    nomarr_only = doc.get("nomarr_only")
+    return (
+        doc["_key"],
+        doc["file_id"],
+        doc["model_key"],
+        doc["head_name"],
+        doc["label"],
+        as_double(doc.get("value")),
+        as_double(doc.get("std")),
+        as_double(doc.get("calibrated_value")),
+        True if nomarr_only is None else bool(nomarr_only),
+        doc.get("tagger_version"),
+    )
+
+
+def _placeholder(table: Table, column: str) -> str:
+    cast = "::jsonb" if column in table.json_columns or column == "extra" else ""
+    return f"%({column})s{cast}"
+
+
+def _head_params(head: HeadVersion) -> dict[str, object]:
+    return {"model_key": head.model_key, "head_name": head.head_name, "tagger_version": head.tagger_version}
+
+
+# ---- URLs and messages ---------------------------------------------------------------------------
+def _conninfo(url: str) -> dict[str, Any]:
+    """libpq connection parameters from the URL, with a connect timeout unless it sets one.
+    A password in the URL is refused: it would end up wherever the URL is shown."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        params = conninfo_to_dict(url)
+    except (ValueError, psycopg.Error) as exc:
+        raise StoreError(
+            f"malformed PostgreSQL URL {_display(url)!r} ({_reason(exc)}): use "
+            "postgresql://user@host:port/dbname[?sslmode=...]"
+        ) from None
+    if parts.scheme.lower() not in ("postgresql", "postgres"):
+        raise StoreError(f"not a PostgreSQL URL: {_display(url)!r}")
+    if "password" in params:
+        raise StoreError(
+            f"NOMARR_STORE_URL {_display(url)!r} carries a password: remove it and set "
+            "NOMARR_PG_PASSWORD (or libpq's PGPASSWORD / ~/.pgpass) instead"
+        )
+    params.setdefault("connect_timeout", str(CONNECT_TIMEOUT_S))
+    params.setdefault("application_name", "nomarr_pipeline")
+    return params
+
+
+def _display(url: str) -> str:
+    from nomarr_pipeline.store import redact_url
+
+    try:
+        return redact_url(url)
+    except ValueError:
+        return "<unparsable URL>"
+
+
+def _reason(exc: BaseException) -> str:
+    """The gist of a psycopg/libpq message on one line."""
+    text = " ".join(str(exc).split())
+    # libpq: 'connection to server at "h" (ip), port p failed: Connection refused Is the server ...'
+    if "failed:" in text:
+        text = text.rsplit("failed:", 1)[1].strip()
+    return text.split(" Is the server running")[0].strip() or type(exc).__name__
+
+
+def _is_unreachable(exc: BaseException | None) -> bool:
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    if exc.sqlstate is not None:
+        return exc.sqlstate.startswith("08") or exc.sqlstate in _TRANSIENT_SQLSTATES
+    text = str(exc).lower()
+    return any(
+        marker in text
+        for marker in (
+            "connection refused",
+            "could not connect",
+            "timeout expired",
+            "server closed the connection",
+            "could not translate host name",
+            "no route to host",
+            "connection reset",
+            "the database system is",
+            "consuming input failed",
+        )
+    )
