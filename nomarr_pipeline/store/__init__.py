@@ -6,6 +6,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from nomarr_pipeline.store.protocol import (
     COLLECTIONS,
+    DOCUMENT_COLLECTIONS,
     STALE_ANALYSIS_RESET,
     TIER_INPUT_FIELDS,
     Doc,
@@ -88,6 +89,7 @@ def redact_url(url: str) -> str:
 
 __all__ = [
     "COLLECTIONS",
+    "DOCUMENT_COLLECTIONS",
     "STALE_ANALYSIS_RESET",
     "TIER_INPUT_FIELDS",
     "Doc",

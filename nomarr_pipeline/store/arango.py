@@ -50,6 +50,7 @@ from nomarr_pipeline.store.arango_schema import (
     encode_key,
 )
 from nomarr_pipeline.store.protocol import (
+    DOCUMENT_COLLECTIONS,
     Doc,
     FileStat,
     HeadVersion,
@@ -778,6 +779,33 @@ class ArangoStore:
     def record_writes(self, results: Sequence[Doc]) -> None:
         self._update_by_key("library_files", results)
 
+    # ---- moving a store --------------------------------------------------------------------------
+    def count_documents(self, collection: str) -> int:
+        rows = self._query(f"RETURN LENGTH({_document_collection(collection)})")
+        return int(rows[0]) if rows else 0
+
+    def iter_documents(self, collection: str, batch_size: int = 1000) -> Iterator[list[Doc]]:
+        name = _document_collection(collection)
+        aql = f"FOR d IN {name} FILTER d._key > @after_key SORT d._key LIMIT @limit RETURN {_RETURN_DOC}"
+        after_key = ""  # the stored (encoded) key: pages follow AQL's own order
+        while True:
+            rows = self._query(aql, {"after_key": after_key, "limit": batch_size})
+            if not rows:
+                return
+            yield [_from_stored(name, r) for r in rows]
+            after_key = rows[-1]["_key"]
+
+    def put_documents(self, collection: str, docs: Sequence[Doc]) -> None:
+        name = _document_collection(collection)
+        stored = [_to_stored(name, _require_key(name, d)) for d in docs]
+        with self._atomic([name], _chunk_count(stored)) as txn:
+            self._write_chunks(
+                f'FOR d IN @docs INSERT d INTO {name} OPTIONS {{overwriteMode: "replace"}}',
+                "docs",
+                stored,
+                db=txn,
+            )
+
 
 # ---- AQL ------------------------------------------------------------------------------------
 # The seed's histogram (seed 000), per label, with values outside [lo, hi] counted apart:
@@ -838,6 +866,13 @@ _NEEDS_ANALYSIS = (
     "AND FIRST(FOR t IN file_tags FILTER t.file_id == d._key AND t.model_key == @model_key "
     "AND t.head_name == @head_name AND t.tagger_version == @tagger_version LIMIT 1 RETURN 1) == null"
 )
+
+
+def _document_collection(collection: str) -> str:
+    """A collection name checked against the fixed list before it goes into AQL text."""
+    if collection not in DOCUMENT_COLLECTIONS:
+        raise ValueError(f"not a document collection: {collection!r} (one of {DOCUMENT_COLLECTIONS})")
+    return collection
 
 
 def _as_float(number: Any) -> Any:

@@ -42,6 +42,7 @@ from nomarr_pipeline.store.postgres_schema import (
     to_row,
 )
 from nomarr_pipeline.store.protocol import (
+    DOCUMENT_COLLECTIONS,
     Doc,
     FileStat,
     HeadVersion,
@@ -68,6 +69,8 @@ _TRANSIENT_SQLSTATES = frozenset(
     }
 )
 _FILE_TAG_COLUMNS = FILE_TAGS.columns
+# What a document replaced whole gets for a NOT NULL field it lacks (the column default).
+_NOT_NULL_DEFAULTS: dict[str, Doc] = {"library_files": {"file_tags_pending": False}}
 _FINITE = "{v} > '-Infinity'::float8 AND {v} < 'Infinity'::float8"  # NaN sorts above Infinity
 
 
@@ -237,7 +240,8 @@ class PostgresStore:
         for columns, rows in groups.items():
             if replace:
                 columns = every
-                rows = [{c: row.get(c) for c in every} for row in rows]
+                defaults = _NOT_NULL_DEFAULTS.get(table.name, {})
+                rows = [{c: row.get(c, defaults.get(c)) for c in every} for row in rows]
             names = ", ".join(columns)
             values = ", ".join(_placeholder(table, c) for c in columns)
             if replace:
@@ -598,6 +602,46 @@ class PostgresStore:
     def record_writes(self, results: Sequence[Doc]) -> None:
         self._update(LIBRARY_FILES, results)
 
+    # ---- moving a store --------------------------------------------------------------------
+    def count_documents(self, collection: str) -> int:
+        return int(self._scalar(f"SELECT count(*) FROM {_document_table(collection).name}"))
+
+    def iter_documents(self, collection: str, batch_size: int = 1000) -> Iterator[list[Doc]]:
+        table = _document_table(collection)
+        key = _FILE_TAGS_KEY if table is FILE_TAGS else ("_key",)
+        order = ", ".join(key)
+        after: tuple[Any, ...] | None = None
+        while True:
+            where = f"WHERE ({order}) > ({', '.join(['%s'] * len(key))})" if after else ""
+            rows = self._rows(
+                f"SELECT * FROM {table.name} {where} ORDER BY {order} LIMIT %s", (*(after or ()), batch_size)
+            )
+            if not rows:
+                return
+            yield [from_row(table, r) for r in rows]
+            after = tuple(rows[-1][column] for column in key)
+
+    def put_documents(self, collection: str, docs: Sequence[Doc]) -> None:
+        table = _document_table(collection)
+        if table is not FILE_TAGS:
+            self._run(lambda conn: self._upsert(conn, table, docs, replace=True))
+            return
+        rows = {}
+        for doc in docs:
+            row = _file_tag_row(doc)
+            rows[(row[1], row[2], row[3], row[4])] = row
+
+        def put(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(
+                "DELETE FROM file_tags t USING unnest(%s::text[], %s::text[], %s::text[], %s::text[]) "
+                "AS k(f, m, h, l) WHERE t.file_id = k.f AND t.model_key = k.m AND t.head_name = k.h "
+                "AND t.label = k.l",
+                tuple(list(column) for column in zip(*rows, strict=True)) if rows else ([], [], [], []),
+            )
+            _copy_file_tags(conn, rows.values())
+
+        self._run(put)
+
 
 # ---- SQL ---------------------------------------------------------------------------------------
 # The seed's histogram (seed 000) with SQLite's integer bin arithmetic: multiplying by
@@ -655,6 +699,15 @@ WHERE _key IN (
     ) AS claimable LIMIT %(limit)s)
 RETURNING _key
 """
+
+
+_FILE_TAGS_KEY = ("file_id", "model_key", "head_name", "label")
+
+
+def _document_table(collection: str) -> Table:
+    if collection not in DOCUMENT_COLLECTIONS:
+        raise ValueError(f"not a document collection: {collection!r} (one of {DOCUMENT_COLLECTIONS})")
+    return TABLES[collection]
 
 
 def _copy_file_tags(conn: psycopg.Connection[Any], rows: Any) -> None:

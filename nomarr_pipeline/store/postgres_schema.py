@@ -26,7 +26,8 @@ from nomarr_pipeline.store.sqlite_schema import (
 
 Doc = dict[str, Any]
 TABLES: dict[str, Table] = {
-    table.name: table for table in (LIBRARIES, LIBRARY_FILES, FILE_TAGS, CALIBRATION_STATE, CALIBRATION_HISTORY)
+    table.name: table
+    for table in (LIBRARIES, LIBRARY_FILES, FILE_TAGS, CALIBRATION_STATE, CALIBRATION_HISTORY)
 }
 # Any constant unique to this project: pg_advisory_xact_lock(key) serialises migrations.
 MIGRATION_LOCK_KEY = 0x6E6F6D617272  # "nomarr"

@@ -24,6 +24,16 @@ COLLECTIONS = (
     "calibration_history",
 )
 
+# Collections whose documents carry a key, which count/iter/put_documents move whole (the
+# folder cache moves through load/save_folder_cache).
+DOCUMENT_COLLECTIONS = (
+    "libraries",
+    "library_files",
+    "file_tags",
+    "calibration_state",
+    "calibration_history",
+)
+
 # Fields a changed file loses so that it is analysed, calibrated and written again.
 STALE_ANALYSIS_RESET: Doc = {
     "analyzed_at": None,
@@ -247,3 +257,16 @@ class Store(Protocol):
         """Update existing ``library_files`` (never create one) with the given fields of
         ``[{"_key", "written_at", "write_error", "file_tags_pending", "size", "mtime_ns",
         "written_stats"}]`` (any subset besides ``_key``); unknown keys are ignored."""
+
+    # ---- moving a store (nomarr_pipeline.store.migrate) ---------------------------------
+    def count_documents(self, collection: str) -> int:
+        """How many documents ``collection`` (one of :data:`DOCUMENT_COLLECTIONS`) holds."""
+
+    def iter_documents(self, collection: str, batch_size: int = 1000) -> Iterable[list[Doc]]:
+        """Every document of ``collection``, whole, in pages (keyset pagination in an order of
+        the engine's choosing; each document exactly once)."""
+
+    def put_documents(self, collection: str, docs: Sequence[Doc]) -> None:
+        """Insert or replace whole documents by their key (``file_tags``: file, model, head and
+        label), as they are and in one transaction; none of the pipeline's side effects
+        (``write_predictions`` clearing hashes) happen."""

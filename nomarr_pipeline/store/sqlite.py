@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from nomarr_pipeline.store.protocol import (
+    DOCUMENT_COLLECTIONS,
     Doc,
     FileStat,
     HeadVersion,
@@ -489,6 +490,32 @@ class SqliteStore:
     def record_writes(self, results: Sequence[Doc]) -> None:
         self._update(LIBRARY_FILES, results)
 
+    # ---- moving a store ------------------------------------------------------------------
+    def count_documents(self, collection: str) -> int:
+        table = _document_table(collection)
+        return int(self._query(f"SELECT COUNT(*) FROM {table.name}")[0][0])
+
+    def iter_documents(self, collection: str, batch_size: int = 1000) -> Iterator[list[Doc]]:
+        table = _document_table(collection)
+        # file_tags pages by its primary key (the _key column is not indexed there).
+        key = _FILE_TAGS_KEY if table is FILE_TAGS else ("_key",)
+        order = ", ".join(key)
+        after: tuple[Any, ...] | None = None
+        while True:
+            where = f"WHERE ({order}) > ({', '.join('?' * len(key))})" if after else ""
+            rows = self._query(
+                f"SELECT * FROM {table.name} {where} ORDER BY {order} LIMIT ?", (*(after or ()), batch_size)
+            )
+            if not rows:
+                return
+            yield [table.from_row(r) for r in rows]
+            after = tuple(rows[-1][column] for column in key)
+
+    def put_documents(self, collection: str, docs: Sequence[Doc]) -> None:
+        table = _document_table(collection)
+        with self._write() as conn:
+            self._upsert(conn, table, docs, replace=True)
+
 
 # One subquery for the value apply_calibration stores and the value tier_inputs reports, so
 # that tiers computed from a read agree with the stored values to the last bit.
@@ -507,6 +534,19 @@ _TIER_INPUTS = f"""
     SELECT t.file_id, t.head_name, t.label, t.std, {_CALIBRATED}
     FROM file_tags t WHERE t.file_id IN (SELECT value FROM json_each(?))
 """
+
+
+_FILE_TAGS_KEY = ("file_id", "model_key", "head_name", "label")
+_DOCUMENT_TABLES = {
+    table.name: table
+    for table in (LIBRARIES, LIBRARY_FILES, FILE_TAGS, CALIBRATION_STATE, CALIBRATION_HISTORY)
+}
+
+
+def _document_table(collection: str) -> Table:
+    if collection not in DOCUMENT_COLLECTIONS:
+        raise ValueError(f"not a document collection: {collection!r} (one of {DOCUMENT_COLLECTIONS})")
+    return _DOCUMENT_TABLES[collection]
 
 
 def _check_claim(run: str, claim: str) -> None:

@@ -1,8 +1,9 @@
 """The ``store`` fixture: every engine that can run here, each test against each.
 
 SQLite and PostgreSQL always run (PostgreSQL on the session's throwaway server, a fresh
-database per test: see ``nomarr_pipeline_tests/conftest.py``). ArangoDB runs when ``NOMARR_TEST_ARANGO_URL`` names a server (with
-``NOMARR_TEST_ARANGO_PASSWORD``); each test gets a fresh database that is dropped afterwards.
+database per test: see ``nomarr_pipeline_tests/conftest.py``). ArangoDB runs when
+``NOMARR_TEST_ARANGO_URL`` names a server (with ``NOMARR_TEST_ARANGO_PASSWORD``); each test gets
+a fresh database that is dropped afterwards.
 """
 
 from __future__ import annotations

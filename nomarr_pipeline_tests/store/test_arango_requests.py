@@ -914,6 +914,48 @@ def test_iter_files_pages_by_key(store: ArangoStore, fake: FakeArango) -> None:
     assert "library_id" not in fake.requests[0].bind_vars and "@library_id" not in fake.requests[0].query
 
 
+def test_count_documents_is_one_statement_on_a_known_collection(
+    store: ArangoStore, fake: FakeArango
+) -> None:
+    fake.answer("RETURN LENGTH(file_tags)", [42])
+    assert store.count_documents("file_tags") == 42
+    assert [r.query for r in fake.cursors()] == ["RETURN LENGTH(file_tags)"]
+    with pytest.raises(ValueError, match="not a document collection"):
+        store.count_documents("file_tags) RETURN 1 //")
+    assert len(fake.requests) == 1
+
+
+def test_iter_documents_pages_by_stored_key_and_decodes_keys(store: ArangoStore, fake: FakeArango) -> None:
+    stored = [encode_key(k) for k in ("m:h:Hip Hop", "m:h:Rock", "m:h:Soul")]
+
+    def page(query: str, bind_vars: dict[str, Any]) -> list[Any]:
+        after = bind_vars["after_key"]
+        return [{"_key": k, "calibration_key": "c", "p5": 0} for k in stored if k > after][
+            : bind_vars["limit"]
+        ]
+
+    fake.answer("FOR d IN calibration_state FILTER d._key > @after_key", page)
+    pages = list(store.iter_documents("calibration_state", batch_size=2))
+    assert [[d["_key"] for d in p] for p in pages] == [["m:h:Hip Hop", "m:h:Rock"], ["m:h:Soul"]]
+    assert [r.bind_vars["after_key"] for r in fake.cursors()] == ["", stored[1], stored[2]]
+    assert pages[0][0]["p5"] == 0.0 and pages[0][0]["p95"] is None  # floats and declared fields
+
+
+def test_put_documents_replaces_whole_documents_in_one_statement(
+    store: ArangoStore, fake: FakeArango
+) -> None:
+    store.put_documents("file_tags", [_tag("a", "Hip Hop", math.nan), _tag("b", "happy", 0.5)])
+    (request,) = fake.requests
+    assert 'INSERT d INTO file_tags OPTIONS {overwriteMode: "replace"}' in request.query
+    sent = request.bind_vars["docs"]
+    assert [d["_key"] for d in sent] == [
+        encode_key(f"a|{HEAD.model_key}|{HEAD.head_name}|Hip Hop"),
+        encode_key(f"b|{HEAD.model_key}|{HEAD.head_name}|happy"),
+    ]
+    assert sent[0]["value"] is None and sent[0]["nomarr_only"] is True
+    assert "library_files" not in request.query  # no hash clearing, unlike write_predictions
+
+
 def test_file_counts_map_to_the_protocol_shape(store: ArangoStore, fake: FakeArango) -> None:
     fake.answer(
         "COLLECT AGGREGATE total",
@@ -1051,6 +1093,9 @@ def _exercise_every_operation(store: ArangoStore, fake: FakeArango) -> None:
     store.reset_calibration_hashes(lib)
     store.files_pending_write(lib, f, 4242)
     store.record_writes([{"_key": f, "written_at": 987654321, "write_error": "LITerror"}])
+    store.count_documents("file_tags")
+    list(store.iter_documents("calibration_history", batch_size=4242))
+    store.put_documents("library_files", [{"_key": f, "library_id": lib, "size": 987654321}])
 
 
 def test_no_value_is_ever_inlined_in_aql(store: ArangoStore, fake: FakeArango) -> None:
@@ -1098,6 +1143,7 @@ def test_every_write_sends_o1_requests(store: ArangoStore, fake: FakeArango) -> 
             lambda: store.delete_files(ids),
             lambda: store.get_files(ids),
             lambda: store.file_tags_for_files(ids),
+            lambda: store.put_documents("file_tags", [_tag(i, "happy", 0.5) for i in ids]),
         ):
             fake.clear()
             operation()

@@ -7,7 +7,14 @@ from collections.abc import Sequence
 
 import pytest
 
-from nomarr_pipeline.store import STALE_ANALYSIS_RESET, TIER_INPUT_FIELDS, FileStat, HeadVersion, Store
+from nomarr_pipeline.store import (
+    DOCUMENT_COLLECTIONS,
+    STALE_ANALYSIS_RESET,
+    TIER_INPUT_FIELDS,
+    FileStat,
+    HeadVersion,
+    Store,
+)
 
 HEAD = HeadVersion("effnet-discogs-effnet-1", "mood_happy", "tv1")
 
@@ -419,3 +426,46 @@ def test_finish_is_all_or_nothing(store: Store) -> None:
     assert all(t["calibrated_value"] is None for t in store.file_tags_for_files(["a", "b"]))
     assert [f["calibration_hash"] for f in store.get_files(["a", "b"])] == ["claim:1", "claim:1"]
     assert store.count_files_needing_recalibration("H") == 2
+
+
+def _every_document(store: Store, collection: str, batch_size: int) -> list[dict[str, object]]:
+    pages = list(store.iter_documents(collection, batch_size=batch_size))
+    assert all(0 < len(page) <= batch_size for page in pages)
+    return [doc for page in pages for doc in page]
+
+
+def test_documents_are_counted_read_in_pages_and_put_back_whole(store: Store) -> None:
+    lib = {"_key": "lib1", "name": "Music", "root_path": "/music", "file_write_mode": "full"}
+    store.ensure_library(lib)
+    tiers = {"mood-strict": [], "mood-regular": ["happy"], "mood-loose": ["happy"]}
+    store.upsert_files(
+        [_file("a", mood_tiers=tiers, calibration_hash="H"), _file("b"), _file("c", library_id="lib2")]
+    )
+    store.write_predictions([_tag(k, label, 0.25) for k in ("a", "b") for label in ("happy", "sad")])
+    history = {"_key": "h1", "calibration_key": "m:h:happy", "snapshot_at": 3, "p5": 0.1, "p95": 0.9,
+               "n": 4, "underflow_count": 0, "overflow_count": 0, "p5_delta": None, "p95_delta": None,
+               "n_delta": None}  # fmt: skip
+    store.save_calibrations([_state("happy", 0.1, 0.9)], [history])
+    counts = {c: store.count_documents(c) for c in DOCUMENT_COLLECTIONS}
+    assert counts == {"libraries": 1, "library_files": 3, "file_tags": 4, "calibration_state": 1,
+                      "calibration_history": 1}  # fmt: skip
+
+    assert _every_document(store, "library_files", 2) == [f for page in store.iter_files() for f in page]
+    tags = _every_document(store, "file_tags", 3)
+    assert sorted(tags, key=lambda t: str(t["_key"])) == store.file_tags_for_files(["a", "b"])
+    assert _every_document(store, "calibration_history", 1) == [store.latest_history("m:h:happy")]
+    assert _every_document(store, "libraries", 5) == store.list_libraries()
+
+    # Put back changed: whole documents replace the stored ones, no pipeline side effects.
+    store.upsert_files([{"_key": "a", "calibration_hash": "H"}])
+    changed = [{**t, "value": 0.75, "calibrated_value": 0.5} for t in tags if t["file_id"] == "a"]
+    store.put_documents("file_tags", changed)
+    assert store.get_files(["a"])[0]["calibration_hash"] == "H"  # not cleared
+    assert {t["label"]: t["value"] for t in store.file_tags_for_files(["a"])} == {"happy": 0.75, "sad": 0.75}
+    store.put_documents("library_files", [{"_key": "b", "library_id": "lib1", "path": "/music/b2.mp3"}])
+    (b,) = store.get_files(["b"])
+    assert b["path"] == "/music/b2.mp3" and b["size"] is None and b["scanned_at"] is None
+    store.put_documents("calibration_history", [{**history, "_key": "h2", "snapshot_at": 4}])
+    assert store.count_documents("calibration_history") == 2
+    with pytest.raises(ValueError, match="not a document collection"):
+        store.count_documents("library_folders")
