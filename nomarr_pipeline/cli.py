@@ -10,6 +10,7 @@ Exit status 1 means a pipeline step failed, 130 an interrupt (Ctrl-C), 143 a SIG
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -306,6 +307,58 @@ class _DownloadProgress:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+@cli.command("migrate-store")
+@click.option("--to", "target_url", required=True, metavar="URL",
+              help="The new, empty store: sqlite:///..., postgresql://user@host:port/db or http(s)://host:port.")
+@click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(min=1),
+              help="Documents per transaction.")  # fmt: skip
+def migrate_store(target_url: str, batch_size: int) -> int:
+    """Copy the configured store (libraries, predictions, calibrations) into another, verified."""
+    from nomarr_pipeline.progress import StepProgress
+    from nomarr_pipeline.store import open_store
+    from nomarr_pipeline.store.migrate import migrate_store as copy_store
+
+    settings = runner.checked_settings()
+    if target_url.rstrip("/") == settings.store_url.rstrip("/"):
+        raise UserError(f"--to names the configured store itself ({redact_url(target_url)})",
+                        "give the URL of the new, empty store")  # fmt: skip
+    source = runner.open_checked_store()
+    try:
+        target = open_store(
+            target_url,
+            arango_db=settings.arango_db,
+            arango_user=settings.arango_user,
+            arango_password=settings.arango_password,
+            pg_password=settings.pg_password,
+        )
+        target.list_libraries()
+    except StoreError as error:
+        raise UserError(
+            f"cannot use the target store: {error}",
+            "check --to, the server, and NOMARR_PG_PASSWORD / NOMARR_ARANGO_* for it",
+        ) from None
+    click.echo(f"copying {redact_url(settings.store_url)} -> {redact_url(target_url)}")
+    with contextlib.ExitStack() as bars:
+        shown: dict[str, StepProgress] = {}
+
+        def progress(collection: str, done: int, total: int) -> None:
+            if collection not in shown:
+                bars.close()  # the previous collection's bar ends
+                shown[collection] = bars.enter_context(StepProgress(collection, unit="documents"))
+            shown[collection](done, total)
+
+        report = copy_store(source, target, batch_size=batch_size, progress=progress)
+    for check in report.checks:
+        click.echo(f"  {'ok' if check.verified else 'MISMATCH'}  {check.describe()}")
+    if not report.verified:
+        names = ", ".join(check.collection for check in report.mismatches())
+        raise UserError(f"the copy differs from the source in {names}",
+                        "copy into an empty store; if nothing wrote to either store meanwhile, "
+                        "run migrate-store again")  # fmt: skip
+    click.echo(f"done: set NOMARR_STORE_URL={redact_url(target_url)} to use the new store")
+    return 0
 
 
 # ---- output ---------------------------------------------------------------------------------
