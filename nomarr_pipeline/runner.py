@@ -121,7 +121,10 @@ def store_advice(error: StoreError) -> str:
             "make the store file and its folder writable (or set NOMARR_STORE_URL to a writable copy), "
             "then run again"
         )
-    return "check NOMARR_STORE_URL (and NOMARR_ARANGO_* for ArangoDB) and that the database is running"
+    return (
+        "check NOMARR_STORE_URL (and NOMARR_PG_PASSWORD for PostgreSQL, NOMARR_ARANGO_* for ArangoDB) "
+        "and that the database is running"
+    )
 
 
 def _require_writable_store(path: Path) -> None:

@@ -77,13 +77,12 @@ def open_store(
 
 
 def redact_url(url: str) -> str:
-    """The URL with any user:password part removed, safe for logs and metadata."""
+    """The URL with any user:password part removed, safe for logs and metadata (also for a
+    URL too malformed to parse further, e.g. a port that is not a number)."""
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    if "@" not in parts.netloc:
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 

@@ -166,9 +166,13 @@ class PostgresStore:
                 with conn.transaction():
                     return work(conn)
             except StoreError as exc:
-                # A failed reconnect while the server restarts is transient too.
-                if not _is_unreachable(exc.__context__) or attempt >= MAX_RETRIES or attempt == 0:
+                # A failed reconnect while the server restarts is transient too; the first
+                # connection of a process fails at once (a wrong port should say so now).
+                cause = exc.__context__
+                if attempt == 0 or not _is_unreachable(cause):
                     raise
+                if attempt >= MAX_RETRIES:
+                    raise self._error(cause, "connect to", retried=attempt) from None  # type: ignore[arg-type]
             except psycopg.Error as exc:
                 broken = getattr(self._local, "conn", None) is None or self._local.conn.broken
                 if broken:
@@ -213,11 +217,14 @@ class PostgresStore:
                 f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {self._user}"
             )
         elif _is_unreachable(exc) or getattr(exc, "sqlstate", None) in _TRANSIENT_SQLSTATES:
-            after = f" (gave up after {retried} retries)" if retried else ""
-            message = (
-                f"cannot {action} {where}: {reason}{after}; is the server running, and are host "
-                "and port in NOMARR_STORE_URL right? A re-run resumes where this one stopped"
-            )
+            message = f"cannot {action} {where}: {reason}"
+            if retried:
+                message += (
+                    f" (gave up after {retried} retries): the server went away; once it is back, "
+                    "a re-run resumes where this one stopped"
+                )
+            else:
+                message += "; is the server running, and are host and port in NOMARR_STORE_URL right?"
         else:
             message = f"{where}: {reason}"
         if self._password:
@@ -756,8 +763,8 @@ def _conninfo(url: str) -> dict[str, Any]:
         params = conninfo_to_dict(url)
     except (ValueError, psycopg.Error) as exc:
         raise StoreError(
-            f"malformed PostgreSQL URL {_display(url)!r} ({_reason(exc)}): use "
-            "postgresql://user@host:port/dbname[?sslmode=...]"
+            f"malformed PostgreSQL URL {_display(url)!r} ({_reason(exc)}): set NOMARR_STORE_URL "
+            "to postgresql://user@host:port/dbname[?sslmode=...]"
         ) from None
     if parts.scheme.lower() not in ("postgresql", "postgres"):
         raise StoreError(f"not a PostgreSQL URL: {_display(url)!r}")
@@ -774,10 +781,7 @@ def _conninfo(url: str) -> dict[str, Any]:
 def _display(url: str) -> str:
     from nomarr_pipeline.store import redact_url
 
-    try:
-        return redact_url(url)
-    except ValueError:
-        return "<unparsable URL>"
+    return redact_url(url)
 
 
 def _reason(exc: BaseException) -> str:
