@@ -1,12 +1,13 @@
 """Calibration generation: one DB histogram per (head, label) -> ``calibration_state``.
 
 Per head: the newest history snapshot of every label (one query), then for every label
-``store.histogram`` (one grouped query) -> ``derive_percentiles`` -> ``compute_state``
+``store.histograms`` (one grouped query each) -> ``derive_percentiles`` -> ``compute_state``
 against the stored state and that snapshot; then all of the head's states and snapshots go
 to ``store.save_calibrations`` in one transaction, so a head is calibrated completely or not
 at all.
 
-* Memory: one label's sparse histogram (at most ``bins`` pairs) is alive at a time, plus
+* Memory: one label's sparse histogram (at most ``bins`` pairs; a few on a server store that
+  runs several label queries at once, see ``Store.histograms``) is alive at a time, plus
   one small state document per label. Nothing grows with the number of files.
 * Idempotent and crash-safe: every computation starts from the current ``file_tags``;
   rerunning after a crash recomputes the unfinished heads, and a finished head rerun with
@@ -199,12 +200,11 @@ def calibrate_head(
     history: list[Doc] = []
     keys = {label: calibration_key(head.model_key, head.head_name, label) for label in labels}
     previous_snapshots = store.recent_history(list(keys.values()))  # one query for the head
-    for label in labels:
-        hist = store.histogram(head.model_key, head.head_name, label, spec.lo, spec.hi, spec.bins)
+    for label, hist in store.histograms(head.model_key, head.head_name, labels, spec.lo, spec.hi, spec.bins):
         result = derive_percentiles(hist, spec, p_low, p_high)
         if keep_histograms:
             histograms[label] = hist
-        del hist  # only one label's bins are alive at a time
+        del hist  # only the bins of the labels being queried are alive at a time
         if not result.has_values:
             report.empty_labels.append(label)
             continue

@@ -617,6 +617,12 @@ class ArangoStore:
         in_range.sort()
         return SparseHistogram(bins=in_range, underflow_count=underflow, overflow_count=overflow)
 
+    def histograms(
+        self, model_key: str, head_name: str, labels: Sequence[str], lo: float, hi: float, bins: int
+    ) -> Iterator[tuple[str, SparseHistogram]]:
+        for label in labels:
+            yield label, self.histogram(model_key, head_name, label, lo, hi, bins)
+
     def labels_of_head(self, model_key: str, head_name: str) -> list[str]:
         rows = self._query(
             "FOR d IN file_tags FILTER d.model_key == @model_key AND d.head_name == @head_name "

@@ -22,7 +22,9 @@ import json
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -58,6 +60,9 @@ T = TypeVar("T")
 MAX_RETRIES = 5
 RETRY_BACKOFF_S = 0.25
 CONNECT_TIMEOUT_S = 10
+# Label histograms of one head queried at once, each on a connection of its own: the server
+# runs them in parallel (a head's labels are independent index ranges).
+HISTOGRAM_CONNECTIONS = 4
 # SQLSTATEs worth another attempt: the statement may succeed as it is on a new try.
 _TRANSIENT_SQLSTATES = frozenset(
     {
@@ -68,6 +73,7 @@ _TRANSIENT_SQLSTATES = frozenset(
         "57P03",  # cannot_connect_now (server starting up)
     }
 )
+_READER_THREAD = "nomarr-pg-reader"
 _FILE_TAG_COLUMNS = FILE_TAGS.columns
 # What a document replaced whole gets for a NOT NULL field it lacks (the column default).
 _NOT_NULL_DEFAULTS: dict[str, Doc] = {"library_files": {"file_tags_pending": False}}
@@ -87,6 +93,10 @@ class PostgresStore:
         self._user = self._conninfo.get("user") or os.environ.get("PGUSER") or getpass.getuser()
         self._dbname = self._conninfo.get("dbname") or self._user
         self._local = threading.local()
+        self._readers: ThreadPoolExecutor | None = None
+        self._readers_pid: int | None = None
+        self._reader_connections: list[psycopg.Connection[Any]] = []
+        self._readers_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._display_url!r})"
@@ -106,6 +116,9 @@ class PostgresStore:
             return conn
         try:
             conn = psycopg.connect(**self._conninfo, password=self._password, autocommit=True)
+            # Index range scans and set-based updates of a batch: compiling them costs more
+            # than it saves (JIT added ~50 ms to a 200k-row histogram here).
+            conn.execute("SET jit = off")
         except psycopg.Error as exc:
             raise self._error(exc, "connect to") from None
         try:
@@ -117,6 +130,9 @@ class PostgresStore:
             conn.close()
             raise
         self._local.conn, self._local.pid = conn, os.getpid()
+        if threading.current_thread().name.startswith(_READER_THREAD):
+            with self._readers_lock:
+                self._reader_connections.append(conn)
         return conn
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
@@ -143,7 +159,13 @@ class PostgresStore:
     @staticmethod
     def _schema_version(conn: psycopg.Connection[Any]) -> int:
         """0 for a database this code never opened."""
-        exists = conn.execute("SELECT to_regclass('nomarr_meta') IS NOT NULL").fetchone()
+        # pg_tables through the statement's snapshot, not to_regclass: that one reads a catalog
+        # snapshot that waiting for the migration lock does not refresh, and would miss the
+        # tables another process created meanwhile.
+        exists = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables "
+            "WHERE schemaname = current_schema() AND tablename = 'nomarr_meta')"
+        ).fetchone()
         if not exists or not exists[0]:
             return 0
         row = conn.execute("SELECT version FROM nomarr_meta WHERE _key = 'schema'").fetchone()
@@ -155,6 +177,23 @@ class PostgresStore:
             with suppress(psycopg.Error):
                 conn.close()
         self._local.conn = None
+        with self._readers_lock:
+            readers, self._readers = self._readers, None
+            reader_connections, self._reader_connections = self._reader_connections, []
+        if readers is not None and self._readers_pid == os.getpid():
+            readers.shutdown(wait=True)
+            for reader in reader_connections:
+                with suppress(psycopg.Error):
+                    reader.close()
+
+    def _reader_pool(self) -> ThreadPoolExecutor:
+        """Threads with a connection each, for queries that run side by side (per process)."""
+        with self._readers_lock:
+            if self._readers is None or self._readers_pid != os.getpid():
+                self._readers = ThreadPoolExecutor(HISTOGRAM_CONNECTIONS, thread_name_prefix=_READER_THREAD)
+                self._readers_pid = os.getpid()
+                self._reader_connections = []
+            return self._readers
 
     def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
         """``work`` in one transaction; a transient failure rolls it back and runs it again
@@ -488,6 +527,25 @@ class PostgresStore:
         under = sum(int(count) for index, count in rows if index < 0)
         over = sum(int(count) for index, count in rows if index >= bins)
         return SparseHistogram(bins=in_range, underflow_count=under, overflow_count=over)
+
+    def histograms(
+        self, model_key: str, head_name: str, labels: Sequence[str], lo: float, hi: float, bins: int
+    ) -> Iterator[tuple[str, SparseHistogram]]:
+        pending = iter(labels)
+        in_flight: deque[tuple[str, Future[SparseHistogram]]] = deque()
+
+        def submit() -> None:
+            label = next(pending, None)
+            if label is not None:
+                future = self._reader_pool().submit(self.histogram, model_key, head_name, label, lo, hi, bins)
+                in_flight.append((label, future))
+
+        for _ in range(HISTOGRAM_CONNECTIONS):
+            submit()
+        while in_flight:
+            label, future = in_flight.popleft()
+            submit()
+            yield label, future.result()
 
     def labels_of_head(self, model_key: str, head_name: str) -> list[str]:
         rows = self._rows(

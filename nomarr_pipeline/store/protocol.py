@@ -8,7 +8,7 @@ Timestamps are integer milliseconds since the epoch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -187,6 +187,13 @@ class Store(Protocol):
         self, model_key: str, head_name: str, label: str, lo: float, hi: float, bins: int
     ) -> SparseHistogram:
         """One grouped query over eligible ``file_tags`` (``nomarr_only``, finite number)."""
+
+    def histograms(
+        self, model_key: str, head_name: str, labels: Sequence[str], lo: float, hi: float, bins: int
+    ) -> Iterator[tuple[str, SparseHistogram]]:
+        """``(label, histogram(label))`` for each label, in order. A server engine may run a few
+        of these queries at once on connections of its own (a few histograms alive at a time,
+        never all of a head's)."""
 
     def labels_of_head(self, model_key: str, head_name: str) -> list[str]:
         """Distinct labels stored for a head (sorted)."""

@@ -360,6 +360,12 @@ class SqliteStore:
         over = sum(int(r["count"]) for r in rows if r["bin_index"] >= bins)
         return SparseHistogram(bins=in_range, underflow_count=under, overflow_count=over)
 
+    def histograms(
+        self, model_key: str, head_name: str, labels: Sequence[str], lo: float, hi: float, bins: int
+    ) -> Iterator[tuple[str, SparseHistogram]]:
+        for label in labels:
+            yield label, self.histogram(model_key, head_name, label, lo, hi, bins)
+
     def labels_of_head(self, model_key: str, head_name: str) -> list[str]:
         rows = self._query(
             "SELECT DISTINCT label FROM file_tags WHERE model_key = ? AND head_name = ? ORDER BY label",

@@ -167,15 +167,16 @@ def test_spec_overrides_and_regression_default(sqlite_store: Store) -> None:
 
 
 class FailingStore:
-    """Wraps a store; ``histogram`` fails for one (head, label)."""
+    """Wraps a store; ``histograms`` fails at one (head, label)."""
 
     def __init__(self, inner: Store, head_name: str, label: str) -> None:
         self.inner, self.head_name, self.label = inner, head_name, label
 
-    def histogram(self, model_key, head_name, label, lo, hi, bins):
-        if (head_name, label) == (self.head_name, self.label):
-            raise RuntimeError("database went away")
-        return self.inner.histogram(model_key, head_name, label, lo, hi, bins)
+    def histograms(self, model_key, head_name, labels, lo, hi, bins):
+        for label, hist in self.inner.histograms(model_key, head_name, labels, lo, hi, bins):
+            if (head_name, label) == (self.head_name, self.label):
+                raise RuntimeError("database went away")
+            yield label, hist
 
     def __getattr__(self, name):
         return getattr(self.inner, name)

@@ -483,6 +483,14 @@ def test_histogram_is_one_grouped_query_and_maps_to_sparse_histogram(
     assert request.body["options"]["failOnWarning"] is True
 
 
+def test_histograms_is_one_grouped_query_per_label(store: ArangoStore, fake: FakeArango) -> None:
+    fake.answer("COLLECT bin_index", [{"bin_index": 3, "bin_count": 2}])
+    found = list(store.histograms(HEAD.model_key, HEAD.head_name, ["b", "a"], 0.0, 1.0, 10))
+    assert [(label, hist.bins) for label, hist in found] == [("b", [(3, 2)]), ("a", [(3, 2)])]
+    assert [r.bind_vars["label"] for r in fake.cursors()] == ["b", "a"]
+    assert all("COLLECT bin_index = bin_idx AGGREGATE" in r.query for r in fake.cursors())
+
+
 def test_histogram_of_nothing_and_bad_spec(store: ArangoStore, fake: FakeArango) -> None:
     assert store.histogram("m", "h", "l", 0.0, 1.0, 10).n == 0
     fake.clear()

@@ -210,6 +210,29 @@ def test_histogram_bins_eligible_values_and_counts_out_of_range_apart(store: Sto
     assert empty.n == 0 and empty.bins == []
 
 
+def test_histograms_of_several_labels_come_in_order_as_single_queries_give_them(store: Store) -> None:
+    store.upsert_files([_file(f"f{i}") for i in range(30)])
+    labels = [f"label{j}" for j in range(7)]
+    store.write_predictions(
+        [
+            _tag(f"f{i}", label, ((i * 7 + j * 3) % 23) / 20 - 0.05)
+            for i in range(30)
+            for j, label in enumerate(labels)
+        ]
+    )
+    wanted = [*reversed(labels), "missing"]
+    found = list(store.histograms(HEAD.model_key, HEAD.head_name, wanted, 0.0, 1.0, 100))
+    assert [label for label, _ in found] == wanted
+    for label, hist in found:
+        assert hist == store.histogram(HEAD.model_key, HEAD.head_name, label, 0.0, 1.0, 100)
+    assert found[0][1].n == 30 and found[-1][1].n == 0
+    assert list(store.histograms(HEAD.model_key, HEAD.head_name, [], 0.0, 1.0, 100)) == []
+    store.close()  # also the connections of any parallel queries
+    assert [
+        label for label, _ in store.histograms(HEAD.model_key, HEAD.head_name, labels, 0.0, 1.0, 9)
+    ] == labels
+
+
 def test_calibrations_and_history_saved_together(store: Store) -> None:
     state = _state("happy", 0.1, 0.9)
     state["computed_p5"] = 0.11
