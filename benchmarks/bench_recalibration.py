@@ -2,11 +2,15 @@
 
     .venv/bin/python benchmarks/bench_recalibration.py
     .venv/bin/python benchmarks/bench_recalibration.py --files 20000 --batch-size 2000
+    NOMARR_PG_PASSWORD=... .venv/bin/python benchmarks/bench_recalibration.py \
+        --store-url postgresql://user@host:5432/bench
 
-Uses bench_calibration.py's cached store (filled on first use), calibrates every head,
-forces every file to need recalibration (``reset_calibration_hashes``), then times
-``recalibrate`` in a fresh child process with its peak RSS growth, and breaks one batch
-down by store call so a slow query is named. Goal: <= 30 s for 10 M values.
+Uses bench_calibration.py's cached SQLite store (filled on first use) and the same values in
+PostgreSQL (--store-url, or a throwaway server; --no-postgres skips it); on each engine it
+calibrates every head, forces every file to need recalibration (``reset_calibration_hashes``),
+then times ``recalibrate`` in a fresh child process with its peak RSS growth, and breaks one
+batch down by store call so a slow query is named. Goals: <= 30 s for 10 M values;
+PostgreSQL <= SQLite in the same run.
 """
 
 from __future__ import annotations
@@ -20,17 +24,26 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from bench_calibration import ensure_db, heads_for, peak_rss_kib, reset_peak_rss, run_child
+from bench_calibration import (
+    add_store_arguments,
+    ensure_db,
+    fill_postgres,
+    heads_for,
+    open_url,
+    peak_rss_kib,
+    postgres_url,
+    reset_peak_rss,
+    run_child,
+)
 
 from nomarr_pipeline.calibration.generation import calibrate_heads
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
 from nomarr_pipeline.calibration.recalibration import recalibrate
 from nomarr_pipeline.calibration.tiers import TierConfig, mood_tiers_of_rows
-from nomarr_pipeline.store import open_store
 
 
-def phase_recalibrate(path: Path, batch_size: int, readers: int = 0) -> dict[str, float]:
-    store = open_store(f"sqlite:///{path}")
+def phase_recalibrate(url: str, batch_size: int, readers: int = 0) -> dict[str, float]:
+    store = open_url(url)
     store.reset_calibration_hashes()
     store.list_calibrations()  # connection and schema before the baseline
     baseline = reset_peak_rss()
@@ -50,10 +63,10 @@ def phase_recalibrate(path: Path, batch_size: int, readers: int = 0) -> dict[str
     }
 
 
-def phase_breakdown(path: Path, batch_size: int, readers: int = 0) -> dict[str, float]:
+def phase_breakdown(url: str, batch_size: int, readers: int = 0) -> dict[str, float]:
     """One batch, step by step, in this one process (the steps of a recalibration batch:
     claim and finish in the writer, tier inputs and tiers in a reader)."""
-    store = open_store(f"sqlite:///{path}")
+    store = open_url(url)
     store.reset_calibration_hashes()
     expected = expected_calibration_hash(store.list_calibrations())
     timings: dict[str, float] = {}
@@ -87,6 +100,36 @@ SCRIPT = Path(__file__)
 PHASES = {"recalibrate": phase_recalibrate, "breakdown": phase_breakdown}
 
 
+def run_engine(engine: str, url: str, args: argparse.Namespace) -> dict[str, float]:
+    store = open_url(url)
+    started = time.perf_counter()
+    calibrate_heads(store, heads_for(args.labels), stop_on_error=True)
+    print(f"[{engine}] calibrated {args.labels} labels in {time.perf_counter() - started:.2f} s")
+    store.reset_calibration_hashes()
+    store.close()
+    result = run_child(SCRIPT, "recalibrate", url, batch_size=args.batch_size, readers=args.readers)
+    assert result["recalibrated"] == args.files and result["remaining"] == 0, result
+    print(
+        f"[{engine}] recalibrate: {result['seconds']:.2f} s for {result['recalibrated']:,} files "
+        f"(batch {args.batch_size}, {result['readers']} reader processes), "
+        f"peak RSS growth {result['growth_kib'] / 1024:.1f} MB in the writer, "
+        f"peak RSS {result['reader_peak_kib'] / 1024:.1f} MB per reader process"
+    )
+    if args.baseline:
+        inline = run_child(SCRIPT, "recalibrate", url, batch_size=args.batch_size, readers=1)
+        print(
+            f"[{engine}] baseline, readers=1 (inline): {inline['seconds']:.2f} s, peak RSS growth "
+            f"{inline['growth_kib'] / 1024:.1f} MB; speed-up x{inline['seconds'] / result['seconds']:.2f}"
+        )
+    breakdown = run_child(SCRIPT, "breakdown", url, batch_size=args.batch_size)
+    batches = -(-args.files // args.batch_size)
+    print(f"[{engine}] one batch of {args.batch_size} files ({batches} batches in the run):")
+    for step, seconds in breakdown.items():
+        scale = "" if step.startswith("count") else f"  (x{batches} = {seconds * batches:.1f} s)"
+        print(f"  {step:<36}{seconds * 1000:>9.1f} ms{scale}")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=200_000)
@@ -96,48 +139,33 @@ def main() -> None:
     parser.add_argument("--readers", type=int, default=0, help="0: automatic (the pipeline's default)")
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                         help="also time readers=1 (tiers computed inline, one process)")  # fmt: skip
+    add_store_arguments(parser)
     parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
-    parser.add_argument("--db", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--db", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
         print(json.dumps(PHASES[args.phase](args.db, args.batch_size, args.readers)))
         return
 
     path = ensure_db(args.db_dir, args.files, args.labels)
-    store = open_store(f"sqlite:///{path}")
-    started = time.perf_counter()
-    calibrate_heads(store, heads_for(args.labels), stop_on_error=True)
-    print(f"calibrated {args.labels} labels in {time.perf_counter() - started:.2f} s")
-    reset = store.reset_calibration_hashes()
-    store.close()
     total = args.files * args.labels
-    print(f"store: {path}, {args.files:,} files needing recalibration, {total:,} values")
-
+    print(f"{args.files:,} files needing recalibration, {total:,} values")
     print(f"load average before: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    result = run_child(SCRIPT, "recalibrate", path, batch_size=args.batch_size, readers=args.readers)
-    assert result["recalibrated"] == args.files and result["remaining"] == 0, (result, reset)
-    print(
-        f"recalibrate: {result['seconds']:.2f} s for {result['recalibrated']:,} files "
-        f"(batch {args.batch_size}, {result['readers']} reader processes), "
-        f"peak RSS growth {result['growth_kib'] / 1024:.1f} MB in the writer, "
-        f"peak RSS {result['reader_peak_kib'] / 1024:.1f} MB per reader process"
-    )
-    if args.baseline:
-        inline = run_child(SCRIPT, "recalibrate", path, batch_size=args.batch_size, readers=1)
-        print(
-            f"baseline, readers=1 (inline): {inline['seconds']:.2f} s, peak RSS growth "
-            f"{inline['growth_kib'] / 1024:.1f} MB; speed-up x{inline['seconds'] / result['seconds']:.2f}"
-        )
+    results = {}
+    with postgres_url(args) as pg_url:
+        if pg_url:
+            fill_postgres(pg_url, args.files, args.labels)
+        engines = {"sqlite": f"sqlite:///{path}", **({"postgres": pg_url} if pg_url else {})}
+        for engine, url in engines.items():
+            results[engine] = run_engine(engine, url, args)
     print(f"load average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    breakdown = run_child(SCRIPT, "breakdown", path, batch_size=args.batch_size)
-    batches = -(-args.files // args.batch_size)
-    print(f"one batch of {args.batch_size} files ({batches} batches in the run):")
-    for step, seconds in breakdown.items():
-        scale = "" if step.startswith("count") else f"  (x{batches} = {seconds * batches:.1f} s)"
-        print(f"  {step:<36}{seconds * 1000:>9.1f} ms{scale}")
     goal = 30.0 * total / 10_000_000
-    met = result["seconds"] <= goal
-    print(f"  [{'x' if met else ' '}] <= {goal:.1f} s for {total:,} values")
+    for engine, result in results.items():
+        met = "x" if result["seconds"] <= goal else " "
+        print(f"  [{met}] {engine}: <= {goal:.1f} s for {total:,} values")
+    if "postgres" in results:
+        ratio = results["postgres"]["seconds"] / results["sqlite"]["seconds"]
+        print(f"  [{'x' if ratio <= 1 else ' '}] PostgreSQL <= SQLite (postgres / sqlite = {ratio:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -84,3 +84,16 @@ def test_workspace_points_at_a_code_server() -> None:
     raw = yaml.safe_load((DEPLOY / "workspace.grpc.yaml").read_text())
     (entry,) = raw["load_from"]
     assert entry["grpc_server"]["location_name"] == "nomarr_pipeline"
+
+
+def test_compose_runs_the_store_on_postgres_with_the_password_from_the_environment() -> None:
+    raw = yaml.safe_load((DEPLOY / "docker-compose.yaml").read_text())
+    env = raw["x-dagster-env"]
+    assert env["NOMARR_STORE_URL"].startswith("postgresql://nomarr@postgres:5432/")
+    assert env["NOMARR_PG_PASSWORD"] == "${NOMARR_PG_PASSWORD:?set NOMARR_PG_PASSWORD}"
+    assert ":" not in env["NOMARR_STORE_URL"].split("//", 1)[1].split("@", 1)[0]  # no password in it
+    postgres = raw["services"]["postgres"]
+    assert "./postgres-init.sh:/docker-entrypoint-initdb.d/10-nomarr.sh:ro" in postgres["volumes"]
+    assert "$NOMARR_PG_PASSWORD" in (DEPLOY / "postgres-init.sh").read_text()
+    docker_instance = yaml.safe_load((DEPLOY / "dagster.docker.yaml").read_text())
+    assert "NOMARR_PG_PASSWORD" in docker_instance["run_launcher"]["config"]["env_vars"]
