@@ -569,17 +569,19 @@ class PostgresStore:
 
         self._run(save)
 
-    def latest_history(self, calibration_key: str) -> Doc | None:
-        found = self.list_history(calibration_key, limit=1)
-        return found[0] if found else None
-
-    def list_history(self, calibration_key: str, limit: int = 100) -> list[Doc]:
+    def recent_history(self, calibration_keys: Sequence[str], per_key: int = 1) -> dict[str, list[Doc]]:
+        # A backward scan of idx_calibration_history_key per calibration, however long its
+        # history; the identity column orders snapshots of one millisecond as written.
         rows = self._rows(
-            "SELECT * FROM calibration_history WHERE calibration_key = %s "
-            "ORDER BY snapshot_at DESC, seq DESC LIMIT %s",
-            (calibration_key, limit),
+            "SELECT h.* FROM unnest(%s::text[]) WITH ORDINALITY AS k(key, position) "
+            "CROSS JOIN LATERAL (SELECT * FROM calibration_history WHERE calibration_key = k.key "
+            "ORDER BY snapshot_at DESC, seq DESC LIMIT %s) AS h ORDER BY k.position",
+            (list(dict.fromkeys(calibration_keys)), per_key),
         )
-        return [from_row(TABLES["calibration_history"], r) for r in rows]
+        found: dict[str, list[Doc]] = {}
+        for row in rows:
+            found.setdefault(row["calibration_key"], []).append(from_row(TABLES["calibration_history"], row))
+        return found
 
     # ---- recalibration -----------------------------------------------------------------------
     def count_files_needing_recalibration(self, expected_hash: str, library_id: str | None = None) -> int:

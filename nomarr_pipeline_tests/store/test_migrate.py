@@ -103,7 +103,8 @@ def test_sqlite_to_postgres_to_sqlite_round_trip(tmp_path: Path, postgres_db: Po
             MODEL, "genre", "Rock", 0.0, 1.0, 10
         )
         assert store.count_files_needing_recalibration("H") == original.count_files_needing_recalibration("H")
-        assert store.list_history(f"{MODEL}:genre:Rock") == original.list_history(f"{MODEL}:genre:Rock")
+        keys = [f"{MODEL}:genre:Rock", f"{MODEL}:mood_happy:happy"]
+        assert store.recent_history(keys, per_key=5) == original.recent_history(keys, per_key=5)
 
 
 def test_a_copy_killed_mid_way_is_finished_by_a_re_run(
