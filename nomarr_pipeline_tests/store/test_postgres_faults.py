@@ -211,3 +211,39 @@ def test_server_gone_mid_run_fails_clearly_and_a_re_run_finishes(own_server: Pos
     report = recalibrate(store, tier_config=config, batch_size=50, readers=1)
     assert report.complete and report.recalibrated == 200
     assert _state(store, keys) == _state(reference, keys)
+
+
+def _recalibrate_and_die(url: str, password: str) -> None:
+    """Recalibrate in batches of 50 and SIGKILL this process (and its store connection) after
+    the second batch is stored: no cleanup, no rollback of anything but the open transaction."""
+    import os
+    import signal
+
+    def die_after_two_batches(done: int, batch: int) -> None:
+        if done == 100:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    store = open_store(url, pg_password=password)
+    recalibrate(store, tier_config=TierConfig(exclude_heads=()), batch_size=50, readers=1,
+                progress=die_after_two_batches)  # fmt: skip
+
+
+def test_a_recalibration_killed_mid_run_is_finished_by_a_re_run(own_server: PostgresServer) -> None:
+    reference_db, database = own_server.create_database(), own_server.create_database()
+    reference = open_store(own_server.url(reference_db), pg_password=own_server.password)
+    store = open_store(own_server.url(database), pg_password=own_server.password)
+    keys = _library(reference, 300)
+    _library(store, 300)
+    config = TierConfig(exclude_heads=())
+    assert recalibrate(reference, tier_config=config, batch_size=50, readers=1).complete
+
+    killed = multiprocessing.get_context("spawn").Process(
+        target=_recalibrate_and_die, args=(own_server.url(database), own_server.password)
+    )
+    killed.start()
+    killed.join(120)
+    assert killed.exitcode == -9
+    expected = expected_calibration_hash(store.list_calibrations())
+    assert store.count_files_needing_recalibration(expected) == 200  # claimed files still need it
+    assert recalibrate(store, tier_config=config, batch_size=50, readers=1).complete
+    assert _state(store, keys) == _state(reference, keys)
