@@ -11,6 +11,9 @@ share of the files through ``store.write_predictions`` in batches of 64 files (t
 writer's flush size; 50 labels of one head per file). Prints rows/s of the whole run, from
 release to the last process done. PostgreSQL's database is created per run on --store-url's
 server (the user needs CREATEDB) or on a throwaway server this script starts.
+
+``--compare-insert`` first times, in one process on PostgreSQL, the store's COPY path against
+the same transaction with the rows sent by a pipelined ``executemany`` INSERT instead.
 """
 
 from __future__ import annotations
@@ -84,6 +87,42 @@ def timed_run(url: str, files: int, labels: int, processes: int) -> float:
     return seconds
 
 
+def compare_insert(url: str, files: int, labels: int) -> dict[str, float]:
+    """rows/s of write_predictions (COPY) vs the same transaction with executemany INSERTs."""
+    from nomarr_pipeline.store.postgres import _file_tag_row
+    from nomarr_pipeline.store.sqlite_schema import FILE_TAGS
+
+    store = open_url(url)
+    keys = file_keys(files)
+    store.upsert_files([{"_key": k, "library_id": "lib1", "path": k} for k in keys])
+    conn = store._connection()  # type: ignore[attr-defined]  # benchmark-only shortcut
+    columns = ", ".join(FILE_TAGS.columns)
+    insert = f"INSERT INTO file_tags ({columns}) VALUES ({', '.join(['%s'] * len(FILE_TAGS.columns))})"
+    lock = "SELECT _key FROM library_files WHERE _key = ANY(%s) ORDER BY _key FOR UPDATE"
+
+    def executemany(docs: list[dict[str, Any]]) -> None:
+        ids = sorted({d["file_id"] for d in docs})
+        with conn.transaction():
+            conn.execute(f"UPDATE library_files SET calibration_hash = NULL WHERE _key IN ({lock})", (ids,))
+            conn.execute(
+                "DELETE FROM file_tags WHERE file_id = ANY(%s) AND model_key = %s AND head_name = %s",
+                (ids, MODEL_KEY, HEAD),
+            )
+            with conn.cursor() as cur:
+                cur.executemany(insert, [_file_tag_row(d) for d in docs])
+
+    rates = {}
+    for name, write in (("copy", store.write_predictions), ("executemany", executemany),
+                        ("copy again", store.write_predictions)):  # fmt: skip
+        conn.execute("TRUNCATE file_tags")
+        started = time.perf_counter()
+        for start in range(0, files, BATCH_FILES):
+            write(batch(keys[start : start + BATCH_FILES], labels))
+        rates[name] = files * labels / (time.perf_counter() - started)
+    store.close()
+    return rates
+
+
 def fresh_urls(engine: str, base: str, db_dir: Path) -> str:
     if engine == "sqlite":
         return f"sqlite:///{db_dir / f'nomarr_bench_write_{uuid.uuid4().hex[:8]}.sqlite3'}"
@@ -113,6 +152,8 @@ def main() -> None:
     parser.add_argument("--db-dir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--store-url", help="a PostgreSQL database whose server gets one database per run")
     parser.add_argument("--postgres", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--compare-insert", type=int, metavar="FILES", default=0,
+                        help="first compare COPY with executemany on this many files")  # fmt: skip
     args = parser.parse_args()
     rows = args.files * args.labels
     print(
@@ -121,6 +162,14 @@ def main() -> None:
     print(f"load average before: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
     results: dict[tuple[str, int], float] = {}
     with postgres_url(args) as pg_url:
+        if pg_url and args.compare_insert:
+            url = fresh_urls("postgres", pg_url, args.db_dir)
+            try:
+                rates = compare_insert(url, args.compare_insert, args.labels)
+            finally:
+                drop("postgres", url, pg_url)
+            shown = ", ".join(f"{name} {rate:,.0f} rows/s" for name, rate in rates.items())
+            print(f"PostgreSQL, one process: {shown}")
         engines = {"sqlite": "", **({"postgres": pg_url} if pg_url else {})}
         for engine, base in engines.items():
             for processes in args.processes:
