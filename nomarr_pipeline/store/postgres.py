@@ -172,11 +172,7 @@ class PostgresStore:
         return int(row[0]) if row else 0
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
-            with suppress(psycopg.Error):
-                conn.close()
-        self._local.conn = None
+        self._drop_connection()
         with self._readers_lock:
             readers, self._readers = self._readers, None
             reader_connections, self._reader_connections = self._reader_connections, []
@@ -185,6 +181,14 @@ class PostgresStore:
             for reader in reader_connections:
                 with suppress(psycopg.Error):
                     reader.close()
+
+    def _drop_connection(self) -> None:
+        """Close this thread's connection (the next call opens a new one)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            with suppress(psycopg.Error):
+                conn.close()
+        self._local.conn = None
 
     def _reader_pool(self) -> ThreadPoolExecutor:
         """Threads with a connection each, for queries that run side by side (per process)."""
@@ -215,7 +219,7 @@ class PostgresStore:
             except psycopg.Error as exc:
                 broken = getattr(self._local, "conn", None) is None or self._local.conn.broken
                 if broken:
-                    self.close()
+                    self._drop_connection()
                 if attempt >= MAX_RETRIES or not (broken or exc.sqlstate in _TRANSIENT_SQLSTATES):
                     raise self._error(exc, "use", retried=attempt) from None
             time.sleep(RETRY_BACKOFF_S * 2**attempt)
