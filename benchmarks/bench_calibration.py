@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -184,6 +185,8 @@ def postgres_url(args: argparse.Namespace) -> Iterator[str | None]:
         yield None
         return
     settings = {"shared_buffers": "1GB", "max_wal_size": "8GB", "synchronous_commit": "off"}
+    # A `kill` of the benchmark still stops its server (the block's cleanup runs on SystemExit).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with running_server(settings=settings) as server:
         os.environ["NOMARR_PG_PASSWORD"] = server.password
         yield server.url(server.create_database("bench"))

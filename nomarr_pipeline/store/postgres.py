@@ -601,7 +601,7 @@ class PostgresStore:
 
     def apply_calibration(self, file_ids: Sequence[str]) -> None:
         ids = list(file_ids)
-        self._run(lambda conn: conn.execute(APPLY_CALIBRATION_SQL, (ids,)))
+        self._run(lambda conn: _apply_calibration(conn, ids))
 
     def finish_recalibration(self, updates: Sequence[Doc]) -> None:
         self._update(LIBRARY_FILES, updates)
@@ -640,7 +640,7 @@ class PostgresStore:
                 )
             ]
             tiers = [json.dumps(mood_tiers[file_id], sort_keys=True) for file_id in held]
-            conn.execute(APPLY_CALIBRATION_SQL, (held,))
+            _apply_calibration(conn, held)
             conn.execute(
                 "UPDATE library_files f SET calibration_hash = %s, mood_tiers = v.tiers::jsonb, "
                 "file_tags_pending = true FROM unnest(%s::text[], %s::text[]) AS v(key, tiers) "
@@ -731,24 +731,34 @@ GROUP BY 1 ORDER BY 1
 """
 
 # One expression for the value apply_calibration stores and the value tier_inputs reports,
-# so that tiers computed from a read agree with the stored values to the last bit.
-_CALIBRATED = f"""(
-    SELECT CASE WHEN c.p95 > c.p5 AND {_FINITE.format(v="t.value")}
-                THEN LEAST(GREATEST((t.value - c.p5) / (c.p95 - c.p5), 0.0::float8), 1.0::float8) END
-    FROM calibration_state c
-    WHERE c.model_key = t.model_key AND c.head_name = t.head_name AND c.label = t.label
-    LIMIT 1)"""
+# so that tiers computed from a read agree with the stored values to the last bit. The
+# calibration joins by (model_key, head_name, label), unique in calibration_state.
+_CALIBRATED = f"""CASE WHEN c.p95 > c.p5 AND {_FINITE.format(v="t.value")}
+    THEN LEAST(GREATEST((t.value - c.p5) / (c.p95 - c.p5), 0.0::float8), 1.0::float8) END"""
+_SAME_LABEL = "c.model_key = t.model_key AND c.head_name = t.head_name AND c.label = t.label"
 
-# Rows whose value does not change are not rewritten (no new row version, no WAL).
-APPLY_CALIBRATION_SQL = f"""
-UPDATE file_tags AS t SET calibrated_value = {_CALIBRATED}
-WHERE t.file_id = ANY(%s) AND t.calibrated_value IS DISTINCT FROM {_CALIBRATED}
-"""
+# Two set-based statements (a join, not a subquery per row): predictions with a calibration,
+# then those without one. Rows whose value does not change are not rewritten (no new row
+# version, no WAL).
+APPLY_CALIBRATION_SQL = (
+    f"""UPDATE file_tags AS t SET calibrated_value = {_CALIBRATED} FROM calibration_state c
+    WHERE t.file_id = ANY(%s) AND {_SAME_LABEL} AND t.calibrated_value IS DISTINCT FROM {_CALIBRATED}""",
+    f"""UPDATE file_tags AS t SET calibrated_value = NULL
+    WHERE t.file_id = ANY(%s) AND t.calibrated_value IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM calibration_state c WHERE {_SAME_LABEL})""",
+)
 
 TIER_INPUTS_SQL = f"""
 SELECT t.file_id, t.head_name, t.label, t.std, {_CALIBRATED}
-FROM file_tags t WHERE t.file_id = ANY(%s)
+FROM file_tags t LEFT JOIN calibration_state c ON {_SAME_LABEL}
+WHERE t.file_id = ANY(%s)
 """
+
+
+def _apply_calibration(conn: psycopg.Connection[Any], file_ids: list[str]) -> None:
+    for statement in APPLY_CALIBRATION_SQL:
+        conn.execute(statement, (file_ids,))  # type: ignore[arg-type]
+
 
 # Three index range scans (no hash, below, above the expected one), each taking unlocked rows
 # only: concurrent recalibrations claim different files and never wait for each other. A CTE
