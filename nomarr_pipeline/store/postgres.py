@@ -485,9 +485,12 @@ class PostgresStore:
                 (file_ids,),
             )
             conn.execute(
-                "DELETE FROM file_tags t USING unnest(%s::text[], %s::text[], %s::text[]) AS g(f, m, h) "
-                "WHERE t.file_id = g.f AND t.model_key = g.m AND t.head_name = g.h",
-                ([g[0] for g in groups], [g[1] for g in groups], [g[2] for g in groups]),
+                # `file_id = ANY` keeps this on the primary key even when the table's statistics
+                # still say "empty" (a fresh store's first analysis): a join with unnest() was
+                # planned as a scan of the whole table per batch there.
+                "DELETE FROM file_tags WHERE file_id = ANY(%s) AND (file_id, model_key, head_name) "
+                "IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))",
+                (file_ids, [g[0] for g in groups], [g[1] for g in groups], [g[2] for g in groups]),
             )
             _copy_file_tags(conn, rows.values())
 
@@ -702,12 +705,13 @@ class PostgresStore:
             row = _file_tag_row(doc)
             rows[(row[1], row[2], row[3], row[4])] = row
 
+        columns = [list(column) for column in zip(*rows, strict=True)] if rows else [[], [], [], []]
+
         def put(conn: psycopg.Connection[Any]) -> None:
             conn.execute(
-                "DELETE FROM file_tags t USING unnest(%s::text[], %s::text[], %s::text[], %s::text[]) "
-                "AS k(f, m, h, l) WHERE t.file_id = k.f AND t.model_key = k.m AND t.head_name = k.h "
-                "AND t.label = k.l",
-                tuple(list(column) for column in zip(*rows, strict=True)) if rows else ([], [], [], []),
+                "DELETE FROM file_tags WHERE file_id = ANY(%s) AND (file_id, model_key, head_name, label) "
+                "IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]))",
+                (sorted({key[0] for key in rows}), *columns),
             )
             _copy_file_tags(conn, rows.values())
 
