@@ -474,6 +474,9 @@ class PostgresStore:
             rows[(row[1], row[2], row[3], row[4])] = row
         groups = sorted({key[:3] for key in rows})
         file_ids = sorted({g[0] for g in groups})
+        files_by_head: dict[tuple[str, str], list[str]] = {}
+        for file_id, model_key, head_name in groups:
+            files_by_head.setdefault((model_key, head_name), []).append(file_id)
 
         def write(conn: psycopg.Connection[Any]) -> None:
             # Files first, in key order: a concurrent recalibration finishing these files
@@ -484,14 +487,14 @@ class PostgresStore:
                 "SELECT _key FROM library_files WHERE _key = ANY(%s) ORDER BY _key FOR UPDATE)",
                 (file_ids,),
             )
-            conn.execute(
-                # `file_id = ANY` keeps this on the primary key even when the table's statistics
-                # still say "empty" (a fresh store's first analysis): a join with unnest() was
-                # planned as a scan of the whole table per batch there.
-                "DELETE FROM file_tags WHERE file_id = ANY(%s) AND (file_id, model_key, head_name) "
-                "IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))",
-                (file_ids, [g[0] for g in groups], [g[1] for g in groups], [g[2] for g in groups]),
-            )
+            # One plain primary-key range per head: planned as an index scan even before the
+            # table has statistics (a fresh store's first analysis); a join with unnest() was
+            # planned as a scan of the whole table per batch there.
+            for (model_key, head_name), head_files in files_by_head.items():
+                conn.execute(
+                    "DELETE FROM file_tags WHERE file_id = ANY(%s) AND model_key = %s AND head_name = %s",
+                    (head_files, model_key, head_name),
+                )
             _copy_file_tags(conn, rows.values())
 
         self._run(write)
@@ -704,16 +707,21 @@ class PostgresStore:
         for doc in docs:
             row = _file_tag_row(doc)
             rows[(row[1], row[2], row[3], row[4])] = row
-
-        columns = [list(column) for column in zip(*rows, strict=True)] if rows else [[], [], [], []]
+        columns = ", ".join(_FILE_TAG_COLUMNS)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _FILE_TAG_COLUMNS if c not in _FILE_TAGS_KEY)
 
         def put(conn: psycopg.Connection[Any]) -> None:
+            # Staged by COPY, then one upsert on the primary key (its arbiter index is used
+            # whatever the table's statistics say, also while a fresh store fills up).
             conn.execute(
-                "DELETE FROM file_tags WHERE file_id = ANY(%s) AND (file_id, model_key, head_name, label) "
-                "IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]))",
-                (sorted({key[0] for key in rows}), *columns),
+                "CREATE TEMP TABLE IF NOT EXISTS nomarr_staged_file_tags "
+                "(LIKE file_tags INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
             )
-            _copy_file_tags(conn, rows.values())
+            _copy_file_tags(conn, rows.values(), table="nomarr_staged_file_tags")
+            conn.execute(
+                f"INSERT INTO file_tags ({columns}) SELECT {columns} FROM nomarr_staged_file_tags "  # type: ignore[arg-type]
+                f"ON CONFLICT (file_id, model_key, head_name, label) DO UPDATE SET {updates}"
+            )
 
         self._run(put)
 
@@ -795,9 +803,9 @@ def _document_table(collection: str) -> Table:
     return TABLES[collection]
 
 
-def _copy_file_tags(conn: psycopg.Connection[Any], rows: Any) -> None:
+def _copy_file_tags(conn: psycopg.Connection[Any], rows: Any, table: str = "file_tags") -> None:
     columns = ", ".join(_FILE_TAG_COLUMNS)
-    with conn.cursor() as cur, cur.copy(f"COPY file_tags ({columns}) FROM STDIN") as copy:  # type: ignore[arg-type]
+    with conn.cursor() as cur, cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:  # type: ignore[arg-type]
         for row in rows:
             copy.write_row(row)
 
