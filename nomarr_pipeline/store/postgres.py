@@ -387,9 +387,13 @@ class PostgresStore:
     def file_index(self, library_id: str) -> dict[str, FileStat]:
         def read(conn: psycopg.Connection[Any]) -> dict[str, FileStat]:
             cur = conn.execute(
-                "SELECT path, _key, size, mtime_ns FROM library_files WHERE library_id = %s", (library_id,)
+                "SELECT path, _key, size, mtime_ns, written_stats FROM library_files WHERE library_id = %s",
+                (library_id,),
             )
-            return {path: FileStat(key, size or 0, mtime_ns or 0) for path, key, size, mtime_ns in cur}
+            return {
+                path: FileStat.of({"_key": key, "size": size, "mtime_ns": mtime_ns, "written_stats": written})
+                for path, key, size, mtime_ns, written in cur
+            }
 
         return self._run(read)
 
@@ -675,6 +679,21 @@ class PostgresStore:
             (library_id, after_key or "", limit),
         )
         return [from_row(LIBRARY_FILES, r) for r in rows]
+
+    def add_written_stats(self, stats: Sequence[Doc]) -> None:
+        rows = [(s["size"], s["mtime_ns"], s["_key"]) for s in stats]
+
+        def append(conn: psycopg.Connection[Any]) -> None:
+            # Appended in the row itself, so what concurrent writers appended is kept.
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "UPDATE library_files SET written_stats = coalesce(written_stats, '[]'::jsonb) "
+                    "|| jsonb_build_array(jsonb_build_array(%s::bigint, %s::bigint)) WHERE _key = %s",
+                    rows,
+                )
+
+        if rows:
+            self._run(append)
 
     def record_writes(self, results: Sequence[Doc]) -> None:
         self._update(LIBRARY_FILES, results)

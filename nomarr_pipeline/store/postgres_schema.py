@@ -46,10 +46,10 @@ CREATE TABLE library_files (
     size bigint, mtime_ns bigint, duration_s double precision, scanned_at bigint, scan_error text,
     analyzed_at bigint, analysis_error text, calibration_hash text COLLATE "C", mood_tiers jsonb,
     file_tags_pending boolean NOT NULL DEFAULT false, written_at bigint, write_error text,
-    extra jsonb) WITH (fillfactor = 90);
+    written_stats jsonb, extra jsonb) WITH (fillfactor = 90);
 -- file_index(): the scanner's whole index of a library without visiting the table.
 CREATE INDEX idx_library_files_library_path ON library_files (library_id, path)
-    INCLUDE (_key, size, mtime_ns);
+    INCLUDE (_key, size, mtime_ns, written_stats);
 -- count/claim files needing recalibration: three range scans (null, below, above the hash).
 CREATE INDEX idx_library_files_calibration_hash ON library_files (calibration_hash);
 -- files_pending_write().
