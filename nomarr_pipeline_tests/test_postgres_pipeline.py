@@ -30,6 +30,7 @@ LOCATION = {"_key", "library_id", "file_id", "root_path", "name", "calibration_k
 def _run(source: Path, root: Path, models: Path, store_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
     # Copies of one library: the demo's noise tracks are random each time they are generated.
     library = Path(shutil.copytree(source, root / "library"))
+    (root / "data").mkdir()
     for name, value in {
         "DAGSTER_HOME": str(root / "dagster_home"),
         "NOMARR_DATA_DIR": str(root / "data"),
