@@ -54,6 +54,7 @@ from nomarr_pipeline.store.protocol import (
     Doc,
     FileStat,
     HeadVersion,
+    KeyRange,
     SparseHistogram,
     StoreError,
 )
@@ -520,19 +521,23 @@ class ArangoStore:
         }
 
     # ---- analysis -----------------------------------------------------------------------------
-    def files_needing_analysis(self, head: HeadVersion, after_key: str | None, limit: int) -> list[Doc]:
+    def files_needing_analysis(
+        self, head: HeadVersion, after_key: str | None, limit: int, key_range: KeyRange | None = None
+    ) -> list[Doc]:
+        in_range, bind = _key_range(key_range)
         rows = self._query(
-            f"FOR d IN library_files FILTER d._key > @after_key {_NEEDS_ANALYSIS} "
+            f"FOR d IN library_files FILTER d._key > @after_key {in_range}{_NEEDS_ANALYSIS} "
             f"SORT d._key LIMIT @limit RETURN {_RETURN_DOC}",
-            {**_head_vars(head), "after_key": after_key or "", "limit": limit},
+            {**_head_vars(head), **bind, "after_key": after_key or "", "limit": limit},
         )
         return [_from_stored("library_files", r) for r in rows]
 
-    def count_files_needing_analysis(self, head: HeadVersion) -> int:
+    def count_files_needing_analysis(self, head: HeadVersion, key_range: KeyRange | None = None) -> int:
+        in_range, bind = _key_range(key_range)
         rows = self._query(
-            f"FOR d IN library_files FILTER true {_NEEDS_ANALYSIS} "
+            f"FOR d IN library_files FILTER true {in_range}{_NEEDS_ANALYSIS} "
             "COLLECT WITH COUNT INTO files RETURN files",
-            _head_vars(head),
+            {**_head_vars(head), **bind},
         )
         return int(rows[0]) if rows else 0
 
@@ -879,6 +884,17 @@ def _document_collection(collection: str) -> str:
     if collection not in DOCUMENT_COLLECTIONS:
         raise ValueError(f"not a document collection: {collection!r} (one of {DOCUMENT_COLLECTIONS})")
     return collection
+
+
+def _key_range(key_range: KeyRange | None) -> tuple[str, Doc]:
+    """AQL for a shard's ``_key`` range: only the bounds that are set (comparing with null
+    would be wrong: null sorts before every string), both served by the primary index."""
+    aql, bind = "", {}
+    if key_range is not None and key_range.start is not None:
+        aql, bind["key_start"] = "AND d._key >= @key_start ", key_range.start
+    if key_range is not None and key_range.end is not None:
+        aql, bind["key_end"] = aql + "AND d._key < @key_end ", key_range.end
+    return aql, bind
 
 
 def _as_float(number: Any) -> Any:

@@ -82,6 +82,22 @@ class HeadVersion:
 
 
 @dataclass(frozen=True)
+class KeyRange:
+    """Files whose ``_key`` is at least ``start`` and below ``end`` (``None``: unbounded).
+
+    An analysis shard works on one range; ranges that meet end to start split the files
+    between shards with each file in exactly one.
+    """
+
+    start: str | None = None
+    end: str | None = None
+
+    def __contains__(self, key: object) -> bool:
+        return (isinstance(key, str) and (self.start is None or key >= self.start)
+                and (self.end is None or key < self.end))
+
+
+@dataclass(frozen=True)
 class SparseHistogram:
     """Non-empty bins of one (head, label) plus values counted apart.
 
@@ -161,11 +177,14 @@ class Store(Protocol):
         "write_errors", "written"}`` as integers."""
 
     # ---- analysis --------------------------------------------------------------------
-    def files_needing_analysis(self, head: HeadVersion, after_key: str | None, limit: int) -> list[Doc]:
-        """Files (ordered by ``_key``, after ``after_key``) with no ``scan_error``, no
-        ``analysis_error`` and no ``file_tags`` for this head at this ``tagger_version``."""
+    def files_needing_analysis(
+        self, head: HeadVersion, after_key: str | None, limit: int, key_range: KeyRange | None = None
+    ) -> list[Doc]:
+        """Files (ordered by ``_key``, after ``after_key``, inside ``key_range`` when given) with
+        no ``scan_error``, no ``analysis_error`` and no ``file_tags`` for this head at this
+        ``tagger_version``."""
 
-    def count_files_needing_analysis(self, head: HeadVersion) -> int: ...
+    def count_files_needing_analysis(self, head: HeadVersion, key_range: KeyRange | None = None) -> int: ...
 
     def write_predictions(self, docs: Sequence[Doc]) -> None:
         """Replace each (file_id, model_key, head_name) group with the given ``file_tags``.

@@ -18,6 +18,7 @@ from nomarr_pipeline.store.protocol import (
     Doc,
     FileStat,
     HeadVersion,
+    KeyRange,
     SparseHistogram,
     StoreError,
     StoreFullError,
@@ -281,15 +282,21 @@ class SqliteStore:
               AND t.head_name = :head_name AND t.tagger_version = :tagger_version)
     """
 
-    def files_needing_analysis(self, head: HeadVersion, after_key: str | None, limit: int) -> list[Doc]:
+    def files_needing_analysis(
+        self, head: HeadVersion, after_key: str | None, limit: int, key_range: KeyRange | None = None
+    ) -> list[Doc]:
+        in_range, params = _key_range(key_range)
         rows = self._query(
-            f"SELECT f.* {self._NEEDS_ANALYSIS} AND f._key > :after ORDER BY f._key LIMIT :limit",
-            {**_head_params(head), "after": after_key or "", "limit": limit},
+            f"SELECT f.* {self._NEEDS_ANALYSIS} AND f._key > :after {in_range} ORDER BY f._key LIMIT :limit",
+            {**_head_params(head), **params, "after": after_key or "", "limit": limit},
         )
         return [LIBRARY_FILES.from_row(r) for r in rows]
 
-    def count_files_needing_analysis(self, head: HeadVersion) -> int:
-        return int(self._query(f"SELECT COUNT(*) {self._NEEDS_ANALYSIS}", _head_params(head))[0][0])
+    def count_files_needing_analysis(self, head: HeadVersion, key_range: KeyRange | None = None) -> int:
+        in_range, params = _key_range(key_range)
+        sql = f"SELECT COUNT(*) {self._NEEDS_ANALYSIS} {in_range}"
+        rows = self._query(sql, {**_head_params(head), **params})
+        return int(rows[0][0])
 
     def write_predictions(self, docs: Sequence[Doc]) -> None:
         groups = {(d["file_id"], d["model_key"], d["head_name"]) for d in docs}
@@ -562,3 +569,14 @@ def _check_claim(run: str, claim: str) -> None:
 
 def _head_params(head: HeadVersion) -> dict[str, object]:
     return {"model_key": head.model_key, "head_name": head.head_name, "tagger_version": head.tagger_version}
+
+
+def _key_range(key_range: KeyRange | None) -> tuple[str, dict[str, object]]:
+    """SQL for a shard's ``_key`` range; only the bounds that are set, so the primary key's
+    index bounds the scan on both ends."""
+    sql, params = "", {}
+    if key_range is not None and key_range.start is not None:
+        sql, params["range_start"] = "AND f._key >= :range_start", key_range.start
+    if key_range is not None and key_range.end is not None:
+        sql, params["range_end"] = sql + " AND f._key < :range_end", key_range.end
+    return sql, params

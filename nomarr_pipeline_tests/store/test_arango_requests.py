@@ -29,6 +29,7 @@ from nomarr_pipeline.store import (
     COLLECTIONS,
     FileStat,
     HeadVersion,
+    KeyRange,
     SparseHistogram,
     Store,
     StoreError,
@@ -781,6 +782,25 @@ def test_files_needing_analysis(store: ArangoStore, fake: FakeArango) -> None:
     assert "limit" not in fake.requests[-1].bind_vars
 
 
+def test_files_needing_analysis_in_a_key_range(store: ArangoStore, fake: FakeArango) -> None:
+    store.files_needing_analysis(HEAD, "4a", 7, KeyRange("40", "80"))
+    request = fake.requests[-1]
+    assert "FILTER d._key > @after_key AND d._key >= @key_start AND d._key < @key_end AND " in request.query
+    assert request.bind_vars["key_start"] == "40" and request.bind_vars["key_end"] == "80"
+
+    # An open end is left out, never compared with null (null sorts before every string).
+    store.files_needing_analysis(HEAD, None, 7, KeyRange("c0", None))
+    request = fake.requests[-1]
+    assert "d._key >= @key_start" in request.query and "@key_end" not in request.query
+    assert "key_end" not in request.bind_vars
+
+    fake.answer("COLLECT WITH COUNT INTO files", [3])
+    assert store.count_files_needing_analysis(HEAD, KeyRange(None, "40")) == 3
+    request = fake.requests[-1]
+    assert "FILTER true AND d._key < @key_end AND d.scan_error == null" in request.query
+    assert request.bind_vars["key_end"] == "40" and "key_start" not in request.bind_vars
+
+
 def test_record_analysis_and_writes_are_single_statements(store: ArangoStore, fake: FakeArango) -> None:
     store.record_analysis([{"_key": f"f{i}", "analyzed_at": 5, "analysis_error": None} for i in range(800)])
     store.record_writes([{"_key": "a", "written_at": 9, "write_error": None, "file_tags_pending": False}])
@@ -1065,8 +1085,8 @@ def _exercise_every_operation(store: ArangoStore, fake: FakeArango) -> None:
     store.get_files([f])
     list(store.iter_files(lib, batch_size=4242))
     store.file_counts(lib)
-    store.files_needing_analysis(head, f, 4242)
-    store.count_files_needing_analysis(head)
+    store.files_needing_analysis(head, f, 4242, KeyRange(LITERALS["file"], "LITrangeEnd"))
+    store.count_files_needing_analysis(head, KeyRange("LITrangeStart", None))
     store.write_predictions(
         [
             {
@@ -1111,7 +1131,8 @@ def test_no_value_is_ever_inlined_in_aql(store: ArangoStore, fake: FakeArango) -
     queries = [r.query for r in fake.cursors()]
     assert len(queries) >= 35
     for query in queries:
-        for literal in (*LITERALS.values(), "LITtagger", "LITname", "LITerror", "LIThist", "LITmode"):
+        for literal in (*LITERALS.values(), "LITtagger", "LITname", "LITerror", "LIThist", "LITmode",
+                        "LITrangeStart", "LITrangeEnd"):
             assert literal not in query, f"{literal!r} inlined in: {query}"
         for number in NUMBERS:
             assert str(number) not in query, f"{number} inlined in: {query}"

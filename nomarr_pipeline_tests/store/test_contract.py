@@ -13,6 +13,7 @@ from nomarr_pipeline.store import (
     TIER_INPUT_FIELDS,
     FileStat,
     HeadVersion,
+    KeyRange,
     Store,
 )
 
@@ -163,6 +164,22 @@ def test_files_needing_analysis_skips_current_predictions_and_errors(store: Stor
     assert [f["_key"] for f in store.files_needing_analysis(HEAD, "b", 10)] == ["c"]
     assert [f["_key"] for f in store.files_needing_analysis(HEAD, None, 1)] == ["b"]
     assert store.count_files_needing_analysis(HEAD) == 2
+
+
+def test_files_needing_analysis_in_key_ranges_split_the_files(store: Store) -> None:
+    keys = ["0a", "3f", "40", "7fff", "80", "c0", "ff", "zz"]
+    store.upsert_files([_file(k) for k in keys])
+    store.write_predictions([_tag("c0", "happy", 0.5)])
+    ranges = [KeyRange(None, "40"), KeyRange("40", "80"), KeyRange("80", "c0"), KeyRange("c0", None)]
+    pages = [[f["_key"] for f in store.files_needing_analysis(HEAD, None, 10, r)] for r in ranges]
+    assert pages == [["0a", "3f"], ["40", "7fff"], ["80"], ["ff", "zz"]]
+    assert [store.count_files_needing_analysis(HEAD, r) for r in ranges] == [2, 2, 1, 2]
+    # keyset paging inside a range, and the whole library without one
+    assert [f["_key"] for f in store.files_needing_analysis(HEAD, "0a", 10, ranges[0])] == ["3f"]
+    assert [f["_key"] for f in store.files_needing_analysis(HEAD, "7fff", 10, ranges[2])] == ["80"]
+    assert [f["_key"] for f in store.files_needing_analysis(HEAD, None, 1, ranges[3])] == ["ff"]
+    assert store.count_files_needing_analysis(HEAD, KeyRange()) == 7
+    assert all(key in KeyRange("40", "80") for key in ("40", "7fff")) and "80" not in ranges[1]
 
 
 def test_write_predictions_replaces_a_head_group_and_clears_hash(store: Store) -> None:
