@@ -13,6 +13,7 @@ from nomarr_pipeline.assets.calibration import (
 from nomarr_pipeline.assets.file_tags import file_tags
 from nomarr_pipeline.assets.library_files import library_files
 from nomarr_pipeline.assets.tagging import calibrated_tags, written_tags
+from nomarr_pipeline.executors import configured_executor
 from nomarr_pipeline.jobs import calibration_job, library_scan_job, predictions_job, tagging_job
 from nomarr_pipeline.resources import (
     CalibrationResource,
@@ -38,6 +39,8 @@ defs = dg.Definitions(
     jobs=[library_scan_job, predictions_job, calibration_job, tagging_job],
     sensors=[library_change_sensor, head_discovery_sensor, calibration_hash_sensor],
     schedules=[nightly_calibration_schedule],
+    # NOMARR_EXECUTOR: where steps run (multiprocess here; dask, celery or k8s elsewhere).
+    executor=configured_executor(),
     resources={
         "store": StoreResource(),
         "library": LibraryResource(),
@@ -46,3 +49,9 @@ defs = dg.Definitions(
         "tagging": TaggingResource(),
     },
 )
+
+
+def job_named(name: str) -> dg.JobDefinition:
+    """A job of ``defs``, for ``dg.build_reconstructable_job``: runs launched from Python
+    (the CLI, tests, benchmarks) rebuild it in every step process, like the UI's runs."""
+    return defs.resolve_job_def(name)

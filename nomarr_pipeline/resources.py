@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 from pydantic import PrivateAttr
 
+from nomarr_pipeline.ml.capacity import WorkerPlan, available_cores, plan_workers, visible_gpus
 from nomarr_pipeline.settings import WRITE_MODES, Settings, split_roots
 from nomarr_pipeline.store import Store, StoreError, open_store, store_engine
 
@@ -104,19 +105,57 @@ class LibraryResource(dg.ConfigurableResource):
 
 
 class ModelsResource(dg.ConfigurableResource):
-    """The Essentia models folder and how analysis runs."""
+    """The Essentia models folder and how analysis runs.
+
+    0 (or None) means "from the ``NOMARR_*`` variable named, else chosen for this machine".
+    ``shards`` is read once, when the code location loads: it is the number of steps of a
+    predictions run. Every process of a deployment must see the same value.
+    """
 
     models_dir: str | None = None
-    processes: int = 0  # 0 = one worker process per core
+    processes: int = 0  # worker processes per shard step; 0 = its share of the cores, or one per GPU
     file_timeout_s: float = 300.0
+    batch_size: int = 64  # files per store write: at most what a step that dies redoes
+    shards: int = 0  # NOMARR_ANALYSIS_SHARDS; default: one per core
+    tf_threads: int = 0  # TensorFlow intra-op threads per worker, NOMARR_TF_THREADS
+    tf_inter_op_threads: int = 0  # NOMARR_TF_INTER_OP_THREADS; default 1
+    gpus: list[str] | None = None  # CUDA device ids, NOMARR_GPUS ("0,1"; "" = none); default: all visible
 
     def path(self) -> Path | None:
         if self.models_dir:
             return Path(self.models_dir).expanduser().absolute()
         return Settings.from_env().models_dir
 
-    def process_count(self) -> int:
-        return self.processes if self.processes > 0 else max(1, os.cpu_count() or 1)
+    def shard_count(self) -> int:
+        return self.shards or _env_int("NOMARR_ANALYSIS_SHARDS") or available_cores()
+
+    def worker_plan(self, concurrent_steps: int) -> WorkerPlan:
+        """Workers and TensorFlow threads of one shard step, ``concurrent_steps`` of which
+        share this machine."""
+        if self.gpus is not None:
+            gpus = tuple(self.gpus)
+        elif "NOMARR_GPUS" in os.environ:
+            gpus = tuple(g.strip() for g in os.environ["NOMARR_GPUS"].split(",") if g.strip())
+        else:
+            gpus = visible_gpus()
+        return plan_workers(
+            cores=available_cores(),
+            concurrent_steps=concurrent_steps,
+            processes=self.processes,
+            intra_op_threads=self.tf_threads or _env_int("NOMARR_TF_THREADS"),
+            inter_op_threads=self.tf_inter_op_threads or _env_int("NOMARR_TF_INTER_OP_THREADS"),
+            gpus=gpus,
+        )
+
+
+def _env_int(name: str) -> int:
+    """A positive count from the environment; 0 when unset."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, got {raw!r}")
+    return int(raw)
 
 
 class CalibrationResource(dg.ConfigurableResource):

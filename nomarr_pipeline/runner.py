@@ -1,6 +1,6 @@
 """Headless operation, for the command line: pre-flight checks that turn configuration
-problems into :class:`UserError`, the pipeline's Dagster jobs run in-process against the
-instance at ``DAGSTER_HOME`` (so every run shows in ``dagster dev`` as if launched from the
+problems into :class:`UserError`, the pipeline's Dagster jobs run against the instance at
+``DAGSTER_HOME`` (so every run shows in ``dagster dev`` as if launched from the
 UI), and the status of every library. What stands in the way of a run (runs left by a crash,
 busy pool slots, another pipeline on the embedded store) is :mod:`nomarr_pipeline.run_guard`'s.
 """
@@ -294,24 +294,32 @@ def launch_run(
     """Run ``job`` once and wait: its run id, and what failed (``None`` when it succeeded).
 
     A step that failed because the store's disk is full or read-only raises that
-    :class:`StoreError`, as does an interrupt (Ctrl-C, SIGTERM) its ``KeyboardInterrupt``."""
+    :class:`StoreError`, as does an interrupt (Ctrl-C, SIGTERM) its ``KeyboardInterrupt``.
+
+    A predictions run goes through the code location's executor, each step in its own process,
+    so its shards work in parallel as when launched from the UI; the other jobs gain nothing
+    from that and run in this process."""
     # Dagster's console logger would interleave its events, tracebacks included, with the
     # progress bar; the summary names what failed, and the instance keeps every event (the
     # UI shows them all, as does --verbose).
     level = "INFO" if verbose else "CRITICAL"
+    run_config = {"loggers": {"console": {"config": {"log_level": level}}}}
     try:
-        result = job.execute_in_process(
-            instance=instance,
-            run_config={"loggers": {"console": {"config": {"log_level": level}}}},
-            tags=tags,
-            raise_on_error=False,
-        )
+        if job.name == predictions_job.name:
+            recon = dg.build_reconstructable_job("nomarr_pipeline.definitions", "job_named", (job.name,))
+            with dg.execute_job(recon, instance, run_config=run_config, tags=tags) as launched:
+                run_id, success, events = launched.run_id, launched.success, launched.all_events
+        else:
+            result = job.execute_in_process(
+                instance=instance, run_config=run_config, tags=tags, raise_on_error=False
+            )
+            run_id, success, events = result.run_id, result.success, result.all_events
     except Exception as error:
         raise _instance_error(error) from None
     STOP.raise_if_received()
-    if result.success:
-        return result.run_id, None
-    return result.run_id, _failure_of(result.all_events)
+    if success:
+        return run_id, None
+    return run_id, _failure_of(events)
 
 
 # A step's store error is re-raised in the command line as itself, so it gets its own advice.

@@ -1,38 +1,160 @@
 """``file_tags``: raw Essentia predictions per head (one dynamic partition per head).
 
-Single-run backfills let one run serve many heads, so each backbone runs once per file for
-all selected heads. The work itself is :func:`nomarr_pipeline.ml.analysis.analyze`.
+A graph-backed asset, so that the run's executor places the work: ``analysis_shard_{i}_of_{n}``
+steps each analyse one slice of the library (:func:`~nomarr_pipeline.ml.analysis.shard_key_range`),
+and ``file_tags_report`` adds their reports up and materializes the selected partitions. The
+number of shard steps is fixed when the code location loads (``ModelsResource.shard_count``):
+a static fan-out, which every executor runs (dagster-dask does not run dynamic fan-outs).
 
-No ``from __future__ import annotations``: Dagster inspects the context annotation at runtime.
+Shards write predictions to the store themselves and report through the run's event log
+(output metadata of ``Nothing`` outputs), which every process of a deployment shares; nothing
+goes through an IO manager, so shards on different machines need no shared disk.
+
+Single-run backfills let one run serve many heads, so each backbone runs once per file for
+all selected heads. No ``from __future__ import annotations``: Dagster inspects the context
+annotation at runtime.
 """
 
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import dagster as dg
+from dagster._core.events import DagsterEventType
 
 from nomarr_pipeline.assets.heads import models_folder
 from nomarr_pipeline.assets.tables import metadata_table
-from nomarr_pipeline.ml.analysis import FileProgress, HeadReport, analyze
+from nomarr_pipeline.executors import ExecutorSettingError, is_remote, refuse_embedded_store
+from nomarr_pipeline.ml.analysis import (
+    MAX_REPORTED_ERRORS,
+    FileProgress,
+    HeadReport,
+    analyze,
+    shard_key_range,
+)
+from nomarr_pipeline.ml.capacity import available_cores
 from nomarr_pipeline.ml.discovery import discover_models
 from nomarr_pipeline.partitions import heads_partitions
+from nomarr_pipeline.progress import ProgressReporter
 from nomarr_pipeline.resources import ModelsResource, StoreResource
 
 _PROGRESS_EVERY_S = 30.0
+_REPORT_KEY = "shard_report"  # output metadata of a shard step that file_tags_report reads
+# A shard whose process or machine died is started again; it redoes only unfinished files.
+SHARD_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=10)
 
 
-def _progress_logger(context: dg.AssetExecutionContext) -> Callable[[FileProgress], None]:
-    last = [time.monotonic()]
+class _RunLog:
+    """A text stream that ends up in the run's log, for :class:`ProgressReporter`."""
+
+    def __init__(self, context: dg.AssetExecutionContext) -> None:
+        self._context = context
+
+    def write(self, text: str) -> None:
+        if text.strip():
+            self._context.log.info(text.strip())
+
+    def flush(self) -> None:
+        pass
+
+
+def _progress_logger(context: dg.AssetExecutionContext, label: str) -> Callable[[FileProgress], None]:
+    reporter = ProgressReporter(label, stream=_RunLog(context), interactive=False,
+                                log_every_s=_PROGRESS_EVERY_S)
 
     def log(progress: FileProgress) -> None:
         if progress.error:
             context.log.warning(f"{progress.path}: {progress.error}")
-        now = time.monotonic()
-        if now - last[0] >= _PROGRESS_EVERY_S:
-            last[0] = now
-            context.log.info(f"{progress.done} files analysed so far")
+        reporter(progress.done, progress.total)
 
     return log
+
+
+def _no_retry(failure: dg.Failure) -> dg.Failure:
+    """The same failure, not retried: a setting to fix, not a process that died."""
+    return dg.Failure(failure.description, metadata=failure.metadata, allow_retries=False)
+
+
+def _shard_op(index: int, count: int) -> dg.OpDefinition:
+    @dg.op(
+        name=f"analysis_shard_{index}_of_{count}",
+        description=f"Analyse the files of shard {index + 1} of {count} (a slice of the file keys).",
+        ins={"library_files": dg.In(dg.Nothing)},
+        out=dg.Out(dg.Nothing),
+        retry_policy=SHARD_RETRY_POLICY,
+        tags={"nomarr/analysis_shard": str(index)},
+    )
+    def analysis_shard(
+        context: dg.AssetExecutionContext, store: StoreResource, models: ModelsResource
+    ) -> None:
+        if models.shard_count() != count:
+            # The step names carry the count, so a process that loaded another count cannot
+            # even find these steps; this catches a count given as resource config.
+            raise dg.Failure(
+                f"this run has {count} shard steps but models.shards / NOMARR_ANALYSIS_SHARDS "
+                f"says {models.shard_count()} here: give every process of the deployment the same "
+                "NOMARR_ANALYSIS_SHARDS", allow_retries=False,
+            )
+        executor = context.job_def.executor_def.name
+        db = store.open()
+        try:
+            refuse_embedded_store(executor, db.engine)
+            models_dir = models_folder(models)
+        except ExecutorSettingError as error:
+            raise dg.Failure(str(error), allow_retries=False) from None
+        except dg.Failure as failure:
+            raise _no_retry(failure) from None
+        heads, _ = discover_models(models_dir).select(context.partition_keys)
+        key_range = shard_key_range(index, count)
+        # Remote executors give each step a machine (or pod) of its own; locally the shards
+        # share this machine's cores.
+        concurrent = 1 if is_remote(executor) or executor == "in_process" else min(count, available_cores())
+        plan = models.worker_plan(concurrent)
+        if context.retry_number:
+            context.log.info(f"attempt {context.retry_number + 1}: files finished before are skipped")
+        context.log.info(
+            f"shard {index + 1}/{count}: keys {key_range.start or '…'} to {key_range.end or '…'}, "
+            f"{plan.processes} workers × {plan.intra_op_threads} TensorFlow threads"
+            + (f", GPUs {','.join(plan.gpus)}" if plan.gpus else "")
+        )
+        started = time.perf_counter()
+        reports = analyze(
+            db, heads, processes=plan.processes, file_timeout_s=models.file_timeout_s,
+            key_range=key_range, environment=plan.environment, batch_size=models.batch_size,
+            progress=_progress_logger(context, f"shard {index + 1}/{count}"),
+        )
+        context.add_output_metadata({
+            _REPORT_KEY: dg.MetadataValue.json(
+                {key: report.as_metadata() for key, report in sorted(reports.items())}),
+            "seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 3)),
+        })
+
+    return analysis_shard
+
+
+def _shard_reports(context: dg.AssetExecutionContext) -> tuple[dict[str, HeadReport], dict[str, int]]:
+    """Every finished shard's report, added up per head, and how often each shard started."""
+    started = {DagsterEventType.STEP_START, DagsterEventType.STEP_RESTARTED}  # a retry restarts
+    records = context.instance.get_records_for_run(
+        run_id=context.run.run_id, of_type={DagsterEventType.STEP_OUTPUT, *started}
+    ).records
+    reports: dict[str, HeadReport] = {}
+    starts: Counter[str] = Counter()
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        if event is None or not (event.step_key or "").split(".")[-1].startswith("analysis_shard_"):
+            continue
+        if event.event_type in started:
+            starts[event.step_key or ""] += 1
+            continue
+        data = event.step_output_data.metadata.get(_REPORT_KEY)
+        for key, part in (data.value if data is not None else {}).items():  # type: ignore[union-attr]
+            report = reports.setdefault(key, HeadReport(key))
+            report.analysed += part["analysed"]
+            report.failed += part["failed"]
+            report.seconds += part["seconds"]
+            report.errors.extend(part["errors"][: max(0, MAX_REPORTED_ERRORS - len(report.errors))])
+    return reports, dict(starts)
 
 
 HEAD_COLUMNS = {"head": "string", "analysed": "int", "failed": "int", "skipped": "int", "seconds": "float"}
@@ -55,71 +177,67 @@ def _metadata(reports: dict[str, HeadReport], seconds: float) -> dict[str, dg.Me
     }
 
 
-@dg.asset(
-    partitions_def=heads_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    deps=["library_files"],
-    group_name="ml",
-    kinds={"python", "tensorflow"},
-)
-def file_tags(
-    context: dg.AssetExecutionContext, store: StoreResource, models: ModelsResource
-) -> dg.MaterializeResult:
-    """Pooled raw outputs of every head for every library file that lacks current ones.
-
-    Files already analysed at the head's current ``tagger_version`` are skipped, so a
-    re-run only does new work; a file that fails gets its ``analysis_error`` and the run
-    goes on.
-    """
-    models_dir = models_folder(models)
-    catalog = discover_models(models_dir)
-    for problem in catalog.problems:
-        context.log.warning(f"model problem: {problem.path}: {problem.message}")
-    heads, missing = catalog.select(context.partition_keys)
-
-    started = time.perf_counter()
-    reports = analyze(
-        store.open(),
-        heads,
-        processes=models.process_count(),
-        file_timeout_s=models.file_timeout_s,
-        progress=_progress_logger(context),
+def _report_op(count: int) -> dg.OpDefinition:
+    @dg.op(
+        name="file_tags_report",
+        description="Add up the shards' reports; materialize the selected head partitions.",
+        ins={f"shard_{index}": dg.In(dg.Nothing) for index in range(count)},
+        out=dg.Out(dg.Nothing),
     )
-    seconds = time.perf_counter() - started
-    for key, report in sorted(reports.items()):
-        # Per-partition numbers, so each head's history in the UI shows its own counts.
-        context.add_asset_metadata(
-            {
-                "head_analysed": report.analysed,
-                "head_failed": report.failed,
-                "head_skipped": report.skipped,
-                "head_seconds": round(report.seconds, 3),
-            },
-            partition_key=key,
-        )
-        context.log.info(
-            f"{key}: {report.analysed} analysed, {report.failed} failed, "
-            f"{report.skipped} skipped ({report.seconds:.1f}s of worker time)"
-        )
-    if missing:
-        # The usable heads are stored already (a re-run will skip them); the missing ones
-        # must not be marked materialized.
-        problems = {p.path.stem: p.message for p in catalog.problems}
-        details = "; ".join(
-            f"{key}" + (f" ({problems[name]})" if (name := _stem_hint(key, problems)) else "")
-            for key in missing
-        )
-        raise dg.Failure(
-            f"{len(missing)} selected heads have no usable model in {models_dir}: {details}",
-            metadata=_metadata(reports, seconds),
-        )
-    return dg.MaterializeResult(
-        metadata={
+    def file_tags_report(
+        context: dg.AssetExecutionContext, store: StoreResource, models: ModelsResource
+    ) -> None:
+        models_dir = models_folder(models)
+        catalog = discover_models(models_dir)
+        for problem in catalog.problems:
+            context.log.warning(f"model problem: {problem.path}: {problem.message}")
+        heads, missing = catalog.select(context.partition_keys)
+        reports, starts = _shard_reports(context)
+        counts = store.open().file_counts()
+        analysable = int(counts["total"]) - int(counts["scan_errors"])
+        for head in heads:
+            report = reports.setdefault(head.partition_key, HeadReport(head.partition_key))
+            # Files a shard attempt that died had finished count here too: they were done
+            # when the retry started.
+            report.skipped = max(0, analysable - report.analysed - report.failed)
+        record = context.instance.get_run_record_by_id(context.run.run_id)
+        seconds = time.time() - record.start_time if record and record.start_time else 0.0
+        for key, report in sorted(reports.items()):
+            # Per-partition numbers, so each head's history in the UI shows its own counts.
+            context.add_asset_metadata(
+                {
+                    "head_analysed": report.analysed,
+                    "head_failed": report.failed,
+                    "head_skipped": report.skipped,
+                    "head_seconds": round(report.seconds, 3),
+                },
+                partition_key=key,
+            )
+            context.log.info(
+                f"{key}: {report.analysed} analysed, {report.failed} failed, "
+                f"{report.skipped} skipped ({report.seconds:.1f}s of worker time)"
+            )
+        if missing:
+            # The usable heads are stored already (a re-run will skip them); the missing ones
+            # must not be marked materialized.
+            problems = {p.path.stem: p.message for p in catalog.problems}
+            details = "; ".join(
+                f"{key}" + (f" ({problems[name]})" if (name := _stem_hint(key, problems)) else "")
+                for key in missing
+            )
+            raise dg.Failure(
+                f"{len(missing)} selected heads have no usable model in {models_dir}: {details}",
+                metadata=_metadata(reports, seconds),
+            )
+        context.add_output_metadata({
             **_metadata(reports, seconds),
+            "shards": dg.MetadataValue.int(count),
+            "shard_restarts": dg.MetadataValue.int(sum(n - 1 for n in starts.values() if n > 1)),
             "store": dg.MetadataValue.text(store.describe()),
             "model_problems": dg.MetadataValue.int(len(catalog.problems)),
-        }
-    )
+        })
+
+    return file_tags_report
 
 
 def _stem_hint(partition_key: str, problems: dict[str, str]) -> str | None:
@@ -129,3 +247,33 @@ def _stem_hint(partition_key: str, problems: dict[str, str]) -> str | None:
         if stem.split("-", 1)[0] == head_name:
             return stem
     return None
+
+
+def build_file_tags(shards: int) -> dg.AssetsDefinition:
+    """``file_tags`` with ``shards`` analysis steps."""
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    shard_ops = [_shard_op(index, shards) for index in range(shards)]
+    report = _report_op(shards)
+
+    @dg.graph_asset(
+        name="file_tags",
+        partitions_def=heads_partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        ins={"library_files": dg.AssetIn(dagster_type=dg.Nothing)},
+        group_name="ml",
+        kinds={"python", "tensorflow"},
+    )
+    def file_tags(library_files: None) -> None:
+        """Pooled raw outputs of every head for every library file that lacks current ones.
+
+        Files already analysed at the head's current ``tagger_version`` are skipped, so a
+        re-run only does new work; a file that fails gets its ``analysis_error`` and the run
+        goes on. The files are split between shard steps that the run's executor places.
+        """
+        return report(**{f"shard_{index}": shard(library_files) for index, shard in enumerate(shard_ops)})
+
+    return file_tags
+
+
+file_tags = build_file_tags(ModelsResource().shard_count())

@@ -11,16 +11,16 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nomarr_pipeline.ml.discovery import Head
 from nomarr_pipeline.ml.inference import FileAnalysis
 from nomarr_pipeline.ml.workers import FaultInjection, FileTask, WorkerPool
-from nomarr_pipeline.store.protocol import Doc, HeadVersion, Store
+from nomarr_pipeline.store.protocol import Doc, HeadVersion, KeyRange, Store
 
-_MAX_REPORTED_ERRORS = 5
+MAX_REPORTED_ERRORS = 5
 
 
 @dataclass
@@ -30,7 +30,9 @@ class HeadReport:
     partition_key: str
     analysed: int = 0  # files whose predictions were written
     failed: int = 0  # files that got an analysis_error for this head
-    skipped: int = 0  # files that did not need this head (current or failed before)
+    # files that did not need this head (current or failed before); counted over the whole
+    # library only, so a shard leaves it to whoever adds the shards up
+    skipped: int = 0
     seconds: float = 0.0  # worker time attributed to this head (a file's time split evenly)
     errors: list[str] = field(default_factory=list)  # the first few, for the UI
 
@@ -49,9 +51,26 @@ class FileProgress:
     """Reported after each finished file."""
 
     done: int
+    total: int  # files to analyse when the run started (the head with the most)
     file_id: str
     path: Path
     error: str | None
+
+
+def shard_key_range(index: int, count: int) -> KeyRange:
+    """The files of shard ``index`` of ``count``: an equal slice of the hex key space (file
+    keys are SHA-1 hex digits, see :func:`nomarr_pipeline.library.identity.file_key`).
+
+    The first shard has no lower bound and the last no upper one, so every key, hex or not,
+    falls in exactly one shard.
+    """
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index} does not exist among {count} shards")
+
+    def bound(position: int) -> str:
+        return f"{(position << 32) // count:08x}"
+
+    return KeyRange(None if index == 0 else bound(index), None if index == count - 1 else bound(index + 1))
 
 
 def file_tag_key(file_id: str, model_key: str, head_name: str, label: str) -> str:
@@ -90,9 +109,11 @@ class _NeededFiles:
     files in that range: no file is ever sent twice.
     """
 
-    def __init__(self, store: Store, heads: Sequence[Head], page_size: int) -> None:
+    def __init__(self, store: Store, heads: Sequence[Head], page_size: int,
+                 key_range: KeyRange | None) -> None:
         self._store = store
         self._page_size = page_size
+        self._key_range = key_range
         self._heads = list(heads)
         self._cursor: dict[str, str | None] = {h.partition_key: None for h in heads}
         self._buffer: dict[str, deque[Doc]] = {h.partition_key: deque() for h in heads}
@@ -104,7 +125,7 @@ class _NeededFiles:
             if self._buffer[key] or not self._more[key]:
                 continue
             page = self._store.files_needing_analysis(
-                head_version(head), self._cursor[key], self._page_size
+                head_version(head), self._cursor[key], self._page_size, self._key_range
             )
             self._buffer[key].extend(page)
             if page:
@@ -152,14 +173,18 @@ def analyze(
     *,
     processes: int,
     file_timeout_s: float,
+    key_range: KeyRange | None = None,
+    environment: Callable[[int], Mapping[str, str]] | None = None,
     batch_size: int = 64,
     progress: Callable[[FileProgress], None] | None = None,
     faults: FaultInjection | None = None,
 ) -> dict[str, HeadReport]:
-    """Analyse every file that lacks current predictions for any of ``heads``.
+    """Analyse every file (in ``key_range``, when given) that lacks current predictions for
+    any of ``heads``.
 
     Returns a report per head partition key. Re-running with nothing to do writes nothing.
-    ``faults`` is a test hook (see :class:`FaultInjection`).
+    ``environment`` sets up each worker's TensorFlow (see :class:`WorkerPool`); ``faults``
+    is a test hook (see :class:`FaultInjection`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -167,17 +192,21 @@ def analyze(
     reports = {head.partition_key: HeadReport(head.partition_key) for head in heads}
     if not heads:
         return reports
-    counts = store.file_counts()
-    analysable = int(counts.get("total", 0)) - int(counts.get("scan_errors", 0))
-    for head in heads:
-        needed = store.count_files_needing_analysis(head_version(head))
-        reports[head.partition_key].skipped = max(0, analysable - needed)
+    needed = {head.partition_key: store.count_files_needing_analysis(head_version(head), key_range)
+              for head in heads}
+    if key_range is None:
+        counts = store.file_counts()
+        analysable = int(counts.get("total", 0)) - int(counts.get("scan_errors", 0))
+        for key, count in needed.items():
+            reports[key].skipped = max(0, analysable - count)
+    # Each file goes out once for all its heads, so the head with the most files says how many.
+    total = max(needed.values())
 
-    needed_files = _NeededFiles(store, heads, batch_size)
+    needed_files = _NeededFiles(store, heads, batch_size, key_range)
     resolve_path = _PathResolver(store)
     writer = _ResultWriter(store, reports, flush_every=batch_size)
     done = 0
-    with WorkerPool(processes, file_timeout_s, faults=faults) as pool:
+    with WorkerPool(processes, file_timeout_s, environment=environment, faults=faults) as pool:
         while batch := needed_files.next_batch():
             tasks = [FileTask(doc["_key"], resolve_path(doc), tuple(file_heads))
                      for doc, file_heads in batch]
@@ -185,7 +214,7 @@ def analyze(
                 error = writer.add(task, result)
                 done += 1
                 if progress is not None:
-                    progress(FileProgress(done, task.file_id, task.path, error))
+                    progress(FileProgress(done, max(total, done), task.file_id, task.path, error))
             writer.flush()
     return reports
 
@@ -217,7 +246,7 @@ class _ResultWriter:
             else:
                 errors.append(outcome.error)
                 report.failed += 1
-                if len(report.errors) < _MAX_REPORTED_ERRORS:
+                if len(report.errors) < MAX_REPORTED_ERRORS:
                     report.errors.append(f"{task.path.name}: {outcome.error}")
         # A file-wide failure repeats the same message for every head: say it once.
         error = "; ".join(dict.fromkeys(errors)) or None

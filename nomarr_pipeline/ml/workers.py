@@ -14,7 +14,7 @@ import signal
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -56,7 +56,9 @@ class FaultInjection:
                 time.sleep(3600)
 
 
-def _worker_main(conn: Connection, faults: FaultInjection | None) -> None:
+def _worker_main(conn: Connection, faults: FaultInjection | None, environment: Mapping[str, str]) -> None:
+    # Before Essentia loads TensorFlow: threads and GPU come from the environment.
+    os.environ.update(environment)
     # Keep TensorFlow's C++ logging to real errors.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # A Ctrl-C in the terminal reaches the whole process group; let the parent decide.
@@ -103,6 +105,7 @@ def _death_message(process: BaseProcess) -> str:
 class _Worker:
     process: BaseProcess
     conn: Connection
+    slot: int  # which of the pool's places it holds (its GPU, for one)
     task: FileTask | None = None
     started: float = 0.0
 
@@ -114,19 +117,26 @@ class _Worker:
 
 
 class WorkerPool:
-    """``processes`` workers, each analysing one file at a time with its cached models."""
+    """``processes`` workers, each analysing one file at a time with its cached models.
+
+    ``environment(slot)`` gives the variables worker ``slot`` (0 … processes-1) sets before
+    TensorFlow loads, e.g. :meth:`nomarr_pipeline.ml.capacity.WorkerPlan.environment`; a
+    replacement worker takes the slot of the one it replaces.
+    """
 
     def __init__(
         self,
         processes: int | None = None,
         file_timeout_s: float = 300.0,
         *,
+        environment: Callable[[int], Mapping[str, str]] | None = None,
         faults: FaultInjection | None = None,
     ) -> None:
         self.processes = max(1, processes or os.cpu_count() or 1)
         if file_timeout_s <= 0:
             raise ValueError(f"file_timeout_s must be positive, got {file_timeout_s}")
         self.file_timeout_s = file_timeout_s
+        self._environment = environment
         self._faults = faults
         self._context = multiprocessing.get_context(START_METHOD)
         self._workers: list[_Worker] = []
@@ -140,14 +150,17 @@ class WorkerPool:
         self.close()
 
     def _spawn(self) -> _Worker:
+        taken = {worker.slot for worker in self._workers}
+        slot = min(set(range(self.processes)) - taken)
+        environment = dict(self._environment(slot)) if self._environment else {}
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
-            target=_worker_main, args=(child_end, self._faults), daemon=True,
+            target=_worker_main, args=(child_end, self._faults, environment), daemon=True,
             name="nomarr-analysis-worker",
         )
         process.start()
         child_end.close()  # so a dead worker shows up as EOF on parent_end
-        worker = _Worker(process, parent_end)
+        worker = _Worker(process, parent_end, slot)
         self._workers.append(worker)
         return worker
 
