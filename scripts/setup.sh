@@ -27,10 +27,12 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
   exit 1
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-stamp=.venv/.nomarr-installed
+# NOMARR_SETUP_PY_EXTRAS: the project's extras (the test command adds the executors it tests).
+extras=${NOMARR_SETUP_PY_EXTRAS:-dev,postgres}
+stamp=.venv/.nomarr-installed-${extras//,/-}
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing Python packages into .venv"
   .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[dev,postgres]"
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]"
   touch "$stamp"
 fi

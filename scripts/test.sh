@@ -3,7 +3,8 @@
 # definitions and run the whole test suite.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-NOMARR_SETUP_EXTRAS="postgresql chromium ${NOMARR_SETUP_EXTRAS:-}" source scripts/setup.sh
+NOMARR_SETUP_EXTRAS="postgresql chromium ${NOMARR_SETUP_EXTRAS:-}" NOMARR_SETUP_PY_EXTRAS=dev,postgres,dask,k8s \
+  source scripts/setup.sh
 
 # shellcheck disable=SC1091
 source .venv/bin/activate

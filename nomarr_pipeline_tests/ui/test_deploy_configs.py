@@ -97,3 +97,25 @@ def test_compose_runs_the_store_on_postgres_with_the_password_from_the_environme
     assert "$NOMARR_PG_PASSWORD" in (DEPLOY / "postgres-init.sh").read_text()
     docker_instance = yaml.safe_load((DEPLOY / "dagster.docker.yaml").read_text())
     assert "NOMARR_PG_PASSWORD" in docker_instance["run_launcher"]["config"]["env_vars"]
+
+
+EXECUTOR_FILES = {"dask": DEPLOY / "executors" / "dask.yaml", "k8s": DEPLOY / "executors" / "k8s.yaml"}
+
+
+@pytest.mark.parametrize("name", sorted(EXECUTOR_FILES))
+def test_executor_file_matches_its_executors_schema(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What NOMARR_EXECUTOR_CONFIG points at in a deployment, checked against the installed
+    executor (the test command installs the dask and k8s extras)."""
+    from nomarr_pipeline.executors import REMOTE_EXECUTORS, configured_executor
+
+    module, attribute, _ = REMOTE_EXECUTORS[name]
+    executor = getattr(pytest.importorskip(module), attribute)
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://dask-scheduler.invalid:8786")
+    raw = yaml.safe_load(EXECUTOR_FILES[name].read_text())
+    resolved = process_config(executor.config_schema.as_field().config_type, raw)
+    assert resolved.success, resolved.errors
+    # The code location loads with it: NOMARR_EXECUTOR + NOMARR_EXECUTOR_CONFIG.
+    monkeypatch.setenv("NOMARR_EXECUTOR", name)
+    monkeypatch.setenv("NOMARR_EXECUTOR_CONFIG", str(EXECUTOR_FILES[name]))
+    assert configured_executor().name == executor.name
+    assert "password" not in EXECUTOR_FILES[name].read_text().lower()
