@@ -1,0 +1,126 @@
+"""Shards, cores, GPUs and TensorFlow threads: how a step divides its machine."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from pathlib import Path
+
+import pytest
+
+from nomarr_pipeline.ml.analysis import shard_key_range
+from nomarr_pipeline.ml.capacity import available_cores, plan_workers, visible_gpus
+from nomarr_pipeline.ml.discovery import ModelCatalog
+from nomarr_pipeline.ml.workers import FaultInjection, FileTask, WorkerPool
+from nomarr_pipeline.resources import ModelsResource
+from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 7, 16])
+def test_shards_split_every_key_into_exactly_one(count: int) -> None:
+    ranges = [shard_key_range(index, count) for index in range(count)]
+    keys = [hashlib.sha1(str(n).encode()).hexdigest()[:24] for n in range(2000)]
+    keys += ["", "0", "ffffffffffffffffffffffff", "track.flac", "ZZZ"]  # not hex: still placed
+    for key in keys:
+        assert sum(key in r for r in ranges) == 1, key
+    # The ranges meet end to start, and hex keys spread evenly.
+    assert all(a.end == b.start for a, b in itertools.pairwise(ranges))
+    sizes = [sum(k in r for k in keys[:2000]) for r in ranges]
+    assert min(sizes) > 2000 / count * 0.7
+    with pytest.raises(ValueError):
+        shard_key_range(count, count)
+
+
+def test_available_cores_honours_a_cgroup_quota(tmp_path: Path) -> None:
+    quota = tmp_path / "cpu.max"
+    quota.write_text("max 100000\n")
+    unlimited = available_cores(quota)
+    assert unlimited >= 1
+    quota.write_text("150000 100000\n")  # 1.5 CPUs: two workers fit
+    assert available_cores(quota) == min(unlimited, 2)
+    quota.write_text("10000 100000\n")
+    assert available_cores(quota) == 1
+    assert available_cores(tmp_path / "missing") == unlimited
+
+
+def test_visible_gpus(tmp_path: Path) -> None:
+    driver = tmp_path / "gpus"
+    assert visible_gpus({}, driver) == ()
+    driver.mkdir()
+    for bus in ("0000:01:00.0", "0000:02:00.0"):
+        (driver / bus).mkdir()
+    assert visible_gpus({}, driver) == ("0", "1")
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "1"}, driver) == ("1",)
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, driver) == ()
+
+
+def test_plan_divides_the_cores() -> None:
+    # One shard on 8 cores: 8 workers of one thread; 4 shards at once: 2 workers each.
+    assert plan_workers(cores=8) == plan_workers(cores=8, concurrent_steps=1)
+    one = plan_workers(cores=8)
+    assert (one.processes, one.intra_op_threads, one.inter_op_threads) == (8, 1, 1)
+    four = plan_workers(cores=8, concurrent_steps=4)
+    assert (four.processes, four.intra_op_threads) == (2, 1)
+    # Fewer workers than cores: the rest become TensorFlow threads.
+    two = plan_workers(cores=8, processes=2)
+    assert (two.processes, two.intra_op_threads) == (2, 4)
+    # More steps than cores never gives zero.
+    assert plan_workers(cores=2, concurrent_steps=4).processes == 1
+    # GPUs: one worker each, each pinned to its GPU, memory growth on.
+    gpus = plan_workers(cores=8, gpus=("0", "3"))
+    assert gpus.processes == 2
+    assert [gpus.environment(slot)["CUDA_VISIBLE_DEVICES"] for slot in range(3)] == ["0", "3", "0"]
+    assert gpus.environment(0)["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    assert one.environment(0) == {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
+                                  "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+
+
+def test_models_resource_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOMARR_ANALYSIS_SHARDS", "6")
+    monkeypatch.setenv("NOMARR_TF_THREADS", "3")
+    monkeypatch.setenv("NOMARR_GPUS", "")
+    assert ModelsResource().shard_count() == 6
+    assert ModelsResource(shards=2).shard_count() == 2
+    plan = ModelsResource(processes=1).worker_plan(1)
+    assert (plan.processes, plan.intra_op_threads, plan.gpus) == (1, 3, ())
+    assert ModelsResource(gpus=["1"]).worker_plan(1).gpus == ("1",)
+    monkeypatch.setenv("NOMARR_ANALYSIS_SHARDS", "none")
+    with pytest.raises(ValueError, match="NOMARR_ANALYSIS_SHARDS must be a whole number"):
+        ModelsResource().shard_count()
+
+
+def _worker_threads(catalog: ModelCatalog, path: Path, intra: int, inter: int) -> int:
+    """Threads of a worker's process after it analysed a file with these TensorFlow threads."""
+    environment = {"TF_NUM_INTRAOP_THREADS": str(intra), "TF_NUM_INTEROP_THREADS": str(inter)}
+    with WorkerPool(1, 60.0, environment=lambda _slot: environment) as pool:
+        ((_, result),) = pool.run([FileTask("a", path, tuple(catalog.heads[:1]))])
+        assert all(o.error is None for o in result.outcomes)
+        (worker,) = pool._workers
+        status = Path(f"/proc/{worker.process.pid}/status").read_text().splitlines()
+    return int(next(line.split()[1] for line in status if line.startswith("Threads:")))
+
+
+def test_tensorflow_in_a_worker_uses_the_threads_it_is_given(tmp_path: Path, catalog: ModelCatalog) -> None:
+    # The pinned essentia-tensorflow's TensorFlow sizes its thread pools from these variables
+    # when its first session starts: 4 + 4 threads instead of 1 + 1.
+    path = make_audio(tmp_path / "a.wav", 3.0, seed=1)
+    assert _worker_threads(catalog, path, 4, 4) - _worker_threads(catalog, path, 1, 1) == 6
+
+
+def test_a_replacement_worker_takes_the_slot_of_the_one_it_replaces(
+    tmp_path: Path, catalog: ModelCatalog
+) -> None:
+    path = make_audio(tmp_path / "a.wav", 3.0, seed=1)
+    crash = make_audio(tmp_path / "CRASH.wav", 3.0, seed=2)
+    seen: list[int] = []
+
+    def environment(slot: int) -> dict[str, str]:
+        seen.append(slot)
+        return {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+
+    heads = tuple(catalog.heads[:1])
+    tasks = [FileTask("crash", crash, heads), *(FileTask(str(n), path, heads) for n in range(3))]
+    with WorkerPool(2, 60.0, environment=environment, faults=FaultInjection(crash_marker="CRASH")) as pool:
+        results = dict(pool.run(tasks))
+    assert len(results) == 4 and pool.replaced_workers == 1
+    assert sorted(seen) == [0, 0, 1]  # slot 0 crashed and was filled again; never a slot 2
