@@ -15,6 +15,7 @@ all selected heads. No ``from __future__ import annotations``: Dagster inspects 
 annotation at runtime.
 """
 
+import multiprocessing
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -104,6 +105,11 @@ def _shard_op(index: int, count: int) -> dg.OpDefinition:
             raise dg.Failure(str(error), allow_retries=False) from None
         except dg.Failure as failure:
             raise _no_retry(failure) from None
+        if multiprocessing.current_process().daemon:
+            raise dg.Failure(
+                "this step runs in a daemonic process, which cannot start analysis workers: on "
+                "Dask workers set DASK_DISTRIBUTED__WORKER__DAEMON=False", allow_retries=False,
+            )
         heads, _ = discover_models(models_dir).select(context.partition_keys)
         key_range = shard_key_range(index, count)
         # Remote executors give each step a machine (or pod) of its own; locally the shards
