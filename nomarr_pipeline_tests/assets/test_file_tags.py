@@ -14,7 +14,7 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
-from nomarr_pipeline.assets.file_tags import file_tags
+from nomarr_pipeline.assets.file_tags import build_file_tags, file_tags
 from nomarr_pipeline.ml.demo_models import write_demo_models
 from nomarr_pipeline.ml.fetch import fetch_models
 from nomarr_pipeline.resources import ModelsResource, StoreResource
@@ -97,6 +97,30 @@ def test_many_partitions_in_one_run(
     assert {key: report["analysed"] for key, report in per_head.items()} == {
         HAPPY: 2, DANCE: 2, SAD: 2}
     assert len(instance.get_runs()) == 1
+
+
+def test_shards_in_one_process_store_what_one_shard_stores(
+    instance: dg.DagsterInstance, store_url: str, models_dir: Path, tmp_path: Path
+) -> None:
+    # The same graph with 3 shard steps, in process: the keys of these files (not hex) all
+    # fall into the last slice, which is still exactly one shard each.
+    three = build_file_tags(3)
+    assert {node.name for node in three.node_def.node_defs} == {  # type: ignore[union-attr]
+        "analysis_shard_0_of_3", "analysis_shard_1_of_3", "analysis_shard_2_of_3", "file_tags_report"}
+    instance.add_dynamic_partitions("heads", [HAPPY])
+    resources = _resources(store_url, models_dir)
+    resources["models"] = ModelsResource(models_dir=str(models_dir), processes=1, shards=3)
+    result = dg.materialize([three], partition_key=HAPPY, instance=instance, resources=resources)
+    (materialization,) = result.asset_materializations_for_node("file_tags")
+    assert materialization.metadata["shards"].value == 3
+    assert materialization.metadata["per_head"].value[HAPPY]["analysed"] == 2
+    assert materialization.metadata["head_failed"].value == 1
+
+    # A run whose resource config names another count than the steps it has is refused.
+    instance.add_dynamic_partitions("heads", [DANCE])
+    resources["models"] = ModelsResource(models_dir=str(models_dir), processes=1, shards=2)
+    with pytest.raises(dg.Failure, match=r"this run has 3 shard steps but models\.shards"):
+        dg.materialize([three], partition_key=DANCE, instance=instance, resources=resources)
 
 
 def test_partition_without_usable_model_fails_clearly(

@@ -80,9 +80,11 @@ def new_store(url: str, root: Path, names: list[str]) -> None:
     store.close()
 
 
-def launch(store_url: str, models_dir: Path, shards: int, *, batch_size: int = 64) -> subprocess.Popen[str]:
+def launch(store_url: str, models_dir: Path, shards: int, *, batch_size: int = 64,
+           executor: str = "multiprocess", executor_config: Path | None = None) -> subprocess.Popen[str]:
     env = {**os.environ, "NOMARR_STORE_URL": store_url, "NOMARR_MODELS_DIR": str(models_dir),
-           "NOMARR_ANALYSIS_SHARDS": str(shards), "NOMARR_EXECUTOR": "multiprocess"}
+           "NOMARR_ANALYSIS_SHARDS": str(shards), "NOMARR_EXECUTOR": executor,
+           "NOMARR_EXECUTOR_CONFIG": str(executor_config or "")}
     # One worker with one TensorFlow thread everywhere: the same arithmetic in every run.
     config = {"resources": {"models": {"config": {
         "processes": 1, "tf_threads": 1, "file_timeout_s": 120, "batch_size": batch_size}}}}
