@@ -19,7 +19,7 @@ from nomarr_pipeline.executors import (
     executor_name,
     refuse_embedded_store,
 )
-from nomarr_pipeline_tests.assets.test_sharded_predictions import HEADS, REPO
+from nomarr_pipeline_tests.assets.sharded_runs import HEADS, REPO
 
 
 @pytest.mark.parametrize("name", ["multiprocess", "dask", "k8s"])

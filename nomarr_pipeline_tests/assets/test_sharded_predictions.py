@@ -7,116 +7,36 @@ and from the store.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import pytest
 from dagster._core.events import DagsterEventType
 
 from nomarr_pipeline.library.identity import file_key
-from nomarr_pipeline.ml.analysis import shard_key_range
-from nomarr_pipeline.ml.demo_models import write_demo_models
-from nomarr_pipeline.store import open_store
+from nomarr_pipeline_tests.assets.sharded_runs import (
+    HAPPY,
+    HEADS,
+    LIBRARY,
+    SAD,
+    finish,
+    launch,
+    names_per_shard,
+    new_store,
+    step_events,
+    stored,
+)
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
 
 pytestmark = pytest.mark.slow
 
-LIBRARY = "lib"
-HAPPY = "effnet-discogs-effnet-1:mood_happy"
-SAD = "musicnn-msd-musicnn-1:mood_sad"
-HEADS = (HAPPY, SAD)
-REPO = Path(__file__).resolve().parents[2]
-
-
-def names_per_shard(shards: int, per_shard: int, suffixes: tuple[str, ...]) -> list[list[str]]:
-    """File names whose keys put ``per_shard`` files into each of ``shards`` shards."""
-    found: list[list[str]] = [[] for _ in range(shards)]
-    ranges = [shard_key_range(index, shards) for index in range(shards)]
-    number = 0
-    while any(len(names) < per_shard for names in found):
-        name = f"track{number:03d}{suffixes[number % len(suffixes)]}"
-        number += 1
-        index = next(i for i, r in enumerate(ranges) if file_key(LIBRARY, name) in r)
-        if len(found[index]) < per_shard:
-            found[index].append(name)
-    return found
-
-
-@pytest.fixture
-def models_dir(tmp_path: Path) -> Path:
-    dest = tmp_path / "models"
-    write_demo_models(dest, heads=("mood_happy-discogs-effnet-1", "mood_sad-msd-musicnn-1"))
-    return dest
-
-
-@pytest.fixture
-def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dg.DagsterInstance]:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    with dg.DagsterInstance.get() as instance:
-        instance.add_dynamic_partitions("heads", list(HEADS))
-        yield instance
-
-
-def new_store(url: str, root: Path, names: list[str]) -> None:
-    store = open_store(url)
-    store.ensure_library({"_key": LIBRARY, "name": "test", "root_path": str(root)})
-    docs = []
-    for name in names:
-        stat = (root / name).stat()
-        docs.append({"_key": file_key(LIBRARY, name), "library_id": LIBRARY, "path": name,
-                     "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
-    store.upsert_files(docs)
-    store.close()
-
-
-def launch(store_url: str, models_dir: Path, shards: int, *, batch_size: int = 64,
-           executor: str = "multiprocess", executor_config: Path | None = None) -> subprocess.Popen[str]:
-    env = {**os.environ, "NOMARR_STORE_URL": store_url, "NOMARR_MODELS_DIR": str(models_dir),
-           "NOMARR_ANALYSIS_SHARDS": str(shards), "NOMARR_EXECUTOR": executor,
-           "NOMARR_EXECUTOR_CONFIG": str(executor_config or "")}
-    # One worker with one TensorFlow thread everywhere: the same arithmetic in every run.
-    config = {"resources": {"models": {"config": {
-        "processes": 1, "tf_threads": 1, "file_timeout_s": 120, "batch_size": batch_size}}}}
-    return subprocess.Popen(
-        [sys.executable, "-m", "nomarr_pipeline_tests.assets.predictions_run", HEADS[0], HEADS[-1],
-         json.dumps(config)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, text=True,
-    )
-
-
-def finish(process: subprocess.Popen[str]) -> dict[str, Any]:
-    out, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, out
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def step_events(instance: dg.DagsterInstance, run_id: str, kind: DagsterEventType) -> list[Any]:
-    return [r.event_log_entry for r in instance.get_records_for_run(run_id, of_type=kind).records]
-
-
-def stored(url: str, file_ids: list[str]) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
-    """Every prediction of these files, and their analysis outcome (time of day aside)."""
-    store = open_store(url)
-    tags = store.file_tags_for_files(file_ids)
-    files = sorted((f["_key"], f["analysis_error"], f["analyzed_at"] is not None)
-                   for f in store.get_files(file_ids))
-    store.close()
-    return tags, files
-
 
 def test_four_shards_store_exactly_what_one_shard_stores(
-    tmp_path: Path, models_dir: Path, dagster_home: dg.DagsterInstance
+    tmp_path: Path, two_head_models: Path, dagster_home: dg.DagsterInstance
 ) -> None:
     groups = names_per_shard(4, 2, (".wav", ".mp3", ".flac"))
     names = [name for group in groups for name in group]
@@ -127,7 +47,7 @@ def test_four_shards_store_exactly_what_one_shard_stores(
     new_store(one, root, names)
     new_store(four, root, names)
 
-    runs = {1: finish(launch(one, models_dir, 1)), 4: finish(launch(four, models_dir, 4))}
+    runs = {1: finish(launch(one, two_head_models, 1)), 4: finish(launch(four, two_head_models, 4))}
 
     instance = dagster_home
     for shards, run in runs.items():
@@ -164,7 +84,7 @@ def test_four_shards_store_exactly_what_one_shard_stores(
 
 
 def test_a_killed_shard_is_retried_and_each_file_is_analysed_once(
-    tmp_path: Path, models_dir: Path, dagster_home: dg.DagsterInstance
+    tmp_path: Path, two_head_models: Path, dagster_home: dg.DagsterInstance
 ) -> None:
     # Shard 0 gets three short files and, third in key order, a long one: the shard is
     # killed while it analyses the long file, after the first two are stored.
@@ -187,7 +107,7 @@ def test_a_killed_shard_is_retried_and_each_file_is_analysed_once(
                 INSERT INTO inserted VALUES (NEW.file_id, NEW.head_name, NEW.label); END;
         """)
 
-    process = launch(url, models_dir, 2, batch_size=1)
+    process = launch(url, two_head_models, 2, batch_size=1)
     killed = kill_shard_after(dagster_home, path, "file_tags.analysis_shard_0_of_2", shard0, done=2)
     run = finish(process)
 
