@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import dagster as dg
 from dagster._core.events import DagsterEventType
+from rich.console import Console
 
 from nomarr_pipeline.assets.heads import models_folder
 from nomarr_pipeline.assets.tables import metadata_table
@@ -36,7 +37,7 @@ from nomarr_pipeline.ml.analysis import (
 from nomarr_pipeline.ml.capacity import available_cores
 from nomarr_pipeline.ml.discovery import discover_models
 from nomarr_pipeline.partitions import heads_partitions
-from nomarr_pipeline.progress import ProgressReporter
+from nomarr_pipeline.progress import StepProgress
 from nomarr_pipeline.resources import ModelsResource, StoreResource
 
 _PROGRESS_EVERY_S = 30.0
@@ -46,7 +47,7 @@ SHARD_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=10)
 
 
 class _RunLog:
-    """A text stream that ends up in the run's log, for :class:`ProgressReporter`."""
+    """A text stream that ends up in the run's log, for :class:`StepProgress`."""
 
     def __init__(self, context: dg.AssetExecutionContext) -> None:
         self._context = context
@@ -59,14 +60,13 @@ class _RunLog:
         pass
 
 
-def _progress_logger(context: dg.AssetExecutionContext, label: str) -> Callable[[FileProgress], None]:
-    reporter = ProgressReporter(label, stream=_RunLog(context), interactive=False,
-                                log_every_s=_PROGRESS_EVERY_S)
-
-    def log(progress: FileProgress) -> None:
-        if progress.error:
-            context.log.warning(f"{progress.path}: {progress.error}")
-        reporter(progress.done, progress.total)
+def _progress_logger(
+    context: dg.AssetExecutionContext, progress: StepProgress
+) -> Callable[[FileProgress], None]:
+    def log(file: FileProgress) -> None:
+        if file.error:
+            context.log.warning(f"{file.path}: {file.error}")
+        progress(file.done, file.total)
 
     return log
 
@@ -124,11 +124,15 @@ def _shard_op(index: int, count: int) -> dg.OpDefinition:
             + (f", GPUs {','.join(plan.gpus)}" if plan.gpus else "")
         )
         started = time.perf_counter()
-        reports = analyze(
-            db, heads, processes=plan.processes, file_timeout_s=models.file_timeout_s,
-            key_range=key_range, environment=plan.environment, batch_size=models.batch_size,
-            progress=_progress_logger(context, f"shard {index + 1}/{count}"),
-        )
+        # Files done, rate and time left, as lines in the run's log.
+        console = Console(file=_RunLog(context), force_terminal=False, width=200)
+        with StepProgress(f"shard {index + 1}/{count}", console=console,
+                          log_every_s=_PROGRESS_EVERY_S) as progress:
+            reports = analyze(
+                db, heads, processes=plan.processes, file_timeout_s=models.file_timeout_s,
+                key_range=key_range, environment=plan.environment, batch_size=models.batch_size,
+                progress=_progress_logger(context, progress),
+            )
         context.add_output_metadata({
             _REPORT_KEY: dg.MetadataValue.json(
                 {key: report.as_metadata() for key, report in sorted(reports.items())}),
