@@ -79,8 +79,8 @@ def plan_workers(
     workers and TensorFlow's threads; 0 means "choose". With GPUs: one worker per GPU.
 
     The choice is steps × workers × threads = cores, one thread per worker when there are
-    enough workers (docs/BENCHMARKS.md measures why: one MusiCNN pass barely uses a second
-    thread, a second process doubles the throughput).
+    enough workers: on the real model a second worker adds more throughput than a second
+    TensorFlow thread, for less CPU (docs/BENCHMARKS.md).
     """
     share = max(1, cores // max(1, concurrent_steps))
     if processes <= 0:
