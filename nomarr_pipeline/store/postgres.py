@@ -48,6 +48,7 @@ from nomarr_pipeline.store.protocol import (
     Doc,
     FileStat,
     HeadVersion,
+    KeyRange,
     SparseHistogram,
     StoreError,
 )
@@ -456,15 +457,21 @@ class PostgresStore:
               AND t.head_name = %(head_name)s AND t.tagger_version = %(tagger_version)s)
     """
 
-    def files_needing_analysis(self, head: HeadVersion, after_key: str | None, limit: int) -> list[Doc]:
+    def files_needing_analysis(
+        self, head: HeadVersion, after_key: str | None, limit: int, key_range: KeyRange | None = None
+    ) -> list[Doc]:
+        in_range, params = _key_range(key_range)
         rows = self._rows(
-            f"SELECT f.* {self._NEEDS_ANALYSIS} AND f._key > %(after)s ORDER BY f._key LIMIT %(limit)s",
-            {**_head_params(head), "after": after_key or "", "limit": limit},
+            f"SELECT f.* {self._NEEDS_ANALYSIS} AND f._key > %(after)s {in_range} "
+            "ORDER BY f._key LIMIT %(limit)s",
+            {**_head_params(head), **params, "after": after_key or "", "limit": limit},
         )
         return [from_row(LIBRARY_FILES, r) for r in rows]
 
-    def count_files_needing_analysis(self, head: HeadVersion) -> int:
-        return int(self._scalar(f"SELECT count(*) {self._NEEDS_ANALYSIS}", _head_params(head)))
+    def count_files_needing_analysis(self, head: HeadVersion, key_range: KeyRange | None = None) -> int:
+        in_range, params = _key_range(key_range)
+        sql = f"SELECT count(*) {self._NEEDS_ANALYSIS} {in_range}"
+        return int(self._scalar(sql, {**_head_params(head), **params}))
 
     def write_predictions(self, docs: Sequence[Doc]) -> None:
         if not docs:
@@ -852,6 +859,17 @@ def _file_tag_row(doc: Mapping[str, Any]) -> tuple[Any, ...]:
 def _placeholder(table: Table, column: str) -> str:
     cast = "::jsonb" if column in table.json_columns or column == "extra" else ""
     return f"%({column})s{cast}"
+
+
+def _key_range(key_range: KeyRange | None) -> tuple[str, dict[str, object]]:
+    """SQL for a shard's ``_key`` range; only the bounds that are set, so the primary key's
+    index bounds the scan on both ends."""
+    sql, params = "", {}
+    if key_range is not None and key_range.start is not None:
+        sql, params["range_start"] = "AND f._key >= %(range_start)s", key_range.start
+    if key_range is not None and key_range.end is not None:
+        sql, params["range_end"] = sql + " AND f._key < %(range_end)s", key_range.end
+    return sql, params
 
 
 def _head_params(head: HeadVersion) -> dict[str, object]:
