@@ -11,6 +11,7 @@ import os
 import signal
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -35,15 +36,32 @@ from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def two_stores(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, str]]:
+    """Two empty stores of one engine: for a 1-shard and a 4-shard run."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'one.sqlite3'}", f"sqlite:///{tmp_path / 'four.sqlite3'}"
+        return
+    database = request.getfixturevalue("postgres_db")
+    # The runs read NOMARR_PG_PASSWORD, this test's own store connections libpq's PGPASSWORD.
+    monkeypatch.setenv("NOMARR_PG_PASSWORD", database.password)
+    monkeypatch.setenv("PGPASSWORD", database.password)
+    second = database.server.create_database()
+    yield database.url, database.server.url(second)
+    database.server.drop_database(second)
+
+
 def test_four_shards_store_exactly_what_one_shard_stores(
-    tmp_path: Path, two_head_models: Path, dagster_home: dg.DagsterInstance
+    tmp_path: Path, two_head_models: Path, dagster_home: dg.DagsterInstance, two_stores: tuple[str, str]
 ) -> None:
     groups = names_per_shard(4, 2, (".wav", ".mp3", ".flac"))
     names = [name for group in groups for name in group]
     root = tmp_path / "music"
     for seed, name in enumerate(names):
         make_audio(root / name, 4.0, seed=seed)
-    one, four = f"sqlite:///{tmp_path / 'one.sqlite3'}", f"sqlite:///{tmp_path / 'four.sqlite3'}"
+    one, four = two_stores
     new_store(one, root, names)
     new_store(four, root, names)
 
