@@ -20,7 +20,7 @@ from pathlib import Path
 import mutagen
 
 from nomarr_pipeline.library.identity import displayable, file_key, is_valid_utf8, library_key
-from nomarr_pipeline.library.walk import SeenFile, Walk, walk_library, within
+from nomarr_pipeline.library.walk import SeenFile, Walk, not_regular, walk_library, within
 from nomarr_pipeline.store import STALE_ANALYSIS_RESET, Doc, FileStat, Store
 
 WRITE_BATCH = 1000
@@ -150,17 +150,20 @@ def rescan_files(
     """Stat the files ``docs`` of ``library`` again and record those changed on disk as a scan
     would (new stat and duration, predictions dropped, analysed and written again); returns how
     many. A file that is gone is left to the next scan of its folder."""
-    candidates = []
+    candidates, errors, scanned_at = [], [], now_ms()
     for doc in docs:
         try:
             info = os.stat(doc["path"])
         except OSError:
             continue
-        candidates.append((SeenFile(doc["path"], info.st_size, info.st_mtime_ns), FileStat.of(doc)))
+        if reason := not_regular(info):  # never opened: reading a FIFO would block
+            errors.append(_error_doc(library["_key"], library["root_path"], doc["path"], reason, scanned_at))
+        else:
+            candidates.append((SeenFile(doc["path"], info.st_size, info.st_mtime_ns), FileStat.of(doc)))
     changed = _changed_docs(
-        store, library["_key"], library["root_path"], candidates, now_ms(), probe or audio_duration
+        store, library["_key"], library["root_path"], candidates, scanned_at, probe or audio_duration
     )
-    _store(store, [], changed)
+    _store(store, errors, changed)
     return len(changed)
 
 

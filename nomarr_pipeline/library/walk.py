@@ -8,11 +8,14 @@ renaming a file changes its folder's mtime; a tag edit in place does not, so a f
 Symlinks are followed only when their target stays inside the root. Every folder is visited
 once (by device and inode), so a link loop cannot recurse forever, and every file is recorded
 once, by its real path: a link to a file inside the root is that file, not a second track.
+Only regular files are tracks: a FIFO, socket or device with an audio name is an error, never
+opened (reading a FIFO blocks until someone writes into it).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -94,7 +97,21 @@ def _visit(entry: os.DirEntry[str], root: str, folder_unchanged: bool, stack: li
         walk.file_errors[entry.path] = f"cannot read file: {exc.strerror or exc}"
 
 
-def _record(path: str, stat: os.stat_result, walk: Walk) -> None:
+_SPECIAL_FILES = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket",
+                  stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}  # fmt: skip
+
+
+def not_regular(info: os.stat_result) -> str | None:
+    """Why a path with this stat is no track, or ``None`` for a regular file."""
+    if stat.S_ISREG(info.st_mode):
+        return None
+    return f"not a regular file but {_SPECIAL_FILES.get(stat.S_IFMT(info.st_mode), 'a special file')}"
+
+
+def _record(path: str, info: os.stat_result, walk: Walk) -> None:
     if path not in walk.recorded:
         walk.recorded.add(path)
-        walk.files.append(SeenFile(path, stat.st_size, stat.st_mtime_ns))
+        if reason := not_regular(info):
+            walk.file_errors[path] = reason
+        else:
+            walk.files.append(SeenFile(path, info.st_size, info.st_mtime_ns))

@@ -4,12 +4,14 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from nomarr_pipeline.library.changes import changed_folders
-from nomarr_pipeline.library.scanner import LibraryDefaults, rescan_files, scan_library
+from nomarr_pipeline.library.scanner import LibraryDefaults, ScanReport, rescan_files, scan_library
 from nomarr_pipeline.store import Store
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
 
@@ -261,3 +263,40 @@ def test_progress_and_work_kept_when_a_scan_is_interrupted(
     report = scan_library(store, root, progress=lambda done, total: calls.append((done, total)))
     assert (report.new, report.unchanged, report.total) == (2, 8, 10)
     assert calls[-1] == (10, 10) and all(total == 10 for _, total in calls)
+
+
+def _without_blocking(action: Callable[[], object], fifo: Path) -> object:
+    """Run ``action``; if it is still running after 20 s it opened ``fifo`` and blocks on it:
+    unblock it and fail."""
+    done: list[object] = []
+    worker = threading.Thread(target=lambda: done.append(action()), daemon=True)
+    worker.start()
+    worker.join(20)
+    if worker.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the blocked reader gets EOF
+        worker.join(20)
+        pytest.fail(f"{fifo} was opened: reading a FIFO blocks until someone writes into it")
+    return done[0]
+
+
+def test_a_fifo_is_reported_as_what_it_is_and_never_opened(store: Store, library: Path) -> None:
+    fifo = library / "Artist" / "pipe.mp3"
+    os.mkfifo(fifo)
+    (library / "link to pipe.flac").symlink_to(fifo)
+
+    report = _without_blocking(lambda: scan_library(store, library), fifo)
+
+    assert isinstance(report, ScanReport) and report.errors == 1
+    files = _by_name(store, report.library_id)
+    assert files["pipe.mp3"]["scan_error"] == "not a regular file but a FIFO (named pipe)"
+    assert "link to pipe.flac" not in files, "a link to it is that FIFO, listed once"
+
+    # A file replaced by a FIFO after the scan (a tag writer hands it to rescan_files).
+    song = library / "a.wav"
+    (doc,) = [f for f in files.values() if f["path"] == str(song)]
+    song.unlink()
+    os.mkfifo(song)
+    lib = store.get_library(report.library_id)
+    assert _without_blocking(lambda: rescan_files(store, lib, [doc]), song) == 0
+    (now,) = store.get_files([doc["_key"]])
+    assert now["scan_error"] == "not a regular file but a FIFO (named pipe)"
