@@ -14,6 +14,7 @@ from pydantic import PrivateAttr
 from nomarr_pipeline.ml.capacity import WorkerPlan, available_cores, plan_workers, visible_gpus
 from nomarr_pipeline.settings import WRITE_MODES, Settings, split_roots
 from nomarr_pipeline.store import Store, StoreError, open_store, store_engine
+from nomarr_pipeline.tagging.selection import DEFAULT_MAX_LABELS
 
 if TYPE_CHECKING:
     from nomarr_pipeline.calibration.histogram import SpecOverrides
@@ -193,7 +194,10 @@ class TaggingResource(dg.ConfigurableResource):
     exclude_heads: list[str] | None = None
     max_std: float | None = None
     standard_mood: bool = False  # also write the regular tier to TMOO / MOOD
-    writers: int = 0  # files written at once; 0 = one per CPU, at most 4; 1 = sequential
+    writers: int = 0  # files written at once (threads); 0 = 4; 1 = one after the other
+    # Scores written per head: a head with more labels (400 Discogs styles) gets its strongest
+    # ones only; 0 = every label.
+    max_labels_per_head: int = DEFAULT_MAX_LABELS
 
     def tier_config(self) -> TierConfig:
         from nomarr_pipeline.calibration.tiers import DEFAULT_EXCLUDED_HEADS, TierConfig

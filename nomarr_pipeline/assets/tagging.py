@@ -82,6 +82,7 @@ def written_tags(
                 library_roots=[lib["root_path"]],
                 has_calibration=has_calibration,
                 standard_mood=tagging.standard_mood,
+                max_labels=tagging.max_labels_per_head,
                 writers=tagging.writers,
                 dry_run=config.preview,
                 # Edited in place by another program: analysed and written again from scratch.

@@ -1,6 +1,6 @@
 """Which ``nom:`` tags a file gets, from the library's write mode and the calibration state.
 
-Seed 004's gating table, exactly (``cal`` = a calibration exists):
+Seed 004's gating table (``cal`` = a calibration exists):
 
 | file_write_mode | cal | write_raw_scores | mood tiers | calibrated scores | raw scores | nom:version |
 |-----------------|-----|------------------|------------|-------------------|------------|-------------|
@@ -11,22 +11,18 @@ Seed 004's gating table, exactly (``cal`` = a calibration exists):
 | full            | no  | True             | –          | –                 | ✓          | ✓ if any    |
 | full            | no  | False            | –          | –                 | –          | –           |
 
-Decisions where the seed is silent:
-
-- ``nom:version`` is written in ``full`` mode whenever any other key is written, so every
-  value in a file can be traced to a tagger; on its own it carries nothing, so a selection
-  that would hold only the version is empty. ``minimal`` means mood tiers only (seed:
-  "mood-tiers only"), so it never writes the version.
-- A calibrated score is written only where the prediction has a ``calibrated_value`` (a label
-  whose calibration is missing or degenerate has none — DESIGN.md §5).
-- An empty mood tier is omitted; the writer then removes an older value of that tier as stale.
-- Predictions flagged ``nomarr_only: False`` are not ML outputs and are never written.
-- Non-finite numbers are skipped: they have no exact string form to read back.
+Where the seed is silent: ``nom:version`` only beside other keys (never in ``minimal``); a
+calibrated score only where the prediction has a ``calibrated_value``; empty tiers, predictions
+flagged ``nomarr_only: False`` and non-finite numbers are left out. A head with more than
+``max_labels`` labels (an auto-tagging model's hundreds of styles) gets the scores of its
+``max_labels`` strongest labels only: by calibrated value where the scores written include it,
+else by raw value; the keys of labels that drop out are then removed from the file as stale.
 """
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -34,41 +30,56 @@ from nomarr_pipeline.tagging import keys
 
 WriteMode = Literal["none", "minimal", "full"]
 WRITE_MODES: tuple[WriteMode, ...] = ("none", "minimal", "full")
+# Every label of the mood and two-class heads; a style model's strongest few.
+DEFAULT_MAX_LABELS = 10
 
-TagValue = str | list[str]
-SelectedTags = dict[str, TagValue]
+SelectedTags = dict[str, str | list[str]]
 
 
-def _is_finite_number(value: Any) -> bool:
+def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def mood_tier_tags(mood_tiers: Mapping[str, Sequence[str]] | None) -> SelectedTags:
     """``{"nom:mood-strict": [...], ...}`` for the non-empty tiers, in the stored term order."""
-    if not mood_tiers:
-        return {}
     selected: SelectedTags = {}
     for tier_name, tag_key in keys.MOOD_TIER_KEYS.items():
-        terms = [str(term) for term in (mood_tiers.get(tier_name) or []) if str(term)]
+        terms = [str(term) for term in ((mood_tiers or {}).get(tier_name) or []) if str(term)]
         if terms:
             selected[tag_key] = terms
     return selected
 
 
-def score_tags(predictions: Sequence[Mapping[str, Any]], *, raw: bool, calibrated: bool) -> SelectedTags:
-    """Per-label score keys from ``file_tags`` documents."""
-    selected: SelectedTags = {}
+def _strength(doc: Mapping[str, Any], by_calibrated: bool) -> tuple[float, float, str]:
+    """Sort key, strongest first: calibrated value (labels without one after), raw value, label."""
+    calibrated, raw = doc.get("calibrated_value"), doc.get("value")
+    return (
+        -calibrated if by_calibrated and _finite(calibrated) else 1.0,
+        -raw if _finite(raw) else math.inf,
+        doc["label"],
+    )
+
+
+def score_tags(
+    predictions: Sequence[Mapping[str, Any]], *, raw: bool, calibrated: bool, max_labels: int = 0
+) -> SelectedTags:
+    """Per-label score keys from ``file_tags`` documents; ``max_labels`` (0: all) per head."""
+    heads: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for doc in predictions:
-        if doc.get("nomarr_only", True) is False:
-            continue
-        model_key, head_name, label = doc["model_key"], doc["head_name"], doc["label"]
-        if raw and _is_finite_number(doc.get("value")):
-            selected[keys.raw_score_key(model_key, head_name, label)] = keys.format_score(doc["value"])
-        calibrated_value = doc.get("calibrated_value")
-        if calibrated and _is_finite_number(calibrated_value):
-            selected[keys.calibrated_score_key(model_key, head_name, label)] = keys.format_score(
-                calibrated_value
-            )
+        if doc.get("nomarr_only", True) is not False:
+            heads[(doc["model_key"], doc["head_name"])].append(doc)
+    selected: SelectedTags = {}
+    for (model_key, head_name), docs in heads.items():
+        labels = tuple(sorted(doc["label"] for doc in docs))
+        if max_labels and len(docs) > max_labels:
+            docs = sorted(docs, key=lambda doc: _strength(doc, calibrated))[:max_labels]
+        for kind, wanted, field in (("raw", raw, "value"), ("cal", calibrated, "calibrated_value")):
+            if not wanted:
+                continue
+            names = keys.score_keys(kind, model_key, head_name, labels)
+            for doc in docs:
+                if _finite(doc.get(field)):
+                    selected[names[doc["label"]]] = keys.format_score(doc[field])
     return selected
 
 
@@ -80,25 +91,15 @@ def select_tags(
     predictions: Sequence[Mapping[str, Any]],
     mood_tiers: Mapping[str, Sequence[str]] | None,
     tagger_version: str,
+    max_labels: int = DEFAULT_MAX_LABELS,
 ) -> SelectedTags:
     """The complete ``nom:`` tag set one file should carry (see the module's table)."""
     if mode not in WRITE_MODES:
         raise ValueError(f"file_write_mode must be one of {WRITE_MODES}, not {mode!r}")
-    if mode == "none":
-        return {}
-    if mode == "minimal":
-        return mood_tier_tags(mood_tiers) if has_calibration else {}
-
-    selected: SelectedTags = {}
-    if has_calibration:
-        selected.update(mood_tier_tags(mood_tiers))
-    selected.update(
-        score_tags(
-            predictions,
-            raw=has_calibration or write_raw_scores,
-            calibrated=has_calibration,
-        )
-    )
+    selected = mood_tier_tags(mood_tiers) if has_calibration and mode != "none" else {}
+    if mode != "full" or not (has_calibration or write_raw_scores):
+        return selected
+    selected |= score_tags(predictions, raw=True, calibrated=has_calibration, max_labels=max_labels)
     if selected:
         selected[keys.VERSION] = tagger_version
     return selected

@@ -1,22 +1,18 @@
 """The tag writer's temp copies: names that say whose they are, and the sweep of dead writers' ones.
 
 A temp copy is ``.<name>.nomarr-tmp-<host>-<pid>-<start>-<random><ext>`` next to the track it
-will replace. ``host``, ``pid`` and ``start`` (the process' start time, in clock ticks since
-boot, from ``/proc``) name the batch that owns it, so that a later batch can tell:
-
-- its own host's temps: the owner is alive when a process with that pid runs and started at
-  that moment (a pid reused by another program has another start time); a dead owner's temps
-  are deleted at once;
-- another host's temps (a library folder shared over the network): the owner cannot be asked,
-  so they are deleted only once older than :data:`FOREIGN_TEMP_AGE_S`; so are temps named
-  without an owner (older versions of the writer).
-
-A live writer's temps are never deleted. Scanners skip every hidden name, these included.
+will replace; ``start`` is its process' start time (centiseconds since the epoch), so a pid
+reused by another program is not mistaken for the writer. A batch deletes, anywhere under its
+library roots, the temps of this host's writers that are no longer running; temps of another
+host (a folder shared over the network), whose writer cannot be asked, and temps named without
+an owner only once older than :data:`FOREIGN_TEMP_AGE_S`. A live writer's temps are never
+deleted. Scanners skip every hidden name, these included.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import socket
@@ -26,11 +22,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 TEMP_MARKER = ".nomarr-tmp-"
-# Far longer than any write takes (a batch holds a temp for milliseconds), and long enough for a
-# writer on another machine that is suspended or slowed down to come back.
+# Far longer than a write holds its temp, and long enough for a suspended remote writer.
 FOREIGN_TEMP_AGE_S = 24 * 3600.0
-_MAX_NAME_IN_TEMP = 100  # keep temp names well under NAME_MAX (255 bytes)
+_MAX_NAME_IN_TEMP = 100  # temp names stay well under NAME_MAX (255 bytes)
 _OWNER = re.compile(r"(?P<host>[A-Za-z0-9._-]+)-(?P<pid>\d+)-(?P<start>\d+)-[a-z0-9_]+(\.[^.]*)?")
 
 
@@ -40,50 +37,43 @@ class Owner:
 
     host: str
     pid: int
-    start: int  # 0 where the start time cannot be read (no /proc)
-
-    @property
-    def token(self) -> str:
-        return f"{self.host}-{self.pid}-{self.start}"
+    start: int
 
 
 def this_host() -> str:
-    # Only the characters a host name may hold, so the name parses back unambiguously.
+    # Only the characters a host name may hold, so that the name parses back.
     return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "localhost"
 
 
 def process_start(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot; 0 where unknown), or ``None`` if no
-    such process runs. A zombie (killed, not yet reaped) counts as gone."""
+    """When process ``pid`` started (centiseconds), or ``None`` if none runs (a zombie is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return None
-    except OSError:  # no /proc: ask the kernel whether the pid exists at all
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
             return None
-        except PermissionError:
-            pass
-        return 0
-    # fields[0] is the state (field 3 of proc(5)); the start time is field 22.
-    return None if fields[0] in ("Z", "X") else int(fields[19])
+        return round(process.create_time() * 100)
+    except psutil.NoSuchProcess:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _process(pid: int) -> Owner:
+    return Owner(this_host(), pid, process_start(pid) or 0)
 
 
 def this_process() -> Owner:
-    return Owner(this_host(), os.getpid(), process_start(os.getpid()) or 0)
+    return _process(os.getpid())
 
 
 def is_alive(owner: Owner) -> bool:
-    """Whether ``owner`` (a process on this host) still runs."""
+    """Whether ``owner``, a process of this host, still runs."""
     start = process_start(owner.pid)
-    return start is not None and (owner.start == 0 or start == 0 or start == owner.start)
+    return start is not None and abs(start - owner.start) <= 1  # the kernel counts in ticks
 
 
 def temp_prefix(target: Path, owner: Owner) -> str:
     """The start of the name of ``owner``'s temp copy of ``target`` (mkstemp adds the rest)."""
-    return f".{target.stem[:_MAX_NAME_IN_TEMP]}{TEMP_MARKER}{owner.token}-"
+    return f".{target.stem[:_MAX_NAME_IN_TEMP]}{TEMP_MARKER}{owner.host}-{owner.pid}-{owner.start}-"
 
 
 def is_tag_write_temp(path: str | os.PathLike[str]) -> bool:
@@ -113,16 +103,13 @@ def is_abandoned(path: Path, *, host: str, now: float, also: Owner | None = None
 def remove_abandoned_temps(
     roots: Iterable[str | os.PathLike[str]], *, also: Owner | None = None
 ) -> list[Path]:
-    """Delete every abandoned temp copy under ``roots`` (one walk, no stat but of temp names);
+    """Delete every abandoned temp copy under ``roots`` (one walk, a stat per temp name only);
     returns what was removed."""
     host, now = this_host(), time.time()
     removed: list[Path] = []
     for root in roots:
         for folder, _, names in os.walk(os.path.realpath(root)):
-            for name in names:
-                if not is_tag_write_temp(name):
-                    continue
-                candidate = Path(folder, name)
+            for candidate in (Path(folder, name) for name in names if is_tag_write_temp(name)):
                 with contextlib.suppress(FileNotFoundError):  # another batch got there first
                     if stat.S_ISREG(candidate.lstat().st_mode) and is_abandoned(
                         candidate, host=host, now=now, also=also

@@ -16,7 +16,7 @@ from nomarr_pipeline.ml.demo_models import write_demo_models
 from nomarr_pipeline.ml.discovery import ModelCatalog, discover_models
 from nomarr_pipeline.ml.inference import ModelSession
 from nomarr_pipeline.ml.pooling import pool_patches
-from nomarr_pipeline.tagging.keys import raw_score_key
+from nomarr_pipeline.tagging.keys import score_keys
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio, synthesize
 from nomarr_pipeline_tests.tagging.test_keys import parse_score_key
 
@@ -94,7 +94,8 @@ def test_real_msd_musicnn_is_a_head_with_its_fifty_tags(real_catalog: ModelCatal
     assert head.output_node == "model/Sigmoid"
     # Every label gives a tag key that reads back to itself, and no two keys differ only
     # by case (Vorbis comment names are case-insensitive).
-    keys = [raw_score_key(head.model_key, head.head_name, label) for label in head.labels]
+    names = score_keys("raw", head.model_key, head.head_name, tuple(head.labels))
+    keys = [names[label] for label in head.labels]
     assert [parse_score_key(key)[3] for key in keys] == list(head.labels)
     assert len({key.lower() for key in keys}) == len(keys)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from nomarr_pipeline.calibration.histogram import HistogramSpec, PercentileResult
+from nomarr_pipeline.calibration.state import compute_state
 from nomarr_pipeline.library.scanner import scan_library
 from nomarr_pipeline.store import Store
 from nomarr_pipeline.tagging.batch import write_pending_tags
@@ -92,3 +94,12 @@ def run(store: Store, root: Path | list[Path], *, has_calibration: bool = True, 
 def file_doc(store: Store, key: str) -> dict[str, Any]:
     (doc,) = store.get_files([key])
     return doc
+
+
+def calibration(head: str, label: str, p5: float, p95: float) -> dict[str, Any]:
+    """A calibration in force for one label of ``MODEL``."""
+    state, _ = compute_state(
+        None, model_key=MODEL, head_name=head, label=label, version=1, spec=HistogramSpec(),
+        result=PercentileResult(p5, p95, 100, 0, 0), now_ms=1_768_564_800_000,
+    )  # fmt: skip
+    return state

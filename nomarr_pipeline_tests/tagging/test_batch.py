@@ -11,6 +11,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from nomarr_pipeline.calibration.recalibration import recalibrate
+from nomarr_pipeline.calibration.tiers import TierConfig
 from nomarr_pipeline.library.scanner import scan_library
 from nomarr_pipeline.store import Store, open_store
 from nomarr_pipeline.tagging import batch, keys
@@ -20,15 +22,19 @@ from nomarr_pipeline.tagging.batch import (
     preview_frame,
     write_pending_tags,
 )
-from nomarr_pipeline.tagging.formats import read_nom_tags, write_nom_tags
+from nomarr_pipeline.tagging.formats import read_nom_tags
 from nomarr_pipeline_tests.tagging.audio_helpers import (
     stat_of,
     temp_leftovers,
     tiny_filesystem,
+    unwritable,
+    write_nom_tags,
 )
 from nomarr_pipeline_tests.tagging.library_helpers import (
+    LIB,
     MODEL,
     TIERS,
+    calibration,
     file_doc,
     library_doc,
     predictions,
@@ -54,9 +60,9 @@ def test_full_batch_writes_records_and_keeps_scanner_stat(
     for key, path in files.items():
         tags = read_nom_tags(path)
         assert tags[keys.MOOD_REGULAR] == ["happy", "party"]
-        assert tags[keys.calibrated_score_key(MODEL, "mood_happy", "happy")] == ["0.900000"]
-        assert tags[keys.raw_score_key(MODEL, "genre_discogs400", "Electronic---House")] == ["0.250000"]
-        assert keys.calibrated_score_key(MODEL, "genre_discogs400", "Electronic---House") not in tags
+        assert tags[keys.score_key("cal", MODEL, "mood_happy", "happy")] == ["0.900000"]
+        assert tags[keys.score_key("raw", MODEL, "genre_discogs400", "Electronic---House")] == ["0.250000"]
+        assert keys.score_key("cal", MODEL, "genre_discogs400", "Electronic---House") not in tags
         assert tags[keys.VERSION] == ["nomarr-test-7"]
         doc = file_doc(store, key)
         assert doc["file_tags_pending"] is False and doc["write_error"] is None and doc["written_at"] > 0
@@ -118,9 +124,12 @@ def test_mode_none_writes_nothing(store: Store, make_file: Callable[..., Path], 
     assert file_doc(store, "a")["file_tags_pending"] is True
 
 
-def test_minimal_without_calibration_leaves_files_pending(
+def test_nothing_to_write_is_not_pending_until_recalibration_gives_something(
     store: Store, make_file: Callable[..., Path], library_root: Path
 ) -> None:
+    """``minimal`` before calibration exists: nothing to write, so the file is left alone and
+    not pending; the first calibration changes every file's hash, and recalibration marks it
+    pending again with its tiers."""
     store.ensure_library(library_doc(library_root, mode="minimal", write_raw_scores=True))
     path = make_file("mp3")
     register(store, {"a": path})
@@ -130,7 +139,52 @@ def test_minimal_without_calibration_leaves_files_pending(
 
     assert (report.written, report.skipped) == (0, 1)
     assert path.read_bytes() == before
+    assert file_doc(store, "a")["file_tags_pending"] is False
+    assert store.file_counts()["pending_writes"] == 0
+
+    store.record_analysis([{"_key": "a", "analyzed_at": 1, "analysis_error": None}])
+    store.save_calibrations([calibration("mood_happy", "happy", 0.1, 0.85)], [])
+    recalibrate(store, tier_config=TierConfig(), readers=1)
     assert file_doc(store, "a")["file_tags_pending"] is True
+    assert run(store, library_root).written == 1
+    assert read_nom_tags(path)[keys.MOOD_STRICT] == ["happy"]
+
+
+def scanned(key: str, path: Path) -> dict[str, Any]:
+    size, mtime_ns = stat_of(path)
+    return {"_key": key, "library_id": LIB, "path": str(path), "size": size, "mtime_ns": mtime_ns,
+            "scanned_at": 1}  # fmt: skip
+
+
+def test_a_file_that_can_never_be_analysed_does_not_stay_pending(
+    store: Store, make_file: Callable[..., Path], library_root: Path
+) -> None:
+    """Issue 14: a truncated file, analysed with an error, was marked pending by every
+    recalibration and, having nothing to write, stayed under "pending writes" for ever."""
+    store.ensure_library(library_doc(library_root))
+    good, truncated = make_file("flac", "good.flac"), make_file("flac", "truncated.flac")
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    store.upsert_files([scanned("good", good), scanned("truncated", truncated)])
+    store.write_predictions(predictions("good"))
+    store.record_analysis([{"_key": "good", "analyzed_at": 1, "analysis_error": None},
+                           {"_key": "truncated", "analyzed_at": 1, "analysis_error": "short"}])  # fmt: skip
+    store.save_calibrations([calibration("mood_happy", "happy", 0.1, 0.85)], [])
+    content = truncated.read_bytes()
+
+    recalibrate(store, tier_config=TierConfig(), readers=1)
+    report = run(store, library_root)
+
+    assert (report.written, report.skipped, report.failed) == (1, 1, 0)
+    assert store.file_counts()["pending_writes"] == 0
+    assert file_doc(store, "truncated")["write_error"] is None
+    assert truncated.read_bytes() == content
+    # Analysed again (its predictions clear the hash): pending and written like any file.
+    make_file("flac", "truncated.flac")  # replaced by a whole copy
+    store.upsert_files([scanned("truncated", truncated)])
+    store.write_predictions(predictions("truncated"))
+    recalibrate(store, tier_config=TierConfig(), readers=1)
+    assert run(store, library_root).written == 1
+    assert store.file_counts()["pending_writes"] == 0
 
 
 def test_minimal_with_calibration_writes_only_mood_tiers(
@@ -139,10 +193,10 @@ def test_minimal_with_calibration_writes_only_mood_tiers(
     store.ensure_library(library_doc(library_root, mode="minimal"))
     path = make_file("aiff")
     write_nom_tags(
-        path, {keys.raw_score_key(MODEL, "mood_happy", "happy"): "0.1"}
+        path, {keys.score_key("raw", MODEL, "mood_happy", "happy"): "0.1"}
     )  # from an earlier full run
     register(store, {"a": path})
-    report = run(store, library_root, standard_mood=True, tagger_version_of="ignored")
+    report = run(store, library_root, standard_mood=True)
     assert report.written == 1
     assert set(read_nom_tags(path)) == {keys.MOOD_STRICT, keys.MOOD_REGULAR, keys.MOOD_LOOSE}
 
@@ -153,11 +207,11 @@ def test_full_without_calibration_writes_raw_scores_when_asked(
     store.ensure_library(library_doc(library_root, write_raw_scores=True))
     path = make_file("m4a")
     register(store, {"a": path})
-    run(store, library_root, has_calibration=False, tagger_version_of=lambda preds: f"v{len(preds)}")
+    run(store, library_root, has_calibration=False)
     assert read_nom_tags(path) == {
-        keys.raw_score_key(MODEL, "mood_happy", "happy"): ["0.800000"],
-        keys.raw_score_key(MODEL, "genre_discogs400", "Electronic---House"): ["0.250000"],
-        keys.VERSION: ["v2"],
+        keys.score_key("raw", MODEL, "mood_happy", "happy"): ["0.800000"],
+        keys.score_key("raw", MODEL, "genre_discogs400", "Electronic---House"): ["0.250000"],
+        keys.VERSION: ["nomarr-test-7"],
     }
 
 
@@ -165,7 +219,7 @@ def test_dry_run_previews_without_touching_anything(
     store: Store, make_file: Callable[..., Path], library_root: Path, tmp_path: Path
 ) -> None:
     store.ensure_library(library_doc(library_root))
-    stale_key = keys.raw_score_key(MODEL, "old_head", "gone")
+    stale_key = keys.score_key("raw", MODEL, "old_head", "gone")
     path = make_file("flac")
     write_nom_tags(path, {stale_key: "0.500000", keys.MOOD_STRICT: ["happy"], keys.VERSION: "old"})
     register(store, {"a": path})
@@ -210,7 +264,7 @@ def test_full_disk_stops_the_batch_after_recording_what_was_done(
         register(store, {"a": first, "b": full, "c": last})
 
         with pytest.raises(WriteBatchStopped, match="stopped") as caught:
-            run(store, [library_root, tiny_root], batch_size=10)
+            run(store, [library_root, tiny_root], batch_size=10, writers=1)
 
         assert caught.value.report.written == 1
         assert full.read_bytes() == full_before
@@ -290,35 +344,72 @@ def test_a_stat_recorded_by_another_batch_since_the_page_was_read_is_accepted(
         assert (doc["size"], doc["mtime_ns"]) == stat_of(path)
 
 
+def test_an_immutable_file_is_a_clear_error_and_the_batch_goes_on(
+    store: Store, make_file: Callable[..., Path], library_root: Path
+) -> None:
+    store.ensure_library(library_doc(library_root))
+    files = {f"{key}": make_file("flac", f"{key}.flac") for key in ("a", "b-immutable", "c")}
+    register(store, files)
+    locked = files["b-immutable"]
+    content = locked.read_bytes()
+
+    with unwritable(locked):  # chattr +i as root, read-only otherwise
+        report = run(store, library_root, writers=1)
+        assert locked.read_bytes() == content
+
+    assert (report.written, report.failed) == (2, 1)
+    doc = file_doc(store, "b-immutable")
+    assert doc["write_error"] == f"{locked}: permission denied (the file is read-only or immutable)"
+    assert doc["file_tags_pending"] is True
+    assert temp_leftovers(library_root) == []
+    assert all(keys.MOOD_STRICT in read_nom_tags(files[key]) for key in ("a", "c"))
+
+
+# ---- a head with hundreds of labels ----------------------------------------------------------
+
+
+def wide_predictions(file_id: str, labels: int) -> list[dict[str, Any]]:
+    return [
+        {"_key": f"{file_id}|{MODEL}|styles|{i}", "file_id": file_id, "model_key": MODEL,
+         "head_name": "styles", "label": f"Style {i:02d}", "value": i / 100, "std": 0.0,
+         "calibrated_value": 1 - i / 100, "nomarr_only": True, "tagger_version": "nomarr-test-7"}
+        for i in range(labels)
+    ]  # fmt: skip
+
+
+def style_labels(tags: dict[str, list[str]]) -> set[str]:
+    return {key.rsplit(":", 1)[1] for key in tags if key.startswith(f"nom:cal:{MODEL}:styles:")}
+
+
+def test_a_wide_head_writes_its_strongest_labels_and_the_preview_shows_the_others_go(
+    store: Store, make_file: Callable[..., Path], library_root: Path
+) -> None:
+    store.ensure_library(library_doc(library_root))
+    path = make_file("ogg")
+    register(store, {"a": path})
+    store.write_predictions(wide_predictions("a", 30))
+    assert run(store, library_root, max_labels=0).written == 1  # every label, as before
+    assert len(style_labels(read_nom_tags(path))) == 30
+
+    store.finish_recalibration([{"_key": "a", "mood_tiers": TIERS, "file_tags_pending": True}])
+    preview = run(store, library_root, dry_run=True, max_labels=10)
+    removed = {row.key for row in preview.preview if row.action == "remove"}
+    assert len(removed) == 40 and all(":styles:Style " in key for key in removed)
+    assert {row.action for row in preview.preview if row.key not in removed} == {"keep"}
+
+    assert run(store, library_root, max_labels=10).written == 1
+    assert style_labels(read_nom_tags(path)) == {f"Style {i:02d}" for i in range(10)}
+
+
 # ---- several writers at once -----------------------------------------------------------------
-
-
-@pytest.fixture
-def pools_started(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Write even a handful of files through the process pool, and count the pools started."""
-    started: list[int] = []
-
-    class CountedPool(batch.ProcessPoolExecutor):
-        def __init__(self, max_workers: int, **kwargs: Any) -> None:
-            started.append(max_workers)
-            super().__init__(max_workers, **kwargs)
-
-    monkeypatch.setattr(batch, "POOL_MIN_FILES", 2)
-    monkeypatch.setattr(batch, "ProcessPoolExecutor", CountedPool)
-    return started
-
 
 EXTENSIONS = ("mp3", "flac", "m4a", "ogg", "opus", "wav", "aiff")
 
 
 def test_concurrent_batch_writes_every_file(
-    store: Store,
-    make_file: Callable[..., Path],
-    library_root: Path,
-    pools_started: list[int],
-    monkeypatch: pytest.MonkeyPatch,
+    store: Store, make_file: Callable[..., Path], library_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(batch, "CHUNK_SIZE", 4)  # chunks across pages of 5
+    monkeypatch.setattr(batch, "CHUNK_SIZE", 4)
     store.ensure_library(library_doc(library_root))
     files = {
         f"f{i:02d}": make_file(ext, f"album{i % 3}/{i:02d}.{ext}") for i, ext in enumerate(EXTENSIONS * 2)
@@ -335,17 +426,16 @@ def test_concurrent_batch_writes_every_file(
     store.record_writes = spy  # type: ignore[method-assign]
     progress: list[int] = []
     report = run(
-        store, library_root, batch_size=5, writers=2, progress=lambda r: progress.append(r.processed)
+        store, library_root, batch_size=5, writers=3, progress=lambda r: progress.append(r.processed)
     )
 
-    assert pools_started == [2], "one pool of two worker processes, kept across the three pages"
     assert recorded == sorted(files), "every file's outcome recorded once, in order"
-    assert progress == [4, 8, 12, 14], "progress after each chunk"
+    assert progress == [4, 5, 9, 10, 14], "progress after each chunk of each page"
     assert (report.written, report.unchanged, report.skipped, report.failed) == (len(files), 0, 0, 0)
     for key, path in files.items():
         tags = read_nom_tags(path)
         assert tags[keys.MOOD_LOOSE] == ["happy", "party", "relaxed"]
-        assert tags[keys.calibrated_score_key(MODEL, "mood_happy", "happy")] == ["0.900000"]
+        assert tags[keys.score_key("cal", MODEL, "mood_happy", "happy")] == ["0.900000"]
         assert tags[keys.VERSION] == ["nomarr-test-7"]
         doc = file_doc(store, key)
         assert doc["file_tags_pending"] is False and doc["write_error"] is None
@@ -353,11 +443,11 @@ def test_concurrent_batch_writes_every_file(
     assert temp_leftovers(library_root) == []
 
     store.finish_recalibration([{"_key": k, "mood_tiers": TIERS, "file_tags_pending": True} for k in files])
-    assert run(store, library_root, writers=2).unchanged == len(files)
+    assert run(store, library_root, writers=3).unchanged == len(files)
 
 
 def test_concurrent_per_file_errors_are_recorded_and_the_batch_goes_on(
-    store: Store, make_file: Callable[..., Path], library_root: Path, pools_started: list[int]
+    store: Store, make_file: Callable[..., Path], library_root: Path
 ) -> None:
     store.ensure_library(library_doc(library_root))
     corrupt = library_root / "corrupt.mp3"
@@ -371,9 +461,8 @@ def test_concurrent_per_file_errors_are_recorded_and_the_batch_goes_on(
         handle.write(b"\x00")
     files["d-missing"].unlink()
 
-    report = run(store, library_root, writers=2)
+    report = run(store, library_root, writers=4)
 
-    assert pools_started == [2]
     good = [key for key in files if key.endswith("-good")]
     assert (report.written, report.skipped, report.failed) == (len(good), 1, 2)
     assert {e["file_id"]: e["kind"] for e in report.errors} == {
@@ -392,11 +481,11 @@ def test_concurrent_per_file_errors_are_recorded_and_the_batch_goes_on(
 
 
 def test_concurrent_full_disk_stops_records_in_flight_and_leaves_no_temp(
-    store: Store, make_file: Callable[..., Path], library_root: Path, tmp_path: Path, pools_started: list[int]
+    store: Store, make_file: Callable[..., Path], library_root: Path, tmp_path: Path
 ) -> None:
     store.ensure_library(library_doc(library_root))
     first = make_file("flac", "a.flac")
-    later = {f"c{i:02d}": make_file("flac", f"c{i:02d}.flac") for i in range(12)}
+    later = {f"c{i:02d}": make_file("flac", f"c{i:02d}.flac") for i in range(40)}
     originals = {key: path.read_bytes() for key, path in later.items()} | {"a": first.read_bytes()}
     with tiny_filesystem(tmp_path / "tiny", "48k") as tiny_root:
         full = tiny_root / "b.flac"
@@ -405,9 +494,8 @@ def test_concurrent_full_disk_stops_records_in_flight_and_leaves_no_temp(
         register(store, {"a": first, "b": full, **later})
 
         with pytest.raises(WriteBatchStopped, match="stopped") as caught:
-            run(store, [library_root, tiny_root], batch_size=50, writers=2)
+            run(store, [library_root, tiny_root], batch_size=50, writers=4)
 
-        assert pools_started == [2]
         assert full.read_bytes() == full_before
         assert temp_leftovers(tiny_root) == []
         assert os.listdir(tiny_root) == ["b.flac"]
@@ -415,8 +503,8 @@ def test_concurrent_full_disk_stops_records_in_flight_and_leaves_no_temp(
     b_doc = file_doc(store, "b")
     assert b_doc["file_tags_pending"] is True and "disk full" in b_doc["write_error"]
 
-    # Every other file is either written and recorded, or untouched and still pending: copies
-    # prepared when the disk filled up were deleted, not renamed into place.
+    # Every other file is either written and recorded, or untouched and still pending; no file
+    # of a later chunk was started.
     written = []
     for key, path in {"a": first, **later}.items():
         doc = file_doc(store, key)
@@ -426,17 +514,7 @@ def test_concurrent_full_disk_stops_records_in_flight_and_leaves_no_temp(
             written.append(key)
             assert keys.MOOD_STRICT in read_nom_tags(path)
             assert (doc["size"], doc["mtime_ns"]) == stat_of(path)
-    assert caught.value.report.written == len(written)
-
-
-def test_one_writer_never_starts_a_pool(
-    store: Store, make_file: Callable[..., Path], library_root: Path, pools_started: list[int]
-) -> None:
-    store.ensure_library(library_doc(library_root))
-    files = {f"f{i}": make_file(ext, f"{i}.{ext}") for i, ext in enumerate(EXTENSIONS[:3])}
-    register(store, files)
-    assert run(store, library_root, writers=1).written == 3
-    assert pools_started == []
+    assert caught.value.report.written == len(written) < batch.CHUNK_SIZE
 
 
 def test_a_symlink_alias_is_one_file_written_once_without_a_false_change(

@@ -9,18 +9,13 @@ import mutagen
 import pytest
 
 from nomarr_pipeline.tagging import keys
-from nomarr_pipeline.tagging.formats import (
-    TagValueError,
-    UnsupportedFormatError,
-    read_file_state,
-    read_nom_tags,
-    write_nom_tags,
-)
+from nomarr_pipeline.tagging.formats import OpenedAudio, TagValueError, UnsupportedFormatError, read_nom_tags
 from nomarr_pipeline_tests.tagging.audio_helpers import (
     FORMATS,
     USER_MOOD,
     decoded_audio_hash,
     foreign_tags,
+    write_nom_tags,
 )
 
 MODEL = "effnet-discogs-effnet-1"
@@ -29,10 +24,10 @@ TAGS: dict[str, str | list[str]] = {
     keys.MOOD_REGULAR: ["happy", "party"],
     keys.MOOD_LOOSE: ["happy", "party", "not relaxed", "Música"],
     keys.VERSION: "nomarr-1.0 (effnet)",
-    keys.raw_score_key(MODEL, "genre_discogs400", "Electronic---House"): "0.250000",
-    keys.raw_score_key(MODEL, "genre_discogs400", "Folk, World, & Country---Fado"): "0.010000",
-    keys.calibrated_score_key(MODEL, "mood_happy", "happy"): "0.912346",
-    keys.raw_score_key(MODEL, "genre_discogs400", "Latin---Música Criolla"): "0.333333",
+    keys.score_key("raw", MODEL, "genre_discogs400", "Electronic---House"): "0.250000",
+    keys.score_key("raw", MODEL, "genre_discogs400", "Folk, World, & Country---Fado"): "0.010000",
+    keys.score_key("cal", MODEL, "mood_happy", "happy"): "0.912346",
+    keys.score_key("raw", MODEL, "genre_discogs400", "Latin---Música Criolla"): "0.333333",
 }
 EXPECTED = {key: [value] if isinstance(value, str) else value for key, value in TAGS.items()}
 
@@ -71,14 +66,14 @@ def test_stale_nom_keys_are_removed_and_others_replaced(
 def test_standard_mood_field_only_when_asked(extension: str, make_file: Callable[..., Path]) -> None:
     path = make_file(extension)
     write_nom_tags(path, TAGS)  # off by default: the user's mood stays
-    assert read_file_state(path).standard_mood == [USER_MOOD]
+    assert OpenedAudio(path).state().standard_mood == [USER_MOOD]
 
     write_nom_tags(path, TAGS, standard_mood=True)
-    assert read_file_state(path).standard_mood == ["happy", "party"]
+    assert OpenedAudio(path).state().standard_mood == ["happy", "party"]
 
     # On, but no regular tier to mirror: the field is left as it is.
     write_nom_tags(path, {keys.VERSION: "v"}, standard_mood=True)
-    assert read_file_state(path).standard_mood == ["happy", "party"]
+    assert OpenedAudio(path).state().standard_mood == ["happy", "party"]
     assert read_nom_tags(path) == {keys.VERSION: ["v"]}
 
 
@@ -130,3 +125,16 @@ def test_id3v23_file_keeps_its_foreign_values_and_is_saved_as_v24(
     assert foreign_tags(path) == foreign_before
     assert read_nom_tags(path) == EXPECTED
     assert decoded_audio_hash(path) == audio_before
+
+
+@pytest.mark.parametrize("extension", ["flac", "ogg", "opus"])
+def test_labels_differing_only_in_case_are_separate_vorbis_fields(
+    extension: str, make_file: Callable[..., Path]
+) -> None:
+    path = make_file(extension)
+    names = keys.score_keys("cal", "musicnn-msd-musicnn-1", "msd-musicnn", ("Rock", "rock", "Hip-Hop"))
+    write_nom_tags(path, {names["Rock"]: "0.100000", names["rock"]: "0.900000", names["Hip-Hop"]: "0.5"})
+    tags = mutagen.File(path).tags
+    # Players look a field up by name ignoring case: each label's field holds its value alone.
+    assert (tags[names["Rock"]], tags[names["rock"]]) == (["0.100000"], ["0.900000"])
+    assert names["Hip-Hop"].endswith(":Hip-Hop")

@@ -37,20 +37,43 @@ LABELS = [
 @pytest.mark.parametrize("label", LABELS)
 @pytest.mark.parametrize("kind", ["raw", "cal"])
 def test_score_key_round_trips_to_its_parts(kind: keys.ScoreKind, label: str) -> None:
-    key = keys.score_key(kind, "effnet-discogs-effnet-1", "mood_happy", label)
+    key = keys.score_key(kind, "effnet-discogs-effnet-1", "mood_happy", label, LABELS)
     assert key.startswith(f"nom:{kind}:effnet-discogs-effnet-1:mood_happy:")
     assert parse_score_key(key) == (kind, "effnet-discogs-effnet-1", "mood_happy", label)
 
 
+CASE_TWINS = ["Rock", "rock", "ROCK", "Hip-Hop", "hip-hop", "Ambient", "Ünïcode", "ünïcode", "ÜNÏCODE"]
+
+
+def test_labels_differing_only_in_case_get_keys_that_differ_ignoring_case() -> None:
+    """Vorbis comment names are case-insensitive: ``Rock`` and ``rock`` must not share a field."""
+    names = keys.score_keys("cal", "musicnn-msd-musicnn-1", "msd-musicnn", tuple(CASE_TWINS))
+    assert len({key.lower() for key in names.values()}) == len(CASE_TWINS)
+    for label, key in names.items():
+        assert parse_score_key(key)[3] == label and is_valid_key(key)
+    # Labels without a twin keep their readable key, lower-case labels always do.
+    assert names["Ambient"] == "nom:cal:musicnn-msd-musicnn-1:msd-musicnn:Ambient"
+    assert names["rock"] == "nom:cal:musicnn-msd-musicnn-1:msd-musicnn:rock"
+    assert names["Rock"] == "nom:cal:musicnn-msd-musicnn-1:msd-musicnn:%52ock"
+    # One label's key needs the head's other labels to know whether it has a twin.
+    assert keys.score_key("cal", "musicnn-msd-musicnn-1", "msd-musicnn", "Rock", CASE_TWINS) == names["Rock"]
+
+
+def test_labels_without_twins_keep_the_keys_they_always_had() -> None:
+    labels = ("rock", "female vocalists", "Hip-Hop", "Mellow", "House", "Progressive rock", "00s")
+    names = keys.score_keys("raw", "musicnn-msd-musicnn-1", "msd-musicnn", labels)
+    assert names == {label: f"nom:raw:musicnn-msd-musicnn-1:msd-musicnn:{label}" for label in labels}
+
+
 @pytest.mark.parametrize("label", LABELS)
 def test_score_keys_are_valid_vorbis_field_names_and_latin1(label: str) -> None:
-    key = keys.raw_score_key("effnet-discogs-effnet-1", "genre_discogs400", label)
+    key = keys.score_key("raw", "effnet-discogs-effnet-1", "genre_discogs400", label)
     assert is_valid_key(key)
     key.encode("latin-1")  # MP4 freeform names are latin-1 in mutagen
 
 
 def test_ordinary_labels_stay_readable() -> None:
-    key = keys.calibrated_score_key("effnet-discogs-effnet-1", "genre_discogs400", "Electronic---House")
+    key = keys.score_key("cal", "effnet-discogs-effnet-1", "genre_discogs400", "Electronic---House")
     assert key == "nom:cal:effnet-discogs-effnet-1:genre_discogs400:Electronic---House"
     assert keys.escape_label("Música") == "M%C3%BAsica"
     assert keys.escape_label("50%") == "50%25"
@@ -62,7 +85,7 @@ def test_ordinary_labels_stay_readable() -> None:
 )
 def test_unplaceable_parts_are_rejected(model_key: str, head_name: str, label: str) -> None:
     with pytest.raises(keys.TagKeyError):
-        keys.raw_score_key(model_key, head_name, label)
+        keys.score_key("raw", model_key, head_name, label)
 
 
 @pytest.mark.parametrize(

@@ -139,3 +139,78 @@ def test_unknown_mode_is_an_error() -> None:
             mood_tiers=None,
             tagger_version="v",
         )
+
+
+# ---- wide heads: only the strongest labels ------------------------------------------------------
+
+WIDE = "effnet-discogs-effnet-bs64-1"
+
+
+def style(label: str, value: float, calibrated: float | None) -> dict[str, Any]:
+    return {"model_key": WIDE, "head_name": "discogs-effnet-bs64", "label": label, "value": value,
+            "calibrated_value": calibrated}  # fmt: skip
+
+
+def wide_head(count: int) -> list[dict[str, Any]]:
+    """``count`` styles, raw values rising with the index, calibrated values falling."""
+    return [style(f"Style {i:03d}", 0.001 * i, 1.0 - 0.002 * i) for i in range(count)]
+
+
+def score_labels(selected: dict[str, Any], kind: str) -> set[str]:
+    prefix = f"nom:{kind}:{WIDE}:discogs-effnet-bs64:"
+    return {key.removeprefix(prefix) for key in selected if key.startswith(prefix)}
+
+
+def test_a_wide_head_writes_only_its_strongest_labels_by_calibrated_value() -> None:
+    selected = select_tags(
+        mode="full", has_calibration=True, write_raw_scores=False, predictions=PREDICTIONS + wide_head(400),
+        mood_tiers=TIERS, tagger_version="nomarr-test-1", max_labels=10,
+    )  # fmt: skip
+    strongest = {f"Style {i:03d}" for i in range(10)}  # the highest calibrated values
+    assert score_labels(selected, "cal") == score_labels(selected, "raw") == strongest
+    # Narrow heads are written whole, moods and version as ever.
+    narrow = {**MOODS, **CAL, **RAW, **VERSION}
+    assert {key: selected[key] for key in narrow} == narrow
+    assert len(selected) == len(narrow) + 20
+
+
+def test_without_calibration_a_wide_head_is_ranked_by_raw_value() -> None:
+    selected = select_tags(
+        mode="full", has_calibration=False, write_raw_scores=True, predictions=wide_head(50),
+        mood_tiers=None, tagger_version="v", max_labels=5,
+    )  # fmt: skip
+    assert score_labels(selected, "raw") == {f"Style {i:03d}" for i in range(45, 50)}
+    assert score_labels(selected, "cal") == set()
+
+
+def test_labels_without_a_calibrated_value_rank_after_calibrated_ones_and_ties_by_raw_then_label() -> None:
+    predictions = [style("a", 0.9, None), style("b", 0.1, 1.0), style("c", 0.2, 1.0), style("d", 0.2, 1.0),
+                   style("e", 0.5, 0.3)]  # fmt: skip
+    selected = select_tags(
+        mode="full", has_calibration=True, write_raw_scores=False, predictions=predictions,
+        mood_tiers=None, tagger_version="v", max_labels=4,
+    )  # fmt: skip
+    assert score_labels(selected, "raw") == {"c", "d", "b", "e"}
+    assert score_labels(selected, "cal") == {"c", "d", "b", "e"}
+
+
+def test_max_labels_zero_writes_every_label_and_a_head_at_the_limit_is_whole() -> None:
+    every = select_tags(
+        mode="full", has_calibration=True, write_raw_scores=False, predictions=wide_head(400),
+        mood_tiers=None, tagger_version="v", max_labels=0,
+    )  # fmt: skip
+    assert len(score_labels(every, "cal")) == 400
+    at_limit = select_tags(
+        mode="full", has_calibration=True, write_raw_scores=False, predictions=wide_head(12),
+        mood_tiers=None, tagger_version="v", max_labels=12,
+    )  # fmt: skip
+    assert len(score_labels(at_limit, "raw")) == 12
+
+
+def test_twin_labels_of_a_head_get_distinct_keys_in_the_selection() -> None:
+    predictions = [style("Rock", 0.5, 0.5), style("rock", 0.6, 0.6)]
+    selected = select_tags(
+        mode="full", has_calibration=True, write_raw_scores=False, predictions=predictions,
+        mood_tiers=None, tagger_version="v",
+    )  # fmt: skip
+    assert len(selected) == 5 and len({key.lower() for key in selected}) == 5

@@ -95,14 +95,14 @@ def assert_all_written(store: Store, library_id: str, root: Path, files: dict[st
     assert all(store.file_tags_for_files([key]) for key in files), "no prediction was dropped"
 
 
-@pytest.mark.parametrize("pool", [False, True], ids=["inline", "worker-processes"])
+@pytest.mark.parametrize("threads", [1, 4])
 def test_a_killed_writers_temps_are_removed_by_the_next_batch(
-    pool: bool, store: Store, library: Path, writers: list[subprocess.Popen[str]]
+    threads: int, store: Store, library: Path, writers: list[subprocess.Popen[str]]
 ) -> None:
     library_id, files = scanned_library(store, library)
     audio = {key: decoded_audio_hash(path) for key, path in files.items()}
-    options = ["--pool", "--writers", "2"] if pool else []
-    killed = start_writer(writers, store, library_id, "--signal", "KILL", "--after-renames", "3", *options)
+    options = ["--writers", str(threads), "--signal", "KILL", "--after-renames", "3"]
+    killed = start_writer(writers, store, library_id, *options)
     assert killed.wait(timeout=120) == -signal.SIGKILL, killed.communicate()
     left = temp_leftovers(library)
     assert left, "the kill left temp copies behind (the case under test)"
@@ -145,11 +145,11 @@ def test_a_scan_and_another_batch_while_a_writer_is_stopped_mid_chunk(
     assert_all_written(store, library_id, library, files)
 
 
-def test_two_writers_with_worker_processes_and_scans_at_once(
+def test_two_writers_with_threads_and_scans_at_once(
     store: Store, library: Path, writers: list[subprocess.Popen[str]]
 ) -> None:
     library_id, files = scanned_library(store, library)
-    both = [start_writer(writers, store, library_id, "--pool", "--writers", "2") for _ in range(2)]
+    both = [start_writer(writers, store, library_id, "--writers", "4") for _ in range(2)]
     scans = 0
     while any(process.poll() is None for process in both):
         report = scan_library(store, library)
