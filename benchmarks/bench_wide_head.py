@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_wide_head.py                      # 10,000 files x 400 labels
     .venv/bin/python benchmarks/bench_wide_head.py --files 1000 --tag-files 15 --repeats 2
+    .venv/bin/python benchmarks/bench_wide_head.py --tags-only --tag-files 90    # tag writing only
 
 The same predictions, grouped two ways: 200 two-label heads (bench_calibration.py's store,
 cached under --db-dir) and one head of 400 labels (a copy of that store whose rows are
@@ -16,13 +17,16 @@ renamed to one head, as an auto-tagging model stores them). Timed, median of --r
   (its JSON, as the metadata is stored). Histogram images
   are left out of both: the asset draws them only for heads of up to 4 labels (about 0.2 s
   each), so the 200 narrow heads would be timed drawing 400 pictures;
-* ``tag writing``: ``formats.write_nom_tags`` of a full-mode tag set (bench_tag_writing.py's
-  36 keys) with and without the wide head's 800 scores (raw + calibrated), on fresh mp3,
-  flac and m4a copies, and reading them back.
+* ``tag writing``: three full-mode tag sets, selected by ``select_tags`` from stored
+  predictions: bench_tag_writing.py's 8 mood heads (36 keys); those plus the 400 styles with
+  every label written (``max_labels=0``, as before issue 16: 836 keys); and plus the styles'
+  strongest ``DEFAULT_MAX_LABELS`` (the default now). Each is written in place on fresh mp3,
+  flac and m4a copies (``bench_tag_writing.bare_write``) and read back, and written by the
+  whole ``write_pending_tags`` batch (files/s).
 
 Goals: per value, the wide head's calibration within 1.25x of the narrow heads'; its
-partition metadata under 0.5 s. Tag writing has no goal here: it measures what 800 more
-keys per file cost (docs/BENCHMARKS.md).
+partition metadata under 0.5 s. Tag writing has no goal: it measures what a wide head costs
+per file with every label and now (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -47,8 +52,9 @@ from nomarr_pipeline.assets.calibration import RECENT_SNAPSHOTS, _head_metadata
 from nomarr_pipeline.calibration.generation import HeadRef, calibrate_head
 from nomarr_pipeline.calibration.state import calibration_key
 from nomarr_pipeline.store import open_store
-from nomarr_pipeline.tagging import keys
-from nomarr_pipeline.tagging.formats import read_nom_tags, write_nom_tags
+from nomarr_pipeline.tagging.batch import DEFAULT_WRITERS
+from nomarr_pipeline.tagging.formats import read_nom_tags
+from nomarr_pipeline.tagging.selection import DEFAULT_MAX_LABELS, select_tags
 
 LABELS = 400
 WIDE_MODEL = "effnet-discogs-effnet-bs64-1"
@@ -102,8 +108,10 @@ def calibrate_and_describe(url: str, heads: list[HeadRef], repeats: int) -> tupl
             for head, (report, histograms) in zip(heads, reports, strict=True):
                 meta = _head_metadata(report, histograms)
                 table = max(table, len(serialize_value(meta["labels"])))
-                store.recent_history([calibration_key(head.model_key, head.head_name, label)
-                                      for label in head.labels], per_key=RECENT_SNAPSHOTS)
+                store.recent_history(
+                    [calibration_key(head.model_key, head.head_name, label) for label in head.labels],
+                    per_key=RECENT_SNAPSHOTS,
+                )
 
         metadata = median_seconds(describe, repeats)
         return calibration, metadata, table
@@ -111,34 +119,60 @@ def calibrate_and_describe(url: str, heads: list[HeadRef], repeats: int) -> tupl
         store.close()
 
 
-def wide_tag_set() -> dict[str, str | list[str]]:
-    tags = bench_tag_writing.tag_set()
-    for index in range(LABELS):
-        label = f"Genre {index // 25:02d}---Style {index:03d}"
-        value = (index % 97) / 97
-        tags[keys.raw_score_key(WIDE_MODEL, WIDE_HEAD, label)] = keys.format_score(value)
-        tags[keys.calibrated_score_key(WIDE_MODEL, WIDE_HEAD, label)] = keys.format_score(value / 2)
-    return tags
+def wide_predictions(file_id: str) -> list[dict[str, Any]]:
+    """bench_tag_writing's 8 mood heads plus the 400 styles, as the store holds them."""
+    styles = [
+        {"_key": f"{file_id}|{WIDE_MODEL}|{WIDE_HEAD}|{index}", "file_id": file_id, "model_key": WIDE_MODEL,
+         "head_name": WIDE_HEAD, "label": f"Genre {index // 25:02d}---Style {index:03d}",
+         "value": (index % 97) / 97, "std": 0.0, "calibrated_value": ((index * 37) % 101) / 100,
+         "nomarr_only": True, "tagger_version": bench_tag_writing.VERSION}
+        for index in range(LABELS)
+    ]  # fmt: skip
+    return bench_tag_writing.predictions_for(file_id) + styles
 
 
-def tag_writing(files: int, repeats: int, workdir: Path) -> dict[str, tuple[float, float, int]]:
-    """name -> (write ms per file, read ms per file, keys) for the narrow and the wide set."""
+def tag_sets() -> dict[str, dict[str, str | list[str]]]:
+    """The narrow set, and the wide one as the selection makes it with every label and now."""
+
+    def selected(max_labels: int) -> dict[str, str | list[str]]:
+        return select_tags(mode="full", has_calibration=True, write_raw_scores=False,
+                           predictions=wide_predictions("f"), mood_tiers=bench_tag_writing.TIERS,
+                           tagger_version=bench_tag_writing.VERSION, max_labels=max_labels)  # fmt: skip
+
+    return {
+        "8 mood heads": bench_tag_writing.tag_set(),
+        "+ 400 styles, every label (before)": selected(0),
+        f"+ 400 styles, strongest {DEFAULT_MAX_LABELS} (now)": selected(DEFAULT_MAX_LABELS),
+    }
+
+
+def tag_writing(files: int, repeats: int, workdir: Path) -> dict[str, tuple[float, float, int, float]]:
+    """name -> (write ms per file, read ms per file, keys, pipeline files/s) for each tag set."""
     (workdir / "sources").mkdir(parents=True)
     sources = bench_tag_writing.make_sources(workdir / "sources", seconds=30)
     results = {}
-    for name, tags in (("36 keys", bench_tag_writing.tag_set()), ("836 keys", wide_tag_set())):
-        writes, reads = [], []
+    for name, tags in tag_sets().items():
+        writes, reads, rates = [], [], []
+        predictions = bench_tag_writing.predictions_for if name == "8 mood heads" else wide_predictions
+        max_labels = 0 if "every label" in name else DEFAULT_MAX_LABELS
         for _ in range(repeats):
             copies = bench_tag_writing.fresh_copies(sources, workdir / "copies", files)
             started = time.perf_counter()
             for path in copies:
-                write_nom_tags(path, tags)
+                bench_tag_writing.bare_write(path, tags)
             writes.append((time.perf_counter() - started) * 1000 / files)
             started = time.perf_counter()
             for path in copies:
-                assert len(read_nom_tags(path)) == len(tags)
+                if len(read_nom_tags(path)) != len(tags):
+                    raise RuntimeError(f"{path} did not read back its {len(tags)} keys")
             reads.append((time.perf_counter() - started) * 1000 / files)
-        results[name] = (statistics.median(writes), statistics.median(reads), len(tags))
+            copies = bench_tag_writing.fresh_copies(sources, workdir / "pipeline", files)
+            seconds = bench_tag_writing.pipeline_seconds(
+                copies, workdir / "pipeline", DEFAULT_WRITERS, predictions, max_labels
+            )
+            rates.append(files / seconds)
+        medians = [statistics.median(values) for values in (writes, reads, rates)]
+        results[name] = (medians[0], medians[1], len(tags), medians[2])
     return results
 
 
@@ -148,10 +182,31 @@ def main() -> None:
     parser.add_argument("--tag-files", type=int, default=30, help="files per tag-writing pass")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--db-dir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--tags-only", action="store_true", help="only the tag-writing part")
     args = parser.parse_args()
-    print(f"load {os.getloadavg()[0]:.2f}; {args.files:,} files x {LABELS} labels "
-          f"= {args.files * LABELS:,} values per grouping", flush=True)
+    print(
+        f"load {os.getloadavg()[0]:.2f}; {args.files:,} files x {LABELS} labels "
+        f"= {args.files * LABELS:,} values per grouping",
+        flush=True,
+    )
 
+    if not args.tags_only:
+        calibration_and_metadata(args)
+    with tempfile.TemporaryDirectory(prefix="nomarr-wide-") as tmp:
+        writing = tag_writing(args.tag_files, args.repeats, Path(tmp))
+    print(f"tag writing, {args.tag_files} files (mp3/flac/m4a) per pass, medians of {args.repeats}:")
+    for name, (write_ms, read_ms, count, rate) in writing.items():
+        print(f"  {name:<38} {count:4d} keys: write {write_ms:6.1f} ms/file, read {read_ms:6.1f} ms/file; "
+              f"pipeline {rate:6.1f} files/s")  # fmt: skip
+    (_, narrow), (_, before), (_, now) = writing.items()
+    print(
+        f"  the wide head costs {before[0] - narrow[0]:.1f} ms/file to write with every label, "
+        f"{now[0] - narrow[0]:.1f} ms/file now; pipeline now / before x{now[3] / before[3]:.2f}"
+    )
+    print(f"load {os.getloadavg()[0]:.2f}")
+
+
+def calibration_and_metadata(args: argparse.Namespace) -> None:
     narrow_path = bench_calibration.ensure_db(args.db_dir, args.files, LABELS)
     wide_path = wide_store(narrow_path)
     narrow_heads = bench_calibration.heads_for(LABELS)
@@ -164,16 +219,6 @@ def main() -> None:
     for index, name in enumerate(("calibration (s)", "partition metadata (s)")):
         print(f"{name:<34}{narrow[index]:>14.3f}{wide[index]:>14.3f}{wide[index] / narrow[index]:>8.2f}")
     print(f"label table of the wide head: {wide[2]:,} characters (one metadata entry)")
-
-    with tempfile.TemporaryDirectory(prefix="nomarr-wide-") as tmp:
-        writing = tag_writing(args.tag_files, args.repeats, Path(tmp))
-    print(f"tag writing, {args.tag_files} files (mp3/flac/m4a) per pass:")
-    for name, (write_ms, read_ms, count) in writing.items():
-        print(f"  {name:<10} write {write_ms:7.1f} ms/file, read {read_ms:6.1f} ms/file ({count} keys)")
-    narrow_write = writing["36 keys"][0]
-    wide_write = writing["836 keys"][0]
-    print(f"  the wide head's 800 keys add {wide_write - narrow_write:.1f} ms per file "
-          f"({(wide_write - narrow_write) * 1000 / 800:.0f} us per key), x{wide_write / narrow_write:.2f}")
     goals = {
         "calibration within 1.25x per value": wide[0] <= 1.25 * narrow[0],
         "wide head's partition metadata under 0.5 s": wide[1] <= 0.5,

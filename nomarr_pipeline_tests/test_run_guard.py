@@ -18,7 +18,6 @@ import psutil
 import pytest
 import yaml
 from dagster._core.instance.config import dagster_instance_config
-from mutagen import File as MutagenFile
 
 from nomarr_pipeline.run_guard import ProcessIdentity
 from nomarr_pipeline.store import open_store
@@ -31,10 +30,19 @@ from nomarr_pipeline_tests.cli_processes import (
     wait_for_new_claim,
     write_one_head_models,
 )
+from nomarr_pipeline_tests.tagging.library_state import (
+    LibrarySnapshot,
+    expected_tags,
+    mixed,
+    settle_problems,
+    tags_in,
+)
 from nomarr_pipeline_tests.ui.dagster_dev import REPO_ROOT
 
 # Enough files that the tag-writing step lasts long enough to be killed in the middle.
 LIBRARY_COPIES = 3
+# Each library's names and decoded audio before the tests changed anything.
+ORIGINALS: dict[Path, LibrarySnapshot] = {}
 
 # ---- configuration ------------------------------------------------------------------------
 
@@ -80,6 +88,7 @@ def analysed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineFolde
     write_one_head_models(folder.models)
     run = folder.run("run")
     assert run.returncode == 0, run.stderr
+    ORIGINALS[folder.library] = LibrarySnapshot.take(folder.library)
     yield folder
 
 
@@ -88,9 +97,9 @@ def _runs(folder: PipelineFolder) -> dict[str, dg.DagsterRunStatus]:
         return {run.run_id: run.status for run in instance.get_runs()}
 
 
-def _kill_while_writing(folder: PipelineFolder, variant: int) -> str:
-    """SIGKILL a `write-tags` (its whole process group) while its tag-writing step holds a
-    slot; returns the run it leaves behind."""
+def _kill_while_writing(folder: PipelineFolder, variant: int, delay: float = 0.0) -> str:
+    """SIGKILL a `write-tags` (its whole process group) ``delay`` seconds after its tag-writing
+    step claimed its slot, while it still holds it; returns the run it leaves behind."""
     for _attempt in range(5):
         shift_calibrations(folder, variant)
         with folder.instance() as instance:
@@ -98,6 +107,7 @@ def _kill_while_writing(folder: PipelineFolder, variant: int) -> str:
             command = folder.start("write-tags")
             try:
                 run_id = wait_for_new_claim(instance, command, known)
+                time.sleep(delay)
             finally:
                 command.kill()
             if run_id in claimed_slots(instance):
@@ -106,22 +116,13 @@ def _kill_while_writing(folder: PipelineFolder, variant: int) -> str:
     raise AssertionError("could not kill write-tags while its tag-writing step ran")
 
 
-def _assert_library_settled(folder: PipelineFolder, *, after_kills: bool = False) -> None:
+def _assert_library_settled(folder: PipelineFolder) -> None:
+    """Nothing pending, no write error, every file carries the tags the store selects, and
+    (against the library as its first run left it) every file decodes to its original audio
+    and no name was added or lost: no temp copy left."""
     with folder.store() as store:
-        counts = store.file_counts()
-        errors = [f["write_error"] for page in store.iter_files() for f in page if f.get("write_error")]
-    if after_kills:
-        # A writer killed between replacing a file and recording it leaves the file looking
-        # edited by another program: issue 14 item 4, fixed in the tag writer. Such files are
-        # the only ones that may still wait for a rescan.
-        assert all("changed on disk since the scan" in error for error in errors), errors
-        assert counts["pending_writes"] == len(errors)
-    else:
-        assert counts["pending_writes"] == 0
-        assert errors == []
-    for path in folder.library.rglob("*"):
-        if path.is_file() and not path.name.startswith("."):
-            assert MutagenFile(path) is not None, path  # every file still opens
+        problems = settle_problems(store, folder.library, ORIGINALS.get(folder.library))
+    assert problems == []
 
 
 HOLDER = """
@@ -217,11 +218,17 @@ def test_sigterm_stops_tag_writing_like_ctrl_c_and_loses_nothing(analysed: Pipel
 
 @pytest.mark.slow
 def test_more_kills_while_writing_than_the_pool_has_slots(analysed: PipelineFolder) -> None:
-    """Last of the tests on ``analysed``: the files its kills leave for issue 14 item 4 would
-    fail the strict checks of the others."""
+    """A sample of ``scripts/kill_campaign.py``: after one kill more than the pool has slots,
+    one `write-tags` leaves the library as an uninterrupted run would."""
     with analysed.instance() as instance:
         limit = instance.event_log_storage.get_concurrency_info("tag_writing").limit or 1
-    killed = [_kill_while_writing(analysed, variant=kill % 2 + 1) for kill in range(limit + 1)]
+    killed = []
+    for kill in range(max(3, limit + 1)):
+        before = tags_in(analysed.library)
+        # At the step's start, then a little later: in the middle of writing the files.
+        killed.append(_kill_while_writing(analysed, kill % 2 + 1, delay=0.4 * (kill % 3)))
+        with analysed.store() as store:  # each file has its old or its new tags, never a mix
+            assert mixed(before, tags_in(analysed.library), expected_tags(store, analysed.library)) == []
     with analysed.instance() as instance:
         assert killed[-1] in claimed_slots(instance)  # the last writer died holding its slot
 
@@ -236,7 +243,7 @@ def test_more_kills_while_writing_than_the_pool_has_slots(analysed: PipelineFold
         for run_id in killed:
             (failure,) = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
             assert "is gone: it was killed or crashed" in (failure.message or "")
-    _assert_library_settled(analysed, after_kills=True)
+    _assert_library_settled(analysed)
 
 
 # ---- two pipelines on one embedded store ---------------------------------------------------
@@ -246,6 +253,7 @@ def test_more_kills_while_writing_than_the_pool_has_slots(analysed: PipelineFold
 def test_two_runs_at_once_on_the_embedded_store(tmp_path: Path) -> None:
     folder = PipelineFolder(tmp_path)
     build_library(folder.library, 1)
+    ORIGINALS[folder.library] = LibrarySnapshot.take(folder.library)
     write_one_head_models(folder.models)
     first = folder.start("run")
     time.sleep(0.5)  # the second one starts while the first is under way
