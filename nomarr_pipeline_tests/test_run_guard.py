@@ -21,6 +21,7 @@ from dagster._core.instance.config import dagster_instance_config
 
 from nomarr_pipeline.run_guard import ProcessIdentity
 from nomarr_pipeline.store import open_store
+from nomarr_pipeline.tagging.temps import is_tag_write_temp
 from nomarr_pipeline_tests.cli_processes import (
     Command,
     PipelineFolder,
@@ -34,6 +35,7 @@ from nomarr_pipeline_tests.tagging.library_state import (
     LibrarySnapshot,
     expected_tags,
     mixed,
+    names_in,
     settle_problems,
     tags_in,
 )
@@ -97,9 +99,9 @@ def _runs(folder: PipelineFolder) -> dict[str, dg.DagsterRunStatus]:
         return {run.run_id: run.status for run in instance.get_runs()}
 
 
-def _kill_while_writing(folder: PipelineFolder, variant: int, delay: float = 0.0) -> str:
-    """SIGKILL a `write-tags` (its whole process group) ``delay`` seconds after its tag-writing
-    step claimed its slot, while it still holds it; returns the run it leaves behind."""
+def _kill_while_writing(folder: PipelineFolder, variant: int, mid_write: bool = False) -> str:
+    """SIGKILL a `write-tags` (its whole process group) while its tag-writing step holds its
+    slot: at once, or (``mid_write``) once a copy is being written; returns the run left."""
     for _attempt in range(5):
         shift_calibrations(folder, variant)
         with folder.instance() as instance:
@@ -107,7 +109,9 @@ def _kill_while_writing(folder: PipelineFolder, variant: int, delay: float = 0.0
             command = folder.start("write-tags")
             try:
                 run_id = wait_for_new_claim(instance, command, known)
-                time.sleep(delay)
+                while mid_write and not any(map(is_tag_write_temp, names_in(folder.library))):
+                    if run_id not in claimed_slots(instance):
+                        break
             finally:
                 command.kill()
             if run_id in claimed_slots(instance):
@@ -225,8 +229,8 @@ def test_more_kills_while_writing_than_the_pool_has_slots(analysed: PipelineFold
     killed = []
     for kill in range(max(3, limit + 1)):
         before = tags_in(analysed.library)
-        # At the step's start, then a little later: in the middle of writing the files.
-        killed.append(_kill_while_writing(analysed, kill % 2 + 1, delay=0.4 * (kill % 3)))
+        # At the step's start, then in the middle of writing the files.
+        killed.append(_kill_while_writing(analysed, kill % 2 + 1, mid_write=kill > 0))
         with analysed.store() as store:  # each file has its old or its new tags, never a mix
             assert mixed(before, tags_in(analysed.library), expected_tags(store, analysed.library)) == []
     with analysed.instance() as instance:
