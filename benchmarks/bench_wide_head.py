@@ -184,11 +184,7 @@ def main() -> None:
     parser.add_argument("--db-dir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--tags-only", action="store_true", help="only the tag-writing part")
     args = parser.parse_args()
-    print(
-        f"load {os.getloadavg()[0]:.2f}; {args.files:,} files x {LABELS} labels "
-        f"= {args.files * LABELS:,} values per grouping",
-        flush=True,
-    )
+    print(f"load {os.getloadavg()[0]:.2f}", flush=True)
 
     if not args.tags_only:
         calibration_and_metadata(args)
@@ -207,6 +203,7 @@ def main() -> None:
 
 
 def calibration_and_metadata(args: argparse.Namespace) -> None:
+    print(f"{args.files:,} files x {LABELS} labels = {args.files * LABELS:,} values per grouping", flush=True)
     narrow_path = bench_calibration.ensure_db(args.db_dir, args.files, LABELS)
     wide_path = wide_store(narrow_path)
     narrow_heads = bench_calibration.heads_for(LABELS)

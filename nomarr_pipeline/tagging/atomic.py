@@ -1,20 +1,14 @@
 """One library file's ``nom:`` tags, written so that the file is never left half-written.
 
-:func:`prepare_write` (DESIGN.md §6) refuses a path whose real path is outside every library
-root, a file whose (size, mtime_ns) is none Nomarr knows for it (changed on disk: its
-predictions may not describe it any more) and a read-only or immutable file; returns
-"unchanged" if the file already carries the tags; else copies it to a temp file in the same
-folder (one filesystem, so the rename is atomic; the name says whose it is, :mod:`.temps`),
-saves the tags into the copy, re-opens the copy with mutagen as players will and verifies its
-tags and audio properties, gives it the original's mode (and owner, as root) and fsyncs it.
-:func:`commit_write` checks the original once more and renames the copy onto it; the rename
-keeps the size and mtime prepare returned, so a batch records them first. If a crash loses
-the rename, the old complete file is there with its old stat and is written again.
-
-Any failure deletes the copy: the original is only ever replaced by a verified copy. A symlink
-inside the library stays a symlink (its target is written); a hard link becomes a separate
-file. Per-file problems raise a :class:`WriteError`; a full disk raises :class:`DiskFullError`,
-deliberately not a ``WriteError``: the next file would fail the same way, so a batch stops.
+:func:`prepare_write` refuses a path outside every library root (symlinks resolved), a file
+whose (size, mtime_ns) Nomarr does not know (changed on disk) and a read-only or immutable
+file; else copies the file to a temp file in its folder (named after its writer, :mod:`.temps`),
+saves the tags into the copy, re-opens it with mutagen and verifies tags and audio properties,
+gives it the original's mode and owner, and fsyncs it. :func:`commit_write` checks the original
+once more and renames the copy onto it, keeping the stat prepare returned, which a batch records
+first. Any failure deletes the copy: a file is only ever replaced by a verified copy, and a
+crash before the rename leaves the old file whole. Per-file problems raise :class:`WriteError`;
+a full disk raises :class:`DiskFullError`, deliberately not one: the batch must stop.
 """
 
 from __future__ import annotations
@@ -49,12 +43,13 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _NOT_PERMITTED = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 Stat = tuple[int, int]  # (size, mtime_ns)
+StrPath = str | os.PathLike[str]
 
 
 class WriteError(Exception):
     """A per-file failure: recorded on the file, the batch goes on."""
 
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+    def __init__(self, path: StrPath, reason: str) -> None:
         self.path, self.reason = os.fspath(path), reason
         super().__init__(f"{self.path}: {reason}")
 
@@ -86,7 +81,7 @@ class VerificationError(WriteError):
 class FileChangedError(WriteError):
     """The file's stat is none Nomarr knows: it changed on disk and is not written."""
 
-    def __init__(self, path: str | os.PathLike[str], found: Stat) -> None:
+    def __init__(self, path: StrPath, found: Stat) -> None:
         self.found = found
         super().__init__(
             path, f"changed on disk since it was scanned (now size {found[0]}, mtime_ns {found[1]})"
@@ -96,7 +91,7 @@ class FileChangedError(WriteError):
 class DiskFullError(OSError):
     """No space left on the device. Not a WriteError: the whole batch must stop."""
 
-    def __init__(self, path: str | os.PathLike[str], detail: str) -> None:
+    def __init__(self, path: StrPath, detail: str) -> None:
         self.path = os.fspath(path)
         super().__init__(
             errno.ENOSPC,
@@ -128,19 +123,13 @@ class PreparedWrite:
     inode: int
 
 
-def resolve_inside_roots(
-    path: str | os.PathLike[str], library_roots: Sequence[str | os.PathLike[str]]
-) -> Path:
+def resolve_inside_roots(path: StrPath, library_roots: Sequence[StrPath]) -> Path:
     """The real path of ``path`` if it lies strictly inside one root's real path."""
-    real = os.path.realpath(path)
-    for root in library_roots:
-        inside = os.path.join(os.path.realpath(root), "")
-        if real.startswith(inside) and len(real) > len(inside):
-            return Path(real)
-    roots = ", ".join(os.fspath(root) for root in library_roots) or "(none configured)"
-    raise OutsideLibraryError(
-        path, f"resolves to {real}, which is outside the library roots ({roots}); refusing to write"
-    )
+    real = Path(os.path.realpath(path))
+    if any(real != root and real.is_relative_to(root) for root in map(os.path.realpath, library_roots)):
+        return real
+    roots = ", ".join(map(os.fspath, library_roots)) or "(none configured)"
+    raise OutsideLibraryError(path, f"resolves to {real}, outside the library roots ({roots}): not written")
 
 
 def _check_unchanged(path: Path, known_stats: Collection[Stat]) -> os.stat_result:
@@ -218,10 +207,10 @@ def _keep_mode_and_owner(descriptor: int, original: os.stat_result) -> None:
 
 
 def prepare_write(
-    path: str | os.PathLike[str],
+    path: StrPath,
     tags: TagInput,
     *,
-    library_roots: Sequence[str | os.PathLike[str]],
+    library_roots: Sequence[StrPath],
     known_stats: Collection[Stat],
     standard_mood: bool = False,
 ) -> WriteOutcome | PreparedWrite:

@@ -1,30 +1,18 @@
 """Writing every pending file of a library: the batch workflow over the Store protocol.
 
-First every temp copy a dead writer left anywhere under the library roots is deleted
-(``stale_temps_removed``). Then, a page of ``store.files_pending_write`` at a time, the files'
-predictions are loaded, their tags selected (:func:`~.selection.select_tags`) and the files
-written a chunk at a time by ``writers`` threads (a write is mostly the kernel's copy, fsync
-and rename, which overlap): the chunk's files are prepared (:func:`~.atomic.prepare_write`),
-their copies' sizes and mtimes added to the files' ``written_stats`` in one store call, the
-copies renamed into place and the outcomes recorded. A scan at any moment, and the next batch
-after a crash, thus recognise Nomarr's own writes.
+Every temp copy a dead writer left under the library roots is deleted first. Then, a page of
+``store.files_pending_write`` at a time, the files' tags are selected (:mod:`.selection`) and
+the files written a chunk at a time by ``writers`` threads, which overlap the copies' disk
+waits: each file is prepared (:func:`~.atomic.prepare_write`), the copies' stats are added to
+the files' ``written_stats`` in one store call, the copies renamed into place and the outcomes
+recorded, so a scan at any moment and the next batch after a crash know Nomarr's own writes.
 
-Outcomes per file:
-
-- written / unchanged: ``written_at`` and the new stat stored, ``write_error`` and
-  ``file_tags_pending`` cleared;
-- nothing to write (``minimal`` mode before calibration exists, a file whose analysis failed):
-  ``file_tags_pending`` cleared, the file untouched. Recalibration marks it pending again once
-  there can be something (new predictions or a new calibration change its hash);
-- changed on disk: if the store knows the stat now (another batch wrote the file since the
-  page was read), written under it; else another program edited it: ``write_error``, and
-  handed to ``rescan``, which records the new stat so the file is analysed and written again;
-- other failures (missing, permission, corrupt, outside the roots, …): ``write_error``, pending;
-- disk full: no file is started after it, what was done is recorded and
-  :class:`WriteBatchStopped` is raised.
-
-``dry_run=True`` returns preview rows (file, key, current value, proposed value) from the same
-selection and touches neither the files nor the store.
+Per file: written or unchanged (stat stored, pending and error cleared); nothing to write
+(``minimal`` before calibration, an analysis that failed: not pending, untouched; the next
+recalibration marks it again); changed on disk (written under the stat another batch recorded
+meanwhile, else an edit by another program: error, handed to ``rescan`` to be analysed again);
+other failures (error, still pending); a full disk (no file started after it, what was done
+is recorded, :class:`WriteBatchStopped`). ``dry_run`` lists the changes and touches nothing.
 """
 
 from __future__ import annotations
@@ -144,21 +132,13 @@ def _preview_rows(file_id: str, path: str, current: NomTags, proposed: NomTags) 
     return rows
 
 
-def _tagger_version(predictions: Sequence[Doc]) -> str:
-    """The predictions' ``tagger_version``; several distinct ones joined by ``,``."""
-    return (
-        ",".join(sorted({str(p["tagger_version"]) for p in predictions if p.get("tagger_version")}))
-        or "unknown"
-    )
-
-
 def _file_path(doc: Doc, library: Doc) -> str:
     # The scanner stores absolute paths; a relative one is relative to the root.
     return os.path.join(str(library["root_path"]), str(doc["path"]))
 
 
 class _Job(NamedTuple):
-    key: str
+    doc: Doc
     path: str
     tags: NomTags
     known_stats: tuple[Stat, ...]
@@ -187,11 +167,9 @@ class _Batch:
             after = docs[-1]["_key"]
             jobs = self._select(docs)
             for start in range(0, len(jobs), CHUNK_SIZE):
-                chunk = jobs[start : start + CHUNK_SIZE]
-                self._finish(chunk, self._write([job for _, job in chunk]))
-                self._show_progress()
-                if self.stopped is not None:
-                    break
+                if self.stopped is None:
+                    self._finish(jobs[start : start + CHUNK_SIZE])
+                    self._show_progress()
             self._show_progress()
 
     def _show_progress(self) -> None:
@@ -199,7 +177,7 @@ class _Batch:
             self.shown = self.report.processed
             self.progress(self.report)
 
-    def _select(self, docs: list[Doc]) -> list[tuple[Doc, _Job]]:
+    def _select(self, docs: list[Doc]) -> list[_Job]:
         """The files to write with their tags; the others are counted (and recorded) here."""
         predictions: dict[str, list[Doc]] = defaultdict(list)
         for prediction in self.store.file_tags_for_files([doc["_key"] for doc in docs]):
@@ -211,8 +189,7 @@ class _Batch:
                 tags = normalize_tags(select_tags(
                     mode=self.report.mode, has_calibration=self.has_calibration,
                     write_raw_scores=bool(self.library.get("write_raw_scores")), predictions=own,
-                    mood_tiers=doc.get("mood_tiers"), tagger_version=_tagger_version(own),
-                    max_labels=self.max_labels,
+                    mood_tiers=doc.get("mood_tiers"), max_labels=self.max_labels,
                 ))  # fmt: skip
             except ValueError as exc:  # stored data that cannot become a tag (TagKeyError, …)
                 records.append(self._count(doc, WriteError(path, f"cannot build tags: {exc}")))
@@ -225,7 +202,7 @@ class _Batch:
             elif doc.get("size") is None or doc.get("mtime_ns") is None:
                 records.append(self._count(doc, WriteError(path, "has no scanned size/mtime; rescan first")))
             else:
-                jobs.append((doc, _Job(doc["_key"], path, tags, FileStat.of(doc).known)))
+                jobs.append(_Job(doc, path, tags, FileStat.of(doc).known))
         if records and not self.report.dry_run:
             self.store.record_writes(records)
         return jobs
@@ -271,13 +248,12 @@ class _Batch:
     def _write(self, jobs: list[_Job]) -> list[Finished]:
         """Prepare every file, record the copies' stats, rename the copies into place."""
         prepared = list(self.pool.map(self._prepare, jobs))
-        copies = [
-            (job, copy) for job, copy in zip(jobs, prepared, strict=True) if isinstance(copy, PreparedWrite)
-        ]
+        copies = [(job.doc["_key"], copy) for job, copy in zip(jobs, prepared, strict=True)
+                  if isinstance(copy, PreparedWrite)]  # fmt: skip
         try:
             if copies:
                 self.store.add_written_stats(
-                    [{"_key": job.key, "size": copy.size, "mtime_ns": copy.mtime_ns} for job, copy in copies]
+                    [{"_key": key, "size": copy.size, "mtime_ns": copy.mtime_ns} for key, copy in copies]
                 )
         except BaseException:
             for _, copy in copies:
@@ -285,16 +261,17 @@ class _Batch:
             raise
         return list(self.pool.map(self._commit, jobs, prepared))
 
-    def _finish(self, chunk: list[tuple[Doc, _Job]], results: list[Finished]) -> None:
-        """Count and record the chunk's outcomes; files another program changed go to ``rescan``."""
+    def _finish(self, chunk: list[_Job]) -> None:
+        """Write the chunk, count and record the outcomes; files another program changed go to
+        ``rescan``."""
         records, changed = [], []
-        for (doc, job), result in zip(chunk, results, strict=True):
+        for job, result in zip(chunk, self._write(chunk), strict=True):
             if isinstance(result, FileChangedError):
                 result = self._retry(job, result)
                 if isinstance(result, FileChangedError):
-                    changed.append(doc)
+                    changed.append(job.doc)
             if result is not None:
-                records.append(self._count(doc, result))
+                records.append(self._count(job.doc, result))
         if records:
             self.store.record_writes(records)
         if changed and self.rescan is not None:
@@ -303,7 +280,7 @@ class _Batch:
     def _retry(self, job: _Job, changed: FileChangedError) -> Finished:
         """If the store knows the stat now (another batch wrote the file since the page was
         read), write the file again under that stat."""
-        current = self.store.get_files([job.key])
+        current = self.store.get_files([job.doc["_key"]])
         if not current or not FileStat.of(current[0]).matches(*changed.found):
             return changed
         return self._write([job._replace(known_stats=(changed.found,))])[0]

@@ -90,10 +90,11 @@ def select_tags(
     write_raw_scores: bool,
     predictions: Sequence[Mapping[str, Any]],
     mood_tiers: Mapping[str, Sequence[str]] | None,
-    tagger_version: str,
+    tagger_version: str | None = None,
     max_labels: int = DEFAULT_MAX_LABELS,
 ) -> SelectedTags:
-    """The complete ``nom:`` tag set one file should carry (see the module's table)."""
+    """The complete ``nom:`` tag set one file should carry (see the module's table);
+    ``nom:version`` is ``tagger_version``, else the predictions' (distinct ones joined by ``,``)."""
     if mode not in WRITE_MODES:
         raise ValueError(f"file_write_mode must be one of {WRITE_MODES}, not {mode!r}")
     selected = mood_tier_tags(mood_tiers) if has_calibration and mode != "none" else {}
@@ -101,5 +102,6 @@ def select_tags(
         return selected
     selected |= score_tags(predictions, raw=True, calibrated=has_calibration, max_labels=max_labels)
     if selected:
-        selected[keys.VERSION] = tagger_version
+        versions = sorted({str(doc["tagger_version"]) for doc in predictions if doc.get("tagger_version")})
+        selected[keys.VERSION] = tagger_version or ",".join(versions) or "unknown"
     return selected

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psutil
 
+StrPath = str | os.PathLike[str]
 TEMP_MARKER = ".nomarr-tmp-"
 # Far longer than a write holds its temp, and long enough for a suspended remote writer.
 FOREIGN_TEMP_AGE_S = 24 * 3600.0
@@ -76,13 +77,13 @@ def temp_prefix(target: Path, owner: Owner) -> str:
     return f".{target.stem[:_MAX_NAME_IN_TEMP]}{TEMP_MARKER}{owner.host}-{owner.pid}-{owner.start}-"
 
 
-def is_tag_write_temp(path: str | os.PathLike[str]) -> bool:
+def is_tag_write_temp(path: StrPath) -> bool:
     """Whether ``path`` names a temp copy of the tag writer (never a library file)."""
     name = os.path.basename(path)
     return name.startswith(".") and TEMP_MARKER in name
 
 
-def owner_of(path: str | os.PathLike[str]) -> Owner | None:
+def owner_of(path: StrPath) -> Owner | None:
     """The owner a temp copy's name records; ``None`` for a name without one."""
     name = os.path.basename(path)
     match = _OWNER.fullmatch(name[name.rfind(TEMP_MARKER) + len(TEMP_MARKER) :])
@@ -91,29 +92,23 @@ def owner_of(path: str | os.PathLike[str]) -> Owner | None:
     return Owner(match["host"], int(match["pid"]), int(match["start"]))
 
 
-def is_abandoned(path: Path, *, host: str, now: float, also: Owner | None = None) -> bool:
-    """Whether the temp copy at ``path`` belongs to nobody alive (``also``: a live owner whose
-    temps count as abandoned too, a batch cleaning up after itself)."""
+def _abandoned(path: Path, info: os.stat_result, host: str, also: Owner | None) -> bool:
     owner = owner_of(path)
     if owner is not None and (owner == also or owner.host == host):
         return owner == also or not is_alive(owner)
-    return now - path.lstat().st_mtime > FOREIGN_TEMP_AGE_S
+    return time.time() - info.st_mtime > FOREIGN_TEMP_AGE_S
 
 
-def remove_abandoned_temps(
-    roots: Iterable[str | os.PathLike[str]], *, also: Owner | None = None
-) -> list[Path]:
-    """Delete every abandoned temp copy under ``roots`` (one walk, a stat per temp name only);
-    returns what was removed."""
-    host, now = this_host(), time.time()
+def remove_abandoned_temps(roots: Iterable[StrPath], *, also: Owner | None = None) -> list[Path]:
+    """Delete every temp copy under ``roots`` whose owner is gone (and ``also``'s: a batch
+    cleaning up after itself); one walk, a stat per temp name only. Returns what was removed."""
     removed: list[Path] = []
     for root in roots:
         for folder, _, names in os.walk(os.path.realpath(root)):
             for candidate in (Path(folder, name) for name in names if is_tag_write_temp(name)):
                 with contextlib.suppress(FileNotFoundError):  # another batch got there first
-                    if stat.S_ISREG(candidate.lstat().st_mode) and is_abandoned(
-                        candidate, host=host, now=now, also=also
-                    ):
+                    info = candidate.lstat()
+                    if stat.S_ISREG(info.st_mode) and _abandoned(candidate, info, this_host(), also):
                         candidate.unlink()
                         removed.append(candidate)
     return removed

@@ -71,12 +71,10 @@ def expected_tags(store: Store, root: Path) -> dict[str, NomTags]:
         for prediction in store.file_tags_for_files([doc["_key"] for doc in page]):
             predictions[prediction["file_id"]].append(prediction)
         for doc in page:
-            own = predictions[doc["_key"]]
-            versions = sorted({str(p["tagger_version"]) for p in own if p.get("tagger_version")})
             selected = select_tags(
                 mode=library.get("file_write_mode") or "full", has_calibration=has_calibration,
-                write_raw_scores=bool(library.get("write_raw_scores")), predictions=own,
-                mood_tiers=doc.get("mood_tiers"), tagger_version=",".join(versions) or "unknown",
+                write_raw_scores=bool(library.get("write_raw_scores")), predictions=predictions[doc["_key"]],
+                mood_tiers=doc.get("mood_tiers"),
             )  # fmt: skip
             expected[os.path.relpath(doc["path"], real_root)] = normalize_tags(selected)
     return expected

@@ -3,8 +3,8 @@
     python -m nomarr_pipeline_tests.tagging.writer_process STORE_URL LIBRARY_KEY
         [--writers N] [--signal KILL|STOP --after-renames N]
 
-With ``--signal``, the process sends its process group that signal right after its N-th rename
-of a temp copy onto a track (SIGKILL: a crash; SIGSTOP: a writer caught in the middle of a
+With ``--signal``, the process gets that signal right after its N-th rename of a temp copy onto
+a track (SIGKILL: a crash; SIGSTOP: a writer caught in the middle of a
 chunk, its next copies prepared and its records not yet made). Prints the batch summary as
 JSON when it finishes.
 """
@@ -30,7 +30,10 @@ def stop_after_renames(signal_number: int, renames: int) -> None:
         with lock:  # the writer threads rename concurrently
             done[0] += 1
             if done[0] == renames:
-                os.killpg(os.getpgrp(), signal_number)
+                # Sent to this thread, so that it stops (or dies) before its next step: a
+                # signal to the process may be taken by another thread, and the stop reach
+                # this one only after more renames.
+                signal.pthread_kill(threading.get_ident(), signal_number)
 
     atomic.os.replace = replace  # type: ignore[assignment]  # this process only
 
