@@ -57,6 +57,7 @@ from nomarr_pipeline.store.protocol import (
     KeyRange,
     SparseHistogram,
     StoreError,
+    split_pending_guards,
 )
 from nomarr_pipeline.store.sqlite_schema import (
     CALIBRATION_HISTORY,
@@ -788,7 +789,19 @@ class ArangoStore:
             self._write_chunks(aql, "rows", rows, db=txn)
 
     def record_writes(self, results: Sequence[Doc]) -> None:
-        self._update_by_key("library_files", results)
+        updates, guards = split_pending_guards(results)
+        rows = [{"_key": key, "hash": written_for} for key, written_for in guards]
+        statements = sum(_chunk_count(part) for part in (updates, rows) if part)
+        with self._atomic(["library_files"], statements) as txn:
+            self._update_by_key("library_files", updates, db=txn)
+            self._write_chunks(
+                "FOR row IN @rows FOR d IN library_files "
+                "FILTER d._key == row._key AND d.calibration_hash == row.hash "
+                "UPDATE d WITH {file_tags_pending: false} IN library_files",
+                "rows",
+                rows,
+                db=txn,
+            )
 
     # ---- moving a store --------------------------------------------------------------------------
     def count_documents(self, collection: str) -> int:

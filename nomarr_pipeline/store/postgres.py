@@ -51,6 +51,7 @@ from nomarr_pipeline.store.protocol import (
     KeyRange,
     SparseHistogram,
     StoreError,
+    split_pending_guards,
 )
 from nomarr_pipeline.store.sqlite_schema import FILE_TAGS, LIBRARIES, LIBRARY_FILES, Table
 
@@ -314,26 +315,8 @@ class PostgresStore:
 
     def _update(self, table: Table, docs: Sequence[Doc]) -> None:
         """Update existing documents' given fields; unknown keys are ignored."""
-        groups: dict[tuple[str, ...], list[Doc]] = {}
-        for doc in docs:
-            row = to_row(table, doc)
-            if len(row) > 1:
-                groups.setdefault(tuple(sorted(row)), []).append(row)
-
-        def update(conn: psycopg.Connection[Any]) -> None:
-            for columns, rows in groups.items():
-                sets = ", ".join(
-                    f"extra = jsonb_strip_nulls(coalesce(extra, '{{}}') || {_placeholder(table, c)})"
-                    if c == "extra"
-                    else f"{c} = {_placeholder(table, c)}"
-                    for c in columns
-                    if c != "_key"
-                )
-                with conn.cursor() as cur:
-                    cur.executemany(f"UPDATE {table.name} SET {sets} WHERE _key = %(_key)s", rows)  # type: ignore[arg-type]
-
-        if groups:
-            self._run(update)
+        if any(len(doc) > 1 for doc in docs):
+            self._run(lambda conn: _update_in(conn, table, docs))
 
     def _get(self, table: Table, keys: Sequence[str]) -> list[Doc]:
         if not keys:
@@ -703,7 +686,18 @@ class PostgresStore:
             self._run(append)
 
     def record_writes(self, results: Sequence[Doc]) -> None:
-        self._update(LIBRARY_FILES, results)
+        updates, guards = split_pending_guards(results)
+
+        def record(conn: psycopg.Connection[Any]) -> None:
+            _update_in(conn, LIBRARY_FILES, updates)
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "UPDATE library_files SET file_tags_pending = false "
+                    "WHERE _key = %s AND calibration_hash IS NOT DISTINCT FROM %s",
+                    guards,
+                )
+
+        self._run(record)
 
     # ---- moving a store --------------------------------------------------------------------
     def count_documents(self, collection: str) -> int:
@@ -791,6 +785,25 @@ SELECT t.file_id, t.head_name, t.label, t.std, {_CALIBRATED}
 FROM file_tags t LEFT JOIN calibration_state c ON {_SAME_LABEL}
 WHERE t.file_id = ANY(%s)
 """
+
+
+def _update_in(conn: psycopg.Connection[Any], table: Table, docs: Sequence[Doc]) -> None:
+    """Set the given fields of existing documents, grouped by the fields a document sets."""
+    groups: dict[tuple[str, ...], list[Doc]] = {}
+    for doc in docs:
+        row = to_row(table, doc)
+        if len(row) > 1:
+            groups.setdefault(tuple(sorted(row)), []).append(row)
+    for columns, rows in groups.items():
+        sets = ", ".join(
+            f"extra = jsonb_strip_nulls(coalesce(extra, '{{}}') || {_placeholder(table, c)})"
+            if c == "extra"
+            else f"{c} = {_placeholder(table, c)}"
+            for c in columns
+            if c != "_key"
+        )
+        with conn.cursor() as cur:
+            cur.executemany(f"UPDATE {table.name} SET {sets} WHERE _key = %(_key)s", rows)  # type: ignore[arg-type]
 
 
 def _apply_calibration(conn: psycopg.Connection[Any], file_ids: list[str]) -> None:

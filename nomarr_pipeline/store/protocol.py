@@ -282,7 +282,14 @@ class Store(Protocol):
     def record_writes(self, results: Sequence[Doc]) -> None:
         """Update existing ``library_files`` (never create one) with the given fields of
         ``[{"_key", "written_at", "write_error", "file_tags_pending", "size", "mtime_ns",
-        "written_stats"}]`` (any subset besides ``_key``); unknown keys are ignored."""
+        "written_stats"}]`` (any subset besides ``_key``); unknown keys are ignored, all in
+        one transaction.
+
+        A result may also carry ``written_for_hash``: the ``calibration_hash`` the file had
+        when its tags were selected. Its ``file_tags_pending = False`` then applies only if
+        the file still has that hash, so tiers a recalibration finished meanwhile are
+        written by the next batch instead of being marked done (see
+        :func:`split_pending_guards`)."""
 
     # ---- moving a store (nomarr_pipeline.store.migrate) ---------------------------------
     def count_documents(self, collection: str) -> int:
@@ -296,3 +303,20 @@ class Store(Protocol):
         """Insert or replace whole documents by their key (``file_tags``: file, model, head and
         label), as they are and in one transaction; none of the pipeline's side effects
         (``write_predictions`` clearing hashes) happen."""
+
+
+def split_pending_guards(results: Sequence[Doc]) -> tuple[list[Doc], list[tuple[str, str | None]]]:
+    """``record_writes``' results as plain field updates and ``(key, written_for_hash)``
+    pairs whose pending flag is cleared only while the file keeps that hash."""
+    updates: list[Doc] = []
+    guards: list[tuple[str, str | None]] = []
+    for result in results:
+        if "written_for_hash" not in result:
+            updates.append(dict(result))
+            continue
+        fields = {k: v for k, v in result.items() if k != "written_for_hash"}
+        if fields.get("file_tags_pending") is False:
+            del fields["file_tags_pending"]
+            guards.append((result["_key"], result["written_for_hash"]))
+        updates.append(fields)
+    return updates, guards

@@ -23,6 +23,7 @@ from nomarr_pipeline.store.protocol import (
     StoreError,
     StoreFullError,
     StoreReadOnlyError,
+    split_pending_guards,
 )
 from nomarr_pipeline.store.sqlite_schema import (
     CALIBRATION_HISTORY,
@@ -151,16 +152,20 @@ class SqliteStore:
     def _update(self, table: Table, docs: Sequence[Doc]) -> None:
         """Update existing documents' given fields; unknown keys are ignored."""
         with self._write() as conn:
-            for doc in docs:
-                row = table.to_row(doc)
-                key = row.pop("_key")
-                if not row:
-                    continue
-                sets = ", ".join(
-                    "extra = json_patch(coalesce(extra, '{}'), :extra)" if c == "extra" else f"{c} = :{c}"
-                    for c in row
-                )
-                conn.execute(f"UPDATE {table.name} SET {sets} WHERE _key = :_key", {**row, "_key": key})
+            self._update_in(conn, table, docs)
+
+    @staticmethod
+    def _update_in(conn: sqlite3.Connection, table: Table, docs: Sequence[Doc]) -> None:
+        for doc in docs:
+            row = table.to_row(doc)
+            key = row.pop("_key")
+            if not row:
+                continue
+            sets = ", ".join(
+                "extra = json_patch(coalesce(extra, '{}'), :extra)" if c == "extra" else f"{c} = :{c}"
+                for c in row
+            )
+            conn.execute(f"UPDATE {table.name} SET {sets} WHERE _key = :_key", {**row, "_key": key})
 
     def _get(self, table: Table, keys: Sequence[str]) -> list[Doc]:
         if not keys:
@@ -501,7 +506,13 @@ class SqliteStore:
             )
 
     def record_writes(self, results: Sequence[Doc]) -> None:
-        self._update(LIBRARY_FILES, results)
+        updates, guards = split_pending_guards(results)
+        with self._write() as conn:
+            self._update_in(conn, LIBRARY_FILES, updates)
+            conn.executemany(
+                "UPDATE library_files SET file_tags_pending = 0 WHERE _key = ? AND calibration_hash IS ?",
+                guards,
+            )
 
     # ---- moving a store ------------------------------------------------------------------
     def count_documents(self, collection: str) -> int:

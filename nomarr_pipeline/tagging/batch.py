@@ -196,7 +196,8 @@ class _Batch:
                 continue
             if not tags:
                 self.report.skipped += 1
-                records.append({"_key": doc["_key"], "file_tags_pending": False, "write_error": None})
+                records.append({"_key": doc["_key"], "file_tags_pending": False, "write_error": None,
+                                "written_for_hash": doc.get("calibration_hash")})
             elif self.report.dry_run:
                 self._preview(doc["_key"], path, tags)
             elif doc.get("size") is None or doc.get("mtime_ns") is None:
@@ -296,7 +297,7 @@ class _Batch:
             # The stat is final: the writers' stats are needed no longer.
             return {"_key": file_id, "written_at": int(time.time() * 1000), "write_error": None,
                     "file_tags_pending": False, "size": result.size, "mtime_ns": result.mtime_ns,
-                    "written_stats": None}  # fmt: skip
+                    "written_stats": None, "written_for_hash": doc.get("calibration_hash")}  # fmt: skip
         if isinstance(result, FileChangedError):
             report.skipped += 1
         elif not isinstance(result, DiskFullError):  # a full disk is in no total: not handled

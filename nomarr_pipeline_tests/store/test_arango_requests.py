@@ -812,6 +812,23 @@ def test_record_analysis_and_writes_are_single_statements(store: ArangoStore, fa
     }
 
 
+def test_a_guarded_write_record_clears_pending_only_for_an_unchanged_hash(
+    store: ArangoStore, fake: FakeArango
+) -> None:
+    store.record_writes(
+        [{"_key": "a", "written_at": 9, "file_tags_pending": False, "written_for_hash": "h1"},
+         {"_key": "b", "written_at": None, "write_error": "denied", "file_tags_pending": True}]
+    )
+    fields, guard = [r for r in fake.requests if r.bind_vars.get("rows")]
+    assert fields.bind_vars == {
+        "rows": [{"_key": "a", "written_at": 9},
+                 {"_key": "b", "written_at": None, "write_error": "denied", "file_tags_pending": True}]
+    }
+    assert "d.calibration_hash == row.hash" in guard.query
+    assert "UPDATE d WITH {file_tags_pending: false}" in guard.query
+    assert guard.bind_vars == {"rows": [{"_key": "a", "hash": "h1"}]}
+
+
 def test_file_tags_for_files_sorted_with_original_keys(store: ArangoStore, fake: FakeArango) -> None:
     fake.answer(
         "FILTER d.file_id IN @file_ids RETURN",

@@ -358,6 +358,25 @@ def test_pending_writes_and_results(store: Store) -> None:
     assert c["write_error"] == "denied"
 
 
+def test_a_write_clears_pending_only_while_the_file_keeps_the_hash_it_was_written_for(store: Store) -> None:
+    """A recalibration that finishes while a batch writes a file gives it new tiers and marks
+    it pending again; the batch's record must not take that back."""
+    store.upsert_files([_file(key, file_tags_pending=True, calibration_hash="h1") for key in "abc"])
+    store.upsert_files([{"_key": "b", "calibration_hash": "h2"}, {"_key": "c", "calibration_hash": None}])
+    store.record_writes(
+        [
+            {"_key": key, "written_at": 9, "write_error": None, "file_tags_pending": False,
+             "written_for_hash": "h1"}
+            for key in "abc"
+        ]
+    )
+    assert [f["_key"] for f in store.files_pending_write("lib1", None, 10)] == ["b", "c"]
+    assert {f["_key"]: f["written_at"] for f in store.get_files(list("abc"))} == {"a": 9, "b": 9, "c": 9}
+    assert "written_for_hash" not in store.get_files(["a"])[0]
+    store.record_writes([{"_key": "c", "file_tags_pending": False, "written_for_hash": None}])
+    assert [f["_key"] for f in store.files_pending_write("lib1", None, 10)] == ["b"]
+
+
 def test_tag_writers_stats_are_known_until_the_write_is_recorded(store: Store) -> None:
     store.upsert_files([_file("a", file_tags_pending=True), _file("b")])
     # Before each rename: the copy's stat, appended (two writers at once keep both).

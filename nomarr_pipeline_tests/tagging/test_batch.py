@@ -344,6 +344,28 @@ def test_a_stat_recorded_by_another_batch_since_the_page_was_read_is_accepted(
         assert (doc["size"], doc["mtime_ns"]) == stat_of(path)
 
 
+def test_a_recalibration_finished_during_the_write_leaves_the_file_pending(
+    store: Store, make_file: Callable[..., Path], library_root: Path
+) -> None:
+    """New tiers stored while the batch writes the old ones must still reach the file."""
+    store.ensure_library(library_doc(library_root))
+    files = {"a": make_file("mp3"), "b": make_file("flac")}
+    register(store, files)
+    store.finish_recalibration([{"_key": key, "calibration_hash": "h1"} for key in files])
+    add_stats = store.add_written_stats
+
+    def recalibration_finishes_meanwhile(stats: list[dict[str, Any]]) -> None:
+        add_stats(stats)
+        store.finish_recalibration(
+            [{"_key": "a", "calibration_hash": "h2", "mood_tiers": TIERS, "file_tags_pending": True}]
+        )
+
+    store.add_written_stats = recalibration_finishes_meanwhile  # type: ignore[method-assign]
+    assert run(store, library_root).written == 2
+    assert file_doc(store, "a")["file_tags_pending"] is True, "the new tiers are still to be written"
+    assert file_doc(store, "b")["file_tags_pending"] is False
+
+
 def test_an_immutable_file_is_a_clear_error_and_the_batch_goes_on(
     store: Store, make_file: Callable[..., Path], library_root: Path
 ) -> None:
