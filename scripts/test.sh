@@ -13,4 +13,9 @@ echo "== ruff"
 echo "== dg check defs"
 .venv/bin/dg check defs
 echo "== pytest"
-.venv/bin/pytest -p no:cacheprovider "$@"
+# One test process per core unless the caller chooses (-n 0 runs them all in this process).
+parallel=(-n auto)
+for arg in "$@"; do
+  case "$arg" in -n|-n*|--numprocesses*) parallel=() ;; esac
+done
+.venv/bin/pytest -p no:cacheprovider "${parallel[@]}" "$@"
