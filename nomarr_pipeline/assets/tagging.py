@@ -43,6 +43,7 @@ def calibrated_tags(
             "usable_calibrations": sum(is_usable(state) for state in db.list_calibrations()),
             "seconds": round(report.seconds, 3),
             "reader_processes": report.readers,
+            "writer_processes": report.writers,
             "claims_voided_by_new_predictions": report.voided,
         }
     )

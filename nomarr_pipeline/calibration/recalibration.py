@@ -13,6 +13,10 @@
    the calibrated values are stored set-based, then the tiers, the expected hash and
    ``file_tags_pending``. A file whose claim was voided is left mismatching and is claimed
    again, so tiers computed from predictions that changed meanwhile are never stored.
+   On a store with one writer at a time (SQLite) this process finishes every batch; where
+   writers do not wait for each other (``Store.concurrent_writers``: PostgreSQL) each reader
+   finishes its own batch on its own connection, so several batches are stored at once.
+   Batches hold different files (one claim per file), so finishers never wait for each other.
 
 A crash leaves finished files finished and claimed ones mismatching: a rerun resumes where
 it stopped. The hash is computed once per run; calibrations that change during a run make
@@ -64,6 +68,7 @@ class RecalibrationReport:
     seconds: float
     voided: int = 0  # claims voided by predictions written meanwhile (claimed again)
     readers: int = 1  # processes that read and computed tiers (1: inline)
+    writers: int = 1  # processes that finished batches at once
 
     @property
     def complete(self) -> bool:
@@ -108,22 +113,27 @@ def recalibrate(
     if readers == 0:
         pending = store.count_files_needing_recalibration(expected, library_id)
         readers = default_readers() if min(pending, max_files or pending) >= POOL_MIN_FILES else 1
-    with _tier_readers(store, config, readers) as compute:
-        run = _Run(store, expected, batch_size, library_id, max_files, progress, compute)
+    finish_in_readers = readers > 1 and store.concurrent_writers
+    with _batch_readers(store, config, expected, readers, finish_in_readers) as process:
+        run = _Run(store, expected, batch_size, library_id, max_files, progress, process)
         run.until_done(depth=readers + 1)
     remaining = store.count_files_needing_recalibration(expected, library_id)
     seconds = time.perf_counter() - started
+    writers = readers if finish_in_readers else 1
     log.info(
-        "recalibrated %d files in %d batches (%.1f s, %d readers), %d claims voided by new "
-        "predictions, %d remaining, hash %s",
-        run.recalibrated, run.batches, seconds, readers, run.voided, remaining, expected,
+        "recalibrated %d files in %d batches (%.1f s, %d readers, %d writers), %d claims voided "
+        "by new predictions, %d remaining, hash %s",
+        run.recalibrated, run.batches, seconds, readers, writers, run.voided, remaining, expected,
     )  # fmt: skip
     return RecalibrationReport(
-        expected, run.recalibrated, run.batches, remaining, seconds, run.voided, readers
+        expected, run.recalibrated, run.batches, remaining, seconds, run.voided, readers, writers
     )
 
 
-ComputeTiers = Callable[[list[str]], "Future[dict[str, Doc | None]]"]
+# A batch's tiers, and the files finished when the reader finished the batch itself (None:
+# the caller finishes it).
+BatchResult = tuple[dict[str, Doc | None], list[str] | None]
+ProcessBatch = Callable[[str, list[str]], "Future[BatchResult]"]
 
 
 class _Run:
@@ -137,11 +147,11 @@ class _Run:
         library_id: str | None,
         max_files: int | None,
         progress: ProgressCallback | None,
-        compute: ComputeTiers,
+        process: ProcessBatch,
     ) -> None:
         self.store, self.expected = store, expected
         self.batch_size, self.library_id, self.max_files = batch_size, library_id, max_files
-        self.progress, self.compute = progress, compute
+        self.progress, self.process = progress, process
         # Unique per run, so files claimed by a crashed or concurrent run are claimed anew; and
         # per batch, so a file voided and claimed again by a later batch is never finished by
         # the earlier batch, whose tiers it no longer matches.
@@ -151,7 +161,7 @@ class _Run:
         self.last_finished: list[str] = []
 
     def until_done(self, depth: int) -> None:
-        in_flight: deque[tuple[str, list[str], Future[dict[str, Doc | None]]]] = deque()
+        in_flight: deque[tuple[str, list[str], Future[BatchResult]]] = deque()
         exhausted = False
         try:
             while True:
@@ -160,11 +170,11 @@ class _Run:
                     if not file_ids:
                         exhausted = True
                         break
-                    in_flight.append((claim, file_ids, self.compute(file_ids)))
+                    in_flight.append((claim, file_ids, self.process(claim, file_ids)))
                 if not in_flight:
                     return
-                claim, file_ids, tiers = in_flight.popleft()
-                if self._finish(claim, file_ids, tiers.result()):
+                claim, file_ids, processed = in_flight.popleft()
+                if self._finish(claim, file_ids, *processed.result()):
                     exhausted = False  # voided claims are mismatching again: claim them anew
         finally:
             for _, _, future in in_flight:
@@ -188,9 +198,12 @@ class _Run:
         self.claimed += len(file_ids)
         return claim, file_ids
 
-    def _finish(self, claim: str, file_ids: list[str], tiers: dict[str, Doc | None]) -> int:
-        """Store the batch; returns how many of its claims were voided."""
-        finished = self.store.finish_claimed_recalibration(claim, self.expected, tiers)
+    def _finish(
+        self, claim: str, file_ids: list[str], tiers: dict[str, Doc | None], finished: list[str] | None
+    ) -> int:
+        """Store the batch (unless its reader did); returns how many of its claims were voided."""
+        if finished is None:
+            finished = self.store.finish_claimed_recalibration(claim, self.expected, tiers)
         self.recalibrated += len(finished)
         voided = len(file_ids) - len(finished)
         if voided:
@@ -205,14 +218,17 @@ class _Run:
 
 
 @contextmanager
-def _tier_readers(store: Store, config: TierConfig, readers: int) -> Iterator[ComputeTiers]:
-    """``compute(file_ids) -> Future[tiers]``: inline, or in ``readers`` reader processes
-    that each open their own store connection."""
+def _batch_readers(
+    store: Store, config: TierConfig, expected: str, readers: int, finish: bool
+) -> Iterator[ProcessBatch]:
+    """``process(claim, file_ids) -> Future[(tiers, finished)]``: inline, or in ``readers``
+    reader processes that each open their own store connection and, with ``finish``, also
+    finish their batch there."""
     if readers <= 1:
 
-        def inline(file_ids: list[str]) -> Future[dict[str, Doc | None]]:
-            future: Future[dict[str, Doc | None]] = Future()
-            future.set_result(batch_tiers(store, file_ids, config))
+        def inline(claim: str, file_ids: list[str]) -> Future[BatchResult]:
+            future: Future[BatchResult] = Future()
+            future.set_result((batch_tiers(store, file_ids, config), None))
             return future
 
         yield inline
@@ -222,7 +238,9 @@ def _tier_readers(store: Store, config: TierConfig, readers: int) -> Iterator[Co
         readers, mp_context=context, initializer=_init_reader, initargs=(store, config)
     ) as pool:
         try:
-            yield lambda file_ids: pool.submit(_reader_batch_tiers, file_ids)
+            yield lambda claim, file_ids: pool.submit(
+                _reader_process_batch, claim, file_ids, expected if finish else None
+            )
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -237,8 +255,12 @@ def _init_reader(store: Store, config: TierConfig) -> None:
     _reader = (store, config)
 
 
-def _reader_batch_tiers(file_ids: list[str]) -> dict[str, Doc | None]:
+def _reader_process_batch(claim: str, file_ids: list[str], finish_with: str | None) -> BatchResult:
+    """Tiers of a batch; with ``finish_with`` (the expected hash) the batch finished too."""
     if _reader is None:
         raise RuntimeError("recalibration reader process was not initialised")
     store, config = _reader
-    return batch_tiers(store, file_ids, config)
+    tiers = batch_tiers(store, file_ids, config)
+    if finish_with is None:
+        return tiers, None
+    return tiers, store.finish_claimed_recalibration(claim, finish_with, tiers)

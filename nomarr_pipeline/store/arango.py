@@ -151,6 +151,8 @@ class ArangoStore:
     """The Store protocol on ArangoDB. Holds configuration only until first used."""
 
     engine = "arango"
+    # One writer: concurrent writers were never measured against a live ArangoDB here.
+    concurrent_writers = False
 
     def __init__(
         self,

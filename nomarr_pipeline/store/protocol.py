@@ -132,6 +132,10 @@ class Store(Protocol):
     """One database holding the library, predictions and calibrations."""
 
     engine: str
+    # True where several processes write at once without waiting for each other (a server
+    # engine: row locks), so e.g. recalibration finishes batches in several processes; False
+    # where writers take turns (SQLite's single write lock: more writers only wait).
+    concurrent_writers: bool
 
     def close(self) -> None: ...
 

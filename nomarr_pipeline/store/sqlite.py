@@ -42,6 +42,7 @@ _FINITE_NUMBER = "typeof(value) IN ('real', 'integer') AND value > -9e999 AND va
 
 class SqliteStore:
     engine = "sqlite"
+    concurrent_writers = False
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)

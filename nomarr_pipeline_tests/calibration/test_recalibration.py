@@ -222,6 +222,41 @@ def test_reader_processes_give_the_same_result_as_inline(sqlite_store: Store, tm
     assert sqlite_store.file_tags_for_files(keys) == inline_store.file_tags_for_files(keys)
 
 
+def test_concurrent_finishers_on_postgres_end_as_a_single_writer(postgres_db) -> None:
+    """PostgreSQL's reader processes finish their own batches, several at once, on their own
+    connections; the store ends exactly where one writer finishing every batch ends."""
+    from nomarr_pipeline.store import open_store
+
+    server = postgres_db.server
+    single_db = server.create_database()
+    stores = [
+        open_store(server.url(name), pg_password=server.password) for name in (postgres_db.name, single_db)
+    ]
+    pooled_store, single_store = stores
+    keys = fill(pooled_store)
+    fill(single_store)
+    for store in stores:
+        calibrate_heads(store, HEADS, now_ms=NOW)
+    pooled = recalibrate(pooled_store, batch_size=2, readers=3)
+    single = recalibrate(single_store, batch_size=2, readers=1)
+    assert (pooled.recalibrated, pooled.remaining, pooled.readers, pooled.writers) == (FILES, 0, 3, 3)
+    assert (single.recalibrated, single.expected_hash, single.writers) == (FILES, pooled.expected_hash, 1)
+    for key in keys:
+        check_file_is_recalibrated(pooled_store, key, pooled.expected_hash)
+    assert pooled_store.get_files(keys) == single_store.get_files(keys)
+    assert pooled_store.file_tags_for_files(keys) == single_store.file_tags_for_files(keys)
+    for store in stores:
+        store.close()
+    server.drop_database(single_db)
+
+
+def test_a_single_writer_store_finishes_in_the_writing_process(sqlite_store: Store) -> None:
+    fill(sqlite_store)
+    calibrate_heads(sqlite_store, HEADS, now_ms=NOW)
+    report = recalibrate(sqlite_store, batch_size=4, readers=2)
+    assert (report.recalibrated, report.readers, report.writers) == (FILES, 2, 1)
+
+
 def test_readers_validated(sqlite_store: Store) -> None:
     with pytest.raises(ValueError, match="readers"):
         recalibrate(sqlite_store, readers=-1)
@@ -241,8 +276,14 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("readers", [1, 2])
-def test_a_killed_run_loses_nothing_and_a_rerun_finishes(tmp_path, readers: int) -> None:
+@pytest.mark.parametrize(
+    ("engine", "readers"),
+    # On PostgreSQL with 2 readers the readers finish batches themselves: killed mid-finish.
+    [("sqlite", 1), ("sqlite", 2), ("postgres", 1), ("postgres", 2)],
+)
+def test_a_killed_run_loses_nothing_and_a_rerun_finishes(
+    request: pytest.FixtureRequest, tmp_path, engine: str, readers: int
+) -> None:
     """SIGKILL (no cleanup, no rollback in Python): finished batches stay finished, the
     claimed ones still mismatch, and the next run completes every file correctly."""
     import signal
@@ -253,8 +294,14 @@ def test_a_killed_run_loses_nothing_and_a_rerun_finishes(tmp_path, readers: int)
 
     count = 1000
     values = np.random.default_rng(5).uniform(0.0, 1.0, count).round(6).tolist()
-    url = f"sqlite:///{tmp_path / 'killed.sqlite3'}"
-    store = open_store(url)
+    env = dict(os.environ)
+    if engine == "sqlite":
+        url = f"sqlite:///{tmp_path / 'killed.sqlite3'}"
+        store = open_store(url)
+    else:
+        database = request.getfixturevalue("postgres_db")
+        url, env["PGPASSWORD"] = database.url, database.password
+        store = open_store(url, pg_password=database.password)
     keys = populate(store, {(EFFNET, "mood_happy"): {"happy": values, "non_happy": [1 - v for v in values]}})
     calibrate_heads(store, HEADS[:1], now_ms=NOW)
     expected = expected_calibration_hash(store.list_calibrations())
@@ -262,7 +309,7 @@ def test_a_killed_run_loses_nothing_and_a_rerun_finishes(tmp_path, readers: int)
     script.write_text(KILLED_RUN)
     child = subprocess.Popen(
         [sys.executable, str(script), url, str(readers)], stdout=subprocess.PIPE, text=True,
-        start_new_session=True,
+        start_new_session=True, env=env,
     )  # fmt: skip
     try:
         assert child.stdout is not None

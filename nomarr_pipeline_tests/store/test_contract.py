@@ -473,6 +473,48 @@ def test_finish_stores_only_files_that_still_hold_the_claim(store: Store) -> Non
     assert store.finish_claimed_recalibration("claim:1", "H", {}) == []
 
 
+def test_batches_finished_at_once_by_several_processes_each_land_whole(store: Store) -> None:
+    """What recalibration relies on where ``concurrent_writers`` is true (its reader processes
+    finish their own batches): finishes of different claims on different connections at once
+    each store their batch whole. Copies of the store connect anew, as a process's do."""
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    assert store.concurrent_writers is (store.engine == "postgres")
+    keys = [f"f{i:02d}" for i in range(12)]
+    store.upsert_files([_file(k) for k in keys])
+    store.write_predictions(
+        [_tag(k, label, 0.05 * i) for i, k in enumerate(keys) for label in ("happy", "bad")]
+    )
+    _analysed(store, keys)
+    store.save_calibrations([_state("happy", 0.1, 0.9)], [])
+    claims = {
+        f"claim:{n}": store.claim_files_for_recalibration("H", "claim:", f"claim:{n}", 4) for n in range(3)
+    }
+    together = Barrier(len(claims))
+
+    def finish(claim: str) -> list[str]:
+        finisher = pickle.loads(pickle.dumps(store))
+        try:
+            together.wait(timeout=30)
+            return finisher.finish_claimed_recalibration(
+                claim, "H", {k: {"mood-loose": [k]} for k in claims[claim]}
+            )
+        finally:
+            finisher.close()
+
+    with ThreadPoolExecutor(len(claims)) as pool:
+        finished = dict(zip(claims, pool.map(finish, claims), strict=True))
+    assert finished == claims and sorted(k for ks in finished.values() for k in ks) == keys
+    assert store.count_files_needing_recalibration("H") == 0
+    for doc in store.get_files(keys):
+        assert (doc["calibration_hash"], doc["mood_tiers"]) == ("H", {"mood-loose": [doc["_key"]]})
+    for tag in store.file_tags_for_files(keys):
+        expected = None if tag["label"] == "bad" else min(max((tag["value"] - 0.1) / 0.8, 0.0), 1.0)
+        assert tag["calibrated_value"] == pytest.approx(expected)
+
+
 def test_finish_is_all_or_nothing(store: Store) -> None:
     store.upsert_files([_file("a"), _file("b")])
     store.write_predictions([_tag("a", "happy", 0.5), _tag("b", "happy", 0.95)])

@@ -206,10 +206,18 @@ def test_server_gone_mid_run_fails_clearly_and_a_re_run_finishes(own_server: Pos
     finally:
         own_server.start()
     expected = expected_calibration_hash(store.list_calibrations())
-    assert store.count_files_needing_recalibration(expected) == 200  # two batches done, none half
+    # Finishes commit without waiting for the WAL flush: the crash may lose the batches
+    # finished last (they still hold their claim), never part of one.
+    remaining = store.count_files_needing_recalibration(expected)
+    assert remaining in (200, 250, 300)
+    files = store.get_files(keys)
+    assert sum(f["calibration_hash"] == expected for f in files) == 300 - remaining
+    finished = {f["_key"] for f in files if f["calibration_hash"] == expected}
+    calibrated = {t["file_id"] for t in store.file_tags_for_files(keys) if t["calibrated_value"] is not None}
+    assert calibrated <= finished
 
     report = recalibrate(store, tier_config=config, batch_size=50, readers=1)
-    assert report.complete and report.recalibrated == 200
+    assert report.complete and report.recalibrated == remaining
     assert _state(store, keys) == _state(reference, keys)
 
 
