@@ -9,6 +9,7 @@ and stored its files.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from nomarr_pipeline.library.identity import file_key
 from nomarr_pipeline_tests.assets.sharded_runs import (
     HAPPY,
     LIBRARY,
+    REPO,
     SAD,
     finish,
     launch,
@@ -36,12 +38,21 @@ pytestmark = pytest.mark.slow
 SHARDS = 3
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture
 def settings(two_head_models: Path, postgres_db: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The deployment's environment; the Dask workers started after this see it too."""
+    """The deployment's environment, with the shipped executor config; the Dask workers
+    started after this see it too (they load the definitions, executor included)."""
     env = {"NOMARR_STORE_URL": postgres_db.url, "NOMARR_PG_PASSWORD": postgres_db.password,
            "PGPASSWORD": postgres_db.password, "NOMARR_MODELS_DIR": str(two_head_models),
-           "NOMARR_ANALYSIS_SHARDS": str(SHARDS), "NOMARR_EXECUTOR": "dask"}
+           "NOMARR_ANALYSIS_SHARDS": str(SHARDS), "NOMARR_EXECUTOR": "dask",
+           "NOMARR_EXECUTOR_CONFIG": str(REPO / "deploy" / "executors" / "dask.yaml"),
+           "DASK_SCHEDULER_ADDRESS": f"tcp://127.0.0.1:{free_port()}"}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
@@ -55,17 +66,12 @@ def cluster(settings: dict[str, str], tmp_path: Path) -> Iterator[Any]:
     with (
         dask.config.set({"distributed.worker.daemon": False}),
         distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                 scheduler_port=int(settings["DASK_SCHEDULER_ADDRESS"].rsplit(":", 1)[1]),
                                  dashboard_address=None, local_directory=str(tmp_path / "dask")) as local,
     ):
         yield local
 
 
-# dagster-dask 0.29.27 hands the DagsterRun to Client.submit; dask 2026.8's argument parsing
-# iterates into it and hits the run's partitions subset (a @record that forbids iteration):
-# "Iteration is not allowed on `@record` KeyRangesPartitionsSubset". Every run over a range of
-# head partitions fails before a step starts. Strict: it alerts when the combination works.
-@pytest.mark.xfail(strict=True, reason="dagster-dask 0.29.27 + dask 2026.8 cannot submit a run "
-                   "with a partitions subset (Iteration is not allowed on @record)")
 def test_a_dask_cluster_runs_every_shard_against_postgresql(
     tmp_path: Path, two_head_models: Path, dagster_home: dg.DagsterInstance,
     settings: dict[str, str], cluster: Any,
@@ -77,12 +83,12 @@ def test_a_dask_cluster_runs_every_shard_against_postgresql(
         make_audio(root / name, 4.0, seed=seed)
     url = settings["NOMARR_STORE_URL"]
     new_store(url, root, names)
-    config = tmp_path / "dask.yaml"
-    config.write_text(f"cluster:\n  existing:\n    address: {cluster.scheduler_address}\n")
+    assert cluster.scheduler_address == settings["DASK_SCHEDULER_ADDRESS"]
     with distributed.Client(cluster) as client:
         worker_pids = set(client.run(os.getpid).values())
 
-    run = finish(launch(url, two_head_models, SHARDS, executor="dask", executor_config=config))
+    run = finish(launch(url, two_head_models, SHARDS, executor="dask",
+                        executor_config=Path(settings["NOMARR_EXECUTOR_CONFIG"])))
 
     assert run["success"]
     starts = step_events(dagster_home, run["run_id"], DagsterEventType.STEP_START)
