@@ -176,6 +176,8 @@ def _shard_reports(context: dg.AssetExecutionContext) -> tuple[dict[str, HeadRep
             report.seconds += part["seconds"]
             report.errors.extend(part["errors"][: max(0, MAX_REPORTED_ERRORS - len(report.errors))])
             report.broken = report.broken or part.get("broken")
+            for fault, files in part.get("faults", {}).items():
+                report.faults[fault] = report.faults.get(fault, 0) + files
     return reports, dict(starts)
 
 
@@ -241,14 +243,15 @@ def _report_op(count: int) -> dg.OpDefinition:
                 f"{key}: {report.analysed} analysed, {report.failed} failed, "
                 f"{report.skipped} skipped ({report.seconds:.1f}s of worker time)"
             )
-        broken = {head.partition_key: head for head in heads if reports[head.partition_key].broken}
+        broken = {head.partition_key: (head, fault) for head in heads
+                  if (fault := reports[head.partition_key].broken_model())}
         if broken:
             # The other heads' predictions are stored (a re-run skips them); the broken ones'
             # partitions must not be marked materialized.
-            details = "; ".join(f"{head.graph_path.name} ({key}): {reports[key].broken}"
-                                for key, head in sorted(broken.items()))
+            details = "; ".join(f"{head.graph_path.name} ({key}): {fault}"
+                                for key, (head, fault) in sorted(broken.items()))
             raise dg.Failure(
-                f"{len(broken)} broken model(s), stopped after their first files failed alike: {details}. "
+                f"{len(broken)} broken model(s), failing on their first files alike: {details}. "
                 "Replace or remove the model file (its files are tried again once it changes); "
                 "the other heads' predictions are stored",
                 metadata=_metadata(reports, seconds),

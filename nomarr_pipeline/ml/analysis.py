@@ -45,6 +45,7 @@ class HeadReport:
     skipped: int = 0
     seconds: float = 0.0  # worker time attributed to this head (a file's time split evenly)
     errors: list[str] = field(default_factory=list)  # the first few, for the UI
+    faults: dict[str, int] = field(default_factory=dict)  # model fault -> files it failed
     broken: str | None = None  # the model fault that stopped this head, if it was stopped
 
     def as_metadata(self) -> dict[str, object]:
@@ -54,8 +55,20 @@ class HeadReport:
             "skipped": self.skipped,
             "seconds": round(self.seconds, 3),
             "errors": list(self.errors),
+            "faults": dict(self.faults),
             "broken": self.broken,
         }
+
+    def broken_model(self) -> str | None:
+        """The fault of a broken model: one that was stopped, or that worked on no file and
+        failed every file it failed on the model's side with one and the same fault (files too
+        short or undecodable say nothing of the model). Small runs, and shards that each saw
+        fewer than :data:`BROKEN_AFTER` files, are judged by this when their reports are added up."""
+        if self.broken:
+            return self.broken
+        if self.analysed == 0 and len(self.faults) == 1:
+            return next(iter(self.faults))
+        return None
 
 
 @dataclass(frozen=True)
@@ -274,6 +287,8 @@ class _ResultWriter:
                 continue
             errors.append(outcome.error)
             report.failed += 1
+            if outcome.model_fault is not None:
+                report.faults[outcome.model_fault] = report.faults.get(outcome.model_fault, 0) + 1
             if len(report.errors) < MAX_REPORTED_ERRORS:
                 report.errors.append(f"{task.path.name}: {outcome.error}")
             if result.file_error is None:
