@@ -313,7 +313,10 @@ def launch_run(
     try:
         if job.name == predictions_job.name:
             recon = dg.build_reconstructable_job("nomarr_pipeline.definitions", "job_named", (job.name,))
-            with dg.execute_job(recon, instance, run_config=run_config, tags=tags) as launched:
+            with (
+                nullcontext() if verbose else step_processes_print_to(step_output_log()),
+                dg.execute_job(recon, instance, run_config=run_config, tags=tags) as launched,
+            ):
                 run_id, success, events = launched.run_id, launched.success, launched.all_events
         else:
             result = job.execute_in_process(
@@ -326,6 +329,43 @@ def launch_run(
     if success:
         return run_id, None
     return run_id, _failure_of(events)
+
+
+def step_output_log() -> Path:
+    """Where the step processes of the latest predictions run of the command line printed."""
+    return Path(os.environ["DAGSTER_HOME"]) / "nomarr-cli" / "step-processes.log"
+
+
+@contextmanager
+def step_processes_print_to(log: Path) -> Iterator[None]:
+    """Processes started meanwhile (a run's step processes, their analysis workers) print
+    into ``log``, while this process keeps printing to the terminal.
+
+    Step processes inherit this process's stdout and stderr, and write there before any run
+    config applies: Dagster's DEBUG line per step process, warnings of the code location they
+    load, TensorFlow's and Essentia's own lines. The events are in the instance (the UI shows
+    them, as does ``--verbose``); the command line shows its progress and summary."""
+    log.parent.mkdir(exist_ok=True)
+    streams = sys.stdout, sys.stderr
+    for stream in streams:
+        stream.flush()
+    # This process's own output goes on through copies of the terminal's descriptors.
+    terminal = [open(os.dup(fd), "w", buffering=1, encoding=stream.encoding, errors="replace")  # noqa: SIM115
+                for fd, stream in ((1, streams[0]), (2, streams[1]))]
+    with open(log, "wb") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        sys.stdout, sys.stderr = terminal
+        try:
+            yield
+        finally:
+            for stream in terminal:
+                stream.flush()
+            os.dup2(terminal[0].fileno(), 1)
+            os.dup2(terminal[1].fileno(), 2)
+            sys.stdout, sys.stderr = streams
+            for stream in terminal:
+                stream.close()
 
 
 # A step's store error is re-raised in the command line as itself, so it gets its own advice.

@@ -35,7 +35,7 @@ from nomarr_pipeline.ml.analysis import (
 )
 from nomarr_pipeline.ml.capacity import available_cores
 from nomarr_pipeline.ml.discovery import discover_models
-from nomarr_pipeline.partitions import heads_partitions
+from nomarr_pipeline.partitions import SINGLE_RUN, heads_partitions
 from nomarr_pipeline.progress import StepProgress
 from nomarr_pipeline.resources import ModelsResource, StoreResource
 from nomarr_pipeline.store import AnalysisClaim
@@ -298,7 +298,7 @@ def build_file_tags(shards: int) -> dg.AssetsDefinition:
     @dg.graph_asset(
         name="file_tags",
         partitions_def=heads_partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=SINGLE_RUN,
         ins={"library_files": dg.AssetIn(dagster_type=dg.Nothing)},
         group_name="ml",
         kinds={"python", "tensorflow"},
