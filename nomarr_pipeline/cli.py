@@ -84,7 +84,7 @@ def status() -> int:
     """Files, analysis, calibration and pending writes per library."""
     import pandas as pd
 
-    frame = runner.status_frame(runner.open_checked_store(), runner.known_head_labels())
+    frame = runner.status_frame(runner.open_checked_store(), runner.known_heads())
     if frame.empty:
         click.echo("no library scanned yet: run `nomarr-pipeline run` (or `nomarr-pipeline demo`)")
         return 0
@@ -383,7 +383,7 @@ def _print_outcomes(outcomes: Sequence[StepOutcome]) -> bool:
 def _print_where_to_look(store: Store) -> None:
     settings = runner.checked_settings()
     click.echo()
-    frame = runner.status_frame(store, runner.known_head_labels())
+    frame = runner.status_frame(store, runner.known_heads())
     if not frame.empty:
         click.echo(frame.to_string(index=False))
         click.echo()

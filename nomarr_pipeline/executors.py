@@ -81,7 +81,13 @@ def _remote_executor(name: str) -> dg.ExecutorDefinition:
             refuse_embedded_store(name, store_engine(Settings.from_env().store_url))
         except (ExecutorSettingError, StoreError) as error:
             raise RunRefusedError(str(error)) from None
-        return creation_fn(init_context)
+        executor = creation_fn(init_context)
+        if name == "dask":
+            # dagster-dask hands Dask a run it cannot submit: see nomarr_pipeline.dask_executor.
+            from nomarr_pipeline.dask_executor import OpaqueRunDaskExecutor
+
+            executor = OpaqueRunDaskExecutor.wrapping(executor)  # type: ignore[arg-type]
+        return executor
 
     return dg.ExecutorDefinition(
         name=base.name,

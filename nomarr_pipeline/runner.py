@@ -12,7 +12,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,15 +222,21 @@ def require_heads() -> list[Head]:
     return list(catalog.heads)
 
 
-def known_head_labels() -> dict[tuple[str, str], tuple[str, ...]] | None:
-    """(model_key, head_name) -> labels of every head in NOMARR_MODELS_DIR; ``None`` when no
-    models folder is configured."""
+def known_heads() -> list[Head] | None:
+    """Every head of NOMARR_MODELS_DIR; ``None`` when no models folder is configured."""
     from nomarr_pipeline.ml.discovery import discover_models
 
     models_dir = checked_settings().models_dir
     if models_dir is None or not models_dir.is_dir():
         return None
-    return {(head.model_key, head.head_name): head.labels for head in discover_models(models_dir).heads}
+    return list(discover_models(models_dir).heads)
+
+
+def known_head_labels() -> dict[tuple[str, str], tuple[str, ...]] | None:
+    """(model_key, head_name) -> labels of every head in NOMARR_MODELS_DIR; ``None`` when no
+    models folder is configured."""
+    heads = known_heads()
+    return None if heads is None else {(head.model_key, head.head_name): head.labels for head in heads}
 
 
 def dagster_instance() -> dg.DagsterInstance:
@@ -307,7 +313,10 @@ def launch_run(
     try:
         if job.name == predictions_job.name:
             recon = dg.build_reconstructable_job("nomarr_pipeline.definitions", "job_named", (job.name,))
-            with dg.execute_job(recon, instance, run_config=run_config, tags=tags) as launched:
+            with (
+                nullcontext() if verbose else step_processes_print_to(step_output_log()),
+                dg.execute_job(recon, instance, run_config=run_config, tags=tags) as launched,
+            ):
                 run_id, success, events = launched.run_id, launched.success, launched.all_events
         else:
             result = job.execute_in_process(
@@ -320,6 +329,43 @@ def launch_run(
     if success:
         return run_id, None
     return run_id, _failure_of(events)
+
+
+def step_output_log() -> Path:
+    """Where the step processes of the latest predictions run of the command line printed."""
+    return Path(os.environ["DAGSTER_HOME"]) / "nomarr-cli" / "step-processes.log"
+
+
+@contextmanager
+def step_processes_print_to(log: Path) -> Iterator[None]:
+    """Processes started meanwhile (a run's step processes, their analysis workers) print
+    into ``log``, while this process keeps printing to the terminal.
+
+    Step processes inherit this process's stdout and stderr, and write there before any run
+    config applies: Dagster's DEBUG line per step process, warnings of the code location they
+    load, TensorFlow's and Essentia's own lines. The events are in the instance (the UI shows
+    them, as does ``--verbose``); the command line shows its progress and summary."""
+    log.parent.mkdir(exist_ok=True)
+    streams = sys.stdout, sys.stderr
+    for stream in streams:
+        stream.flush()
+    # This process's own output goes on through copies of the terminal's descriptors.
+    terminal = [open(os.dup(fd), "w", buffering=1, encoding=stream.encoding, errors="replace")  # noqa: SIM115
+                for fd, stream in ((1, streams[0]), (2, streams[1]))]
+    with open(log, "wb") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        sys.stdout, sys.stderr = terminal
+        try:
+            yield
+        finally:
+            for stream in terminal:
+                stream.flush()
+            os.dup2(terminal[0].fileno(), 1)
+            os.dup2(terminal[1].fileno(), 2)
+            sys.stdout, sys.stderr = streams
+            for stream in terminal:
+                stream.close()
 
 
 # A step's store error is re-raised in the command line as itself, so it gets its own advice.
@@ -516,25 +562,34 @@ def usable_calibrations(store: Store) -> list[Doc]:
     return [state for state in store.list_calibrations() if is_usable(state)]
 
 
-def status_frame(store: Store, known_heads: Collection[tuple[str, str]] | None = None) -> pd.DataFrame:
-    """One row per library: the numbers ``nomarr-pipeline status`` prints. "calibrated
-    heads" counts the heads of ``known_heads`` (the models folder's (model_key, head_name))
-    with a calibration that can be applied; every calibrated head when it is ``None``."""
+def status_frame(store: Store, heads: Sequence[Head] | None = None) -> pd.DataFrame:
+    """One row per library: the numbers ``nomarr-pipeline status`` prints.
+
+    "calibrated heads" counts the heads of ``heads`` (the models folder's) with a calibration
+    that can be applied; every calibrated head when it is ``None``. "failed" counts files
+    whose scan or decoding failed, and files that failed for one of ``heads`` at its current
+    model (a failure of a model replaced since does not count: the file will be tried again);
+    "analysed" the other analysed files."""
     import pandas as pd
 
+    from nomarr_pipeline.ml.analysis import head_version
+
     calibrated = {(s["model_key"], s["head_name"]) for s in usable_calibrations(store)}
-    heads = len(calibrated if known_heads is None else calibrated & set(known_heads))
+    if heads is not None:
+        calibrated &= {(head.model_key, head.head_name) for head in heads}
+    versions = [head_version(head) for head in heads or ()]
     target = expected_calibration_hash(store.list_calibrations())
     rows = []
     for library in store.list_libraries():
         counts = store.file_counts(library["_key"])
+        head_failures = store.count_files_with_analysis_errors(versions, library["_key"]) if versions else 0
         rows.append(
             [
                 library.get("name") or library.get("root_path") or library["_key"],
                 counts["total"],
-                counts["analysed"],
-                counts["scan_errors"] + counts["analysis_errors"],
-                heads,
+                max(0, counts["analysed"] - head_failures),
+                counts["scan_errors"] + counts["analysis_errors"] + head_failures,
+                len(calibrated),
                 counts["pending_writes"],
                 counts["write_errors"],
                 target,

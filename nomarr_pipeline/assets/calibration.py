@@ -16,7 +16,7 @@ from nomarr_pipeline.calibration.generation import (
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
 from nomarr_pipeline.calibration.plots import histogram_png, png_markdown
 from nomarr_pipeline.calibration.state import calibration_key, is_usable
-from nomarr_pipeline.partitions import heads_partitions
+from nomarr_pipeline.partitions import SINGLE_RUN, heads_partitions
 from nomarr_pipeline.resources import STORE_KIND, CalibrationResource, ModelsResource, StoreResource
 
 OUT_OF_RANGE_LIMIT = 0.05
@@ -66,7 +66,7 @@ STATE_CHECKS = [
 
 @dg.asset(
     partitions_def=heads_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    backfill_policy=SINGLE_RUN,
     deps=["file_tags"],
     check_specs=STATE_CHECKS,
     group_name="calibration",
@@ -168,7 +168,7 @@ def _checks(reports: Sequence[HeadCalibrationReport], min_n: int) -> list[dg.Ass
 
 @dg.asset(
     partitions_def=heads_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    backfill_policy=SINGLE_RUN,
     deps=[calibration_state],
     group_name="calibration",
     kinds={"python"},
@@ -204,7 +204,7 @@ def calibration_history(
 
 @dg.asset(
     partitions_def=heads_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    backfill_policy=SINGLE_RUN,
     deps=[calibration_state],
     group_name="calibration",
     kinds={"python", "json"},

@@ -1,8 +1,9 @@
 """``file_tags``: raw Essentia predictions per head (one dynamic partition per head).
 
 A graph-backed asset, so that the run's executor places the work: ``analysis_shard_{i}_of_{n}``
-steps each analyse one slice of the library (:func:`~nomarr_pipeline.ml.analysis.shard_key_range`),
-and ``file_tags_report`` adds their reports up and materializes the selected partitions. The
+steps claim files from the store a few at a time until none is left (a fast machine takes
+more than a slow one; see :mod:`nomarr_pipeline.ml.analysis`), and ``file_tags_report`` adds
+their reports up, releases the run's claims and materializes the selected partitions. The
 number of shard steps is fixed when the code location loads (``ModelsResource.shard_count``):
 a static fan-out, which every executor runs (dagster-dask does not run dynamic fan-outs).
 
@@ -18,7 +19,6 @@ annotation at runtime.
 import multiprocessing
 import time
 from collections import Counter
-from collections.abc import Callable
 
 import dagster as dg
 from dagster._core.events import DagsterEventType
@@ -32,18 +32,21 @@ from nomarr_pipeline.ml.analysis import (
     FileProgress,
     HeadReport,
     analyze,
-    shard_key_range,
 )
 from nomarr_pipeline.ml.capacity import available_cores
 from nomarr_pipeline.ml.discovery import discover_models
-from nomarr_pipeline.partitions import heads_partitions
+from nomarr_pipeline.partitions import SINGLE_RUN, heads_partitions
 from nomarr_pipeline.progress import StepProgress
 from nomarr_pipeline.resources import ModelsResource, StoreResource
+from nomarr_pipeline.store import AnalysisClaim
 
 _PROGRESS_EVERY_S = 30.0
 _REPORT_KEY = "shard_report"  # output metadata of a shard step that file_tags_report reads
 # A shard whose process or machine died is started again; it redoes only unfinished files.
 SHARD_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=10)
+# Claims of runs that died are deleted by the next run's report once this old (no batch of a
+# live shard holds a claim that long: it claims a few files at a time).
+STALE_CLAIM_S = 24 * 3600
 
 
 class _RunLog:
@@ -60,15 +63,19 @@ class _RunLog:
         pass
 
 
-def _progress_logger(
-    context: dg.AssetExecutionContext, progress: StepProgress
-) -> Callable[[FileProgress], None]:
-    def log(file: FileProgress) -> None:
-        if file.error:
-            context.log.warning(f"{file.path}: {file.error}")
-        progress(file.done, file.total)
+class _ProgressLog:
+    """Each finished file: its error as a warning, files done and time left in the run's log."""
 
-    return log
+    def __init__(self, context: dg.AssetExecutionContext, progress: StepProgress) -> None:
+        self._context = context
+        self._progress = progress
+        self.files = 0
+
+    def __call__(self, file: FileProgress) -> None:
+        if file.error:
+            self._context.log.warning(f"{file.path}: {file.error}")
+        self.files = file.done
+        self._progress(file.done, file.total)
 
 
 def _no_retry(failure: dg.Failure) -> dg.Failure:
@@ -79,7 +86,7 @@ def _no_retry(failure: dg.Failure) -> dg.Failure:
 def _shard_op(index: int, count: int) -> dg.OpDefinition:
     @dg.op(
         name=f"analysis_shard_{index}_of_{count}",
-        description=f"Analyse the files of shard {index + 1} of {count} (a slice of the file keys).",
+        description=f"Shard {index + 1} of {count}: analyse files claimed from the store until none is left.",
         ins={"library_files": dg.In(dg.Nothing)},
         out=dg.Out(dg.Nothing),
         retry_policy=SHARD_RETRY_POLICY,
@@ -111,7 +118,6 @@ def _shard_op(index: int, count: int) -> dg.OpDefinition:
                 "Dask workers set DASK_DISTRIBUTED__WORKER__DAEMON=False", allow_retries=False,
             )
         heads, _ = discover_models(models_dir).select(context.partition_keys)
-        key_range = shard_key_range(index, count)
         # Remote executors give each step a machine (or pod) of its own; locally the shards
         # share this machine's cores.
         concurrent = 1 if is_remote(executor) or executor == "in_process" else min(count, available_cores())
@@ -119,7 +125,7 @@ def _shard_op(index: int, count: int) -> dg.OpDefinition:
         if context.retry_number:
             context.log.info(f"attempt {context.retry_number + 1}: files finished before are skipped")
         context.log.info(
-            f"shard {index + 1}/{count}: keys {key_range.start or '…'} to {key_range.end or '…'}, "
+            f"shard {index + 1}/{count}: "
             f"{plan.processes} workers × {plan.intra_op_threads} TensorFlow threads"
             + (f", GPUs {','.join(plan.gpus)}" if plan.gpus else "")
         )
@@ -128,14 +134,19 @@ def _shard_op(index: int, count: int) -> dg.OpDefinition:
         console = Console(file=_RunLog(context), force_terminal=False, width=200)
         with StepProgress(f"shard {index + 1}/{count}", console=console,
                           log_every_s=_PROGRESS_EVERY_S) as progress:
+            log = _ProgressLog(context, progress)
             reports = analyze(
                 db, heads, processes=plan.processes, file_timeout_s=models.file_timeout_s,
-                key_range=key_range, environment=plan.environment, batch_size=models.batch_size,
-                progress=_progress_logger(context, progress),
+                claim=AnalysisClaim(context.run.run_id, index), shards=count,
+                environment=plan.environment, batch_size=models.batch_size, progress=log,
             )
+        for key, report in sorted(reports.items()):
+            if report.broken:
+                context.log.error(f"{key}: stopped, a broken model: {report.broken}")
         context.add_output_metadata({
             _REPORT_KEY: dg.MetadataValue.json(
                 {key: report.as_metadata() for key, report in sorted(reports.items())}),
+            "files": dg.MetadataValue.int(log.files),  # this attempt's share of the run
             "seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 3)),
         })
 
@@ -164,6 +175,9 @@ def _shard_reports(context: dg.AssetExecutionContext) -> tuple[dict[str, HeadRep
             report.failed += part["failed"]
             report.seconds += part["seconds"]
             report.errors.extend(part["errors"][: max(0, MAX_REPORTED_ERRORS - len(report.errors))])
+            report.broken = report.broken or part.get("broken")
+            for fault, files in part.get("faults", {}).items():
+                report.faults[fault] = report.faults.get(fault, 0) + files
     return reports, dict(starts)
 
 
@@ -203,7 +217,9 @@ def _report_op(count: int) -> dg.OpDefinition:
             context.log.warning(f"model problem: {problem.path}: {problem.message}")
         heads, missing = catalog.select(context.partition_keys)
         reports, starts = _shard_reports(context)
-        counts = store.open().file_counts()
+        db = store.open()
+        db.release_analysis_claims(context.run.run_id, int((time.time() - STALE_CLAIM_S) * 1000))
+        counts = db.file_counts()
         analysable = int(counts["total"]) - int(counts["scan_errors"])
         for head in heads:
             report = reports.setdefault(head.partition_key, HeadReport(head.partition_key))
@@ -226,6 +242,19 @@ def _report_op(count: int) -> dg.OpDefinition:
             context.log.info(
                 f"{key}: {report.analysed} analysed, {report.failed} failed, "
                 f"{report.skipped} skipped ({report.seconds:.1f}s of worker time)"
+            )
+        broken = {head.partition_key: (head, fault) for head in heads
+                  if (fault := reports[head.partition_key].broken_model())}
+        if broken:
+            # The other heads' predictions are stored (a re-run skips them); the broken ones'
+            # partitions must not be marked materialized.
+            details = "; ".join(f"{head.graph_path.name} ({key}): {fault}"
+                                for key, (head, fault) in sorted(broken.items()))
+            raise dg.Failure(
+                f"{len(broken)} broken model(s), failing on their first files alike: {details}. "
+                "Replace or remove the model file (its files are tried again once it changes); "
+                "the other heads' predictions are stored",
+                metadata=_metadata(reports, seconds),
             )
         if missing:
             # The usable heads are stored already (a re-run will skip them); the missing ones
@@ -269,7 +298,7 @@ def build_file_tags(shards: int) -> dg.AssetsDefinition:
     @dg.graph_asset(
         name="file_tags",
         partitions_def=heads_partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=SINGLE_RUN,
         ins={"library_files": dg.AssetIn(dagster_type=dg.Nothing)},
         group_name="ml",
         kinds={"python", "tensorflow"},
@@ -278,8 +307,10 @@ def build_file_tags(shards: int) -> dg.AssetsDefinition:
         """Pooled raw outputs of every head for every library file that lacks current ones.
 
         Files already analysed at the head's current ``tagger_version`` are skipped, so a
-        re-run only does new work; a file that fails gets its ``analysis_error`` and the run
-        goes on. The files are split between shard steps that the run's executor places.
+        re-run only does new work; a failure is recorded for the (file, head), or for the file
+        when its audio cannot be decoded, and the run goes on. A broken model is stopped after
+        its first files and fails the run. Shard steps, placed by the run's executor, claim
+        the files from the store.
         """
         return report(**{f"shard_{index}": shard(library_files) for index, shard in enumerate(shard_ops)})
 

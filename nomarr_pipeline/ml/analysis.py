@@ -1,26 +1,36 @@
 """Analysis orchestration: which files need which heads, worker dispatch, batched writes.
 
-For the selected heads (possibly of several backbones) the store is paged per head; the
-pages are merged so that each file goes to a worker once, with exactly the heads it still
-needs, and each backbone runs once per file. Results are written in batches. Memory is
-bounded by ``batch_size`` × number of heads, never by the library size.
+Files come from claims in the store (``Store.claim_files_for_analysis``): a few at a time, in
+``_key`` order, each with exactly the heads it still needs, so each backbone runs once per file
+for all of them. Shards of one run claim from the same store, so a fast machine takes more
+files than a slow one and no file is analysed twice; a shard that restarts takes back its own
+unfinished claims first. Results are written in batches. Memory is bounded by ``batch_size``
+× number of heads, never by the library size.
+
+Errors belong to what caused them: audio that cannot be decoded fails the file (until it
+changes); anything else fails one (file, head) at the head's ``tagger_version`` (a changed
+model tries again). A head whose first files all fail with the same model fault is a broken
+model: it is stopped for the rest of the run and reported, the other heads go on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nomarr_pipeline.ml.discovery import Head
-from nomarr_pipeline.ml.inference import FileAnalysis
+from nomarr_pipeline.ml.inference import FileAnalysis, HeadOutcome
 from nomarr_pipeline.ml.workers import FaultInjection, FileTask, WorkerPool
-from nomarr_pipeline.store.protocol import Doc, HeadVersion, KeyRange, Store
+from nomarr_pipeline.store.protocol import AnalysisClaim, ClaimedFile, Doc, HeadVersion, Store
 
 MAX_REPORTED_ERRORS = 5
+# A head whose first this many failures (before any success) are the same model fault is a
+# broken model: more files would only fail the same way.
+BROKEN_AFTER = 3
 
 
 @dataclass
@@ -29,12 +39,14 @@ class HeadReport:
 
     partition_key: str
     analysed: int = 0  # files whose predictions were written
-    failed: int = 0  # files that got an analysis_error for this head
+    failed: int = 0  # files that failed for this head (an analysis_errors document or the file's own error)
     # files that did not need this head (current or failed before); counted over the whole
     # library only, so a shard leaves it to whoever adds the shards up
     skipped: int = 0
     seconds: float = 0.0  # worker time attributed to this head (a file's time split evenly)
     errors: list[str] = field(default_factory=list)  # the first few, for the UI
+    faults: dict[str, int] = field(default_factory=dict)  # model fault -> files it failed
+    broken: str | None = None  # the model fault that stopped this head, if it was stopped
 
     def as_metadata(self) -> dict[str, object]:
         return {
@@ -43,7 +55,20 @@ class HeadReport:
             "skipped": self.skipped,
             "seconds": round(self.seconds, 3),
             "errors": list(self.errors),
+            "faults": dict(self.faults),
+            "broken": self.broken,
         }
+
+    def broken_model(self) -> str | None:
+        """The fault of a broken model: one that was stopped, or that worked on no file and
+        failed every file it failed on the model's side with one and the same fault (files too
+        short or undecodable say nothing of the model). Small runs, and shards that each saw
+        fewer than :data:`BROKEN_AFTER` files, are judged by this when their reports are added up."""
+        if self.broken:
+            return self.broken
+        if self.analysed == 0 and len(self.faults) == 1:
+            return next(iter(self.faults))
+        return None
 
 
 @dataclass(frozen=True)
@@ -51,26 +76,10 @@ class FileProgress:
     """Reported after each finished file."""
 
     done: int
-    total: int  # files to analyse when the run started (the head with the most)
+    total: int  # files this analysis expects to do (an estimate for one of several shards)
     file_id: str
     path: Path
     error: str | None
-
-
-def shard_key_range(index: int, count: int) -> KeyRange:
-    """The files of shard ``index`` of ``count``: an equal slice of the hex key space (file
-    keys are SHA-1 hex digits, see :func:`nomarr_pipeline.library.identity.file_key`).
-
-    The first shard has no lower bound and the last no upper one, so every key, hex or not,
-    falls in exactly one shard.
-    """
-    if not 0 <= index < count:
-        raise ValueError(f"shard {index} does not exist among {count} shards")
-
-    def bound(position: int) -> str:
-        return f"{(position << 32) // count:08x}"
-
-    return KeyRange(None if index == 0 else bound(index), None if index == count - 1 else bound(index + 1))
 
 
 def file_tag_key(file_id: str, model_key: str, head_name: str, label: str) -> str:
@@ -101,50 +110,71 @@ def prediction_docs(file_id: str, head: Head, values: Sequence[float],
     ]
 
 
-class _NeededFiles:
-    """Merges each head's ``files_needing_analysis`` pages into (file → heads) batches.
+class _BrokenModels:
+    """Tells broken models from bad files by each head's first outcomes."""
 
-    Each head is paged in ``_key`` order. A batch holds every file up to the smallest
-    last key among heads with more pages, so by then every head has listed all of its
-    files in that range: no file is ever sent twice.
-    """
+    def __init__(self, after: int = BROKEN_AFTER) -> None:
+        self._after = after
+        self._working: set[str] = set()
+        self._faults: dict[str, list[str]] = {}
+        self.broken: dict[str, str] = {}  # partition key -> the model fault
 
-    def __init__(self, store: Store, heads: Sequence[Head], page_size: int,
-                 key_range: KeyRange | None) -> None:
+    def observe(self, outcome: HeadOutcome) -> str | None:
+        """Take one outcome into account; the fault when it makes its head broken."""
+        key = outcome.partition_key
+        if key in self._working or key in self.broken:
+            return None
+        if outcome.error is None:
+            self._working.add(key)
+            return None
+        if outcome.model_fault is None:
+            return None  # the file's trouble (too short, a worker crash): says nothing of the model
+        faults = self._faults.setdefault(key, [])
+        faults.append(outcome.model_fault)
+        if len(faults) < self._after:
+            return None
+        if len(set(faults)) > 1:
+            self._working.add(key)  # different faults on different files: not one broken model
+            return None
+        self.broken[key] = faults[0]
+        return faults[0]
+
+
+class _ClaimedTasks:
+    """The tasks of one analysis, claimed from the store a few files at a time as workers
+    need them: first the files this claim holds from an attempt that died, then new ones."""
+
+    def __init__(self, store: Store, heads: Sequence[Head], claim: AnalysisClaim, claim_size: int,
+                 broken: _BrokenModels) -> None:
         self._store = store
-        self._page_size = page_size
-        self._key_range = key_range
-        self._heads = list(heads)
-        self._cursor: dict[str, str | None] = {h.partition_key: None for h in heads}
-        self._buffer: dict[str, deque[Doc]] = {h.partition_key: deque() for h in heads}
-        self._more: dict[str, bool] = {h.partition_key: True for h in heads}
+        self._heads = {head_version(head): head for head in heads}
+        self._claim = claim
+        self._claim_size = claim_size
+        self._broken = broken
+        self._resolve = _PathResolver(store)
 
-    def _refill(self) -> None:
-        for head in self._heads:
-            key = head.partition_key
-            if self._buffer[key] or not self._more[key]:
-                continue
-            page = self._store.files_needing_analysis(
-                head_version(head), self._cursor[key], self._page_size, self._key_range
-            )
-            self._buffer[key].extend(page)
-            if page:
-                self._cursor[key] = page[-1]["_key"]
-            self._more[key] = len(page) >= self._page_size
+    def _active(self) -> list[HeadVersion]:
+        return [version for version, head in self._heads.items()
+                if head.partition_key not in self._broken.broken]
 
-    def next_batch(self) -> list[tuple[Doc, list[Head]]]:
-        """The next files with the heads each needs; empty when everything is done."""
-        self._refill()
-        open_ends = [self._buffer[h.partition_key][-1]["_key"] for h in self._heads
-                     if self._more[h.partition_key]]
-        boundary = min(open_ends) if open_ends else None
-        files: dict[str, tuple[Doc, list[Head]]] = {}
-        for head in self._heads:
-            buffer = self._buffer[head.partition_key]
-            while buffer and (boundary is None or buffer[0]["_key"] <= boundary):
-                doc = buffer.popleft()
-                files.setdefault(doc["_key"], (doc, []))[1].append(head)
-        return [files[key] for key in sorted(files)]
+    def _tasks(self, claimed: Sequence[ClaimedFile]) -> Iterator[FileTask]:
+        for file in claimed:
+            # Heads found broken since the claim are left out (a file needing only those waits
+            # for a run with a repaired model).
+            heads = tuple(self._heads[v] for v in file.heads if self._heads[v].partition_key
+                          not in self._broken.broken)
+            if heads:
+                yield FileTask(file.doc["_key"], self._resolve(file.doc), heads)
+
+    def __iter__(self) -> Iterator[FileTask]:
+        yield from self._tasks(self._store.reclaim_files_for_analysis(self._active(), self._claim))
+        after: str | None = None
+        while active := self._active():
+            claimed = self._store.claim_files_for_analysis(active, self._claim, self._claim_size, after)
+            if not claimed:
+                return
+            after = claimed[-1].doc["_key"]
+            yield from self._tasks(claimed)
 
 
 class _PathResolver:
@@ -173,14 +203,16 @@ def analyze(
     *,
     processes: int,
     file_timeout_s: float,
-    key_range: KeyRange | None = None,
+    claim: AnalysisClaim | None = None,
+    shards: int = 1,
     environment: Callable[[int], Mapping[str, str]] | None = None,
     batch_size: int = 64,
     progress: Callable[[FileProgress], None] | None = None,
     faults: FaultInjection | None = None,
 ) -> dict[str, HeadReport]:
-    """Analyse every file (in ``key_range``, when given) that lacks current predictions for
-    any of ``heads``.
+    """Analyse every file that lacks current predictions for any of ``heads``, claiming them
+    for ``claim`` (one shard of ``shards`` of a run; without a claim, a run of its own whose
+    claims are released at the end).
 
     Returns a report per head partition key. Re-running with nothing to do writes nothing.
     ``environment`` sets up each worker's TensorFlow (see :class:`WorkerPool`); ``faults``
@@ -192,30 +224,37 @@ def analyze(
     reports = {head.partition_key: HeadReport(head.partition_key) for head in heads}
     if not heads:
         return reports
-    needed = {head.partition_key: store.count_files_needing_analysis(head_version(head), key_range)
-              for head in heads}
-    if key_range is None:
+    needed = {head.partition_key: store.count_files_needing_analysis(head_version(head)) for head in heads}
+    own_run = claim is None
+    if claim is None:
+        claim = AnalysisClaim(f"analysis-{uuid.uuid4()}")
         counts = store.file_counts()
         analysable = int(counts.get("total", 0)) - int(counts.get("scan_errors", 0))
         for key, count in needed.items():
             reports[key].skipped = max(0, analysable - count)
-    # Each file goes out once for all its heads, so the head with the most files says how many.
-    total = max(needed.values())
+    # Each file goes out once for all its heads, so the head with the most files says how
+    # many; a shard expects its share (more or fewer, as its machine is faster or slower).
+    total = -(-max(needed.values()) // max(1, shards))
 
-    needed_files = _NeededFiles(store, heads, batch_size, key_range)
-    resolve_path = _PathResolver(store)
+    broken = _BrokenModels()
+    # As many files as the workers take at once: shards end within about one file of each other.
+    tasks = _ClaimedTasks(store, heads, claim, claim_size=max(1, processes), broken=broken)
     writer = _ResultWriter(store, reports, flush_every=batch_size)
     done = 0
-    with WorkerPool(processes, file_timeout_s, environment=environment, faults=faults) as pool:
-        while batch := needed_files.next_batch():
-            tasks = [FileTask(doc["_key"], resolve_path(doc), tuple(file_heads))
-                     for doc, file_heads in batch]
+    try:
+        with WorkerPool(processes, file_timeout_s, environment=environment, faults=faults) as pool:
             for task, result in pool.run(tasks):
                 error = writer.add(task, result)
+                for outcome in result.outcomes:
+                    if fault := broken.observe(outcome):
+                        reports[outcome.partition_key].broken = fault
                 done += 1
                 if progress is not None:
                     progress(FileProgress(done, max(total, done), task.file_id, task.path, error))
-            writer.flush()
+        writer.flush()
+    finally:
+        if own_run:
+            store.release_analysis_claims(claim.run_id, claimed_before_ms=0)
     return reports
 
 
@@ -227,12 +266,14 @@ class _ResultWriter:
         self._reports = reports
         self._flush_every = flush_every
         self._predictions: list[Doc] = []
+        self._head_errors: list[Doc] = []
         self._analysed: list[Doc] = []
 
     def add(self, task: FileTask, result: FileAnalysis) -> str | None:
-        """Record one file's result; returns its analysis_error (None when all heads worked)."""
+        """Record one file's result; returns what failed on it (None when every head worked)."""
         heads = {head.partition_key: head for head in task.heads}
         share = result.duration_s / max(1, len(task.heads))
+        now = int(time.time() * 1000)
         errors: list[str] = []
         for outcome in result.outcomes:
             head = heads[outcome.partition_key]
@@ -243,26 +284,39 @@ class _ResultWriter:
                     prediction_docs(task.file_id, head, outcome.values, outcome.stds)
                 )
                 report.analysed += 1
-            else:
-                errors.append(outcome.error)
-                report.failed += 1
-                if len(report.errors) < MAX_REPORTED_ERRORS:
-                    report.errors.append(f"{task.path.name}: {outcome.error}")
-        # A file-wide failure repeats the same message for every head: say it once.
-        error = "; ".join(dict.fromkeys(errors)) or None
-        self._analysed.append(
-            {"_key": task.file_id, "analyzed_at": int(time.time() * 1000),
-             "analysis_error": error}
-        )
+                continue
+            errors.append(outcome.error)
+            report.failed += 1
+            if outcome.model_fault is not None:
+                report.faults[outcome.model_fault] = report.faults.get(outcome.model_fault, 0) + 1
+            if len(report.errors) < MAX_REPORTED_ERRORS:
+                report.errors.append(f"{task.path.name}: {outcome.error}")
+            if result.file_error is None:
+                self._head_errors.append({
+                    "file_id": task.file_id, "model_key": head.model_key, "head_name": head.head_name,
+                    "tagger_version": head.tagger_version, "error": outcome.error, "failed_at": now,
+                })
+        if result.file_error is not None:
+            # The audio itself: no head can use it until the file changes. analyzed_at stays as
+            # it was (none for a new file): a file never analysed has nothing to recalibrate
+            # or write.
+            self._analysed.append({"_key": task.file_id, "analysis_error": result.file_error})
+        else:
+            self._analysed.append({"_key": task.file_id, "analyzed_at": now, "analysis_error": None})
         if len(self._analysed) >= self._flush_every:
             self.flush()
-        return error
+        # A file-wide failure repeats the same message for every head: say it once.
+        return "; ".join(dict.fromkeys(errors)) or None
 
     def flush(self) -> None:
-        # Predictions first: a file is only marked analysed once its values are stored.
+        # Predictions first: a file is only marked analysed once its values are stored, and
+        # a head's failure only once the heads that worked are stored.
         if self._predictions:
             self._store.write_predictions(self._predictions)
             self._predictions = []
+        if self._head_errors:
+            self._store.record_analysis_errors(self._head_errors)
+            self._head_errors = []
         if self._analysed:
             self._store.record_analysis(self._analysed)
             self._analysed = []

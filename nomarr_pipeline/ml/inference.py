@@ -34,22 +34,35 @@ class AnalysisError(RuntimeError):
     """This file cannot be analysed by these models; the message says why."""
 
 
+class ModelFault(RuntimeError):
+    """The model, not the audio, failed; the message is the same for every file it fails on."""
+
+
 @dataclass(frozen=True)
 class HeadOutcome:
-    """Pooled values for one head on one file, or why there are none."""
+    """Pooled values for one head on one file, or why there are none.
+
+    ``model_fault`` is set when the model is at fault (it cannot be loaded, its output does
+    not match its JSON, it outputs NaN): the same text on every file, so that a broken model
+    can be told from a bad file."""
 
     partition_key: str
     values: tuple[float, ...] = ()
     stds: tuple[float, ...] = ()
     patches: int = 0
     error: str | None = None
+    model_fault: str | None = None
 
 
 @dataclass(frozen=True)
 class FileAnalysis:
+    """Every head's outcome on one file; ``file_error`` when the audio itself cannot be
+    decoded (a failure of the file, whatever the heads)."""
+
     outcomes: tuple[HeadOutcome, ...]
     duration_s: float
     backbone_passes: dict[str, int] = field(default_factory=dict)
+    file_error: str | None = None
 
 
 def _essentia() -> Any:
@@ -73,37 +86,54 @@ class ModelSession:
     def __init__(self) -> None:
         self._backbones: dict[Path, BackbonePredictor] = {}
         self._heads: dict[Path, Predictor] = {}
+        # Models that failed to load: they fail every later file at once, with the same fault.
+        self._unloadable: dict[Path, ModelFault] = {}
         self.backbone_passes: Counter[str] = Counter()
 
     # ---- loading -------------------------------------------------------------------
+    def _load(self, path: Path, make: Callable[[], Any]) -> Any:
+        if path in self._unloadable:
+            raise self._unloadable[path]
+        try:
+            return make()
+        except RuntimeError as exc:
+            fault = ModelFault(f"cannot load {path.name}: {_describe(exc)}")
+            self._unloadable[path] = fault
+            raise fault from exc
+
     def _backbone(self, backbone: Backbone) -> BackbonePredictor:
         predictor = self._backbones.get(backbone.graph_path)
         if predictor is None:
             _essentia()  # logging settings before the first algorithm is made
             one_pass = backbone.family in RECIPES
-            predictor = BackbonePass(backbone) if one_pass else _embeddings_only(backbone)
+            predictor = self._load(
+                backbone.graph_path,
+                lambda: BackbonePass(backbone) if one_pass else _embeddings_only(backbone),
+            )
             self._backbones[backbone.graph_path] = predictor
         return predictor
 
     def _head(self, head: Head) -> Predictor:
         predictor = self._heads.get(head.graph_path)
         if predictor is None:
-            predictor = _essentia().TensorflowPredict2D(
-                graphFilename=str(head.graph_path), input=head.input_node,
-                output=head.output_node,
-            )
+            predictor = self._load(head.graph_path, lambda: _essentia().TensorflowPredict2D(
+                graphFilename=str(head.graph_path), input=head.input_node, output=head.output_node,
+            ))
             self._heads[head.graph_path] = predictor
         return predictor
 
     # ---- running -------------------------------------------------------------------
     def run_backbone(self, backbone: Backbone, audio: np.ndarray) -> BackboneOutputs:
         """Embeddings ``[patches, embedding_size]`` (and the model's own predictions) from
-        one pass; :class:`AnalysisError` when there is no patch."""
+        one pass; :class:`AnalysisError` when there is no patch, :class:`ModelFault` when
+        the backbone fails."""
         self.backbone_passes[backbone.name] += 1
         try:
             outputs = self._backbone(backbone)(audio)
+        except ModelFault as fault:
+            raise ModelFault(f"backbone {backbone.name}: {fault}") from fault
         except RuntimeError as exc:
-            raise AnalysisError(f"backbone {backbone.name} failed: {_describe(exc)}") from exc
+            raise ModelFault(f"backbone {backbone.name} failed: {_describe(exc)}") from exc
         patches = outputs.embeddings
         if patches.size == 0:
             seconds = audio.size / SAMPLE_RATE
@@ -113,28 +143,42 @@ class ModelSession:
                 f"audio too short: {seconds:.2f} s gives no analysis patch for the "
                 f"{backbone.family} backbone {backbone.name}{need}"
             )
-        if patches.ndim != 2 or patches.shape[1] != backbone.embedding_size:
-            raise AnalysisError(
-                f"backbone {backbone.name} returned shape {patches.shape}, expected "
-                f"[patches, {backbone.embedding_size}]"
+        width = patches.shape[1] if patches.ndim == 2 else None
+        if width != backbone.embedding_size:
+            raise ModelFault(
+                f"backbone {backbone.name} outputs embeddings of shape {_shape(patches)}, its JSON "
+                f"says [patches, {backbone.embedding_size}]"
             )
         if not np.all(np.isfinite(patches)):
-            raise AnalysisError(f"backbone {backbone.name} produced NaN/infinite embeddings")
+            raise ModelFault(f"backbone {backbone.name} produced NaN/infinite embeddings")
         return outputs
 
     def head_outcome(self, head: Head, outputs: BackboneOutputs) -> HeadOutcome:
         try:
             if head.autotagging:
                 if outputs.predictions is None:
-                    raise ValueError(f"backbone {head.backbone.name} gave no predictions")
-                raw = outputs.predictions
+                    raise ModelFault(f"backbone {head.backbone.name} gave no predictions")
+                raw = np.asarray(outputs.predictions)
             else:
-                raw = self._head(head)(outputs.embeddings)
-            pooled = pool_patches(np.asarray(raw), len(head.labels))
+                raw = np.asarray(self._head(head)(outputs.embeddings))
+            if raw.ndim != 2 or raw.shape[1] != len(head.labels):
+                raise ModelFault(
+                    f"it outputs {_shape(raw)} values, but its JSON lists {len(head.labels)} "
+                    f"labels: [patches, {len(head.labels)}] expected"
+                )
+            pooled = pool_patches(raw, len(head.labels))
         except NonFiniteOutputError as exc:
-            return HeadOutcome(head.partition_key,
-                               error=f"head {head.partition_key}: {exc}; nothing stored")
-        except (RuntimeError, ValueError) as exc:
+            # A file may drive a model to NaN; the same model on every file is broken.
+            return HeadOutcome(head.partition_key, error=f"head {head.partition_key}: {exc}; nothing stored",
+                               model_fault="it outputs NaN/infinite values")
+        except ModelFault as fault:
+            return HeadOutcome(head.partition_key, error=f"head {head.partition_key}: {fault}",
+                               model_fault=str(fault))
+        except RuntimeError as exc:
+            fault = f"it failed: {_describe(exc)}"
+            return HeadOutcome(head.partition_key, error=f"head {head.partition_key} {fault}",
+                               model_fault=fault)
+        except ValueError as exc:
             return HeadOutcome(head.partition_key,
                                error=f"head {head.partition_key} failed: {_describe(exc)}")
         return HeadOutcome(head.partition_key, pooled.values, pooled.stds, pooled.patches)
@@ -153,6 +197,10 @@ class ModelSession:
                 outcomes.extend(HeadOutcome(h.partition_key, error=str(exc))
                                 for h in backbone_heads)
                 continue
+            except ModelFault as fault:
+                outcomes.extend(HeadOutcome(h.partition_key, error=str(fault), model_fault=str(fault))
+                                for h in backbone_heads)
+                continue
             outcomes.extend(self.head_outcome(head, outputs) for head in backbone_heads)
         return tuple(outcomes)
 
@@ -160,15 +208,21 @@ class ModelSession:
         """Decode ``path`` once and run ``heads`` on it; errors are reported, never raised."""
         started = time.perf_counter()
         passes_before = Counter(self.backbone_passes)
+        file_error = None
         try:
             audio = load_audio(path)
         except AudioDecodeError as exc:
-            outcomes = tuple(HeadOutcome(h.partition_key, error=f"cannot decode audio: {exc}")
-                             for h in heads)
+            file_error = f"cannot decode audio: {exc}"
+            outcomes = tuple(HeadOutcome(h.partition_key, error=file_error) for h in heads)
         else:
             outcomes = self.analyze_audio(audio, heads)
         passes = self.backbone_passes - passes_before
-        return FileAnalysis(outcomes, time.perf_counter() - started, dict(passes))
+        return FileAnalysis(outcomes, time.perf_counter() - started, dict(passes), file_error)
+
+
+def _shape(array: np.ndarray) -> str:
+    """An output's shape without its number of patches (which differs from file to file)."""
+    return "[" + ", ".join(["patches", *(str(d) for d in array.shape[1:])]) + "]"
 
 
 def _embeddings_only(backbone: Backbone) -> BackbonePredictor:

@@ -13,7 +13,6 @@ import os
 import signal
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -185,13 +184,16 @@ class WorkerPool:
     def run(self, tasks: Iterable[FileTask]) -> Iterator[tuple[FileTask, FileAnalysis]]:
         """Analyse every task; yields ``(task, result)`` as files finish (any order).
 
-        Every task yields exactly once, with an error result when its worker crashed or
-        timed out.
+        ``tasks`` is read lazily, one task whenever a worker is free, so it may claim its
+        files as it goes. Every task yields exactly once, with an error result when its worker
+        crashed or timed out.
         """
-        queue: deque[FileTask] = deque(tasks)
-        while queue or any(w.task is not None for w in self._workers):
-            self._dispatch(queue)
+        source = iter(tasks)
+        while True:
+            self._dispatch(source)
             busy = [w for w in self._workers if w.task is not None]
+            if not busy:
+                return  # every worker is idle only once the tasks are exhausted
             deadline = min(w.started for w in busy) + self.file_timeout_s
             waitables: list[object] = [w.conn for w in busy] + [w.process.sentinel for w in busy]
             ready = set(wait(waitables, timeout=max(0.0, deadline - time.monotonic())))
@@ -200,18 +202,24 @@ class WorkerPool:
                 if yielded is not None:
                     yield yielded
 
-    def _dispatch(self, queue: deque[FileTask]) -> None:
-        idle = [w for w in self._workers if w.task is None]
-        while queue and (idle or len(self._workers) < self.processes):
-            worker = idle.pop() if idle else self._spawn()
-            task = queue.popleft()
+    def _dispatch(self, source: Iterator[FileTask]) -> None:
+        retry: FileTask | None = None
+        while True:
+            idle = [w for w in self._workers if w.task is None]
+            if not idle and len(self._workers) >= self.processes:
+                return
+            task = retry or next(source, None)
+            if task is None:
+                return
+            worker = idle[-1] if idle else self._spawn()
             try:
                 worker.conn.send(task)
             except (BrokenPipeError, OSError):
                 # It died while idle: replace it and try the task again.
                 self._discard(worker)
-                queue.appendleft(task)
+                retry = task
                 continue
+            retry = None
             worker.task, worker.started = task, time.monotonic()
 
     def _collect(

@@ -51,15 +51,18 @@ from nomarr_pipeline.store.arango_schema import (
 )
 from nomarr_pipeline.store.protocol import (
     DOCUMENT_COLLECTIONS,
+    AnalysisClaim,
+    ClaimedFile,
     Doc,
     FileStat,
     HeadVersion,
-    KeyRange,
     SparseHistogram,
     StoreError,
+    analysis_error_key,
     split_pending_guards,
 )
 from nomarr_pipeline.store.sqlite_schema import (
+    ANALYSIS_ERRORS,
     CALIBRATION_HISTORY,
     CALIBRATION_STATE,
     FILE_TAGS,
@@ -83,7 +86,9 @@ ERR_DOCUMENT_NOT_FOUND = 1202
 # per field). Readers fill absent fields so that documents have the same shape on both.
 _TABLES: dict[str, Table] = {
     table.name: table
-    for table in (LIBRARIES, LIBRARY_FILES, FILE_TAGS, CALIBRATION_STATE, CALIBRATION_HISTORY)
+    for table in (
+        LIBRARIES, LIBRARY_FILES, FILE_TAGS, ANALYSIS_ERRORS, CALIBRATION_STATE, CALIBRATION_HISTORY
+    )
 }
 _READ_DEFAULTS: dict[str, Doc] = {
     name: {
@@ -257,6 +262,8 @@ class ArangoStore:
             for index in migration.indexes:
                 # Creating an identical index returns the existing one: idempotent.
                 db.collection(index.collection).add_index(index.definition())
+            for statement in migration.statements:
+                db.aql.execute(statement)
         db.aql.execute(
             f"UPSERT {{_key: @key}} INSERT {{_key: @key, version: @version, updated_at: DATE_NOW()}} "
             f"UPDATE {{version: @version, updated_at: DATE_NOW()}} IN {META_COLLECTION}",
@@ -327,12 +334,13 @@ class ArangoStore:
             return list(cursor)
 
     @contextmanager
-    def _transaction(self, write: Sequence[str]) -> Iterator[Database]:
+    def _transaction(self, write: Sequence[str], exclusive: Sequence[str] = ()) -> Iterator[Database]:
         """A stream transaction: everything executed through the yielded handle commits
-        together, or is aborted when the block raises."""
+        together, or is aborted when the block raises. ``exclusive`` collections are locked
+        for it alone: another such transaction waits until this one ends."""
         db = self._database()
         with self._translate_errors():
-            txn = db.begin_transaction(write=list(write))
+            txn = db.begin_transaction(write=list(write), exclusive=list(exclusive) or None)
         try:
             yield txn
         except BaseException:
@@ -453,8 +461,9 @@ class ArangoStore:
 
     def delete_files(self, file_ids: Sequence[str]) -> None:
         ids = list(file_ids)
-        with self._transaction(["file_tags", "library_files"]) as txn:
+        with self._transaction(["file_tags", "analysis_errors", "library_files"]) as txn:
             self._write_chunks(_REMOVE_TAGS_OF_FILES, "file_ids", ids, db=txn)
+            self._write_chunks(_REMOVE_ERRORS_OF_FILES, "file_ids", ids, db=txn)
             self._write_chunks(
                 "FOR d IN library_files FILTER d._key IN @file_ids REMOVE d IN library_files",
                 "file_ids",
@@ -464,8 +473,9 @@ class ArangoStore:
 
     def delete_file_tags(self, file_ids: Sequence[str]) -> None:
         ids = list(file_ids)
-        with self._atomic(["file_tags"], _chunk_count(ids)) as txn:
+        with self._transaction(["file_tags", "analysis_errors"]) as txn:
             self._write_chunks(_REMOVE_TAGS_OF_FILES, "file_ids", ids, db=txn)
+            self._write_chunks(_REMOVE_ERRORS_OF_FILES, "file_ids", ids, db=txn)
 
     def get_files(self, file_ids: Sequence[str]) -> list[Doc]:
         if not file_ids:
@@ -524,23 +534,53 @@ class ArangoStore:
         }
 
     # ---- analysis -----------------------------------------------------------------------------
-    def files_needing_analysis(
-        self, head: HeadVersion, after_key: str | None, limit: int, key_range: KeyRange | None = None
-    ) -> list[Doc]:
-        in_range, bind = _key_range(key_range)
+    def count_files_needing_analysis(self, head: HeadVersion) -> int:
         rows = self._query(
-            f"FOR d IN library_files FILTER d._key > @after_key {in_range}{_NEEDS_ANALYSIS} "
-            f"SORT d._key LIMIT @limit RETURN {_RETURN_DOC}",
-            {**_head_vars(head), **bind, "after_key": after_key or "", "limit": limit},
+            f"LET heads = @heads FOR d IN library_files FILTER {_ANALYSABLE} "
+            f"FILTER {_NEEDS_HEAD.format(head='heads[0]')} COLLECT WITH COUNT INTO files RETURN files",
+            {"heads": _heads_var([head])},
         )
-        return [_from_stored("library_files", r) for r in rows]
+        return int(rows[0]) if rows else 0
 
-    def count_files_needing_analysis(self, head: HeadVersion, key_range: KeyRange | None = None) -> int:
-        in_range, bind = _key_range(key_range)
+    def claim_files_for_analysis(
+        self, heads: Sequence[HeadVersion], claim: AnalysisClaim, limit: int, after_key: str | None = None
+    ) -> list[ClaimedFile]:
+        # Claimers take analysis_claims exclusively, one after the other: each sees the
+        # claims of those before it. A claim's _key is derived from (run, file), so even a
+        # second insert of one could not succeed.
+        with self._transaction(["analysis_claims"], exclusive=["analysis_claims"]) as txn:
+            rows = self._query(
+                CLAIMABLE_FOR_ANALYSIS_AQL,
+                {"heads": _heads_var(heads), "run_id": claim.run_id, "after_key": after_key or "",
+                 "limit": limit},
+                db=txn,
+            )
+            self._query(
+                "FOR file_id IN @file_ids INSERT {_key: SHA1(CONCAT(@run_id, '|', file_id)), "
+                "run_id: @run_id, file_id, shard: @shard, claimed_at: DATE_NOW()} INTO analysis_claims",
+                {"file_ids": [row["doc"]["_key"] for row in rows], "run_id": claim.run_id,
+                 "shard": claim.shard},
+                db=txn,
+            )
+        return _claimed_files(rows, heads)
+
+    def reclaim_files_for_analysis(
+        self, heads: Sequence[HeadVersion], claim: AnalysisClaim
+    ) -> list[ClaimedFile]:
         rows = self._query(
-            f"FOR d IN library_files FILTER true {in_range}{_NEEDS_ANALYSIS} "
-            "COLLECT WITH COUNT INTO files RETURN files",
-            {**_head_vars(head), **bind},
+            "LET heads = @heads FOR c IN analysis_claims "
+            "FILTER c.run_id == @run_id AND c.shard == @shard "
+            "FOR d IN library_files FILTER d._key == c.file_id "
+            f"FILTER {_ANALYSABLE} {_NEEDED_HEADS} SORT d._key RETURN {{doc: {_RETURN_DOC}, heads: needed}}",
+            {"heads": _heads_var(heads), "run_id": claim.run_id, "shard": claim.shard},
+        )
+        return _claimed_files(rows, heads)
+
+    def release_analysis_claims(self, run_id: str, claimed_before_ms: int) -> int:
+        rows = self._query(
+            "FOR c IN analysis_claims FILTER c.run_id == @run_id OR c.claimed_at < @before "
+            "REMOVE c IN analysis_claims COLLECT WITH COUNT INTO removed RETURN removed",
+            {"run_id": run_id, "before": claimed_before_ms},
         )
         return int(rows[0]) if rows else 0
 
@@ -550,13 +590,19 @@ class ArangoStore:
         stored = [_to_stored("file_tags", _require_key("file_tags", d)) for d in docs]
         groups = sorted({(d["file_id"], d["model_key"], d["head_name"]) for d in docs})
         file_ids = sorted({g[0] for g in groups})
-        with self._transaction(["file_tags", "library_files"]) as txn:
-            # The old labels of each (file, head) go, whatever they were.
+        with self._transaction(["file_tags", "analysis_errors", "library_files"]) as txn:
+            # The old labels of each (file, head) go, whatever they were, and its failure.
             self._write_chunks(
                 "FOR g IN @groups FOR d IN file_tags FILTER d.file_id == g[0] "
                 "AND d.model_key == g[1] AND d.head_name == g[2] REMOVE d IN file_tags",
                 "groups",
                 [list(g) for g in groups],
+                db=txn,
+            )
+            self._write_chunks(
+                "FOR key IN @keys REMOVE key IN analysis_errors OPTIONS {ignoreErrors: true}",
+                "keys",
+                [analysis_error_key(*g) for g in groups],
                 db=txn,
             )
             self._write_chunks(
@@ -575,6 +621,32 @@ class ArangoStore:
 
     def record_analysis(self, results: Sequence[Doc]) -> None:
         self._update_by_key("library_files", results)
+
+    def record_analysis_errors(self, errors: Sequence[Doc]) -> None:
+        stored = [
+            _to_stored("analysis_errors",
+                       {**e, "_key": analysis_error_key(e["file_id"], e["model_key"], e["head_name"])})
+            for e in errors
+        ]
+        with self._atomic(["analysis_errors"], _chunk_count(stored)) as txn:
+            self._write_chunks(
+                'FOR d IN @docs INSERT d INTO analysis_errors OPTIONS {overwriteMode: "replace"}',
+                "docs",
+                stored,
+                db=txn,
+            )
+
+    def count_files_with_analysis_errors(
+        self, heads: Sequence[HeadVersion], library_id: str | None = None
+    ) -> int:
+        scope = "FILTER DOCUMENT('library_files', e.file_id).library_id == @library_id " if library_id else ""
+        rows = self._query(
+            "FOR h IN @heads FOR e IN analysis_errors "
+            "FILTER e.model_key == h[0] AND e.head_name == h[1] AND e.tagger_version == h[2] "
+            f"{scope}COLLECT file_id = e.file_id COLLECT WITH COUNT INTO failed_files RETURN failed_files",
+            {"heads": _heads_var(heads), **({"library_id": library_id} if library_id else {})},
+        )
+        return int(rows[0]) if rows else 0
 
     def file_tags_for_files(self, file_ids: Sequence[str]) -> list[Doc]:
         if not file_ids:
@@ -886,12 +958,37 @@ TIER_INPUTS_AQL = (
 
 _REMOVE_TAGS_OF_FILES = "FOR d IN file_tags FILTER d.file_id IN @file_ids REMOVE d IN file_tags"
 
-# Files without an error and without predictions for this head at this tagger version.
-_NEEDS_ANALYSIS = (
-    "AND d.scan_error == null AND d.analysis_error == null "
-    "AND FIRST(FOR t IN file_tags FILTER t.file_id == d._key AND t.model_key == @model_key "
-    "AND t.head_name == @head_name AND t.tagger_version == @tagger_version LIMIT 1 RETURN 1) == null"
+_REMOVE_ERRORS_OF_FILES = "FOR d IN analysis_errors FILTER d.file_id IN @file_ids REMOVE d IN analysis_errors"
+
+# Analysis queries get their heads as @heads, a list of [model_key, head_name, tagger_version].
+_ANALYSABLE = "d.scan_error == null AND d.analysis_error == null"
+# Neither predictions nor a failure of {head} at its version: the file needs that head. The
+# failure is found by its _key (SHA1 of "file|model|head", as analysis_error_key computes it).
+_NEEDS_HEAD = (
+    "FIRST(FOR t IN file_tags FILTER t.file_id == d._key AND t.model_key == {head}[0] "
+    "AND t.head_name == {head}[1] AND t.tagger_version == {head}[2] LIMIT 1 RETURN 1) == null "
+    "AND DOCUMENT('analysis_errors', SHA1(CONCAT(d._key, '|', {head}[0], '|', {head}[1])))"
+    ".tagger_version != {head}[2]"
 )
+# `needed`: the positions in @heads of the heads the file `d` needs; files needing none go.
+_NEEDED_HEADS = (
+    f"LET needed = (FOR i IN 0..LENGTH(heads) - 1 FILTER {_NEEDS_HEAD.format(head='heads[i]')} RETURN i) "
+    "FILTER LENGTH(needed) > 0"
+)
+CLAIMABLE_FOR_ANALYSIS_AQL = (
+    f"LET heads = @heads FOR d IN library_files FILTER d._key > @after_key AND {_ANALYSABLE} "
+    "FILTER DOCUMENT('analysis_claims', SHA1(CONCAT(@run_id, '|', d._key))) == null "
+    f"{_NEEDED_HEADS} SORT d._key LIMIT @limit RETURN {{doc: {_RETURN_DOC}, heads: needed}}"
+)
+
+
+def _heads_var(heads: Sequence[HeadVersion]) -> list[list[str]]:
+    return [[h.model_key, h.head_name, h.tagger_version] for h in heads]
+
+
+def _claimed_files(rows: Sequence[Doc], heads: Sequence[HeadVersion]) -> list[ClaimedFile]:
+    return [ClaimedFile(_from_stored("library_files", row["doc"]), tuple(heads[i] for i in row["heads"]))
+            for row in rows]
 
 
 def _document_collection(collection: str) -> str:
@@ -899,17 +996,6 @@ def _document_collection(collection: str) -> str:
     if collection not in DOCUMENT_COLLECTIONS:
         raise ValueError(f"not a document collection: {collection!r} (one of {DOCUMENT_COLLECTIONS})")
     return collection
-
-
-def _key_range(key_range: KeyRange | None) -> tuple[str, Doc]:
-    """AQL for a shard's ``_key`` range: only the bounds that are set (comparing with null
-    would be wrong: null sorts before every string), both served by the primary index."""
-    aql, bind = "", {}
-    if key_range is not None and key_range.start is not None:
-        aql, bind["key_start"] = "AND d._key >= @key_start ", key_range.start
-    if key_range is not None and key_range.end is not None:
-        aql, bind["key_end"] = aql + "AND d._key < @key_end ", key_range.end
-    return aql, bind
 
 
 def _as_float(number: Any) -> Any:
@@ -925,10 +1011,6 @@ def _needs_recalibration(expected_hash: str, library_id: str | None) -> tuple[st
         scope = "d.library_id == @library_id AND " + scope
         bind["library_id"] = library_id
     return scope, bind
-
-
-def _head_vars(head: HeadVersion) -> Doc:
-    return {"model_key": head.model_key, "head_name": head.head_name, "tagger_version": head.tagger_version}
 
 
 # ---- documents in and out ---------------------------------------------------------------------

@@ -72,18 +72,47 @@ INDEXES: tuple[PersistentIndex, ...] = (
     PersistentIndex("calibration_history", "idx_calibration_history_key", ("calibration_key", "snapshot_at")),
 )
 
+# Version 2: analysis errors per (file, head) and the claims of predictions runs.
+ANALYSIS_INDEXES: tuple[PersistentIndex, ...] = (
+    # delete_files()/delete_file_tags() by file (the analysis queries look errors up by _key).
+    PersistentIndex("analysis_errors", "idx_analysis_errors_file", ("file_id", "model_key", "head_name")),
+    # count_files_with_analysis_errors() per head.
+    PersistentIndex(
+        "analysis_errors", "idx_analysis_errors_head", ("model_key", "head_name", "tagger_version")
+    ),
+    # reclaim_files_for_analysis(): a shard's claims in a run.
+    PersistentIndex("analysis_claims", "idx_analysis_claims_shard", ("run_id", "shard")),
+    # release_analysis_claims(): claims of runs that died.
+    PersistentIndex("analysis_claims", "idx_analysis_claims_claimed_at", ("claimed_at",)),
+)
+# Errors recorded before version 2 mixed failures of the file and of single heads: they are
+# cleared once (those files are tried again); a failed file without predictions is no longer
+# "analysed", so it has nothing to recalibrate and no tag write pending.
+ANALYSIS_ERRORS_RESET: tuple[str, ...] = (
+    "FOR d IN library_files FILTER d.analysis_error != null "
+    "FILTER FIRST(FOR t IN file_tags FILTER t.file_id == d._key LIMIT 1 RETURN 1) == null "
+    "UPDATE d WITH {analyzed_at: null, file_tags_pending: false} IN library_files OPTIONS {keepNull: true}",
+    "FOR d IN library_files FILTER d.analysis_error != null "
+    "UPDATE d WITH {analysis_error: null} IN library_files OPTIONS {keepNull: true}",
+)
+
 
 @dataclass(frozen=True)
 class Migration:
-    """One schema step: collections to create, then indexes to ensure."""
+    """One schema step: collections to create, then indexes to ensure, then AQL statements to
+    run (each idempotent)."""
 
     version: int
     collections: tuple[str, ...]
     indexes: tuple[PersistentIndex, ...]
+    statements: tuple[str, ...] = ()
 
 
+_VERSION_1_COLLECTIONS = tuple(c for c in COLLECTIONS if c not in ("analysis_errors", "analysis_claims"))
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(version=1, collections=(*COLLECTIONS, META_COLLECTION), indexes=INDEXES),
+    Migration(version=1, collections=(*_VERSION_1_COLLECTIONS, META_COLLECTION), indexes=INDEXES),
+    Migration(version=2, collections=("analysis_errors", "analysis_claims"), indexes=ANALYSIS_INDEXES,
+              statements=ANALYSIS_ERRORS_RESET),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -45,15 +45,17 @@ from nomarr_pipeline.store.postgres_schema import (
 )
 from nomarr_pipeline.store.protocol import (
     DOCUMENT_COLLECTIONS,
+    AnalysisClaim,
+    ClaimedFile,
     Doc,
     FileStat,
     HeadVersion,
-    KeyRange,
     SparseHistogram,
     StoreError,
+    analysis_error_key,
     split_pending_guards,
 )
-from nomarr_pipeline.store.sqlite_schema import FILE_TAGS, LIBRARIES, LIBRARY_FILES, Table
+from nomarr_pipeline.store.sqlite_schema import ANALYSIS_ERRORS, FILE_TAGS, LIBRARIES, LIBRARY_FILES, Table
 
 T = TypeVar("T")
 
@@ -389,14 +391,14 @@ class PostgresStore:
         ids = list(file_ids)
 
         def delete(conn: psycopg.Connection[Any]) -> None:
-            conn.execute("DELETE FROM file_tags WHERE file_id = ANY(%s)", (ids,))
+            _delete_analysis_results(conn, ids)
             conn.execute("DELETE FROM library_files WHERE _key = ANY(%s)", (ids,))
 
         self._run(delete)
 
     def delete_file_tags(self, file_ids: Sequence[str]) -> None:
         ids = list(file_ids)
-        self._run(lambda conn: conn.execute("DELETE FROM file_tags WHERE file_id = ANY(%s)", (ids,)))
+        self._run(lambda conn: _delete_analysis_results(conn, ids))
 
     def get_files(self, file_ids: Sequence[str]) -> list[Doc]:
         return self._get(LIBRARY_FILES, file_ids)
@@ -432,30 +434,40 @@ class PostgresStore:
         return {k: int(v) for k, v in row.items()}
 
     # ---- analysis ----------------------------------------------------------------------------
-    _NEEDS_ANALYSIS = """
-        FROM library_files f
-        WHERE f.scan_error IS NULL AND f.analysis_error IS NULL
-          AND NOT EXISTS (
-            SELECT 1 FROM file_tags t
-            WHERE t.file_id = f._key AND t.model_key = %(model_key)s
-              AND t.head_name = %(head_name)s AND t.tagger_version = %(tagger_version)s)
-    """
+    def count_files_needing_analysis(self, head: HeadVersion) -> int:
+        sql = f"{_HEADS} SELECT count(*) FROM library_files f WHERE {_ANALYSABLE} AND {_NEEDS_SOME_HEAD}"
+        return int(self._scalar(sql, _heads_params([head])))
 
-    def files_needing_analysis(
-        self, head: HeadVersion, after_key: str | None, limit: int, key_range: KeyRange | None = None
-    ) -> list[Doc]:
-        in_range, params = _key_range(key_range)
-        rows = self._rows(
-            f"SELECT f.* {self._NEEDS_ANALYSIS} AND f._key > %(after)s {in_range} "
-            "ORDER BY f._key LIMIT %(limit)s",
-            {**_head_params(head), **params, "after": after_key or "", "limit": limit},
-        )
-        return [from_row(LIBRARY_FILES, r) for r in rows]
+    def claim_files_for_analysis(
+        self, heads: Sequence[HeadVersion], claim: AnalysisClaim, limit: int, after_key: str | None = None
+    ) -> list[ClaimedFile]:
+        params = {**_heads_params(heads), "run_id": claim.run_id, "shard": claim.shard,
+                  "after": after_key or "", "limit": limit, "now": int(time.time() * 1000)}
 
-    def count_files_needing_analysis(self, head: HeadVersion, key_range: KeyRange | None = None) -> int:
-        in_range, params = _key_range(key_range)
-        sql = f"SELECT count(*) {self._NEEDS_ANALYSIS} {in_range}"
-        return int(self._scalar(sql, {**_head_params(head), **params}))
+        def take(conn: psycopg.Connection[Any]) -> list[ClaimedFile]:
+            keys = [row[0] for row in conn.execute(CLAIM_FOR_ANALYSIS_SQL, params)]  # type: ignore[arg-type]
+            return _claimed_files(conn, sorted(keys), heads)
+
+        return self._run(take)
+
+    def reclaim_files_for_analysis(
+        self, heads: Sequence[HeadVersion], claim: AnalysisClaim
+    ) -> list[ClaimedFile]:
+        params = {**_heads_params(heads), "run_id": claim.run_id, "shard": claim.shard}
+
+        def take_back(conn: psycopg.Connection[Any]) -> list[ClaimedFile]:
+            keys = [row[0] for row in conn.execute(
+                f"""{_HEADS} SELECT f._key FROM analysis_claims c JOIN library_files f ON f._key = c.file_id
+                WHERE c.run_id = %(run_id)s AND c.shard = %(shard)s AND {_ANALYSABLE} AND {_NEEDS_SOME_HEAD}
+                ORDER BY f._key""", params)]  # type: ignore[arg-type]
+            return _claimed_files(conn, keys, heads)
+
+        return self._run(take_back)
+
+    def release_analysis_claims(self, run_id: str, claimed_before_ms: int) -> int:
+        return self._run(lambda conn: conn.execute(
+            "DELETE FROM analysis_claims WHERE run_id = %s OR claimed_at < %s", (run_id, claimed_before_ms)
+        ).rowcount)
 
     def write_predictions(self, docs: Sequence[Doc]) -> None:
         if not docs:
@@ -486,16 +498,33 @@ class PostgresStore:
             # table has statistics (a fresh store's first analysis); a join with unnest() was
             # planned as a scan of the whole table per batch there.
             for (model_key, head_name), head_files in files_by_head.items():
-                conn.execute(
-                    "DELETE FROM file_tags WHERE file_id = ANY(%s) AND model_key = %s AND head_name = %s",
-                    (head_files, model_key, head_name),
-                )
+                for table in ("file_tags", "analysis_errors"):
+                    conn.execute(
+                        f"DELETE FROM {table} WHERE file_id = ANY(%s) AND model_key = %s AND head_name = %s",  # type: ignore[arg-type]
+                        (head_files, model_key, head_name),
+                    )
             _copy_file_tags(conn, rows.values())
 
         self._run(write)
 
     def record_analysis(self, results: Sequence[Doc]) -> None:
         self._update(LIBRARY_FILES, results)
+
+    def record_analysis_errors(self, errors: Sequence[Doc]) -> None:
+        docs = [{**e, "_key": analysis_error_key(e["file_id"], e["model_key"], e["head_name"])}
+                for e in errors]
+        if docs:
+            self._run(lambda conn: self._upsert(conn, ANALYSIS_ERRORS, docs, replace=True))
+
+    def count_files_with_analysis_errors(
+        self, heads: Sequence[HeadVersion], library_id: str | None = None
+    ) -> int:
+        sql = f"""{_HEADS} SELECT count(DISTINCT e.file_id) FROM heads h
+            JOIN analysis_errors e ON e.model_key = h.model_key AND e.head_name = h.head_name
+                                  AND e.tagger_version = h.tagger_version
+            JOIN library_files f ON f._key = e.file_id
+            WHERE %(library_id)s::text IS NULL OR f.library_id = %(library_id)s"""
+        return int(self._scalar(sql, {**_heads_params(heads), "library_id": library_id}))
 
     def file_tags_for_files(self, file_ids: Sequence[str]) -> list[Doc]:
         if not file_ids:
@@ -897,19 +926,68 @@ def _placeholder(table: Table, column: str) -> str:
     return f"%({column})s{cast}"
 
 
-def _key_range(key_range: KeyRange | None) -> tuple[str, dict[str, object]]:
-    """SQL for a shard's ``_key`` range; only the bounds that are set, so the primary key's
-    index bounds the scan on both ends."""
-    sql, params = "", {}
-    if key_range is not None and key_range.start is not None:
-        sql, params["range_start"] = "AND f._key >= %(range_start)s", key_range.start
-    if key_range is not None and key_range.end is not None:
-        sql, params["range_end"] = sql + " AND f._key < %(range_end)s", key_range.end
-    return sql, params
+# The heads of an analysis query: three parallel arrays, numbered from 0.
+_HEADS = """WITH heads AS (
+    SELECT position - 1 AS position, model_key, head_name, tagger_version
+    FROM unnest(%(model_keys)s::text[], %(head_names)s::text[], %(tagger_versions)s::text[])
+         WITH ORDINALITY AS h(model_key, head_name, tagger_version, position))"""
+_ANALYSABLE = "f.scan_error IS NULL AND f.analysis_error IS NULL"
+# Neither predictions nor a failure of head `h` at its version: the file needs that head.
+_NEEDS_HEAD = """NOT EXISTS (
+        SELECT 1 FROM file_tags t WHERE t.file_id = f._key AND t.model_key = h.model_key
+          AND t.head_name = h.head_name AND t.tagger_version = h.tagger_version)
+    AND NOT EXISTS (
+        SELECT 1 FROM analysis_errors e WHERE e.file_id = f._key AND e.model_key = h.model_key
+          AND e.head_name = h.head_name AND e.tagger_version = h.tagger_version)"""
+_NEEDS_SOME_HEAD = f"EXISTS (SELECT 1 FROM heads h WHERE {_NEEDS_HEAD})"
+
+# Shards of one run claim files that need a head and that no shard of the run holds. Rows
+# another claimer is taking are skipped (FOR NO KEY UPDATE SKIP LOCKED), so concurrent shards
+# take different files without waiting; the primary key (run_id, file_id) is the guarantee.
+CLAIM_FOR_ANALYSIS_SQL = f"""{_HEADS},
+candidates AS (
+    SELECT f._key FROM library_files f
+    WHERE f._key > %(after)s AND {_ANALYSABLE} AND {_NEEDS_SOME_HEAD}
+      AND NOT EXISTS (SELECT 1 FROM analysis_claims c WHERE c.run_id = %(run_id)s AND c.file_id = f._key)
+    ORDER BY f._key LIMIT %(limit)s
+    FOR NO KEY UPDATE OF f SKIP LOCKED)
+INSERT INTO analysis_claims (run_id, file_id, shard, claimed_at)
+SELECT %(run_id)s, _key, %(shard)s, %(now)s FROM candidates
+ON CONFLICT (run_id, file_id) DO NOTHING
+RETURNING file_id
+"""
 
 
-def _head_params(head: HeadVersion) -> dict[str, object]:
-    return {"model_key": head.model_key, "head_name": head.head_name, "tagger_version": head.tagger_version}
+def _heads_params(heads: Sequence[HeadVersion]) -> dict[str, object]:
+    return {"model_keys": [h.model_key for h in heads], "head_names": [h.head_name for h in heads],
+            "tagger_versions": [h.tagger_version for h in heads]}
+
+
+def _claimed_files(
+    conn: psycopg.Connection[Any], keys: list[str], heads: Sequence[HeadVersion]
+) -> list[ClaimedFile]:
+    """The documents of ``keys`` with the heads each still needs, in key order."""
+    if not keys:
+        return []
+    params = {**_heads_params(heads), "keys": keys}
+    needed: dict[str, list[int]] = {}
+    for key, position in conn.execute(
+        f"""{_HEADS} SELECT f._key, h.position FROM library_files f CROSS JOIN heads h
+        WHERE f._key = ANY(%(keys)s) AND {_NEEDS_HEAD} ORDER BY f._key, h.position""",  # type: ignore[arg-type]
+        params,
+    ):
+        needed.setdefault(key, []).append(position)
+    with conn.cursor(row_factory=dict_row) as cur:
+        docs = cur.execute(
+            "SELECT * FROM library_files WHERE _key = ANY(%s) ORDER BY _key", (keys,)
+        ).fetchall()
+    return [ClaimedFile(from_row(LIBRARY_FILES, row), tuple(heads[i] for i in needed[row["_key"]]))
+            for row in docs if row["_key"] in needed]
+
+
+def _delete_analysis_results(conn: psycopg.Connection[Any], file_ids: list[str]) -> None:
+    conn.execute("DELETE FROM file_tags WHERE file_id = ANY(%s)", (file_ids,))
+    conn.execute("DELETE FROM analysis_errors WHERE file_id = ANY(%s)", (file_ids,))
 
 
 # ---- URLs and messages ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from nomarr_pipeline.store.sqlite_schema import (
+    ANALYSIS_ERRORS,
     CALIBRATION_HISTORY,
     CALIBRATION_STATE,
     FILE_TAGS,
@@ -27,7 +28,9 @@ from nomarr_pipeline.store.sqlite_schema import (
 Doc = dict[str, Any]
 TABLES: dict[str, Table] = {
     table.name: table
-    for table in (LIBRARIES, LIBRARY_FILES, FILE_TAGS, CALIBRATION_STATE, CALIBRATION_HISTORY)
+    for table in (
+        LIBRARIES, LIBRARY_FILES, FILE_TAGS, ANALYSIS_ERRORS, CALIBRATION_STATE, CALIBRATION_HISTORY
+    )
 }
 # Any constant unique to this project: pg_advisory_xact_lock(key) serialises migrations.
 MIGRATION_LOCK_KEY = 0x6E6F6D617272  # "nomarr"
@@ -89,7 +92,28 @@ CREATE TABLE calibration_history (
 CREATE INDEX idx_calibration_history_key ON calibration_history (calibration_key, snapshot_at, seq);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+# Analysis errors per (file, head) and the claims of predictions runs (SQLite's version 5 says
+# why, and why earlier errors are cleared once).
+_V2 = """
+CREATE TABLE analysis_errors (
+    _key text COLLATE "C" PRIMARY KEY, file_id text COLLATE "C" NOT NULL,
+    model_key text COLLATE "C" NOT NULL, head_name text COLLATE "C" NOT NULL,
+    tagger_version text COLLATE "C", error text, failed_at bigint, extra jsonb);
+-- the analysis queries' probe per (file, head), and deletes by file
+CREATE INDEX idx_analysis_errors_file ON analysis_errors (file_id, model_key, head_name, tagger_version);
+-- count_files_with_analysis_errors() per head
+CREATE INDEX idx_analysis_errors_head ON analysis_errors (model_key, head_name, tagger_version);
+CREATE TABLE analysis_claims (
+    run_id text COLLATE "C" NOT NULL, file_id text COLLATE "C" NOT NULL, shard integer NOT NULL,
+    claimed_at bigint NOT NULL, PRIMARY KEY (run_id, file_id));
+CREATE INDEX idx_analysis_claims_claimed_at ON analysis_claims (claimed_at);
+UPDATE library_files SET analyzed_at = NULL, file_tags_pending = false
+    WHERE analysis_error IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM file_tags t WHERE t.file_id = library_files._key);
+UPDATE library_files SET analysis_error = NULL WHERE analysis_error IS NOT NULL;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -1,6 +1,6 @@
 """The Store protocol: every operation the pipeline performs on its database.
 
-Both engines (``sqlite``, ``arango``) implement it with the same collection and field names
+Every engine (``sqlite``, ``postgres``, ``arango``) implements it with the same collection and field names
 (DESIGN.md §3), and ``nomarr_pipeline_tests/store/test_contract.py`` runs one suite against each.
 Documents go in and out as plain dicts whose keys are the collection's field names.
 Timestamps are integer milliseconds since the epoch.
@@ -8,6 +8,7 @@ Timestamps are integer milliseconds since the epoch.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -20,16 +21,19 @@ COLLECTIONS = (
     "library_folders",
     "library_files",
     "file_tags",
+    "analysis_errors",
+    "analysis_claims",
     "calibration_state",
     "calibration_history",
 )
 
 # Collections whose documents carry a key, which count/iter/put_documents move whole (the
-# folder cache moves through load/save_folder_cache).
+# folder cache moves through load/save_folder_cache; analysis claims live for one run).
 DOCUMENT_COLLECTIONS = (
     "libraries",
     "library_files",
     "file_tags",
+    "analysis_errors",
     "calibration_state",
     "calibration_history",
 )
@@ -82,19 +86,22 @@ class HeadVersion:
 
 
 @dataclass(frozen=True)
-class KeyRange:
-    """Files whose ``_key`` is at least ``start`` and below ``end`` (``None``: unbounded).
+class AnalysisClaim:
+    """Who analyses a file during a predictions run: shard ``shard`` of run ``run_id``.
 
-    An analysis shard works on one range; ranges that meet end to start split the files
-    between shards with each file in exactly one.
-    """
+    Claims of one run exclude each other (no file is analysed by two shards of a run); a
+    retried shard takes back its own unfinished claims; claims of other runs are ignored."""
 
-    start: str | None = None
-    end: str | None = None
+    run_id: str
+    shard: int = 0
 
-    def __contains__(self, key: object) -> bool:
-        return (isinstance(key, str) and (self.start is None or key >= self.start)
-                and (self.end is None or key < self.end))
+
+@dataclass(frozen=True)
+class ClaimedFile:
+    """A claimed ``library_files`` document and the heads (of those asked for) it still needs."""
+
+    doc: Doc
+    heads: tuple[HeadVersion, ...]
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,11 @@ class StoreFullError(StoreError):
 
 class StoreReadOnlyError(StoreError):
     """The store can be read but not written (file permissions, read-only mount)."""
+
+
+def analysis_error_key(file_id: str, model_key: str, head_name: str) -> str:
+    """The ``_key`` of a (file, head)'s ``analysis_errors`` document (hex, valid everywhere)."""
+    return hashlib.sha1(f"{file_id}|{model_key}|{head_name}".encode()).hexdigest()
 
 
 @runtime_checkable
@@ -166,10 +178,11 @@ class Store(Protocol):
         """Insert or update ``library_files`` documents by ``_key`` (only the fields given)."""
 
     def delete_files(self, file_ids: Sequence[str]) -> None:
-        """Remove files and their ``file_tags``."""
+        """Remove files with their ``file_tags`` and ``analysis_errors``."""
 
     def delete_file_tags(self, file_ids: Sequence[str]) -> None:
-        """Remove every prediction of these files (their audio changed)."""
+        """Remove every prediction and every ``analysis_errors`` document of these files
+        (their audio changed: every head gets another chance)."""
 
     def get_files(self, file_ids: Sequence[str]) -> list[Doc]: ...
 
@@ -181,24 +194,51 @@ class Store(Protocol):
         "write_errors", "written"}`` as integers."""
 
     # ---- analysis --------------------------------------------------------------------
-    def files_needing_analysis(
-        self, head: HeadVersion, after_key: str | None, limit: int, key_range: KeyRange | None = None
-    ) -> list[Doc]:
-        """Files (ordered by ``_key``, after ``after_key``, inside ``key_range`` when given) with
-        no ``scan_error``, no ``analysis_error`` and no ``file_tags`` for this head at this
-        ``tagger_version``."""
+    def count_files_needing_analysis(self, head: HeadVersion) -> int:
+        """Files that need this head: no ``scan_error``, no file-wide ``analysis_error``, and
+        neither ``file_tags`` nor an ``analysis_errors`` document for this head at this
+        ``tagger_version`` (a changed model is tried again)."""
 
-    def count_files_needing_analysis(self, head: HeadVersion, key_range: KeyRange | None = None) -> int: ...
+    def claim_files_for_analysis(
+        self, heads: Sequence[HeadVersion], claim: AnalysisClaim, limit: int, after_key: str | None = None
+    ) -> list[ClaimedFile]:
+        """Up to ``limit`` files (ordered by ``_key``, after ``after_key``) that need at least
+        one of ``heads`` and that no shard of ``claim.run_id`` claimed, claimed for
+        ``claim.shard`` in the same transaction: callers of one run never get the same file.
+        Each comes with the heads it needs."""
+
+    def reclaim_files_for_analysis(
+        self, heads: Sequence[HeadVersion], claim: AnalysisClaim
+    ) -> list[ClaimedFile]:
+        """The files ``claim`` (this run and shard) claimed earlier that still need one of
+        ``heads``, ordered by ``_key``: what a shard that died left unfinished."""
+
+    def release_analysis_claims(self, run_id: str, claimed_before_ms: int) -> int:
+        """Delete the claims of ``run_id`` and every claim made before ``claimed_before_ms``
+        (runs that died); returns how many."""
 
     def write_predictions(self, docs: Sequence[Doc]) -> None:
         """Replace each (file_id, model_key, head_name) group with the given ``file_tags``.
 
-        All labels of a head for a file land together or not at all; the files' stored
-        ``calibration_hash`` is cleared so that recalibration picks them up.
+        All labels of a head for a file land together or not at all, and the group's
+        ``analysis_errors`` document goes; the files' stored ``calibration_hash`` is cleared
+        so that recalibration picks them up.
         """
 
     def record_analysis(self, results: Sequence[Doc]) -> None:
-        """``[{"_key", "analyzed_at", "analysis_error"}]`` onto ``library_files``."""
+        """``[{"_key", "analyzed_at"?, "analysis_error"}]`` onto ``library_files``.
+        ``analysis_error`` is a file-wide failure (the audio cannot be decoded)."""
+
+    def record_analysis_errors(self, errors: Sequence[Doc]) -> None:
+        """``[{"file_id", "model_key", "head_name", "tagger_version", "error", "failed_at"}]``:
+        one ``analysis_errors`` document per (file, head), replacing an older one (``_key``
+        is :func:`analysis_error_key`). The file needs that head again once its
+        ``tagger_version`` changes."""
+
+    def count_files_with_analysis_errors(
+        self, heads: Sequence[HeadVersion], library_id: str | None = None
+    ) -> int:
+        """Files with an ``analysis_errors`` document for one of ``heads`` at its version."""
 
     def file_tags_for_files(self, file_ids: Sequence[str]) -> list[Doc]: ...
 

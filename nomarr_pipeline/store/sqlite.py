@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,17 +16,20 @@ from urllib.parse import unquote, urlsplit
 
 from nomarr_pipeline.store.protocol import (
     DOCUMENT_COLLECTIONS,
+    AnalysisClaim,
+    ClaimedFile,
     Doc,
     FileStat,
     HeadVersion,
-    KeyRange,
     SparseHistogram,
     StoreError,
     StoreFullError,
     StoreReadOnlyError,
+    analysis_error_key,
     split_pending_guards,
 )
 from nomarr_pipeline.store.sqlite_schema import (
+    ANALYSIS_ERRORS,
     CALIBRATION_HISTORY,
     CALIBRATION_STATE,
     FILE_TAGS,
@@ -236,15 +240,12 @@ class SqliteStore:
     def delete_files(self, file_ids: Sequence[str]) -> None:
         ids = json.dumps(list(file_ids))
         with self._write() as conn:
-            conn.execute("DELETE FROM file_tags WHERE file_id IN (SELECT value FROM json_each(?))", (ids,))
+            _delete_analysis_results(conn, ids)
             conn.execute("DELETE FROM library_files WHERE _key IN (SELECT value FROM json_each(?))", (ids,))
 
     def delete_file_tags(self, file_ids: Sequence[str]) -> None:
         with self._write() as conn:
-            conn.execute(
-                "DELETE FROM file_tags WHERE file_id IN (SELECT value FROM json_each(?))",
-                (json.dumps(list(file_ids)),),
-            )
+            _delete_analysis_results(conn, json.dumps(list(file_ids)))
 
     def get_files(self, file_ids: Sequence[str]) -> list[Doc]:
         return self._get(LIBRARY_FILES, file_ids)
@@ -279,38 +280,54 @@ class SqliteStore:
         return {k: int(row[k]) for k in row.keys()}  # noqa: SIM118 - sqlite3.Row has no items()
 
     # ---- analysis ----------------------------------------------------------------------
-    _NEEDS_ANALYSIS = """
-        FROM library_files f
-        WHERE f.scan_error IS NULL AND f.analysis_error IS NULL
-          AND NOT EXISTS (
-            SELECT 1 FROM file_tags t
-            WHERE t.file_id = f._key AND t.model_key = :model_key
-              AND t.head_name = :head_name AND t.tagger_version = :tagger_version)
-    """
+    def count_files_needing_analysis(self, head: HeadVersion) -> int:
+        sql = f"{_HEADS} SELECT COUNT(*) FROM library_files f WHERE {_ANALYSABLE} AND {_NEEDS_SOME_HEAD}"
+        return int(self._query(sql, {"heads": _heads_json([head])})[0][0])
 
-    def files_needing_analysis(
-        self, head: HeadVersion, after_key: str | None, limit: int, key_range: KeyRange | None = None
-    ) -> list[Doc]:
-        in_range, params = _key_range(key_range)
-        rows = self._query(
-            f"SELECT f.* {self._NEEDS_ANALYSIS} AND f._key > :after {in_range} ORDER BY f._key LIMIT :limit",
-            {**_head_params(head), **params, "after": after_key or "", "limit": limit},
-        )
-        return [LIBRARY_FILES.from_row(r) for r in rows]
+    def claim_files_for_analysis(
+        self, heads: Sequence[HeadVersion], claim: AnalysisClaim, limit: int, after_key: str | None = None
+    ) -> list[ClaimedFile]:
+        params = {"heads": _heads_json(heads), "run_id": claim.run_id, "after": after_key or "",
+                  "limit": limit}
+        with self._write() as conn:  # IMMEDIATE: claimers of a run queue, never overlap
+            keys = [row[0] for row in conn.execute(
+                f"""{_HEADS} SELECT f._key FROM library_files f
+                WHERE f._key > :after AND {_ANALYSABLE} AND {_NEEDS_SOME_HEAD}
+                  AND NOT EXISTS (SELECT 1 FROM analysis_claims c
+                                  WHERE c.run_id = :run_id AND c.file_id = f._key)
+                ORDER BY f._key LIMIT :limit""", params)]
+            now = int(time.time() * 1000)
+            conn.executemany(
+                "INSERT INTO analysis_claims (run_id, file_id, shard, claimed_at) VALUES (?, ?, ?, ?)",
+                [(claim.run_id, key, claim.shard, now) for key in keys],
+            )
+            return _claimed_files(conn, keys, heads)
 
-    def count_files_needing_analysis(self, head: HeadVersion, key_range: KeyRange | None = None) -> int:
-        in_range, params = _key_range(key_range)
-        sql = f"SELECT COUNT(*) {self._NEEDS_ANALYSIS} {in_range}"
-        rows = self._query(sql, {**_head_params(head), **params})
-        return int(rows[0][0])
+    def reclaim_files_for_analysis(
+        self, heads: Sequence[HeadVersion], claim: AnalysisClaim
+    ) -> list[ClaimedFile]:
+        conn = self._conn
+        keys = [row[0] for row in conn.execute(
+            f"""{_HEADS} SELECT f._key FROM analysis_claims c JOIN library_files f ON f._key = c.file_id
+            WHERE c.run_id = :run_id AND c.shard = :shard AND {_ANALYSABLE} AND {_NEEDS_SOME_HEAD}
+            ORDER BY f._key""",
+            {"heads": _heads_json(heads), "run_id": claim.run_id, "shard": claim.shard})]
+        return _claimed_files(conn, keys, heads)
+
+    def release_analysis_claims(self, run_id: str, claimed_before_ms: int) -> int:
+        with self._write() as conn:
+            return conn.execute(
+                "DELETE FROM analysis_claims WHERE run_id = ? OR claimed_at < ?", (run_id, claimed_before_ms)
+            ).rowcount
 
     def write_predictions(self, docs: Sequence[Doc]) -> None:
         groups = {(d["file_id"], d["model_key"], d["head_name"]) for d in docs}
         with self._write() as conn:
-            conn.executemany(
-                "DELETE FROM file_tags WHERE file_id = ? AND model_key = ? AND head_name = ?",
-                sorted(groups),
-            )
+            for table in ("file_tags", "analysis_errors"):
+                conn.executemany(
+                    f"DELETE FROM {table} WHERE file_id = ? AND model_key = ? AND head_name = ?",
+                    sorted(groups),
+                )
             self._upsert(conn, FILE_TAGS, docs, replace=True)
             conn.execute(
                 "UPDATE library_files SET calibration_hash = NULL "
@@ -320,6 +337,20 @@ class SqliteStore:
 
     def record_analysis(self, results: Sequence[Doc]) -> None:
         self._update(LIBRARY_FILES, results)
+
+    def record_analysis_errors(self, errors: Sequence[Doc]) -> None:
+        with self._write() as conn:
+            self._upsert(conn, ANALYSIS_ERRORS, [_with_error_key(e) for e in errors], replace=True)
+
+    def count_files_with_analysis_errors(
+        self, heads: Sequence[HeadVersion], library_id: str | None = None
+    ) -> int:
+        sql = f"""{_HEADS} SELECT COUNT(DISTINCT e.file_id) FROM heads h
+            JOIN analysis_errors e ON e.model_key = h.model_key AND e.head_name = h.head_name
+                                  AND e.tagger_version = h.tagger_version
+            JOIN library_files f ON f._key = e.file_id
+            WHERE :library_id IS NULL OR f.library_id = :library_id"""
+        return int(self._query(sql, {"heads": _heads_json(heads), "library_id": library_id})[0][0])
 
     def file_tags_for_files(self, file_ids: Sequence[str]) -> list[Doc]:
         if not file_ids:
@@ -564,7 +595,9 @@ _TIER_INPUTS = f"""
 _FILE_TAGS_KEY = ("file_id", "model_key", "head_name", "label")
 _DOCUMENT_TABLES = {
     table.name: table
-    for table in (LIBRARIES, LIBRARY_FILES, FILE_TAGS, CALIBRATION_STATE, CALIBRATION_HISTORY)
+    for table in (
+        LIBRARIES, LIBRARY_FILES, FILE_TAGS, ANALYSIS_ERRORS, CALIBRATION_STATE, CALIBRATION_HISTORY
+    )
 }
 
 
@@ -579,16 +612,52 @@ def _check_claim(run: str, claim: str) -> None:
         raise ValueError(f"claim {claim!r} must start with its run {run!r}")
 
 
-def _head_params(head: HeadVersion) -> dict[str, object]:
-    return {"model_key": head.model_key, "head_name": head.head_name, "tagger_version": head.tagger_version}
+# The heads of an analysis query, bound as one JSON list of [model_key, head_name, tagger_version].
+_HEADS = """WITH heads(position, model_key, head_name, tagger_version) AS (
+    SELECT key, value ->> 0, value ->> 1, value ->> 2 FROM json_each(:heads))"""
+_ANALYSABLE = "f.scan_error IS NULL AND f.analysis_error IS NULL"
+# Neither predictions nor a failure of head `h` at its version: the file needs that head.
+_NEEDS_HEAD = """NOT EXISTS (
+        SELECT 1 FROM file_tags t WHERE t.file_id = f._key AND t.model_key = h.model_key
+          AND t.head_name = h.head_name AND t.tagger_version = h.tagger_version)
+    AND NOT EXISTS (
+        SELECT 1 FROM analysis_errors e WHERE e.file_id = f._key AND e.model_key = h.model_key
+          AND e.head_name = h.head_name AND e.tagger_version = h.tagger_version)"""
+_NEEDS_SOME_HEAD = f"EXISTS (SELECT 1 FROM heads h WHERE {_NEEDS_HEAD})"
 
 
-def _key_range(key_range: KeyRange | None) -> tuple[str, dict[str, object]]:
-    """SQL for a shard's ``_key`` range; only the bounds that are set, so the primary key's
-    index bounds the scan on both ends."""
-    sql, params = "", {}
-    if key_range is not None and key_range.start is not None:
-        sql, params["range_start"] = "AND f._key >= :range_start", key_range.start
-    if key_range is not None and key_range.end is not None:
-        sql, params["range_end"] = sql + " AND f._key < :range_end", key_range.end
-    return sql, params
+def _heads_json(heads: Sequence[HeadVersion]) -> str:
+    return json.dumps([[h.model_key, h.head_name, h.tagger_version] for h in heads])
+
+
+def _claimed_files(
+    conn: sqlite3.Connection, keys: Sequence[str], heads: Sequence[HeadVersion]
+) -> list[ClaimedFile]:
+    """The documents of ``keys`` with the heads each still needs, in key order."""
+    if not keys:
+        return []
+    params = {"heads": _heads_json(heads), "keys": json.dumps(list(keys))}
+    needed: dict[str, list[int]] = {}
+    for key, position in conn.execute(
+        f"""{_HEADS} SELECT f._key, h.position FROM library_files f, heads h
+        WHERE f._key IN (SELECT value FROM json_each(:keys)) AND {_NEEDS_HEAD}
+        ORDER BY f._key, h.position""", params,
+    ):
+        needed.setdefault(key, []).append(position)
+    docs = conn.execute(
+        "SELECT * FROM library_files WHERE _key IN (SELECT value FROM json_each(?)) ORDER BY _key",
+        (params["keys"],),
+    ).fetchall()
+    return [ClaimedFile(LIBRARY_FILES.from_row(row), tuple(heads[i] for i in needed[row["_key"]]))
+            for row in docs if row["_key"] in needed]
+
+
+def _with_error_key(error: Doc) -> Doc:
+    return {**error, "_key": analysis_error_key(error["file_id"], error["model_key"], error["head_name"])}
+
+
+def _delete_analysis_results(conn: sqlite3.Connection, file_ids_json: str) -> None:
+    for table in ("file_tags", "analysis_errors"):
+        conn.execute(
+            f"DELETE FROM {table} WHERE file_id IN (SELECT value FROM json_each(?))", (file_ids_json,)
+        )

@@ -103,6 +103,10 @@ FILE_TAGS = Table(
     bool_columns=frozenset({"nomarr_only"}),
     has_extra=False,
 )
+ANALYSIS_ERRORS = Table(
+    "analysis_errors",
+    ("_key", "file_id", "model_key", "head_name", "tagger_version", "error", "failed_at"),
+)
 CALIBRATION_STATE = Table(
     "calibration_state",
     (
@@ -215,7 +219,30 @@ _V4 = """
 ALTER TABLE library_files ADD COLUMN written_stats TEXT;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
+# Version 5: analysis errors belong to (file, head), not to the file. `analysis_errors` holds
+# the last failure of a head on a file, at the head's tagger_version (a changed model tries the
+# file again); `library_files.analysis_error` keeps only failures of the file itself (audio
+# that cannot be decoded). `analysis_claims` records which shard of a predictions run works
+# on a file. Errors recorded before this version mixed both kinds, so they are cleared once
+# (those files are tried again); a failed file without predictions is no longer "analysed",
+# so it has nothing to recalibrate and no tag write pending.
+_V5 = """
+CREATE TABLE analysis_errors (
+    _key TEXT PRIMARY KEY, file_id TEXT NOT NULL, model_key TEXT NOT NULL,
+    head_name TEXT NOT NULL, tagger_version TEXT, error TEXT, failed_at INTEGER, extra TEXT);
+CREATE INDEX idx_analysis_errors_file ON analysis_errors(file_id, model_key, head_name, tagger_version);
+CREATE INDEX idx_analysis_errors_head ON analysis_errors(model_key, head_name, tagger_version);
+CREATE TABLE analysis_claims (
+    run_id TEXT NOT NULL, file_id TEXT NOT NULL, shard INTEGER NOT NULL, claimed_at INTEGER NOT NULL,
+    PRIMARY KEY (run_id, file_id)) WITHOUT ROWID;
+CREATE INDEX idx_analysis_claims_claimed_at ON analysis_claims(claimed_at);
+UPDATE library_files SET analyzed_at = NULL, file_tags_pending = 0
+    WHERE analysis_error IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM file_tags t WHERE t.file_id = library_files._key);
+UPDATE library_files SET analysis_error = NULL WHERE analysis_error IS NOT NULL;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -14,7 +14,6 @@ import dagster as dg
 from dagster._core.events import DagsterEventType
 
 from nomarr_pipeline.library.identity import file_key
-from nomarr_pipeline.ml.analysis import shard_key_range
 from nomarr_pipeline.store import open_store
 
 LIBRARY = "lib"
@@ -24,18 +23,8 @@ HEADS = (HAPPY, SAD)
 REPO = Path(__file__).resolve().parents[2]
 
 
-def names_per_shard(shards: int, per_shard: int, suffixes: tuple[str, ...]) -> list[list[str]]:
-    """File names whose keys put ``per_shard`` files into each of ``shards`` shards."""
-    found: list[list[str]] = [[] for _ in range(shards)]
-    ranges = [shard_key_range(index, shards) for index in range(shards)]
-    number = 0
-    while any(len(names) < per_shard for names in found):
-        name = f"track{number:03d}{suffixes[number % len(suffixes)]}"
-        number += 1
-        index = next(i for i, r in enumerate(ranges) if file_key(LIBRARY, name) in r)
-        if len(found[index]) < per_shard:
-            found[index].append(name)
-    return found
+def track_names(count: int, suffixes: tuple[str, ...]) -> list[str]:
+    return [f"track{number:03d}{suffixes[number % len(suffixes)]}" for number in range(count)]
 
 
 def new_store(url: str, root: Path, names: list[str]) -> None:

@@ -20,16 +20,14 @@ from dagster._core.events import DagsterEventType
 
 from nomarr_pipeline.library.identity import file_key
 from nomarr_pipeline_tests.assets.sharded_runs import (
-    HAPPY,
     HEADS,
     LIBRARY,
-    SAD,
     finish,
     launch,
-    names_per_shard,
     new_store,
     step_events,
     stored,
+    track_names,
 )
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
 
@@ -56,8 +54,7 @@ def two_stores(
 def test_four_shards_store_exactly_what_one_shard_stores(
     tmp_path: Path, two_head_models: Path, dagster_home: dg.DagsterInstance, two_stores: tuple[str, str]
 ) -> None:
-    groups = names_per_shard(4, 2, (".wav", ".mp3", ".flac"))
-    names = [name for group in groups for name in group]
+    names = track_names(8, (".wav", ".mp3", ".flac"))
     root = tmp_path / "music"
     for seed, name in enumerate(names):
         make_audio(root / name, 4.0, seed=seed)
@@ -77,13 +74,15 @@ def test_four_shards_store_exactly_what_one_shard_stores(
         starts = step_events(instance, run["run_id"], DagsterEventType.STEP_START)
         pids = {e.step_key: e.dagster_event.pid for e in starts}
         assert len(set(pids.values())) == shards + 1
-    # Each of the four shards analysed its own two files, for both heads.
+    # The shards claimed the files between them: each file went to one shard, for both heads
+    # (a file analysed by two shards would count twice).
     outputs = step_events(instance, runs[4]["run_id"], DagsterEventType.STEP_OUTPUT)
-    reports = {e.step_key: e.dagster_event.step_output_data.metadata["shard_report"].value
-               for e in outputs if "analysis_shard" in (e.step_key or "")}
-    assert len(reports) == 4
-    for report in reports.values():
-        assert {head: part["analysed"] for head, part in report.items()} == {HAPPY: 2, SAD: 2}
+    metadata = [e.dagster_event.step_output_data.metadata for e in outputs
+                if "analysis_shard" in (e.step_key or "")]
+    assert len(metadata) == 4
+    assert sum(m["files"].value for m in metadata) == len(names)
+    for head in HEADS:
+        assert sum(m["shard_report"].value[head]["analysed"] for m in metadata) == len(names)
 
     ids = [file_key(LIBRARY, name) for name in names]
     tags_one, files_one = stored(one, ids)
@@ -104,16 +103,14 @@ def test_four_shards_store_exactly_what_one_shard_stores(
 def test_a_killed_shard_is_retried_and_each_file_is_analysed_once(
     tmp_path: Path, two_head_models: Path, dagster_home: dg.DagsterInstance
 ) -> None:
-    # Shard 0 gets three short files and, third in key order, a long one: the shard is
-    # killed while it analyses the long file, after the first two are stored.
-    first, second = names_per_shard(2, 4, (".wav",))
-    first.sort(key=lambda name: file_key(LIBRARY, name))
-    long_name = first[2]
-    names = [*first, *second[:2]]
+    # One long file among short ones, fourth in key order (claims go in key order, so files
+    # are stored before it): the shard that claims it is killed while it analyses it, and its
+    # retry takes back exactly its own unfinished claim.
+    names = track_names(6, (".wav",))
+    long_name = sorted(names, key=lambda name: file_key(LIBRARY, name))[3]
     root = tmp_path / "music"
     for seed, name in enumerate(names):
         make_audio(root / name, 600.0 if name == long_name else 3.0, seed=seed)
-    shard0 = [file_key(LIBRARY, name) for name in first]
     path = tmp_path / "killed.sqlite3"
     url = f"sqlite:///{path}"
     new_store(url, root, names)
@@ -126,22 +123,25 @@ def test_a_killed_shard_is_retried_and_each_file_is_analysed_once(
         """)
 
     process = launch(url, two_head_models, 2, batch_size=1)
-    killed = kill_shard_after(dagster_home, path, "file_tags.analysis_shard_0_of_2", shard0, done=2)
+    killed = kill_shard_holding(dagster_home, path, file_key(LIBRARY, long_name))
     run = finish(process)
 
-    assert killed and run["success"]
+    assert killed is not None and run["success"]
     starts = [e.step_key for kind in (DagsterEventType.STEP_START, DagsterEventType.STEP_RESTARTED)
               for e in step_events(dagster_home, run["run_id"], kind)]
-    assert starts.count("file_tags.analysis_shard_0_of_2") == 2
-    assert starts.count("file_tags.analysis_shard_1_of_2") == 1
+    other = f"file_tags.analysis_shard_{1 - killed}_of_2"
+    assert starts.count(f"file_tags.analysis_shard_{killed}_of_2") == 2
+    assert starts.count(other) == 1
     with sqlite3.connect(path) as db:
         counts = db.execute("SELECT file_id, head_name, label, COUNT(*) FROM inserted "
                             "GROUP BY file_id, head_name, label").fetchall()
         analysed = db.execute("SELECT COUNT(*) FROM library_files WHERE analyzed_at IS NOT NULL "
                               "AND analysis_error IS NULL").fetchone()[0]
+        claims_left = db.execute("SELECT COUNT(*) FROM analysis_claims").fetchone()[0]
     assert len(counts) == len(names) * 4
     assert {row[3] for row in counts} == {1}, counts  # nothing written twice
     assert analysed == len(names)
+    assert claims_left == 0  # the report released the run's claims
     (materialization, *_) = [
         m.asset_materialization
         for m in dagster_home.fetch_materializations(dg.AssetKey("file_tags"), limit=4).records
@@ -150,26 +150,27 @@ def test_a_killed_shard_is_retried_and_each_file_is_analysed_once(
     assert materialization.metadata["shard_restarts"].value == 1
 
 
-def kill_shard_after(instance: dg.DagsterInstance, db_path: Path, step_key: str, file_ids: list[str],
-                     *, done: int, timeout_s: float = 300.0) -> bool:
-    """SIGKILL the process of ``step_key`` once ``done`` of ``file_ids`` are analysed."""
+def kill_shard_holding(instance: dg.DagsterInstance, db_path: Path, file_id: str,
+                       *, timeout_s: float = 300.0) -> int | None:
+    """SIGKILL the shard step that claimed ``file_id`` (before it finished that file);
+    returns the shard's index."""
     deadline = time.monotonic() + timeout_s
-    marks = ",".join("?" * len(file_ids))
     while time.monotonic() < deadline:
         time.sleep(0.05)
         runs = instance.get_runs(limit=1)
         if not runs:
             continue
-        starts = [e for e in step_events(instance, runs[0].run_id, DagsterEventType.STEP_START)
-                  if e.step_key == step_key]
-        if not starts:
-            continue
         with sqlite3.connect(db_path, timeout=10) as db:
-            finished = db.execute(
-                f"SELECT COUNT(*) FROM library_files WHERE analyzed_at IS NOT NULL AND _key IN ({marks})",
-                file_ids).fetchone()[0]
-        if finished >= done:
-            assert finished < len(file_ids), "the shard finished before it could be killed"
-            os.kill(starts[0].dagster_event.pid, signal.SIGKILL)
-            return True
-    return False
+            claim = db.execute("SELECT shard FROM analysis_claims WHERE run_id = ? AND file_id = ?",
+                               (runs[0].run_id, file_id)).fetchone()
+            (done,) = db.execute("SELECT analyzed_at FROM library_files WHERE _key = ?",
+                                 (file_id,)).fetchone()
+        if claim is None:
+            continue
+        assert done is None, "the long file finished before its shard could be killed"
+        step_key = f"file_tags.analysis_shard_{claim[0]}_of_2"
+        (start,) = [e for e in step_events(instance, runs[0].run_id, DagsterEventType.STEP_START)
+                    if e.step_key == step_key]
+        os.kill(start.dagster_event.pid, signal.SIGKILL)
+        return int(claim[0])
+    return None

@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 from pathlib import Path
 
 import pytest
 
-from nomarr_pipeline.ml.analysis import shard_key_range
 from nomarr_pipeline.ml.capacity import available_cores, plan_workers, visible_gpus
 from nomarr_pipeline.ml.discovery import ModelCatalog
 from nomarr_pipeline.ml.workers import FaultInjection, FileTask, WorkerPool
 from nomarr_pipeline.resources import ModelsResource
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
-
-
-@pytest.mark.parametrize("count", [1, 2, 3, 4, 7, 16])
-def test_shards_split_every_key_into_exactly_one(count: int) -> None:
-    ranges = [shard_key_range(index, count) for index in range(count)]
-    keys = [hashlib.sha1(str(n).encode()).hexdigest()[:24] for n in range(2000)]
-    keys += ["", "0", "ffffffffffffffffffffffff", "track.flac", "ZZZ"]  # not hex: still placed
-    for key in keys:
-        assert sum(key in r for r in ranges) == 1, key
-    # The ranges meet end to start, and hex keys spread evenly.
-    assert all(a.end == b.start for a, b in itertools.pairwise(ranges))
-    sizes = [sum(k in r for k in keys[:2000]) for r in ranges]
-    assert min(sizes) > 2000 / count * 0.7
-    with pytest.raises(ValueError):
-        shard_key_range(count, count)
 
 
 def test_available_cores_honours_a_cgroup_quota(tmp_path: Path) -> None:

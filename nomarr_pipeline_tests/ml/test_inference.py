@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -13,10 +12,14 @@ import pytest
 
 from nomarr_pipeline.ml.audio import AudioDecodeError, is_ogg_opus, load_audio
 from nomarr_pipeline.ml.discovery import ModelCatalog, discover_models
-from nomarr_pipeline.ml.graphdef import GraphBuilder
 from nomarr_pipeline.ml.inference import ModelSession
 from nomarr_pipeline.ml.pooling import NonFiniteOutputError, pool_patches, trimmed_mean
 from nomarr_pipeline_tests.ml.audio_fixtures import AUDIO_FORMATS, make_audio
+from nomarr_pipeline_tests.ml.broken_models import (
+    write_garbage_head,
+    write_nan_head,
+    write_width_mismatch_head,
+)
 
 
 # ---- pooling -------------------------------------------------------------------------
@@ -186,23 +189,12 @@ def test_undecodable_file_fails_every_head(catalog: ModelCatalog, tmp_path: Path
     assert all(o.error and o.error.startswith("cannot decode audio") for o in outcomes)
 
 
-def _write_nan_head(models: Path) -> None:
-    """A head whose weights are NaN: valid graph, NaN output."""
-    graph = GraphBuilder()
-    features = graph.placeholder("model/Placeholder", [-1, 1280])
-    logits = graph.dense("model/dense", features, np.full((1280, 2), np.nan), np.zeros(2))
-    graph.unary("model/Softmax", "Softmax", logits)
-    graph.write(models / "broken-discogs-effnet-1.pb")
-    metadata = json.loads((models / "mood_happy-discogs-effnet-1.json").read_text())
-    (models / "broken-discogs-effnet-1.json").write_text(json.dumps(metadata))
-
-
 def test_nan_output_fails_only_that_head(
     models_dir: Path, tmp_path: Path, audio_by_format: dict[str, Path]
 ) -> None:
     models = tmp_path / "models"
     shutil.copytree(models_dir, models)
-    _write_nan_head(models)
+    write_nan_head(models)
     catalog = discover_models(models)
     outcomes = {o.partition_key: o for o in
                 ModelSession().analyze_file(audio_by_format[".wav"], catalog.heads).outcomes}
@@ -210,7 +202,41 @@ def test_nan_output_fails_only_that_head(
     assert broken.values == ()
     assert broken.error == ("head effnet-discogs-effnet-1:broken: model output has 10 "
                             "NaN/infinite values; nothing stored")
-    assert all(o.error is None for o in outcomes.values())
+    assert broken.model_fault == "it outputs NaN/infinite values"
+    assert all(o.error is None and o.model_fault is None for o in outcomes.values())
+
+
+def test_a_garbage_graph_and_a_wrong_width_are_model_faults_of_their_head(
+    models_dir: Path, tmp_path: Path, audio_by_format: dict[str, Path]
+) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(models_dir, models)
+    write_garbage_head(models)
+    write_width_mismatch_head(models)
+    catalog = discover_models(models)
+    assert not catalog.problems  # both pass discovery
+    session = ModelSession()
+    seen = []
+    for path in (audio_by_format[".wav"], audio_by_format[".flac"]):
+        outcomes = {o.partition_key: o for o in session.analyze_file(path, catalog.heads).outcomes}
+        garbage = outcomes.pop("effnet-discogs-effnet-1:mood_sad")
+        wide = outcomes.pop("effnet-discogs-effnet-1:mood_party")
+        assert all(o.error is None for o in outcomes.values())  # the other heads work
+        assert garbage.model_fault is not None and garbage.model_fault.startswith(
+            "cannot load mood_sad-discogs-effnet-1.pb: RuntimeError: Error while configuring")
+        assert wide.model_fault == ("it outputs [patches, 2] values, but its JSON lists 3 labels: "
+                                    "[patches, 3] expected")
+        assert wide.error == f"head effnet-discogs-effnet-1:mood_party: {wide.model_fault}"
+        seen.append((garbage.model_fault, wide.model_fault))
+    assert seen[0] == seen[1]  # the same text on every file: a broken model can be told apart
+
+
+def test_undecodable_audio_is_the_files_own_error(catalog: ModelCatalog, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.mp3"
+    junk.write_bytes(b"\x00junk" * 500)
+    result = ModelSession().analyze_file(junk, catalog.heads)
+    assert result.file_error is not None and result.file_error.startswith("cannot decode audio")
+    assert all(o.model_fault is None for o in result.outcomes)
 
 
 def test_analysis_never_modifies_audio_files(

@@ -27,9 +27,9 @@ from arango.response import Response
 from nomarr_pipeline.settings import Settings
 from nomarr_pipeline.store import (
     COLLECTIONS,
+    AnalysisClaim,
     FileStat,
     HeadVersion,
-    KeyRange,
     SparseHistogram,
     Store,
     StoreError,
@@ -37,7 +37,14 @@ from nomarr_pipeline.store import (
 )
 from nomarr_pipeline.store import arango as arango_module
 from nomarr_pipeline.store.arango import ArangoStore
-from nomarr_pipeline.store.arango_schema import INDEXES, SCHEMA_VERSION, encode_key
+from nomarr_pipeline.store.arango_schema import (
+    ANALYSIS_ERRORS_RESET,
+    ANALYSIS_INDEXES,
+    INDEXES,
+    SCHEMA_VERSION,
+    encode_key,
+)
+from nomarr_pipeline.store.protocol import analysis_error_key
 
 URL = "http://arango.test:8529"
 DB = "nomarr"
@@ -292,7 +299,7 @@ def test_first_use_creates_database_collections_indexes_and_schema_document() ->
         for r in fake.requests
         if r.path.endswith("/_api/index")
     }
-    assert set(sent_indexes) == {index.name for index in INDEXES}
+    assert set(sent_indexes) == {index.name for index in (*INDEXES, *ANALYSIS_INDEXES)}
     collection, seed_index = sent_indexes["idx_file_tags_histogram"]
     assert collection == "file_tags"
     assert seed_index == {
@@ -311,6 +318,10 @@ def test_first_use_creates_database_collections_indexes_and_schema_document() ->
         "idx_library_folders_library": ("library_folders", ["library_id"]),
         "idx_calibration_state_label": ("calibration_state", ["model_key", "head_name", "label"]),
         "idx_calibration_history_key": ("calibration_history", ["calibration_key", "snapshot_at"]),
+        "idx_analysis_errors_file": ("analysis_errors", ["file_id", "model_key", "head_name"]),
+        "idx_analysis_errors_head": ("analysis_errors", ["model_key", "head_name", "tagger_version"]),
+        "idx_analysis_claims_shard": ("analysis_claims", ["run_id", "shard"]),
+        "idx_analysis_claims_claimed_at": ("analysis_claims", ["claimed_at"]),
     }
     for name, (coll, fields) in expected_fields.items():
         assert sent_indexes[name][0] == coll
@@ -320,9 +331,29 @@ def test_first_use_creates_database_collections_indexes_and_schema_document() ->
     assert "UPSERT" in schema_write.query
     assert schema_write.bind_vars == {"key": "schema", "version": SCHEMA_VERSION}
     # Indexes come after their collections exist, and the version is written last.
-    last_collection = max(i for i, e in enumerate(endpoints) if e == f"POST /_db/{DB}/_api/collection")
-    first_index = min(i for i, e in enumerate(endpoints) if e.endswith("/_api/index"))
-    assert last_collection < first_index < fake.requests.index(schema_write)
+    for position, request in enumerate(fake.requests):
+        if request.path.endswith("/_api/index"):
+            created_at = next(i for i, r in enumerate(fake.requests) if r.path.endswith("/_api/collection")
+                              and r.method == "post" and r.body["name"] == request.params["collection"])
+            assert created_at < position < fake.requests.index(schema_write)
+
+
+def test_a_version_1_database_gets_the_per_head_analysis_errors() -> None:
+    fake = FakeArango(schema_version=1, collections={*COLLECTIONS, "nomarr_meta"} - {
+        "analysis_errors", "analysis_claims"})
+    ArangoStore(URL, database=DB, password=PASSWORD, http_client=fake).list_libraries()
+    created = [r.body["name"] for r in fake.requests
+               if r.method == "post" and r.path.endswith("/_api/collection")]
+    assert created == ["analysis_errors", "analysis_claims"]
+    indexes = [r.body["name"] for r in fake.requests if r.path.endswith("/_api/index")]
+    assert indexes == [index.name for index in ANALYSIS_INDEXES]
+    queries = [r.query for r in fake.cursors()]
+    # old file-wide errors cleared once (a file without predictions is no longer analysed)
+    assert queries[:2] == list(ANALYSIS_ERRORS_RESET)
+    assert "FILTER d.analysis_error != null" in queries[0] and "analyzed_at: null" in queries[0]
+    assert "file_tags_pending: false" in queries[0] and "t.file_id == d._key" in queries[0]
+    assert "UPDATE d WITH {analysis_error: null}" in queries[1]
+    assert fake.cursors()[2].bind_vars == {"key": "schema", "version": 2}
 
 
 def test_existing_collections_are_not_recreated() -> None:
@@ -718,15 +749,16 @@ def test_write_predictions_replaces_groups_in_one_transaction(store: ArangoStore
         return list(fake.requests)
 
     few, many = run(3), run(1000)
-    assert len(few) == len(many) == 5, "batched: the request count does not grow with files"
-    begin, remove, insert, clear_hash, commit = many
+    assert len(few) == len(many) == 6, "batched: the request count does not grow with files"
+    begin, remove, remove_errors, insert, clear_hash, commit = many
     assert begin.path.endswith("/_api/transaction/begin")
-    assert sorted(begin.body["collections"]["write"]) == ["file_tags", "library_files"]
+    assert sorted(begin.body["collections"]["write"]) == ["analysis_errors", "file_tags", "library_files"]
     assert commit.method == "put" and re.search(r"/_api/transaction/\d+$", commit.path)
     assert all(
         r.headers.get("x-arango-trx-id") == commit.path.rsplit("/", 1)[1]
-        for r in (remove, insert, clear_hash)
+        for r in (remove, remove_errors, insert, clear_hash)
     )
+    assert len(remove_errors.bind_vars["keys"]) == 1000
 
     assert "FOR g IN @groups FOR d IN file_tags" in remove.query and "REMOVE d IN file_tags" in remove.query
     assert len(remove.bind_vars["groups"]) == 1000
@@ -754,51 +786,76 @@ def test_write_predictions_needs_keys(store: ArangoStore, fake: FakeArango) -> N
     assert fake.requests == []
 
 
-def test_files_needing_analysis(store: ArangoStore, fake: FakeArango) -> None:
-    fake.answer("LIMIT @limit", [{"_key": "b", "library_id": "lib1", "path": "/m/b.mp3"}])
-    (doc,) = store.files_needing_analysis(HEAD, None, 10)
-    assert doc["_key"] == "b" and doc["file_tags_pending"] is False and doc["analyzed_at"] is None
-    request = fake.requests[-1]
-    assert request.bind_vars == {
-        "model_key": HEAD.model_key,
-        "head_name": HEAD.head_name,
-        "tagger_version": HEAD.tagger_version,
-        "after_key": "",
-        "limit": 10,
-    }
-    aql = request.query
-    assert "d._key > @after_key" in aql and "SORT d._key LIMIT @limit" in aql
-    assert "d.scan_error == null AND d.analysis_error == null" in aql
-    assert (
-        "t.file_id == d._key AND t.model_key == @model_key" in aql
-        and "t.tagger_version == @tagger_version" in aql
-    )
+def test_claims_take_files_that_need_a_head_in_an_exclusive_transaction(
+    store: ArangoStore, fake: FakeArango
+) -> None:
+    other = HeadVersion(HEAD.model_key, "danceability", "tv1")
+    fake.answer("LIMIT @limit", [{"doc": {"_key": "b", "library_id": "lib1"}, "heads": [1]},
+                                 {"doc": {"_key": "c", "library_id": "lib1"}, "heads": [0, 1]}])
+    claimed = store.claim_files_for_analysis([HEAD, other], AnalysisClaim("run-1", 3), 10, after_key="a")
+    assert [(c.doc["_key"], c.heads) for c in claimed] == [("b", (other,)), ("c", (HEAD, other))]
+    assert claimed[0].doc["file_tags_pending"] is False and claimed[0].doc["analyzed_at"] is None
+    begin, select, insert, commit = fake.requests
+    assert begin.body["collections"] == {"write": ["analysis_claims"], "exclusive": ["analysis_claims"]}
+    assert select.bind_vars == {"heads": [[HEAD.model_key, "mood_happy", "tv1"], [HEAD.model_key,
+                                "danceability", "tv1"]], "run_id": "run-1", "after_key": "a", "limit": 10}
+    aql = select.query
+    assert "d._key > @after_key AND d.scan_error == null AND d.analysis_error == null" in aql
+    assert "DOCUMENT('analysis_claims', SHA1(CONCAT(@run_id, '|', d._key))) == null" in aql
+    assert "FOR i IN 0..LENGTH(heads) - 1" in aql and "FILTER LENGTH(needed) > 0" in aql
+    assert "t.file_id == d._key AND t.model_key == heads[i][0]" in aql
+    assert "t.tagger_version == heads[i][2]" in aql
+    # a failure is found by its key, which the engines compute alike
+    assert "DOCUMENT('analysis_errors', SHA1(CONCAT(d._key, '|', heads[i][0], '|', heads[i][1])))" in aql
+    assert ".tagger_version != heads[i][2]" in aql
+    assert "SORT d._key LIMIT @limit" in aql
+    assert "INTO analysis_claims" in insert.query and "SHA1(CONCAT(@run_id, '|', file_id))" in insert.query
+    assert insert.bind_vars == {"file_ids": ["b", "c"], "run_id": "run-1", "shard": 3}
+    assert all(r.headers.get("x-arango-trx-id") == "1" for r in (select, insert))
+    assert commit.method == "put"
 
-    store.files_needing_analysis(HEAD, "b", 5)
-    assert fake.requests[-1].bind_vars["after_key"] == "b"
+
+def test_reclaim_release_count_and_errors(store: ArangoStore, fake: FakeArango) -> None:
+    fake.answer("FOR c IN analysis_claims FILTER c.run_id == @run_id AND c.shard == @shard",
+                [{"doc": {"_key": "b"}, "heads": [0]}])
+    (again,) = store.reclaim_files_for_analysis([HEAD], AnalysisClaim("run-1", 2))
+    assert again.doc["_key"] == "b" and again.heads == (HEAD,)
+    request = fake.requests[-1]
+    assert request.bind_vars == {"heads": [[HEAD.model_key, "mood_happy", "tv1"]], "run_id": "run-1",
+                                 "shard": 2}
+    assert "FOR d IN library_files FILTER d._key == c.file_id" in request.query
+
+    fake.answer("REMOVE c IN analysis_claims", [4])
+    assert store.release_analysis_claims("run-1", 1234) == 4
+    assert "c.run_id == @run_id OR c.claimed_at < @before" in fake.requests[-1].query
+    assert fake.requests[-1].bind_vars == {"run_id": "run-1", "before": 1234}
 
     fake.answer("COLLECT WITH COUNT INTO files", [2])
     assert store.count_files_needing_analysis(HEAD) == 2
-    assert "limit" not in fake.requests[-1].bind_vars
+    assert fake.requests[-1].bind_vars == {"heads": [[HEAD.model_key, "mood_happy", "tv1"]]}
+    assert "heads[0][2]" in fake.requests[-1].query
 
-
-def test_files_needing_analysis_in_a_key_range(store: ArangoStore, fake: FakeArango) -> None:
-    store.files_needing_analysis(HEAD, "4a", 7, KeyRange("40", "80"))
+    store.record_analysis_errors([{"file_id": "b", "model_key": HEAD.model_key, "head_name": "mood_happy",
+                                   "tagger_version": "tv1", "error": "bad", "failed_at": 5}])
     request = fake.requests[-1]
-    assert "FILTER d._key > @after_key AND d._key >= @key_start AND d._key < @key_end AND " in request.query
-    assert request.bind_vars["key_start"] == "40" and request.bind_vars["key_end"] == "80"
+    assert 'INSERT d INTO analysis_errors OPTIONS {overwriteMode: "replace"}' in request.query
+    (doc,) = request.bind_vars["docs"]
+    assert doc["_key"] == analysis_error_key("b", HEAD.model_key, "mood_happy") and doc["error"] == "bad"
 
-    # An open end is left out, never compared with null (null sorts before every string).
-    store.files_needing_analysis(HEAD, None, 7, KeyRange("c0", None))
+    fake.answer("FOR h IN @heads FOR e IN analysis_errors", [1])
+    assert store.count_files_with_analysis_errors([HEAD], "lib1") == 1
     request = fake.requests[-1]
-    assert "d._key >= @key_start" in request.query and "@key_end" not in request.query
-    assert "key_end" not in request.bind_vars
+    assert "DOCUMENT('library_files', e.file_id).library_id == @library_id" in request.query
+    assert "COLLECT file_id = e.file_id" in request.query
 
-    fake.answer("COLLECT WITH COUNT INTO files", [3])
-    assert store.count_files_needing_analysis(HEAD, KeyRange(None, "40")) == 3
-    request = fake.requests[-1]
-    assert "FILTER true AND d._key < @key_end AND d.scan_error == null" in request.query
-    assert request.bind_vars["key_end"] == "40" and "key_start" not in request.bind_vars
+
+def test_predictions_remove_their_heads_failures(store: ArangoStore, fake: FakeArango) -> None:
+    store.write_predictions([_tag("a", "happy", 0.5)])
+    begin = fake.requests[0]
+    assert sorted(begin.body["collections"]["write"]) == ["analysis_errors", "file_tags", "library_files"]
+    remove = next(r for r in fake.cursors() if "IN analysis_errors" in r.query)
+    assert "REMOVE key IN analysis_errors OPTIONS {ignoreErrors: true}" in remove.query
+    assert remove.bind_vars == {"keys": [analysis_error_key("a", HEAD.model_key, HEAD.head_name)]}
 
 
 def test_record_analysis_and_writes_are_single_statements(store: ArangoStore, fake: FakeArango) -> None:
@@ -931,15 +988,17 @@ def test_folder_cache_is_replaced_in_one_transaction(store: ArangoStore, fake: F
 
 def test_delete_files_removes_tags_and_files_together(store: ArangoStore, fake: FakeArango) -> None:
     store.delete_files(["a", "b"])
-    begin, tags, files, commit = fake.requests
-    assert sorted(begin.body["collections"]["write"]) == ["file_tags", "library_files"]
+    begin, tags, errors, files, commit = fake.requests
+    assert sorted(begin.body["collections"]["write"]) == ["analysis_errors", "file_tags", "library_files"]
     assert "REMOVE d IN file_tags" in tags.query and tags.bind_vars == {"file_ids": ["a", "b"]}
+    assert "REMOVE d IN analysis_errors" in errors.query and errors.bind_vars == {"file_ids": ["a", "b"]}
     assert "REMOVE d IN library_files" in files.query and files.bind_vars == {"file_ids": ["a", "b"]}
     assert commit.method == "put"
     fake.clear()
     store.delete_file_tags(["a"])
-    (request,) = fake.requests
-    assert "REMOVE d IN file_tags" in request.query
+    begin, tags, errors, commit = fake.requests
+    assert sorted(begin.body["collections"]["write"]) == ["analysis_errors", "file_tags"]
+    assert "REMOVE d IN file_tags" in tags.query and "REMOVE d IN analysis_errors" in errors.query
 
 
 def test_iter_files_pages_by_key(store: ArangoStore, fake: FakeArango) -> None:
@@ -1102,8 +1161,14 @@ def _exercise_every_operation(store: ArangoStore, fake: FakeArango) -> None:
     store.get_files([f])
     list(store.iter_files(lib, batch_size=4242))
     store.file_counts(lib)
-    store.files_needing_analysis(head, f, 4242, KeyRange(LITERALS["file"], "LITrangeEnd"))
-    store.count_files_needing_analysis(head, KeyRange("LITrangeStart", None))
+    store.count_files_needing_analysis(head)
+    store.claim_files_for_analysis([head], AnalysisClaim(LITERALS["run"], 4242), 4242, after_key=f)
+    store.reclaim_files_for_analysis([head], AnalysisClaim(LITERALS["run"], 4242))
+    store.release_analysis_claims(LITERALS["run"], 987654321)
+    error = {"file_id": f, "model_key": m, "head_name": h, "tagger_version": "LITtagger"}
+    store.record_analysis_errors([{**error,
+                                   "error": "LITerror", "failed_at": 987654321}])
+    store.count_files_with_analysis_errors([head], lib)
     store.write_predictions(
         [
             {
@@ -1148,8 +1213,7 @@ def test_no_value_is_ever_inlined_in_aql(store: ArangoStore, fake: FakeArango) -
     queries = [r.query for r in fake.cursors()]
     assert len(queries) >= 35
     for query in queries:
-        for literal in (*LITERALS.values(), "LITtagger", "LITname", "LITerror", "LIThist", "LITmode",
-                        "LITrangeStart", "LITrangeEnd"):
+        for literal in (*LITERALS.values(), "LITtagger", "LITname", "LITerror", "LIThist", "LITmode"):
             assert literal not in query, f"{literal!r} inlined in: {query}"
         for number in NUMBERS:
             assert str(number) not in query, f"{number} inlined in: {query}"
@@ -1187,6 +1251,8 @@ def test_every_write_sends_o1_requests(store: ArangoStore, fake: FakeArango) -> 
             lambda: store.record_writes([{"_key": i, "written_at": 1} for i in ids]),
             lambda: store.delete_file_tags(ids),
             lambda: store.delete_files(ids),
+            lambda: store.record_analysis_errors(
+                [{"file_id": i, "model_key": "m", "head_name": "h", "tagger_version": "v"} for i in ids]),
             lambda: store.get_files(ids),
             lambda: store.file_tags_for_files(ids),
             lambda: store.put_documents("file_tags", [_tag(i, "happy", 0.5) for i in ids]),

@@ -11,9 +11,9 @@ from nomarr_pipeline.store import (
     DOCUMENT_COLLECTIONS,
     STALE_ANALYSIS_RESET,
     TIER_INPUT_FIELDS,
+    AnalysisClaim,
     FileStat,
     HeadVersion,
-    KeyRange,
     Store,
 )
 
@@ -153,33 +153,104 @@ def test_file_counts(store: Store) -> None:
     assert store.file_counts()["total"] == 6
 
 
-def test_files_needing_analysis_skips_current_predictions_and_errors(store: Store) -> None:
-    store.upsert_files(
-        [_file("a"), _file("b"), _file("c"), _file("d", scan_error="x"), _file("e", analysis_error="y")]
-    )
+OTHER = HeadVersion(HEAD.model_key, "danceability", "tv1")
+
+
+def _error(file_id: str, head: HeadVersion = HEAD, error: str = "head failed") -> dict[str, object]:
+    return {"file_id": file_id, "model_key": head.model_key, "head_name": head.head_name,
+            "tagger_version": head.tagger_version, "error": error, "failed_at": 7}
+
+
+def _claimed(files: Sequence[object]) -> list[tuple[str, list[str]]]:
+    return [(f.doc["_key"], [h.head_name for h in f.heads]) for f in files]  # type: ignore[attr-defined]
+
+
+def test_files_need_a_head_without_current_predictions_or_failure(store: Store) -> None:
+    store.upsert_files([_file(k) for k in "abcdefg"])
+    store.upsert_files([{"_key": "d", "scan_error": "x"}, {"_key": "e", "analysis_error": "undecodable"}])
     store.write_predictions([_tag("a", "happy", 0.5)])
     stale = HeadVersion(HEAD.model_key, HEAD.head_name, "old")
     store.write_predictions([_tag("b", "happy", 0.5, head=stale)])
-    assert [f["_key"] for f in store.files_needing_analysis(HEAD, None, 10)] == ["b", "c"]
-    assert [f["_key"] for f in store.files_needing_analysis(HEAD, "b", 10)] == ["c"]
-    assert [f["_key"] for f in store.files_needing_analysis(HEAD, None, 1)] == ["b"]
-    assert store.count_files_needing_analysis(HEAD) == 2
+    store.record_analysis_errors([_error("f"), _error("g", stale)])
+    assert store.count_files_needing_analysis(HEAD) == 3  # b (stale), c, g (failed on an old model)
+    assert store.count_files_needing_analysis(OTHER) == 5  # a failure is the head's, not the file's
+    claim = AnalysisClaim("run-1", 0)
+    assert _claimed(store.claim_files_for_analysis([HEAD, OTHER], claim, 10)) == [
+        ("a", ["danceability"]), ("b", ["mood_happy", "danceability"]),
+        ("c", ["mood_happy", "danceability"]), ("f", ["danceability"]),
+        ("g", ["mood_happy", "danceability"]),
+    ]
+    (first,) = store.claim_files_for_analysis([HEAD], AnalysisClaim("run-2"), 1)
+    assert first.doc == store.get_files(["b"])[0]
 
 
-def test_files_needing_analysis_in_key_ranges_split_the_files(store: Store) -> None:
-    keys = ["0a", "3f", "40", "7fff", "80", "c0", "ff", "zz"]
-    store.upsert_files([_file(k) for k in keys])
-    store.write_predictions([_tag("c0", "happy", 0.5)])
-    ranges = [KeyRange(None, "40"), KeyRange("40", "80"), KeyRange("80", "c0"), KeyRange("c0", None)]
-    pages = [[f["_key"] for f in store.files_needing_analysis(HEAD, None, 10, r)] for r in ranges]
-    assert pages == [["0a", "3f"], ["40", "7fff"], ["80"], ["ff", "zz"]]
-    assert [store.count_files_needing_analysis(HEAD, r) for r in ranges] == [2, 2, 1, 2]
-    # keyset paging inside a range, and the whole library without one
-    assert [f["_key"] for f in store.files_needing_analysis(HEAD, "0a", 10, ranges[0])] == ["3f"]
-    assert [f["_key"] for f in store.files_needing_analysis(HEAD, "7fff", 10, ranges[2])] == ["80"]
-    assert [f["_key"] for f in store.files_needing_analysis(HEAD, None, 1, ranges[3])] == ["ff"]
-    assert store.count_files_needing_analysis(HEAD, KeyRange()) == 7
-    assert all(key in KeyRange("40", "80") for key in ("40", "7fff")) and "80" not in ranges[1]
+def test_claims_split_a_run_between_shards_in_key_order(store: Store) -> None:
+    store.upsert_files([_file(f"f{i}") for i in range(7)])
+    first, second = AnalysisClaim("run-1", 0), AnalysisClaim("run-1", 1)
+    taken = [
+        store.claim_files_for_analysis([HEAD], first, 2),
+        store.claim_files_for_analysis([HEAD], second, 3),
+        store.claim_files_for_analysis([HEAD], first, 5, after_key="f1"),
+        store.claim_files_for_analysis([HEAD], second, 5),
+    ]
+    assert [[f.doc["_key"] for f in batch] for batch in taken] == [
+        ["f0", "f1"], ["f2", "f3", "f4"], ["f5", "f6"], []]
+    # Another run ignores this run's claims; the cursor only skips ahead.
+    other = store.claim_files_for_analysis([HEAD], AnalysisClaim("run-2", 0), 10, after_key="f4")
+    assert [f.doc["_key"] for f in other] == ["f5", "f6"]
+
+
+def test_a_retried_shard_takes_back_its_own_unfinished_claims(store: Store) -> None:
+    store.upsert_files([_file(k) for k in "abcde"])
+    shard0, shard1 = AnalysisClaim("run-1", 0), AnalysisClaim("run-1", 1)
+    store.claim_files_for_analysis([HEAD, OTHER], shard0, 3)
+    store.claim_files_for_analysis([HEAD, OTHER], shard1, 2)
+    # shard 0 finished a (both heads) and b's first head before it died
+    store.write_predictions([_tag("a", "happy", 0.5), _tag("a", "danceable", 0.5, head=OTHER),
+                             _tag("b", "happy", 0.5)])
+    store.record_analysis_errors([_error("c", OTHER)])
+    assert _claimed(store.reclaim_files_for_analysis([HEAD, OTHER], shard0)) == [
+        ("b", ["danceability"]), ("c", ["mood_happy"])]
+    assert _claimed(store.reclaim_files_for_analysis([HEAD, OTHER], shard1)) == [
+        ("d", ["mood_happy", "danceability"]), ("e", ["mood_happy", "danceability"])]
+    assert store.reclaim_files_for_analysis([HEAD], AnalysisClaim("run-2", 0)) == []
+    # Claims of one run never go to another shard of it.
+    assert store.claim_files_for_analysis([HEAD, OTHER], AnalysisClaim("run-1", 2), 10) == []
+
+
+def test_released_claims_free_their_files(store: Store) -> None:
+    store.upsert_files([_file(k) for k in "abc"])
+    store.claim_files_for_analysis([HEAD], AnalysisClaim("run-1", 0), 1)
+    store.claim_files_for_analysis([HEAD], AnalysisClaim("run-2", 0), 3)
+    assert store.release_analysis_claims("run-1", claimed_before_ms=0) == 1
+    assert [f.doc["_key"] for f in store.claim_files_for_analysis([HEAD], AnalysisClaim("run-1", 1), 5)] == [
+        "a", "b", "c"]
+    # claims older than the given time go whatever their run (runs that died long ago)
+    assert store.release_analysis_claims("run-3", claimed_before_ms=2**62) == 6
+
+
+def test_analysis_errors_per_file_and_head(store: Store) -> None:
+    store.upsert_files([_file("a"), _file("b"), _file("c", library_id="lib2")])
+    store.record_analysis_errors([_error("a"), _error("a", OTHER), _error("c")])
+    store.record_analysis_errors([_error("a", error="again")])  # one document per (file, head)
+    assert store.count_documents("analysis_errors") == 3
+    assert store.count_files_with_analysis_errors([HEAD, OTHER]) == 2
+    assert store.count_files_with_analysis_errors([HEAD], "lib1") == 1
+    newer = HeadVersion(HEAD.model_key, HEAD.head_name, "tv2")
+    assert store.count_files_with_analysis_errors([newer]) == 0  # failed on another model
+    # predictions replace the failure of their head only
+    store.write_predictions([_tag("a", "happy", 0.5)])
+    assert store.count_files_with_analysis_errors([HEAD]) == 1  # c
+    assert store.count_files_with_analysis_errors([OTHER]) == 1  # a, danceability
+    (doc,) = [d for page in store.iter_documents("analysis_errors") for d in page
+              if d["file_id"] == "a"]
+    assert {k: doc[k] for k in ("model_key", "head_name", "tagger_version", "error", "failed_at")} == {
+        "model_key": OTHER.model_key, "head_name": "danceability", "tagger_version": "tv1",
+        "error": "head failed", "failed_at": 7}
+    # a changed file gets another chance for every head; a removed one takes its errors along
+    store.delete_file_tags(["a"])
+    store.delete_files(["c"])
+    assert store.count_documents("analysis_errors") == 0
 
 
 def test_write_predictions_replaces_a_head_group_and_clears_hash(store: Store) -> None:
@@ -547,9 +618,13 @@ def test_documents_are_counted_read_in_pages_and_put_back_whole(store: Store) ->
                "n": 4, "underflow_count": 0, "overflow_count": 0, "p5_delta": None, "p95_delta": None,
                "n_delta": None}  # fmt: skip
     store.save_calibrations([_state("happy", 0.1, 0.9)], [history])
+    store.record_analysis_errors([_error("c", OTHER)])
     counts = {c: store.count_documents(c) for c in DOCUMENT_COLLECTIONS}
-    assert counts == {"libraries": 1, "library_files": 3, "file_tags": 4, "calibration_state": 1,
-                      "calibration_history": 1}  # fmt: skip
+    assert counts == {"libraries": 1, "library_files": 3, "file_tags": 4, "analysis_errors": 1,
+                      "calibration_state": 1, "calibration_history": 1}  # fmt: skip
+    (error,) = _every_document(store, "analysis_errors", 1)
+    store.put_documents("analysis_errors", [{**error, "error": "put back"}])
+    assert [e["error"] for e in _every_document(store, "analysis_errors", 1)] == ["put back"]
 
     assert _every_document(store, "library_files", 2) == [f for page in store.iter_files() for f in page]
     tags = _every_document(store, "file_tags", 3)

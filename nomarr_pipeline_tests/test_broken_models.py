@@ -1,0 +1,85 @@
+"""Issue 14, item 2: one broken model must not poison the library.
+
+Real ``nomarr-pipeline run`` processes on a library with real generated broken models (a head
+whose ``.pb`` is garbage, one whose output is narrower than its JSON's labels) and a truncated
+file that can never be decoded.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from nomarr_pipeline.ml.analysis import head_version
+from nomarr_pipeline.ml.demo_models import write_demo_head, write_demo_models
+from nomarr_pipeline.ml.discovery import discover_models
+from nomarr_pipeline_tests.cli_processes import PipelineFolder
+from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
+from nomarr_pipeline_tests.ml.broken_models import write_garbage_head, write_width_mismatch_head
+
+pytestmark = pytest.mark.slow
+GOOD = "effnet-discogs-effnet-1:mood_happy"
+GARBAGE = "effnet-discogs-effnet-1:mood_sad"
+NARROW = "effnet-discogs-effnet-1:mood_party"
+
+
+def _status(folder: PipelineFolder) -> dict[str, int]:
+    command = folder.run("status")
+    assert command.returncode == 0, command.stderr
+    (row,) = pd.read_csv(io.StringIO(command.stdout), sep=r"\s{2,}", engine="python").to_dict("records")
+    return {column: row[column] for column in ("files", "analysed", "failed", "pending writes")}
+
+
+def test_a_broken_model_fails_the_run_by_name_and_blocks_nothing(tmp_path: Path) -> None:
+    folder = PipelineFolder(tmp_path)
+    write_demo_models(folder.models, heads=("mood_happy-discogs-effnet-1",))
+    write_garbage_head(folder.models)
+    write_width_mismatch_head(folder.models)
+    names = [f"track{i}.wav" for i in range(4)]
+    for seed, name in enumerate(names):
+        make_audio(folder.library / name, 3.0, seed=seed)
+    # A truncated Ogg file: the scan reads its header, no decoder gets any audio out of it.
+    whole = make_audio(tmp_path / "whole.ogg", 30.0, seed=9).read_bytes()
+    (folder.library / "truncated.ogg").write_bytes(whole[:4000])
+
+    first = folder.run("run")
+
+    assert first.returncode == 1, first.stdout + first.stderr
+    (line,) = [line for line in first.stdout.splitlines() if line.strip().startswith("predictions")]
+    assert "failed" in line and "2 broken model(s)" in line
+    assert "mood_sad-discogs-effnet-1.pb" in line and "cannot load" in line
+    assert "mood_party-discogs-effnet-1.pb" in line and "its JSON lists 3 labels" in line
+    with folder.store() as store:
+        files = {Path(f["path"]).name: f for page in store.iter_files() for f in page}
+        good = [files[name]["_key"] for name in names]
+        # every decodable file got the working head's predictions, and is not failed itself
+        assert {(t["file_id"], t["head_name"]) for t in store.file_tags_for_files(good)} == {
+            (key, "mood_happy") for key in good}
+        assert all(files[name]["analysis_error"] is None for name in names)
+        truncated = files["truncated.ogg"]
+        assert truncated["analysis_error"].startswith("cannot decode audio")
+        assert truncated["analyzed_at"] is None and truncated["file_tags_pending"] is False
+        errors = [e for page in store.iter_documents("analysis_errors") for e in page]
+        assert {f"{e['model_key']}:{e['head_name']}" for e in errors} == {GARBAGE, NARROW}
+        failed = len({e["file_id"] for e in errors})  # 3 or 4: a shard stops a model after 3
+    # Files a broken model failed count as failed while that model is in the folder.
+    assert failed >= 3
+    assert _status(folder) == {"files": 5, "analysed": 4 - failed, "failed": 1 + failed, "pending writes": 0}
+
+    # Repair one model, remove the other: the repaired head analyses every file, including the
+    # ones it failed on; nothing was blocked, and the truncated file is never pending.
+    write_demo_head(folder.models, "mood_sad-discogs-effnet-1", ("sad", "non_sad"))
+    for leftover in folder.models.glob("mood_party-*"):
+        leftover.unlink()
+    second = folder.run("run")
+
+    assert second.returncode == 0, second.stdout + second.stderr
+    with folder.store() as store:
+        assert {t["head_name"] for t in store.file_tags_for_files(good)} == {"mood_happy", "mood_sad"}
+        heads = discover_models(folder.models).heads
+        assert store.count_files_with_analysis_errors([head_version(h) for h in heads]) == 0
+    assert _status(folder) == {"files": 5, "analysed": 4, "failed": 1, "pending writes": 0}
+    assert "Traceback" not in first.stderr + second.stderr
