@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from stat import S_ISREG
 
 from nomarr_pipeline.library.identity import is_audio_name
 
@@ -95,6 +96,10 @@ def _visit(entry: os.DirEntry[str], root: str, folder_unchanged: bool, stack: li
 
 
 def _record(path: str, stat: os.stat_result, walk: Walk) -> None:
+    if not S_ISREG(stat.st_mode):
+        # Never opened: reading a FIFO would wait for a writer for ever.
+        walk.file_errors[path] = "not a regular file (a FIFO, socket or device); it is not read"
+        return
     if path not in walk.recorded:
         walk.recorded.add(path)
         walk.files.append(SeenFile(path, stat.st_size, stat.st_mtime_ns))
