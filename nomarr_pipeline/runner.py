@@ -167,7 +167,13 @@ def writable_folder(path: Path, variable: str, expected: str) -> Path:
 
 def require_export_dir() -> Path:
     expected = "a folder for calibration exports (or unset it: <data dir>/calibration)"
-    return writable_folder(checked_settings().export_dir, "NOMARR_EXPORT_DIR", expected)
+    settings = checked_settings()
+    data_dir = settings.data_dir
+    if settings.export_dir == data_dir / "calibration" and not data_dir.exists() and data_dir.parent.is_dir():
+        # The default lives in the data folder, which only an embedded store creates itself:
+        # with a database server it may not exist yet.
+        data_dir.mkdir()
+    return writable_folder(settings.export_dir, "NOMARR_EXPORT_DIR", expected)
 
 
 def require_library_roots() -> list[Path]:

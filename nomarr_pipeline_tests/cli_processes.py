@@ -28,7 +28,15 @@ TAG_WRITING = "tag_writing"
 class PipelineFolder:
     """Everything one user's pipeline needs, under ``root``; commands run as subprocesses."""
 
-    def __init__(self, root: Path, *, library: Path | None = None, models: Path | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        library: Path | None = None,
+        models: Path | None = None,
+        store_url: str | None = None,
+        pg_password: str | None = None,
+    ) -> None:
         self.root = root
         self.library = library or root / "library"
         self.models = models or root / "models"
@@ -42,8 +50,15 @@ class PipelineFolder:
             "NOMARR_MODELS_DIR": str(self.models),
             "NOMARR_FILE_WRITE_MODE": "full",
         }
-        for name in ("NOMARR_STORE_URL", "NOMARR_EXPORT_DIR"):
+        for name in ("NOMARR_STORE_URL", "NOMARR_EXPORT_DIR", "NOMARR_PG_PASSWORD"):
             self.env.pop(name, None)
+        # Default: the embedded store in the data folder.
+        self.store_url = store_url or f"sqlite:///{self.store_path}"
+        self.pg_password = pg_password
+        if store_url:
+            self.env["NOMARR_STORE_URL"] = store_url
+        if pg_password:
+            self.env["NOMARR_PG_PASSWORD"] = pg_password
         self.started = 0
 
     @property
@@ -77,7 +92,7 @@ class PipelineFolder:
 
     @contextmanager
     def store(self) -> Iterator[Store]:
-        store = open_store(f"sqlite:///{self.store_path}")
+        store = open_store(self.store_url, pg_password=self.pg_password)
         try:
             yield store
         finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from nomarr_pipeline import cli
+from nomarr_pipeline import cli, runner
 from nomarr_pipeline.demo import write_wav
 from nomarr_pipeline.store import StoreError, StoreFullError, open_store
 from nomarr_pipeline.store.sqlite import SqliteStore
@@ -87,6 +87,15 @@ def test_the_default_store_folder_is_created(tmp_path: Path, monkeypatch, capsys
     assert code == 2
     _assert_one_clear_error(err, f"NOMARR_DATA_DIR is {tmp_path / 'none/data'}", "set NOMARR_DATA_DIR to")
     assert not (tmp_path / "none").exists()
+
+
+def test_the_default_export_folder_is_created_with_a_database_server_too(tmp_path: Path, monkeypatch) -> None:
+    """The embedded store creates the data folder; a server store does not, yet the default
+    export folder lives in it (issue 14: the first `run` on PostgreSQL failed on this)."""
+    monkeypatch.setenv("NOMARR_STORE_URL", "postgresql://nomarr@127.0.0.1:5432/nomarr")
+    monkeypatch.setenv("NOMARR_DATA_DIR", str(tmp_path / "data"))
+    assert runner.require_export_dir() == tmp_path / "data" / "calibration"
+    assert (tmp_path / "data" / "calibration").is_dir()
 
 
 def test_the_store_never_creates_folders(tmp_path: Path) -> None:

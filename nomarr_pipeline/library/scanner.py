@@ -88,11 +88,18 @@ def scan_library(
         raise NotADirectoryError(f"library root {root} is not a folder (or cannot be reached)")
     library = ensure_library(store, root, defaults)
     library_id, root_path = library["_key"], library["root_path"]
-    index = store.file_index(library_id)
-    walk = walk_library(root_path, store.load_folder_cache(library_id), full=full)
-    probe = probe or audio_duration
+    cache = store.load_folder_cache(library_id)
+    walk = walk_library(root_path, cache, full=full)
     report = ScanReport(library_id=library_id, root=root_path, folders=len(walk.folders))
     report.folders_skipped = len(walk.unchanged_folders)
+    if _nothing_changed(walk, cache):
+        # Every folder as the cache has it: no file can be new, changed or gone, so the file
+        # index (some 400 bytes per file in memory) is not even read.
+        report.total = report.unchanged = store.file_counts(library_id)["total"]
+        report.seconds = time.perf_counter() - started
+        return report
+    index = store.file_index(library_id)
+    probe = probe or audio_duration
 
     upserts: list[Doc] = []
     candidates: list[tuple[SeenFile, FileStat]] = []  # known files whose stat differs
@@ -248,6 +255,17 @@ def audio_duration(path: str) -> float | None:
     if audio is None or audio.info is None:
         return None
     return float(audio.info.length)
+
+
+def _nothing_changed(walk: Walk, cache: dict[str, tuple[int, int]]) -> bool:
+    """Every folder unchanged, none gone, none unreadable (a removed folder changes its
+    parent's stamp; a stamp is (mtime, entry count))."""
+    return (
+        not walk.files
+        and not walk.file_errors
+        and not walk.unreadable_folders
+        and len(walk.unchanged_folders) == len(walk.folders) == len(cache)
+    )
 
 
 def _removed(index: dict[str, FileStat], seen: set[str], walk: Walk) -> set[str]:

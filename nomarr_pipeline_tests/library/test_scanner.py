@@ -300,3 +300,28 @@ def test_a_fifo_is_reported_as_what_it_is_and_never_opened(store: Store, library
     assert _without_blocking(lambda: rescan_files(store, lib, [doc]), song) == 0
     (now,) = store.get_files([doc["_key"]])
     assert now["scan_error"] == "not a regular file but a FIFO (named pipe)"
+
+
+def test_an_unchanged_rescan_does_not_read_the_file_index(store: Store, library: Path) -> None:
+    """One stat per folder and nothing per file: the index of every file is what made an
+    unchanged rescan of 600,000 files take twice the memory of the scan of 6,000 (issue 14)."""
+
+    class CountingStore:
+        def __init__(self, inner: Store) -> None:
+            self.inner, self.index_reads = inner, 0
+
+        def file_index(self, library_id: str):
+            self.index_reads += 1
+            return self.inner.file_index(library_id)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    scan_library(store, library)
+    counting = CountingStore(store)
+    again = scan_library(counting, library)  # type: ignore[arg-type]
+    assert counting.index_reads == 0
+    assert (again.total, again.unchanged, again.new, again.changed, again.removed) == (3, 3, 0, 0, 0)
+    (library / "Artist").rename(library / "Artist moved")  # the root's stamp changes
+    moved = scan_library(counting, library)  # type: ignore[arg-type]
+    assert counting.index_reads == 1 and (moved.new, moved.removed) == (2, 2)
