@@ -222,6 +222,7 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def ensure_db(db_dir: Path, files: int, labels: int) -> Path:
+    db_dir.mkdir(parents=True, exist_ok=True)
     path = db_path(db_dir, files, labels)
     marker = path.with_suffix(".complete")
     if not marker.exists():

@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--per-folder", type=int, default=100)
     parser.add_argument("--dir", type=Path, help="work here (default: a temp folder); removed afterwards")
     args = parser.parse_args()
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="nomarr-scale-", dir=args.dir))
     try:
         baseline = run_steps(args.baseline_files, work / "baseline", args.per_folder)

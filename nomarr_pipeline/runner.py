@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from nomarr_pipeline.assets.file_tags import NOT_MATERIALIZED
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
 from nomarr_pipeline.calibration.state import is_usable
 from nomarr_pipeline.jobs import (
@@ -298,11 +299,26 @@ class StepOutcome:
     status: str  # "ok", "failed", "skipped"
     detail: str = ""
     run_ids: list[str] = field(default_factory=list)
+    # Heads a failed step left out while it finished the others (a broken model): the steps
+    # after it go on without them.
+    heads_left_out: list[str] = field(default_factory=list)
+
+    @property
+    def stops_later_steps(self) -> bool:
+        return self.status == "failed" and not self.heads_left_out
+
+
+@dataclass(frozen=True)
+class RunFailure:
+    """What failed in a run, as the summary says it, and the heads it left out."""
+
+    text: str
+    heads_left_out: tuple[str, ...] = ()
 
 
 def launch_run(
     instance: dg.DagsterInstance, job: dg.JobDefinition, tags: dict[str, str], *, verbose: bool
-) -> tuple[str, str | None]:
+) -> tuple[str, RunFailure | None]:
     """Run ``job`` once and wait: its run id, and what failed (``None`` when it succeeded).
 
     A step that failed because the store's disk is full or read-only raises that
@@ -380,10 +396,12 @@ _STORE_ERRORS: dict[str, type[StoreError]] = {
 }
 
 
-def _failure_of(events: Sequence[dg.DagsterEvent]) -> str:
-    """What failed, as the summary says it; a step's store error is raised as itself."""
+def _failure_of(events: Sequence[dg.DagsterEvent]) -> RunFailure:
+    """What failed; a step's store error is raised as itself."""
     for event in events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            user_data = event.step_failure_data.user_failure_data
+            left_out = user_data.metadata.get(NOT_MATERIALIZED) if user_data else None
             error = event.step_failure_data.error
             while error.cause is not None and error.cls_name not in _STORE_ERRORS:
                 error = error.cause  # the step's own exception, under Dagster's wrapper
@@ -392,8 +410,9 @@ def _failure_of(events: Sequence[dg.DagsterEvent]) -> str:
             text = text.splitlines()[-1] if text else error.cls_name
             if error.cls_name in _STORE_ERRORS:
                 raise _STORE_ERRORS[error.cls_name](text)
-            return f"step {event.step_key} failed: {text}"
-    return "the run failed (see its logs in the Dagster UI)"
+            heads = tuple(left_out.value) if isinstance(left_out, dg.JsonMetadataValue) else ()
+            return RunFailure(f"step {event.step_key} failed: {text}", heads)
+    return RunFailure("the run failed (see its logs in the Dagster UI)")
 
 
 class PipelineRunner:
@@ -422,7 +441,7 @@ class PipelineRunner:
         job is head-partitioned; ``progress`` measures (done, total) while it runs."""
         outcome = StepOutcome(step, "ok")
         self.outcomes.append(outcome)
-        if any(o.status == "failed" for o in self.outcomes):
+        if any(o.stops_later_steps for o in self.outcomes):
             outcome.status, outcome.detail = "skipped", "an earlier step failed"
             return outcome
         job = self.defs.resolve_job_def(job_name)
@@ -438,11 +457,16 @@ class PipelineRunner:
             outcome.detail = f"{len(partition_keys)} heads in {len(runs)} run(s)"
         self.guard.wait_for_pools(job)  # before the progress bar, which would hide its message
         with ProgressPoller(StepProgress(step), progress) if progress else nullcontext():
+            failures: list[RunFailure] = []
             for tags in runs:
                 run_id, failure = launch_run(self.instance, job, tags, verbose=self.verbose)
                 outcome.run_ids.append(run_id)
                 if failure:
-                    outcome.status, outcome.detail = "failed", failure
+                    failures.append(failure)
+        if failures:
+            outcome.status, outcome.detail = "failed", "; ".join(f.text for f in failures)
+            if all(f.heads_left_out for f in failures):
+                outcome.heads_left_out = [key for f in failures for key in f.heads_left_out]
         return outcome
 
     def add_heads(self, keys: Sequence[str]) -> list[str]:
@@ -509,8 +533,14 @@ def run_pipeline(command: str = "run", *, verbose: bool = False) -> tuple[list[S
         runner.outcomes.append(StepOutcome("head discovery", "ok", f"{len(keys)} heads ({len(new)} new)"))
         print(f"heads: {', '.join(keys)}")
 
-        runner.run_job("predictions", predictions_job.name, keys, progress=analysis_progress(heads))
-        runner.run_job("calibration", calibration_job.name, keys)
+        predictions = runner.run_job(
+            "predictions", predictions_job.name, keys, progress=analysis_progress(heads)
+        )
+        left_out = set(predictions.heads_left_out)
+        if left_out:
+            say(f"warning: going on without {', '.join(sorted(left_out))}; the other heads' "
+                "predictions are stored")
+        runner.run_job("calibration", calibration_job.name, [key for key in keys if key not in left_out])
         runner.run_job("recalibration + tag writing", tagging_job.name, progress=tagging_progress())
         runner.outcomes.append(StepOutcome("total", "ok", f"{time.monotonic() - started:.0f}s"))
         return runner.outcomes, store

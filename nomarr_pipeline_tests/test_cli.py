@@ -16,12 +16,14 @@ import pytest
 from rich.console import Console
 
 from nomarr_pipeline import cli, runner
+from nomarr_pipeline.assets.file_tags import NOT_MATERIALIZED
 from nomarr_pipeline.calibration.histogram import HistogramSpec, PercentileResult
 from nomarr_pipeline.calibration.state import compute_state
 from nomarr_pipeline.demo import DEMO_TRACKS, write_wav
 from nomarr_pipeline.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START, calibration_job, predictions_job
 from nomarr_pipeline.ml.demo_models import write_demo_models
 from nomarr_pipeline.ml.fetch import RECOMMENDED
+from nomarr_pipeline.partitions import HEADS
 from nomarr_pipeline.progress import ProgressPoller, StepProgress
 from nomarr_pipeline.store import open_store
 from nomarr_pipeline_tests.ml.model_server import ModelSite, site_path
@@ -223,7 +225,7 @@ def test_a_failed_step_exits_1_and_skips_what_follows(
 
     def failing_launch(instance, job, tags, *, verbose):
         launched.append(job.name)
-        return "run-0001", "step library_files failed: disk on fire"
+        return "run-0001", runner.RunFailure("step library_files failed: disk on fire")
 
     monkeypatch.setattr(runner, "launch_run", failing_launch)
     code, out, _ = _run_cli(capsys, "scan")
@@ -236,6 +238,27 @@ def test_a_failed_step_exits_1_and_skips_what_follows(
         skipped = pipeline.run_job("predictions", predictions_job.name, ["m:h"])
     assert (skipped.status, skipped.detail) == ("skipped", "an earlier step failed")
     assert launched == ["library_scan_job", "library_scan_job"]
+
+
+def test_a_step_that_left_heads_out_lets_the_next_steps_go_on(monkeypatch, dagster_home: Path) -> None:
+    """A broken model fails the predictions step; the other heads' predictions are stored,
+    so calibration and tag writing still run for them."""
+    launched = []
+
+    def launch(instance, job, tags, *, verbose):
+        launched.append(job.name)
+        if job.name == predictions_job.name:
+            return "run-0001", runner.RunFailure("step file_tags_report failed: broken", ("m:broken",))
+        return "run-0002", None
+
+    monkeypatch.setattr(runner, "launch_run", launch)
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(HEADS, ["m:good", "m:broken"])
+        pipeline = runner.PipelineRunner(instance)
+        predictions = pipeline.run_job("predictions", predictions_job.name, ["m:good", "m:broken"])
+        tagging = pipeline.run_job("recalibration + tag writing", "tagging_job")
+    assert predictions.status == "failed" and predictions.heads_left_out == ["m:broken"]
+    assert tagging.status == "ok" and launched == [predictions_job.name, "tagging_job"]
 
 
 def test_status_and_export_count_only_calibrations_that_can_be_applied(
@@ -560,8 +583,12 @@ def test_a_failed_step_is_summarised_by_its_own_error_and_a_store_error_is_raise
             (ValueError("no such head"), "no such head"),
         ]:
             run_id, failure = runner.launch_run(instance, _failing_job(error), {}, verbose=False)
-            assert failure == f"step writes_predictions failed: {says}"
+            assert failure == runner.RunFailure(f"step writes_predictions failed: {says}")
             assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+        metadata = {NOT_MATERIALIZED: dg.MetadataValue.json(["m:h"])}
+        left_out = dg.Failure("1 broken model(s)", metadata=metadata)
+        _, failure = runner.launch_run(instance, _failing_job(left_out), {}, verbose=False)
+        assert failure == runner.RunFailure("step writes_predictions failed: 1 broken model(s)", ("m:h",))
         full = StoreFullError("the disk holding the SQLite store /x.sqlite3 is full")
         with pytest.raises(StoreFullError, match=r"^the disk holding the SQLite store /x.sqlite3 is full$"):
             runner.launch_run(instance, _failing_job(full), {}, verbose=False)

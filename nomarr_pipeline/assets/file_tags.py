@@ -19,9 +19,9 @@ annotation at runtime.
 import multiprocessing
 import time
 from collections import Counter
+from collections.abc import Iterable
 
 import dagster as dg
-from dagster._core.events import DagsterEventType
 from rich.console import Console
 
 from nomarr_pipeline.assets.heads import models_folder
@@ -155,9 +155,9 @@ def _shard_op(index: int, count: int) -> dg.OpDefinition:
 
 def _shard_reports(context: dg.AssetExecutionContext) -> tuple[dict[str, HeadReport], dict[str, int]]:
     """Every finished shard's report, added up per head, and how often each shard started."""
-    started = {DagsterEventType.STEP_START, DagsterEventType.STEP_RESTARTED}  # a retry restarts
+    started = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_RESTARTED}  # a retry restarts
     records = context.instance.get_records_for_run(
-        run_id=context.run.run_id, of_type={DagsterEventType.STEP_OUTPUT, *started}
+        run_id=context.run.run_id, of_type={dg.DagsterEventType.STEP_OUTPUT, *started}
     ).records
     reports: dict[str, HeadReport] = {}
     starts: Counter[str] = Counter()
@@ -199,6 +199,15 @@ def _metadata(reports: dict[str, HeadReport], seconds: float) -> dict[str, dg.Me
             {key: report.as_metadata() for key, report in sorted(reports.items())}
         ),
     }
+
+
+# A failure that names the heads it did not materialize lets the command line go on with the
+# others (their predictions are stored).
+NOT_MATERIALIZED = "heads_not_materialized"
+
+
+def _not_materialized(keys: Iterable[str]) -> dict[str, dg.MetadataValue]:
+    return {NOT_MATERIALIZED: dg.MetadataValue.json(sorted(keys))}
 
 
 def _report_op(count: int) -> dg.OpDefinition:
@@ -254,7 +263,7 @@ def _report_op(count: int) -> dg.OpDefinition:
                 f"{len(broken)} broken model(s), failing on their first files alike: {details}. "
                 "Replace or remove the model file (its files are tried again once it changes); "
                 "the other heads' predictions are stored",
-                metadata=_metadata(reports, seconds),
+                metadata={**_metadata(reports, seconds), **_not_materialized(broken)},
             )
         if missing:
             # The usable heads are stored already (a re-run will skip them); the missing ones
@@ -266,7 +275,7 @@ def _report_op(count: int) -> dg.OpDefinition:
             )
             raise dg.Failure(
                 f"{len(missing)} selected heads have no usable model in {models_dir}: {details}",
-                metadata=_metadata(reports, seconds),
+                metadata={**_metadata(reports, seconds), **_not_materialized(missing)},
             )
         context.add_output_metadata({
             **_metadata(reports, seconds),
