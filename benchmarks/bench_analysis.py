@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import numpy as np
 
 # The audio generator and the run launcher live with the tests; make the repository importable.
@@ -49,7 +50,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from nomarr_pipeline.library.identity import file_key  # noqa: E402
-from nomarr_pipeline.ml.analysis import shard_key_range  # noqa: E402
 from nomarr_pipeline.ml.audio import decode_with_ffmpeg  # noqa: E402
 from nomarr_pipeline.ml.capacity import available_cores  # noqa: E402
 from nomarr_pipeline.ml.demo_models import HEAD_NAMES, write_demo_models  # noqa: E402
@@ -221,7 +221,20 @@ def run_pipeline(store_url: str, models: Path, heads: list[Head], shards: int, h
     if done.returncode != 0 or not lines or not json.loads(lines[-1])["success"]:
         raise SystemExit(f"pipeline run with {shards} shards failed:\n{done.stdout[-2000:]}\n"
                          f"{done.stderr[-4000:]}")
+    run_id = json.loads(lines[-1])["run_id"]
+    print(f"    files per shard (claimed at run time): {files_per_shard(home, run_id)}")
     return timing
+
+
+def files_per_shard(home: Path, run_id: str) -> list[int]:
+    """How many files each shard step of the run analysed (its output metadata)."""
+    with dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(home))) as instance:
+        outputs = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT)
+        return [
+            int(entry.metadata["files"].value)
+            for entry in (log.dagster_event.event_specific_data for log in outputs)
+            if "files" in entry.metadata
+        ]
 
 
 def prepare_instance(home: Path, heads: list[Head]) -> None:
@@ -267,10 +280,6 @@ def main() -> None:
         print(f"generating {args.files} files of {args.seconds:g} s ...", flush=True)
         files = [make_audio(work / "audio" / f"f{i:05d}{FORMATS[i % len(FORMATS)]}", args.seconds, seed=i)
                  for i in range(args.files)]
-        for shards in shard_counts:
-            per_shard = [sum(file_key(LIBRARY, f.name) in shard_key_range(i, shards) for f in files)
-                         for i in range(shards)]
-            print(f"files per shard with {shards} shards: {per_shard}")
 
         print("\n1. TensorFlow threads of one worker (threads of its process; per backbone pass)")
         for intra, inter in ((0, 0), (1, 1), (cores, 1), (cores, cores)):
