@@ -46,6 +46,15 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def own_postgres_server() -> Iterator[PostgresServer]:
+    """A server of the test module's own, for tests that stop, restart or kill it."""
+    if SKIP_REASON:
+        pytest.skip(SKIP_REASON)
+    with running_server() as server:
+        yield server
+
+
 @dataclass(frozen=True)
 class PostgresDatabase:
     """A fresh, empty database on the session's server; dropped after the test."""

@@ -8,7 +8,6 @@ asked (docs/RELIABILITY.md)."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from nomarr_pipeline_tests.crash_runs import (
     new_folder,
     server_lost_during,
 )
-from nomarr_pipeline_tests.postgres_server import SKIP_REASON, PostgresServer, running_server
+from nomarr_pipeline_tests.postgres_server import PostgresServer
 from nomarr_pipeline_tests.store_dump import differences
 
 pytestmark = pytest.mark.slow
@@ -50,15 +49,6 @@ def expected(tmp_path_factory: pytest.TempPathFactory, inputs: tuple[Path, Path]
         check(folder.run(command))
         found[command] = documents(folder)
     return found
-
-
-@pytest.fixture(scope="module")
-def own_server() -> Iterator[PostgresServer]:
-    """A server of this module's own: the PostgreSQL test stops it."""
-    if SKIP_REASON:
-        pytest.skip(SKIP_REASON)
-    with running_server() as server:
-        yield server
 
 
 def _assert_converges(folder: PipelineFolder, command: str, expected: Documents, landed: list[str]) -> None:
@@ -107,8 +97,11 @@ def test_kills_in_every_stage_converge_on_sqlite(
 
 
 def test_kills_and_a_lost_server_converge_on_postgres(
-    tmp_path: Path, inputs: tuple[Path, Path], expected: dict[str, Documents], own_server: PostgresServer
+    tmp_path: Path,
+    inputs: tuple[Path, Path],
+    expected: dict[str, Documents],
+    own_postgres_server: PostgresServer,
 ) -> None:
-    url = own_server.url(own_server.create_database())
-    folder = new_folder(tmp_path / "killed", *inputs, store_url=url, pg_password=own_server.password)
-    _kill_scan_analysis_calibration_recalibration(folder, expected, lose_server=own_server)
+    url = own_postgres_server.url(own_postgres_server.create_database())
+    folder = new_folder(tmp_path / "killed", *inputs, store_url=url, pg_password=own_postgres_server.password)
+    _kill_scan_analysis_calibration_recalibration(folder, expected, lose_server=own_postgres_server)

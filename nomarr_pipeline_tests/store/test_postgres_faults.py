@@ -19,7 +19,7 @@ from nomarr_pipeline.calibration.tiers import TierConfig
 from nomarr_pipeline.store import Store, StoreError, open_store
 from nomarr_pipeline.store.postgres_schema import SCHEMA_VERSION
 from nomarr_pipeline_tests.conftest import PostgresDatabase
-from nomarr_pipeline_tests.postgres_server import SKIP_REASON, PostgresServer, free_port, running_server
+from nomarr_pipeline_tests.postgres_server import PostgresServer, free_port
 
 MODEL, HEAD = "effnet-discogs-effnet-1", "mood_happy"
 
@@ -135,15 +135,6 @@ def test_processes_opening_a_fresh_database_at_once_do_not_race(postgres_db: Pos
 # ---- the server going away ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def own_server() -> Iterator[PostgresServer]:
-    """A server of this module's own: these tests stop and restart it."""
-    if SKIP_REASON:
-        pytest.skip(SKIP_REASON)
-    with running_server() as server:
-        yield server
-
-
 def _library(store: Store, files: int) -> list[str]:
     keys = [f"{i:032x}" for i in range(files)]
     store.upsert_files(
@@ -170,12 +161,12 @@ def _state(store: Store, keys: list[str]) -> list[tuple[object, ...]]:
     return [*sorted(files.items()), *tags]
 
 
-def test_a_restart_within_the_retry_window_goes_unnoticed(own_server: PostgresServer) -> None:
-    database = own_server.create_database()
-    store = open_store(own_server.url(database), pg_password=own_server.password)
+def test_a_restart_within_the_retry_window_goes_unnoticed(own_postgres_server: PostgresServer) -> None:
+    database = own_postgres_server.create_database()
+    store = open_store(own_postgres_server.url(database), pg_password=own_postgres_server.password)
     keys = _library(store, 10)
-    own_server.stop("fast")
-    restarter = threading.Timer(1.0, own_server.start)
+    own_postgres_server.stop("fast")
+    restarter = threading.Timer(1.0, own_postgres_server.start)
     restarter.start()
     try:
         assert len(store.get_files(keys)) == 10  # the dropped connection is replaced
@@ -183,10 +174,10 @@ def test_a_restart_within_the_retry_window_goes_unnoticed(own_server: PostgresSe
         restarter.join()
 
 
-def test_server_gone_mid_run_fails_clearly_and_a_re_run_finishes(own_server: PostgresServer) -> None:
-    reference_db, database = own_server.create_database(), own_server.create_database()
-    reference = open_store(own_server.url(reference_db), pg_password=own_server.password)
-    store = open_store(own_server.url(database), pg_password=own_server.password)
+def test_server_gone_mid_run_fails_clearly_and_a_re_run_finishes(own_postgres_server: PostgresServer) -> None:
+    reference_db, database = own_postgres_server.create_database(), own_postgres_server.create_database()
+    reference = open_store(own_postgres_server.url(reference_db), pg_password=own_postgres_server.password)
+    store = open_store(own_postgres_server.url(database), pg_password=own_postgres_server.password)
     keys = _library(reference, 300)
     _library(store, 300)
     config = TierConfig(exclude_heads=())
@@ -194,7 +185,7 @@ def test_server_gone_mid_run_fails_clearly_and_a_re_run_finishes(own_server: Pos
 
     def stop_after_two_batches(done: int, batch: int) -> None:
         if done == 100:
-            own_server.stop("immediate")  # as if the machine lost power
+            own_postgres_server.stop("immediate")  # as if the machine lost power
 
     try:
         message = _one_line_error(
@@ -202,9 +193,9 @@ def test_server_gone_mid_run_fails_clearly_and_a_re_run_finishes(own_server: Pos
                                 progress=stop_after_two_batches),
             "cannot connect to PostgreSQL at", "gave up after", "a re-run resumes",
         )  # fmt: skip
-        assert own_server.password not in message
+        assert own_postgres_server.password not in message
     finally:
-        own_server.start()
+        own_postgres_server.start()
     expected = expected_calibration_hash(store.list_calibrations())
     # Finishes commit without waiting for the WAL flush: the crash may lose the batches
     # finished last (they still hold their claim), never part of one.
@@ -236,17 +227,17 @@ def _recalibrate_and_die(url: str, password: str) -> None:
                 progress=die_after_two_batches)  # fmt: skip
 
 
-def test_a_recalibration_killed_mid_run_is_finished_by_a_re_run(own_server: PostgresServer) -> None:
-    reference_db, database = own_server.create_database(), own_server.create_database()
-    reference = open_store(own_server.url(reference_db), pg_password=own_server.password)
-    store = open_store(own_server.url(database), pg_password=own_server.password)
+def test_a_recalibration_killed_mid_run_is_finished_by_a_re_run(own_postgres_server: PostgresServer) -> None:
+    reference_db, database = own_postgres_server.create_database(), own_postgres_server.create_database()
+    reference = open_store(own_postgres_server.url(reference_db), pg_password=own_postgres_server.password)
+    store = open_store(own_postgres_server.url(database), pg_password=own_postgres_server.password)
     keys = _library(reference, 300)
     _library(store, 300)
     config = TierConfig(exclude_heads=())
     assert recalibrate(reference, tier_config=config, batch_size=50, readers=1).complete
 
     killed = multiprocessing.get_context("spawn").Process(
-        target=_recalibrate_and_die, args=(own_server.url(database), own_server.password)
+        target=_recalibrate_and_die, args=(own_postgres_server.url(database), own_postgres_server.password)
     )
     killed.start()
     killed.join(120)
