@@ -228,7 +228,7 @@ def run_pipeline(store_url: str, models: Path, heads: list[Head], shards: int, h
 
 def files_per_shard(home: Path, run_id: str) -> list[int]:
     """How many files each shard step of the run analysed (its output metadata)."""
-    with dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(home))) as instance:
+    with dg.DagsterInstance.local_temp(str(home)) as instance:  # the run's instance, in ``home``
         outputs = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT)
         return [
             int(entry.metadata["files"].value)
