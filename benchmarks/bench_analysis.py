@@ -130,6 +130,8 @@ def _ffmpeg_files(paths: list[str]) -> int:
     ffmpeg process) while TensorFlow works on the current one."""
     if not _bare["prefetch"]:
         return sum(len(_infer(decode_with_ffmpeg(Path(p)))) for p in paths)
+    if not paths:  # fewer files than workers
+        return 0
     done = 0
     box: dict[str, np.ndarray] = {}
 
