@@ -130,6 +130,8 @@ def _ffmpeg_files(paths: list[str]) -> int:
     ffmpeg process) while TensorFlow works on the current one."""
     if not _bare["prefetch"]:
         return sum(len(_infer(decode_with_ffmpeg(Path(p)))) for p in paths)
+    if not paths:  # fewer files than workers
+        return 0
     done = 0
     box: dict[str, np.ndarray] = {}
 
@@ -228,7 +230,7 @@ def run_pipeline(store_url: str, models: Path, heads: list[Head], shards: int, h
 
 def files_per_shard(home: Path, run_id: str) -> list[int]:
     """How many files each shard step of the run analysed (its output metadata)."""
-    with dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(home))) as instance:
+    with dg.DagsterInstance.local_temp(str(home)) as instance:  # the run's instance, in ``home``
         outputs = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT)
         return [
             int(entry.metadata["files"].value)

@@ -155,6 +155,7 @@ def main() -> None:
     parser.add_argument("--compare-insert", type=int, metavar="FILES", default=0,
                         help="first compare COPY with executemany on this many files")  # fmt: skip
     args = parser.parse_args()
+    args.db_dir.mkdir(parents=True, exist_ok=True)
     rows = args.files * args.labels
     print(
         f"{args.files:,} files x {args.labels} labels = {rows:,} rows per run, batches of {BATCH_FILES} files"
