@@ -294,8 +294,10 @@ def test_broken_heads_say_which_head_and_why(corpus: Corpus) -> None:
     assert f"({GARBAGE_HEAD}): cannot load" in predictions, predictions
     assert f"({MISMATCHED_HEAD}): it outputs [patches, 2] values" in predictions, predictions
     assert f"({NAN_HEAD}): it outputs NaN" in predictions, predictions
-    errors = _head_errors(corpus, "good/track0.flac")
-    assert GARBAGE_HEAD in errors and "cannot load" in errors[GARBAGE_HEAD], errors
+    # Kept for the files the head was tried on before it was stopped (its first few).
+    tried = [errors[GARBAGE_HEAD] for doc in corpus.docs.values()
+             if GARBAGE_HEAD in (errors := _head_errors(corpus, doc))]  # fmt: skip
+    assert tried and all("cannot load" in error for error in tried), tried
 
 
 def test_broken_heads_store_nothing_and_good_heads_store_everything(corpus: Corpus) -> None:

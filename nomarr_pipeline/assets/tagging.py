@@ -104,7 +104,7 @@ def written_tags(
     metadata["dry_run"] = config.preview
     if config.preview:
         frame = pd.concat([preview_frame(r.preview) for r in reports]) if reports else pd.DataFrame()
-        csv = Settings.from_env().data_dir / "previews" / f"written_tags-{context.run_id}.csv"
+        csv = Settings.from_env().data_dir / "previews" / f"written_tags-{context.run.run_id}.csv"
         csv.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(csv, index=False)
         metadata["preview_csv"] = dg.MetadataValue.path(str(csv))
