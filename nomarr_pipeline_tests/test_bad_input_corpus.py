@@ -294,10 +294,11 @@ def test_broken_heads_say_which_head_and_why(corpus: Corpus) -> None:
     assert f"({GARBAGE_HEAD}): cannot load" in predictions, predictions
     assert f"({MISMATCHED_HEAD}): it outputs [patches, 2] values" in predictions, predictions
     assert f"({NAN_HEAD}): it outputs NaN" in predictions, predictions
-    # Kept for the files the head was tried on before it was stopped (its first few).
+    # Kept for the files the head was tried on before it was stopped: the first 3 that
+    # reached the model fail alike (files too short fail before it, with their own error).
     tried = [errors[GARBAGE_HEAD] for doc in corpus.docs.values()
              if GARBAGE_HEAD in (errors := _head_errors(corpus, doc))]  # fmt: skip
-    assert tried and all("cannot load" in error for error in tried), tried
+    assert sum("cannot load" in error for error in tried) >= 3, tried
 
 
 def test_broken_heads_store_nothing_and_good_heads_store_everything(corpus: Corpus) -> None:
