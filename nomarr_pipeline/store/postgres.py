@@ -55,7 +55,16 @@ from nomarr_pipeline.store.protocol import (
     analysis_error_key,
     split_pending_guards,
 )
-from nomarr_pipeline.store.sqlite_schema import ANALYSIS_ERRORS, FILE_TAGS, LIBRARIES, LIBRARY_FILES, Table
+from nomarr_pipeline.store.sqlite_schema import (
+    ANALYSABLE,
+    ANALYSIS_ERRORS,
+    FILE_TAGS,
+    LIBRARIES,
+    LIBRARY_FILES,
+    NEEDS_HEAD,
+    NEEDS_SOME_HEAD,
+    Table,
+)
 
 T = TypeVar("T")
 
@@ -435,7 +444,7 @@ class PostgresStore:
 
     # ---- analysis ----------------------------------------------------------------------------
     def count_files_needing_analysis(self, head: HeadVersion) -> int:
-        sql = f"{_HEADS} SELECT count(*) FROM library_files f WHERE {_ANALYSABLE} AND {_NEEDS_SOME_HEAD}"
+        sql = f"{_HEADS} SELECT count(*) FROM library_files f WHERE {ANALYSABLE} AND {NEEDS_SOME_HEAD}"
         return int(self._scalar(sql, _heads_params([head])))
 
     def claim_files_for_analysis(
@@ -458,7 +467,7 @@ class PostgresStore:
         def take_back(conn: psycopg.Connection[Any]) -> list[ClaimedFile]:
             keys = [row[0] for row in conn.execute(
                 f"""{_HEADS} SELECT f._key FROM analysis_claims c JOIN library_files f ON f._key = c.file_id
-                WHERE c.run_id = %(run_id)s AND c.shard = %(shard)s AND {_ANALYSABLE} AND {_NEEDS_SOME_HEAD}
+                WHERE c.run_id = %(run_id)s AND c.shard = %(shard)s AND {ANALYSABLE} AND {NEEDS_SOME_HEAD}
                 ORDER BY f._key""", params)]  # type: ignore[arg-type]
             return _claimed_files(conn, keys, heads)
 
@@ -931,15 +940,6 @@ _HEADS = """WITH heads AS (
     SELECT position - 1 AS position, model_key, head_name, tagger_version
     FROM unnest(%(model_keys)s::text[], %(head_names)s::text[], %(tagger_versions)s::text[])
          WITH ORDINALITY AS h(model_key, head_name, tagger_version, position))"""
-_ANALYSABLE = "f.scan_error IS NULL AND f.analysis_error IS NULL"
-# Neither predictions nor a failure of head `h` at its version: the file needs that head.
-_NEEDS_HEAD = """NOT EXISTS (
-        SELECT 1 FROM file_tags t WHERE t.file_id = f._key AND t.model_key = h.model_key
-          AND t.head_name = h.head_name AND t.tagger_version = h.tagger_version)
-    AND NOT EXISTS (
-        SELECT 1 FROM analysis_errors e WHERE e.file_id = f._key AND e.model_key = h.model_key
-          AND e.head_name = h.head_name AND e.tagger_version = h.tagger_version)"""
-_NEEDS_SOME_HEAD = f"EXISTS (SELECT 1 FROM heads h WHERE {_NEEDS_HEAD})"
 
 # Shards of one run claim files that need a head and that no shard of the run holds. Rows
 # another claimer is taking are skipped (FOR NO KEY UPDATE SKIP LOCKED), so concurrent shards
@@ -947,7 +947,7 @@ _NEEDS_SOME_HEAD = f"EXISTS (SELECT 1 FROM heads h WHERE {_NEEDS_HEAD})"
 CLAIM_FOR_ANALYSIS_SQL = f"""{_HEADS},
 candidates AS (
     SELECT f._key FROM library_files f
-    WHERE f._key > %(after)s AND {_ANALYSABLE} AND {_NEEDS_SOME_HEAD}
+    WHERE f._key > %(after)s AND {ANALYSABLE} AND {NEEDS_SOME_HEAD}
       AND NOT EXISTS (SELECT 1 FROM analysis_claims c WHERE c.run_id = %(run_id)s AND c.file_id = f._key)
     ORDER BY f._key LIMIT %(limit)s
     FOR NO KEY UPDATE OF f SKIP LOCKED)
@@ -973,7 +973,7 @@ def _claimed_files(
     needed: dict[str, list[int]] = {}
     for key, position in conn.execute(
         f"""{_HEADS} SELECT f._key, h.position FROM library_files f CROSS JOIN heads h
-        WHERE f._key = ANY(%(keys)s) AND {_NEEDS_HEAD} ORDER BY f._key, h.position""",  # type: ignore[arg-type]
+        WHERE f._key = ANY(%(keys)s) AND {NEEDS_HEAD} ORDER BY f._key, h.position""",  # type: ignore[arg-type]
         params,
     ):
         needed.setdefault(key, []).append(position)

@@ -29,12 +29,15 @@ from nomarr_pipeline.store.protocol import (
     split_pending_guards,
 )
 from nomarr_pipeline.store.sqlite_schema import (
+    ANALYSABLE,
     ANALYSIS_ERRORS,
     CALIBRATION_HISTORY,
     CALIBRATION_STATE,
     FILE_TAGS,
     LIBRARIES,
     LIBRARY_FILES,
+    NEEDS_HEAD,
+    NEEDS_SOME_HEAD,
     Table,
     migrate,
 )
@@ -302,7 +305,7 @@ class SqliteStore:
 
     # ---- analysis ----------------------------------------------------------------------
     def count_files_needing_analysis(self, head: HeadVersion) -> int:
-        sql = f"{_HEADS} SELECT COUNT(*) FROM library_files f WHERE {_ANALYSABLE} AND {_NEEDS_SOME_HEAD}"
+        sql = f"{_HEADS} SELECT COUNT(*) FROM library_files f WHERE {ANALYSABLE} AND {NEEDS_SOME_HEAD}"
         return int(self._query(sql, {"heads": _heads_json([head])})[0][0])
 
     def claim_files_for_analysis(
@@ -313,7 +316,7 @@ class SqliteStore:
         with self._write() as conn:  # IMMEDIATE: claimers of a run queue, never overlap
             keys = [row[0] for row in conn.execute(
                 f"""{_HEADS} SELECT f._key FROM library_files f
-                WHERE f._key > :after AND {_ANALYSABLE} AND {_NEEDS_SOME_HEAD}
+                WHERE f._key > :after AND {ANALYSABLE} AND {NEEDS_SOME_HEAD}
                   AND NOT EXISTS (SELECT 1 FROM analysis_claims c
                                   WHERE c.run_id = :run_id AND c.file_id = f._key)
                 ORDER BY f._key LIMIT :limit""", params)]
@@ -330,7 +333,7 @@ class SqliteStore:
         conn = self._conn
         keys = [row[0] for row in conn.execute(
             f"""{_HEADS} SELECT f._key FROM analysis_claims c JOIN library_files f ON f._key = c.file_id
-            WHERE c.run_id = :run_id AND c.shard = :shard AND {_ANALYSABLE} AND {_NEEDS_SOME_HEAD}
+            WHERE c.run_id = :run_id AND c.shard = :shard AND {ANALYSABLE} AND {NEEDS_SOME_HEAD}
             ORDER BY f._key""",
             {"heads": _heads_json(heads), "run_id": claim.run_id, "shard": claim.shard})]
         return _claimed_files(conn, keys, heads)
@@ -636,15 +639,6 @@ def _check_claim(run: str, claim: str) -> None:
 # The heads of an analysis query, bound as one JSON list of [model_key, head_name, tagger_version].
 _HEADS = """WITH heads(position, model_key, head_name, tagger_version) AS (
     SELECT key, value ->> 0, value ->> 1, value ->> 2 FROM json_each(:heads))"""
-_ANALYSABLE = "f.scan_error IS NULL AND f.analysis_error IS NULL"
-# Neither predictions nor a failure of head `h` at its version: the file needs that head.
-_NEEDS_HEAD = """NOT EXISTS (
-        SELECT 1 FROM file_tags t WHERE t.file_id = f._key AND t.model_key = h.model_key
-          AND t.head_name = h.head_name AND t.tagger_version = h.tagger_version)
-    AND NOT EXISTS (
-        SELECT 1 FROM analysis_errors e WHERE e.file_id = f._key AND e.model_key = h.model_key
-          AND e.head_name = h.head_name AND e.tagger_version = h.tagger_version)"""
-_NEEDS_SOME_HEAD = f"EXISTS (SELECT 1 FROM heads h WHERE {_NEEDS_HEAD})"
 
 
 def _heads_json(heads: Sequence[HeadVersion]) -> str:
@@ -661,7 +655,7 @@ def _claimed_files(
     needed: dict[str, list[int]] = {}
     for key, position in conn.execute(
         f"""{_HEADS} SELECT f._key, h.position FROM library_files f, heads h
-        WHERE f._key IN (SELECT value FROM json_each(:keys)) AND {_NEEDS_HEAD}
+        WHERE f._key IN (SELECT value FROM json_each(:keys)) AND {NEEDS_HEAD}
         ORDER BY f._key, h.position""", params,
     ):
         needed.setdefault(key, []).append(position)

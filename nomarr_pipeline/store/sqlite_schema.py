@@ -263,3 +263,16 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 def _statements(script: str) -> Iterable[str]:
     return (part.strip() for part in script.split(";") if part.strip())
+
+# Which files an analysis needs, in SQL that SQLite and PostgreSQL both run; ``f`` is a
+# ``library_files`` row and ``h`` a row of the query's ``heads`` (model_key, head_name,
+# tagger_version).
+ANALYSABLE = "f.scan_error IS NULL AND f.analysis_error IS NULL"
+# Neither predictions nor a failure of head `h` at its version: the file needs that head.
+NEEDS_HEAD = """NOT EXISTS (
+        SELECT 1 FROM file_tags t WHERE t.file_id = f._key AND t.model_key = h.model_key
+          AND t.head_name = h.head_name AND t.tagger_version = h.tagger_version)
+    AND NOT EXISTS (
+        SELECT 1 FROM analysis_errors e WHERE e.file_id = f._key AND e.model_key = h.model_key
+          AND e.head_name = h.head_name AND e.tagger_version = h.tagger_version)"""
+NEEDS_SOME_HEAD = f"EXISTS (SELECT 1 FROM heads h WHERE {NEEDS_HEAD})"
