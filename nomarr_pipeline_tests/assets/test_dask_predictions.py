@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import distributed  # the dask extra: the test command installs it, so never a skip
 import pytest
 from dagster._core.events import DagsterEventType
 
@@ -33,7 +34,6 @@ from nomarr_pipeline_tests.assets.sharded_runs import (
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
 from nomarr_pipeline_tests.postgres_server import free_port
 
-distributed = pytest.importorskip("distributed", reason="dagster-dask is an extra: pip install '.[dask]'")
 pytestmark = pytest.mark.slow
 SHARDS = 3
 
