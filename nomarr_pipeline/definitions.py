@@ -4,26 +4,26 @@ from __future__ import annotations
 
 import dagster as dg
 
-from nomarr_pipeline.assets.calibration import (
+from nomarr_pipeline.defs.assets.calibration import (
     calibration_history,
     calibration_package,
     calibration_sidecars,
     calibration_state,
 )
-from nomarr_pipeline.assets.file_tags import file_tags
-from nomarr_pipeline.assets.library_files import library_files
-from nomarr_pipeline.assets.tagging import calibrated_tags, written_tags
-from nomarr_pipeline.executors import configured_executor
-from nomarr_pipeline.jobs import calibration_job, library_scan_job, predictions_job, tagging_job
-from nomarr_pipeline.resources import (
+from nomarr_pipeline.defs.assets.file_tags import file_tags
+from nomarr_pipeline.defs.assets.library_files import library_files
+from nomarr_pipeline.defs.assets.tagging import calibrated_tags, written_tags
+from nomarr_pipeline.defs.executors import configured_executor
+from nomarr_pipeline.defs.jobs import calibration_job, library_scan_job, predictions_job, tagging_job
+from nomarr_pipeline.defs.resources import (
     CalibrationResource,
     LibraryResource,
     ModelsResource,
     StoreResource,
     TaggingResource,
 )
-from nomarr_pipeline.schedules import nightly_calibration_schedule
-from nomarr_pipeline.sensors import calibration_hash_sensor, head_discovery_sensor, library_change_sensor
+from nomarr_pipeline.defs.schedules import nightly_calibration_schedule
+from nomarr_pipeline.defs.sensors import calibration_hash_sensor, head_discovery_sensor, library_change_sensor
 
 defs = dg.Definitions(
     assets=[

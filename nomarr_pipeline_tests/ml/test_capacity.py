@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from nomarr_pipeline.defs.resources import ModelsResource
 from nomarr_pipeline.ml.capacity import available_cores, plan_workers, visible_gpus
 from nomarr_pipeline.ml.discovery import ModelCatalog
 from nomarr_pipeline.ml.workers import FaultInjection, FileTask, WorkerPool
-from nomarr_pipeline.resources import ModelsResource
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
 
 

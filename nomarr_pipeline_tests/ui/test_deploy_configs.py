@@ -106,7 +106,7 @@ EXECUTOR_FILES = {"dask": DEPLOY / "executors" / "dask.yaml", "k8s": DEPLOY / "e
 def test_executor_file_matches_its_executors_schema(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """What NOMARR_EXECUTOR_CONFIG points at in a deployment, checked against the installed
     executor (the test command installs the dask and k8s extras)."""
-    from nomarr_pipeline.executors import REMOTE_EXECUTORS, configured_executor
+    from nomarr_pipeline.defs.executors import REMOTE_EXECUTORS, configured_executor
 
     module, attribute, _ = REMOTE_EXECUTORS[name]
     executor = getattr(importlib.import_module(module), attribute)
