@@ -17,12 +17,13 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
+from types import FrameType
 
 import click
 
 from nomarr_pipeline.cli import runner
-from nomarr_pipeline.cli.run_guard import STOP
 from nomarr_pipeline.cli.runner import StepOutcome, UserError
 from nomarr_pipeline.defs.jobs import library_scan_job, tagging_job
 from nomarr_pipeline.progress import StepProgress
@@ -84,7 +85,8 @@ def status() -> int:
     """Files, analysis, calibration and pending writes per library."""
     import pandas as pd
 
-    frame = runner.status_frame(runner.open_checked_store(), runner.known_heads())
+    with closing(runner.open_checked_store()) as store:
+        frame = runner.status_frame(store, runner.known_heads())
     if frame.empty:
         click.echo("no library scanned yet: run `nomarr-pipeline run` (or `nomarr-pipeline demo`)")
         return 0
@@ -101,7 +103,8 @@ def export_calibrations(dest: Path | None) -> int:
     """Write calibrations.json and one sidecar per head."""
     from nomarr_pipeline.calibration.exports import export_package, export_sidecars
 
-    states = runner.usable_calibrations(runner.open_checked_store())
+    with closing(runner.open_checked_store()) as store:
+        states = runner.usable_calibrations(store)
     if not states:
         raise UserError("there is no calibration to export yet", "run `nomarr-pipeline run` first")
     if dest:
@@ -138,11 +141,11 @@ def import_calibrations(package: Path, overwrite: bool, allow_unknown: bool) -> 
             "cannot check which of the package's heads are yours: NOMARR_MODELS_DIR is unset or not a folder",
             "set NOMARR_MODELS_DIR to your models folder (or import every head with --allow-unknown)",
         )
-    store = runner.open_checked_store(for_writing=True)
     try:
-        report = import_package(
-            store, package, time.time_ns() // 1_000_000, overwrite=overwrite, known_heads=known
-        )
+        with closing(runner.open_checked_store(for_writing=True)) as store:
+            report = import_package(
+                store, package, time.time_ns() // 1_000_000, overwrite=overwrite, known_heads=known
+            )
     except InvalidPackageError as error:
         raise UserError(
             str(error), "export a fresh package with `nomarr-pipeline export-calibrations`"
@@ -179,13 +182,13 @@ def force_recalibration(library: str | None) -> int:
     """Mark every file stale so it is recalibrated (new tier settings)."""
     from nomarr_pipeline.library.identity import library_key
 
-    store = runner.open_checked_store(for_writing=True)
-    library_id = None
-    if library:
-        library_id = library_key(Path(library).resolve())
-        if store.get_library(library_id) is None:
-            raise UserError(f"{library} is not a scanned library", "see `nomarr-pipeline status`")
-    count = store.reset_calibration_hashes(library_id)
+    with closing(runner.open_checked_store(for_writing=True)) as store:
+        library_id = None
+        if library:
+            library_id = library_key(Path(library).resolve())
+            if store.get_library(library_id) is None:
+                raise UserError(f"{library} is not a scanned library", "see `nomarr-pipeline status`")
+        count = store.reset_calibration_hashes(library_id)
     scope = f"library {library}" if library else "every library"
     click.echo(f"{count} files of {scope} will be recalibrated")
     click.echo(
@@ -203,7 +206,8 @@ def force_recalibration(library: str | None) -> int:
 def write_tags(preview: bool, output: str, verbose: bool) -> int:
     """Write pending tags into the audio files (a Dagster run)."""
     if preview:
-        frame = runner.tag_preview(runner.open_checked_store())
+        with closing(runner.open_checked_store()) as store:
+            frame = runner.tag_preview(store)
         if output == "-":
             frame.to_csv(sys.stdout, index=False)
             return 0
@@ -211,9 +215,9 @@ def write_tags(preview: bool, output: str, verbose: bool) -> int:
         changes = int((frame["action"] != "keep").sum())
         click.echo(f"preview: {output} ({frame['file_id'].nunique()} files, {changes} tag changes)")
         return 0
-    with runner.pipeline_session("write-tags", verbose=verbose) as (pipeline, _):
+    with runner.pipeline_session("write-tags", verbose=verbose) as (pipeline, store):
         outcome = pipeline.run_job(
-            "recalibration + tag writing", tagging_job.name, progress=runner.tagging_progress()
+            "recalibration + tag writing", tagging_job.name, progress=runner.tagging_progress(store)
         )
     return 0 if _print_outcomes([outcome]) else 1
 
@@ -366,10 +370,11 @@ def migrate_store(target_url: str, batch_size: int) -> int:
 
 def _run_and_summarise(command: str, verbose: bool) -> bool:
     """The whole pipeline, then its summary and where to look; whether every step succeeded."""
-    outcomes, store = runner.run_pipeline(command, verbose=verbose)
+    outcomes = runner.run_pipeline(command, verbose=verbose)
     click.echo("\npipeline:")
     ok = _print_outcomes(outcomes)
-    _print_where_to_look(store)
+    with closing(runner.open_checked_store()) as store:
+        _print_where_to_look(store)
     return ok
 
 
@@ -402,24 +407,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Beta/preview notices about Dagster APIs the project chose on purpose are noise to an
     # operator; real warnings still show.
     warnings.filterwarnings("ignore", message=r".*(is currently in beta|is currently in preview).*")
-    with STOP:
-        try:
-            return int(cli.main(args=argv, prog_name="nomarr-pipeline", standalone_mode=False) or 0)
-        except UserError as error:
-            click.echo(f"error: {error.problem}\nnext: {error.next_step}", err=True)
-            return 2
-        except StoreError as error:  # after the pre-flight check: a full disk, a lost server
-            click.echo(f"error: database: {error}\nnext: {runner.store_advice(error)}", err=True)
-            return 2
-        except click.ClickException as error:  # bad usage: click's own message
-            error.show()
-            return error.exit_code
-        except (click.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
-            if STOP.received() == signal.SIGTERM:
-                click.echo("stopped (SIGTERM); run the command again to continue", err=True)
-                return 143
-            click.echo("interrupted", err=True)
-            return 130
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return int(cli.main(args=argv, prog_name="nomarr-pipeline", standalone_mode=False) or 0)
+    except UserError as error:
+        click.echo(f"error: {error.problem}\nnext: {error.next_step}", err=True)
+        return 2
+    except StoreError as error:  # after the pre-flight check: a full disk, a lost server
+        click.echo(f"error: database: {error}\nnext: {runner.store_advice(error)}", err=True)
+        return 2
+    except click.ClickException as error:  # bad usage: click's own message
+        error.show()
+        return error.exit_code
+    except (click.Abort, KeyboardInterrupt) as error:  # click turns Ctrl-C into Abort
+        if isinstance(error, Terminated) or isinstance(error.__context__, Terminated):
+            click.echo("stopped (SIGTERM); run the command again to continue", err=True)
+            return 143
+        click.echo("interrupted", err=True)
+        return 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM stops the command line as Ctrl-C does (a run it waits for is cancelled)."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
 """Headless operation, for the command line: pre-flight checks that turn configuration
-problems into :class:`UserError`, the pipeline's Dagster jobs run against the instance at
-``DAGSTER_HOME`` (so every run shows in ``dagster dev`` as if launched from the
-UI), and the status of every library. What stands in the way of a run (runs left by a crash,
-busy pool slots, another pipeline on the embedded store) is :mod:`nomarr_pipeline.cli.run_guard`'s.
+problems into :class:`UserError`, the pipeline's jobs run as runs of the code location
+(:mod:`nomarr_pipeline.cli.launch`; queues, pools and run monitoring are Dagster's), and the
+status of every library.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +21,7 @@ import dagster as dg
 
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
 from nomarr_pipeline.calibration.state import is_usable
-from nomarr_pipeline.cli.run_guard import STOP, RunGuard, one_pipeline_per_store
+from nomarr_pipeline.cli.launch import CodeLocationLauncher
 from nomarr_pipeline.defs.assets.file_tags import NOT_MATERIALIZED
 from nomarr_pipeline.defs.jobs import (
     calibration_job,
@@ -316,43 +315,6 @@ class RunFailure:
     heads_left_out: tuple[str, ...] = ()
 
 
-def launch_run(
-    instance: dg.DagsterInstance, job: dg.JobDefinition, tags: dict[str, str], *, verbose: bool
-) -> tuple[str, RunFailure | None]:
-    """Run ``job`` once and wait: its run id, and what failed (``None`` when it succeeded).
-
-    A step that failed because the store's disk is full or read-only raises that
-    :class:`StoreError`, as does an interrupt (Ctrl-C, SIGTERM) its ``KeyboardInterrupt``.
-
-    A predictions run goes through the code location's executor, each step in its own process,
-    so its shards work in parallel as when launched from the UI; the other jobs gain nothing
-    from that and run in this process."""
-    # Dagster's console logger would interleave its events, tracebacks included, with the
-    # progress bar; the summary names what failed, and the instance keeps every event (the
-    # UI shows them all, as does --verbose).
-    level = "INFO" if verbose else "CRITICAL"
-    run_config = {"loggers": {"console": {"config": {"log_level": level}}}}
-    try:
-        if job.name == predictions_job.name:
-            recon = dg.build_reconstructable_job("nomarr_pipeline.definitions", "job_named", (job.name,))
-            with (
-                nullcontext() if verbose else step_processes_print_to(step_output_log()),
-                dg.execute_job(recon, instance, run_config=run_config, tags=tags) as launched,
-            ):
-                run_id, success, events = launched.run_id, launched.success, launched.all_events
-        else:
-            result = job.execute_in_process(
-                instance=instance, run_config=run_config, tags=tags, raise_on_error=False
-            )
-            run_id, success, events = result.run_id, result.success, result.all_events
-    except Exception as error:
-        raise _instance_error(error) from None
-    STOP.raise_if_received()
-    if success:
-        return run_id, None
-    return run_id, _failure_of(events)
-
-
 def step_output_log() -> Path:
     """Where the step processes of the latest predictions run of the command line printed."""
     return Path(os.environ["DAGSTER_HOME"]) / "nomarr-cli" / "step-processes.log"
@@ -396,7 +358,7 @@ _STORE_ERRORS: dict[str, type[StoreError]] = {
 }
 
 
-def _failure_of(events: Sequence[dg.DagsterEvent]) -> RunFailure:
+def failure_of(events: Sequence[dg.DagsterEvent]) -> RunFailure:
     """What failed; a step's store error is raised as itself."""
     for event in events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
@@ -416,18 +378,14 @@ def _failure_of(events: Sequence[dg.DagsterEvent]) -> RunFailure:
 
 
 class PipelineRunner:
-    """Runs the pipeline's jobs one after the other against one Dagster instance; a step
-    after a failed one is skipped. Runs a crash left unfinished are failed first."""
+    """Runs the pipeline's jobs one after the other as runs of the code location; a step
+    after a failed one is skipped."""
 
-    def __init__(self, instance: dg.DagsterInstance, *, verbose: bool = False) -> None:
-        from nomarr_pipeline.definitions import defs
-
-        self.instance = instance
-        self.defs = defs
+    def __init__(self, launcher: CodeLocationLauncher, *, verbose: bool = False) -> None:
+        self.launcher = launcher
+        self.instance = launcher.instance
         self.verbose = verbose
         self.outcomes: list[StepOutcome] = []
-        self.guard = RunGuard(instance, say=say)
-        self.guard.fail_dead_runs()
 
     def run_job(
         self,
@@ -435,6 +393,7 @@ class PipelineRunner:
         job_name: str,
         partition_keys: Sequence[str] = (),
         *,
+        partitioned: bool = False,
         progress: Measure | None = None,
     ) -> StepOutcome:
         """Run ``job_name`` once, or once per contiguous range of ``partition_keys`` when the
@@ -444,22 +403,18 @@ class PipelineRunner:
         if any(o.stops_later_steps for o in self.outcomes):
             outcome.status, outcome.detail = "skipped", "an earlier step failed"
             return outcome
-        job = self.defs.resolve_job_def(job_name)
-        base_tags = {"nomarr/launched_by": "cli", **self.guard.run_tags()}
-        runs = [base_tags]
-        if job.partitions_def is not None:
+        runs: list[dict[str, str]] = [{}]
+        if partitioned:
             if not partition_keys:
                 outcome.status, outcome.detail = "skipped", "no head partitions to run"
                 return outcome
-            ordered = self.instance.get_dynamic_partitions(HEADS)
-            ranges = contiguous_ranges(ordered, partition_keys)
-            runs = [{**base_tags, **partition_range_tags(keys)} for keys in ranges]
+            ranges = contiguous_ranges(self.instance.get_dynamic_partitions(HEADS), partition_keys)
+            runs = [partition_range_tags(keys) for keys in ranges]
             outcome.detail = f"{len(partition_keys)} heads in {len(runs)} run(s)"
-        self.guard.wait_for_pools(job)  # before the progress bar, which would hide its message
+        failures: list[RunFailure] = []
         with ProgressPoller(StepProgress(step), progress) if progress else nullcontext():
-            failures: list[RunFailure] = []
             for tags in runs:
-                run_id, failure = launch_run(self.instance, job, tags, verbose=self.verbose)
+                run_id, failure = self.launch_and_wait(job_name, {"nomarr/launched_by": "cli", **tags})
                 outcome.run_ids.append(run_id)
                 if failure:
                     failures.append(failure)
@@ -468,6 +423,14 @@ class PipelineRunner:
             if all(f.heads_left_out for f in failures):
                 outcome.heads_left_out = [key for f in failures for key in f.heads_left_out]
         return outcome
+
+    def launch_and_wait(self, job_name: str, tags: dict[str, str]) -> tuple[str, RunFailure | None]:
+        """One run: its id, and what failed (``None`` when it succeeded)."""
+        run_id = self.launcher.launch(job_name, tags, {})
+        run = self.launcher.wait(run_id, _print_event if self.verbose else None)
+        if run.status == dg.DagsterRunStatus.SUCCESS:
+            return run_id, None
+        return run_id, failure_of(self.launcher.step_failures(run_id))
 
     def add_heads(self, keys: Sequence[str]) -> list[str]:
         """Add head partitions that the instance does not know yet; returns the new ones."""
@@ -478,15 +441,25 @@ class PipelineRunner:
         return new
 
 
+def _print_event(entry: dg.EventLogEntry) -> None:
+    say(f"  {entry.step_key or entry.job_name}: {entry.message or entry.user_message}")
+
+
 @contextmanager
 def pipeline_session(command: str, *, verbose: bool = False) -> Iterator[tuple[PipelineRunner, Store]]:
     """The writable store and a runner on the Dagster instance, for a command that launches
-    runs; on the embedded store, only one such command at a time (a second one waits)."""
-    store = open_checked_store(for_writing=True)
-    path = checked_settings().sqlite_store_path()
-    exclusive = one_pipeline_per_store(path, command, say=say) if path else nullcontext()
-    with exclusive, dagster_instance() as instance:
-        yield PipelineRunner(instance, verbose=verbose), store
+    runs. The code location's processes print into a log file (``--verbose``: the terminal)."""
+    with (
+        closing(open_checked_store(for_writing=True)) as store,
+        dagster_instance() as instance,
+        nullcontext() if verbose else step_processes_print_to(step_output_log()),
+        CodeLocationLauncher(instance) as launcher,
+    ):
+        problem = launcher.location_error()
+        if problem:
+            raise UserError(f"the Dagster code location does not load: {problem}",
+                            "fix that setting; `dg check defs` shows the whole error")
+        yield PipelineRunner(launcher, verbose=verbose), store
 
 
 def contiguous_ranges(ordered_keys: Sequence[str], wanted: Sequence[str]) -> list[list[str]]:
@@ -506,9 +479,9 @@ def contiguous_ranges(ordered_keys: Sequence[str], wanted: Sequence[str]) -> lis
 # ---- the pipeline ---------------------------------------------------------------------------
 
 
-def run_pipeline(command: str = "run", *, verbose: bool = False) -> tuple[list[StepOutcome], Store]:
+def run_pipeline(command: str = "run", *, verbose: bool = False) -> list[StepOutcome]:
     """Scan → heads → predictions → calibration (with its package) → recalibration and tag
-    writing. Returns each step's outcome and the store, for the summary."""
+    writing. Returns each step's outcome, for the summary."""
     roots = require_library_roots()
     heads = require_heads()
     with pipeline_session(command, verbose=verbose) as (runner, store):
@@ -518,7 +491,7 @@ def run_pipeline(command: str = "run", *, verbose: bool = False) -> tuple[list[S
         print(f"scan: {len(roots)} library folder(s)")
         scan = runner.run_job("scan", library_scan_job.name)
         if scan.status == "failed":
-            return runner.outcomes, store
+            return runner.outcomes
         counts = store.file_counts()
         scan.detail = f"{counts['total']} files, {counts['scan_errors']} unreadable"
         if counts["total"] - counts["scan_errors"] <= 0:
@@ -534,23 +507,24 @@ def run_pipeline(command: str = "run", *, verbose: bool = False) -> tuple[list[S
         print(f"heads: {', '.join(keys)}")
 
         predictions = runner.run_job(
-            "predictions", predictions_job.name, keys, progress=analysis_progress(heads)
+            "predictions", predictions_job.name, keys, partitioned=True,
+            progress=analysis_progress(store, heads),
         )
         left_out = set(predictions.heads_left_out)
         if left_out:
             say(f"warning: going on without {', '.join(sorted(left_out))}; the other heads' "
                 "predictions are stored")
-        runner.run_job("calibration", calibration_job.name, [key for key in keys if key not in left_out])
-        runner.run_job("recalibration + tag writing", tagging_job.name, progress=tagging_progress())
+        runner.run_job("calibration", calibration_job.name, [key for key in keys if key not in left_out],
+                       partitioned=True)
+        runner.run_job("recalibration + tag writing", tagging_job.name, progress=tagging_progress(store))
         runner.outcomes.append(StepOutcome("total", "ok", f"{time.monotonic() - started:.0f}s"))
-        return runner.outcomes, store
+        return runner.outcomes
 
 
-def analysis_progress(heads: Sequence[Head]) -> Measure:
-    """Files analysed / analysable, measured on the poller's own connection."""
+def analysis_progress(store: Store, heads: Sequence[Head]) -> Measure:
+    """Files analysed / analysable (the poller's thread has a connection of its own)."""
     from nomarr_pipeline.ml.analysis import head_version
 
-    store = open_checked_store()
     versions = [head_version(head) for head in heads]
 
     def measure() -> tuple[int, int]:
@@ -564,9 +538,8 @@ def analysis_progress(heads: Sequence[Head]) -> Measure:
     return measure
 
 
-def tagging_progress() -> Measure:
+def tagging_progress(store: Store) -> Measure:
     """Files recalibrated with no tag write pending / analysed files."""
-    store = open_checked_store()
     target = expected_calibration_hash(store.list_calibrations())
 
     def measure() -> tuple[int, int]:

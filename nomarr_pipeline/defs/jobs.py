@@ -9,8 +9,13 @@ import dagster as dg
 PARTITION_RANGE_START = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END = "dagster/asset_partition_range_end"
 
+# Jobs whose steps gain nothing from a process each: every step process loads the code
+# location again (seconds); only predictions fan out over the run's executor.
+IN_PROCESS = dg.in_process_executor
+
 library_scan_job = dg.define_asset_job(
     "library_scan_job",
+    executor_def=IN_PROCESS,
     selection=dg.AssetSelection.assets("library_files"),
     description="Scan the library folders into library_files.",
 )
@@ -24,6 +29,7 @@ predictions_job = dg.define_asset_job(
 
 calibration_job = dg.define_asset_job(
     "calibration_job",
+    executor_def=IN_PROCESS,
     selection=dg.AssetSelection.assets(
         "calibration_state", "calibration_history", "calibration_sidecars", "calibration_package"
     ),
@@ -33,6 +39,7 @@ calibration_job = dg.define_asset_job(
 
 tagging_job = dg.define_asset_job(
     "tagging_job",
+    executor_def=IN_PROCESS,
     selection=dg.AssetSelection.assets("calibrated_tags", "written_tags"),
     description="Recalibrate stored predictions whose calibration_hash is stale, then write tags "
     "into the audio files (explicit batch; the sensor's runs write auto_write_tags libraries only).",

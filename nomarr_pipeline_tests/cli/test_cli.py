@@ -229,21 +229,28 @@ def test_a_failed_step_exits_1_and_skips_what_follows(
     monkeypatch.setenv("NOMARR_STORE_URL", f"sqlite:///{tmp_path / 'store.sqlite3'}")
     launched = []
 
-    def failing_launch(instance, job, tags, *, verbose):
-        launched.append(job.name)
+    def failing_launch(self, job_name, tags):
+        launched.append(job_name)
         return "run-0001", runner.RunFailure("step library_files failed: disk on fire")
 
-    monkeypatch.setattr(runner, "launch_run", failing_launch)
+    monkeypatch.setattr(runner.PipelineRunner, "launch_and_wait", failing_launch)
     code, out, _ = _run_cli(capsys, "scan")
     assert code == 1 and launched == ["library_scan_job"]
     assert "scan                         failed   step library_files failed: disk on fire" in out
 
     with dg.DagsterInstance.ephemeral() as instance:
-        pipeline = runner.PipelineRunner(instance)
+        pipeline = runner.PipelineRunner(_NoLauncher(instance))
         pipeline.run_job("scan", "library_scan_job")
-        skipped = pipeline.run_job("predictions", predictions_job.name, ["m:h"])
+        skipped = pipeline.run_job("predictions", predictions_job.name, ["m:h"], partitioned=True)
     assert (skipped.status, skipped.detail) == ("skipped", "an earlier step failed")
     assert launched == ["library_scan_job", "library_scan_job"]
+
+
+class _NoLauncher:
+    """The instance a runner reads partitions from; the runs themselves are replaced."""
+
+    def __init__(self, instance: dg.DagsterInstance) -> None:
+        self.instance = instance
 
 
 def test_a_step_that_left_heads_out_lets_the_next_steps_go_on(monkeypatch, dagster_home: Path) -> None:
@@ -251,17 +258,19 @@ def test_a_step_that_left_heads_out_lets_the_next_steps_go_on(monkeypatch, dagst
     so calibration and tag writing still run for them."""
     launched = []
 
-    def launch(instance, job, tags, *, verbose):
-        launched.append(job.name)
-        if job.name == predictions_job.name:
+    def launch(self, job_name, tags):
+        launched.append(job_name)
+        if job_name == predictions_job.name:
             return "run-0001", runner.RunFailure("step file_tags_report failed: broken", ("m:broken",))
         return "run-0002", None
 
-    monkeypatch.setattr(runner, "launch_run", launch)
+    monkeypatch.setattr(runner.PipelineRunner, "launch_and_wait", launch)
     with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions(HEADS, ["m:good", "m:broken"])
-        pipeline = runner.PipelineRunner(instance)
-        predictions = pipeline.run_job("predictions", predictions_job.name, ["m:good", "m:broken"])
+        pipeline = runner.PipelineRunner(_NoLauncher(instance))
+        predictions = pipeline.run_job(
+            "predictions", predictions_job.name, ["m:good", "m:broken"], partitioned=True
+        )
         tagging = pipeline.run_job("recalibration + tag writing", "tagging_job")
     assert predictions.status == "failed" and predictions.heads_left_out == ["m:broken"]
     assert tagging.status == "ok" and launched == [predictions_job.name, "tagging_job"]
@@ -583,20 +592,21 @@ def _failing_job(error: Exception) -> dg.JobDefinition:
 def test_a_failed_step_is_summarised_by_its_own_error_and_a_store_error_is_raised() -> None:
     from nomarr_pipeline.store import StoreError, StoreFullError
 
-    with dg.DagsterInstance.ephemeral() as instance:
-        for error, says in [
-            (dg.Failure("the disk holding the library is full"), "the disk holding the library is full"),
-            (ValueError("no such head"), "no such head"),
-        ]:
-            run_id, failure = runner.launch_run(instance, _failing_job(error), {}, verbose=False)
-            assert failure == runner.RunFailure(f"step writes_predictions failed: {says}")
-            assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
-        metadata = {NOT_MATERIALIZED: dg.MetadataValue.json(["m:h"])}
-        left_out = dg.Failure("1 broken model(s)", metadata=metadata)
-        _, failure = runner.launch_run(instance, _failing_job(left_out), {}, verbose=False)
-        assert failure == runner.RunFailure("step writes_predictions failed: 1 broken model(s)", ("m:h",))
-        full = StoreFullError("the disk holding the SQLite store /x.sqlite3 is full")
-        with pytest.raises(StoreFullError, match=r"^the disk holding the SQLite store /x.sqlite3 is full$"):
-            runner.launch_run(instance, _failing_job(full), {}, verbose=False)
-        with pytest.raises(StoreError, match="server went away"):
-            runner.launch_run(instance, _failing_job(StoreError("server went away")), {}, verbose=False)
+    def failure(error: Exception) -> runner.RunFailure:
+        result = _failing_job(error).execute_in_process(raise_on_error=False)
+        return runner.failure_of(result.all_events)
+
+    for error, says in [
+        (dg.Failure("the disk holding the library is full"), "the disk holding the library is full"),
+        (ValueError("no such head"), "no such head"),
+    ]:
+        assert failure(error) == runner.RunFailure(f"step writes_predictions failed: {says}")
+    metadata = {NOT_MATERIALIZED: dg.MetadataValue.json(["m:h"])}
+    left_out = dg.Failure("1 broken model(s)", metadata=metadata)
+    says = "step writes_predictions failed: 1 broken model(s)"
+    assert failure(left_out) == runner.RunFailure(says, ("m:h",))
+    full = StoreFullError("the disk holding the SQLite store /x.sqlite3 is full")
+    with pytest.raises(StoreFullError, match=r"^the disk holding the SQLite store /x.sqlite3 is full$"):
+        failure(full)
+    with pytest.raises(StoreError, match="server went away"):
+        failure(StoreError("server went away"))
