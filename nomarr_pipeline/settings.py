@@ -1,16 +1,24 @@
-"""Configuration from ``NOMARR_*`` environment variables (DESIGN.md §9).
-
-Plain Python so the CLI, the domain code and the Dagster resources read one source of truth.
-Secrets (the ArangoDB and PostgreSQL passwords) are read here and never put into repr, logs or metadata.
+"""Configuration from ``NOMARR_*`` environment variables (docs/ARCHITECTURE.md, README's
+Configuration table): the one place that reads the environment, for both doors. The command
+line validates it before any command (``error:``/``next:``, exit 2); the code location when it
+loads (a readable load error). Secrets (the ArangoDB and PostgreSQL passwords) are read here
+and never put into repr, logs or metadata.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 WRITE_MODES = ("none", "minimal", "full")
+EXECUTORS = ("multiprocess", "dask", "celery", "k8s")
+# Five cron fields (minute hour day month weekday): numbers, names, *, ranges, steps, lists.
+_CRON_PART = r"(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?"
+_CRON_FIELD = re.compile(rf"^{_CRON_PART}(,{_CRON_PART})*$")
+_CRON_ALIASES = ("@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight")
 
 
 class SettingError(ValueError):
@@ -18,9 +26,10 @@ class SettingError(ValueError):
     set it to (the command line prints them as its ``error:`` / ``next:`` lines)."""
 
     def __init__(self, variable: str, problem: str, expected: str) -> None:
-        super().__init__(f"{variable} {problem}")
         self.variable = variable
+        self.problem = f"{variable} {problem}"
         self.next_step = f"set {variable} to {expected}"
+        super().__init__(f"{self.problem} (next: {self.next_step})")
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -38,6 +47,49 @@ def _env_bool(name: str, default: bool) -> bool:
 def _env_str(name: str) -> str | None:
     raw = os.environ.get(name)
     return raw if raw not in (None, "") else None
+
+
+def _env_count(name: str) -> int:
+    """A positive count; 0 when unset (the caller's default applies)."""
+    raw = (_env_str(name) or "").strip()
+    if raw and (not raw.isdigit() or int(raw) < 1):
+        raise SettingError(name, f"is {raw!r}, not a whole number of at least 1",
+                           "a whole number like 2, or unset it")
+    return int(raw or 0)
+
+
+def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (_env_str(name) or default).strip().lower()
+    if value not in choices:
+        raise SettingError(name, f"is {value!r}, not one of {', '.join(choices)}", " or ".join(choices))
+    return value
+
+
+def _env_cron(name: str, default: str) -> str:
+    value = (_env_str(name) or default).strip()
+    fields = value.split()
+    if value not in _CRON_ALIASES and (len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields)):
+        raise SettingError(name, f"is {value!r}, not a cron schedule",
+                           "five fields like '0 3 * * *' (03:00 daily)")
+    return value
+
+
+def _env_timezone(name: str, default: str) -> str:
+    value = (_env_str(name) or default).strip()
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingError(name, f"is {value!r}, not a time zone",
+                           "an IANA time zone like UTC or Europe/Berlin") from None
+    return value
+
+
+def _env_gpus(name: str) -> tuple[str, ...] | None:
+    """CUDA device ids ("0,1"; "" = none); ``None`` when unset (every visible GPU)."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return None
+    return tuple(gpu.strip() for gpu in raw.split(",") if gpu.strip())
 
 
 def split_roots(raw: str | None) -> list[Path]:
@@ -61,6 +113,16 @@ class Settings:
     file_write_mode: str
     auto_write_tags: bool
     write_raw_scores: bool
+    analysis_shards: int  # 0: one per core
+    tf_threads: int  # 0: chosen for this machine
+    tf_inter_op_threads: int
+    gpus: tuple[str, ...] | None
+    executor: str
+    executor_config: Path | None
+    calibration_cron: str
+    schedule_timezone: str
+    # The NOMARR_* variables that were set, so the code location can show them as dg.EnvVar.
+    from_environment: frozenset[str] = frozenset()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -87,6 +149,15 @@ class Settings:
             file_write_mode=mode,
             auto_write_tags=_env_bool("NOMARR_AUTO_WRITE_TAGS", False),
             write_raw_scores=_env_bool("NOMARR_WRITE_RAW_SCORES", False),
+            analysis_shards=_env_count("NOMARR_ANALYSIS_SHARDS"),
+            tf_threads=_env_count("NOMARR_TF_THREADS"),
+            tf_inter_op_threads=_env_count("NOMARR_TF_INTER_OP_THREADS"),
+            gpus=_env_gpus("NOMARR_GPUS"),
+            executor=_env_choice("NOMARR_EXECUTOR", EXECUTORS[0], EXECUTORS),
+            executor_config=Path(conf).expanduser() if (conf := _env_str("NOMARR_EXECUTOR_CONFIG")) else None,
+            calibration_cron=_env_cron("NOMARR_CALIBRATION_CRON", "0 3 * * *"),
+            schedule_timezone=_env_timezone("NOMARR_SCHEDULE_TIMEZONE", "UTC"),
+            from_environment=frozenset(name for name in os.environ if name.startswith("NOMARR_")),
         )
 
 

@@ -37,6 +37,7 @@ verbose_option = click.option("--verbose", is_flag=True, help="Show Dagster's ev
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Keep a music library auto-tagged by Essentia models (Dagster pipeline)."""
+    runner.checked_settings()  # every NOMARR_* value, before any command does anything
 
 
 @cli.command()

@@ -72,7 +72,7 @@ def checked_settings() -> Settings:
     try:
         return Settings.from_env()
     except SettingError as error:
-        raise UserError(str(error), error.next_step) from None
+        raise UserError(error.problem, error.next_step) from None
     except ValueError as error:
         raise UserError(str(error), "fix the NOMARR_* environment variable (see the README table)") from None
 
@@ -85,7 +85,7 @@ def open_checked_store(*, for_writing: bool = False) -> Store:
     try:
         config.ensure_store_folder()
     except SettingError as error:
-        raise UserError(str(error), error.next_step) from None
+        raise UserError(error.problem, error.next_step) from None
     except OSError as error:
         raise UserError(
             f"cannot create the data folder {config.data_dir}: {error.strerror}",

@@ -1,6 +1,7 @@
 """The executor of the code location's jobs: a choice of configuration, not of code.
 
-``NOMARR_EXECUTOR`` (read when the definitions load) picks where the steps of a run execute:
+``NOMARR_EXECUTOR`` (read by ``nomarr_pipeline.settings`` when the definitions load) picks
+where the steps of a run execute:
 ``multiprocess`` (default: a process per step on the run's machine), ``dask``, ``celery`` or
 ``k8s``; the executor's package is imported only when it is chosen. ``NOMARR_EXECUTOR_CONFIG``
 names a YAML file holding that executor's own config (the ``execution: config:`` section of
@@ -11,14 +12,13 @@ has one per executor.
 from __future__ import annotations
 
 import importlib
-import os
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import yaml
 
-from nomarr_pipeline.settings import Settings
+from nomarr_pipeline.settings import SettingError, Settings
 from nomarr_pipeline.store import StoreError, store_engine
 
 DEFAULT_EXECUTOR = "multiprocess"
@@ -28,7 +28,6 @@ REMOTE_EXECUTORS: dict[str, tuple[str, str, str]] = {
     "celery": ("dagster_celery", "celery_executor", "celery"),
     "k8s": ("dagster_k8s", "k8s_job_executor", "k8s"),
 }
-EXECUTORS = (DEFAULT_EXECUTOR, *REMOTE_EXECUTORS)
 
 
 class ExecutorSettingError(ValueError):
@@ -37,13 +36,6 @@ class ExecutorSettingError(ValueError):
 
 class RunRefusedError(dg.DagsterError):
     """A run refused before it starts; Dagster records it as the run's failure."""
-
-
-def executor_name() -> str:
-    name = os.environ.get("NOMARR_EXECUTOR", "").strip().lower() or DEFAULT_EXECUTOR
-    if name not in EXECUTORS:
-        raise ExecutorSettingError(f"NOMARR_EXECUTOR must be one of {', '.join(EXECUTORS)}, got {name!r}")
-    return name
 
 
 def is_remote(executor: str) -> bool:
@@ -62,14 +54,14 @@ def refuse_embedded_store(executor: str, store_engine: str) -> None:
         )
 
 
-def _remote_executor(name: str) -> dg.ExecutorDefinition:
+def _remote_executor(name: str, store_url: str) -> dg.ExecutorDefinition:
     module, attribute, extra = REMOTE_EXECUTORS[name]
     try:
         base: dg.ExecutorDefinition = getattr(importlib.import_module(module), attribute)
     except ImportError:
-        raise ExecutorSettingError(
-            f"NOMARR_EXECUTOR={name} needs the {module.replace('_', '-')} package: "
-            f"pip install 'nomarr_pipeline[{extra}]'"
+        raise SettingError(
+            "NOMARR_EXECUTOR", f"is {name}, whose package {module.replace('_', '-')} is not installed",
+            f"multiprocess, or install it: pip install 'nomarr_pipeline[{extra}]'"
         ) from None
     creation_fn = base.executor_creation_fn
     if creation_fn is None:
@@ -78,7 +70,7 @@ def _remote_executor(name: str) -> dg.ExecutorDefinition:
     def refuse_then_create(init_context: dg.InitExecutorContext) -> dg.Executor:
         # Before the executor contacts its cluster or starts a step: at once, in the run's log.
         try:
-            refuse_embedded_store(name, store_engine(Settings.from_env().store_url))
+            refuse_embedded_store(name, store_engine(store_url))
         except (ExecutorSettingError, StoreError) as error:
             raise RunRefusedError(str(error)) from None
         executor = creation_fn(init_context)
@@ -98,25 +90,24 @@ def _remote_executor(name: str) -> dg.ExecutorDefinition:
     )
 
 
-def _executor_config() -> dict[str, Any] | None:
-    raw = os.environ.get("NOMARR_EXECUTOR_CONFIG", "").strip()
-    if not raw:
+def _executor_config(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
         return None
-    path = Path(raw).expanduser()
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as error:
-        raise ExecutorSettingError(f"NOMARR_EXECUTOR_CONFIG: cannot read {path}: {error}") from None
+        raise SettingError("NOMARR_EXECUTOR_CONFIG", f"names {path}, which cannot be read: {error}",
+                           "a readable YAML file (deploy/executors/ has one per executor)") from None
     if not isinstance(config, dict):
-        raise ExecutorSettingError(
-            f"NOMARR_EXECUTOR_CONFIG: {path} must hold a mapping (the executor's config)"
-        )
+        raise SettingError("NOMARR_EXECUTOR_CONFIG", f"names {path}, which holds no mapping",
+                           "a YAML file holding the executor's config (deploy/executors/)")
     return config
 
 
-def configured_executor() -> dg.ExecutorDefinition:
+def configured_executor(settings: Settings) -> dg.ExecutorDefinition:
     """The executor ``NOMARR_EXECUTOR`` names, configured from ``NOMARR_EXECUTOR_CONFIG``."""
-    name = executor_name()
-    base = dg.multiprocess_executor if name == DEFAULT_EXECUTOR else _remote_executor(name)
-    config = _executor_config()
+    name = settings.executor
+    remote = name != DEFAULT_EXECUTOR
+    base = _remote_executor(name, settings.store_url) if remote else dg.multiprocess_executor
+    config = _executor_config(settings.executor_config)
     return base.configured(config, name=base.name) if config is not None else base

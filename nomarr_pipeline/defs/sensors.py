@@ -16,7 +16,6 @@ from typing import Any
 import dagster as dg
 
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
-from nomarr_pipeline.defs.assets.file_tags import file_tags
 from nomarr_pipeline.defs.assets.tagging import WriteTagsConfig
 from nomarr_pipeline.defs.jobs import library_scan_job, partition_range_tags, predictions_job, tagging_job
 from nomarr_pipeline.defs.partitions import HEADS, heads_partitions
@@ -25,11 +24,14 @@ from nomarr_pipeline.library.changes import changed_folders
 from nomarr_pipeline.library.identity import library_key
 from nomarr_pipeline.ml.discovery import discover_models
 
+FILE_TAGS = dg.AssetKey("file_tags")
+# Every status of a run that has not ended (a cancelling run still holds its files).
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
 ]
 
 
@@ -144,7 +146,7 @@ def _discovered_keys(models_dir: Path, cursor: str | None) -> tuple[list[str], s
 
 
 @dg.sensor(
-    target=[file_tags],
+    target=[FILE_TAGS],
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
@@ -170,7 +172,7 @@ def head_discovery_sensor(
                 run_requests=[
                     dg.RunRequest(
                         run_key=f"models-{hashlib.sha1(cursor.encode()).hexdigest()[:16]}",
-                        asset_selection=[file_tags.key],
+                        asset_selection=[FILE_TAGS],
                         tags={**partition_range_tags(existing), "nomarr/models_changed": "true"},
                     )
                 ]
@@ -190,7 +192,7 @@ def head_discovery_sensor(
         run_requests.append(
             dg.RunRequest(
                 run_key=run_key,
-                asset_selection=[file_tags.key],
+                asset_selection=[FILE_TAGS],
                 tags={**partition_range_tags(new), "nomarr/new_heads": str(len(new))},
             )
         )

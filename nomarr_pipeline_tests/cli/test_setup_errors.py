@@ -125,6 +125,10 @@ def test_a_malformed_store_url_is_one_line_naming_the_variable(url: str, monkeyp
         ("NOMARR_FILE_WRITE_MODE", "sometimes", "status", "is 'sometimes', not a write mode"),
         ("NOMARR_AUTO_WRITE_TAGS", "maybe", "status", "is 'maybe', not true or false"),
         ("NOMARR_WRITE_RAW_SCORES", "2", "run", "is '2', not true or false"),
+        ("NOMARR_ANALYSIS_SHARDS", "two", "status", "is 'two', not a whole number of at least 1"),
+        ("NOMARR_EXECUTOR", "spark", "run", "is 'spark', not one of multiprocess, dask, celery, k8s"),
+        ("NOMARR_CALIBRATION_CRON", "bogus", "scan", "is 'bogus', not a cron schedule"),
+        ("NOMARR_SCHEDULE_TIMEZONE", "Mars/Base", "status", "is 'Mars/Base', not a time zone"),
         ("NOMARR_LIBRARY_ROOTS", "{file}", "scan", "names {file}, which is not a folder"),
         ("NOMARR_LIBRARY_ROOTS", "{music}:{missing}", "run", "names {missing}, which does not exist"),
         ("NOMARR_MODELS_DIR", "{file}", "run", "names {file}, which is not a folder"),
@@ -171,6 +175,18 @@ def _usable_state() -> dict:
         now_ms=1_768_564_800_000,
     )
     return state
+
+
+def test_a_bad_setting_is_the_code_locations_load_error_in_plain_words(tmp_path: Path, monkeypatch) -> None:
+    """What ``dagster dev`` shows: the code server's load error names the variable and the fix."""
+    from nomarr_pipeline.cli.launch import CodeLocationLauncher
+
+    monkeypatch.setenv("NOMARR_CALIBRATION_CRON", "bogus")
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance, CodeLocationLauncher(instance) as launcher:
+        problem = launcher.location_error()
+    assert problem is not None
+    assert "NOMARR_CALIBRATION_CRON is 'bogus', not a cron schedule" in problem
+    assert "next: set NOMARR_CALIBRATION_CRON to five fields" in problem
 
 
 # ---- a full store, on the engine's own terms ----------------------------------------------

@@ -13,49 +13,49 @@ import dagster as dg
 import pytest
 from dagster._core.events import DagsterEventType
 
-from nomarr_pipeline.defs.executors import (
-    ExecutorSettingError,
-    configured_executor,
-    executor_name,
-    refuse_embedded_store,
-)
+from nomarr_pipeline.defs.executors import ExecutorSettingError, configured_executor, refuse_embedded_store
+from nomarr_pipeline.settings import SettingError, Settings
 from nomarr_pipeline_tests.defs.assets.sharded_runs import HEADS, REPO
+
+
+def _executor() -> dg.ExecutorDefinition:
+    return configured_executor(Settings.from_env())
 
 
 @pytest.mark.parametrize("name", ["multiprocess", "dask", "k8s"])
 def test_the_named_executor_is_used(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOMARR_EXECUTOR", name)
-    assert configured_executor().name == name
+    assert _executor().name == name
 
 
 def test_default_and_bad_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOMARR_EXECUTOR", raising=False)
-    assert executor_name() == "multiprocess"
+    assert _executor().name == "multiprocess"
     monkeypatch.setenv("NOMARR_EXECUTOR", "spark")
-    with pytest.raises(ExecutorSettingError, match="NOMARR_EXECUTOR must be one of multiprocess, dask"):
-        configured_executor()
+    with pytest.raises(SettingError, match="NOMARR_EXECUTOR is 'spark', not one of multiprocess, dask"):
+        _executor()
 
 
 def test_an_executor_whose_package_is_missing_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOMARR_EXECUTOR", "celery")
     monkeypatch.setitem(sys.modules, "dagster_celery", None)  # not importable, installed or not
-    with pytest.raises(ExecutorSettingError, match=r"pip install 'nomarr_pipeline\[celery\]'"):
-        configured_executor()
+    with pytest.raises(SettingError, match=r"pip install 'nomarr_pipeline\[celery\]'"):
+        _executor()
 
 
 def test_executor_config_comes_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "executor.yaml"
     config.write_text("max_concurrent: 3\nretries:\n  enabled: {}\n")
     monkeypatch.setenv("NOMARR_EXECUTOR_CONFIG", str(config))
-    executor = configured_executor()
+    executor = _executor()
     assert executor.name == "multiprocess"
     assert not executor.config_schema.as_field().is_required  # configured: nothing left to give
     config.write_text("- not a mapping\n")
-    with pytest.raises(ExecutorSettingError, match="must hold a mapping"):
-        configured_executor()
+    with pytest.raises(SettingError, match="holds no mapping"):
+        _executor()
     monkeypatch.setenv("NOMARR_EXECUTOR_CONFIG", str(tmp_path / "missing.yaml"))
-    with pytest.raises(ExecutorSettingError, match="cannot read"):
-        configured_executor()
+    with pytest.raises(SettingError, match="cannot be read"):
+        _executor()
 
 
 def test_only_remote_executors_refuse_sqlite() -> None:

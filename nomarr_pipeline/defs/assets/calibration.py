@@ -17,7 +17,7 @@ from nomarr_pipeline.calibration.state import calibration_key, is_usable
 from nomarr_pipeline.defs.assets.heads import run_heads
 from nomarr_pipeline.defs.assets.tables import metadata_table
 from nomarr_pipeline.defs.partitions import SINGLE_RUN, heads_partitions
-from nomarr_pipeline.defs.resources import STORE_KIND, CalibrationResource, ModelsResource, StoreResource
+from nomarr_pipeline.defs.resources import CalibrationResource, ModelsResource, StoreResource
 
 OUT_OF_RANGE_LIMIT = 0.05
 # Per-label numbers become individual metadata entries (plotted over time in the UI) for
@@ -70,7 +70,7 @@ STATE_CHECKS = [
     deps=["file_tags"],
     check_specs=STATE_CHECKS,
     group_name="calibration",
-    kinds={"python", "numpy", STORE_KIND},
+    kinds={"python", "numpy"},
 )
 def calibration_state(
     context: dg.AssetExecutionContext,

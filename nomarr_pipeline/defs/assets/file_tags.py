@@ -4,7 +4,7 @@ A graph-backed asset, so that the run's executor places the work: ``analysis_sha
 steps claim files from the store a few at a time until none is left (a fast machine takes
 more than a slow one; see :mod:`nomarr_pipeline.ml.analysis`), and ``file_tags_report`` adds
 their reports up, releases the run's claims and materializes the selected partitions. The
-number of shard steps is fixed when the code location loads (``ModelsResource.shard_count``):
+number of shard steps is fixed when the code location loads (``NOMARR_ANALYSIS_SHARDS``):
 a static fan-out, which every executor runs (dagster-dask does not run dynamic fan-outs).
 
 Shards write predictions to the store themselves and report through the run's event log
@@ -325,5 +325,3 @@ def build_file_tags(shards: int) -> dg.AssetsDefinition:
 
     return file_tags
 
-
-file_tags = build_file_tags(ModelsResource().shard_count())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from nomarr_pipeline.defs.resources import STORE_KIND, LibraryResource, StoreResource
+from nomarr_pipeline.defs.resources import LibraryResource, StoreResource
 from nomarr_pipeline.library.scanner import LibraryDefaults, scan_library
 
 
@@ -28,7 +28,7 @@ def _progress_log(context: dg.AssetExecutionContext, root: Path) -> Callable[[in
     return log
 
 
-@dg.asset(group_name="library", kinds={"python", STORE_KIND})
+@dg.asset(group_name="library", kinds={"python"})
 def library_files(
     context: dg.AssetExecutionContext,
     config: LibraryScanConfig,
@@ -44,8 +44,8 @@ def library_files(
         )
     defaults = LibraryDefaults(
         file_write_mode=library.write_mode(),
-        auto_write_tags=library.auto_write(),
-        write_raw_scores=library.raw_scores(),
+        auto_write_tags=library.auto_write_tags,
+        write_raw_scores=library.write_raw_scores,
     )
     db = store.open()
     totals = {"total": 0, "new": 0, "changed": 0, "removed": 0, "unchanged": 0, "errors": 0}

@@ -1,14 +1,15 @@
 """Recalibration of stored predictions and tag writing into the audio files."""
 
+from pathlib import Path
+
 import dagster as dg
 import pandas as pd
 
 from nomarr_pipeline.calibration.recalibration import recalibrate
 from nomarr_pipeline.calibration.state import has_usable_calibration, is_usable
 from nomarr_pipeline.defs.assets.tables import metadata_table
-from nomarr_pipeline.defs.resources import STORE_KIND, LibraryResource, StoreResource, TaggingResource
+from nomarr_pipeline.defs.resources import LibraryResource, StoreResource, TaggingResource
 from nomarr_pipeline.library.scanner import rescan_files
-from nomarr_pipeline.settings import Settings
 from nomarr_pipeline.tagging.batch import (
     PREVIEW_COLUMNS,
     WriteBatchStopped,
@@ -20,7 +21,7 @@ from nomarr_pipeline.tagging.batch import (
 PREVIEW_ROWS_SHOWN = 50
 
 
-@dg.asset(deps=["calibration_state"], group_name="tagging", kinds={"python", STORE_KIND})
+@dg.asset(deps=["calibration_state"], group_name="tagging", kinds={"python"})
 def calibrated_tags(
     context: dg.AssetExecutionContext, store: StoreResource, tagging: TaggingResource
 ) -> dg.MaterializeResult:
@@ -104,7 +105,7 @@ def written_tags(
     metadata["dry_run"] = config.preview
     if config.preview:
         frame = pd.concat([preview_frame(r.preview) for r in reports]) if reports else pd.DataFrame()
-        csv = Settings.from_env().data_dir / "previews" / f"written_tags-{context.run.run_id}.csv"
+        csv = Path(tagging.previews_dir) / f"written_tags-{context.run.run_id}.csv"
         csv.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(csv, index=False)
         metadata["preview_csv"] = dg.MetadataValue.path(str(csv))

@@ -17,10 +17,17 @@ import dagster as dg
 from nomarr_pipeline.defs.jobs import partition_range_tags
 
 
+def predictions_job() -> dg.JobDefinition:
+    """The code location's job, rebuilt by ``dg.build_reconstructable_job`` in every step process."""
+    from nomarr_pipeline.definitions import defs
+
+    return defs.resolve_job_def("predictions_job")
+
+
 def main(argv: list[str]) -> int:
     first, last, *rest = argv
     run_config = json.loads(rest[0]) if rest else {}
-    job = dg.build_reconstructable_job("nomarr_pipeline.definitions", "job_named", ("predictions_job",))
+    job = dg.build_reconstructable_job("nomarr_pipeline_tests.defs.assets.predictions_run", "predictions_job")
     tags = partition_range_tags([first, last])
     with (
         dg.DagsterInstance.get() as instance,

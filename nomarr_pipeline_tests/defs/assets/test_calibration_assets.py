@@ -118,11 +118,12 @@ def test_nightly_schedule_runs_the_calibration_job_over_all_heads(tmp_path: Path
     resources, keys = _setup(tmp_path, files=120)
     assets = [calibration_state, calibration_history, calibration_sidecars, calibration_package]
     definitions = dg.Definitions(assets=assets, jobs=[calibration_job], resources=resources)
+    schedule = nightly_calibration_schedule("0 3 * * *", "UTC")
     with dg.instance_for_test() as instance:
-        empty = nightly_calibration_schedule(dg.build_schedule_context(instance=instance))
+        empty = schedule(dg.build_schedule_context(instance=instance))
         assert isinstance(empty, dg.SkipReason)
         instance.add_dynamic_partitions("heads", keys)
-        request = nightly_calibration_schedule(dg.build_schedule_context(instance=instance))
+        request = schedule(dg.build_schedule_context(instance=instance))
         assert (
             isinstance(request, dg.RunRequest)
             and request.tags["dagster/asset_partition_range_end"] == keys[-1]

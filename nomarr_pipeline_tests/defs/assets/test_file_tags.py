@@ -14,9 +14,10 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
-from nomarr_pipeline.defs.assets.file_tags import build_file_tags, file_tags
+from nomarr_pipeline.defs.assets.file_tags import build_file_tags
 from nomarr_pipeline.defs.resources import ModelsResource, StoreResource
 from nomarr_pipeline.defs.sensors import head_discovery_sensor
+from nomarr_pipeline.ml.capacity import available_cores
 from nomarr_pipeline.ml.demo_models import write_demo_models
 from nomarr_pipeline.ml.fetch import fetch_models
 from nomarr_pipeline.store import open_store
@@ -26,6 +27,9 @@ from nomarr_pipeline_tests.ml.model_server import ModelSite
 HAPPY = "effnet-discogs-effnet-1:mood_happy"
 DANCE = "effnet-discogs-effnet-1:danceability"
 SAD = "musicnn-msd-musicnn-1:mood_sad"
+
+# As the code location builds it by default: one shard step per core.
+file_tags = build_file_tags(available_cores())
 
 
 @pytest.fixture
