@@ -116,6 +116,17 @@ def test_a_malformed_store_url_is_one_line_naming_the_variable(url: str, monkeyp
     _assert_one_clear_error(err, "NOMARR_STORE_URL cannot be used: ", "set NOMARR_STORE_URL to")
 
 
+def test_a_relative_sqlite_url_is_relative_to_the_working_folder(tmp_path: Path, monkeypatch, capsys) -> None:
+    """SQLAlchemy's convention: three slashes and a relative path, four for an absolute one."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NOMARR_STORE_URL", "sqlite:///stores/relative.db")
+    (tmp_path / "stores").mkdir()
+    code, out, _ = _run_cli(capsys, "status")
+    assert code == 0 and "no library scanned yet" in out
+    assert (tmp_path / "stores" / "relative.db").is_file()
+    assert not Path("/stores").exists()
+
+
 # ---- other settings ---------------------------------------------------------------------
 
 
