@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+# The project folder's configuration: `dagster dev` started in that folder loads it too.
+ENV_FILE = Path(".env")
 WRITE_MODES = ("none", "minimal", "full")
 EXECUTORS = ("multiprocess", "dask", "celery", "k8s")
 # Five cron fields (minute hour day month weekday): numbers, names, *, ranges, steps, lists.
@@ -30,6 +32,26 @@ class SettingError(ValueError):
         self.problem = f"{variable} {problem}"
         self.next_step = f"set {variable} to {expected}"
         super().__init__(f"{self.problem} (next: {self.next_step})")
+
+
+def load_env_file() -> None:
+    """Put the values of ``ENV_FILE`` into the environment, under what the shell set (the
+    command line's processes, the code server and the runs it launches, all inherit them)."""
+    from dotenv import dotenv_values
+
+    for name, value in dotenv_values(ENV_FILE).items():
+        if value is not None:
+            os.environ.setdefault(name, value)
+
+
+def write_env_file(values: dict[str, str]) -> Path:
+    """Set ``values`` in ``ENV_FILE``, keeping its other lines; its path."""
+    from dotenv import set_key
+
+    ENV_FILE.touch()
+    for name, value in values.items():
+        set_key(ENV_FILE, name, value, quote_mode="never")
+    return ENV_FILE.absolute()
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -160,6 +182,13 @@ class Settings:
             from_environment=frozenset(name for name in os.environ if name.startswith("NOMARR_")),
         )
 
+
+    def store_identity(self) -> str:
+        """The store without credentials, the same whichever way its URL was written."""
+        from nomarr_pipeline.store import redact_url
+
+        path = self.sqlite_store_path()
+        return f"sqlite:///{path}" if path else redact_url(self.store_url)
 
     def sqlite_store_path(self) -> Path | None:
         """The file of the embedded store, ``None`` for a database server."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import sys
 import time
@@ -27,6 +28,7 @@ from nomarr_pipeline.cli import runner
 from nomarr_pipeline.cli.runner import StepOutcome, UserError
 from nomarr_pipeline.defs.jobs import library_scan_job, tagging_job
 from nomarr_pipeline.progress import StepProgress
+from nomarr_pipeline.settings import load_env_file, write_env_file
 from nomarr_pipeline.store import Store, StoreError, redact_url
 
 DEMO_DIR = Path(".nomarr-demo")
@@ -36,7 +38,12 @@ verbose_option = click.option("--verbose", is_flag=True, help="Show Dagster's ev
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
-    """Keep a music library auto-tagged by Essentia models (Dagster pipeline)."""
+    """Keep a music library auto-tagged by Essentia models (Dagster pipeline).
+
+    Settings come from NOMARR_* variables and the .env file of the working folder (the shell's
+    values win); `dagster dev` started in the same folder reads that file too.
+    """
+    load_env_file()
     runner.checked_settings()  # every NOMARR_* value, before any command does anything
 
 
@@ -54,14 +61,13 @@ def demo(folder: Path, verbose: bool) -> int:
     from nomarr_pipeline.cli.demo import build_demo_library, build_demo_models, configure_demo_environment
 
     folder = folder.absolute()
-    env = configure_demo_environment(folder)
+    env_file = write_env_file(configure_demo_environment(folder))
     library = build_demo_library(folder / "library")
     click.echo(f"demo library: {library}")
     click.echo(f"demo models:  {build_demo_models(folder / 'models')}")
+    click.echo(f"demo settings: {env_file} (read by nomarr-pipeline and dagster dev in this folder)")
     ok = _run_and_summarise("demo", verbose)
     click.echo(f"tags written into: {library}  (nom:* keys; e.g. `ffprobe` or mutagen-inspect)")
-    click.echo("to use the demo data in `dagster dev`, start it with:")
-    click.echo("  " + " ".join(f"{name}={value}" for name, value in env.items()) + " dagster dev")
     return 0 if ok else 1
 
 
@@ -321,7 +327,6 @@ class _DownloadProgress:
               help="Documents per transaction.")  # fmt: skip
 def migrate_store(target_url: str, batch_size: int) -> int:
     """Copy the configured store (libraries, predictions, calibrations) into another, verified."""
-    from nomarr_pipeline.progress import StepProgress
     from nomarr_pipeline.store import open_store
     from nomarr_pipeline.store.migrate import migrate_store as copy_store
 
@@ -396,7 +401,19 @@ def _print_where_to_look(store: Store) -> None:
     click.echo(f"store:            {redact_url(settings.store_url)}")
     click.echo(f"calibrations:     {settings.export_dir} (calibrations.json and one sidecar per head)")
     click.echo(f"Dagster instance: {os.environ['DAGSTER_HOME']}")
-    click.echo("  see the runs, asset lineage and partitions with: dagster dev  (http://127.0.0.1:3000)")
+    click.echo("see the runs, asset lineage and partitions (http://127.0.0.1:3000) with:")
+    click.echo(f"  {ui_command()}")
+
+
+def ui_command() -> str:
+    """``dagster dev`` for this configuration, as a line that works in a new shell: the
+    virtualenv's own ``dagster``, this folder (whose .env it loads), the project's workspace."""
+    from nomarr_pipeline.cli.launch import WORKSPACE
+
+    dagster = Path(sys.executable).with_name("dagster")
+    home = os.environ["DAGSTER_HOME"]
+    return (f"cd {shlex.quote(str(Path.cwd()))} && DAGSTER_HOME={shlex.quote(home)} "
+            f"{shlex.quote(str(dagster))} dev -w {shlex.quote(str(WORKSPACE))}")
 
 
 # ---- entry point ----------------------------------------------------------------------------

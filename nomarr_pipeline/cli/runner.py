@@ -15,13 +15,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import dagster as dg
 
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
 from nomarr_pipeline.calibration.state import is_usable
 from nomarr_pipeline.cli.launch import CodeLocationLauncher
+from nomarr_pipeline.cli.store_lock import one_pipeline_per_store
 from nomarr_pipeline.defs.assets.file_tags import NOT_MATERIALIZED
 from nomarr_pipeline.defs.jobs import (
     calibration_job,
@@ -247,12 +248,18 @@ def known_head_labels() -> dict[tuple[str, str], tuple[str, ...]] | None:
 
 def dagster_instance() -> dg.DagsterInstance:
     """The instance the CLI shares with ``dagster dev``: ``DAGSTER_HOME``, by default
-    ``.dagster_home/`` with the repository's ``dagster.yaml``."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").absolute())))
-    expected = "a folder for Dagster's runs (or unset it: .dagster_home/ in this folder)"
+    ``dagster_home/`` in the data folder (each store its own) with the repository's
+    ``dagster.yaml``. An instance that holds another store's runs is refused."""
+    settings = checked_settings()
+    expected = "a folder for Dagster's runs (or unset it: dagster_home/ in NOMARR_DATA_DIR)"
+    if "DAGSTER_HOME" not in os.environ:
+        writable_folder(settings.data_dir, "NOMARR_DATA_DIR", "a folder this user can write")
+        os.environ["DAGSTER_HOME"] = str(settings.data_dir / "dagster_home")
+    home = Path(os.environ["DAGSTER_HOME"])
     if not home.is_absolute():
         raise UserError(f"DAGSTER_HOME is {home}, not an absolute path", f"set DAGSTER_HOME to {expected}")
     writable_folder(home, "DAGSTER_HOME", expected)
+    _require_one_store(home / "nomarr-store", settings.store_identity())
     config = home / "dagster.yaml"
     shipped = Path(__file__).resolve().parents[2] / "dagster.yaml"
     try:
@@ -261,6 +268,22 @@ def dagster_instance() -> dg.DagsterInstance:
         return dg.DagsterInstance.get()
     except Exception as error:
         raise _instance_error(error) from None
+
+
+def _require_one_store(marker: Path, store: str) -> None:
+    """The instance's runs, partitions and asset metadata describe one store: the first one
+    that used it (written in ``marker``)."""
+    if not marker.exists():
+        marker.write_text(store + "\n")
+        return
+    recorded = marker.read_text().strip()
+    if recorded != store:
+        raise UserError(
+            f"the Dagster instance in DAGSTER_HOME {marker.parent} keeps the runs of the store "
+            f"{recorded}, not of {store}",
+            "unset DAGSTER_HOME (each store then gets dagster_home/ in its NOMARR_DATA_DIR) or set it "
+            "to a folder of its own for this store",
+        )
 
 
 # Packages whose errors mean that the instance's database refused (Dagster's storages).
@@ -333,23 +356,36 @@ def step_processes_print_to(log: Path) -> Iterator[None]:
     streams = sys.stdout, sys.stderr
     for stream in streams:
         stream.flush()
-    # This process's own output goes on through copies of the terminal's descriptors.
-    terminal = [open(os.dup(fd), "w", buffering=1, encoding=stream.encoding, errors="replace")  # noqa: SIM115
-                for fd, stream in ((1, streams[0]), (2, streams[1]))]
+    saved = os.dup(1), os.dup(2)
+    # This process's own output goes on to the terminal, through copies of its descriptors
+    # (or where it went already, e.g. a buffer that captures it).
+    own = [_writing_to(fd, stream, copy) for fd, stream, copy in zip((1, 2), streams, saved, strict=True)]
     with open(log, "wb") as sink:
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
-        sys.stdout, sys.stderr = terminal
+        sys.stdout, sys.stderr = own
         try:
             yield
         finally:
-            for stream in terminal:
+            for stream in own:
                 stream.flush()
-            os.dup2(terminal[0].fileno(), 1)
-            os.dup2(terminal[1].fileno(), 2)
             sys.stdout, sys.stderr = streams
-            for stream in terminal:
-                stream.close()
+            for fd, copy in zip((1, 2), saved, strict=True):
+                os.dup2(copy, fd)
+                os.close(copy)
+            for stream in own:
+                if stream not in streams:
+                    stream.close()
+
+
+def _writing_to(fd: int, stream: TextIO, copy: int) -> TextIO:
+    """A stream on ``copy`` of ``fd`` when ``stream`` writes to ``fd``; else ``stream``."""
+    try:
+        if stream.fileno() != fd:
+            return stream
+    except (AttributeError, OSError, ValueError):
+        return stream
+    return open(os.dup(copy), "w", buffering=1, encoding=stream.encoding, errors="replace")
 
 
 # A step's store error is re-raised in the command line as itself, so it gets its own advice.
@@ -424,6 +460,12 @@ class PipelineRunner:
                 outcome.heads_left_out = [key for f in failures for key in f.heads_left_out]
         return outcome
 
+    def skip(self, step: str, why: str) -> StepOutcome:
+        """A step with nothing to do: no run."""
+        outcome = StepOutcome(step, "ok", why)
+        self.outcomes.append(outcome)
+        return outcome
+
     def launch_and_wait(self, job_name: str, tags: dict[str, str]) -> tuple[str, RunFailure | None]:
         """One run: its id, and what failed (``None`` when it succeeded)."""
         run_id = self.launcher.launch(job_name, tags, {})
@@ -448,9 +490,12 @@ def _print_event(entry: dg.EventLogEntry) -> None:
 @contextmanager
 def pipeline_session(command: str, *, verbose: bool = False) -> Iterator[tuple[PipelineRunner, Store]]:
     """The writable store and a runner on the Dagster instance, for a command that launches
-    runs. The code location's processes print into a log file (``--verbose``: the terminal)."""
+    runs; on the embedded store, only one such command at a time (a second one waits). The
+    code location's processes print into a log file (``--verbose``: the terminal)."""
+    path = checked_settings().sqlite_store_path()
     with (
         closing(open_checked_store(for_writing=True)) as store,
+        one_pipeline_per_store(path, command, say=say) if path else nullcontext(),
         dagster_instance() as instance,
         nullcontext() if verbose else step_processes_print_to(step_output_log()),
         CodeLocationLauncher(instance) as launcher,
@@ -506,19 +551,35 @@ def run_pipeline(command: str = "run", *, verbose: bool = False) -> list[StepOut
         runner.outcomes.append(StepOutcome("head discovery", "ok", f"{len(keys)} heads ({len(new)} new)"))
         print(f"heads: {', '.join(keys)}")
 
-        predictions = runner.run_job(
-            "predictions", predictions_job.name, keys, partitioned=True,
-            progress=analysis_progress(store, heads),
-        )
+        # A run with nothing to do would still start its processes: seconds for nothing.
+        analysed = analysis_progress(store, heads)
+        if new or _left(analysed):
+            predictions = runner.run_job("predictions", predictions_job.name, keys, partitioned=True,
+                                         progress=analysed)
+        else:
+            predictions = runner.skip("predictions", "nothing to analyse")
         left_out = set(predictions.heads_left_out)
         if left_out:
             say(f"warning: going on without {', '.join(sorted(left_out))}; the other heads' "
                 "predictions are stored")
-        runner.run_job("calibration", calibration_job.name, [key for key in keys if key not in left_out],
-                       partitioned=True)
-        runner.run_job("recalibration + tag writing", tagging_job.name, progress=tagging_progress(store))
+        calibrated = {f"{state['model_key']}:{state['head_name']}" for state in store.list_calibrations()}
+        if predictions.run_ids or not calibrated >= set(keys):
+            runner.run_job("calibration", calibration_job.name, [key for key in keys if key not in left_out],
+                           partitioned=True)
+        else:
+            runner.skip("calibration", "no new predictions")
+        tagged = tagging_progress(store)
+        if _left(tagged):
+            runner.run_job("recalibration + tag writing", tagging_job.name, progress=tagged)
+        else:
+            runner.skip("recalibration + tag writing", "every file is recalibrated and written")
         runner.outcomes.append(StepOutcome("total", "ok", f"{time.monotonic() - started:.0f}s"))
         return runner.outcomes
+
+
+def _left(measure: Measure) -> bool:
+    done, total = measure()
+    return done < total
 
 
 def analysis_progress(store: Store, heads: Sequence[Head]) -> Measure:

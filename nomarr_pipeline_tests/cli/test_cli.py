@@ -7,6 +7,8 @@ import io
 import json
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
+from nomarr_pipeline import settings
 from nomarr_pipeline.calibration.histogram import HistogramSpec, PercentileResult
 from nomarr_pipeline.calibration.state import compute_state
 from nomarr_pipeline.cli import main as cli
@@ -33,6 +36,7 @@ from nomarr_pipeline.ml.fetch import RECOMMENDED
 from nomarr_pipeline.progress import ProgressPoller, StepProgress
 from nomarr_pipeline.store import open_store
 from nomarr_pipeline_tests.ml.model_server import ModelSite, site_path
+from nomarr_pipeline_tests.ui.dagster_dev import DagsterDev
 
 
 class FakeClock:
@@ -65,6 +69,16 @@ def test_plain_log_lines_when_not_a_terminal_are_throttled() -> None:
     assert "\x1b" not in out.getvalue() and "\r" not in out.getvalue()
 
 
+def test_the_rate_counts_from_the_first_measurement_even_in_one_jump() -> None:
+    """Files analysed by an earlier run do not count; a step measured in one jump has a rate."""
+    out, clock = io.StringIO(), FakeClock()
+    with StepProgress("predictions", console=Console(file=out), log_every_s=0, get_time=clock) as progress:
+        progress(3, 16)
+        clock.now += 5
+        progress(16, 16)
+    assert "predictions: 16/16 files (100%), 2.6 files/s" in out.getvalue()
+
+
 def test_terminal_shows_a_rich_progress_bar() -> None:
     out, clock = io.StringIO(), FakeClock()
     console = Console(file=out, force_terminal=True, width=120, color_system=None)
@@ -76,7 +90,8 @@ def test_terminal_shows_a_rich_progress_bar() -> None:
     text = out.getvalue()
     assert "\r" in text or "\x1b[2K" in text  # redrawn in place, not one line per update
     final = text.rsplit("\x1b[2K", 1)[-1]
-    assert "tags" in final and "2/4 files" in final and "1.0 files/s" in final and "0:00:02" in final
+    # 2 files in the 3 s the step was watched.
+    assert "tags" in final and "2/4 files" in final and "0.7 files/s" in final and "0:00:02" in final
     assert "━" in final  # the bar
     assert "tags: " not in text  # none of the plain log lines
 
@@ -406,18 +421,22 @@ def test_import_refuses_heads_that_are_not_in_the_models_folder(tmp_path: Path, 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, int, str]]:
-    """One ``nomarr-pipeline demo`` for the module: (demo folder, DAGSTER_HOME, exit code, stdout)."""
+    """One ``nomarr-pipeline demo`` for the module, run in its own folder as scripts/demo.sh
+    runs it (no DAGSTER_HOME): (demo folder, DAGSTER_HOME, exit code, stdout)."""
     root = tmp_path_factory.mktemp("demo")
-    saved = dict(os.environ)
-    os.environ["DAGSTER_HOME"] = str(root / "dagster_home")
+    saved, cwd = dict(os.environ), Path.cwd()
+    os.environ.pop("DAGSTER_HOME", None)
+    os.chdir(root)
     stdout = io.StringIO()
     try:
         import contextlib
 
-        with contextlib.redirect_stdout(stdout):
+        with contextlib.redirect_stdout(stdout), pytest.MonkeyPatch.context() as patch:
+            patch.setattr(settings, "ENV_FILE", Path(".env"))  # the project folder's, as for a user
             code = cli.main(["demo", "--folder", str(root / "demo")])
-        yield root / "demo", root / "dagster_home", code, stdout.getvalue()
+        yield root / "demo", root / "demo" / "data" / "dagster_home", code, stdout.getvalue()
     finally:
+        os.chdir(cwd)
         os.environ.clear()
         os.environ.update(saved)
 
@@ -457,6 +476,35 @@ def test_demo_runs_the_whole_pipeline(demo_run: tuple[Path, Path, int, str]) -> 
         assert runner.usable_calibrations(store)
     finally:
         store.close()
+
+
+@pytest.mark.slow
+def test_a_new_shell_sees_the_demo_in_status_and_in_the_printed_ui_command(
+    demo_run: tuple[Path, Path, int, str],
+) -> None:
+    """After the demo, only the project folder's .env configures: a clean environment."""
+    folder, home, code, out = demo_run
+    assert code == 0, out
+    clean = {"PATH": "/usr/bin:/bin", "HOME": str(folder.parent)}
+    status = subprocess.run([str(Path(sys.executable).with_name("nomarr-pipeline")), "status"],
+                            cwd=folder.parent, env=clean, capture_output=True, text=True, timeout=300)
+    assert status.returncode == 0, status.stderr
+    assert f"{len(DEMO_TRACKS)}" in status.stdout and "library" in status.stdout, status.stdout
+
+    command = out.split("partitions (http://127.0.0.1:3000) with:\n", 1)[1].splitlines()[0].strip()
+    assert f"DAGSTER_HOME={home}" in command
+    server = DagsterDev(home=home, data_dir=folder / "data")  # only for its GraphQL helpers
+    server.process = subprocess.Popen(
+        ["bash", "-c", f"{command} -h 127.0.0.1 -p {server.port}"], env=clean, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )
+    try:
+        server._wait_until_loaded()
+        runs = server.graphql("{ runsOrError { ... on Runs { results { runId jobName } } } }")
+        jobs = {run["jobName"] for run in runs["runsOrError"]["results"]}
+        assert {"library_scan_job", "predictions_job", "calibration_job", "tagging_job"} <= jobs
+    finally:
+        server.stop()
 
 
 @pytest.mark.slow

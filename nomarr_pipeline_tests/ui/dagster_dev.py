@@ -63,8 +63,9 @@ class DagsterDev:
         dagster = Path(sys.executable).with_name("dagster")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [str(dagster), "dev", "-h", "127.0.0.1", "-p", str(self.port), "-w", "workspace.yaml"],
-                cwd=REPO_ROOT,
+                [str(dagster), "dev", "-h", "127.0.0.1", "-p", str(self.port),
+                 "-w", str(REPO_ROOT / "workspace.yaml")],
+                cwd=self.home,  # not the repo: its .env (the demo's settings) would win over env
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
