@@ -370,3 +370,22 @@ def test_a_dagster_home_this_user_cannot_write(tmp_path: Path, monkeypatch, caps
     says = f"cannot write into DAGSTER_HOME {home}: Permission denied"
     _assert_one_clear_error(err, says, "make it writable")
 
+
+
+def test_two_stores_never_share_a_dagster_instance(tmp_path: Path, monkeypatch) -> None:
+    """By default each store's instance lives in its data folder; a shared DAGSTER_HOME is
+    refused to the second store, naming both."""
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    for name in ("a", "b"):
+        monkeypatch.setenv("NOMARR_DATA_DIR", str(tmp_path / name))
+        monkeypatch.delenv("DAGSTER_HOME", raising=False)
+        with runner.dagster_instance() as instance:
+            assert Path(instance.root_directory) == tmp_path / name / "dagster_home"
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "a" / "dagster_home"))
+    with pytest.raises(runner.UserError) as refused:
+        runner.dagster_instance()
+    problem = refused.value.problem
+    assert f"keeps the runs of the store sqlite:///{tmp_path / 'a' / 'nomarr.sqlite3'}" in problem
+    assert f"not of sqlite:///{tmp_path / 'b' / 'nomarr.sqlite3'}" in problem
+    assert "unset DAGSTER_HOME" in refused.value.next_step
