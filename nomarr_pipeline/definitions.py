@@ -83,7 +83,9 @@ def build_defs(settings: Settings) -> dg.Definitions:
                 tf_inter_op_threads=settings.tf_inter_op_threads,
                 gpus=list(settings.gpus) if settings.gpus is not None else None,
             ),
-            "calibration": CalibrationResource(export_dir=str(settings.export_dir)),
+            "calibration": CalibrationResource(
+                export_dir=str(settings.export_dir), histogram_overrides=settings.histogram_overrides
+            ),
             "tagging": TaggingResource(previews_dir=str(settings.data_dir / "previews")),
         },
     )

@@ -7,6 +7,7 @@ and never put into repr, logs or metadata.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -106,6 +107,23 @@ def _env_timezone(name: str, default: str) -> str:
     return value
 
 
+def _env_histogram_overrides(name: str) -> dict[str, dict[str, float]]:
+    """JSON: head ("model_key:head_name" or head_name) -> {"lo": .., "hi": .., "bins": ..}."""
+    raw = _env_str(name)
+    if raw is None:
+        return {}
+    expected = 'JSON like {"effnet-discogs-effnet-1:approachability_regression": {"lo": -1, "hi": 10}}'
+    try:
+        value = json.loads(raw)
+        overrides = {str(head): {str(k): float(v) for k, v in spec.items()} for head, spec in value.items()}
+    except (ValueError, TypeError, AttributeError):
+        raise SettingError(name, "is not a JSON object of heads to {lo, hi}", expected) from None
+    for head, spec in overrides.items():
+        if not {"lo", "hi"} <= spec.keys() or spec["lo"] >= spec["hi"]:
+            raise SettingError(name, f"gives {head} no range with lo < hi", expected)
+    return overrides
+
+
 def _env_gpus(name: str) -> tuple[str, ...] | None:
     """CUDA device ids ("0,1"; "" = none); ``None`` when unset (every visible GPU)."""
     raw = os.environ.get(name)
@@ -143,6 +161,7 @@ class Settings:
     executor_config: Path | None
     calibration_cron: str
     schedule_timezone: str
+    histogram_overrides: dict[str, dict[str, float]]
     # The NOMARR_* variables that were set, so the code location can show them as dg.EnvVar.
     from_environment: frozenset[str] = frozenset()
 
@@ -179,6 +198,7 @@ class Settings:
             executor_config=Path(conf).expanduser() if (conf := _env_str("NOMARR_EXECUTOR_CONFIG")) else None,
             calibration_cron=_env_cron("NOMARR_CALIBRATION_CRON", "0 3 * * *"),
             schedule_timezone=_env_timezone("NOMARR_SCHEDULE_TIMEZONE", "UTC"),
+            histogram_overrides=_env_histogram_overrides("NOMARR_HISTOGRAM_OVERRIDES"),
             from_environment=frozenset(name for name in os.environ if name.startswith("NOMARR_")),
         )
 

@@ -119,16 +119,17 @@ class CalibrationResource(dg.ConfigurableResource):
     export_dir: str
     drift_tolerance: float = 0.005
     min_n: int = 100
-    # Histogram range per head: "{model_key}:{head_name}" or a bare head_name ->
-    # {"lo": ..., "hi": ..., "bins": ...}; e.g. regression heads whose outputs leave [0, 1].
-    histogram_overrides: dict[str, dict[str, float]] | None = None
+    # NOMARR_HISTOGRAM_OVERRIDES: histogram range per head, "{model_key}:{head_name}" or a bare
+    # head_name -> {"lo": ..., "hi": ..., "bins": ...}; e.g. regression heads whose outputs
+    # leave [0, 1] (the out_of_range_ratio check and the calibration warning say which).
+    histogram_overrides: dict[str, dict[str, float]] = {}  # noqa: RUF012 (pydantic copies it)
 
     def histogram_specs(self) -> SpecOverrides:
         from nomarr_pipeline.calibration.histogram import HistogramSpec
 
         return {
             key: HistogramSpec(lo=float(spec["lo"]), hi=float(spec["hi"]), bins=int(spec.get("bins", 10_000)))
-            for key, spec in (self.histogram_overrides or {}).items()
+            for key, spec in self.histogram_overrides.items()
         }
 
     def export_path(self) -> Path:

@@ -136,33 +136,35 @@ def _head_metadata(report: HeadCalibrationReport, histograms: dict) -> dict[str,
 
 
 def _checks(reports: Sequence[HeadCalibrationReport], min_n: int) -> list[dg.AssetCheckResult]:
+    """One result per check for the whole run (one run serves many heads): its description
+    names the heads that failed, and what to do."""
     labels = [(report.partition_key, label) for report in reports for label in report.labels]
+
+    def result(name: str, failing: list[tuple[str, str]], severity: dg.AssetCheckSeverity, fix: str,
+               **extra: object) -> dg.AssetCheckResult:
+        heads = sorted({key for key, _ in failing})
+        said = f"{len(failing)} labels of {', '.join(heads)}; {fix}" if failing else "every label passes"
+        return dg.AssetCheckResult(
+            check_name=name, passed=not failing, severity=severity, description=said,
+            metadata={"heads": dg.MetadataValue.json(heads), "count": len(failing), **extra,
+                      "labels": dg.MetadataValue.json([f"{key}:{text}" for key, text in failing[:100]])},
+        )
+
     out_of_range = [
-        f"{key}:{label.label} ({(label.underflow_count + label.overflow_count) / label.n:.1%})"
+        (key, f"{label.label} ({(label.underflow_count + label.overflow_count) / label.n:.1%})")
         for key, label in labels
         if label.n and (label.underflow_count + label.overflow_count) / label.n > OUT_OF_RANGE_LIMIT
     ]
-    too_few = [f"{key}:{label.label} (n={label.n})" for key, label in labels if label.n < min_n]
-    unusable = [f"{key}:{label.label}" for key, label in labels if not label.usable]
     return [
-        dg.AssetCheckResult(
-            check_name="out_of_range_ratio",
-            passed=not out_of_range,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={"labels": dg.MetadataValue.json(out_of_range[:100]), "count": len(out_of_range)},
-        ),
-        dg.AssetCheckResult(
-            check_name="minimum_n",
-            passed=not too_few,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={"labels": dg.MetadataValue.json(too_few[:100]), "count": len(too_few), "min_n": min_n},
-        ),
-        dg.AssetCheckResult(
-            check_name="p5_below_p95",
-            passed=not unusable,
-            severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"labels": dg.MetadataValue.json(unusable[:100]), "count": len(unusable)},
-        ),
+        result("out_of_range_ratio", out_of_range, dg.AssetCheckSeverity.WARN,
+               "widen their range: NOMARR_HISTOGRAM_OVERRIDES (the warnings say how)"),
+        result("minimum_n", [(key, f"{label.label} (n={label.n})") for key, label in labels
+                             if label.n < min_n],
+               dg.AssetCheckSeverity.WARN, "analyse more files, or lower calibration min_n",
+               min_n=min_n),
+        result("p5_below_p95", [(key, label.label) for key, label in labels if not label.usable],
+               dg.AssetCheckSeverity.ERROR,
+               "their values do not spread: these labels get no calibrated tags"),
     ]
 
 

@@ -109,6 +109,9 @@ def test_too_few_values_warns(tmp_path: Path) -> None:
         checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
         assert not checks["minimum_n"].passed
         assert checks["minimum_n"].severity == dg.AssetCheckSeverity.WARN
+        # One run serves many heads: the result names the head that failed, and the fix.
+        said = checks["minimum_n"].description
+        assert said.split(" labels of ")[1].startswith(f"{keys[0]}; analyse more")
 
 
 def test_nightly_schedule_runs_the_calibration_job_over_all_heads(tmp_path: Path) -> None:
