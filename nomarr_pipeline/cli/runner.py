@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing, contextmanager, nullcontext
+from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -32,6 +32,8 @@ from nomarr_pipeline.defs.jobs import (
     tagging_job,
 )
 from nomarr_pipeline.defs.partitions import HEADS
+from nomarr_pipeline.library.changes import changed_folders
+from nomarr_pipeline.library.identity import library_key
 from nomarr_pipeline.progress import ProgressPoller, StepProgress
 from nomarr_pipeline.settings import SettingError, Settings
 from nomarr_pipeline.store import (
@@ -417,11 +419,24 @@ class PipelineRunner:
     """Runs the pipeline's jobs one after the other as runs of the code location; a step
     after a failed one is skipped."""
 
-    def __init__(self, launcher: CodeLocationLauncher, *, verbose: bool = False) -> None:
-        self.launcher = launcher
-        self.instance = launcher.instance
+    def __init__(self, instance: dg.DagsterInstance, resources: ExitStack, *, verbose: bool = False) -> None:
+        self.instance = instance
         self.verbose = verbose
         self.outcomes: list[StepOutcome] = []
+        self._resources = resources
+        self._launcher: CodeLocationLauncher | None = None
+
+    @property
+    def launcher(self) -> CodeLocationLauncher:
+        """The code server, started for the first run (seconds: it loads the definitions)."""
+        if self._launcher is None:
+            launcher = self._resources.enter_context(CodeLocationLauncher(self.instance))
+            problem = launcher.location_error()
+            if problem:
+                raise UserError(f"the Dagster code location does not load: {problem}",
+                                "fix that setting; `dg check defs` shows the whole error")
+            self._launcher = launcher
+        return self._launcher
 
     def run_job(
         self,
@@ -498,13 +513,9 @@ def pipeline_session(command: str, *, verbose: bool = False) -> Iterator[tuple[P
         one_pipeline_per_store(path, command, say=say) if path else nullcontext(),
         dagster_instance() as instance,
         nullcontext() if verbose else step_processes_print_to(step_output_log()),
-        CodeLocationLauncher(instance) as launcher,
+        ExitStack() as resources,
     ):
-        problem = launcher.location_error()
-        if problem:
-            raise UserError(f"the Dagster code location does not load: {problem}",
-                            "fix that setting; `dg check defs` shows the whole error")
-        yield PipelineRunner(launcher, verbose=verbose), store
+        yield PipelineRunner(instance, resources, verbose=verbose), store
 
 
 def contiguous_ranges(ordered_keys: Sequence[str], wanted: Sequence[str]) -> list[list[str]]:
@@ -534,11 +545,16 @@ def run_pipeline(command: str = "run", *, verbose: bool = False) -> list[StepOut
         started = time.monotonic()
 
         print(f"scan: {len(roots)} library folder(s)")
-        scan = runner.run_job("scan", library_scan_job.name)
+        if any(changed_folders(store.load_folder_cache(library_key(root.resolve())), str(root.resolve()))
+               for root in roots):
+            scan = runner.run_job("scan", library_scan_job.name)
+        else:  # as library_change_sensor decides; `nomarr-pipeline scan` always scans
+            scan = runner.skip("scan", "")
         if scan.status == "failed":
             return runner.outcomes
         counts = store.file_counts()
-        scan.detail = f"{counts['total']} files, {counts['scan_errors']} unreadable"
+        scan.detail = f"{counts['total']} files, {counts['scan_errors']} unreadable" + (
+            "" if scan.run_ids else " (no folder changed since the last scan)")
         if counts["total"] - counts["scan_errors"] <= 0:
             raise UserError(
                 f"no audio files found in {', '.join(str(r) for r in roots)}",

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import dagster as dg
@@ -254,18 +255,11 @@ def test_a_failed_step_exits_1_and_skips_what_follows(
     assert "scan                         failed   step library_files failed: disk on fire" in out
 
     with dg.DagsterInstance.ephemeral() as instance:
-        pipeline = runner.PipelineRunner(_NoLauncher(instance))
+        pipeline = runner.PipelineRunner(instance, ExitStack())
         pipeline.run_job("scan", "library_scan_job")
         skipped = pipeline.run_job("predictions", predictions_job.name, ["m:h"], partitioned=True)
     assert (skipped.status, skipped.detail) == ("skipped", "an earlier step failed")
     assert launched == ["library_scan_job", "library_scan_job"]
-
-
-class _NoLauncher:
-    """The instance a runner reads partitions from; the runs themselves are replaced."""
-
-    def __init__(self, instance: dg.DagsterInstance) -> None:
-        self.instance = instance
 
 
 def test_a_step_that_left_heads_out_lets_the_next_steps_go_on(monkeypatch, dagster_home: Path) -> None:
@@ -282,7 +276,7 @@ def test_a_step_that_left_heads_out_lets_the_next_steps_go_on(monkeypatch, dagst
     monkeypatch.setattr(runner.PipelineRunner, "launch_and_wait", launch)
     with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions(HEADS, ["m:good", "m:broken"])
-        pipeline = runner.PipelineRunner(_NoLauncher(instance))
+        pipeline = runner.PipelineRunner(instance, ExitStack())
         predictions = pipeline.run_job(
             "predictions", predictions_job.name, ["m:good", "m:broken"], partitioned=True
         )
