@@ -350,7 +350,7 @@ def migrate_store(target_url: str, batch_size: int) -> int:
             "check --to, the server, and NOMARR_PG_PASSWORD / NOMARR_ARANGO_* for it",
         ) from None
     click.echo(f"copying {redact_url(settings.store_url)} -> {redact_url(target_url)}")
-    with contextlib.ExitStack() as bars:
+    with closing(source), closing(target), contextlib.ExitStack() as bars:
         shown: dict[str, StepProgress] = {}
 
         def progress(collection: str, done: int, total: int) -> None:

@@ -17,19 +17,22 @@ Dask tasks after the run, not only the job (``predictions_job.<run id>.<step>``)
 dagster-dask keys them ``<job>.<step>`` (dagster-io/dagster#21418), so two runs of one job
 on one cluster would share their tasks, and the second would get the first one's events.
 
-Imported only when ``NOMARR_EXECUTOR=dask``.
+Imported only when ``NOMARR_EXECUTOR=dask``. Upstream gap: an executor receives, and must
+pass on, a ``PlanOrchestrationContext``, which Dagster does not export; it is the one private
+import left here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dagster._core.events import DagsterEvent
+from dagster import DagsterEvent, DagsterRun
 from dagster._core.execution.context.system import PlanOrchestrationContext
-from dagster._core.execution.plan.plan import ExecutionPlan
-from dagster._core.storage.dagster_run import DagsterRun
 from dagster_dask.executor import DaskExecutor
+
+if TYPE_CHECKING:
+    from dagster._core.execution.plan.plan import ExecutionPlan
 
 
 def _same(value: Any) -> Any:
