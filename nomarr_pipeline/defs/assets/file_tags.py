@@ -238,16 +238,6 @@ def _report_op(count: int) -> dg.OpDefinition:
         record = context.instance.get_run_record_by_id(context.run.run_id)
         seconds = time.time() - record.start_time if record and record.start_time else 0.0
         for key, report in sorted(reports.items()):
-            # Per-partition numbers, so each head's history in the UI shows its own counts.
-            context.add_asset_metadata(
-                {
-                    "head_analysed": report.analysed,
-                    "head_failed": report.failed,
-                    "head_skipped": report.skipped,
-                    "head_seconds": round(report.seconds, 3),
-                },
-                partition_key=key,
-            )
             context.log.info(
                 f"{key}: {report.analysed} analysed, {report.failed} failed, "
                 f"{report.skipped} skipped ({report.seconds:.1f}s of worker time)"
@@ -277,13 +267,17 @@ def _report_op(count: int) -> dg.OpDefinition:
                 f"{len(missing)} selected heads have no usable model in {models_dir}: {details}",
                 metadata={**_metadata(reports, seconds), **_not_materialized(missing)},
             )
-        context.add_output_metadata({
-            **_metadata(reports, seconds),
-            "shards": dg.MetadataValue.int(count),
-            "shard_restarts": dg.MetadataValue.int(sum(n - 1 for n in starts.values() if n > 1)),
-            "store": dg.MetadataValue.text(store.describe()),
-            "model_problems": dg.MetadataValue.int(len(catalog.problems)),
-        })
+        context.log.info(f"{len(heads)} heads in {seconds:.0f}s")
+        for head in heads:
+            # Each partition says what its own head did (the run's other heads have theirs).
+            report = reports[head.partition_key].as_metadata()
+            context.add_asset_metadata({
+                **{name: report[name] for name in ("analysed", "failed", "skipped", "seconds")},
+                "errors": dg.MetadataValue.json(report["errors"]),
+                "shards": dg.MetadataValue.int(count),
+                "shard_restarts": dg.MetadataValue.int(sum(n - 1 for n in starts.values() if n > 1)),
+                "store": dg.MetadataValue.text(store.describe()),
+            }, partition_key=head.partition_key)
 
     return file_tags_report
 

@@ -96,7 +96,7 @@ def test_four_shards_store_exactly_what_one_shard_stores(
               if m.run_id == runs[4]["run_id"] and m.asset_materialization]
     assert {m.partition for m in latest} == set(HEADS)
     for materialization in latest:
-        assert materialization.metadata["head_analysed"].value == len(names)
+        assert materialization.metadata["analysed"].value == len(names)
         assert materialization.metadata["shards"].value == 4
 
 
