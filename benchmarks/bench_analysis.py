@@ -215,7 +215,7 @@ def run_pipeline(store_url: str, models: Path, heads: list[Head], shards: int, h
     keys = sorted(h.partition_key for h in heads)
     cpu, started = _children_cpu(), time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "nomarr_pipeline_tests.assets.predictions_run", keys[0], keys[-1]],
+        [sys.executable, "-m", "nomarr_pipeline_tests.defs.assets.predictions_run", keys[0], keys[-1]],
         cwd=REPO, env=env, capture_output=True, text=True, check=False,
     )
     timing = Timing(time.perf_counter() - started, _children_cpu() - cpu)

@@ -33,7 +33,7 @@ SENSOR_TICK = """
 import time
 import dagster as dg
 from nomarr_pipeline.definitions import defs
-from nomarr_pipeline.sensors import library_change_sensor
+from nomarr_pipeline.defs.sensors import library_change_sensor
 
 resources = {name: defs.resources[name] for name in ("store", "library")}
 with dg.DagsterInstance.get() as instance:
@@ -73,7 +73,7 @@ def run_steps(files: int, work: Path, per_folder: int) -> dict[str, tuple[float,
     }
     for name in ("NOMARR_STORE_URL", "NOMARR_MODELS_DIR", "NOMARR_EXPORT_DIR"):
         env.pop(name, None)
-    cli = [sys.executable, "-m", "nomarr_pipeline.cli"]
+    cli = [sys.executable, "-m", "nomarr_pipeline.cli.main"]
     steps = {
         "first scan": [*cli, "scan"],
         "unchanged rescan": [*cli, "scan"],

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nomarr_pipeline.demo import write_wav
+from nomarr_pipeline.cli.demo import write_wav
 from nomarr_pipeline.library.changes import changed_folders
 from nomarr_pipeline.library.identity import library_key
 from nomarr_pipeline.library.scanner import scan_library

@@ -1,57 +1,105 @@
-"""The Dagster code location: assets, checks, jobs, sensors, schedules and resources."""
+"""The Dagster code location: assets, checks, jobs, sensors, schedules and resources.
+
+The settings are read and checked here, once, when the code location loads: a bad
+``NOMARR_*`` value is the location's load error, in plain words. Resources take each value
+as ``dg.EnvVar`` when its variable is set, so the UI shows where it comes from.
+"""
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import dagster as dg
 
-from nomarr_pipeline.assets.calibration import (
+from nomarr_pipeline.defs.assets.calibration import (
     calibration_history,
     calibration_package,
     calibration_sidecars,
     calibration_state,
 )
-from nomarr_pipeline.assets.file_tags import file_tags
-from nomarr_pipeline.assets.library_files import library_files
-from nomarr_pipeline.assets.tagging import calibrated_tags, written_tags
-from nomarr_pipeline.executors import configured_executor
-from nomarr_pipeline.jobs import calibration_job, library_scan_job, predictions_job, tagging_job
-from nomarr_pipeline.resources import (
+from nomarr_pipeline.defs.assets.file_tags import build_file_tags
+from nomarr_pipeline.defs.assets.library_files import library_files
+from nomarr_pipeline.defs.assets.tagging import calibrated_tags, written_tags
+from nomarr_pipeline.defs.executors import configured_executor
+from nomarr_pipeline.defs.jobs import calibration_job, library_scan_job, predictions_job, tagging_job
+from nomarr_pipeline.defs.resources import (
     CalibrationResource,
     LibraryResource,
     ModelsResource,
     StoreResource,
     TaggingResource,
 )
-from nomarr_pipeline.schedules import nightly_calibration_schedule
-from nomarr_pipeline.sensors import calibration_hash_sensor, head_discovery_sensor, library_change_sensor
-
-defs = dg.Definitions(
-    assets=[
-        library_files,
-        file_tags,
-        calibration_state,
-        calibration_history,
-        calibration_sidecars,
-        calibration_package,
-        calibrated_tags,
-        written_tags,
-    ],
-    jobs=[library_scan_job, predictions_job, calibration_job, tagging_job],
-    sensors=[library_change_sensor, head_discovery_sensor, calibration_hash_sensor],
-    schedules=[nightly_calibration_schedule],
-    # NOMARR_EXECUTOR: where steps run (multiprocess here; dask, celery or k8s elsewhere).
-    executor=configured_executor(),
-    resources={
-        "store": StoreResource(),
-        "library": LibraryResource(),
-        "models": ModelsResource(),
-        "calibration": CalibrationResource(),
-        "tagging": TaggingResource(),
-    },
-)
+from nomarr_pipeline.defs.schedules import nightly_calibration_schedule
+from nomarr_pipeline.defs.sensors import calibration_hash_sensor, head_discovery_sensor, library_change_sensor
+from nomarr_pipeline.ml.capacity import available_cores
+from nomarr_pipeline.settings import Settings, default_store_url
+from nomarr_pipeline.store import StoreError, store_engine
 
 
-def job_named(name: str) -> dg.JobDefinition:
-    """A job of ``defs``, for ``dg.build_reconstructable_job``: runs launched from Python
-    (the CLI, tests, benchmarks) rebuild it in every step process, like the UI's runs."""
-    return defs.resolve_job_def(name)
+def build_defs(settings: Settings) -> dg.Definitions:
+    """The code location for ``settings``."""
+
+    def env(name: str, value: Any) -> Any:
+        """``dg.EnvVar(name)`` where the variable is set and means ``value`` as it stands."""
+        return dg.EnvVar(name) if name in settings.from_environment else value
+
+    shards = settings.analysis_shards or available_cores()
+    defs = dg.Definitions(
+        assets=[
+            library_files,
+            build_file_tags(shards),
+            calibration_state,
+            calibration_history,
+            calibration_sidecars,
+            calibration_package,
+            calibrated_tags,
+            written_tags,
+        ],
+        jobs=[library_scan_job, predictions_job, calibration_job, tagging_job],
+        sensors=[library_change_sensor, head_discovery_sensor, calibration_hash_sensor],
+        schedules=[nightly_calibration_schedule(settings.calibration_cron, settings.schedule_timezone)],
+        # NOMARR_EXECUTOR: where steps run (multiprocess here; dask, celery or k8s elsewhere).
+        executor=configured_executor(settings),
+        resources={
+            "store": StoreResource(
+                url=env("NOMARR_STORE_URL", settings.store_url),
+                create_folder=settings.store_url == default_store_url(settings.data_dir),
+                arango_db=env("NOMARR_ARANGO_DB", settings.arango_db),
+                arango_user=env("NOMARR_ARANGO_USER", settings.arango_user),
+                arango_password=env("NOMARR_ARANGO_PASSWORD", None),
+                pg_password=env("NOMARR_PG_PASSWORD", None),
+            ),
+            "library": LibraryResource(
+                roots=[str(root) for root in settings.library_roots],
+                file_write_mode=settings.file_write_mode,
+                auto_write_tags=settings.auto_write_tags,
+                write_raw_scores=settings.write_raw_scores,
+            ),
+            "models": ModelsResource(
+                models_dir=env("NOMARR_MODELS_DIR", None),
+                shards=shards,
+                tf_threads=settings.tf_threads,
+                tf_inter_op_threads=settings.tf_inter_op_threads,
+                gpus=list(settings.gpus) if settings.gpus is not None else None,
+            ),
+            "calibration": CalibrationResource(
+                export_dir=str(settings.export_dir), histogram_overrides=settings.histogram_overrides
+            ),
+            "tagging": TaggingResource(previews_dir=str(settings.data_dir / "previews")),
+        },
+    )
+    # The store's engine as a badge on the assets that talk to it.
+    try:
+        kind = store_engine(settings.store_url)
+    except StoreError:
+        return defs
+    with warnings.catch_warnings():  # "in preview": noise in every process that loads the location
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return defs.map_resolved_asset_specs(
+            func=lambda spec: spec.merge_attributes(kinds={kind}),
+            selection=["library_files", "calibration_state", "calibrated_tags"],
+        )
+
+
+defs = build_defs(Settings.from_env())

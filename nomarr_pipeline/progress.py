@@ -40,9 +40,10 @@ class RateColumn(ProgressColumn):
 
 
 def rate(task: Task) -> float:
-    # rich leaves the first sample out of its estimate, so work done before the step was
-    # watched (files analysed by an earlier run) does not inflate the rate.
-    return task.finished_speed or task.speed or 0.0
+    """Units per second since the step was first watched: work done before (files analysed
+    by an earlier run) does not count, and a step measured in a few big jumps still has one."""
+    elapsed = task.elapsed or 0.0
+    return (task.completed - task.fields.get("first", 0)) / elapsed if elapsed > 0 else 0.0
 
 
 def duration(seconds: float | None) -> str:
@@ -97,6 +98,8 @@ class StepProgress:
 
     def __call__(self, done: int, total: int) -> None:
         with self._lock:
+            if "first" not in self.task.fields:
+                self._bar.update(self._task_id, first=max(0, done))
             self._bar.update(self._task_id, completed=max(0, done), total=max(0, total))
             now = self._bar.get_time()
             if not self.interactive and now - self._last_line >= self.log_every_s:

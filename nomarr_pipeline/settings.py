@@ -1,16 +1,27 @@
-"""Configuration from ``NOMARR_*`` environment variables (DESIGN.md §9).
-
-Plain Python so the CLI, the domain code and the Dagster resources read one source of truth.
-Secrets (the ArangoDB and PostgreSQL passwords) are read here and never put into repr, logs or metadata.
+"""Configuration from ``NOMARR_*`` environment variables (docs/ARCHITECTURE.md, README's
+Configuration table): the one place that reads the environment, for both doors. The command
+line validates it before any command (``error:``/``next:``, exit 2); the code location when it
+loads (a readable load error). Secrets (the ArangoDB and PostgreSQL passwords) are read here
+and never put into repr, logs or metadata.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+# The project folder's configuration: `dagster dev` started in that folder loads it too.
+ENV_FILE = Path(".env")
 WRITE_MODES = ("none", "minimal", "full")
+EXECUTORS = ("multiprocess", "dask", "celery", "k8s")
+# Five cron fields (minute hour day month weekday): numbers, names, *, ranges, steps, lists.
+_CRON_PART = r"(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?"
+_CRON_FIELD = re.compile(rf"^{_CRON_PART}(,{_CRON_PART})*$")
+_CRON_ALIASES = ("@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight")
 
 
 class SettingError(ValueError):
@@ -18,9 +29,30 @@ class SettingError(ValueError):
     set it to (the command line prints them as its ``error:`` / ``next:`` lines)."""
 
     def __init__(self, variable: str, problem: str, expected: str) -> None:
-        super().__init__(f"{variable} {problem}")
         self.variable = variable
+        self.problem = f"{variable} {problem}"
         self.next_step = f"set {variable} to {expected}"
+        super().__init__(f"{self.problem} (next: {self.next_step})")
+
+
+def load_env_file() -> None:
+    """Put the values of ``ENV_FILE`` into the environment, under what the shell set (the
+    command line's processes, the code server and the runs it launches, all inherit them)."""
+    from dotenv import dotenv_values
+
+    for name, value in dotenv_values(ENV_FILE).items():
+        if value is not None:
+            os.environ.setdefault(name, value)
+
+
+def write_env_file(values: dict[str, str]) -> Path:
+    """Set ``values`` in ``ENV_FILE``, keeping its other lines; its path."""
+    from dotenv import set_key
+
+    ENV_FILE.touch()
+    for name, value in values.items():
+        set_key(ENV_FILE, name, value, quote_mode="never")
+    return ENV_FILE.absolute()
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -38,6 +70,66 @@ def _env_bool(name: str, default: bool) -> bool:
 def _env_str(name: str) -> str | None:
     raw = os.environ.get(name)
     return raw if raw not in (None, "") else None
+
+
+def _env_count(name: str) -> int:
+    """A positive count; 0 when unset (the caller's default applies)."""
+    raw = (_env_str(name) or "").strip()
+    if raw and (not raw.isdigit() or int(raw) < 1):
+        raise SettingError(name, f"is {raw!r}, not a whole number of at least 1",
+                           "a whole number like 2, or unset it")
+    return int(raw or 0)
+
+
+def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (_env_str(name) or default).strip().lower()
+    if value not in choices:
+        raise SettingError(name, f"is {value!r}, not one of {', '.join(choices)}", " or ".join(choices))
+    return value
+
+
+def _env_cron(name: str, default: str) -> str:
+    value = (_env_str(name) or default).strip()
+    fields = value.split()
+    if value not in _CRON_ALIASES and (len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields)):
+        raise SettingError(name, f"is {value!r}, not a cron schedule",
+                           "five fields like '0 3 * * *' (03:00 daily)")
+    return value
+
+
+def _env_timezone(name: str, default: str) -> str:
+    value = (_env_str(name) or default).strip()
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingError(name, f"is {value!r}, not a time zone",
+                           "an IANA time zone like UTC or Europe/Berlin") from None
+    return value
+
+
+def _env_histogram_overrides(name: str) -> dict[str, dict[str, float]]:
+    """JSON: head ("model_key:head_name" or head_name) -> {"lo": .., "hi": .., "bins": ..}."""
+    raw = _env_str(name)
+    if raw is None:
+        return {}
+    expected = 'JSON like {"effnet-discogs-effnet-1:approachability_regression": {"lo": -1, "hi": 10}}'
+    try:
+        value = json.loads(raw)
+        overrides = {str(head): {str(k): float(v) for k, v in spec.items()} for head, spec in value.items()}
+    except (ValueError, TypeError, AttributeError):
+        raise SettingError(name, "is not a JSON object of heads to {lo, hi}", expected) from None
+    for head, spec in overrides.items():
+        if not {"lo", "hi"} <= spec.keys() or spec["lo"] >= spec["hi"]:
+            raise SettingError(name, f"gives {head} no range with lo < hi", expected)
+    return overrides
+
+
+def _env_gpus(name: str) -> tuple[str, ...] | None:
+    """CUDA device ids ("0,1"; "" = none); ``None`` when unset (every visible GPU)."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return None
+    return tuple(gpu.strip() for gpu in raw.split(",") if gpu.strip())
 
 
 def split_roots(raw: str | None) -> list[Path]:
@@ -61,6 +153,17 @@ class Settings:
     file_write_mode: str
     auto_write_tags: bool
     write_raw_scores: bool
+    analysis_shards: int  # 0: one per core
+    tf_threads: int  # 0: chosen for this machine
+    tf_inter_op_threads: int
+    gpus: tuple[str, ...] | None
+    executor: str
+    executor_config: Path | None
+    calibration_cron: str
+    schedule_timezone: str
+    histogram_overrides: dict[str, dict[str, float]]
+    # The NOMARR_* variables that were set, so the code location can show them as dg.EnvVar.
+    from_environment: frozenset[str] = frozenset()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -87,8 +190,25 @@ class Settings:
             file_write_mode=mode,
             auto_write_tags=_env_bool("NOMARR_AUTO_WRITE_TAGS", False),
             write_raw_scores=_env_bool("NOMARR_WRITE_RAW_SCORES", False),
+            analysis_shards=_env_count("NOMARR_ANALYSIS_SHARDS"),
+            tf_threads=_env_count("NOMARR_TF_THREADS"),
+            tf_inter_op_threads=_env_count("NOMARR_TF_INTER_OP_THREADS"),
+            gpus=_env_gpus("NOMARR_GPUS"),
+            executor=_env_choice("NOMARR_EXECUTOR", EXECUTORS[0], EXECUTORS),
+            executor_config=Path(conf).expanduser() if (conf := _env_str("NOMARR_EXECUTOR_CONFIG")) else None,
+            calibration_cron=_env_cron("NOMARR_CALIBRATION_CRON", "0 3 * * *"),
+            schedule_timezone=_env_timezone("NOMARR_SCHEDULE_TIMEZONE", "UTC"),
+            histogram_overrides=_env_histogram_overrides("NOMARR_HISTOGRAM_OVERRIDES"),
+            from_environment=frozenset(name for name in os.environ if name.startswith("NOMARR_")),
         )
 
+
+    def store_identity(self) -> str:
+        """The store without credentials, the same whichever way its URL was written."""
+        from nomarr_pipeline.store import redact_url
+
+        path = self.sqlite_store_path()
+        return f"sqlite:///{path}" if path else redact_url(self.store_url)
 
     def sqlite_store_path(self) -> Path | None:
         """The file of the embedded store, ``None`` for a database server."""

@@ -3,11 +3,14 @@ PostgreSQL server for the whole session with a fresh database per test."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from nomarr_pipeline import settings
 
 # A running model site for `models fetch` tests, wherever they are.
 from nomarr_pipeline_tests.ml.model_server import model_site  # noqa: F401
@@ -16,24 +19,14 @@ from nomarr_pipeline_tests.postgres_server import SKIP_REASON, PostgresServer, r
 
 @pytest.fixture(autouse=True)
 def isolated_nomarr_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No test reads or writes the developer's own store, library or exports."""
+    """No test reads or writes the developer's own store, library, exports or .env."""
     data = tmp_path / "nomarr-data"
-    monkeypatch.setenv("NOMARR_DATA_DIR", str(data))
-    for name in (
-        "NOMARR_STORE_URL",
-        "NOMARR_LIBRARY_ROOTS",
-        "NOMARR_MODELS_DIR",
-        "NOMARR_MODELS_URL",
-        "NOMARR_EXPORT_DIR",
-        "NOMARR_FILE_WRITE_MODE",
-        "NOMARR_AUTO_WRITE_TAGS",
-        "NOMARR_WRITE_RAW_SCORES",
-        "NOMARR_ARANGO_PASSWORD",
-        "NOMARR_PG_PASSWORD",
-        "PGPASSWORD",
-        "PGPASSFILE",
-    ):
+    for name in [name for name in os.environ if name.startswith("NOMARR_")]:
+        monkeypatch.delenv(name)
+    for name in ("PGPASSWORD", "PGPASSFILE"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NOMARR_DATA_DIR", str(data))
+    monkeypatch.setattr(settings, "ENV_FILE", tmp_path / ".env")
     return data
 
 

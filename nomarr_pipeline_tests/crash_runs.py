@@ -23,7 +23,7 @@ from typing import Any
 
 import dagster as dg
 
-from nomarr_pipeline_tests.cli_processes import Command, PipelineFolder
+from nomarr_pipeline_tests.cli.cli_processes import Command, PipelineFolder
 from nomarr_pipeline_tests.postgres_server import PostgresServer
 from nomarr_pipeline_tests.store_dump import differences, store_documents
 from nomarr_pipeline_tests.ui.dagster_dev import REPO_ROOT

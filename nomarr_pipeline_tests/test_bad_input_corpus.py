@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nomarr_pipeline import cli
+from nomarr_pipeline.cli import main as cli
 from nomarr_pipeline.library.identity import displayable
 from nomarr_pipeline.ml.demo_models import write_demo_head, write_demo_models
 from nomarr_pipeline.ml.graphdef import GraphBuilder
 from nomarr_pipeline.store import Doc
 from nomarr_pipeline.tagging.formats import read_nom_tags
-from nomarr_pipeline_tests.cli_processes import PipelineFolder
+from nomarr_pipeline_tests.cli.cli_processes import PipelineFolder
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
 from nomarr_pipeline_tests.tagging.audio_helpers import decoded_audio_hash
 from nomarr_pipeline_tests.ui.dagster_dev import REPO_ROOT
@@ -331,7 +331,7 @@ def test_a_file_deleted_between_scan_and_analysis(corpus: Corpus) -> None:
     vanishing.unlink()
     first, last = GOOD_KEYS[1], GOOD_KEYS[0]  # partitions in the order `run` added them
     predictions = subprocess.run(
-        [sys.executable, "-m", "nomarr_pipeline_tests.assets.predictions_run", first, last],
+        [sys.executable, "-m", "nomarr_pipeline_tests.defs.assets.predictions_run", first, last],
         env={**folder.env, "PYTHONPATH": str(REPO_ROOT)}, cwd=folder.root,
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip

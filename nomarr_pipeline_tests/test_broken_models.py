@@ -16,7 +16,7 @@ import pytest
 from nomarr_pipeline.ml.analysis import head_version
 from nomarr_pipeline.ml.demo_models import write_demo_head, write_demo_models
 from nomarr_pipeline.ml.discovery import discover_models
-from nomarr_pipeline_tests.cli_processes import PipelineFolder
+from nomarr_pipeline_tests.cli.cli_processes import PipelineFolder
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
 from nomarr_pipeline_tests.ml.broken_models import write_garbage_head, write_width_mismatch_head
 

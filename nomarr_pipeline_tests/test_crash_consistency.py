@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from nomarr_pipeline.demo import build_demo_library
-from nomarr_pipeline_tests.cli_processes import PipelineFolder, write_one_head_models
+from nomarr_pipeline.cli.demo import build_demo_library
+from nomarr_pipeline_tests.cli.cli_processes import PipelineFolder, write_one_head_models
 from nomarr_pipeline_tests.crash_runs import (
     STAGES,
     Documents,

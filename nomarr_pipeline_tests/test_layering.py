@@ -1,7 +1,8 @@
-"""The layers of DESIGN.md §2, checked on the source of every module (AST, not text search):
+"""The rings of docs/ARCHITECTURE.md, checked on the source of every module (AST, not text search):
 
 * the domain packages (``library/``, ``ml/``, ``calibration/``, ``tagging/``) are plain
-  Python: no ``dagster`` import, and no import of the Dagster adapters that would bring it in;
+  Python: no ``dagster`` import, and no import of the code location or the command line;
+* nothing in ``defs/`` (the code location) imports ``cli/`` (the command line);
 * ``store/`` is the only place that imports a database driver or holds a SQL or AQL statement.
 
 Each rule is also run on a planted violation, so a checker that finds nothing is caught.
@@ -24,19 +25,8 @@ import nomarr_pipeline
 PACKAGE = Path(nomarr_pipeline.__file__).parent
 REPO = PACKAGE.parent
 DOMAIN = ("library", "ml", "calibration", "tagging")
-# Modules of nomarr_pipeline that import dagster (directly or through each other).
-ADAPTERS = (
-    "assets",
-    "cli",
-    "definitions",
-    "jobs",
-    "partitions",
-    "resources",
-    "run_guard",
-    "runner",
-    "schedules",
-    "sensors",
-)
+# The rings of nomarr_pipeline that import dagster.
+ADAPTERS = ("cli", "defs", "definitions")
 DB_DRIVERS = ("sqlite3", "psycopg", "psycopg2", "psycopg_pool", "asyncpg", "arango", "sqlalchemy", "pymongo")
 
 # Statements as this project writes them: upper-case keywords, in the shapes a query takes.
@@ -65,7 +55,7 @@ def imports(tree: ast.AST) -> Iterator[tuple[int, str]]:
             yield from ((node.lineno, alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             yield node.lineno, node.module
-            # ``from nomarr_pipeline import jobs`` imports the module ``nomarr_pipeline.jobs``.
+            # ``from nomarr_pipeline import defs`` imports the package ``nomarr_pipeline.defs``.
             yield from ((node.lineno, f"{node.module}.{alias.name}") for alias in node.names)
 
 
@@ -94,7 +84,10 @@ def _joined(node: ast.AST) -> str | None:
 
 
 def dagster_violations(path: Path) -> list[str]:
-    forbidden = ("dagster", *(f"nomarr_pipeline.{name}" for name in ADAPTERS))
+    return import_violations(path, ("dagster", *(f"nomarr_pipeline.{name}" for name in ADAPTERS)))
+
+
+def import_violations(path: Path, forbidden: tuple[str, ...]) -> list[str]:
     return [
         f"{path}:{line} imports {name}"
         for line, name in imports(ast.parse(path.read_text(), str(path)))
@@ -125,6 +118,12 @@ def test_domain_packages_do_not_import_dagster() -> None:
     assert [v for path in files for v in dagster_violations(path)] == []
 
 
+def test_the_code_location_does_not_import_the_command_line() -> None:
+    files = [*python_files(PACKAGE / "defs"), PACKAGE / "definitions.py"]
+    assert len(files) > 10
+    assert [v for path in files for v in import_violations(path, ("nomarr_pipeline.cli",))] == []
+
+
 def test_only_the_store_speaks_to_a_database() -> None:
     # benchmarks/ may fill a store by raw SQL for speed: it measures, it is not the product.
     files = [
@@ -143,8 +142,9 @@ def test_the_store_is_what_the_checker_recognises() -> None:
 PLANTED = {
     "import dagster as dg\n": "dagster",
     "from dagster import asset\n": "dagster",
-    "from nomarr_pipeline.resources import StoreResource\n": "adapter",
-    "from nomarr_pipeline import jobs\n": "adapter",
+    "from nomarr_pipeline.defs.resources import StoreResource\n": "adapter",
+    "from nomarr_pipeline import defs\n": "adapter",
+    "from nomarr_pipeline.cli.runner import UserError\n": "adapter",
     "import sqlite3\n": "store",
     "from psycopg import sql\n": "store",
     "from arango import ArangoClient\n": "store",

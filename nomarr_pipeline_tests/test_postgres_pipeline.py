@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nomarr_pipeline import cli
-from nomarr_pipeline.demo import build_demo_library, build_demo_models
+from nomarr_pipeline.cli import main as cli
+from nomarr_pipeline.cli.demo import build_demo_library, build_demo_models
 from nomarr_pipeline.store import DOCUMENT_COLLECTIONS, open_store
 from nomarr_pipeline.tagging.formats import read_nom_tags
 from nomarr_pipeline_tests.conftest import PostgresDatabase

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nomarr_pipeline_tests.cli_processes import build_library, write_one_head_models
+from nomarr_pipeline_tests.cli.cli_processes import build_library, write_one_head_models
 from nomarr_pipeline_tests.crash_runs import (
     STAGES,
     Tally,

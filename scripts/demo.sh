@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main command: set up a fresh machine, then run the whole pipeline on a generated demo
-# library with the embedded store. Runs land in the Dagster instance that `dagster dev` shows.
+# library with the embedded store. It writes its settings (and DAGSTER_HOME) into .env here, so
+# `nomarr-pipeline status` and the `dagster dev` line it prints see the demo's data.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh
-export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/.dagster_home}"
 exec .venv/bin/nomarr-pipeline demo "$@"

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dagster as dg
 
 from nomarr_pipeline.tagging.temps import is_tag_write_temp
-from nomarr_pipeline_tests.cli_processes import (
+from nomarr_pipeline_tests.cli.cli_processes import (
     PipelineFolder,
     build_library,
     claimed_slots,

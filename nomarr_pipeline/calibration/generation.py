@@ -255,10 +255,13 @@ def _warn_if_out_of_range(
 ) -> None:
     share = out_of_range_share(result)
     if share > OUT_OF_RANGE_WARNING_SHARE:
+        lo, hi = report.spec.lo, report.spec.hi
         message = (
-            f"{report.partition_key}:{label}: {share:.1%} of {result.n} values outside "
-            f"[{report.spec.lo}, {report.spec.hi}] (below {result.underflow_count}, above "
-            f"{result.overflow_count}); widen this head's histogram range"
+            f"{report.partition_key}:{label}: {result.underflow_count} of {result.n} values are "
+            f"below {lo} and {result.overflow_count} above {hi} ({share:.1%}), the range its "
+            f"percentiles are counted in, so p5/p95 are clipped there. Set NOMARR_HISTOGRAM_OVERRIDES "
+            f'to {{"{report.partition_key}": {{"lo": <lowest value>, "hi": <highest value>}}}} '
+            "(the calibration resource's histogram_overrides) and calibrate again"
         )
         log.warning(message)
         report.warnings.append(message)

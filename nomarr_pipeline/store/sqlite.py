@@ -69,13 +69,13 @@ class SqliteStore:
     def from_url(cls, url: str) -> SqliteStore:
         parts = urlsplit(url)
         raw = unquote(parts.path)
-        if parts.netloc or not raw.startswith("/"):
+        if parts.netloc or not raw.startswith("/") or raw == "/":
             raise StoreError(
-                f"SQLite URL must name an absolute path, like sqlite:////data/nomarr.db "
-                f"or sqlite:///{Path('nomarr.db').absolute()}; got {url!r}"
+                f"a SQLite URL names a file as SQLAlchemy does: sqlite:///nomarr.db (relative to the "
+                f"working folder) or sqlite:////data/nomarr.db (absolute); got {url!r}"
             )
-        # sqlite:////abs/path leaves "//abs/path", which POSIX paths keep as it is.
-        return cls(Path("/" + raw.lstrip("/")))
+        # sqlite:////abs/path leaves "//abs/path"; sqlite:///rel/path leaves "/rel/path".
+        return cls(Path(raw[1:]).absolute())
 
     # ---- connection ------------------------------------------------------------------
     @property

@@ -163,7 +163,8 @@ def test_spec_overrides_and_regression_default(sqlite_store: Store) -> None:
     # Without the regression range, everything above 1 is overflow: a warning, still saved.
     plain = HeadRef(EFFNET, "deam", 1, ("arousal", "valence"))
     (report,) = calibrate_heads(sqlite_store, [plain], now_ms=NOW + 2)
-    assert len(report.warnings) == 2 and "widen" in report.warnings[0]
+    assert len(report.warnings) == 2 and "Set NOMARR_HISTOGRAM_OVERRIDES" in report.warnings[0]
+    assert f'{{"{EFFNET}:deam": {{"lo": <lowest value>, "hi": <highest value>}}}}' in report.warnings[0]
 
 
 class FailingStore:

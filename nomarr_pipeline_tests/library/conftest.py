@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from nomarr_pipeline.demo import write_wav
+from nomarr_pipeline.cli.demo import write_wav
 from nomarr_pipeline.store import Store, open_store
 
 __all__ = ["write_wav"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nomarr_pipeline import cli
+from nomarr_pipeline.cli import main as cli
 from nomarr_pipeline.store import DOCUMENT_COLLECTIONS, Store, open_store
 from nomarr_pipeline.store.migrate import FOLDER_CACHE, canonical, migrate_store
 from nomarr_pipeline_tests.conftest import PostgresDatabase

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from nomarr_pipeline import cli
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
 from nomarr_pipeline.calibration.recalibration import recalibrate
 from nomarr_pipeline.calibration.tiers import TierConfig
+from nomarr_pipeline.cli import main as cli
 from nomarr_pipeline.store import Store, StoreError, open_store
 from nomarr_pipeline.store.postgres_schema import SCHEMA_VERSION
 from nomarr_pipeline_tests.conftest import PostgresDatabase

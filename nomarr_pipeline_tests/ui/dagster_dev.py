@@ -46,9 +46,10 @@ def isolated_env(extra: dict[str, str]) -> dict[str, str]:
 class DagsterDev:
     """``dagster dev -w workspace.yaml`` on 127.0.0.1 with its own ``DAGSTER_HOME``."""
 
-    def __init__(self, home: Path, data_dir: Path) -> None:
+    def __init__(self, home: Path, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.home = home
         self.data_dir = data_dir
+        self.env = env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = home / "dagster-dev.log"
@@ -57,12 +58,14 @@ class DagsterDev:
     def start(self) -> DagsterDev:
         self.home.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(REPO_ROOT / "dagster.yaml", self.home / "dagster.yaml")
-        env = isolated_env({"DAGSTER_HOME": str(self.home), "NOMARR_DATA_DIR": str(self.data_dir)})
+        env = isolated_env({"DAGSTER_HOME": str(self.home), "NOMARR_DATA_DIR": str(self.data_dir),
+                            **self.env})
         dagster = Path(sys.executable).with_name("dagster")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [str(dagster), "dev", "-h", "127.0.0.1", "-p", str(self.port), "-w", "workspace.yaml"],
-                cwd=REPO_ROOT,
+                [str(dagster), "dev", "-h", "127.0.0.1", "-p", str(self.port),
+                 "-w", str(REPO_ROOT / "workspace.yaml")],
+                cwd=self.home,  # not the repo: its .env (the demo's settings) would win over env
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -113,6 +116,16 @@ class DagsterDev:
         if payload.get("errors"):
             raise AssertionError(f"GraphQL errors: {payload['errors']}")
         return payload["data"]
+
+    def wait_for_run(self, run_id: str, timeout_s: float = 180.0) -> str:
+        """The run's final status (or the last one seen when ``timeout_s`` ran out)."""
+        deadline = time.monotonic() + timeout_s
+        status = "QUEUED"
+        while status not in ("SUCCESS", "FAILURE", "CANCELED") and time.monotonic() < deadline:
+            time.sleep(0.5)
+            result = self.graphql(RUN_STATUS_QUERY, {"runId": run_id})["runOrError"]
+            status = result.get("status", result["__typename"])
+        return status
 
     def stop(self) -> None:
         """SIGTERM the whole process group, SIGKILL what is left after a bounded wait."""
@@ -187,6 +200,27 @@ mutation LaunchRun($executionParams: ExecutionParams!) {
     ... on LaunchRunSuccess { run { runId status } }
     ... on PythonError { message stack }
     ... on RunConfigValidationInvalid { errors { message } }
+    ... on Error { message }
+  }
+}
+"""
+
+REEXECUTE_MUTATION = """
+mutation Reexecute($parentRunId: String!) {
+  launchPipelineReexecution(reexecutionParams: {parentRunId: $parentRunId, strategy: ALL_STEPS}) {
+    __typename
+    ... on LaunchRunSuccess { run { runId status } }
+    ... on PythonError { message stack }
+    ... on Error { message }
+  }
+}
+"""
+
+JOB_RUNS_QUERY = """
+query JobRuns($selector: PipelineSelector!) {
+  pipelineOrError(params: $selector) {
+    __typename
+    ... on Pipeline { runs(limit: 20) { runId status } }
     ... on Error { message }
   }
 }

@@ -106,7 +106,8 @@ EXECUTOR_FILES = {"dask": DEPLOY / "executors" / "dask.yaml", "k8s": DEPLOY / "e
 def test_executor_file_matches_its_executors_schema(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """What NOMARR_EXECUTOR_CONFIG points at in a deployment, checked against the installed
     executor (the test command installs the dask and k8s extras)."""
-    from nomarr_pipeline.executors import REMOTE_EXECUTORS, configured_executor
+    from nomarr_pipeline.defs.executors import REMOTE_EXECUTORS, configured_executor
+    from nomarr_pipeline.settings import Settings
 
     module, attribute, _ = REMOTE_EXECUTORS[name]
     executor = getattr(importlib.import_module(module), attribute)
@@ -117,5 +118,5 @@ def test_executor_file_matches_its_executors_schema(name: str, monkeypatch: pyte
     # The code location loads with it: NOMARR_EXECUTOR + NOMARR_EXECUTOR_CONFIG.
     monkeypatch.setenv("NOMARR_EXECUTOR", name)
     monkeypatch.setenv("NOMARR_EXECUTOR_CONFIG", str(EXECUTOR_FILES[name]))
-    assert configured_executor().name == executor.name
+    assert configured_executor(Settings.from_env()).name == executor.name
     assert "password" not in EXECUTOR_FILES[name].read_text().lower()

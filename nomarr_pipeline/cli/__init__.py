@@ -1,0 +1,1 @@
+"""The command line: the headless door to the code location (``nomarr-pipeline``)."""

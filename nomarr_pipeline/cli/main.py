@@ -1,0 +1,457 @@
+"""``nomarr-pipeline``: the command line for headless use (``--help`` lists the commands).
+
+Each command is a thin click wrapper around :mod:`nomarr_pipeline.cli.runner`. To add one,
+decorate a function with ``@cli.command()``; for a family of commands (``models list``,
+``models fetch``) make a group with ``@cli.group()`` and decorate its commands with
+``@<group>.command()``. Raise :class:`~nomarr_pipeline.cli.runner.UserError` for problems the
+user can fix; :func:`main` turns it into ``error:`` / ``next:`` lines and exit status 2.
+Exit status 1 means a pipeline step failed, 130 an interrupt (Ctrl-C), 143 a SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from contextlib import closing
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from nomarr_pipeline.cli import runner
+from nomarr_pipeline.cli.runner import StepOutcome, UserError
+from nomarr_pipeline.defs.jobs import library_scan_job, tagging_job
+from nomarr_pipeline.progress import StepProgress
+from nomarr_pipeline.settings import load_env_file, write_env_file
+from nomarr_pipeline.store import Store, StoreError, redact_url
+
+DEMO_DIR = Path(".nomarr-demo")
+
+verbose_option = click.option("--verbose", is_flag=True, help="Show Dagster's event log on the console.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Keep a music library auto-tagged by Essentia models (Dagster pipeline).
+
+    Settings come from NOMARR_* variables and the .env file of the working folder (the shell's
+    values win); `dagster dev` started in the same folder reads that file too.
+    """
+    load_env_file()
+    runner.checked_settings()  # every NOMARR_* value, before any command does anything
+
+
+@cli.command()
+@click.option(
+    "--folder",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEMO_DIR,
+    show_default=True,
+    help="Where the demo library, models and data go.",
+)
+@verbose_option
+def demo(folder: Path, verbose: bool) -> int:
+    """Build a demo library and models, run the whole pipeline on them."""
+    from nomarr_pipeline.cli.demo import build_demo_library, build_demo_models, configure_demo_environment
+
+    folder = folder.absolute()
+    env_file = write_env_file(configure_demo_environment(folder))
+    library = build_demo_library(folder / "library")
+    click.echo(f"demo library: {library}")
+    click.echo(f"demo models:  {build_demo_models(folder / 'models')}")
+    click.echo(f"demo settings: {env_file} (read by nomarr-pipeline and dagster dev in this folder)")
+    ok = _run_and_summarise("demo", verbose)
+    click.echo(f"tags written into: {library}  (nom:* keys; e.g. `ffprobe` or mutagen-inspect)")
+    return 0 if ok else 1
+
+
+@cli.command()
+@verbose_option
+def run(verbose: bool) -> int:
+    """Run the whole pipeline on NOMARR_LIBRARY_ROOTS with NOMARR_MODELS_DIR."""
+    return 0 if _run_and_summarise("run", verbose) else 1
+
+
+@cli.command()
+def scan() -> int:
+    """Scan the configured library folders."""
+    runner.require_library_roots()
+    with runner.pipeline_session("scan") as (pipeline, _):
+        outcome = pipeline.run_job("scan", library_scan_job.name)
+    return 0 if _print_outcomes([outcome]) else 1
+
+
+@cli.command()
+def status() -> int:
+    """Files, analysis, calibration and pending writes per library."""
+    import pandas as pd
+
+    with closing(runner.open_checked_store()) as store:
+        frame = runner.status_frame(store, runner.known_heads())
+    if frame.empty:
+        click.echo("no library scanned yet: run `nomarr-pipeline run` (or `nomarr-pipeline demo`)")
+        return 0
+    with pd.option_context("display.width", 200, "display.max_columns", None):
+        click.echo(frame.to_string(index=False))
+    return 0
+
+
+@cli.command("export-calibrations")
+@click.option(
+    "--dest", type=click.Path(file_okay=False, path_type=Path), help="Folder (default: NOMARR_EXPORT_DIR)."
+)
+def export_calibrations(dest: Path | None) -> int:
+    """Write calibrations.json and one sidecar per head."""
+    from nomarr_pipeline.calibration.exports import export_package, export_sidecars
+
+    with closing(runner.open_checked_store()) as store:
+        states = runner.usable_calibrations(store)
+    if not states:
+        raise UserError("there is no calibration to export yet", "run `nomarr-pipeline run` first")
+    if dest:
+        dest = runner.writable_folder(dest.absolute(), "--dest", "a folder (created if its parent exists)")
+    else:
+        dest = runner.require_export_dir()
+    try:
+        package = export_package(states, dest)
+    except OSError as error:
+        raise UserError(f"cannot write the calibration package: {error}", "choose another --dest") from None
+    report = export_sidecars(states, dest)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"package: {package} ({len(states)} labels)")
+    click.echo(f"sidecars: {len(report.written)} in {dest}")
+    return 0 if not report.warnings else 1
+
+
+@cli.command("import-calibrations")
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace calibrations that exist here.")
+@click.option(
+    "--allow-unknown", is_flag=True, help="Also import heads that are not in NOMARR_MODELS_DIR."
+)
+def import_calibrations(package: Path, overwrite: bool, allow_unknown: bool) -> int:
+    """Bootstrap calibrations from a calibrations.json (PACKAGE)."""
+    from nomarr_pipeline.calibration.exports import InvalidPackageError, import_package
+
+    if not package.is_file():
+        raise UserError(f"calibration package {package} not found", "give the path of a calibrations.json")
+    known = None if allow_unknown else runner.known_head_labels()
+    if known is None and not allow_unknown:
+        raise UserError(
+            "cannot check which of the package's heads are yours: NOMARR_MODELS_DIR is unset or not a folder",
+            "set NOMARR_MODELS_DIR to your models folder (or import every head with --allow-unknown)",
+        )
+    try:
+        with closing(runner.open_checked_store(for_writing=True)) as store:
+            report = import_package(
+                store, package, time.time_ns() // 1_000_000, overwrite=overwrite, known_heads=known
+            )
+    except InvalidPackageError as error:
+        raise UserError(
+            str(error), "export a fresh package with `nomarr-pipeline export-calibrations`"
+        ) from None
+    if report.unknown:
+        heads = sorted({key.rsplit(":", 1)[0] for key in report.unknown})
+        shown = ", ".join(heads[:5]) + (f" and {len(heads) - 5} more" if len(heads) > 5 else "")
+        click.echo(
+            f"not imported: {len(report.unknown)} labels of {len(heads)} heads that are not in "
+            f"NOMARR_MODELS_DIR ({shown}); --allow-unknown imports them too",
+            err=True,
+        )
+        if not report.imported and not report.skipped_existing:
+            raise UserError(
+                f"the package {package} calibrates none of the heads in NOMARR_MODELS_DIR",
+                "set NOMARR_MODELS_DIR to the models the package was made with (or use --allow-unknown)",
+            )
+    click.echo(f"imported: {len(report.imported)} labels")
+    if report.skipped_existing:
+        click.echo(
+            f"kept: {len(report.skipped_existing)} labels already calibrated here "
+            "(use --overwrite to replace them)"
+        )
+    for problem in report.unusable:
+        click.echo(f"unusable: {problem}", err=True)
+    if report.imported:
+        click.echo("next: `nomarr-pipeline run` recalibrates the stored predictions and writes the tags")
+    return 0
+
+
+@cli.command("force-recalibration")
+@click.option("--library", metavar="FOLDER", help="Only the library in this folder.")
+def force_recalibration(library: str | None) -> int:
+    """Mark every file stale so it is recalibrated (new tier settings)."""
+    from nomarr_pipeline.library.identity import library_key
+
+    with closing(runner.open_checked_store(for_writing=True)) as store:
+        library_id = None
+        if library:
+            library_id = library_key(Path(library).resolve())
+            if store.get_library(library_id) is None:
+                raise UserError(f"{library} is not a scanned library", "see `nomarr-pipeline status`")
+        count = store.reset_calibration_hashes(library_id)
+    scope = f"library {library}" if library else "every library"
+    click.echo(f"{count} files of {scope} will be recalibrated")
+    click.echo(
+        "next: calibration_hash_sensor starts it, or `nomarr-pipeline run` / materialize calibrated_tags"
+    )
+    return 0
+
+
+@cli.command("write-tags")
+@click.option("--preview", is_flag=True, help="Only show what would change, as CSV.")
+@click.option(
+    "--output", default="tag-preview.csv", show_default=True, help="CSV path for --preview ('-' = stdout)."
+)
+@verbose_option
+def write_tags(preview: bool, output: str, verbose: bool) -> int:
+    """Write pending tags into the audio files (a Dagster run)."""
+    if preview:
+        with closing(runner.open_checked_store()) as store:
+            frame = runner.tag_preview(store)
+        if output == "-":
+            frame.to_csv(sys.stdout, index=False)
+            return 0
+        frame.to_csv(output, index=False)
+        changes = int((frame["action"] != "keep").sum())
+        click.echo(f"preview: {output} ({frame['file_id'].nunique()} files, {changes} tag changes)")
+        return 0
+    with runner.pipeline_session("write-tags", verbose=verbose) as (pipeline, store):
+        outcome = pipeline.run_job(
+            "recalibration + tag writing", tagging_job.name, progress=runner.tagging_progress(store)
+        )
+    return 0 if _print_outcomes([outcome]) else 1
+
+
+@cli.group()
+def models() -> None:
+    """List the models in NOMARR_MODELS_DIR, or fetch Essentia's."""
+
+
+@models.command("list")
+@click.option("--all-labels", is_flag=True, help="Every label of every head (else the first 8).")
+def models_list(all_labels: bool) -> int:
+    """Backbones, heads with their labels and partition keys, and every problem."""
+    from nomarr_pipeline.calibration.tiers import TierConfig
+    from nomarr_pipeline.ml.discovery import discover_models
+    from nomarr_pipeline.ml.listing import LABELS_SHOWN, models_listing
+
+    models_dir = runner.require_models_dir()
+    if not models_dir.is_dir():
+        raise UserError(
+            f"models folder {models_dir} does not exist",
+            "`nomarr-pipeline models fetch --recommended` creates and fills it, or fix NOMARR_MODELS_DIR",
+        )
+    catalog = discover_models(models_dir, compute_versions=False)
+    lines = models_listing(catalog, models_dir, mood_head=TierConfig().head_is_mood,
+                           labels_shown=None if all_labels else LABELS_SHOWN)
+    click.echo("\n".join(lines))
+    return 0
+
+
+@models.command("fetch")
+@click.argument("names", nargs=-1)
+@click.option("--recommended", is_flag=True, help="The mood and danceability heads and their backbone.")
+def models_fetch(names: tuple[str, ...], recommended: bool) -> int:
+    """Download models (NAMES, e.g. mood_happy-discogs-effnet-1) and the backbones they need.
+
+    From NOMARR_MODELS_URL (default: Essentia's model site) into NOMARR_MODELS_DIR.
+    """
+    from nomarr_pipeline.ml.discovery import discover_models
+    from nomarr_pipeline.ml.fetch import RECOMMENDED, FetchError, fetch_models, models_url_from_env
+
+    if not names and not recommended:
+        raise UserError("no model named", "name models (e.g. `nomarr-pipeline models fetch "
+                        "mood_happy-discogs-effnet-1`) or use --recommended")
+    models_dir = runner.require_models_dir()
+    base_url = models_url_from_env()
+    click.echo(f"from {base_url} into {models_dir}")
+    wanted = [*(RECOMMENDED if recommended else ()), *names]
+    with _DownloadProgress() as progress:
+        try:
+            report = fetch_models(wanted, models_dir, base_url=base_url, progress=progress)
+        except FetchError as error:
+            raise UserError(str(error), error.fix) from None
+    for name in report.fetched:
+        click.echo(f"fetched: {name}")
+    for name in report.present:
+        click.echo(f"already there: {name}")
+    click.echo(f"downloaded {report.bytes_downloaded / 1e6:.1f} MB")
+    catalog = discover_models(models_dir, compute_versions=False)
+    for problem in catalog.problems:
+        click.echo(f"warning: model {problem.path}: {problem.message}", err=True)
+    click.echo(f"{len(catalog.heads)} heads in {models_dir}; next: head_discovery_sensor adds the new ones "
+               "(`dagster dev`), or `nomarr-pipeline run`")
+    return 0
+
+
+class _DownloadProgress:
+    """One progress bar per graph of a fetch (``fetch_models``' callback); the JSON files
+    are a few kB."""
+
+    def __init__(self) -> None:
+        self._label: str | None = None
+        self._bar: StepProgress | None = None
+
+    def __call__(self, label: str, done: int, total: int | None) -> None:
+        if not label.endswith(".pb"):
+            return
+        if label != self._label:
+            self.close()
+            self._label, self._bar = label, StepProgress(label, unit="kB").__enter__()
+        if self._bar is not None:
+            self._bar(done // 1000, (total if total is not None else done) // 1000)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+    def __enter__(self) -> _DownloadProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+@cli.command("migrate-store")
+@click.option("--to", "target_url", required=True, metavar="URL",
+              help="The new, empty store: sqlite:///..., postgresql://user@host:port/db or http(s)://host:port.")
+@click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(min=1),
+              help="Documents per transaction.")  # fmt: skip
+def migrate_store(target_url: str, batch_size: int) -> int:
+    """Copy the configured store (libraries, predictions, calibrations) into another, verified."""
+    from nomarr_pipeline.store import open_store
+    from nomarr_pipeline.store.migrate import migrate_store as copy_store
+
+    settings = runner.checked_settings()
+    if target_url.rstrip("/") == settings.store_url.rstrip("/"):
+        raise UserError(f"--to names the configured store itself ({redact_url(target_url)})",
+                        "give the URL of the new, empty store")  # fmt: skip
+    source = runner.open_checked_store()
+    try:
+        target = open_store(
+            target_url,
+            arango_db=settings.arango_db,
+            arango_user=settings.arango_user,
+            arango_password=settings.arango_password,
+            pg_password=settings.pg_password,
+        )
+        target.list_libraries()
+    except StoreError as error:
+        raise UserError(
+            f"cannot use the target store: {error}",
+            "check --to, the server, and NOMARR_PG_PASSWORD / NOMARR_ARANGO_* for it",
+        ) from None
+    click.echo(f"copying {redact_url(settings.store_url)} -> {redact_url(target_url)}")
+    with closing(source), closing(target), contextlib.ExitStack() as bars:
+        shown: dict[str, StepProgress] = {}
+
+        def progress(collection: str, done: int, total: int) -> None:
+            if collection not in shown:
+                bars.close()  # the previous collection's bar ends
+                shown[collection] = bars.enter_context(StepProgress(collection, unit="documents"))
+            shown[collection](done, total)
+
+        report = copy_store(source, target, batch_size=batch_size, progress=progress)
+    for check in report.checks:
+        click.echo(f"  {'ok' if check.verified else 'MISMATCH'}  {check.describe()}")
+    if not report.verified:
+        names = ", ".join(check.collection for check in report.mismatches())
+        raise UserError(f"the copy differs from the source in {names}",
+                        "copy into an empty store; if nothing wrote to either store meanwhile, "
+                        "run migrate-store again")  # fmt: skip
+    click.echo(f"done: set NOMARR_STORE_URL={redact_url(target_url)} to use the new store")
+    return 0
+
+
+# ---- output ---------------------------------------------------------------------------------
+
+
+def _run_and_summarise(command: str, verbose: bool) -> bool:
+    """The whole pipeline, then its summary and where to look; whether every step succeeded."""
+    outcomes = runner.run_pipeline(command, verbose=verbose)
+    click.echo("\npipeline:")
+    ok = _print_outcomes(outcomes)
+    with closing(runner.open_checked_store()) as store:
+        _print_where_to_look(store)
+    return ok
+
+
+def _print_outcomes(outcomes: Sequence[StepOutcome]) -> bool:
+    for outcome in outcomes:
+        runs = f"  [run {', '.join(r[:8] for r in outcome.run_ids)}]" if outcome.run_ids else ""
+        click.echo(f"  {outcome.step:<28} {outcome.status:<8} {outcome.detail}{runs}")
+    return all(outcome.status != "failed" for outcome in outcomes)
+
+
+def _print_where_to_look(store: Store) -> None:
+    settings = runner.checked_settings()
+    click.echo()
+    frame = runner.status_frame(store, runner.known_heads())
+    if not frame.empty:
+        click.echo(frame.to_string(index=False))
+        click.echo()
+    click.echo(f"store:            {redact_url(settings.store_url)}")
+    click.echo(f"calibrations:     {settings.export_dir} (calibrations.json and one sidecar per head)")
+    click.echo(f"Dagster instance: {os.environ['DAGSTER_HOME']}")
+    click.echo("see the runs, asset lineage and partitions (http://127.0.0.1:3000) with:")
+    click.echo(f"  {ui_command()}")
+
+
+def ui_command() -> str:
+    """``dagster dev`` for this configuration, as a line that works in a new shell: the
+    virtualenv's own ``dagster``, this folder (whose .env it loads), the project's workspace."""
+    from nomarr_pipeline.cli.launch import WORKSPACE
+
+    dagster = Path(sys.executable).with_name("dagster")
+    home = os.environ["DAGSTER_HOME"]
+    return (f"cd {shlex.quote(str(Path.cwd()))} && DAGSTER_HOME={shlex.quote(home)} "
+            f"{shlex.quote(str(dagster))} dev -w {shlex.quote(str(WORKSPACE))}")
+
+
+# ---- entry point ----------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status: 0 ok, 1 a step failed, 2 a problem the user can
+    fix (or a usage error), 130 interrupted by Ctrl-C, 143 stopped by SIGTERM."""
+    # Beta/preview notices about Dagster APIs the project chose on purpose are noise to an
+    # operator; real warnings still show.
+    warnings.filterwarnings("ignore", message=r".*(is currently in beta|is currently in preview).*")
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return int(cli.main(args=argv, prog_name="nomarr-pipeline", standalone_mode=False) or 0)
+    except UserError as error:
+        click.echo(f"error: {error.problem}\nnext: {error.next_step}", err=True)
+        return 2
+    except StoreError as error:  # after the pre-flight check: a full disk, a lost server
+        click.echo(f"error: database: {error}\nnext: {runner.store_advice(error)}", err=True)
+        return 2
+    except click.ClickException as error:  # bad usage: click's own message
+        error.show()
+        return error.exit_code
+    except (click.Abort, KeyboardInterrupt) as error:  # click turns Ctrl-C into Abort
+        if isinstance(error, Terminated) or isinstance(error.__context__, Terminated):
+            click.echo("stopped (SIGTERM); run the command again to continue", err=True)
+            return 143
+        click.echo("interrupted", err=True)
+        return 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM stops the command line as Ctrl-C does (a run it waits for is cancelled)."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The Dagster code location's parts; ``nomarr_pipeline.definitions`` assembles them."""

@@ -1,0 +1,266 @@
+"""Calibration assets, partitioned by head: state (with checks), history, sidecars; and the
+unpartitioned package of every calibration."""
+
+from collections.abc import Sequence
+
+import dagster as dg
+
+from nomarr_pipeline.calibration.exports import export_package, export_sidecars
+from nomarr_pipeline.calibration.generation import (
+    HeadCalibrationReport,
+    calibrate_head,
+    calibration_progress,
+)
+from nomarr_pipeline.calibration.hashing import expected_calibration_hash
+from nomarr_pipeline.calibration.plots import histogram_png, png_markdown
+from nomarr_pipeline.calibration.state import calibration_key, is_usable
+from nomarr_pipeline.defs.assets.heads import run_heads
+from nomarr_pipeline.defs.assets.tables import metadata_table
+from nomarr_pipeline.defs.partitions import SINGLE_RUN, heads_partitions
+from nomarr_pipeline.defs.resources import CalibrationResource, ModelsResource, StoreResource
+
+OUT_OF_RANGE_LIMIT = 0.05
+# Per-label numbers become individual metadata entries (plotted over time in the UI) for
+# heads up to this many labels; larger heads (genre_discogs400) get one table instead.
+PLOTTED_LABELS = 16
+HISTOGRAM_IMAGES = 4
+RECENT_SNAPSHOTS = 5
+DELTAS = ("p5_delta", "p95_delta", "n_delta")
+LABEL_COLUMNS = {
+    "label": "string",
+    "p5": "float",
+    "p95": "float",
+    "n": "int",
+    "out_of_range_ratio": "float",
+    "p5_delta": "float",
+    "p95_delta": "float",
+}
+SNAPSHOT_COLUMNS = {
+    "label": "string",
+    f"snapshots (last {RECENT_SNAPSHOTS})": "int",
+    "p5": "float",
+    "p95": "float",
+    "p5_delta": "float",
+    "p95_delta": "float",
+    "n_delta": "int",
+}
+
+STATE_CHECKS = [
+    dg.AssetCheckSpec(
+        "out_of_range_ratio",
+        asset="calibration_state",
+        description="At most 5 % of a label's values fall outside its histogram range.",
+    ),
+    dg.AssetCheckSpec(
+        "minimum_n",
+        asset="calibration_state",
+        description="Each label is calibrated from at least `min_n` values.",
+    ),
+    dg.AssetCheckSpec(
+        "p5_below_p95",
+        asset="calibration_state",
+        description="Each calibration in force has p5 < p95, so it can be applied.",
+    ),
+]
+
+
+@dg.asset(
+    partitions_def=heads_partitions,
+    backfill_policy=SINGLE_RUN,
+    deps=["file_tags"],
+    check_specs=STATE_CHECKS,
+    group_name="calibration",
+    kinds={"python", "numpy"},
+)
+def calibration_state(
+    context: dg.AssetExecutionContext,
+    store: StoreResource,
+    models: ModelsResource,
+    calibration: CalibrationResource,
+) -> dg.MaterializeResult:
+    """p5/p95 per (head, label) from one histogram query each; drift-tolerant in force."""
+    heads, _ = run_heads(context, models, compute_versions=False)
+    db = store.open()
+    reports: list[HeadCalibrationReport] = []
+    for head in heads:
+        report, histograms = calibrate_head(
+            db,
+            head,
+            specs=calibration.histogram_specs(),
+            drift_tolerance=calibration.drift_tolerance,
+            keep_histograms=len(head.labels) <= HISTOGRAM_IMAGES,
+        )
+        reports.append(report)
+        context.add_asset_metadata(_head_metadata(report, histograms), partition_key=head.partition_key)
+        for warning in report.warnings:
+            context.log.warning(warning)
+        context.log.info(
+            f"{head.partition_key}: {len(report.labels)} labels calibrated, "
+            f"{len(report.empty_labels)} without values, n={report.n}, {report.seconds:.2f}s"
+        )
+    return dg.MaterializeResult(check_results=_checks(reports, calibration.min_n))
+
+
+def _head_metadata(report: HeadCalibrationReport, histograms: dict) -> dict[str, object]:
+    meta: dict[str, object] = {
+        "labels_calibrated": len(report.labels),
+        "labels_without_values": dg.MetadataValue.json(report.empty_labels),
+        "n": report.n,
+        "calibration_changed": report.changed,
+        "seconds": round(report.seconds, 3),
+        "histogram_range": dg.MetadataValue.json(report.spec.to_doc()),
+    }
+    rows = []
+    for label in report.labels:
+        share = round((label.underflow_count + label.overflow_count) / label.n if label.n else 0.0, 6)
+        rows.append((label.label, label.p5, label.p95, label.n, share, label.p5_delta, label.p95_delta))
+        if len(report.labels) <= PLOTTED_LABELS:
+            meta[f"{label.label}/p5"] = label.p5
+            meta[f"{label.label}/p95"] = label.p95
+            meta[f"{label.label}/n"] = label.n
+            meta[f"{label.label}/out_of_range_ratio"] = share
+            meta[f"{label.label}/p5_delta"] = label.p5_delta
+            meta[f"{label.label}/p95_delta"] = label.p95_delta
+    meta["labels"] = metadata_table(LABEL_COLUMNS, rows)
+    images = [
+        png_markdown(
+            histogram_png(hist, report.spec, state.p5, state.p95, f"{report.partition_key}:{name}"), alt=name
+        )
+        for name, hist in histograms.items()
+        for state in report.labels
+        if state.label == name
+    ]
+    if images:
+        meta["histograms"] = dg.MetadataValue.md("\n\n".join(images))
+    return {k: v for k, v in meta.items() if v is not None}
+
+
+def _checks(reports: Sequence[HeadCalibrationReport], min_n: int) -> list[dg.AssetCheckResult]:
+    """One result per check for the whole run (one run serves many heads): its description
+    names the heads that failed, and what to do."""
+    labels = [(report.partition_key, label) for report in reports for label in report.labels]
+
+    def result(name: str, failing: list[tuple[str, str]], severity: dg.AssetCheckSeverity, fix: str,
+               **extra: object) -> dg.AssetCheckResult:
+        heads = sorted({key for key, _ in failing})
+        said = f"{len(failing)} labels of {', '.join(heads)}; {fix}" if failing else "every label passes"
+        return dg.AssetCheckResult(
+            check_name=name, passed=not failing, severity=severity, description=said,
+            metadata={"heads": dg.MetadataValue.json(heads), "count": len(failing), **extra,
+                      "labels": dg.MetadataValue.json([f"{key}:{text}" for key, text in failing[:100]])},
+        )
+
+    out_of_range = [
+        (key, f"{label.label} ({(label.underflow_count + label.overflow_count) / label.n:.1%})")
+        for key, label in labels
+        if label.n and (label.underflow_count + label.overflow_count) / label.n > OUT_OF_RANGE_LIMIT
+    ]
+    return [
+        result("out_of_range_ratio", out_of_range, dg.AssetCheckSeverity.WARN,
+               "widen their range: NOMARR_HISTOGRAM_OVERRIDES (the warnings say how)"),
+        result("minimum_n", [(key, f"{label.label} (n={label.n})") for key, label in labels
+                             if label.n < min_n],
+               dg.AssetCheckSeverity.WARN, "analyse more files, or lower calibration min_n",
+               min_n=min_n),
+        result("p5_below_p95", [(key, label.label) for key, label in labels if not label.usable],
+               dg.AssetCheckSeverity.ERROR,
+               "their values do not spread: these labels get no calibrated tags"),
+    ]
+
+
+@dg.asset(
+    partitions_def=heads_partitions,
+    backfill_policy=SINGLE_RUN,
+    deps=[calibration_state],
+    group_name="calibration",
+    kinds={"python"},
+)
+def calibration_history(
+    context: dg.AssetExecutionContext, store: StoreResource, models: ModelsResource
+) -> dg.MaterializeResult:
+    """The append-only snapshots of each label (written with its state), with drift deltas."""
+    heads, _ = run_heads(context, models, compute_versions=False)
+    db = store.open()
+    for head in heads:
+        meta: dict[str, object] = {}
+        rows = []
+        keys = {label: calibration_key(head.model_key, head.head_name, label) for label in head.labels}
+        history = db.recent_history(list(keys.values()), per_key=RECENT_SNAPSHOTS)  # one query
+        for label, key in keys.items():
+            snapshots = history.get(key)
+            if not snapshots:
+                continue
+            latest = snapshots[0]
+            rows.append(
+                (label, len(snapshots), *(latest.get(field) for field in ("p5", "p95", *DELTAS)))
+            )
+            if len(head.labels) <= PLOTTED_LABELS:
+                for field in DELTAS:
+                    if latest.get(field) is not None:
+                        meta[f"{label}/{field}"] = latest[field]
+        meta["snapshots"] = metadata_table(SNAPSHOT_COLUMNS, rows)
+        meta["labels_with_history"] = len(rows)
+        context.add_asset_metadata(meta, partition_key=head.partition_key)
+    return dg.MaterializeResult()
+
+
+@dg.asset(
+    partitions_def=heads_partitions,
+    backfill_policy=SINGLE_RUN,
+    deps=[calibration_state],
+    group_name="calibration",
+    kinds={"python", "json"},
+)
+def calibration_sidecars(
+    context: dg.AssetExecutionContext,
+    store: StoreResource,
+    models: ModelsResource,
+    calibration: CalibrationResource,
+) -> dg.MaterializeResult:
+    """``{head_name}-calibration-v{version}.json`` per head, exported from the store."""
+    heads, _ = run_heads(context, models, compute_versions=False)
+    wanted = {(h.model_key, h.head_name) for h in heads}
+    states = [s for s in store.open().list_calibrations() if (s["model_key"], s["head_name"]) in wanted]
+    report = export_sidecars(states, calibration.export_path())
+    for warning in report.warnings:
+        context.log.warning(f"sidecar export: {warning}")
+    return dg.MaterializeResult(
+        metadata={
+            "folder": dg.MetadataValue.path(str(calibration.export_path())),
+            "written": dg.MetadataValue.json([str(p) for p in report.written]),
+            "warnings": dg.MetadataValue.json(report.warnings),
+        }
+    )
+
+
+@dg.asset(deps=[calibration_state], group_name="calibration", kinds={"python", "json"})
+def calibration_package(
+    context: dg.AssetExecutionContext,
+    store: StoreResource,
+    models: ModelsResource,
+    calibration: CalibrationResource,
+) -> dg.MaterializeResult:
+    """``calibrations.json``: every calibration in the store, to back up or share (an import
+    bootstraps another store from it)."""
+    db = store.open()
+    states = db.list_calibrations()
+    path = export_package(states, calibration.export_path())
+    heads = []
+    folder = models.path()
+    if folder is not None and folder.is_dir():
+        from nomarr_pipeline.ml.discovery import discover_models
+
+        heads = list(discover_models(folder, compute_versions=False).heads)
+    progress = calibration_progress(db, heads)
+    context.log.info(f"wrote {path} with {len(states)} calibrations; progress {progress}")
+    metadata = {
+        "path": dg.MetadataValue.path(str(path)),
+        "calibrations": sum(is_usable(state) for state in states),  # what the package holds
+        "expected_calibration_hash": expected_calibration_hash(states),
+        "total_heads": progress["total_heads"],
+        "calibrated_heads": progress["calibrated_heads"],
+        "remaining_heads": progress["remaining_heads"],
+    }
+    if progress["last_updated"]:
+        metadata["last_updated"] = dg.MetadataValue.timestamp(progress["last_updated"] / 1000)
+    return dg.MaterializeResult(metadata=metadata)

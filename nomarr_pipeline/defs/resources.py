@@ -1,0 +1,178 @@
+"""Dagster resources: configuration only in their fields. A client (the store's database
+connection) is opened on first use within one execution (a run's step, a sensor tick) and
+closed when that execution ends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from nomarr_pipeline.ml.capacity import WorkerPlan, available_cores, plan_workers, visible_gpus
+from nomarr_pipeline.settings import WRITE_MODES
+from nomarr_pipeline.store import Store, open_store, redact_url, store_engine
+from nomarr_pipeline.store.sqlite import SqliteStore
+from nomarr_pipeline.tagging.selection import DEFAULT_MAX_LABELS
+
+if TYPE_CHECKING:
+    from nomarr_pipeline.calibration.histogram import SpecOverrides
+    from nomarr_pipeline.calibration.tiers import TierConfig
+
+
+class StoreResource(dg.ConfigurableResource):
+    """Where the data lives (``nomarr_pipeline.definitions`` fills it from the settings)."""
+
+    url: str
+    # The embedded store's folder may be created (the data folder); a store elsewhere never
+    # creates folders, so a mistyped URL does not start an empty store somewhere.
+    create_folder: bool = False
+    arango_db: str = "nomarr"
+    arango_user: str | None = None  # None: the user in the ArangoDB URL, else root
+    # dg.EnvVar("NOMARR_ARANGO_PASSWORD") / dg.EnvVar("NOMARR_PG_PASSWORD"), never literals.
+    # Without pg_password libpq's PGPASSWORD / ~/.pgpass still apply.
+    arango_password: str | None = None
+    pg_password: str | None = None
+
+    _store: Store | None = PrivateAttr(default=None)
+
+    def open(self) -> Store:
+        """The store of this execution: connected on first use, closed at its end."""
+        if self._store is None:
+            if self.create_folder and store_engine(self.url) == "sqlite":
+                SqliteStore.from_url(self.url).path.parent.mkdir(exist_ok=True)
+            self._store = open_store(
+                self.url,
+                arango_db=self.arango_db,
+                arango_user=self.arango_user,
+                arango_password=self.arango_password,
+                pg_password=self.pg_password,
+            )
+        return self._store
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def describe(self) -> str:
+        """The URL without credentials, for metadata and logs."""
+        return redact_url(self.url)
+
+
+class LibraryResource(dg.ConfigurableResource):
+    """Library folders and the defaults a newly seen library gets."""
+
+    roots: list[str] = []  # noqa: RUF012 (pydantic copies field defaults)
+    file_write_mode: str = "full"
+    auto_write_tags: bool = False
+    write_raw_scores: bool = False
+
+    def root_paths(self) -> list[Path]:
+        return [Path(root).expanduser().absolute() for root in self.roots]
+
+    def write_mode(self) -> str:
+        if self.file_write_mode not in WRITE_MODES:
+            raise ValueError(f"file_write_mode must be one of {WRITE_MODES}, got {self.file_write_mode!r}")
+        return self.file_write_mode
+
+
+class ModelsResource(dg.ConfigurableResource):
+    """The Essentia models folder and how analysis runs.
+
+    0 means "chosen for this machine". ``shards`` is the number of steps of a predictions
+    run, fixed when the code location loads: every process of a deployment must see the same.
+    """
+
+    models_dir: str | None = None
+    processes: int = 0  # worker processes per shard step; 0 = its share of the cores, or one per GPU
+    file_timeout_s: float = 300.0
+    batch_size: int = 64  # files per store write: at most what a step that dies redoes
+    shards: int = 0  # NOMARR_ANALYSIS_SHARDS; 0: one per core
+    tf_threads: int = 0  # TensorFlow intra-op threads per worker, NOMARR_TF_THREADS
+    tf_inter_op_threads: int = 0  # NOMARR_TF_INTER_OP_THREADS; default 1
+    gpus: list[str] | None = None  # CUDA device ids, NOMARR_GPUS ("0,1"; "" = none); None: all visible
+
+    def path(self) -> Path | None:
+        return Path(self.models_dir).expanduser().absolute() if self.models_dir else None
+
+    def shard_count(self) -> int:
+        return self.shards or available_cores()
+
+    def worker_plan(self, concurrent_steps: int) -> WorkerPlan:
+        """Workers and TensorFlow threads of one shard step, ``concurrent_steps`` of which
+        share this machine."""
+        return plan_workers(
+            cores=available_cores(),
+            concurrent_steps=concurrent_steps,
+            processes=self.processes,
+            intra_op_threads=self.tf_threads,
+            inter_op_threads=self.tf_inter_op_threads,
+            gpus=tuple(self.gpus) if self.gpus is not None else visible_gpus(),
+        )
+
+
+class CalibrationResource(dg.ConfigurableResource):
+    """Calibration rules and where exports go."""
+
+    export_dir: str
+    drift_tolerance: float = 0.005
+    min_n: int = 100
+    # NOMARR_HISTOGRAM_OVERRIDES: histogram range per head, "{model_key}:{head_name}" or a bare
+    # head_name -> {"lo": ..., "hi": ..., "bins": ...}; e.g. regression heads whose outputs
+    # leave [0, 1] (the out_of_range_ratio check and the calibration warning say which).
+    histogram_overrides: dict[str, dict[str, float]] = {}  # noqa: RUF012 (pydantic copies it)
+
+    def histogram_specs(self) -> SpecOverrides:
+        from nomarr_pipeline.calibration.histogram import HistogramSpec
+
+        return {
+            key: HistogramSpec(lo=float(spec["lo"]), hi=float(spec["hi"]), bins=int(spec.get("bins", 10_000)))
+            for key, spec in self.histogram_overrides.items()
+        }
+
+    def export_path(self) -> Path:
+        return Path(self.export_dir).expanduser().absolute()
+
+
+class TaggingResource(dg.ConfigurableResource):
+    """Mood tiers and what the tag writer adds beyond the ``nom:`` namespace."""
+
+    strict: float = 0.92
+    regular: float = 0.80
+    loose: float = 0.65
+    term_map: dict[str, str] | None = None  # "head_name:label" or "label" -> term
+    include_heads: list[str] | None = None
+    exclude_heads: list[str] | None = None
+    max_std: float | None = None
+    standard_mood: bool = False  # also write the regular tier to TMOO / MOOD
+    writers: int = 0  # files written at once (threads); 0 = 4; 1 = one after the other
+    previews_dir: str = "previews"  # where a preview run writes its CSV (NOMARR_DATA_DIR/previews)
+    # Scores written per head: a head with more labels (400 Discogs styles) gets its strongest
+    # ones only; 0 = every label.
+    max_labels_per_head: int = DEFAULT_MAX_LABELS
+
+    def tier_config(self) -> TierConfig:
+        from nomarr_pipeline.calibration.tiers import DEFAULT_EXCLUDED_HEADS, TierConfig
+
+        return TierConfig(
+            strict=self.strict,
+            regular=self.regular,
+            loose=self.loose,
+            term_map=dict(self.term_map or {}),
+            include_heads=tuple(self.include_heads) if self.include_heads is not None else None,
+            exclude_heads=tuple(self.exclude_heads)
+            if self.exclude_heads is not None
+            else DEFAULT_EXCLUDED_HEADS,
+            max_std=self.max_std,
+        )
+
+
+__all__ = [
+    "CalibrationResource",
+    "LibraryResource",
+    "ModelsResource",
+    "StoreResource",
+    "TaggingResource",
+]
