@@ -90,7 +90,7 @@ def timed_run(url: str, files: int, labels: int, processes: int) -> float:
 def compare_insert(url: str, files: int, labels: int) -> dict[str, float]:
     """rows/s of write_predictions (COPY) vs the same transaction with executemany INSERTs."""
     from nomarr_pipeline.store.postgres import _file_tag_row
-    from nomarr_pipeline.store.sqlite_schema import FILE_TAGS
+    from nomarr_pipeline.store.schema import FILE_TAGS
 
     store = open_url(url)
     keys = file_keys(files)

@@ -64,12 +64,13 @@ def fill(store: Store, files: int = 60) -> None:
                          "p95": 0.9, "n": 50 + t, "underflow_count": 0, "overflow_count": 2, "p5_delta": None,
                          "p95_delta": None, "n_delta": t or None} for t in (0, 1, 2)]  # fmt: skip
     store.save_calibrations(states, history)
-    # Some files finished recalibration and writing.
-    store.finish_recalibration(
+    # Some files finished recalibration (calibrated values stored), some of them writing too.
+    claimed = store.claim_files_for_recalibration("H", "run", "run-1", 20)
+    store.finish_claimed_recalibration("run-1", "H", dict.fromkeys(claimed))
+    store.upsert_files(
         [{"_key": key, "calibration_hash": "H", "mood_tiers": {"mood-loose": ["happy"]},
           "file_tags_pending": bool(i % 2)} for i, key in enumerate(keys[:20]) if i % 7]
     )  # fmt: skip
-    store.apply_calibration(keys[:20])
 
 
 def contents(store: Store) -> dict[str, list[object]]:
