@@ -39,10 +39,10 @@ from nomarr_pipeline.calibration.state import (
     is_usable,
     usable_percentiles,
 )
+from nomarr_pipeline.store import Doc
 
 log = logging.getLogger(__name__)
 
-Doc = dict[str, Any]
 
 PACKAGE_FILENAME = "calibrations.json"
 PACKAGE_VERSION = "1.0"

@@ -856,7 +856,7 @@ class ArangoStore:
 
 
 # ---- AQL ------------------------------------------------------------------------------------
-# The seed's histogram (seed 000), per label, with values outside [lo, hi] counted apart:
+# The histogram of docs/ARCHITECTURE.md §6, per label, with values outside [lo, hi] counted apart:
 # bin -1 collects underflow, bin @bins overflow. Multiplying by bins/(hi - lo) rather than
 # dividing by the bin width keeps a value on a bin edge in the bin it starts, exactly as the
 # SQLite engine computes it. COLLECT ... AGGREGATE keeps one counter per bin (never INTO,

@@ -41,7 +41,7 @@ class PersistentIndex:
 
 # Every index names the queries it serves; an index no query uses only slows writes down.
 INDEXES: tuple[PersistentIndex, ...] = (
-    # The seed's histogram index (seed 000), kept verbatim for head-wide scans.
+    # The histogram index of docs/ARCHITECTURE.md §6, kept for head-wide scans.
     PersistentIndex("file_tags", "idx_file_tags_histogram", ("model_key", "head_name", "nomarr_only")),
     # histogram() and labels_of_head() are per (head, label).
     PersistentIndex(

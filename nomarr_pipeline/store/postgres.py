@@ -529,7 +529,7 @@ class PostgresStore(SqlStore):
 
 
 # ---- SQL ---------------------------------------------------------------------------------------
-# The seed's histogram (seed 000) with SQLite's integer bin arithmetic: multiplying by
+# The histogram of docs/ARCHITECTURE.md §6 with SQLite's integer bin arithmetic: multiplying by
 # bins/(hi - lo) rather than dividing by the bin width keeps a value on a bin edge (0.3 of
 # 10,000 bins) in the bin that edge starts; -1 collects underflow, `bins` overflow.
 HISTOGRAM_SQL = f"""

@@ -67,6 +67,17 @@ def test_calibrates_every_label_with_seed_fields(sqlite_store: Store) -> None:
     assert len(history) == 1 and history[0]["p5"] == state["p5"]
 
 
+def test_a_heads_stored_states_are_read_in_one_query(sqlite_store: Store) -> None:
+    """Recalibrating a head reads its labels' previous states at once, not once per label."""
+    fill(sqlite_store)
+    calibrate_heads(sqlite_store, [MOOD_HEAD], now_ms=NOW)
+    statements: list[str] = []
+    sqlite_store._conn.set_trace_callback(statements.append)  # type: ignore[attr-defined]
+    calibrate_heads(sqlite_store, [MOOD_HEAD], now_ms=NOW + DAY_MS)
+    reads = [s for s in statements if s.lstrip().startswith("SELECT") and "FROM calibration_state" in s]
+    assert len(reads) == 1, reads
+
+
 def test_rerun_is_idempotent(sqlite_store: Store) -> None:
     fill(sqlite_store)
     calibrate_heads(sqlite_store, [HAPPY_HEAD], now_ms=NOW)
