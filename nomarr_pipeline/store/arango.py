@@ -627,7 +627,7 @@ class ArangoStore:
         return sorted(tags, key=lambda t: (t["file_id"], t["model_key"], t["head_name"], t["label"]))
 
     # ---- calibration ----------------------------------------------------------------------------
-    def histogram(
+    def _histogram(
         self, model_key: str, head_name: str, label: str, lo: float, hi: float, bins: int
     ) -> SparseHistogram:
         check_histogram_spec(lo, hi, bins)
@@ -659,7 +659,7 @@ class ArangoStore:
         self, model_key: str, head_name: str, labels: Sequence[str], lo: float, hi: float, bins: int
     ) -> Iterator[tuple[str, SparseHistogram]]:
         for label in labels:
-            yield label, self.histogram(model_key, head_name, label, lo, hi, bins)
+            yield label, self._histogram(model_key, head_name, label, lo, hi, bins)
 
     def labels_of_head(self, model_key: str, head_name: str) -> list[str]:
         rows = self._query(

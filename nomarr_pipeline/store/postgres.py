@@ -383,7 +383,7 @@ class PostgresStore(SqlStore):
         self._run(write)
 
     # ---- calibration -------------------------------------------------------------------------
-    def histogram(
+    def _histogram(
         self, model_key: str, head_name: str, label: str, lo: float, hi: float, bins: int
     ) -> SparseHistogram:
         check_histogram_spec(lo, hi, bins)
@@ -405,8 +405,8 @@ class PostgresStore(SqlStore):
         def submit() -> None:
             label = next(pending, None)
             if label is not None:
-                future = self._reader_pool().submit(self.histogram, model_key, head_name, label, lo, hi, bins)
-                in_flight.append((label, future))
+                read = self._reader_pool().submit(self._histogram, model_key, head_name, label, lo, hi, bins)
+                in_flight.append((label, read))
 
         for _ in range(HISTOGRAM_CONNECTIONS):
             submit()

@@ -196,15 +196,11 @@ class Store(Protocol):
     def file_tags_for_files(self, file_ids: Sequence[str]) -> list[Doc]: ...
 
     # ---- calibration -----------------------------------------------------------------
-    def histogram(
-        self, model_key: str, head_name: str, label: str, lo: float, hi: float, bins: int
-    ) -> SparseHistogram:
-        """One grouped query over eligible ``file_tags`` (``nomarr_only``, finite number)."""
-
     def histograms(
         self, model_key: str, head_name: str, labels: Sequence[str], lo: float, hi: float, bins: int
     ) -> Iterator[tuple[str, SparseHistogram]]:
-        """``(label, histogram(label))`` for each label, in order. A server engine may run a few
+        """``(label, histogram)`` for each label, in order: one grouped query per label over
+        eligible ``file_tags`` (``nomarr_only``, finite number). A server engine may run a few
         of these queries at once on connections of its own (a few histograms alive at a time,
         never all of a head's)."""
 

@@ -367,9 +367,9 @@ class SqlStore:
         self, model_key: str, head_name: str, labels: Sequence[str], lo: float, hi: float, bins: int
     ) -> Iterator[tuple[str, SparseHistogram]]:
         for label in labels:
-            yield label, self.histogram(model_key, head_name, label, lo, hi, bins)
+            yield label, self._histogram(model_key, head_name, label, lo, hi, bins)
 
-    def histogram(
+    def _histogram(
         self, model_key: str, head_name: str, label: str, lo: float, hi: float, bins: int
     ) -> SparseHistogram:
         raise NotImplementedError

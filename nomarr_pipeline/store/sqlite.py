@@ -206,7 +206,7 @@ class SqliteStore(SqlStore):
             )
 
     # ---- calibration ---------------------------------------------------------------------
-    def histogram(
+    def _histogram(
         self, model_key: str, head_name: str, label: str, lo: float, hi: float, bins: int
     ) -> SparseHistogram:
         check_histogram_spec(lo, hi, bins)

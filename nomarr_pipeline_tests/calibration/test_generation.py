@@ -14,6 +14,7 @@ from nomarr_pipeline.calibration.generation import (
 )
 from nomarr_pipeline.calibration.histogram import REGRESSION_SPEC, HistogramSpec, derive_percentiles
 from nomarr_pipeline.store import Store
+from nomarr_pipeline_tests.calibration.binning import label_histogram
 from nomarr_pipeline_tests.calibration.conftest import populate
 
 EFFNET = "effnet-discogs-effnet-1"
@@ -57,7 +58,7 @@ def test_calibrates_every_label_with_seed_fields(sqlite_store: Store) -> None:
 
     state = _stored(sqlite_store, f"{EFFNET}:mood_happy:happy")
     assert state is not None
-    hist = sqlite_store.histogram(EFFNET, "mood_happy", "happy", 0.0, 1.0, 10_000)
+    hist = label_histogram(sqlite_store, EFFNET, "mood_happy", "happy", 0.0, 1.0, 10_000)
     expected = derive_percentiles(hist)
     assert (state["p5"], state["p95"], state["n"]) == (expected.p5, expected.p95, 400)
     assert state["histogram"] == HistogramSpec().to_doc()

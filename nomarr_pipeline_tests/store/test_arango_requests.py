@@ -44,6 +44,7 @@ from nomarr_pipeline.store.arango_schema import (
     encode_key,
 )
 from nomarr_pipeline.store.schema import analysis_error_key
+from nomarr_pipeline_tests.calibration.binning import label_histogram
 
 URL = "http://arango.test:8529"
 DB = "nomarr"
@@ -488,7 +489,7 @@ def test_histogram_is_one_grouped_query_and_maps_to_sparse_histogram(
             {"bin_index": 10000, "bin_count": 3},
         ],
     )
-    hist = store.histogram(HEAD.model_key, HEAD.head_name, "happy", 0.0, 1.0, 10_000)
+    hist = label_histogram(store, HEAD.model_key, HEAD.head_name, "happy", 0.0, 1.0, 10_000)
     assert hist == SparseHistogram(bins=[(0, 5), (3000, 1), (9999, 4)], underflow_count=2, overflow_count=3)
     assert hist.n == 15
 
@@ -523,12 +524,12 @@ def test_histograms_is_one_grouped_query_per_label(store: ArangoStore, fake: Fak
 
 
 def test_histogram_of_nothing_and_bad_spec(store: ArangoStore, fake: FakeArango) -> None:
-    assert store.histogram("m", "h", "l", 0.0, 1.0, 10).n == 0
+    assert label_histogram(store, "m", "h", "l", 0.0, 1.0, 10).n == 0
     fake.clear()
     with pytest.raises(ValueError):
-        store.histogram("m", "h", "l", 1.0, 1.0, 10)
+        label_histogram(store, "m", "h", "l", 1.0, 1.0, 10)
     with pytest.raises(ValueError):
-        store.histogram("m", "h", "l", 0.0, 1.0, 0)
+        label_histogram(store, "m", "h", "l", 0.0, 1.0, 0)
     assert fake.requests == []
 
 
@@ -1144,7 +1145,7 @@ def _exercise_every_operation(store: ArangoStore, fake: FakeArango) -> None:
     )
     store.record_analysis([{"_key": f, "analyzed_at": 987654321, "analysis_error": "LITerror"}])
     store.file_tags_for_files([f])
-    store.histogram(m, h, lbl, 0.123456789, 4242.0, 4242)
+    label_histogram(store, m, h, lbl, 0.123456789, 4242.0, 4242)
     store.labels_of_head(m, h)
     store.get_calibrations([f"{m}:{h}:{lbl}"])
     store.list_calibrations()

@@ -15,6 +15,7 @@ from nomarr_pipeline.store import (
     HeadVersion,
     Store,
 )
+from nomarr_pipeline_tests.calibration.binning import label_histogram
 
 HEAD = HeadVersion("effnet-discogs-effnet-1", "mood_happy", "tv1")
 
@@ -289,12 +290,12 @@ def test_histogram_bins_eligible_values_and_counts_out_of_range_apart(store: Sto
     tags.append(_tag("f11", "non_happy", 0.4))
     tags[11]["nomarr_only"] = False
     store.write_predictions(tags)
-    hist = store.histogram(HEAD.model_key, HEAD.head_name, "happy", 0.0, 1.0, 10_000)
+    hist = label_histogram(store, HEAD.model_key, HEAD.head_name, "happy", 0.0, 1.0, 10_000)
     assert hist.bins == [(0, 2), (3000, 2), (9999, 2)]
     assert (hist.underflow_count, hist.overflow_count, hist.n) == (1, 1, 8)
-    coarse = store.histogram(HEAD.model_key, HEAD.head_name, "happy", -1.0, 2.0, 3)
+    coarse = label_histogram(store, HEAD.model_key, HEAD.head_name, "happy", -1.0, 2.0, 3)
     assert coarse.bins == [(0, 1), (1, 5), (2, 2)] and coarse.n == 8
-    empty = store.histogram(HEAD.model_key, HEAD.head_name, "missing", 0.0, 1.0, 10)
+    empty = label_histogram(store, HEAD.model_key, HEAD.head_name, "missing", 0.0, 1.0, 10)
     assert empty.n == 0 and empty.bins == []
 
 
@@ -312,7 +313,7 @@ def test_histograms_of_several_labels_come_in_order_as_single_queries_give_them(
     found = list(store.histograms(HEAD.model_key, HEAD.head_name, wanted, 0.0, 1.0, 100))
     assert [label for label, _ in found] == wanted
     for label, hist in found:
-        assert hist == store.histogram(HEAD.model_key, HEAD.head_name, label, 0.0, 1.0, 100)
+        assert hist == label_histogram(store, HEAD.model_key, HEAD.head_name, label, 0.0, 1.0, 100)
     assert found[0][1].n == 30 and found[-1][1].n == 0
     assert list(store.histograms(HEAD.model_key, HEAD.head_name, [], 0.0, 1.0, 100)) == []
     store.close()  # also the connections of any parallel queries

@@ -15,6 +15,7 @@ import pytest
 from nomarr_pipeline import cli
 from nomarr_pipeline.store import DOCUMENT_COLLECTIONS, Store, open_store
 from nomarr_pipeline.store.migrate import FOLDER_CACHE, canonical, migrate_store
+from nomarr_pipeline_tests.calibration.binning import label_histogram
 from nomarr_pipeline_tests.conftest import PostgresDatabase
 
 MODEL = "effnet-discogs-effnet-1"
@@ -100,9 +101,8 @@ def test_sqlite_to_postgres_to_sqlite_round_trip(tmp_path: Path, postgres_db: Po
     assert contents(back) == contents(middle) == contents(original)
     # The copies work as stores: same histogram, same recalibration backlog.
     for store in (middle, back):
-        assert store.histogram(MODEL, "genre", "Rock", 0.0, 1.0, 10) == original.histogram(
-            MODEL, "genre", "Rock", 0.0, 1.0, 10
-        )
+        rock = label_histogram(original, MODEL, "genre", "Rock", 0.0, 1.0, 10)
+        assert label_histogram(store, MODEL, "genre", "Rock", 0.0, 1.0, 10) == rock
         assert store.count_files_needing_recalibration("H") == original.count_files_needing_recalibration("H")
         keys = [f"{MODEL}:genre:Rock", f"{MODEL}:mood_happy:happy"]
         assert store.recent_history(keys, per_key=5) == original.recent_history(keys, per_key=5)
