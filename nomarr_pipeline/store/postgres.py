@@ -38,13 +38,13 @@ from nomarr_pipeline.store.postgres_schema import MIGRATION_LOCK_KEY, MIGRATIONS
 from nomarr_pipeline.store.protocol import (
     AnalysisClaim,
     ClaimedFile,
-    Doc,
     HeadVersion,
     SparseHistogram,
     StoreError,
 )
 from nomarr_pipeline.store.schema import (
     FILE_TAGS,
+    Doc,
     check_claim,
     check_histogram_spec,
     document_table,

@@ -17,14 +17,13 @@ from urllib.parse import unquote, urlsplit
 from nomarr_pipeline.store.protocol import (
     AnalysisClaim,
     ClaimedFile,
-    Doc,
     HeadVersion,
     SparseHistogram,
     StoreError,
     StoreFullError,
     StoreReadOnlyError,
 )
-from nomarr_pipeline.store.schema import FILE_TAGS, check_claim, check_histogram_spec
+from nomarr_pipeline.store.schema import FILE_TAGS, Doc, check_claim, check_histogram_spec
 from nomarr_pipeline.store.sql import (
     ANALYSABLE,
     NEEDS_RECALIBRATION,

@@ -66,7 +66,7 @@ ALTER TABLE file_tags_v2 RENAME TO file_tags;
 CREATE INDEX idx_file_tags_histogram ON file_tags(model_key, head_name, label, nomarr_only, value);
 """
 
-# Version 3: calibrating a prediction looks up its label's p5/p95 (apply_calibration and
+# Version 3: calibrating a prediction looks up its label's p5/p95 (finish_claimed_recalibration and
 # tier_inputs do it for every row of a batch); with p5 and p95 in the index the lookup never
 # visits the table (-14 % CPU for a batch's tier inputs).
 _V3 = """
