@@ -50,10 +50,10 @@ NEEDS_HEAD = """NOT EXISTS (
         SELECT 1 FROM analysis_errors e WHERE e.file_id = f._key AND e.model_key = h.model_key
           AND e.head_name = h.head_name AND e.tagger_version = h.tagger_version)"""
 NEEDS_SOME_HEAD = f"EXISTS (SELECT 1 FROM heads h WHERE {NEEDS_HEAD})"
-# Three index-served ranges instead of `!=`, so finished files are never re-read.
-NEEDS_RECALIBRATION = """(calibration_hash IS NULL OR calibration_hash < :hash OR calibration_hash > :hash)
-    AND analyzed_at IS NOT NULL AND (CAST(:library_id AS TEXT) IS NULL OR library_id = :library_id)"""
 _IN_LIBRARY = "CAST(:library_id AS TEXT) IS NULL OR library_id = :library_id"
+# Three index-served ranges instead of `!=`, so finished files are never re-read.
+NEEDS_RECALIBRATION = f"""(calibration_hash IS NULL OR calibration_hash < :hash OR calibration_hash > :hash)
+    AND analyzed_at IS NOT NULL AND ({_IN_LIBRARY})"""
 
 
 @dataclass(frozen=True)
@@ -137,12 +137,12 @@ class SqlStore:
         """Insert or update by the table's key; with ``replace=False`` only the given fields
         change, else the whole document (absent fields null, or their column default)."""
         groups: dict[tuple[str, ...], list[Doc]] = {}
+        defaults = dict(table.defaults)
         for doc in docs:
             if "_key" not in doc:
                 raise ValueError(f"{table.name} document without _key: {doc!r}")
             row = table.to_row(doc)
             if replace:
-                defaults = dict(table.defaults)
                 row = {c: row[c] if row.get(c) is not None else defaults.get(c) for c in table.stored_columns}
             groups.setdefault(tuple(sorted(row)), []).append(row)
         for columns, rows in groups.items():
