@@ -84,6 +84,8 @@ class ScanReport:
 
 @dataclass(frozen=True)
 class LibraryDefaults:
+    """A library's settings as configured; each scan writes them onto the library document."""
+
     file_write_mode: str = "full"
     auto_write_tags: bool = False
     write_raw_scores: bool = False

@@ -48,6 +48,7 @@ from nomarr_pipeline.store.schema import (
     check_claim,
     check_histogram_spec,
     document_table,
+    file_tag_rows,
 )
 from nomarr_pipeline.store.sql import (
     ANALYSABLE,
@@ -347,13 +348,7 @@ class PostgresStore(SqlStore):
     def write_predictions(self, docs: Sequence[Doc]) -> None:
         if not docs:
             return
-        # The last document of a (file, head, label) wins, as INSERT OR REPLACE does in SQLite.
-        rows: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
-        for doc in docs:
-            if "_key" not in doc:
-                raise ValueError(f"file_tags document without _key: {doc!r}")
-            row = _file_tag_row(doc)
-            rows[(row[1], row[2], row[3], row[4])] = row
+        rows = file_tag_rows(docs, as_double)
         groups = sorted({key[:3] for key in rows})
         file_ids = sorted({g[0] for g in groups})
         files_by_head: dict[tuple[str, str], list[str]] = {}
@@ -505,10 +500,7 @@ class PostgresStore(SqlStore):
         if document_table(collection) is not FILE_TAGS:
             super().put_documents(collection, docs)
             return
-        rows = {}
-        for doc in docs:
-            row = _file_tag_row(doc)
-            rows[(row[1], row[2], row[3], row[4])] = row
+        rows = file_tag_rows(docs, as_double)
         columns = ", ".join(_FILE_TAG_COLUMNS)
         updates = ", ".join(f"{c} = excluded.{c}" for c in _FILE_TAG_COLUMNS if c not in FILE_TAGS.key)
 
@@ -610,26 +602,6 @@ def _copy_file_tags(conn: psycopg.Connection[Any], rows: Any, table: str = "file
     with conn.cursor() as cur, cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:  # type: ignore[arg-type]
         for row in rows:
             copy.write_row(row)
-
-
-def _file_tag_row(doc: Mapping[str, Any]) -> tuple[Any, ...]:
-    """A ``file_tags`` document as the tuple ``_copy_file_tags`` sends (fields in column order)."""
-    unknown = set(doc) - set(_FILE_TAG_COLUMNS)
-    if unknown:
-        raise ValueError(f"file_tags has no field {sorted(unknown)[0]!r}")
-    nomarr_only = doc.get("nomarr_only")
-    return (
-        doc["_key"],
-        doc["file_id"],
-        doc["model_key"],
-        doc["head_name"],
-        doc["label"],
-        as_double(doc.get("value")),
-        as_double(doc.get("std")),
-        as_double(doc.get("calibrated_value")),
-        True if nomarr_only is None else bool(nomarr_only),
-        doc.get("tagger_version"),
-    )
 
 
 # Shards of one run claim files that need a head and that no shard of the run holds. Rows

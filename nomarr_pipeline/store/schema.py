@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,6 +176,29 @@ def document_table(collection: str) -> Table:
     if collection not in DOCUMENT_COLLECTIONS:
         raise ValueError(f"not a document collection: {collection!r} (one of {DOCUMENT_COLLECTIONS})")
     return TABLES[collection]
+
+
+def file_tag_rows(
+    docs: Iterable[Mapping[str, Any]], number: Callable[[Any], Any] = lambda value: value
+) -> dict[tuple[str, str, str, str], tuple[Any, ...]]:
+    """``file_tags`` documents as rows in column order (the bulk writers' format) by (file,
+    model, head, label): the last document of a prediction wins. ``number`` converts the value,
+    std and calibrated value to what the engine's columns hold."""
+    rows: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
+    for doc in docs:
+        unknown = doc.keys() - _FILE_TAG_FIELDS
+        if unknown or "_key" not in doc:
+            raise ValueError(f"file_tags has no field {sorted(unknown)[0]!r}" if unknown
+                             else f"file_tags document without _key: {doc!r}")  # fmt: skip
+        nomarr_only = doc.get("nomarr_only")
+        row = (doc["_key"], doc["file_id"], doc["model_key"], doc["head_name"], doc["label"],
+               number(doc.get("value")), number(doc.get("std")), number(doc.get("calibrated_value")),
+               True if nomarr_only is None else bool(nomarr_only), doc.get("tagger_version"))  # fmt: skip
+        rows[row[1:5]] = row
+    return rows
+
+
+_FILE_TAG_FIELDS = frozenset(FILE_TAGS.columns)
 
 
 def analysis_error_key(file_id: str, model_key: str, head_name: str) -> str:

@@ -23,7 +23,7 @@ from nomarr_pipeline.store.protocol import (
     StoreFullError,
     StoreReadOnlyError,
 )
-from nomarr_pipeline.store.schema import FILE_TAGS, Doc, check_claim, check_histogram_spec
+from nomarr_pipeline.store.schema import FILE_TAGS, Doc, check_claim, check_histogram_spec, file_tag_rows
 from nomarr_pipeline.store.sql import (
     ANALYSABLE,
     NEEDS_RECALIBRATION,
@@ -191,13 +191,18 @@ class SqliteStore(SqlStore):
             return self._claimed_files(conn, keys, heads)
 
     def write_predictions(self, docs: Sequence[Doc]) -> None:
-        groups = sorted({(d["file_id"], d["model_key"], d["head_name"]) for d in docs})
+        rows = file_tag_rows(docs)
+        groups = sorted({key[:3] for key in rows})
         with self._transaction() as conn:
             for table in ("file_tags", "analysis_errors"):
                 conn.executemany(
                     f"DELETE FROM {table} WHERE file_id = ? AND model_key = ? AND head_name = ?", groups
                 )
-            self._upsert(conn, FILE_TAGS, docs, replace=True)
+            conn.executemany(
+                f"INSERT INTO file_tags ({', '.join(FILE_TAGS.columns)}) "
+                f"VALUES ({', '.join('?' * len(FILE_TAGS.columns))})",
+                list(rows.values()),
+            )
             conn.execute(
                 "UPDATE library_files SET calibration_hash = NULL "
                 "WHERE _key IN (SELECT value FROM json_each(?))",
