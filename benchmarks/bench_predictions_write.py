@@ -89,8 +89,8 @@ def timed_run(url: str, files: int, labels: int, processes: int) -> float:
 
 def compare_insert(url: str, files: int, labels: int) -> dict[str, float]:
     """rows/s of write_predictions (COPY) vs the same transaction with executemany INSERTs."""
-    from nomarr_pipeline.store.postgres import _file_tag_row
-    from nomarr_pipeline.store.sqlite_schema import FILE_TAGS
+    from nomarr_pipeline.store.postgres_schema import as_double
+    from nomarr_pipeline.store.schema import FILE_TAGS, file_tag_rows
 
     store = open_url(url)
     keys = file_keys(files)
@@ -109,7 +109,7 @@ def compare_insert(url: str, files: int, labels: int) -> dict[str, float]:
                 (ids, MODEL_KEY, HEAD),
             )
             with conn.cursor() as cur:
-                cur.executemany(insert, [_file_tag_row(d) for d in docs])
+                cur.executemany(insert, list(file_tag_rows(docs, as_double).values()))
 
     rates = {}
     for name, write in (("copy", store.write_predictions), ("executemany", executemany),

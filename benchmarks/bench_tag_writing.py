@@ -128,7 +128,7 @@ def pipeline_seconds(
                              "mtime_ns": info.st_mtime_ns, "scanned_at": 1}
                             for key, path, info in zip(ids, files, stats, strict=True)])  # fmt: skip
         store.write_predictions([doc for key in ids for doc in predictions(key)])
-        store.finish_recalibration([{"_key": key, "calibration_hash": "h", "mood_tiers": TIERS,
+        store.upsert_files([{"_key": key, "calibration_hash": "h", "mood_tiers": TIERS,
                                      "file_tags_pending": True} for key in ids])  # fmt: skip
         reports = []
 

@@ -34,6 +34,16 @@ def _volatile(field: str) -> bool:
     return field in TIMESTAMPS or field in LOCATION or "claim" in field
 
 
+def library_files(store: Store, library_id: str | None = None, batch_size: int = 1000) -> list[Doc]:
+    """Every ``library_files`` document (of one library), in key order."""
+    return [
+        doc
+        for page in store.iter_documents("library_files", batch_size=batch_size)
+        for doc in page
+        if library_id is None or doc["library_id"] == library_id
+    ]
+
+
 def store_documents(store: Store, batch_size: int = 500) -> dict[str, list[Any]]:
     """Every document collection, normalised as the module says and sorted, so that two stores
     compare collection by collection and document by document."""
@@ -42,8 +52,7 @@ def store_documents(store: Store, batch_size: int = 500) -> dict[str, list[Any]]
         f["_key"]: os.path.relpath(f["path"], roots[f["library_id"]])
         if f["library_id"] in roots
         else f["path"]
-        for page in store.iter_files(batch_size=batch_size)
-        for f in page
+        for f in library_files(store, batch_size=batch_size)
     }
     found: dict[str, list[Any]] = {}
     for collection in DOCUMENT_COLLECTIONS:

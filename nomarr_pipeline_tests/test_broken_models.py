@@ -19,6 +19,7 @@ from nomarr_pipeline.ml.discovery import discover_models
 from nomarr_pipeline_tests.cli.cli_processes import PipelineFolder
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
 from nomarr_pipeline_tests.ml.broken_models import write_garbage_head, write_width_mismatch_head
+from nomarr_pipeline_tests.store_dump import library_files
 
 pytestmark = pytest.mark.slow
 GOOD = "effnet-discogs-effnet-1:mood_happy"
@@ -53,7 +54,7 @@ def test_a_broken_model_fails_the_run_by_name_and_blocks_nothing(tmp_path: Path)
     assert "mood_sad-discogs-effnet-1.pb" in line and "cannot load" in line
     assert "mood_party-discogs-effnet-1.pb" in line and "its JSON lists 3 labels" in line
     with folder.store() as store:
-        files = {Path(f["path"]).name: f for page in store.iter_files() for f in page}
+        files = {Path(f["path"]).name: f for f in library_files(store)}
         good = [files[name]["_key"] for name in names]
         # every decodable file got the working head's predictions, and is not failed itself
         assert {(t["file_id"], t["head_name"]) for t in store.file_tags_for_files(good)} == {

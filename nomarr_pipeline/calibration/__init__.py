@@ -12,7 +12,6 @@ Entry points for the Dagster assets:
 * ``histogram_png(...)``/``png_markdown(...)`` for metadata
 """
 
-from nomarr_pipeline.calibration.apply import calibrate
 from nomarr_pipeline.calibration.exports import (
     ExportReport,
     ImportReport,
@@ -68,7 +67,6 @@ __all__ = [
     "RecalibrationReport",
     "RecalibrationStalledError",
     "TierConfig",
-    "calibrate",
     "calibrate_head",
     "calibrate_heads",
     "calibration_def_hash",

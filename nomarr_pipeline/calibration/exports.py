@@ -39,10 +39,10 @@ from nomarr_pipeline.calibration.state import (
     is_usable,
     usable_percentiles,
 )
+from nomarr_pipeline.store import Doc
 
 log = logging.getLogger(__name__)
 
-Doc = dict[str, Any]
 
 PACKAGE_FILENAME = "calibrations.json"
 PACKAGE_VERSION = "1.0"
@@ -348,6 +348,7 @@ def import_package(
     unusable = set(unusable_keys)
     report = ImportReport()
     to_save: list[Doc] = []
+    stored = store.get_calibrations([state["_key"] for state in states])
     for state in states:
         if known_heads is not None and state["label"] not in known_heads.get(
             (state["model_key"], state["head_name"]), ()
@@ -356,7 +357,7 @@ def import_package(
             continue
         if state["_key"] in unusable:
             report.unusable.append(state["_key"])
-        existing = store.get_calibration(state["_key"])
+        existing = stored.get(state["_key"])
         if existing is not None and not overwrite:
             report.skipped_existing.append(state["_key"])
             continue

@@ -200,6 +200,7 @@ def calibrate_head(
     history: list[Doc] = []
     keys = {label: calibration_key(head.model_key, head.head_name, label) for label in labels}
     previous_snapshots = store.recent_history(list(keys.values()))  # one query for the head
+    previous_states = store.get_calibrations(list(keys.values()))  # and one for its states
     for label, hist in store.histograms(head.model_key, head.head_name, labels, spec.lo, spec.hi, spec.bins):
         result = derive_percentiles(hist, spec, p_low, p_high)
         if keep_histograms:
@@ -210,7 +211,7 @@ def calibrate_head(
             continue
         key = keys[label]
         state, snapshot = compute_state(
-            store.get_calibration(key),
+            previous_states.get(key),
             model_key=head.model_key,
             head_name=head.head_name,
             label=label,

@@ -25,8 +25,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from nomarr_pipeline.calibration.histogram import HistogramSpec, PercentileResult
-
-Doc = dict[str, Any]
+from nomarr_pipeline.store import Doc
 
 DEFAULT_DRIFT_TOLERANCE = 0.005
 

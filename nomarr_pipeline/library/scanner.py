@@ -13,17 +13,55 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import mutagen
 
 from nomarr_pipeline.library.identity import displayable, file_key, is_valid_utf8, library_key
 from nomarr_pipeline.library.walk import SeenFile, Walk, not_regular, walk_library, within
-from nomarr_pipeline.store import STALE_ANALYSIS_RESET, Doc, FileStat, Store
+from nomarr_pipeline.store import Doc, Store
 
 WRITE_BATCH = 1000
+
+# Fields a changed file loses so that it is analysed, calibrated and written again.
+STALE_ANALYSIS_RESET: Doc = {
+    "analyzed_at": None,
+    "analysis_error": None,
+    "calibration_hash": None,
+    "mood_tiers": None,
+    "file_tags_pending": False,
+    "written_at": None,
+    "write_error": None,
+    "written_stats": None,
+}
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """What the scanner compares to decide whether a file changed: the (size, mtime_ns) the scan
+    recorded and ``written``, the stats of the copies tag writers are renaming into place
+    (``library_files.written_stats``, recorded before each rename, which keeps both)."""
+
+    key: str
+    size: int
+    mtime_ns: int
+    written: tuple[tuple[int, int], ...] = ()
+
+    @classmethod
+    def of(cls, doc: Mapping[str, Any]) -> FileStat:
+        written = tuple((int(size), int(mtime_ns)) for size, mtime_ns in doc.get("written_stats") or ())
+        return cls(doc["_key"], doc.get("size") or 0, doc.get("mtime_ns") or 0, written)
+
+    @property
+    def known(self) -> tuple[tuple[int, int], ...]:
+        """Every (size, mtime_ns) under which the file is the one the scan saw."""
+        return ((self.size, self.mtime_ns), *self.written)
+
+    def matches(self, size: int, mtime_ns: int) -> bool:
+        return (size, mtime_ns) in self.known
 
 
 @dataclass
@@ -46,6 +84,8 @@ class ScanReport:
 
 @dataclass(frozen=True)
 class LibraryDefaults:
+    """A library's settings as configured; each scan writes them onto the library document."""
+
     file_write_mode: str = "full"
     auto_write_tags: bool = False
     write_raw_scores: bool = False
@@ -56,17 +96,23 @@ def now_ms() -> int:
 
 
 def ensure_library(store: Store, root: Path, defaults: LibraryDefaults) -> Doc:
-    """The library document of ``root``; created with ``defaults`` the first time it is seen."""
+    """The library document of ``root``, its settings brought in line with ``defaults`` (the
+    configuration the scan runs with: a changed write mode applies from this scan on)."""
     resolved = root.resolve()
-    return store.ensure_library(
+    settings = asdict(defaults)
+    library = store.ensure_library(
         {
             "_key": library_key(resolved),
             "name": resolved.name or str(resolved),
             "root_path": str(resolved),
             "created_at": now_ms(),
-            **asdict(defaults),
+            **settings,
         }
     )
+    changed = {field: value for field, value in settings.items() if library.get(field) != value}
+    if changed:
+        store.update_library(library["_key"], changed)
+    return {**library, **changed}
 
 
 def scan_library(
@@ -98,7 +144,7 @@ def scan_library(
         report.total = report.unchanged = store.file_counts(library_id)["total"]
         report.seconds = time.perf_counter() - started
         return report
-    index = store.file_index(library_id)
+    index = {path: FileStat.of(doc) for path, doc in store.file_index(library_id).items()}
     probe = probe or audio_duration
 
     upserts: list[Doc] = []

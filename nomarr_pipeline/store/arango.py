@@ -50,25 +50,20 @@ from nomarr_pipeline.store.arango_schema import (
     encode_key,
 )
 from nomarr_pipeline.store.protocol import (
-    DOCUMENT_COLLECTIONS,
     AnalysisClaim,
     ClaimedFile,
     Doc,
-    FileStat,
     HeadVersion,
     SparseHistogram,
     StoreError,
-    analysis_error_key,
-    split_pending_guards,
 )
-from nomarr_pipeline.store.sqlite_schema import (
-    ANALYSIS_ERRORS,
-    CALIBRATION_HISTORY,
-    CALIBRATION_STATE,
-    FILE_TAGS,
-    LIBRARIES,
-    LIBRARY_FILES,
-    Table,
+from nomarr_pipeline.store.schema import (
+    TABLES,
+    analysis_error_key,
+    check_claim,
+    check_histogram_spec,
+    document_table,
+    split_pending_guards,
 )
 
 # Rows per cursor round trip, and documents per write statement: large enough that a batch of
@@ -82,14 +77,7 @@ ERR_DUPLICATE_NAME = 1207
 ERR_COLLECTION_NOT_FOUND = 1203
 ERR_DOCUMENT_NOT_FOUND = 1202
 
-# Declared fields per collection, shared with the SQLite engine (its tables have one column
-# per field). Readers fill absent fields so that documents have the same shape on both.
-_TABLES: dict[str, Table] = {
-    table.name: table
-    for table in (
-        LIBRARIES, LIBRARY_FILES, FILE_TAGS, ANALYSIS_ERRORS, CALIBRATION_STATE, CALIBRATION_HISTORY
-    )
-}
+# Readers fill absent declared fields so that documents have the same shape on every engine.
 _READ_DEFAULTS: dict[str, Doc] = {
     name: {
         **dict.fromkeys(table.columns),
@@ -97,7 +85,7 @@ _READ_DEFAULTS: dict[str, Doc] = {
         **({"file_tags_pending": False} if name == "library_files" else {}),
         **({"nomarr_only": True} if name == "file_tags" else {}),
     }
-    for name, table in _TABLES.items()
+    for name, table in TABLES.items()
 }
 # SQLite REAL columns come back as floats; ArangoDB prints integral doubles as integers.
 _FLOAT_FIELDS: dict[str, frozenset[str]] = {
@@ -437,14 +425,14 @@ class ArangoStore:
                 db=txn,
             )
 
-    def file_index(self, library_id: str) -> dict[str, FileStat]:
+    def file_index(self, library_id: str) -> dict[str, Doc]:
         rows = self._query(
             "FOR d IN library_files FILTER d.library_id == @library_id "
             "RETURN [d.path, d._key, d.size, d.mtime_ns, d.written_stats]",
             {"library_id": library_id},
         )
         return {
-            path: FileStat.of({"_key": key, "size": size, "mtime_ns": mtime_ns, "written_stats": written})
+            path: {"_key": key, "size": size, "mtime_ns": mtime_ns, "written_stats": written}
             for path, key, size, mtime_ns, written in rows
         }
 
@@ -485,26 +473,6 @@ class ArangoStore:
             {"file_ids": list(file_ids)},
         )
         return sorted((_from_stored("library_files", r) for r in rows), key=lambda d: d["_key"])
-
-    def iter_files(self, library_id: str | None = None, batch_size: int = 1000) -> Iterator[list[Doc]]:
-        filters = ["d._key > @after_key"]
-        if library_id is not None:
-            filters.insert(0, "d.library_id == @library_id")
-        aql = (
-            f"FOR d IN library_files FILTER {' AND '.join(filters)} "
-            f"SORT d._key LIMIT @limit RETURN {_RETURN_DOC}"
-        )
-        # "" sorts before every key, so the first page needs no separate query text.
-        after_key = ""
-        while True:
-            bind: Doc = {"after_key": after_key, "limit": batch_size}
-            if library_id is not None:
-                bind["library_id"] = library_id
-            rows = self._query(aql, bind)
-            if not rows:
-                return
-            yield [_from_stored("library_files", r) for r in rows]
-            after_key = rows[-1]["_key"]
 
     def file_counts(self, library_id: str | None = None) -> Doc:
         scope = "FILTER d.library_id == @library_id " if library_id is not None else ""
@@ -658,21 +626,11 @@ class ArangoStore:
         tags = [_from_stored("file_tags", r) for r in rows]
         return sorted(tags, key=lambda t: (t["file_id"], t["model_key"], t["head_name"], t["label"]))
 
-    def count_predictions(self, model_key: str, head_name: str) -> int:
-        rows = self._query(
-            "FOR d IN file_tags FILTER d.model_key == @model_key AND d.head_name == @head_name "
-            "COLLECT file_id = d.file_id "
-            "COLLECT WITH COUNT INTO files RETURN files",
-            {"model_key": model_key, "head_name": head_name},
-        )
-        return int(rows[0]) if rows else 0
-
     # ---- calibration ----------------------------------------------------------------------------
-    def histogram(
+    def _histogram(
         self, model_key: str, head_name: str, label: str, lo: float, hi: float, bins: int
     ) -> SparseHistogram:
-        if not hi > lo or bins < 1:
-            raise ValueError(f"invalid histogram spec lo={lo} hi={hi} bins={bins}")
+        check_histogram_spec(lo, hi, bins)
         rows = self._query(
             HISTOGRAM_AQL,
             {
@@ -701,7 +659,7 @@ class ArangoStore:
         self, model_key: str, head_name: str, labels: Sequence[str], lo: float, hi: float, bins: int
     ) -> Iterator[tuple[str, SparseHistogram]]:
         for label in labels:
-            yield label, self.histogram(model_key, head_name, label, lo, hi, bins)
+            yield label, self._histogram(model_key, head_name, label, lo, hi, bins)
 
     def labels_of_head(self, model_key: str, head_name: str) -> list[str]:
         rows = self._query(
@@ -711,12 +669,13 @@ class ArangoStore:
         )
         return sorted(rows)
 
-    def get_calibration(self, key: str) -> Doc | None:
+    def get_calibrations(self, keys: Sequence[str]) -> dict[str, Doc]:
         rows = self._query(
-            f"FOR d IN calibration_state FILTER d._key == @key RETURN {_RETURN_DOC}",
-            {"key": encode_key(key)},
+            f"FOR d IN calibration_state FILTER d._key IN @keys RETURN {_RETURN_DOC}",
+            {"keys": [encode_key(key) for key in keys]},
         )
-        return _from_stored("calibration_state", rows[0]) if rows else None
+        docs = (_from_stored("calibration_state", row) for row in rows)
+        return {doc["_key"]: doc for doc in docs}
 
     def list_calibrations(self) -> list[Doc]:
         rows = self._query(f"FOR d IN calibration_state RETURN {_RETURN_DOC}")
@@ -768,19 +727,10 @@ class ArangoStore:
         )
         return int(rows[0]) if rows else 0
 
-    def apply_calibration(self, file_ids: Sequence[str]) -> None:
-        ids = list(file_ids)
-        with self._atomic(["file_tags"], _chunk_count(ids)) as txn:
-            self._write_chunks(APPLY_CALIBRATION_AQL, "file_ids", ids, db=txn)
-
-    def finish_recalibration(self, updates: Sequence[Doc]) -> None:
-        self._update_by_key("library_files", updates)
-
     def claim_files_for_recalibration(
         self, expected_hash: str, run: str, claim: str, limit: int, library_id: str | None = None
     ) -> list[str]:
-        if not run or not claim.startswith(run):
-            raise ValueError(f"claim {claim!r} must start with its run {run!r}")
+        check_claim(run, claim)
         scope, bind = _needs_recalibration(expected_hash, library_id)
         claimed = self._query(
             f"FOR d IN library_files FILTER {scope} "
@@ -906,7 +856,7 @@ class ArangoStore:
 
 
 # ---- AQL ------------------------------------------------------------------------------------
-# The seed's histogram (seed 000), per label, with values outside [lo, hi] counted apart:
+# The histogram of docs/ARCHITECTURE.md §6, per label, with values outside [lo, hi] counted apart:
 # bin -1 collects underflow, bin @bins overflow. Multiplying by bins/(hi - lo) rather than
 # dividing by the bin width keeps a value on a bin edge in the bin it starts, exactly as the
 # SQLite engine computes it. COLLECT ... AGGREGATE keeps one counter per bin (never INTO,
@@ -993,9 +943,7 @@ def _claimed_files(rows: Sequence[Doc], heads: Sequence[HeadVersion]) -> list[Cl
 
 def _document_collection(collection: str) -> str:
     """A collection name checked against the fixed list before it goes into AQL text."""
-    if collection not in DOCUMENT_COLLECTIONS:
-        raise ValueError(f"not a document collection: {collection!r} (one of {DOCUMENT_COLLECTIONS})")
-    return collection
+    return document_table(collection).name
 
 
 def _as_float(number: Any) -> Any:
@@ -1014,7 +962,7 @@ def _needs_recalibration(expected_hash: str, library_id: str | None) -> tuple[st
 
 
 # ---- documents in and out ---------------------------------------------------------------------
-_BOOL_FIELDS: dict[str, frozenset[str]] = {name: table.bool_columns for name, table in _TABLES.items()}
+_BOOL_FIELDS: dict[str, frozenset[str]] = {name: table.bool_columns for name, table in TABLES.items()}
 
 
 def _require_key(collection: str, doc: Doc) -> Doc:

@@ -41,7 +41,7 @@ class PersistentIndex:
 
 # Every index names the queries it serves; an index no query uses only slows writes down.
 INDEXES: tuple[PersistentIndex, ...] = (
-    # The seed's histogram index (seed 000), kept verbatim for head-wide scans.
+    # The histogram index of docs/ARCHITECTURE.md §6, kept for head-wide scans.
     PersistentIndex("file_tags", "idx_file_tags_histogram", ("model_key", "head_name", "nomarr_only")),
     # histogram() and labels_of_head() are per (head, label).
     PersistentIndex(
@@ -50,7 +50,7 @@ INDEXES: tuple[PersistentIndex, ...] = (
         ("model_key", "head_name", "label", "nomarr_only"),
     ),
     # write_predictions() replaces (file, head) groups; files_needing_analysis() probes
-    # (file, head, tagger_version); file_tags_for_files()/apply_calibration()/delete_* go by file.
+    # (file, head, tagger_version); file_tags_for_files()/tier_inputs()/delete_* go by file.
     PersistentIndex(
         "file_tags",
         "idx_file_tags_file",
@@ -66,7 +66,7 @@ INDEXES: tuple[PersistentIndex, ...] = (
     PersistentIndex("library_files", "idx_library_files_pending", ("library_id", "file_tags_pending")),
     # load/save_folder_cache().
     PersistentIndex("library_folders", "idx_library_folders_library", ("library_id",)),
-    # apply_calibration() joins file_tags to their calibration by these fields.
+    # tier_inputs() and finish_claimed_recalibration() join file_tags to their calibration by these fields.
     PersistentIndex("calibration_state", "idx_calibration_state_label", ("model_key", "head_name", "label")),
     # recent_history(): newest snapshots of each calibration of a head.
     PersistentIndex("calibration_history", "idx_calibration_history_key", ("calibration_key", "snapshot_at")),

@@ -34,36 +34,29 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
-from nomarr_pipeline.store.postgres_schema import (
-    MIGRATION_LOCK_KEY,
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    TABLES,
-    as_double,
-    from_row,
-    to_row,
-)
+from nomarr_pipeline.store.postgres_schema import MIGRATION_LOCK_KEY, MIGRATIONS, SCHEMA_VERSION, as_double
 from nomarr_pipeline.store.protocol import (
-    DOCUMENT_COLLECTIONS,
     AnalysisClaim,
     ClaimedFile,
-    Doc,
-    FileStat,
     HeadVersion,
     SparseHistogram,
     StoreError,
-    analysis_error_key,
-    split_pending_guards,
 )
-from nomarr_pipeline.store.sqlite_schema import (
-    ANALYSABLE,
-    ANALYSIS_ERRORS,
+from nomarr_pipeline.store.schema import (
     FILE_TAGS,
-    LIBRARIES,
-    LIBRARY_FILES,
-    NEEDS_HEAD,
+    Doc,
+    check_claim,
+    check_histogram_spec,
+    document_table,
+    file_tag_rows,
+)
+from nomarr_pipeline.store.sql import (
+    ANALYSABLE,
     NEEDS_SOME_HEAD,
-    Table,
+    Dialect,
+    SqlStore,
+    pyformat,
+    sparse_histogram,
 )
 
 T = TypeVar("T")
@@ -93,11 +86,46 @@ _NOT_NULL_DEFAULTS: dict[str, Doc] = {"library_files": {"file_tags_pending": Fal
 _FINITE = "{v} > '-Infinity'::float8 AND {v} < 'Infinity'::float8"  # NaN sorts above Infinity
 
 
-class PostgresStore:
+def _heads_params(heads: Sequence[HeadVersion]) -> Doc:
+    return {"model_keys": [h.model_key for h in heads], "head_names": [h.head_name for h in heads],
+            "tagger_versions": [h.tagger_version for h in heads]}  # fmt: skip
+
+
+DIALECT = Dialect(
+    in_list="{column} = ANY(:{param})",
+    list_value=list,
+    # The heads of an analysis query: three parallel arrays, numbered from 0.
+    heads="""WITH heads AS (
+    SELECT position - 1 AS position, model_key, head_name, tagger_version
+    FROM unnest(:model_keys::text[], :head_names::text[], :tagger_versions::text[])
+         WITH ORDINALITY AS h(model_key, head_name, tagger_version, position))""",
+    heads_params=_heads_params,
+    merge_extra="extra = jsonb_strip_nulls(coalesce({current}, '{{}}') || {new})",
+    json_value="CAST(:{param} AS jsonb)",
+    json_as_text=False,
+)
+
+
+class _Canonical:
+    """A transaction as ``sql.SqlStore`` runs it: SQLite's parameter style, rows as dicts."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._cursor = conn.cursor(row_factory=dict_row)
+
+    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> psycopg.Cursor[Any]:
+        return self._cursor.execute(pyformat(sql), params)  # type: ignore[arg-type]
+
+    def executemany(self, sql: str, rows: Sequence[Any]) -> None:
+        if rows:
+            self._cursor.executemany(pyformat(sql), rows)  # type: ignore[arg-type]
+
+
+class PostgresStore(SqlStore):
     """The Store protocol on PostgreSQL. Holds configuration only until first used."""
 
     engine = "postgres"
     concurrent_writers = True
+    dialect = DIALECT
 
     def __init__(self, url: str, *, password: str | None = None) -> None:
         self._url = url
@@ -239,16 +267,6 @@ class PostgresStore:
             time.sleep(RETRY_BACKOFF_S * 2**attempt)
             attempt += 1
 
-    def _rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
-        def read(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-            with conn.cursor(row_factory=dict_row) as cur:
-                return cur.execute(sql, params).fetchall()  # type: ignore[arg-type]
-
-        return self._run(read)
-
-    def _scalar(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
-        return self._run(lambda conn: conn.execute(sql, params).fetchone()[0])  # type: ignore[arg-type, index]
-
     # ---- errors --------------------------------------------------------------------------
     def _error(self, exc: psycopg.Error, action: str, retried: int = 0) -> StoreError:
         """One line naming what to fix; never the password."""
@@ -290,204 +308,47 @@ class PostgresStore:
         error.__context__ = exc
         return error
 
-    # ---- generic document helpers ---------------------------------------------------------
-    @staticmethod
-    def _upsert(conn: psycopg.Connection[Any], table: Table, docs: Sequence[Doc], *, replace: bool) -> None:
-        """Insert or update by ``_key``; with ``replace=False`` only the given fields change."""
-        groups: dict[tuple[str, ...], list[Doc]] = {}
-        for doc in docs:
-            if "_key" not in doc:
-                raise ValueError(f"{table.name} document without _key: {doc!r}")
-            row = to_row(table, doc)
-            groups.setdefault(tuple(sorted(row)), []).append(row)
-        every = (*table.columns, *(("extra",) if table.has_extra else ()))
-        for columns, rows in groups.items():
-            if replace:
-                columns = every
-                defaults = _NOT_NULL_DEFAULTS.get(table.name, {})
-                rows = [{c: row.get(c, defaults.get(c)) for c in every} for row in rows]
-            names = ", ".join(columns)
-            values = ", ".join(_placeholder(table, c) for c in columns)
-            if replace:
-                sets = [f"{c} = excluded.{c}" for c in columns if c != "_key"]
-            else:
-                sets = [
-                    f"extra = jsonb_strip_nulls(coalesce({table.name}.extra, '{{}}') || excluded.extra)"
-                    if c == "extra"
-                    else f"{c} = excluded.{c}"
-                    for c in columns
-                    if c != "_key"
-                ]
-            conflict = f"DO UPDATE SET {', '.join(sets)}" if sets else "DO NOTHING"
-            with conn.cursor() as cur:
-                cur.executemany(
-                    f"INSERT INTO {table.name} ({names}) VALUES ({values}) ON CONFLICT (_key) {conflict}",  # type: ignore[arg-type]
-                    rows,
-                )
+    def _read(self, work: Callable[[Any], T]) -> T:
+        return self._run(lambda conn: work(_Canonical(conn)))
 
-    def _update(self, table: Table, docs: Sequence[Doc]) -> None:
-        """Update existing documents' given fields; unknown keys are ignored."""
-        if any(len(doc) > 1 for doc in docs):
-            self._run(lambda conn: _update_in(conn, table, docs))
-
-    def _get(self, table: Table, keys: Sequence[str]) -> list[Doc]:
-        if not keys:
-            return []
-        rows = self._rows(f"SELECT * FROM {table.name} WHERE _key = ANY(%s) ORDER BY _key", (list(keys),))
-        return [from_row(table, r) for r in rows]
-
-    # ---- libraries -------------------------------------------------------------------------
-    def ensure_library(self, doc: Doc) -> Doc:
-        row = to_row(LIBRARIES, doc)
-        names = ", ".join(row)
-        values = ", ".join(_placeholder(LIBRARIES, c) for c in row)
-        self._run(
-            lambda conn: conn.execute(
-                f"INSERT INTO libraries ({names}) VALUES ({values}) ON CONFLICT (_key) DO NOTHING",  # type: ignore[arg-type]
-                row,
-            )
-        )
-        library = self.get_library(doc["_key"])
-        if library is None:  # only if someone deleted it in between
-            raise StoreError(f"library {doc['_key']!r} vanished while it was being created")
-        return library
-
-    def get_library(self, key: str) -> Doc | None:
-        found = self._get(LIBRARIES, [key])
-        return found[0] if found else None
-
-    def list_libraries(self) -> list[Doc]:
-        return [from_row(LIBRARIES, r) for r in self._rows("SELECT * FROM libraries ORDER BY _key")]
-
-    def update_library(self, key: str, fields: Doc) -> None:
-        self._update(LIBRARIES, [{**fields, "_key": key}])
+    _write = _read
 
     # ---- scanning ----------------------------------------------------------------------------
-    def load_folder_cache(self, library_id: str) -> dict[str, tuple[int, int]]:
-        rows = self._rows(
-            "SELECT path, mtime_ns, entry_count FROM library_folders WHERE library_id = %s", (library_id,)
-        )
-        return {r["path"]: (r["mtime_ns"], r["entry_count"]) for r in rows}
-
     def save_folder_cache(self, library_id: str, folders: dict[str, tuple[int, int]]) -> None:
         def save(conn: psycopg.Connection[Any]) -> None:
             conn.execute("DELETE FROM library_folders WHERE library_id = %s", (library_id,))
-            with conn.cursor() as cur, cur.copy(
-                "COPY library_folders (library_id, path, mtime_ns, entry_count) FROM STDIN"
-            ) as copy:
+            with (
+                conn.cursor() as cur,
+                cur.copy("COPY library_folders (library_id, path, mtime_ns, entry_count) FROM STDIN") as copy,
+            ):
                 for path, (mtime_ns, entry_count) in folders.items():
                     copy.write_row((library_id, path, mtime_ns, entry_count))
 
         self._run(save)
 
-    def file_index(self, library_id: str) -> dict[str, FileStat]:
-        def read(conn: psycopg.Connection[Any]) -> dict[str, FileStat]:
-            cur = conn.execute(
-                "SELECT path, _key, size, mtime_ns, written_stats FROM library_files WHERE library_id = %s",
-                (library_id,),
-            )
-            return {
-                path: FileStat.of({"_key": key, "size": size, "mtime_ns": mtime_ns, "written_stats": written})
-                for path, key, size, mtime_ns, written in cur
-            }
-
-        return self._run(read)
-
-    def upsert_files(self, docs: Sequence[Doc]) -> None:
-        self._run(lambda conn: self._upsert(conn, LIBRARY_FILES, docs, replace=False))
-
-    def delete_files(self, file_ids: Sequence[str]) -> None:
-        ids = list(file_ids)
-
-        def delete(conn: psycopg.Connection[Any]) -> None:
-            _delete_analysis_results(conn, ids)
-            conn.execute("DELETE FROM library_files WHERE _key = ANY(%s)", (ids,))
-
-        self._run(delete)
-
-    def delete_file_tags(self, file_ids: Sequence[str]) -> None:
-        ids = list(file_ids)
-        self._run(lambda conn: _delete_analysis_results(conn, ids))
-
-    def get_files(self, file_ids: Sequence[str]) -> list[Doc]:
-        return self._get(LIBRARY_FILES, file_ids)
-
-    def iter_files(self, library_id: str | None = None, batch_size: int = 1000) -> Iterator[list[Doc]]:
-        after = ""
-        while True:
-            rows = self._rows(
-                "SELECT * FROM library_files WHERE _key > %(after)s "
-                "AND (%(library_id)s::text IS NULL OR library_id = %(library_id)s) "
-                "ORDER BY _key LIMIT %(limit)s",
-                {"after": after, "library_id": library_id, "limit": batch_size},
-            )
-            if not rows:
-                return
-            yield [from_row(LIBRARY_FILES, r) for r in rows]
-            after = rows[-1]["_key"]
-
-    def file_counts(self, library_id: str | None = None) -> Doc:
-        (row,) = self._rows(
-            """
-            SELECT count(*) AS total,
-                   count(*) FILTER (WHERE analyzed_at IS NOT NULL AND analysis_error IS NULL) AS analysed,
-                   count(analysis_error) AS analysis_errors,
-                   count(scan_error) AS scan_errors,
-                   count(*) FILTER (WHERE file_tags_pending) AS pending_writes,
-                   count(write_error) AS write_errors,
-                   count(written_at) AS written
-            FROM library_files WHERE %(library_id)s::text IS NULL OR library_id = %(library_id)s
-            """,
-            {"library_id": library_id},
-        )
-        return {k: int(v) for k, v in row.items()}
-
     # ---- analysis ----------------------------------------------------------------------------
-    def count_files_needing_analysis(self, head: HeadVersion) -> int:
-        sql = f"{_HEADS} SELECT count(*) FROM library_files f WHERE {ANALYSABLE} AND {NEEDS_SOME_HEAD}"
-        return int(self._scalar(sql, _heads_params([head])))
-
     def claim_files_for_analysis(
         self, heads: Sequence[HeadVersion], claim: AnalysisClaim, limit: int, after_key: str | None = None
     ) -> list[ClaimedFile]:
-        params = {**_heads_params(heads), "run_id": claim.run_id, "shard": claim.shard,
-                  "after": after_key or "", "limit": limit, "now": int(time.time() * 1000)}
+        params = {
+            **_heads_params(heads),
+            "run_id": claim.run_id,
+            "shard": claim.shard,
+            "after": after_key or "",
+            "limit": limit,
+            "now": int(time.time() * 1000),
+        }
 
         def take(conn: psycopg.Connection[Any]) -> list[ClaimedFile]:
             keys = [row[0] for row in conn.execute(CLAIM_FOR_ANALYSIS_SQL, params)]  # type: ignore[arg-type]
-            return _claimed_files(conn, sorted(keys), heads)
+            return self._claimed_files(_Canonical(conn), sorted(keys), heads)
 
         return self._run(take)
-
-    def reclaim_files_for_analysis(
-        self, heads: Sequence[HeadVersion], claim: AnalysisClaim
-    ) -> list[ClaimedFile]:
-        params = {**_heads_params(heads), "run_id": claim.run_id, "shard": claim.shard}
-
-        def take_back(conn: psycopg.Connection[Any]) -> list[ClaimedFile]:
-            keys = [row[0] for row in conn.execute(
-                f"""{_HEADS} SELECT f._key FROM analysis_claims c JOIN library_files f ON f._key = c.file_id
-                WHERE c.run_id = %(run_id)s AND c.shard = %(shard)s AND {ANALYSABLE} AND {NEEDS_SOME_HEAD}
-                ORDER BY f._key""", params)]  # type: ignore[arg-type]
-            return _claimed_files(conn, keys, heads)
-
-        return self._run(take_back)
-
-    def release_analysis_claims(self, run_id: str, claimed_before_ms: int) -> int:
-        return self._run(lambda conn: conn.execute(
-            "DELETE FROM analysis_claims WHERE run_id = %s OR claimed_at < %s", (run_id, claimed_before_ms)
-        ).rowcount)
 
     def write_predictions(self, docs: Sequence[Doc]) -> None:
         if not docs:
             return
-        # The last document of a (file, head, label) wins, as INSERT OR REPLACE does in SQLite.
-        rows: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
-        for doc in docs:
-            if "_key" not in doc:
-                raise ValueError(f"file_tags document without _key: {doc!r}")
-            row = _file_tag_row(doc)
-            rows[(row[1], row[2], row[3], row[4])] = row
+        rows = file_tag_rows(docs, as_double)
         groups = sorted({key[:3] for key in rows})
         file_ids = sorted({g[0] for g in groups})
         files_by_head: dict[tuple[str, str], list[str]] = {}
@@ -516,48 +377,11 @@ class PostgresStore:
 
         self._run(write)
 
-    def record_analysis(self, results: Sequence[Doc]) -> None:
-        self._update(LIBRARY_FILES, results)
-
-    def record_analysis_errors(self, errors: Sequence[Doc]) -> None:
-        docs = [{**e, "_key": analysis_error_key(e["file_id"], e["model_key"], e["head_name"])}
-                for e in errors]
-        if docs:
-            self._run(lambda conn: self._upsert(conn, ANALYSIS_ERRORS, docs, replace=True))
-
-    def count_files_with_analysis_errors(
-        self, heads: Sequence[HeadVersion], library_id: str | None = None
-    ) -> int:
-        sql = f"""{_HEADS} SELECT count(DISTINCT e.file_id) FROM heads h
-            JOIN analysis_errors e ON e.model_key = h.model_key AND e.head_name = h.head_name
-                                  AND e.tagger_version = h.tagger_version
-            JOIN library_files f ON f._key = e.file_id
-            WHERE %(library_id)s::text IS NULL OR f.library_id = %(library_id)s"""
-        return int(self._scalar(sql, {**_heads_params(heads), "library_id": library_id}))
-
-    def file_tags_for_files(self, file_ids: Sequence[str]) -> list[Doc]:
-        if not file_ids:
-            return []
-        rows = self._rows(
-            "SELECT * FROM file_tags WHERE file_id = ANY(%s) ORDER BY file_id, model_key, head_name, label",
-            (list(file_ids),),
-        )
-        return [from_row(FILE_TAGS, r) for r in rows]
-
-    def count_predictions(self, model_key: str, head_name: str) -> int:
-        return int(
-            self._scalar(
-                "SELECT count(DISTINCT file_id) FROM file_tags WHERE model_key = %s AND head_name = %s",
-                (model_key, head_name),
-            )
-        )
-
     # ---- calibration -------------------------------------------------------------------------
-    def histogram(
+    def _histogram(
         self, model_key: str, head_name: str, label: str, lo: float, hi: float, bins: int
     ) -> SparseHistogram:
-        if not hi > lo or bins < 1:
-            raise ValueError(f"invalid histogram spec lo={lo} hi={hi} bins={bins}")
+        check_histogram_spec(lo, hi, bins)
 
         def read(conn: psycopg.Connection[Any]) -> list[tuple[int, int]]:
             return conn.execute(HISTOGRAM_SQL, {  # type: ignore[return-value]
@@ -565,11 +389,7 @@ class PostgresStore:
                 "model_key": model_key, "head_name": head_name, "label": label,
             }).fetchall()  # fmt: skip
 
-        rows = self._run(read)
-        in_range = [(int(index), int(count)) for index, count in rows if 0 <= index < bins]
-        under = sum(int(count) for index, count in rows if index < 0)
-        over = sum(int(count) for index, count in rows if index >= bins)
-        return SparseHistogram(bins=in_range, underflow_count=under, overflow_count=over)
+        return sparse_histogram(self._run(read), bins)
 
     def histograms(
         self, model_key: str, head_name: str, labels: Sequence[str], lo: float, hi: float, bins: int
@@ -580,8 +400,8 @@ class PostgresStore:
         def submit() -> None:
             label = next(pending, None)
             if label is not None:
-                future = self._reader_pool().submit(self.histogram, model_key, head_name, label, lo, hi, bins)
-                in_flight.append((label, future))
+                read = self._reader_pool().submit(self._histogram, model_key, head_name, label, lo, hi, bins)
+                in_flight.append((label, read))
 
         for _ in range(HISTOGRAM_CONNECTIONS):
             submit()
@@ -590,66 +410,22 @@ class PostgresStore:
             submit()
             yield label, future.result()
 
-    def labels_of_head(self, model_key: str, head_name: str) -> list[str]:
-        rows = self._rows(
-            "SELECT DISTINCT label FROM file_tags WHERE model_key = %s AND head_name = %s ORDER BY label",
-            (model_key, head_name),
-        )
-        return [r["label"] for r in rows]
-
-    def get_calibration(self, key: str) -> Doc | None:
-        found = self._get(TABLES["calibration_state"], [key])
-        return found[0] if found else None
-
-    def list_calibrations(self) -> list[Doc]:
-        rows = self._rows("SELECT * FROM calibration_state ORDER BY _key")
-        return [from_row(TABLES["calibration_state"], r) for r in rows]
-
-    def save_calibrations(self, states: Sequence[Doc], history: Sequence[Doc]) -> None:
-        def save(conn: psycopg.Connection[Any]) -> None:
-            self._upsert(conn, TABLES["calibration_state"], states, replace=True)
-            self._upsert(conn, TABLES["calibration_history"], history, replace=True)
-
-        self._run(save)
-
     def recent_history(self, calibration_keys: Sequence[str], per_key: int = 1) -> dict[str, list[Doc]]:
         # A backward scan of idx_calibration_history_key per calibration, however long its
         # history; the identity column orders snapshots of one millisecond as written.
         rows = self._rows(
-            "SELECT h.* FROM unnest(%s::text[]) WITH ORDINALITY AS k(key, position) "
+            "SELECT h.* FROM unnest(CAST(? AS text[])) WITH ORDINALITY AS k(key, position) "
             "CROSS JOIN LATERAL (SELECT * FROM calibration_history WHERE calibration_key = k.key "
-            "ORDER BY snapshot_at DESC, seq DESC LIMIT %s) AS h ORDER BY k.position",
+            "ORDER BY snapshot_at DESC, seq DESC LIMIT ?) AS h ORDER BY k.position",
             (list(dict.fromkeys(calibration_keys)), per_key),
         )
-        found: dict[str, list[Doc]] = {}
-        for row in rows:
-            found.setdefault(row["calibration_key"], []).append(from_row(TABLES["calibration_history"], row))
-        return found
+        return self._by_calibration(rows)
 
     # ---- recalibration -----------------------------------------------------------------------
-    def count_files_needing_recalibration(self, expected_hash: str, library_id: str | None = None) -> int:
-        return int(
-            self._scalar(
-                "SELECT count(*) FROM library_files WHERE "
-                "(calibration_hash IS NULL OR calibration_hash < %(hash)s OR calibration_hash > %(hash)s) "
-                "AND analyzed_at IS NOT NULL "
-                "AND (%(library_id)s::text IS NULL OR library_id = %(library_id)s)",
-                {"hash": expected_hash, "library_id": library_id},
-            )
-        )
-
-    def apply_calibration(self, file_ids: Sequence[str]) -> None:
-        ids = list(file_ids)
-        self._run(lambda conn: _apply_calibration(conn, ids))
-
-    def finish_recalibration(self, updates: Sequence[Doc]) -> None:
-        self._update(LIBRARY_FILES, updates)
-
     def claim_files_for_recalibration(
         self, expected_hash: str, run: str, claim: str, limit: int, library_id: str | None = None
     ) -> list[str]:
-        if not run or not claim.startswith(run):
-            raise ValueError(f"claim {claim!r} must start with its run {run!r}")
+        check_claim(run, claim)
         params = {"hash": expected_hash, "run": run, "claim": claim, "limit": limit, "library_id": library_id}
 
         def claim_rows(conn: psycopg.Connection[Any]) -> list[str]:
@@ -703,25 +479,7 @@ class PostgresStore:
 
         return self._run(finish)
 
-    def reset_calibration_hashes(self, library_id: str | None = None) -> int:
-        def reset(conn: psycopg.Connection[Any]) -> int:
-            return conn.execute(
-                "UPDATE library_files SET calibration_hash = NULL WHERE calibration_hash IS NOT NULL "
-                "AND (%(library_id)s::text IS NULL OR library_id = %(library_id)s)",
-                {"library_id": library_id},
-            ).rowcount
-
-        return self._run(reset)
-
     # ---- tag writing -------------------------------------------------------------------------
-    def files_pending_write(self, library_id: str, after_key: str | None, limit: int) -> list[Doc]:
-        rows = self._rows(
-            "SELECT * FROM library_files WHERE library_id = %s AND file_tags_pending "
-            "AND _key > %s ORDER BY _key LIMIT %s",
-            (library_id, after_key or "", limit),
-        )
-        return [from_row(LIBRARY_FILES, r) for r in rows]
-
     def add_written_stats(self, stats: Sequence[Doc]) -> None:
         rows = [(s["size"], s["mtime_ns"], s["_key"]) for s in stats]
 
@@ -737,50 +495,14 @@ class PostgresStore:
         if rows:
             self._run(append)
 
-    def record_writes(self, results: Sequence[Doc]) -> None:
-        updates, guards = split_pending_guards(results)
-
-        def record(conn: psycopg.Connection[Any]) -> None:
-            _update_in(conn, LIBRARY_FILES, updates)
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "UPDATE library_files SET file_tags_pending = false "
-                    "WHERE _key = %s AND calibration_hash IS NOT DISTINCT FROM %s",
-                    guards,
-                )
-
-        self._run(record)
-
     # ---- moving a store --------------------------------------------------------------------
-    def count_documents(self, collection: str) -> int:
-        return int(self._scalar(f"SELECT count(*) FROM {_document_table(collection).name}"))
-
-    def iter_documents(self, collection: str, batch_size: int = 1000) -> Iterator[list[Doc]]:
-        table = _document_table(collection)
-        key = _FILE_TAGS_KEY if table is FILE_TAGS else ("_key",)
-        order = ", ".join(key)
-        after: tuple[Any, ...] | None = None
-        while True:
-            where = f"WHERE ({order}) > ({', '.join(['%s'] * len(key))})" if after else ""
-            rows = self._rows(
-                f"SELECT * FROM {table.name} {where} ORDER BY {order} LIMIT %s", (*(after or ()), batch_size)
-            )
-            if not rows:
-                return
-            yield [from_row(table, r) for r in rows]
-            after = tuple(rows[-1][column] for column in key)
-
     def put_documents(self, collection: str, docs: Sequence[Doc]) -> None:
-        table = _document_table(collection)
-        if table is not FILE_TAGS:
-            self._run(lambda conn: self._upsert(conn, table, docs, replace=True))
+        if document_table(collection) is not FILE_TAGS:
+            super().put_documents(collection, docs)
             return
-        rows = {}
-        for doc in docs:
-            row = _file_tag_row(doc)
-            rows[(row[1], row[2], row[3], row[4])] = row
+        rows = file_tag_rows(docs, as_double)
         columns = ", ".join(_FILE_TAG_COLUMNS)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in _FILE_TAG_COLUMNS if c not in _FILE_TAGS_KEY)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _FILE_TAG_COLUMNS if c not in FILE_TAGS.key)
 
         def put(conn: psycopg.Connection[Any]) -> None:
             # Staged by COPY, then one upsert on the primary key (its arbiter index is used
@@ -799,7 +521,7 @@ class PostgresStore:
 
 
 # ---- SQL ---------------------------------------------------------------------------------------
-# The seed's histogram (seed 000) with SQLite's integer bin arithmetic: multiplying by
+# The histogram of docs/ARCHITECTURE.md §6 with SQLite's integer bin arithmetic: multiplying by
 # bins/(hi - lo) rather than dividing by the bin width keeps a value on a bin edge (0.3 of
 # 10,000 bins) in the bin that edge starts; -1 collects underflow, `bins` overflow.
 HISTOGRAM_SQL = f"""
@@ -839,25 +561,6 @@ WHERE t.file_id = ANY(%s)
 """
 
 
-def _update_in(conn: psycopg.Connection[Any], table: Table, docs: Sequence[Doc]) -> None:
-    """Set the given fields of existing documents, grouped by the fields a document sets."""
-    groups: dict[tuple[str, ...], list[Doc]] = {}
-    for doc in docs:
-        row = to_row(table, doc)
-        if len(row) > 1:
-            groups.setdefault(tuple(sorted(row)), []).append(row)
-    for columns, rows in groups.items():
-        sets = ", ".join(
-            f"extra = jsonb_strip_nulls(coalesce(extra, '{{}}') || {_placeholder(table, c)})"
-            if c == "extra"
-            else f"{c} = {_placeholder(table, c)}"
-            for c in columns
-            if c != "_key"
-        )
-        with conn.cursor() as cur:
-            cur.executemany(f"UPDATE {table.name} SET {sets} WHERE _key = %(_key)s", rows)  # type: ignore[arg-type]
-
-
 def _apply_calibration(conn: psycopg.Connection[Any], file_ids: list[str]) -> None:
     # A hash join of the batch's predictions with calibration_state (a few hundred rows) is
     # the right plan at every size, but lagging statistics make the planner pick nested
@@ -894,15 +597,6 @@ RETURNING _key
 """
 
 
-_FILE_TAGS_KEY = ("file_id", "model_key", "head_name", "label")
-
-
-def _document_table(collection: str) -> Table:
-    if collection not in DOCUMENT_COLLECTIONS:
-        raise ValueError(f"not a document collection: {collection!r} (one of {DOCUMENT_COLLECTIONS})")
-    return TABLES[collection]
-
-
 def _copy_file_tags(conn: psycopg.Connection[Any], rows: Any, table: str = "file_tags") -> None:
     columns = ", ".join(_FILE_TAG_COLUMNS)
     with conn.cursor() as cur, cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:  # type: ignore[arg-type]
@@ -910,84 +604,21 @@ def _copy_file_tags(conn: psycopg.Connection[Any], rows: Any, table: str = "file
             copy.write_row(row)
 
 
-def _file_tag_row(doc: Mapping[str, Any]) -> tuple[Any, ...]:
-    """A ``file_tags`` document as the tuple ``_copy_file_tags`` sends (fields in column order)."""
-    unknown = set(doc) - set(_FILE_TAG_COLUMNS)
-    if unknown:
-        raise ValueError(f"file_tags has no field {sorted(unknown)[0]!r}")
-    nomarr_only = doc.get("nomarr_only")
-    return (
-        doc["_key"],
-        doc["file_id"],
-        doc["model_key"],
-        doc["head_name"],
-        doc["label"],
-        as_double(doc.get("value")),
-        as_double(doc.get("std")),
-        as_double(doc.get("calibrated_value")),
-        True if nomarr_only is None else bool(nomarr_only),
-        doc.get("tagger_version"),
-    )
-
-
-def _placeholder(table: Table, column: str) -> str:
-    cast = "::jsonb" if column in table.json_columns or column == "extra" else ""
-    return f"%({column})s{cast}"
-
-
-# The heads of an analysis query: three parallel arrays, numbered from 0.
-_HEADS = """WITH heads AS (
-    SELECT position - 1 AS position, model_key, head_name, tagger_version
-    FROM unnest(%(model_keys)s::text[], %(head_names)s::text[], %(tagger_versions)s::text[])
-         WITH ORDINALITY AS h(model_key, head_name, tagger_version, position))"""
-
 # Shards of one run claim files that need a head and that no shard of the run holds. Rows
 # another claimer is taking are skipped (FOR NO KEY UPDATE SKIP LOCKED), so concurrent shards
 # take different files without waiting; the primary key (run_id, file_id) is the guarantee.
-CLAIM_FOR_ANALYSIS_SQL = f"""{_HEADS},
+CLAIM_FOR_ANALYSIS_SQL = pyformat(f"""{DIALECT.heads},
 candidates AS (
     SELECT f._key FROM library_files f
-    WHERE f._key > %(after)s AND {ANALYSABLE} AND {NEEDS_SOME_HEAD}
-      AND NOT EXISTS (SELECT 1 FROM analysis_claims c WHERE c.run_id = %(run_id)s AND c.file_id = f._key)
-    ORDER BY f._key LIMIT %(limit)s
+    WHERE f._key > :after AND {ANALYSABLE} AND {NEEDS_SOME_HEAD}
+      AND NOT EXISTS (SELECT 1 FROM analysis_claims c WHERE c.run_id = :run_id AND c.file_id = f._key)
+    ORDER BY f._key LIMIT :limit
     FOR NO KEY UPDATE OF f SKIP LOCKED)
 INSERT INTO analysis_claims (run_id, file_id, shard, claimed_at)
-SELECT %(run_id)s, _key, %(shard)s, %(now)s FROM candidates
+SELECT :run_id, _key, :shard, :now FROM candidates
 ON CONFLICT (run_id, file_id) DO NOTHING
 RETURNING file_id
-"""
-
-
-def _heads_params(heads: Sequence[HeadVersion]) -> dict[str, object]:
-    return {"model_keys": [h.model_key for h in heads], "head_names": [h.head_name for h in heads],
-            "tagger_versions": [h.tagger_version for h in heads]}
-
-
-def _claimed_files(
-    conn: psycopg.Connection[Any], keys: list[str], heads: Sequence[HeadVersion]
-) -> list[ClaimedFile]:
-    """The documents of ``keys`` with the heads each still needs, in key order."""
-    if not keys:
-        return []
-    params = {**_heads_params(heads), "keys": keys}
-    needed: dict[str, list[int]] = {}
-    for key, position in conn.execute(
-        f"""{_HEADS} SELECT f._key, h.position FROM library_files f CROSS JOIN heads h
-        WHERE f._key = ANY(%(keys)s) AND {NEEDS_HEAD} ORDER BY f._key, h.position""",  # type: ignore[arg-type]
-        params,
-    ):
-        needed.setdefault(key, []).append(position)
-    with conn.cursor(row_factory=dict_row) as cur:
-        docs = cur.execute(
-            "SELECT * FROM library_files WHERE _key = ANY(%s) ORDER BY _key", (keys,)
-        ).fetchall()
-    return [ClaimedFile(from_row(LIBRARY_FILES, row), tuple(heads[i] for i in needed[row["_key"]]))
-            for row in docs if row["_key"] in needed]
-
-
-def _delete_analysis_results(conn: psycopg.Connection[Any], file_ids: list[str]) -> None:
-    conn.execute("DELETE FROM file_tags WHERE file_id = ANY(%s)", (file_ids,))
-    conn.execute("DELETE FROM analysis_errors WHERE file_id = ANY(%s)", (file_ids,))
+""")
 
 
 # ---- URLs and messages ---------------------------------------------------------------------------

@@ -1,8 +1,6 @@
-"""PostgreSQL tables named like the collections, columns named like the fields (DESIGN.md §3).
-
-The column lists are SQLite's (``sqlite_schema``), so both engines store the same documents;
-fields beyond them live in the ``extra`` jsonb column. Text columns compare as ``COLLATE "C"``
-(bytes, like SQLite), so keyset pages and sort orders agree between the engines.
+"""PostgreSQL's tables: the columns of ``schema``, the rest of a document in ``extra`` (jsonb).
+Text columns compare as ``COLLATE "C"`` (bytes, like SQLite), so keyset pages and sort orders
+agree between the engines.
 
 Migrations are a list of scripts applied in order; ``nomarr_meta`` holds the schema version.
 Each runs in one transaction under an advisory lock, so two processes opening a fresh
@@ -11,27 +9,8 @@ database at once wait for each other instead of racing.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from typing import Any
 
-from nomarr_pipeline.store.sqlite_schema import (
-    ANALYSIS_ERRORS,
-    CALIBRATION_HISTORY,
-    CALIBRATION_STATE,
-    FILE_TAGS,
-    LIBRARIES,
-    LIBRARY_FILES,
-    Table,
-)
-
-Doc = dict[str, Any]
-TABLES: dict[str, Table] = {
-    table.name: table
-    for table in (
-        LIBRARIES, LIBRARY_FILES, FILE_TAGS, ANALYSIS_ERRORS, CALIBRATION_STATE, CALIBRATION_HISTORY
-    )
-}
 # Any constant unique to this project: pg_advisory_xact_lock(key) serialises migrations.
 MIGRATION_LOCK_KEY = 0x6E6F6D617272  # "nomarr"
 
@@ -115,37 +94,6 @@ UPDATE library_files SET analysis_error = NULL WHERE analysis_error IS NOT NULL;
 
 MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def to_row(table: Table, doc: Mapping[str, Any]) -> Doc:
-    """Column -> value psycopg can send, for the fields present in ``doc``. JSON is encoded
-    here (a value JSON cannot hold fails now, before anything is written)."""
-    row: Doc = {}
-    extra: Doc = {}
-    for field, value in doc.items():
-        if field in table.columns:
-            if field in table.json_columns:
-                row[field] = None if value is None else json.dumps(value, sort_keys=True)
-            elif field in table.bool_columns:
-                row[field] = None if value is None else bool(value)
-            elif table is FILE_TAGS and field in ("value", "std", "calibrated_value"):
-                row[field] = as_double(value)
-            else:
-                row[field] = value
-        elif table.has_extra:
-            extra[field] = value
-        else:
-            raise ValueError(f"{table.name} has no field {field!r}")
-    if extra:
-        row["extra"] = json.dumps(extra, sort_keys=True)
-    return row
-
-
-def from_row(table: Table, row: Mapping[str, Any]) -> Doc:
-    doc = {field: row[field] for field in table.columns}
-    if table.has_extra and row.get("extra"):
-        doc.update(row["extra"])
-    return doc
 
 
 def as_double(value: Any) -> float | None:

@@ -1,14 +1,14 @@
 """The Store protocol: every operation the pipeline performs on its database.
 
-Every engine (``sqlite``, ``postgres``, ``arango``) implements it with the same collection and field names
-(DESIGN.md §3), and ``nomarr_pipeline_tests/store/test_contract.py`` runs one suite against each.
+Every engine (``sqlite``, ``postgres``, ``arango``) implements it with the same collection and
+field names (docs/ARCHITECTURE.md, data model), and ``nomarr_pipeline_tests/store/test_contract.py``
+runs one suite against each.
 Documents go in and out as plain dicts whose keys are the collection's field names.
 Timestamps are integer milliseconds since the epoch.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -37,43 +37,6 @@ DOCUMENT_COLLECTIONS = (
     "calibration_state",
     "calibration_history",
 )
-
-# Fields a changed file loses so that it is analysed, calibrated and written again.
-STALE_ANALYSIS_RESET: Doc = {
-    "analyzed_at": None,
-    "analysis_error": None,
-    "calibration_hash": None,
-    "mood_tiers": None,
-    "file_tags_pending": False,
-    "written_at": None,
-    "write_error": None,
-    "written_stats": None,
-}
-
-
-@dataclass(frozen=True)
-class FileStat:
-    """What the scanner compares to decide whether a file changed: the (size, mtime_ns) the scan
-    recorded and ``written``, the stats of the copies tag writers are renaming into place
-    (``library_files.written_stats``, recorded before each rename, which keeps both)."""
-
-    key: str
-    size: int
-    mtime_ns: int
-    written: tuple[tuple[int, int], ...] = ()
-
-    @classmethod
-    def of(cls, doc: Mapping[str, Any]) -> FileStat:
-        written = tuple((int(size), int(mtime_ns)) for size, mtime_ns in doc.get("written_stats") or ())
-        return cls(doc["_key"], doc.get("size") or 0, doc.get("mtime_ns") or 0, written)
-
-    @property
-    def known(self) -> tuple[tuple[int, int], ...]:
-        """Every (size, mtime_ns) under which the file is the one the scan saw."""
-        return ((self.size, self.mtime_ns), *self.written)
-
-    def matches(self, size: int, mtime_ns: int) -> bool:
-        return (size, mtime_ns) in self.known
 
 
 @dataclass(frozen=True)
@@ -134,11 +97,6 @@ class StoreReadOnlyError(StoreError):
     """The store can be read but not written (file permissions, read-only mount)."""
 
 
-def analysis_error_key(file_id: str, model_key: str, head_name: str) -> str:
-    """The ``_key`` of a (file, head)'s ``analysis_errors`` document (hex, valid everywhere)."""
-    return hashlib.sha1(f"{file_id}|{model_key}|{head_name}".encode()).hexdigest()
-
-
 @runtime_checkable
 class Store(Protocol):
     """One database holding the library, predictions and calibrations."""
@@ -153,16 +111,14 @@ class Store(Protocol):
 
     # ---- libraries -------------------------------------------------------------------
     def ensure_library(self, doc: Doc) -> Doc:
-        """Insert ``doc`` (with ``_key``) unless a library with that key exists; return the stored one.
-
-        An existing library keeps its settings: the user's changes win over defaults.
-        """
+        """Insert ``doc`` (with ``_key``) unless a library with that key exists; return the stored one."""
 
     def get_library(self, key: str) -> Doc | None: ...
 
     def list_libraries(self) -> list[Doc]: ...
 
-    def update_library(self, key: str, fields: Doc) -> None: ...
+    def update_library(self, key: str, fields: Doc) -> None:
+        """Set these fields of the library (a scan brings its settings in line with the configuration)."""
 
     # ---- scanning --------------------------------------------------------------------
     def load_folder_cache(self, library_id: str) -> dict[str, tuple[int, int]]:
@@ -171,8 +127,8 @@ class Store(Protocol):
     def save_folder_cache(self, library_id: str, folders: dict[str, tuple[int, int]]) -> None:
         """Replace the library's folder cache with ``folders``."""
 
-    def file_index(self, library_id: str) -> dict[str, FileStat]:
-        """Path -> FileStat (with its ``written_stats``) for every file of the library."""
+    def file_index(self, library_id: str) -> dict[str, Doc]:
+        """Path -> ``{"_key", "size", "mtime_ns", "written_stats"}`` for every file of the library."""
 
     def upsert_files(self, docs: Sequence[Doc]) -> None:
         """Insert or update ``library_files`` documents by ``_key`` (only the fields given)."""
@@ -185,9 +141,6 @@ class Store(Protocol):
         (their audio changed: every head gets another chance)."""
 
     def get_files(self, file_ids: Sequence[str]) -> list[Doc]: ...
-
-    def iter_files(self, library_id: str | None = None, batch_size: int = 1000) -> Iterable[list[Doc]]:
-        """Every file, in pages ordered by ``_key`` (keyset pagination)."""
 
     def file_counts(self, library_id: str | None = None) -> Doc:
         """``{"total", "analysed", "analysis_errors", "scan_errors", "pending_writes",
@@ -242,26 +195,21 @@ class Store(Protocol):
 
     def file_tags_for_files(self, file_ids: Sequence[str]) -> list[Doc]: ...
 
-    def count_predictions(self, model_key: str, head_name: str) -> int:
-        """Number of files with predictions for this head."""
-
     # ---- calibration -----------------------------------------------------------------
-    def histogram(
-        self, model_key: str, head_name: str, label: str, lo: float, hi: float, bins: int
-    ) -> SparseHistogram:
-        """One grouped query over eligible ``file_tags`` (``nomarr_only``, finite number)."""
-
     def histograms(
         self, model_key: str, head_name: str, labels: Sequence[str], lo: float, hi: float, bins: int
     ) -> Iterator[tuple[str, SparseHistogram]]:
-        """``(label, histogram(label))`` for each label, in order. A server engine may run a few
+        """``(label, histogram)`` for each label, in order: one grouped query per label over
+        eligible ``file_tags`` (``nomarr_only``, finite number). A server engine may run a few
         of these queries at once on connections of its own (a few histograms alive at a time,
         never all of a head's)."""
 
     def labels_of_head(self, model_key: str, head_name: str) -> list[str]:
         """Distinct labels stored for a head (sorted)."""
 
-    def get_calibration(self, key: str) -> Doc | None: ...
+    def get_calibrations(self, keys: Sequence[str]) -> dict[str, Doc]:
+        """The ``calibration_state`` documents of these keys (absent ones are left out), in
+        ONE query: a head's labels at once."""
 
     def list_calibrations(self) -> list[Doc]: ...
 
@@ -278,14 +226,6 @@ class Store(Protocol):
     def count_files_needing_recalibration(self, expected_hash: str, library_id: str | None = None) -> int:
         """Analysed files whose ``calibration_hash`` is null or differs from ``expected_hash``."""
 
-    def apply_calibration(self, file_ids: Sequence[str]) -> None:
-        """Set ``calibrated_value = clamp((value - p5) / (p95 - p5), 0, 1)`` on these files'
-        ``file_tags`` from ``calibration_state``, set-based; null where no calibration
-        exists or ``p95 <= p5`` (DESIGN.md §5, decision 3)."""
-
-    def finish_recalibration(self, updates: Sequence[Doc]) -> None:
-        """``[{"_key", "calibration_hash", "mood_tiers", "file_tags_pending"}]`` in one transaction."""
-
     def claim_files_for_recalibration(
         self, expected_hash: str, run: str, claim: str, limit: int, library_id: str | None = None
     ) -> list[str]:
@@ -300,17 +240,18 @@ class Store(Protocol):
     def tier_inputs(self, file_ids: Sequence[str]) -> list[tuple[Any, ...]]:
         """These files' ``file_tags`` as mood tiers need them: one tuple per prediction with
         the fields :data:`TIER_INPUT_FIELDS`, ``calibrated_value`` computed from the current
-        ``calibration_state`` by the very expression ``apply_calibration`` stores. Tuples, not
+        ``calibration_state`` by the very expression ``finish_claimed_recalibration`` stores
+        (``clamp((value - p5) / (p95 - p5), 0, 1)``, null without a usable calibration). Tuples, not
         documents: this is the hot read of a recalibration (10 M rows for a large library)."""
 
     def finish_claimed_recalibration(
         self, claim: str, expected_hash: str, mood_tiers: Mapping[str, Doc | None]
     ) -> list[str]:
         """In ONE transaction, for the files of ``mood_tiers`` that still hold ``claim``:
-        ``apply_calibration``, then ``mood_tiers``, ``calibration_hash = expected_hash`` and
-        ``file_tags_pending``. A file whose claim was voided (new predictions since the claim,
-        so its tiers may be stale) is left as it is, still needing recalibration. Returns the
-        files finished."""
+        store each prediction's ``calibrated_value``, then ``mood_tiers``, ``calibration_hash =
+        expected_hash`` and ``file_tags_pending``. A file whose claim was voided (new predictions
+        since the claim, so its tiers may be stale) is left as it is, still needing
+        recalibration. Returns the files finished."""
 
     def reset_calibration_hashes(self, library_id: str | None = None) -> int:
         """Force recalibration: set every hash to null; returns how many files."""
@@ -333,7 +274,7 @@ class Store(Protocol):
         when its tags were selected. Its ``file_tags_pending = False`` then applies only if
         the file still has that hash, so tiers a recalibration finished meanwhile are
         written by the next batch instead of being marked done (see
-        :func:`split_pending_guards`)."""
+        ``schema.split_pending_guards``)."""
 
     # ---- moving a store (nomarr_pipeline.store.migrate) ---------------------------------
     def count_documents(self, collection: str) -> int:
@@ -347,20 +288,3 @@ class Store(Protocol):
         """Insert or replace whole documents by their key (``file_tags``: file, model, head and
         label), as they are and in one transaction; none of the pipeline's side effects
         (``write_predictions`` clearing hashes) happen."""
-
-
-def split_pending_guards(results: Sequence[Doc]) -> tuple[list[Doc], list[tuple[str, str | None]]]:
-    """``record_writes``' results as plain field updates and ``(key, written_for_hash)``
-    pairs whose pending flag is cleared only while the file keeps that hash."""
-    updates: list[Doc] = []
-    guards: list[tuple[str, str | None]] = []
-    for result in results:
-        if "written_for_hash" not in result:
-            updates.append(dict(result))
-            continue
-        fields = {k: v for k, v in result.items() if k != "written_for_hash"}
-        if fields.get("file_tags_pending") is False:
-            del fields["file_tags_pending"]
-            guards.append((result["_key"], result["written_for_hash"]))
-        updates.append(fields)
-    return updates, guards

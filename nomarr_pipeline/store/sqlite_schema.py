@@ -1,149 +1,10 @@
-"""SQLite tables named like the collections, columns named like the fields (DESIGN.md §3).
-
-Fields a document carries beyond its declared columns live in the ``extra`` JSON column, so
-documents round-trip whole. Migrations are a list of scripts applied in order under
-``PRAGMA user_version``.
-"""
+"""SQLite's tables (the columns of ``schema``), as migrations applied in order under
+``PRAGMA user_version``."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
-
-Doc = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Table:
-    name: str
-    columns: tuple[str, ...]
-    json_columns: frozenset[str] = frozenset()
-    bool_columns: frozenset[str] = frozenset()
-    has_extra: bool = True
-
-    def to_row(self, doc: Mapping[str, Any]) -> Doc:
-        """Column -> SQLite value for the fields present in ``doc``."""
-        row: Doc = {}
-        extra: Doc = {}
-        for field, value in doc.items():
-            if field in self.columns:
-                if field in self.json_columns:
-                    row[field] = None if value is None else json.dumps(value, sort_keys=True)
-                elif field in self.bool_columns:
-                    row[field] = None if value is None else int(bool(value))
-                else:
-                    row[field] = value
-            elif self.has_extra:
-                extra[field] = value
-            else:
-                raise ValueError(f"{self.name} has no field {field!r}")
-        if extra:
-            row["extra"] = json.dumps(extra, sort_keys=True)
-        return row
-
-    def from_row(self, row: sqlite3.Row) -> Doc:
-        doc: Doc = {}
-        for field in self.columns:
-            value = row[field]
-            if value is not None and field in self.json_columns:
-                value = json.loads(value)
-            elif value is not None and field in self.bool_columns:
-                value = bool(value)
-            doc[field] = value
-        if self.has_extra and row["extra"]:
-            doc.update(json.loads(row["extra"]))
-        return doc
-
-
-LIBRARIES = Table(
-    "libraries",
-    ("_key", "name", "root_path", "auto_write_tags", "file_write_mode", "write_raw_scores", "created_at"),
-    bool_columns=frozenset({"auto_write_tags", "write_raw_scores"}),
-)
-LIBRARY_FILES = Table(
-    "library_files",
-    (
-        "_key",
-        "library_id",
-        "path",
-        "size",
-        "mtime_ns",
-        "duration_s",
-        "scanned_at",
-        "scan_error",
-        "analyzed_at",
-        "analysis_error",
-        "calibration_hash",
-        "mood_tiers",
-        "file_tags_pending",
-        "written_at",
-        "write_error",
-        "written_stats",
-    ),
-    json_columns=frozenset({"mood_tiers", "written_stats"}),
-    bool_columns=frozenset({"file_tags_pending"}),
-)
-FILE_TAGS = Table(
-    "file_tags",
-    (
-        "_key",
-        "file_id",
-        "model_key",
-        "head_name",
-        "label",
-        "value",
-        "std",
-        "calibrated_value",
-        "nomarr_only",
-        "tagger_version",
-    ),
-    bool_columns=frozenset({"nomarr_only"}),
-    has_extra=False,
-)
-ANALYSIS_ERRORS = Table(
-    "analysis_errors",
-    ("_key", "file_id", "model_key", "head_name", "tagger_version", "error", "failed_at"),
-)
-CALIBRATION_STATE = Table(
-    "calibration_state",
-    (
-        "_key",
-        "model_key",
-        "head_name",
-        "label",
-        "calibration_def_hash",
-        "version",
-        "histogram",
-        "p5",
-        "p95",
-        "n",
-        "underflow_count",
-        "overflow_count",
-        "created_at",
-        "updated_at",
-        "last_computation_at",
-    ),
-    json_columns=frozenset({"histogram"}),
-)
-CALIBRATION_HISTORY = Table(
-    "calibration_history",
-    (
-        "_key",
-        "calibration_key",
-        "snapshot_at",
-        "p5",
-        "p95",
-        "n",
-        "underflow_count",
-        "overflow_count",
-        "p5_delta",
-        "p95_delta",
-        "n_delta",
-    ),
-)
+from collections.abc import Iterable
 
 # Version 1. `file_tags.value` is declared without a type on purpose: no type affinity, so a
 # string stays a string (ineligible for calibration) exactly as it would in ArangoDB.
@@ -205,7 +66,7 @@ ALTER TABLE file_tags_v2 RENAME TO file_tags;
 CREATE INDEX idx_file_tags_histogram ON file_tags(model_key, head_name, label, nomarr_only, value);
 """
 
-# Version 3: calibrating a prediction looks up its label's p5/p95 (apply_calibration and
+# Version 3: calibrating a prediction looks up its label's p5/p95 (finish_claimed_recalibration and
 # tier_inputs do it for every row of a batch); with p5 and p95 in the index the lookup never
 # visits the table (-14 % CPU for a batch's tier inputs).
 _V3 = """
@@ -263,16 +124,3 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 def _statements(script: str) -> Iterable[str]:
     return (part.strip() for part in script.split(";") if part.strip())
-
-# Which files an analysis needs, in SQL that SQLite and PostgreSQL both run; ``f`` is a
-# ``library_files`` row and ``h`` a row of the query's ``heads`` (model_key, head_name,
-# tagger_version).
-ANALYSABLE = "f.scan_error IS NULL AND f.analysis_error IS NULL"
-# Neither predictions nor a failure of head `h` at its version: the file needs that head.
-NEEDS_HEAD = """NOT EXISTS (
-        SELECT 1 FROM file_tags t WHERE t.file_id = f._key AND t.model_key = h.model_key
-          AND t.head_name = h.head_name AND t.tagger_version = h.tagger_version)
-    AND NOT EXISTS (
-        SELECT 1 FROM analysis_errors e WHERE e.file_id = f._key AND e.model_key = h.model_key
-          AND e.head_name = h.head_name AND e.tagger_version = h.tagger_version)"""
-NEEDS_SOME_HEAD = f"EXISTS (SELECT 1 FROM heads h WHERE {NEEDS_HEAD})"

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from nomarr_pipeline.store.protocol import FileStat
+from nomarr_pipeline.library.scanner import FileStat
 from nomarr_pipeline.tagging.atomic import (
     DiskFullError,
     FileChangedError,

@@ -7,7 +7,15 @@ from collections import Counter
 from collections.abc import Iterable
 
 from nomarr_pipeline.calibration.histogram import HistogramSpec
-from nomarr_pipeline.store.protocol import SparseHistogram
+from nomarr_pipeline.store.protocol import SparseHistogram, Store
+
+
+def label_histogram(
+    store: Store, model_key: str, head_name: str, label: str, lo: float, hi: float, bins: int
+) -> SparseHistogram:
+    """One label's histogram as the store computes it for calibration."""
+    ((_, histogram),) = store.histograms(model_key, head_name, [label], lo, hi, bins)
+    return histogram
 
 
 def eligible(values: Iterable[object]) -> list[float]:

@@ -47,8 +47,8 @@ class FakeStore:
         self.states = dict(existing or {})
         self.saves: list[tuple[list, list]] = []
 
-    def get_calibration(self, key: str):
-        return self.states.get(key)
+    def get_calibrations(self, keys):
+        return {key: self.states[key] for key in keys if key in self.states}
 
     def save_calibrations(self, states, history) -> None:
         self.saves.append((list(states), list(history)))

@@ -14,6 +14,7 @@ from nomarr_pipeline.calibration.generation import (
 )
 from nomarr_pipeline.calibration.histogram import REGRESSION_SPEC, HistogramSpec, derive_percentiles
 from nomarr_pipeline.store import Store
+from nomarr_pipeline_tests.calibration.binning import label_histogram
 from nomarr_pipeline_tests.calibration.conftest import populate
 
 EFFNET = "effnet-discogs-effnet-1"
@@ -26,6 +27,10 @@ MOODS = {
 }
 HAPPY_HEAD = HeadRef(EFFNET, "mood_happy", 1, ("happy", "non_happy"))
 MOOD_HEAD = HeadRef(EFFNET, "mtg_jamendo_moodtheme", 1, ("calm", "dark", "epic"))
+
+
+def _stored(store: Store, key: str) -> dict | None:
+    return store.get_calibrations([key]).get(key)
 
 
 def fill(store: Store, happy: list[float] = HAPPY) -> None:
@@ -48,12 +53,12 @@ def test_calibrates_every_label_with_seed_fields(sqlite_store: Store) -> None:
     happy_report, mood_report = reports
     assert [label.label for label in happy_report.labels] == ["happy", "non_happy"]
     assert mood_report.empty_labels == ["epic"]  # no values: reported, no state
-    assert sqlite_store.get_calibration(f"{EFFNET}:mtg_jamendo_moodtheme:epic") is None
+    assert _stored(sqlite_store, f"{EFFNET}:mtg_jamendo_moodtheme:epic") is None
     assert happy_report.changed and happy_report.error is None and happy_report.n == 800
 
-    state = sqlite_store.get_calibration(f"{EFFNET}:mood_happy:happy")
+    state = _stored(sqlite_store, f"{EFFNET}:mood_happy:happy")
     assert state is not None
-    hist = sqlite_store.histogram(EFFNET, "mood_happy", "happy", 0.0, 1.0, 10_000)
+    hist = label_histogram(sqlite_store, EFFNET, "mood_happy", "happy", 0.0, 1.0, 10_000)
     expected = derive_percentiles(hist)
     assert (state["p5"], state["p95"], state["n"]) == (expected.p5, expected.p95, 400)
     assert state["histogram"] == HistogramSpec().to_doc()
@@ -61,6 +66,17 @@ def test_calibrates_every_label_with_seed_fields(sqlite_store: Store) -> None:
     assert len(sqlite_store.list_calibrations()) == 4
     history = sqlite_store.recent_history([state["_key"]], per_key=10)[state["_key"]]
     assert len(history) == 1 and history[0]["p5"] == state["p5"]
+
+
+def test_a_heads_stored_states_are_read_in_one_query(sqlite_store: Store) -> None:
+    """Recalibrating a head reads its labels' previous states at once, not once per label."""
+    fill(sqlite_store)
+    calibrate_heads(sqlite_store, [MOOD_HEAD], now_ms=NOW)
+    statements: list[str] = []
+    sqlite_store._conn.set_trace_callback(statements.append)  # type: ignore[attr-defined]
+    calibrate_heads(sqlite_store, [MOOD_HEAD], now_ms=NOW + DAY_MS)
+    reads = [s for s in statements if s.lstrip().startswith("SELECT") and "FROM calibration_state" in s]
+    assert len(reads) == 1, reads
 
 
 def test_rerun_is_idempotent(sqlite_store: Store) -> None:
@@ -77,7 +93,7 @@ def test_later_run_records_history_and_respects_drift(sqlite_store: Store) -> No
     fill(sqlite_store)
     calibrate_heads(sqlite_store, [HAPPY_HEAD], now_ms=NOW)
     key = f"{EFFNET}:mood_happy:happy"
-    first = sqlite_store.get_calibration(key)
+    first = _stored(sqlite_store, key)
     assert first is not None
 
     # Same data a day later: nothing in force changes, a snapshot with zero deltas is added.
@@ -91,7 +107,7 @@ def test_later_run_records_history_and_respects_drift(sqlite_store: Store) -> No
     # Much higher values: the percentiles move far beyond the tolerance and are adopted.
     fill(sqlite_store, [min(v + 0.15, 1.0) for v in HAPPY])
     (report,) = calibrate_heads(sqlite_store, [HAPPY_HEAD], now_ms=NOW + 2 * DAY_MS)
-    moved = sqlite_store.get_calibration(key)
+    moved = _stored(sqlite_store, key)
     assert moved is not None and report.changed
     assert moved["p5"] == pytest.approx(first["p5"] + 0.15, abs=2e-4)
     assert moved["created_at"] == NOW and moved["updated_at"] == NOW + 2 * DAY_MS
@@ -126,10 +142,10 @@ def test_small_drift_is_not_adopted(sqlite_store: Store) -> None:
     fill(sqlite_store)
     calibrate_heads(sqlite_store, [HAPPY_HEAD], now_ms=NOW)
     key = f"{EFFNET}:mood_happy:happy"
-    before = sqlite_store.get_calibration(key)
+    before = _stored(sqlite_store, key)
     fill(sqlite_store, [v + 0.001 for v in HAPPY])
     (report,) = calibrate_heads(sqlite_store, [HAPPY_HEAD], now_ms=NOW + 1)
-    after = sqlite_store.get_calibration(key)
+    after = _stored(sqlite_store, key)
     assert before is not None and after is not None
     assert (after["p5"], after["p95"]) == (before["p5"], before["p95"])
     assert after["computed_p5"] != before["p5"]
@@ -137,7 +153,7 @@ def test_small_drift_is_not_adopted(sqlite_store: Store) -> None:
     # A version bump adopts the same small drift.
     bumped = HeadRef(EFFNET, "mood_happy", 2, ("happy", "non_happy"))
     (report,) = calibrate_heads(sqlite_store, [bumped], now_ms=NOW + 2)
-    after_bump = sqlite_store.get_calibration(key)
+    after_bump = _stored(sqlite_store, key)
     assert after_bump is not None and report.changed
     assert after_bump["p5"] == after["computed_p5"] and after_bump["version"] == 2
 
@@ -153,7 +169,7 @@ def test_spec_overrides_and_regression_default(sqlite_store: Store) -> None:
     regression = HeadRef(EFFNET, "deam", 1, ("arousal", "valence"), kind="regression")
     (report,) = calibrate_heads(sqlite_store, [regression], now_ms=NOW)
     assert report.spec == REGRESSION_SPEC and not report.warnings
-    state = sqlite_store.get_calibration(f"{EFFNET}:deam:valence")
+    state = _stored(sqlite_store, f"{EFFNET}:deam:valence")
     assert state is not None and state["overflow_count"] == 0 and state["p95"] > 1.0
 
     override = HistogramSpec(0.0, 20.0, 2000)
@@ -190,13 +206,13 @@ def test_a_failing_head_is_reported_and_leaves_no_partial_state(sqlite_store: St
     assert reports[0].error == "RuntimeError: database went away"
     assert reports[1].error is None
     # 'happy' was computed before the failure but never saved: a head is all or nothing.
-    assert sqlite_store.get_calibration(f"{EFFNET}:mood_happy:happy") is None
-    assert sqlite_store.get_calibration(f"{EFFNET}:mtg_jamendo_moodtheme:calm") is not None
+    assert _stored(sqlite_store, f"{EFFNET}:mood_happy:happy") is None
+    assert _stored(sqlite_store, f"{EFFNET}:mtg_jamendo_moodtheme:calm") is not None
     with pytest.raises(RuntimeError):
         calibrate_heads(store, [HAPPY_HEAD], now_ms=NOW, stop_on_error=True)  # type: ignore[arg-type]
     # After the crash, a rerun completes the head.
     calibrate_heads(sqlite_store, [HAPPY_HEAD], now_ms=NOW)
-    assert sqlite_store.get_calibration(f"{EFFNET}:mood_happy:happy") is not None
+    assert _stored(sqlite_store, f"{EFFNET}:mood_happy:happy") is not None
 
 
 def test_keep_histograms_for_plots(sqlite_store: Store) -> None:

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from nomarr_pipeline.calibration.apply import calibrate
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
+from nomarr_pipeline_tests.calibration.reference import calibrate
 
 
 def state(key: str, p5: float | None, p95: float | None, version: int | float = 1) -> dict:

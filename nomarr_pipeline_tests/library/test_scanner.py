@@ -14,12 +14,13 @@ from nomarr_pipeline.library.changes import changed_folders
 from nomarr_pipeline.library.scanner import LibraryDefaults, ScanReport, rescan_files, scan_library
 from nomarr_pipeline.store import Store
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
+from nomarr_pipeline_tests.store_dump import library_files
 
 from .conftest import write_wav
 
 
 def _by_name(store: Store, library_id: str) -> dict[str, dict]:
-    return {Path(f["path"]).name: f for page in store.iter_files(library_id) for f in page}
+    return {Path(f["path"]).name: f for f in library_files(store, library_id)}
 
 
 def test_first_scan_records_audio_files_with_duration(store: Store, library: Path) -> None:
@@ -34,11 +35,15 @@ def test_first_scan_records_audio_files_with_duration(store: Store, library: Pat
     assert lib["file_write_mode"] == "full" and lib["auto_write_tags"] is False
 
 
-def test_library_defaults_apply_only_to_new_libraries(store: Store, library: Path) -> None:
+def test_a_librarys_write_mode_can_be_changed_after_its_first_scan(store: Store, library: Path) -> None:
     report = scan_library(store, library, LibraryDefaults(file_write_mode="minimal", auto_write_tags=True))
-    store.update_library(report.library_id, {"file_write_mode": "none"})
-    scan_library(store, library, LibraryDefaults(file_write_mode="full"))
-    assert store.get_library(report.library_id)["file_write_mode"] == "none"
+    created = store.get_library(report.library_id)
+    scan_library(store, library, LibraryDefaults(file_write_mode="none", write_raw_scores=True))
+    changed = store.get_library(report.library_id)
+    assert (changed["file_write_mode"], changed["auto_write_tags"], changed["write_raw_scores"]) == (
+        "none", False, True
+    )
+    assert changed["created_at"] == created["created_at"]
 
 
 def _prediction(file_id: str) -> dict[str, object]:
@@ -159,7 +164,7 @@ def test_undecodable_file_name_is_an_error_not_a_crash(store: Store, library: Pa
     write_wav(Path(os.fsdecode(raw)))
     report = scan_library(store, library)
     assert report.errors == 1
-    (bad,) = [f for page in store.iter_files(report.library_id) for f in page if f["scan_error"]]
+    (bad,) = [f for f in library_files(store, report.library_id) if f["scan_error"]]
     assert "not valid UTF-8" in bad["scan_error"] and bad["path"].endswith("caf\\xe9.wav")
 
 
@@ -228,7 +233,7 @@ def test_mp3_from_ffmpeg_has_duration(store: Store, tmp_path: Path) -> None:
     root = tmp_path / "lib"
     make_audio(root / "tone.mp3", seconds=1.5, seed=3)
     report = scan_library(store, root)
-    (f,) = [f for page in store.iter_files(report.library_id) for f in page]
+    (f,) = [f for f in library_files(store, report.library_id)]
     assert f["duration_s"] == pytest.approx(1.5, abs=0.1) and f["scan_error"] is None
 
 

@@ -23,6 +23,7 @@ from nomarr_pipeline_tests.ml.broken_models import (
     write_nan_head,
     write_width_mismatch_head,
 )
+from nomarr_pipeline_tests.store_dump import library_files
 
 LIBRARY = "lib1"
 
@@ -72,7 +73,7 @@ def _add_files(store: RecordingStore, root: Path, names: list[str]) -> None:
 
 
 def _files_by_name(store: RecordingStore) -> dict[str, dict[str, Any]]:
-    return {Path(doc["path"]).name: doc for page in store.iter_files(LIBRARY) for doc in page}
+    return {Path(doc["path"]).name: doc for doc in library_files(store, LIBRARY)}
 
 
 def _analysis_errors(store: RecordingStore) -> dict[tuple[str, str], dict[str, Any]]:

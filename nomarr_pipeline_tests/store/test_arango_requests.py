@@ -28,7 +28,6 @@ from nomarr_pipeline.settings import Settings
 from nomarr_pipeline.store import (
     COLLECTIONS,
     AnalysisClaim,
-    FileStat,
     HeadVersion,
     SparseHistogram,
     Store,
@@ -44,7 +43,8 @@ from nomarr_pipeline.store.arango_schema import (
     SCHEMA_VERSION,
     encode_key,
 )
-from nomarr_pipeline.store.protocol import analysis_error_key
+from nomarr_pipeline.store.schema import analysis_error_key
+from nomarr_pipeline_tests.calibration.binning import label_histogram
 
 URL = "http://arango.test:8529"
 DB = "nomarr"
@@ -489,7 +489,7 @@ def test_histogram_is_one_grouped_query_and_maps_to_sparse_histogram(
             {"bin_index": 10000, "bin_count": 3},
         ],
     )
-    hist = store.histogram(HEAD.model_key, HEAD.head_name, "happy", 0.0, 1.0, 10_000)
+    hist = label_histogram(store, HEAD.model_key, HEAD.head_name, "happy", 0.0, 1.0, 10_000)
     assert hist == SparseHistogram(bins=[(0, 5), (3000, 1), (9999, 4)], underflow_count=2, overflow_count=3)
     assert hist.n == 15
 
@@ -524,12 +524,12 @@ def test_histograms_is_one_grouped_query_per_label(store: ArangoStore, fake: Fak
 
 
 def test_histogram_of_nothing_and_bad_spec(store: ArangoStore, fake: FakeArango) -> None:
-    assert store.histogram("m", "h", "l", 0.0, 1.0, 10).n == 0
+    assert label_histogram(store, "m", "h", "l", 0.0, 1.0, 10).n == 0
     fake.clear()
     with pytest.raises(ValueError):
-        store.histogram("m", "h", "l", 1.0, 1.0, 10)
+        label_histogram(store, "m", "h", "l", 1.0, 1.0, 10)
     with pytest.raises(ValueError):
-        store.histogram("m", "h", "l", 0.0, 1.0, 0)
+        label_histogram(store, "m", "h", "l", 0.0, 1.0, 0)
     assert fake.requests == []
 
 
@@ -582,11 +582,11 @@ def test_failed_statement_aborts_the_transaction(store: ArangoStore, fake: FakeA
 def test_calibration_reads_decode_keys_and_fill_fields(store: ArangoStore, fake: FakeArango) -> None:
     stored_key = encode_key("m:genre:Hip Hop")
     fake.answer(
-        "FOR d IN calibration_state FILTER d._key == @key",
+        "FOR d IN calibration_state FILTER d._key IN @keys",
         [{"_key": stored_key, "model_key": "m", "head_name": "genre", "label": "Hip Hop", "p5": 0, "p95": 1}],
     )
-    got = store.get_calibration("m:genre:Hip Hop")
-    assert fake.requests[0].bind_vars == {"key": "m:genre:Hip%20Hop"}
+    got = store.get_calibrations(["m:genre:Hip Hop", "m:genre:Jazz"]).get("m:genre:Hip Hop")
+    assert fake.requests[0].bind_vars == {"keys": ["m:genre:Hip%20Hop", "m:genre:Jazz"]}
     assert "_id" in fake.requests[0].query and "UNSET" in fake.requests[0].query
     assert got is not None and got["_key"] == "m:genre:Hip Hop"
     assert got["p5"] == 0.0 and isinstance(got["p5"], float) and isinstance(got["p95"], float)
@@ -630,10 +630,11 @@ def test_labels_of_head_sorted_like_sqlite(store: ArangoStore, fake: FakeArango)
 
 
 # ---- recalibration ---------------------------------------------------------------------------------
-def test_apply_calibration_is_one_set_based_statement(store: ArangoStore, fake: FakeArango) -> None:
-    ids = [f"f{i}" for i in range(500)]
-    store.apply_calibration(ids)
-    (request,) = fake.requests
+def test_calibrated_values_are_one_set_based_statement(store: ArangoStore, fake: FakeArango) -> None:
+    ids = [f"f{i:03d}" for i in range(500)]
+    fake.answer("d.calibration_hash == @claim RETURN d._key", ids)
+    store.finish_claimed_recalibration("claim:1", "H", dict.fromkeys(ids))
+    request = fake.requests[2]
     aql = request.query
     assert request.bind_vars == {"file_ids": ids}
     assert "FOR ft IN file_tags" in aql and "FILTER ft.file_id IN @file_ids" in aql
@@ -644,12 +645,6 @@ def test_apply_calibration_is_one_set_based_statement(store: ArangoStore, fake: 
     assert ": null" in aql and "UPDATE ft WITH" in aql and "keepNull: true" in aql
 
 
-def test_apply_calibration_beyond_one_chunk_is_one_transaction(store: ArangoStore, fake: FakeArango) -> None:
-    ids = [f"f{i}" for i in range(arango_module.WRITE_CHUNK_SIZE * 2 + 1)]
-    store.apply_calibration(ids)
-    assert [r.method for r in fake.requests] == ["post", "post", "post", "post", "put"]
-    assert fake.requests[0].path.endswith("/transaction/begin")
-    assert sum(len(r.bind_vars["file_ids"]) for r in fake.cursors()) == len(ids)
 
 
 def test_recalibration_counts_and_pages(store: ArangoStore, fake: FakeArango) -> None:
@@ -674,19 +669,6 @@ def test_claim_marks_and_returns_mismatching_files_in_one_statement(
     assert "UPDATE d WITH {calibration_hash: @claim} IN library_files" in request.query
 
 
-def test_finish_recalibration_updates_by_key_in_one_statement(store: ArangoStore, fake: FakeArango) -> None:
-    tiers = {"mood-strict": [], "mood-regular": ["happy"], "mood-loose": ["happy"]}
-    updates = [
-        {"_key": f"f{i}", "calibration_hash": "H", "mood_tiers": tiers, "file_tags_pending": 1}
-        for i in range(300)
-    ]
-    store.finish_recalibration(updates)
-    (request,) = fake.requests
-    assert "FOR row IN @rows FOR d IN library_files FILTER d._key == row._key" in request.query
-    assert 'UPDATE d WITH UNSET(row, "_key") IN library_files' in request.query
-    assert "mergeObjects: false" in request.query, "mood_tiers is replaced, not merged"
-    assert request.bind_vars["rows"][0]["file_tags_pending"] is True
-    assert len(request.bind_vars["rows"]) == 300
 
 
 def test_tier_inputs_compute_calibration_like_apply_without_writing(
@@ -699,7 +681,7 @@ def test_tier_inputs_compute_calibration_like_apply_without_writing(
     first, second = fake.requests
     assert [len(r.bind_vars["file_ids"]) for r in (first, second)] == [len(ids) - 1, 1]
     apply_part = arango_module.APPLY_CALIBRATION_AQL.split("\n  UPDATE")[0]
-    assert first.query.startswith(apply_part), "the same calibration expression as apply_calibration"
+    assert first.query.startswith(apply_part), "the same calibration expression as a finished recalibration"
     assert "UPDATE" not in first.query and "ft.head_name, ft.label, ft.std, calibrated]" in first.query
 
 
@@ -917,11 +899,6 @@ def test_file_tags_for_files_sorted_with_original_keys(store: ArangoStore, fake:
     assert store.file_tags_for_files([]) == [] and fake.requests == []
 
 
-def test_count_predictions_counts_distinct_files(store: ArangoStore, fake: FakeArango) -> None:
-    fake.answer("COLLECT file_id = d.file_id", [4])
-    assert store.count_predictions("m", "h") == 4
-    assert "COLLECT WITH COUNT INTO files" in fake.requests[0].query
-    assert fake.requests[0].bind_vars == {"model_key": "m", "head_name": "h"}
 
 
 # ---- scanning -----------------------------------------------------------------------------------------
@@ -952,8 +929,8 @@ def test_file_index_maps_to_file_stats(store: ArangoStore, fake: FakeArango) -> 
         [["/m/a.mp3", "a", 20, 100, [[30, 200]]], ["/m/b.mp3", "b", None, None, None]],
     )
     assert store.file_index("lib1") == {
-        "/m/a.mp3": FileStat("a", 20, 100, ((30, 200),)),
-        "/m/b.mp3": FileStat("b", 0, 0),
+        "/m/a.mp3": {"_key": "a", "size": 20, "mtime_ns": 100, "written_stats": [[30, 200]]},
+        "/m/b.mp3": {"_key": "b", "size": None, "mtime_ns": None, "written_stats": None},
     }
     assert fake.requests[0].bind_vars == {"library_id": "lib1"}
 
@@ -1001,21 +978,6 @@ def test_delete_files_removes_tags_and_files_together(store: ArangoStore, fake: 
     assert "REMOVE d IN file_tags" in tags.query and "REMOVE d IN analysis_errors" in errors.query
 
 
-def test_iter_files_pages_by_key(store: ArangoStore, fake: FakeArango) -> None:
-    keys = ["a", "b", "c"]
-
-    def page(query: str, bind_vars: dict[str, Any]) -> list[Any]:
-        after = bind_vars["after_key"]
-        return [{"_key": k, "library_id": "lib1"} for k in keys if k > after][: bind_vars["limit"]]
-
-    fake.answer("SORT d._key LIMIT @limit", page)
-    pages = list(store.iter_files("lib1", batch_size=2))
-    assert [[f["_key"] for f in p] for p in pages] == [["a", "b"], ["c"]]
-    assert [r.bind_vars["after_key"] for r in fake.requests] == ["", "b", "c"]
-    assert all(r.bind_vars["library_id"] == "lib1" for r in fake.requests)
-    fake.clear()
-    list(store.iter_files(batch_size=2))
-    assert "library_id" not in fake.requests[0].bind_vars and "@library_id" not in fake.requests[0].query
 
 
 def test_count_documents_is_one_statement_on_a_known_collection(
@@ -1159,7 +1121,6 @@ def _exercise_every_operation(store: ArangoStore, fake: FakeArango) -> None:
     store.delete_files([f])
     store.delete_file_tags([f])
     store.get_files([f])
-    list(store.iter_files(lib, batch_size=4242))
     store.file_counts(lib)
     store.count_files_needing_analysis(head)
     store.claim_files_for_analysis([head], AnalysisClaim(LITERALS["run"], 4242), 4242, after_key=f)
@@ -1184,10 +1145,9 @@ def _exercise_every_operation(store: ArangoStore, fake: FakeArango) -> None:
     )
     store.record_analysis([{"_key": f, "analyzed_at": 987654321, "analysis_error": "LITerror"}])
     store.file_tags_for_files([f])
-    store.count_predictions(m, h)
-    store.histogram(m, h, lbl, 0.123456789, 4242.0, 4242)
+    label_histogram(store, m, h, lbl, 0.123456789, 4242.0, 4242)
     store.labels_of_head(m, h)
-    store.get_calibration(f"{m}:{h}:{lbl}")
+    store.get_calibrations([f"{m}:{h}:{lbl}"])
     store.list_calibrations()
     store.save_calibrations(
         [{"_key": f"{m}:{h}:{lbl}", "model_key": m, "head_name": h, "label": lbl, "p5": 0.123456789}],
@@ -1198,8 +1158,6 @@ def _exercise_every_operation(store: ArangoStore, fake: FakeArango) -> None:
     store.claim_files_for_recalibration(LITERALS["hash"], LITERALS["run"], LITERALS["claim"], 4242, lib)
     store.tier_inputs([f])
     store.finish_claimed_recalibration(LITERALS["claim"], LITERALS["hash"], {f: None})
-    store.apply_calibration([f])
-    store.finish_recalibration([{"_key": f, "calibration_hash": LITERALS["hash"], "mood_tiers": None}])
     store.reset_calibration_hashes(lib)
     store.files_pending_write(lib, f, 4242)
     store.record_writes([{"_key": f, "written_at": 987654321, "write_error": "LITerror"}])
@@ -1246,8 +1204,6 @@ def test_every_write_sends_o1_requests(store: ArangoStore, fake: FakeArango) -> 
                 [{"_key": i, "analyzed_at": 1, "analysis_error": None} for i in ids]
             ),
             lambda: store.write_predictions([_tag(i, "happy", 0.5) for i in ids]),
-            lambda: store.apply_calibration(ids),
-            lambda: store.finish_recalibration([{"_key": i, "calibration_hash": "H"} for i in ids]),
             lambda: store.record_writes([{"_key": i, "written_at": 1} for i in ids]),
             lambda: store.delete_file_tags(ids),
             lambda: store.delete_files(ids),

@@ -7,17 +7,21 @@ from collections.abc import Sequence
 
 import pytest
 
+from nomarr_pipeline.library.scanner import STALE_ANALYSIS_RESET
 from nomarr_pipeline.store import (
     DOCUMENT_COLLECTIONS,
-    STALE_ANALYSIS_RESET,
     TIER_INPUT_FIELDS,
     AnalysisClaim,
-    FileStat,
     HeadVersion,
     Store,
 )
+from nomarr_pipeline_tests.calibration.binning import label_histogram
 
 HEAD = HeadVersion("effnet-discogs-effnet-1", "mood_happy", "tv1")
+
+
+def _stat(key: str, size: int, mtime_ns: int, written: object = None) -> dict[str, object]:
+    return {"_key": key, "size": size, "mtime_ns": mtime_ns, "written_stats": written}
 
 
 def _file(key: str, library_id: str = "lib1", **fields: object) -> dict[str, object]:
@@ -106,8 +110,8 @@ def test_files_upsert_partial_update_index_and_delete(store: Store) -> None:
     store.upsert_files([_file("a"), _file("b"), _file("c", library_id="lib2")])
     store.upsert_files([{"_key": "a", "size": 20, "analysis_error": "boom"}])
     assert store.file_index("lib1") == {
-        "/music/a.mp3": FileStat("a", 20, 100),
-        "/music/b.mp3": FileStat("b", 10, 100),
+        "/music/a.mp3": _stat("a", 20, 100),
+        "/music/b.mp3": _stat("b", 10, 100),
     }
     (a,) = store.get_files(["a"])
     assert a["path"] == "/music/a.mp3" and a["analysis_error"] == "boom"
@@ -117,9 +121,7 @@ def test_files_upsert_partial_update_index_and_delete(store: Store) -> None:
     assert store.get_files(["a"]) == []
     assert store.file_tags_for_files(["a"]) == []
     assert len(store.file_tags_for_files(["b"])) == 1
-    pages = list(store.iter_files(batch_size=1))
-    assert [[f["_key"] for f in page] for page in pages] == [["b"], ["c"]]
-    assert [f["_key"] for page in store.iter_files("lib2") for f in page] == ["c"]
+    assert store.file_counts("lib2")["total"] == 1
 
 
 def test_delete_file_tags_keeps_the_file(store: Store) -> None:
@@ -262,7 +264,6 @@ def test_write_predictions_replaces_a_head_group_and_clears_hash(store: Store) -
     tags = {(t["head_name"], t["label"]): t["value"] for t in store.file_tags_for_files(["a"])}
     assert tags == {("mood_happy", "happy"): 0.2, ("danceability", "danceable"): 0.3}
     assert store.get_files(["a"])[0]["calibration_hash"] is None
-    assert store.count_predictions(HEAD.model_key, "mood_happy") == 1
     assert store.labels_of_head(HEAD.model_key, "danceability") == ["danceable"]
     tag = next(t for t in store.file_tags_for_files(["a"]) if t["label"] == "happy")
     assert tag["nomarr_only"] is True and isinstance(tag["value"], float)
@@ -289,12 +290,12 @@ def test_histogram_bins_eligible_values_and_counts_out_of_range_apart(store: Sto
     tags.append(_tag("f11", "non_happy", 0.4))
     tags[11]["nomarr_only"] = False
     store.write_predictions(tags)
-    hist = store.histogram(HEAD.model_key, HEAD.head_name, "happy", 0.0, 1.0, 10_000)
+    hist = label_histogram(store, HEAD.model_key, HEAD.head_name, "happy", 0.0, 1.0, 10_000)
     assert hist.bins == [(0, 2), (3000, 2), (9999, 2)]
     assert (hist.underflow_count, hist.overflow_count, hist.n) == (1, 1, 8)
-    coarse = store.histogram(HEAD.model_key, HEAD.head_name, "happy", -1.0, 2.0, 3)
+    coarse = label_histogram(store, HEAD.model_key, HEAD.head_name, "happy", -1.0, 2.0, 3)
     assert coarse.bins == [(0, 1), (1, 5), (2, 2)] and coarse.n == 8
-    empty = store.histogram(HEAD.model_key, HEAD.head_name, "missing", 0.0, 1.0, 10)
+    empty = label_histogram(store, HEAD.model_key, HEAD.head_name, "missing", 0.0, 1.0, 10)
     assert empty.n == 0 and empty.bins == []
 
 
@@ -312,7 +313,7 @@ def test_histograms_of_several_labels_come_in_order_as_single_queries_give_them(
     found = list(store.histograms(HEAD.model_key, HEAD.head_name, wanted, 0.0, 1.0, 100))
     assert [label for label, _ in found] == wanted
     for label, hist in found:
-        assert hist == store.histogram(HEAD.model_key, HEAD.head_name, label, 0.0, 1.0, 100)
+        assert hist == label_histogram(store, HEAD.model_key, HEAD.head_name, label, 0.0, 1.0, 100)
     assert found[0][1].n == 30 and found[-1][1].n == 0
     assert list(store.histograms(HEAD.model_key, HEAD.head_name, [], 0.0, 1.0, 100)) == []
     store.close()  # also the connections of any parallel queries
@@ -341,9 +342,9 @@ def test_calibrations_and_history_saved_together(store: Store) -> None:
     store.save_calibrations(
         [{**state, "n": 20}], [{**history, "_key": "h2", "snapshot_at": 20, "n": 20, "n_delta": 10}]
     )
-    assert store.get_calibration(str(state["_key"])) == {**state, "n": 20}
-    assert [c["_key"] for c in store.list_calibrations()] == [state["_key"]]
     key = str(state["_key"])
+    assert store.get_calibrations([key, "m:h:never-calibrated"]) == {key: {**state, "n": 20}}
+    assert [c["_key"] for c in store.list_calibrations()] == [state["_key"]]
     (latest,) = store.recent_history([key])[key]
     assert latest["_key"] == "h2" and latest["n_delta"] == 10 and latest["p5_delta"] is None
     assert [h["_key"] for h in store.recent_history([key], per_key=5)[key]] == ["h2", "h1"]
@@ -367,10 +368,10 @@ def test_recent_history_of_many_calibrations_in_one_call(store: Store) -> None:
     assert recent[keys[0]][0]["n"] == 30 and recent[keys[0]][0]["p95"] is None
     assert {key: len(found) for key, found in store.recent_history(keys).items()} == {keys[0]: 1, keys[1]: 1}
     assert store.recent_history([]) == {}
-    assert store.get_calibration("nope") is None
+    assert store.get_calibrations(["nope"]) == {} and store.get_calibrations([]) == {}
 
 
-def test_recalibration_queries_apply_and_finish(store: Store) -> None:
+def test_recalibration_claims_calibrate_and_finish(store: Store) -> None:
     store.upsert_files([_file("a"), _file("b"), _file("c"), _file("x", library_id="lib2")])
     store.write_predictions(
         [
@@ -387,7 +388,9 @@ def test_recalibration_queries_apply_and_finish(store: Store) -> None:
     )
     assert store.count_files_needing_recalibration("H") == 3
     assert store.count_files_needing_recalibration("H", "lib1") == 2
-    store.apply_calibration(["a", "b"])
+    tiers = {"mood-strict": [], "mood-regular": ["happy"], "mood-loose": ["happy"]}
+    assert store.claim_files_for_recalibration("H", "run:", "run:1", 10, "lib1") == ["a", "b"]
+    assert store.finish_claimed_recalibration("run:1", "H", {"a": tiers, "b": None}) == ["a", "b"]
     got = {
         (t["file_id"], t["label"]): t["calibrated_value"] for t in store.file_tags_for_files(["a", "b", "x"])
     }
@@ -396,14 +399,10 @@ def test_recalibration_queries_apply_and_finish(store: Store) -> None:
     assert got[("b", "happy")] == 1.0
     assert got[("b", "bad")] is None  # p95 <= p5: nothing is calibrated
     assert got[("x", "happy")] is None  # not in this batch
-    tiers = {"mood-strict": [], "mood-regular": ["happy"], "mood-loose": ["happy"]}
-    store.finish_recalibration(
-        [{"_key": "a", "calibration_hash": "H", "mood_tiers": tiers, "file_tags_pending": True}]
-    )
-    assert store.count_files_needing_recalibration("H", "lib1") == 1
+    assert store.count_files_needing_recalibration("H", "lib1") == 0
     (a,) = store.get_files(["a"])
     assert a["mood_tiers"] == tiers and a["file_tags_pending"] is True
-    assert store.reset_calibration_hashes("lib1") == 1
+    assert store.reset_calibration_hashes("lib1") == 2
     assert store.count_files_needing_recalibration("H", "lib1") == 2
 
 
@@ -456,11 +455,10 @@ def test_tag_writers_stats_are_known_until_the_write_is_recorded(store: Store) -
     )
     store.add_written_stats([{"_key": "a", "size": 13, "mtime_ns": 301}])
     index = store.file_index("lib1")
-    assert index["/music/a.mp3"] == FileStat("a", 10, 100, ((12, 300), (13, 301)))
-    assert index["/music/a.mp3"].known == ((10, 100), (12, 300), (13, 301))
-    assert index["/music/b.mp3"].known == ((10, 100),)
+    assert index["/music/a.mp3"] == _stat("a", 10, 100, [[12, 300], [13, 301]])
+    assert index["/music/b.mp3"] == _stat("b", 10, 100)
     (a,) = store.get_files(["a"])
-    assert FileStat.of(a) == index["/music/a.mp3"] and a["file_tags_pending"] is True
+    assert a["written_stats"] == [[12, 300], [13, 301]] and a["file_tags_pending"] is True
     assert store.get_files(["ghost"]) == [], "a stat for an unknown file creates nothing"
     # After: the final stat, the written ones cleared. A record never creates a file either.
     store.record_writes(
@@ -470,12 +468,12 @@ def test_tag_writers_stats_are_known_until_the_write_is_recorded(store: Store) -
             {"_key": "ghost", "written_at": 1},
         ]
     )  # fmt: skip
-    assert store.file_index("lib1")["/music/a.mp3"] == FileStat("a", 12, 300)
+    assert store.file_index("lib1")["/music/a.mp3"] == _stat("a", 12, 300)
     assert store.get_files(["ghost"]) == []
     # A file whose audio changed loses the writers' stats with the rest of its analysis state.
     store.add_written_stats([{"_key": "b", "size": 7, "mtime_ns": 7}])
     store.upsert_files([{"_key": "b", "size": 99, "mtime_ns": 99, **STALE_ANALYSIS_RESET}])
-    assert store.file_index("lib1")["/music/b.mp3"] == FileStat("b", 99, 99)
+    assert store.file_index("lib1")["/music/b.mp3"] == _stat("b", 99, 99)
 
 
 def test_file_counts_of_an_empty_store_are_zero(store: Store) -> None:
@@ -490,7 +488,7 @@ def test_claims_take_mismatching_files_once_and_keep_them_mismatching(store: Sto
     store.upsert_files([_file("a"), _file("b"), _file("c"), _file("d"), _file("x", library_id="lib2")])
     store.write_predictions([_tag(k, "happy", 0.5) for k in ("a", "b", "c", "d", "x")])
     _analysed(store, ["a", "b", "c", "x"])  # d is not analysed: nothing to calibrate
-    store.finish_recalibration([{"_key": "c", "calibration_hash": "H"}])
+    store.upsert_files([{"_key": "c", "calibration_hash": "H"}])
     assert store.claim_files_for_recalibration("H", "run1:", "run1:1", 1, "lib1") == ["a"]
     assert store.claim_files_for_recalibration("H", "run1:", "run1:2", 10, "lib1") == ["b"]
     assert store.claim_files_for_recalibration("H", "run1:", "run1:3", 10, "lib1") == []
@@ -503,7 +501,7 @@ def test_claims_take_mismatching_files_once_and_keep_them_mismatching(store: Sto
         store.claim_files_for_recalibration("H", "run3:", "run2:9", 10)
 
 
-def test_tier_inputs_carry_the_value_apply_calibration_will_store(store: Store) -> None:
+def test_tier_inputs_carry_the_value_a_finished_recalibration_stores(store: Store) -> None:
     store.upsert_files([_file("a"), _file("b")])
     store.write_predictions(
         [_tag("a", "happy", 0.5, std=0.2), _tag("a", "bad", 0.7), _tag("a", "unknown", 0.7),
@@ -519,7 +517,9 @@ def test_tier_inputs_carry_the_value_apply_calibration_will_store(store: Store) 
     assert inputs["bad"]["calibrated_value"] is None  # p95 <= p5
     assert inputs["unknown"]["calibrated_value"] is None  # no calibration
     assert all(t["calibrated_value"] is None for t in store.file_tags_for_files(["a"]))  # read only
-    store.apply_calibration(["a"])
+    _analysed(store, ["a"])
+    assert store.claim_files_for_recalibration("H", "run:", "run:1", 10) == ["a"]
+    store.finish_claimed_recalibration("run:1", "H", {"a": None})
     stored = {t["label"]: t["calibrated_value"] for t in store.file_tags_for_files(["a"])}
     assert stored == {label: t["calibrated_value"] for label, t in inputs.items()}  # to the last bit
     assert store.tier_inputs([]) == []
@@ -626,7 +626,7 @@ def test_documents_are_counted_read_in_pages_and_put_back_whole(store: Store) ->
     store.put_documents("analysis_errors", [{**error, "error": "put back"}])
     assert [e["error"] for e in _every_document(store, "analysis_errors", 1)] == ["put back"]
 
-    assert _every_document(store, "library_files", 2) == [f for page in store.iter_files() for f in page]
+    assert _every_document(store, "library_files", 2) == store.get_files(["a", "b", "c"])
     tags = _every_document(store, "file_tags", 3)
     assert sorted(tags, key=lambda t: str(t["_key"])) == store.file_tags_for_files(["a", "b"])
     history_docs = _every_document(store, "calibration_history", 1)

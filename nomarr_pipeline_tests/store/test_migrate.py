@@ -15,6 +15,7 @@ import pytest
 from nomarr_pipeline.cli import main as cli
 from nomarr_pipeline.store import DOCUMENT_COLLECTIONS, Store, open_store
 from nomarr_pipeline.store.migrate import FOLDER_CACHE, canonical, migrate_store
+from nomarr_pipeline_tests.calibration.binning import label_histogram
 from nomarr_pipeline_tests.conftest import PostgresDatabase
 
 MODEL = "effnet-discogs-effnet-1"
@@ -64,12 +65,13 @@ def fill(store: Store, files: int = 60) -> None:
                          "p95": 0.9, "n": 50 + t, "underflow_count": 0, "overflow_count": 2, "p5_delta": None,
                          "p95_delta": None, "n_delta": t or None} for t in (0, 1, 2)]  # fmt: skip
     store.save_calibrations(states, history)
-    # Some files finished recalibration and writing.
-    store.finish_recalibration(
+    # Some files finished recalibration (calibrated values stored), some of them writing too.
+    claimed = store.claim_files_for_recalibration("H", "run", "run-1", 20)
+    store.finish_claimed_recalibration("run-1", "H", dict.fromkeys(claimed))
+    store.upsert_files(
         [{"_key": key, "calibration_hash": "H", "mood_tiers": {"mood-loose": ["happy"]},
           "file_tags_pending": bool(i % 2)} for i, key in enumerate(keys[:20]) if i % 7]
     )  # fmt: skip
-    store.apply_calibration(keys[:20])
 
 
 def contents(store: Store) -> dict[str, list[object]]:
@@ -99,9 +101,8 @@ def test_sqlite_to_postgres_to_sqlite_round_trip(tmp_path: Path, postgres_db: Po
     assert contents(back) == contents(middle) == contents(original)
     # The copies work as stores: same histogram, same recalibration backlog.
     for store in (middle, back):
-        assert store.histogram(MODEL, "genre", "Rock", 0.0, 1.0, 10) == original.histogram(
-            MODEL, "genre", "Rock", 0.0, 1.0, 10
-        )
+        rock = label_histogram(original, MODEL, "genre", "Rock", 0.0, 1.0, 10)
+        assert label_histogram(store, MODEL, "genre", "Rock", 0.0, 1.0, 10) == rock
         assert store.count_files_needing_recalibration("H") == original.count_files_needing_recalibration("H")
         keys = [f"{MODEL}:genre:Rock", f"{MODEL}:mood_happy:happy"]
         assert store.recent_history(keys, per_key=5) == original.recent_history(keys, per_key=5)

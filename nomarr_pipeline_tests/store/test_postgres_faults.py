@@ -119,7 +119,7 @@ def _open_and_report_version(url: str, password: str, start: float) -> int:
     time.sleep(max(0.0, start - time.time()))
     store = open_store(url, pg_password=password)
     store.list_libraries()
-    return int(store._scalar("SELECT version FROM nomarr_meta"))  # type: ignore[attr-defined]
+    return store._count("SELECT version AS n FROM nomarr_meta")  # type: ignore[attr-defined]
 
 
 def test_processes_opening_a_fresh_database_at_once_do_not_race(postgres_db: PostgresDatabase) -> None:

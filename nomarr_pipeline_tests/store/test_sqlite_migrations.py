@@ -8,6 +8,7 @@ from pathlib import Path
 from nomarr_pipeline.store import open_store
 from nomarr_pipeline.store.sqlite import _TIER_INPUTS
 from nomarr_pipeline.store.sqlite_schema import MIGRATIONS
+from nomarr_pipeline_tests.calibration.binning import label_histogram
 
 
 def test_version_1_database_is_migrated_on_open_and_keeps_rows(tmp_path: Path) -> None:
@@ -24,7 +25,7 @@ def test_version_1_database_is_migrated_on_open_and_keeps_rows(tmp_path: Path) -
     store = open_store(f"sqlite:///{path}")
     (tag,) = store.file_tags_for_files(["f1"])
     assert (tag["_key"], tag["value"], tag["nomarr_only"]) == ("k", 0.25, True)
-    assert store.histogram("m", "h", "happy", 0.0, 1.0, 4).bins == [(1, 1)]
+    assert label_histogram(store, "m", "h", "happy", 0.0, 1.0, 4).bins == [(1, 1)]
     store.close()
 
     conn = sqlite3.connect(path)

@@ -11,6 +11,7 @@ from nomarr_pipeline.calibration.state import compute_state
 from nomarr_pipeline.library.scanner import scan_library
 from nomarr_pipeline.store import Store
 from nomarr_pipeline.tagging.batch import write_pending_tags
+from nomarr_pipeline_tests.store_dump import library_files
 from nomarr_pipeline_tests.tagging.audio_helpers import stat_of
 
 LIB = "lib"
@@ -66,7 +67,7 @@ def register(store: Store, files: dict[str, Path], *, stat_from_disk: bool = Tru
 def analysed_and_calibrated(store: Store, keys: list[str]) -> None:
     """Predictions and mood tiers for ``keys``, which are now pending writes."""
     store.write_predictions([doc for key in keys for doc in predictions(key)])
-    store.finish_recalibration(
+    store.upsert_files(
         [
             {"_key": key, "calibration_hash": "h", "mood_tiers": TIERS, "file_tags_pending": True}
             for key in keys
@@ -77,7 +78,7 @@ def analysed_and_calibrated(store: Store, keys: list[str]) -> None:
 def scanned_library(store: Store, root: Path) -> tuple[str, dict[str, Path]]:
     """``root`` scanned by the real scanner, then analysed and calibrated: (library key, files)."""
     report = scan_library(store, root)
-    files = {doc["_key"]: Path(doc["path"]) for page in store.iter_files(report.library_id) for doc in page}
+    files = {doc["_key"]: Path(doc["path"]) for doc in library_files(store, report.library_id)}
     analysed_and_calibrated(store, list(files))
     return report.library_id, files
 

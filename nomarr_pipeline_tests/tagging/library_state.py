@@ -14,6 +14,7 @@ from nomarr_pipeline.store import Store
 from nomarr_pipeline.tagging.formats import NomTags, normalize_tags, read_nom_tags
 from nomarr_pipeline.tagging.selection import select_tags
 from nomarr_pipeline.tagging.temps import is_tag_write_temp
+from nomarr_pipeline_tests.store_dump import library_files
 from nomarr_pipeline_tests.tagging.audio_helpers import decoded_audio_hash
 
 Tags = NomTags | str  # the tags, or why the file could not be read
@@ -66,7 +67,8 @@ def expected_tags(store: Store, root: Path) -> dict[str, NomTags]:
     (library,) = [lib for lib in store.list_libraries() if lib["root_path"] == str(real_root)]
     has_calibration = has_usable_calibration(store.list_calibrations())
     expected: dict[str, NomTags] = {}
-    for page in store.iter_files(library["_key"]):
+    for page in store.iter_documents("library_files"):
+        page = [doc for doc in page if doc["library_id"] == library["_key"]]
         predictions = defaultdict(list)
         for prediction in store.file_tags_for_files([doc["_key"] for doc in page]):
             predictions[prediction["file_id"]].append(prediction)
@@ -92,7 +94,7 @@ def settle_problems(store: Store, root: Path, original: LibrarySnapshot | None =
     problems = []
     counts = store.file_counts()
     if counts["pending_writes"] or counts["write_errors"]:
-        errors = [f"{doc['path']}: {doc['write_error']}" for page in store.iter_files() for doc in page
+        errors = [f"{doc['path']}: {doc['write_error']}" for doc in library_files(store)
                   if doc["write_error"]]  # fmt: skip
         problems.append(f"{counts['pending_writes']} pending writes, write errors: {errors[:5]}")
     expected, found = expected_tags(store, root), tags_in(root)

@@ -71,7 +71,7 @@ def test_full_batch_writes_records_and_keeps_scanner_stat(
         )
 
     assert run(store, library_root).processed == 0  # nothing pending any more
-    store.finish_recalibration([{"_key": k, "mood_tiers": TIERS, "file_tags_pending": True} for k in files])
+    store.upsert_files([{"_key": k, "mood_tiers": TIERS, "file_tags_pending": True} for k in files])
     again = run(store, library_root)
     assert (again.written, again.unchanged) == (0, 3)
 
@@ -351,12 +351,12 @@ def test_a_recalibration_finished_during_the_write_leaves_the_file_pending(
     store.ensure_library(library_doc(library_root))
     files = {"a": make_file("mp3"), "b": make_file("flac")}
     register(store, files)
-    store.finish_recalibration([{"_key": key, "calibration_hash": "h1"} for key in files])
+    store.upsert_files([{"_key": key, "calibration_hash": "h1"} for key in files])
     add_stats = store.add_written_stats
 
     def recalibration_finishes_meanwhile(stats: list[dict[str, Any]]) -> None:
         add_stats(stats)
-        store.finish_recalibration(
+        store.upsert_files(
             [{"_key": "a", "calibration_hash": "h2", "mood_tiers": TIERS, "file_tags_pending": True}]
         )
 
@@ -413,7 +413,7 @@ def test_a_wide_head_writes_its_strongest_labels_and_the_preview_shows_the_other
     assert run(store, library_root, max_labels=0).written == 1  # every label, as before
     assert len(style_labels(read_nom_tags(path))) == 30
 
-    store.finish_recalibration([{"_key": "a", "mood_tiers": TIERS, "file_tags_pending": True}])
+    store.upsert_files([{"_key": "a", "mood_tiers": TIERS, "file_tags_pending": True}])
     preview = run(store, library_root, dry_run=True, max_labels=10)
     removed = {row.key for row in preview.preview if row.action == "remove"}
     assert len(removed) == 40 and all(":styles:Style " in key for key in removed)
@@ -464,7 +464,7 @@ def test_concurrent_batch_writes_every_file(
         assert (doc["size"], doc["mtime_ns"]) == stat_of(path)
     assert temp_leftovers(library_root) == []
 
-    store.finish_recalibration([{"_key": k, "mood_tiers": TIERS, "file_tags_pending": True} for k in files])
+    store.upsert_files([{"_key": k, "mood_tiers": TIERS, "file_tags_pending": True} for k in files])
     assert run(store, library_root, writers=3).unchanged == len(files)
 
 

@@ -23,6 +23,7 @@ from nomarr_pipeline.store import Store, open_store
 from nomarr_pipeline.tagging.batch import PREVIEW_COLUMNS
 from nomarr_pipeline.tagging.formats import read_nom_tags
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
+from nomarr_pipeline_tests.store_dump import library_files
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ffmpeg") is None, reason="ffmpeg is installed by scripts/test.sh"
@@ -40,12 +41,11 @@ def _analyse(store: Store, models: Path, seed: int) -> None:
     catalog = discover_models(models)
     rng = np.random.default_rng(seed)
     docs = []
-    for page in store.iter_files():
-        for file in page:
-            for head in catalog.heads:
-                first = float(rng.uniform(0, 1))
-                docs += prediction_docs(file["_key"], head, [first, 1 - first], [0.01, 0.01])
-            store.record_analysis([{"_key": file["_key"], "analyzed_at": 1, "analysis_error": None}])
+    for file in library_files(store):
+        for head in catalog.heads:
+            first = float(rng.uniform(0, 1))
+            docs += prediction_docs(file["_key"], head, [first, 1 - first], [0.01, 0.01])
+        store.record_analysis([{"_key": file["_key"], "analyzed_at": 1, "analysis_error": None}])
     store.write_predictions(docs)
 
 
@@ -104,7 +104,7 @@ def test_a_file_edited_in_place_by_another_program_is_rescanned_and_written_afte
 ) -> None:
     resources, store, root, models = setup
     edited = root / "00.mp3"
-    (doc,) = [d for page in store.iter_files() for d in page if d["path"] == str(edited.resolve())]
+    (doc,) = [d for d in library_files(store) if d["path"] == str(edited.resolve())]
     folder_mtime = root.stat().st_mtime_ns
     audio = mutagen.File(edited)
     audio.tags.add(TIT2(encoding=3, text=["Retitled by another tagger"]))

@@ -1,7 +1,7 @@
-"""Reference calibration of one value (DESIGN.md §5, decision 3).
+"""Reference calibration of one value (docs/ARCHITECTURE.md, calibration rules).
 
-The store applies the same rule set-based in SQL/AQL (``Store.apply_calibration``); this
-function is the specification both engines are tested against.
+The store applies the same rule set-based in SQL/AQL (``Store.finish_claimed_recalibration``
+and ``Store.tier_inputs``); this function is the specification every engine is tested against.
 """
 
 from __future__ import annotations
