@@ -29,6 +29,7 @@ ADAPTERS = (
     "assets",
     "cli",
     "definitions",
+    "instance_storage",
     "jobs",
     "partitions",
     "resources",
