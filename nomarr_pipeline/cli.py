@@ -71,12 +71,17 @@ def run(verbose: bool) -> int:
 
 
 @cli.command()
-def scan() -> int:
+@click.option("--verify", is_flag=True,
+              help="Also read back the tags written into every file; those that differ from the store "
+                   "are written again by the next write-tags or run.")
+def scan(verify: bool) -> int:
     """Scan the configured library folders."""
     runner.require_library_roots()
-    with runner.pipeline_session("scan") as (pipeline, _):
-        outcome = pipeline.run_job("scan", library_scan_job.name)
-    return 0 if _print_outcomes([outcome]) else 1
+    with runner.pipeline_session("scan") as (pipeline, store):
+        outcomes = [pipeline.run_job("scan", library_scan_job.name)]
+        if verify and outcomes[0].status == "ok":
+            outcomes.append(runner.verify_tags(store))
+    return 0 if _print_outcomes(outcomes) else 1
 
 
 @cli.command()
@@ -90,6 +95,9 @@ def status() -> int:
         return 0
     with pd.option_context("display.width", 200, "display.max_columns", None):
         click.echo(frame.to_string(index=False))
+    for problem in runner.unavailable_heads():  # apart from files that failed: none failed for it
+        click.echo(f"head unavailable: {problem.head_key}: {problem.message}", err=True)
+        click.echo(f"next: {problem.fix}", err=True)
     return 0
 
 

@@ -115,6 +115,12 @@ class SqliteStore:
             return StoreFullError(f"the disk holding the SQLite store {self.path} is full ({exc})")
         if name.startswith("SQLITE_READONLY"):
             return StoreReadOnlyError(f"the SQLite store {self.path} is read-only ({exc})")
+        if name == "SQLITE_CANTOPEN" and (why := unwritable(self.path)):
+            # "unable to open database file": SQLite writes a -wal and a -shm file beside the store.
+            return StoreReadOnlyError(
+                f"the SQLite store {self.path} cannot be opened: {why} (SQLite writes its -wal and "
+                "-shm files beside the store, even to read)"
+            )
         return StoreError(f"{doing} the SQLite store at {self.path}: {exc}")
 
     @contextmanager
@@ -676,3 +682,14 @@ def _delete_analysis_results(conn: sqlite3.Connection, file_ids_json: str) -> No
         conn.execute(
             f"DELETE FROM {table} WHERE file_id IN (SELECT value FROM json_each(?))", (file_ids_json,)
         )
+
+
+def unwritable(path: Path) -> str | None:
+    """Why SQLite cannot write the store at ``path`` or beside it, or None."""
+    for target in (path, path.parent):
+        if not target.exists() or os.access(target, os.W_OK):
+            continue
+        if os.statvfs(target).f_flag & os.ST_RDONLY:
+            return f"{target} is on a read-only file system"
+        return f"{target} is not writable by this user"
+    return None
