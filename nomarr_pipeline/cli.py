@@ -219,10 +219,11 @@ def write_tags(preview: bool, output: str, verbose: bool) -> int:
         changes = int((frame["action"] != "keep").sum())
         click.echo(f"preview: {output} ({frame['file_id'].nunique()} files, {changes} tag changes)")
         return 0
-    with runner.pipeline_session("write-tags", verbose=verbose) as (pipeline, _):
+    with runner.pipeline_session("write-tags", verbose=verbose) as (pipeline, store):
         outcome = pipeline.run_job(
             "recalibration + tag writing", tagging_job.name, progress=runner.tagging_progress()
         )
+        _print_write_errors(store)
     return 0 if _print_outcomes([outcome]) else 1
 
 
@@ -395,10 +396,21 @@ def _print_where_to_look(store: Store) -> None:
     if not frame.empty:
         click.echo(frame.to_string(index=False))
         click.echo()
+    _print_write_errors(store)
     click.echo(f"store:            {redact_url(settings.store_url)}")
     click.echo(f"calibrations:     {settings.export_dir} (calibrations.json and one sidecar per head)")
     click.echo(f"Dagster instance: {os.environ['DAGSTER_HOME']}")
     click.echo("  see the runs, asset lineage and partitions with: dagster dev  (http://127.0.0.1:3000)")
+
+
+def _print_write_errors(store: Store) -> None:
+    """Files whose tags could not be written stay pending: say what to do about them."""
+    if failed := store.file_counts()["write_errors"]:
+        click.echo(f"warning: the tags of {failed} file(s) could not be written (each says why in the "
+                   "run's log and in the store's write_error); they are kept pending", err=True)
+        click.echo("next: make the library's folders and files writable by this user (a read-only mount, "
+                   "or a file's own read-only or immutable flag, is respected), then `nomarr-pipeline "
+                   "write-tags`", err=True)
 
 
 # ---- entry point ----------------------------------------------------------------------------

@@ -403,3 +403,29 @@ def test_a_full_library_disk_during_tag_writing_is_a_clear_error_and_nothing_is_
     (scanned.root / "library-after").rename(scanned.library)
     with scanned.store() as store:
         assert settle_problems(store, scanned.library, original) == []
+
+
+@pytest.mark.slow
+@needs_private_mounts
+def test_a_read_only_library_is_named_with_what_to_do_and_nothing_is_lost(scanned: PipelineFolder) -> None:
+    """Tag writing on a read-only mount: every file fails alone and says why, the command says
+    what to do, and once the library is writable `write-tags` writes every file (issue 25, item 4)."""
+    from nomarr_pipeline_tests.tagging.library_state import LibrarySnapshot, settle_problems
+
+    original = LibrarySnapshot.take(scanned.library)
+    library = shlex.quote(str(scanned.library))
+    result = _in_private_mounts(
+        scanned,
+        f"mount --bind {library} {library} && mount -o remount,ro,bind {library}\n"
+        f"$NP run; echo rc=$?\nmount -o remount,rw,bind {library}\n$NP write-tags; echo rc=$?\n",
+    )
+    codes = [line for line in result.stdout.splitlines() if line.startswith("rc=")]
+    assert codes == ["rc=0", "rc=0"], result.stdout + result.stderr
+    err = result.stderr
+    assert "Traceback" not in err
+    first, second = err.split("next: make the library's folders and files writable", 1)
+    assert "permission denied (the library is on a read-only file system)" in first
+    assert "warning: the tags of " in first and "could not be written" in first
+    assert "warning: the tags of " not in second  # all written the second time
+    with scanned.store() as store:
+        assert settle_problems(store, scanned.library, original) == []
