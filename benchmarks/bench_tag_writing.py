@@ -11,7 +11,11 @@ the default; the ratio to the bare loop is for information.
 ``--sweep-files N`` also times the sweep of abandoned temp copies over a library of N (empty)
 files, 100 per folder, against the scanner's full walk of the same tree (a stat per file).
 
+``--verify`` times ``scan --verify``'s check instead (``tagging.verify``): the files the pipeline
+has just written (so in the page cache) read back and compared with the store, per 1,000 files.
+
     .venv/bin/python benchmarks/bench_tag_writing.py [--files 300] [--repeats 3] [--sweep-files 100000]
+    .venv/bin/python benchmarks/bench_tag_writing.py --verify [--files 1000]
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from nomarr_pipeline.tagging.batch import DEFAULT_WRITERS, write_pending_tags
 from nomarr_pipeline.tagging.formats import OpenedAudio, normalize_tags, read_nom_tags
 from nomarr_pipeline.tagging.selection import DEFAULT_MAX_LABELS
 from nomarr_pipeline.tagging.temps import Owner, remove_abandoned_temps, temp_prefix, this_host
+from nomarr_pipeline.tagging.verify import VerifyReport, verify_written_tags
 
 FLOOR_FILES_PER_S = 300
 ENCODERS = {"mp3": "libmp3lame", "flac": "flac", "m4a": "aac"}
@@ -177,6 +182,25 @@ def bench_writes(workdir: Path, files: int, repeats: int, seconds: float) -> Non
     print(f"floor {FLOOR_FILES_PER_S} files/s with the default settings: {verdict} ({default_rate:.0f})")
 
 
+def bench_verify(workdir: Path, files: int, repeats: int, seconds: float) -> None:
+    copies = fresh_copies(make_sources(workdir, seconds), workdir / "verify", files)
+    write_seconds = pipeline_seconds(copies, workdir / "verify", DEFAULT_WRITERS)
+    store = open_store(f"sqlite:///{workdir / 'bench.sqlite3'}")
+    try:
+        library = store.get_library("bench")
+        assert library is not None
+        reports: list[VerifyReport] = []
+        runs = [timed(lambda: reports.append(verify_written_tags(store, library, has_calibration=True)))
+                for _ in range(repeats)]
+    finally:
+        store.close()
+    assert reports[-1] == VerifyReport(checked=files, queued=0), reports[-1]
+    per_1000 = statistics.median(runs) * 1000 / files
+    shown = ", ".join(f"{run * 1000 / files:.2f}" for run in runs)
+    print(f"verify {files} written files (mp3, flac, m4a): median {per_1000:.2f} s per 1,000 files "
+          f"(runs: {shown}); writing them took {write_seconds * 1000 / files:.2f} s per 1,000")
+
+
 def bench_sweep(workdir: Path, files: int, repeats: int) -> None:
     root = workdir / "sweep"
     for index in range(files):
@@ -207,11 +231,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each generated track")
     parser.add_argument("--sweep-files", type=int, default=0, help="also time the temp sweep over N files")
+    parser.add_argument("--verify", action="store_true", help="time reading written tags back instead")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="nomarr-bench-"))
     print(f"load average before: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
     try:
-        bench_writes(workdir, args.files, args.repeats, args.seconds)
+        if args.verify:
+            bench_verify(workdir, args.files, args.repeats, args.seconds)
+        else:
+            bench_writes(workdir, args.files, args.repeats, args.seconds)
         if args.sweep_files:
             bench_sweep(workdir, args.sweep_files, args.repeats)
     finally:

@@ -146,6 +146,14 @@ def check_tag_writing(out: str) -> None:
     figures(ratio)
 
 
+def check_tag_verify(out: str) -> None:
+    ((read_back, written),) = matches(
+        out, rf"^verify 3 written files \(mp3, flac, m4a\): median ({NUM}) s per 1,000 files \(runs: .*\); "
+        rf"writing them took ({NUM}) s per 1,000$"
+    )
+    figures(read_back, written)
+
+
 def check_wide_head(out: str) -> None:
     matches(out, r"^20 files x 400 labels = 8,000 values per grouping$")
     for name in ("calibration", "partition metadata"):
@@ -238,6 +246,8 @@ BENCHES = [
     Bench("bench_tag_writing",
           lambda tmp: ["--files", "3", "--repeats", "1", "--seconds", "1", "--sweep-files", "100"],
           check_tag_writing),
+    Bench("bench_tag_writing", lambda tmp: ["--verify", "--files", "3", "--repeats", "1", "--seconds", "1"],
+          check_tag_verify),
     Bench("bench_wide_head",
           lambda tmp: ["--files", "20", "--tag-files", "3", "--repeats", "1", "--db-dir", str(tmp / "db")],
           check_wide_head),

@@ -79,12 +79,17 @@ def run(verbose: bool) -> int:
 
 
 @cli.command()
-def scan() -> int:
+@click.option("--verify", is_flag=True,
+              help="Also read back the tags written into every file; those that differ from the store "
+                   "are written again by the next write-tags or run.")
+def scan(verify: bool) -> int:
     """Scan the configured library folders."""
     runner.require_library_roots()
-    with runner.pipeline_session("scan") as (pipeline, _):
-        outcome = pipeline.run_job("scan", library_scan_job.name)
-    return 0 if _print_outcomes([outcome]) else 1
+    with runner.pipeline_session("scan") as (pipeline, store):
+        outcomes = [pipeline.run_job("scan", library_scan_job.name)]
+        if verify and outcomes[0].status == "ok":
+            outcomes.append(runner.verify_tags(store))
+    return 0 if _print_outcomes(outcomes) else 1
 
 
 @cli.command()
@@ -99,6 +104,9 @@ def status() -> int:
         return 0
     with pd.option_context("display.width", 200, "display.max_columns", None):
         click.echo(frame.to_string(index=False))
+    for problem in runner.unavailable_heads():  # apart from files that failed: none failed for it
+        click.echo(f"head unavailable: {problem.head_key}: {problem.message}", err=True)
+        click.echo(f"next: {problem.fix}", err=True)
     return 0
 
 
@@ -226,6 +234,7 @@ def write_tags(preview: bool, output: str, verbose: bool) -> int:
         outcome = pipeline.run_job(
             "recalibration + tag writing", tagging_job.name, progress=runner.tagging_progress(store)
         )
+        _print_write_errors(store)
     return 0 if _print_outcomes([outcome]) else 1
 
 
@@ -398,6 +407,7 @@ def _print_where_to_look(store: Store) -> None:
     if not frame.empty:
         click.echo(frame.to_string(index=False))
         click.echo()
+    _print_write_errors(store)
     click.echo(f"store:            {redact_url(settings.store_url)}")
     click.echo(f"calibrations:     {settings.export_dir} (calibrations.json and one sidecar per head)")
     click.echo(f"Dagster instance: {os.environ['DAGSTER_HOME']}")
@@ -414,6 +424,16 @@ def ui_command() -> str:
     home = os.environ["DAGSTER_HOME"]
     return (f"cd {shlex.quote(str(Path.cwd()))} && DAGSTER_HOME={shlex.quote(home)} "
             f"{shlex.quote(str(dagster))} dev -w {shlex.quote(str(WORKSPACE))}")
+
+
+def _print_write_errors(store: Store) -> None:
+    """Files whose tags could not be written stay pending: say what to do about them."""
+    if failed := store.file_counts()["write_errors"]:
+        click.echo(f"warning: the tags of {failed} file(s) could not be written (each says why in the "
+                   "run's log and in the store's write_error); they are kept pending", err=True)
+        click.echo("next: make the library's folders and files writable by this user (a read-only mount, "
+                   "or a file's own read-only or immutable flag, is respected), then `nomarr-pipeline "
+                   "write-tags`", err=True)
 
 
 # ---- entry point ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ status of every library.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -45,11 +46,14 @@ from nomarr_pipeline.store import (
     open_store,
     redact_url,
 )
+from nomarr_pipeline.store.first_use import file_first_use
+from nomarr_pipeline.store.sqlite import unwritable
 
 if TYPE_CHECKING:
     import pandas as pd
+    from dagster_shared.error import SerializableErrorInfo
 
-    from nomarr_pipeline.ml.discovery import Head
+    from nomarr_pipeline.ml.discovery import Head, ModelProblem
 
 Measure = Callable[[], tuple[int, int]]
 
@@ -132,13 +136,9 @@ def store_advice(error: StoreError) -> str:
 
 def _require_writable_store(path: Path) -> None:
     # SQLite writes the file and, next to it, its write-ahead log.
-    for target in (path, path.parent):
-        if os.access(target, os.W_OK):
-            continue
-        read_only_mount = bool(os.statvfs(target).f_flag & os.ST_RDONLY)
-        why = "is on a read-only file system" if read_only_mount else "is not writable by this user"
+    if why := unwritable(path):
         raise UserError(
-            f"the SQLite store {path} cannot be written: {target} {why}",
+            f"the SQLite store {path} cannot be written: {why}",
             "make the store file and its folder writable, or set NOMARR_STORE_URL to a writable copy "
             "(sqlite3 nomarr.sqlite3 \".backup copy.sqlite3\")",
         )
@@ -208,8 +208,9 @@ def require_models_dir() -> Path:
     return models_dir
 
 
-def require_heads() -> list[Head]:
-    """Every usable head of NOMARR_MODELS_DIR; problems with single models are printed."""
+def require_heads() -> tuple[list[Head], list[ModelProblem]]:
+    """Every usable head of NOMARR_MODELS_DIR, and the heads whose model cannot run
+    (ml.validation); problems with single models are printed."""
     from nomarr_pipeline.ml.discovery import discover_models
 
     models_dir = require_models_dir()
@@ -228,7 +229,7 @@ def require_heads() -> list[Head]:
             "`nomarr-pipeline models fetch --recommended` (or put Essentia head models and their "
             "backbone, <name>.pb + <name>.json, into that folder); `nomarr-pipeline models list` shows why",
         )
-    return list(catalog.heads)
+    return list(catalog.heads), [problem for problem in catalog.problems if problem.head_key]
 
 
 def known_heads() -> list[Head] | None:
@@ -239,6 +240,17 @@ def known_heads() -> list[Head] | None:
     if models_dir is None or not models_dir.is_dir():
         return None
     return list(discover_models(models_dir).heads)
+
+
+def unavailable_heads() -> list[ModelProblem]:
+    """Heads of NOMARR_MODELS_DIR whose model cannot run (none of their files is tried)."""
+    from nomarr_pipeline.ml.discovery import discover_models
+
+    models_dir = checked_settings().models_dir
+    if models_dir is None or not models_dir.is_dir():
+        return []
+    return [problem for problem in discover_models(models_dir, compute_versions=False).problems
+            if problem.head_key]
 
 
 def known_head_labels() -> dict[tuple[str, str], tuple[str, ...]] | None:
@@ -265,9 +277,11 @@ def dagster_instance() -> dg.DagsterInstance:
     config = home / "dagster.yaml"
     shipped = Path(__file__).resolve().parents[2] / "dagster.yaml"
     try:
-        if not config.exists() and shipped.exists():
-            shutil.copyfile(shipped, config)
-        return dg.DagsterInstance.get()
+        # Created once however many commands start together (docs/RELIABILITY.md, "First use").
+        with file_first_use(home):
+            if not config.exists() and shipped.exists():
+                shutil.copyfile(shipped, config)
+            return dg.DagsterInstance.get()
     except Exception as error:
         raise _instance_error(error) from None
 
@@ -397,22 +411,38 @@ _STORE_ERRORS: dict[str, type[StoreError]] = {
 
 
 def failure_of(events: Sequence[dg.DagsterEvent]) -> RunFailure:
-    """What failed; a step's store error is raised as itself."""
+    """What failed; a step's store error is raised as itself, a full library disk as a
+    :class:`UserError`."""
     for event in events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             user_data = event.step_failure_data.user_failure_data
             left_out = user_data.metadata.get(NOT_MATERIALIZED) if user_data else None
-            error = event.step_failure_data.error
-            while error.cause is not None and error.cls_name not in _STORE_ERRORS:
-                error = error.cause  # the step's own exception, under Dagster's wrapper
-            # "module.Class: text" -> "text"; a dg.Failure's description is its last line.
-            text = error.message.split(f"{error.cls_name}: ", 1)[-1].strip()
-            text = text.splitlines()[-1] if text else error.cls_name
+            chain = [event.step_failure_data.error]
+            while chain[-1].cause is not None:
+                chain.append(chain[-1].cause)
+            if stopped := next((e for e in chain if e.cls_name == "WriteBatchStopped"), None):
+                raise UserError(_error_text(stopped), LIBRARY_DISK_FULL)
+            # The step's own exception (a dg.Failure's description), under Dagster's wrapper.
+            error = next((e for e in chain if e.cls_name in (*_STORE_ERRORS, "Failure")), chain[-1])
+            text = _error_text(error)
             if error.cls_name in _STORE_ERRORS:
                 raise _STORE_ERRORS[error.cls_name](text)
             heads = tuple(left_out.value) if isinstance(left_out, dg.JsonMetadataValue) else ()
             return RunFailure(f"step {event.step_key} failed: {text}", heads)
     return RunFailure("the run failed (see its logs in the Dagster UI)")
+
+
+LIBRARY_DISK_FULL = (
+    "free space on the library's disk, then run `nomarr-pipeline write-tags` (or `run`) again: the files "
+    "written are recorded, the others are still pending"
+)
+
+
+def _error_text(error: SerializableErrorInfo) -> str:
+    """"module.Class: [Errno 28] text" -> "text"; a dg.Failure's description is its last line."""
+    text = error.message.split(f"{error.cls_name}: ", 1)[-1].strip()
+    text = text.splitlines()[-1] if text else error.cls_name
+    return re.sub(r"^\[Errno \d+\] ", "", text)
 
 
 class PipelineRunner:
@@ -539,7 +569,7 @@ def run_pipeline(command: str = "run", *, verbose: bool = False) -> list[StepOut
     """Scan → heads → predictions → calibration (with its package) → recalibration and tag
     writing. Returns each step's outcome, for the summary."""
     roots = require_library_roots()
-    heads = require_heads()
+    heads, broken = require_heads()
     with pipeline_session(command, verbose=verbose) as (runner, store):
         require_export_dir()  # by default in the data folder, which the session creates
         started = time.monotonic()
@@ -564,7 +594,7 @@ def run_pipeline(command: str = "run", *, verbose: bool = False) -> list[StepOut
 
         keys = [head.partition_key for head in heads]
         new = runner.add_heads(keys)
-        runner.outcomes.append(StepOutcome("head discovery", "ok", f"{len(keys)} heads ({len(new)} new)"))
+        runner.outcomes.append(discovery_outcome(len(keys), len(new), broken))
         print(f"heads: {', '.join(keys)}")
 
         # A run with nothing to do would still start its processes: seconds for nothing.
@@ -591,6 +621,33 @@ def run_pipeline(command: str = "run", *, verbose: bool = False) -> list[StepOut
             runner.skip("recalibration + tag writing", "every file is recalibrated and written")
         runner.outcomes.append(StepOutcome("total", "ok", f"{time.monotonic() - started:.0f}s"))
         return runner.outcomes
+
+
+def discovery_outcome(heads: int, new: int, broken: Sequence[ModelProblem]) -> StepOutcome:
+    """Heads found; a head whose model cannot run fails the step by name, and the steps after
+    it go on with the other heads (none of its files is tried, so none fails for it)."""
+    outcome = StepOutcome("head discovery", "ok", f"{heads} heads ({new} new)")
+    if broken:
+        outcome.status = "failed"
+        outcome.heads_left_out = [problem.head_key or "" for problem in broken]
+        outcome.detail += f"; {len(broken)} broken model(s) left out: " + "; ".join(
+            f"{problem.path.stem} ({problem.head_key}): {problem.message}" for problem in broken
+        )
+    return outcome
+
+
+def verify_tags(store: Store) -> StepOutcome:
+    """Read back the tags written into every file; queue those that differ for writing."""
+    from nomarr_pipeline.calibration.state import has_usable_calibration
+    from nomarr_pipeline.tagging.verify import verify_written_tags
+
+    has_calibration = has_usable_calibration(store.list_calibrations())
+    checked = queued = 0
+    for library in store.list_libraries():
+        report = verify_written_tags(store, library, has_calibration=has_calibration)
+        checked, queued = checked + report.checked, queued + report.queued
+    detail = f"{checked} written files read back, {queued} differ from the store"
+    return StepOutcome("verify", "ok", detail + (": queued for `write-tags` (or `run`)" if queued else ""))
 
 
 def _left(measure: Measure) -> bool:

@@ -20,6 +20,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from nomarr_pipeline.ml.validation import head_problem
+
 HEAD_ALGORITHM = "TensorflowPredict2D"
 
 
@@ -112,6 +114,9 @@ class ModelProblem:
     path: Path
     message: str
     fix: str = ""
+    # The partition key of a head whose model cannot run (ml.validation): a run names it and
+    # fails, while the other heads go on.
+    head_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -231,6 +236,13 @@ def discover_models(models_dir: Path, *, compute_versions: bool = True) -> Model
             continue
         heads[head.partition_key] = head
 
+    for key, head in list(heads.items()):
+        if problem := head_problem(head):
+            del heads[key]
+            problems.append(ModelProblem(
+                head.metadata_path, f"cannot run: {problem}",
+                f"replace or remove the model (`nomarr-pipeline models fetch {head.name}`); "
+                "it is checked again once its files change", head_key=key))
     ordered_heads = tuple(heads[key] for key in sorted(heads))
     return ModelCatalog(
         backbones=tuple(backbones[name] for name in sorted(backbones)),

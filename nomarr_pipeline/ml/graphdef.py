@@ -233,7 +233,7 @@ _GRAPH_VERSIONS_FIELD = 4
 _VALID_WIRE_TYPES = {0: "varint", 1: "64-bit", 2: "length-delimited", 5: "32-bit"}
 
 
-def _read_varint(data: bytes | memoryview, offset: int) -> tuple[int, int]:
+def read_varint(data: bytes | memoryview, offset: int) -> tuple[int, int]:
     value = shift = 0
     while offset < len(data):
         byte = data[offset]
@@ -255,18 +255,18 @@ def graphdef_problem(data: bytes | memoryview) -> str | None:
     size = len(data)
     try:
         while offset < size:
-            tag, offset = _read_varint(data, offset)
+            tag, offset = read_varint(data, offset)
             field_number, wire_type = tag >> 3, tag & 7
             if field_number == 0 or wire_type not in _VALID_WIRE_TYPES:
                 return f"not a TensorFlow graph: invalid protobuf field at byte {offset}"
             if wire_type == 0:
-                _, offset = _read_varint(data, offset)
+                _, offset = read_varint(data, offset)
             elif wire_type == 1:
                 offset += 8
             elif wire_type == 5:
                 offset += 4
             else:
-                length, offset = _read_varint(data, offset)
+                length, offset = read_varint(data, offset)
                 offset += length
                 nodes += field_number == _GRAPH_NODE_FIELD
                 has_versions |= field_number == _GRAPH_VERSIONS_FIELD

@@ -316,6 +316,9 @@ class PostgresStore(SqlStore):
     # ---- scanning ----------------------------------------------------------------------------
     def save_folder_cache(self, library_id: str, folders: dict[str, tuple[int, int]]) -> None:
         def save(conn: psycopg.Connection[Any]) -> None:
+            # Two scans of one library at once (two first commands): the second replaces the
+            # first's cache after it, instead of inserting the same keys beside it.
+            conn.execute("SELECT 1 FROM libraries WHERE _key = %s FOR UPDATE", (library_id,))
             conn.execute("DELETE FROM library_folders WHERE library_id = %s", (library_id,))
             with (
                 conn.cursor() as cur,

@@ -126,6 +126,12 @@ class SqliteStore(SqlStore):
             return StoreFullError(f"the disk holding the SQLite store {self.path} is full ({exc})")
         if name.startswith("SQLITE_READONLY"):
             return StoreReadOnlyError(f"the SQLite store {self.path} is read-only ({exc})")
+        if name == "SQLITE_CANTOPEN" and (why := unwritable(self.path)):
+            # "unable to open database file": SQLite writes a -wal and a -shm file beside the store.
+            return StoreReadOnlyError(
+                f"the SQLite store {self.path} cannot be opened: {why} (SQLite writes its -wal and "
+                "-shm files beside the store, even to read)"
+            )
         return StoreError(f"{doing} the SQLite store at {self.path}: {exc}")
 
     @contextmanager
@@ -326,3 +332,14 @@ _TIER_INPUTS = f"""
     SELECT t.file_id, t.head_name, t.label, t.std, {_CALIBRATED}
     FROM file_tags t WHERE t.file_id IN (SELECT value FROM json_each(?))
 """
+
+
+def unwritable(path: Path) -> str | None:
+    """Why SQLite cannot write the store at ``path`` or beside it, or None."""
+    for target in (path, path.parent):
+        if not target.exists() or os.access(target, os.W_OK):
+            continue
+        if os.statvfs(target).f_flag & os.ST_RDONLY:
+            return f"{target} is on a read-only file system"
+        return f"{target} is not writable by this user"
+    return None

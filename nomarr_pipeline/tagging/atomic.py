@@ -142,6 +142,8 @@ def _check_unchanged(path: Path, known_stats: Collection[Stat]) -> os.stat_resul
     if (info.st_size, info.st_mtime_ns) not in known_stats:
         raise FileChangedError(path, (info.st_size, info.st_mtime_ns))
     if not os.access(path, os.W_OK):
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            raise PermissionDeniedError(path, "permission denied (the library is on a read-only file system)")
         # Its folder may allow replacing it, but a read-only or immutable file is its owner
         # saying "do not modify".
         raise PermissionDeniedError(path, "permission denied (the file is read-only or immutable)")

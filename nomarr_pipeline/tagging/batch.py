@@ -132,7 +132,18 @@ def _preview_rows(file_id: str, path: str, current: NomTags, proposed: NomTags) 
     return rows
 
 
-def _file_path(doc: Doc, library: Doc) -> str:
+def wanted_tags(
+    doc: Doc, library: Doc, predictions: Sequence[Doc], *, has_calibration: bool, max_labels: int
+) -> NomTags:
+    """The ``nom:`` tags ``doc``'s file carries once written, by the store and ``library``'s mode."""
+    return normalize_tags(select_tags(
+        mode=str(library.get("file_write_mode") or "full"), has_calibration=has_calibration,
+        write_raw_scores=bool(library.get("write_raw_scores")), predictions=predictions,
+        mood_tiers=doc.get("mood_tiers"), max_labels=max_labels,
+    ))  # fmt: skip
+
+
+def file_path(doc: Doc, library: Doc) -> str:
     # The scanner stores absolute paths; a relative one is relative to the root.
     return os.path.join(str(library["root_path"]), str(doc["path"]))
 
@@ -184,13 +195,10 @@ class _Batch:
             predictions[prediction["file_id"]].append(prediction)
         jobs, records = [], []
         for doc in docs:
-            path, own = _file_path(doc, self.library), predictions[doc["_key"]]
+            path, own = file_path(doc, self.library), predictions[doc["_key"]]
             try:
-                tags = normalize_tags(select_tags(
-                    mode=self.report.mode, has_calibration=self.has_calibration,
-                    write_raw_scores=bool(self.library.get("write_raw_scores")), predictions=own,
-                    mood_tiers=doc.get("mood_tiers"), max_labels=self.max_labels,
-                ))  # fmt: skip
+                tags = wanted_tags(doc, self.library, own, has_calibration=self.has_calibration,
+                                   max_labels=self.max_labels)  # fmt: skip
             except ValueError as exc:  # stored data that cannot become a tag (TagKeyError, …)
                 records.append(self._count(doc, WriteError(path, f"cannot build tags: {exc}")))
                 continue
@@ -303,7 +311,7 @@ class _Batch:
         elif not isinstance(result, DiskFullError):  # a full disk is in no total: not handled
             log.warning("tag write failed: %s", result)
             report.failed += 1
-        report.add_error(file_id, _file_path(doc, self.library), result)
+        report.add_error(file_id, file_path(doc, self.library), result)
         return {"_key": file_id, "written_at": None, "write_error": str(result), "file_tags_pending": True}
 
 

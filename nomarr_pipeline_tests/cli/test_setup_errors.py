@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -389,3 +390,88 @@ def test_two_stores_never_share_a_dagster_instance(tmp_path: Path, monkeypatch) 
     assert f"keeps the runs of the store sqlite:///{tmp_path / 'a' / 'nomarr.sqlite3'}" in problem
     assert f"not of sqlite:///{tmp_path / 'b' / 'nomarr.sqlite3'}" in problem
     assert "unset DAGSTER_HOME" in refused.value.next_step
+
+@pytest.mark.slow
+@needs_private_mounts
+def test_a_store_in_a_read_only_folder_is_named_with_what_to_do(scanned: PipelineFolder) -> None:
+    """SQLite writes its -wal and -shm files beside the store, even to read: in a read-only
+    folder it says only "unable to open database file" (issue 25, item 4)."""
+    data = shlex.quote(str(scanned.data))
+    result = _in_private_mounts(
+        scanned,
+        f"mount --bind {data} {data} && mount -o remount,ro,bind {data}\n"
+        "$NP status; echo rc=$?\n$NP run; echo rc=$?\n",
+    )
+    codes = [line for line in result.stdout.splitlines() if line.startswith("rc=")]
+    assert codes == ["rc=2", "rc=2"], result.stdout + result.stderr
+    err = result.stderr
+    assert "Traceback" not in err and "database is running" not in err
+    store = scanned.store_path
+    refusal = f"the SQLite store {store} cannot be opened: {store} is on a read-only file system"
+    assert err.count(refusal) == 2
+    assert err.count("next: make the store file and its folder writable") == 2
+    files = len([p for p in scanned.library.rglob("*") if p.is_file()])
+    assert _store_rows(scanned.store_path) == ("ok", files)
+
+
+@pytest.mark.slow
+@needs_private_mounts
+def test_a_full_library_disk_during_tag_writing_is_a_clear_error_and_nothing_is_lost(
+    scanned: PipelineFolder,
+) -> None:
+    """The library on a tmpfs with room for no tag-write copy: the run stops with `error:` and
+    `next:`; once there is room, the same command writes every file (issue 25, item 4)."""
+    from nomarr_pipeline_tests.tagging.library_state import LibrarySnapshot, settle_problems
+
+    original = LibrarySnapshot.take(scanned.library)
+    library = shlex.quote(str(scanned.library))
+    after = shlex.quote(str(scanned.root / "library-after"))
+    result = _in_private_mounts(
+        scanned,
+        f"""
+        cp -a {library} /tmp/nomarr-library-copy-$$ || exit 9
+        used=$(du -sk {library} | cut -f1)
+        mount -t tmpfs -o size=$((used + 64))k tmpfs {library} || exit 9
+        cp -a /tmp/nomarr-library-copy-$$/. {library}/ && rm -rf /tmp/nomarr-library-copy-$$
+        $NP run; echo rc=$?
+        mount -o remount,size=256m {library}
+        $NP write-tags >/dev/null; echo rc=$?
+        cp -a {library} {after}
+        """,
+    )
+    codes = [line for line in result.stdout.splitlines() if line.startswith("rc=")]
+    assert codes == ["rc=2", "rc=0"], result.stdout + result.stderr
+    err = result.stderr
+    assert "Traceback" not in err and "[Errno 28]" not in err
+    assert "error: tag writing for library" in err and "disk full while writing tags" in err
+    assert "next: free space on the library's disk, then run `nomarr-pipeline write-tags`" in err
+    shutil.rmtree(scanned.library)
+    (scanned.root / "library-after").rename(scanned.library)
+    with scanned.store() as store:
+        assert settle_problems(store, scanned.library, original) == []
+
+
+@pytest.mark.slow
+@needs_private_mounts
+def test_a_read_only_library_is_named_with_what_to_do_and_nothing_is_lost(scanned: PipelineFolder) -> None:
+    """Tag writing on a read-only mount: every file fails alone and says why, the command says
+    what to do, and once the library is writable `write-tags` writes every file (issue 25, item 4)."""
+    from nomarr_pipeline_tests.tagging.library_state import LibrarySnapshot, settle_problems
+
+    original = LibrarySnapshot.take(scanned.library)
+    library = shlex.quote(str(scanned.library))
+    result = _in_private_mounts(
+        scanned,
+        f"mount --bind {library} {library} && mount -o remount,ro,bind {library}\n"
+        f"$NP run; echo rc=$?\nmount -o remount,rw,bind {library}\n$NP write-tags; echo rc=$?\n",
+    )
+    codes = [line for line in result.stdout.splitlines() if line.startswith("rc=")]
+    assert codes == ["rc=0", "rc=0"], result.stdout + result.stderr
+    err = result.stderr
+    assert "Traceback" not in err
+    first, second = err.split("next: make the library's folders and files writable", 1)
+    assert "permission denied (the library is on a read-only file system)" in first
+    assert "warning: the tags of " in first and "could not be written" in first
+    assert "warning: the tags of " not in second  # all written the second time
+    with scanned.store() as store:
+        assert settle_problems(store, scanned.library, original) == []

@@ -35,6 +35,18 @@ def write_width_mismatch_head(models: Path, name: str = "mood_party-discogs-effn
     return graph
 
 
+def write_other_backbones_head(models: Path, name: str = "mood_relaxed-discogs-effnet-1") -> Path:
+    """An effnet head whose ``.pb`` is a musicnn head's graph (200-wide input, the backbone
+    gives 1280); its JSON is the effnet head's own."""
+    graph = write_demo_head(models, name, ("relaxed", "non_relaxed"))
+    other = write_demo_head(models / "other", "mood_relaxed-msd-musicnn-1", ("relaxed", "non_relaxed"))
+    other.replace(graph)
+    for leftover in (models / "other").iterdir():
+        leftover.unlink()
+    (models / "other").rmdir()
+    return graph
+
+
 def write_nan_head(models: Path, name: str = "broken-discogs-effnet-1") -> Path:
     """A valid head graph whose weights are NaN: it outputs NaN for every file."""
     path = write_demo_head(models, name, ("broken", "non_broken"))

@@ -15,8 +15,15 @@ from nomarr_pipeline.ml.discovery import (
     discover_models,
     partition_key_problem,
 )
+from nomarr_pipeline_tests.ml.broken_models import (
+    write_garbage_head,
+    write_other_backbones_head,
+    write_width_mismatch_head,
+)
 
 HAPPY = "mood_happy-discogs-effnet-1"
+REPLACE = ("replace or remove the model (`nomarr-pipeline models fetch {}`); it is checked again once its "
+           "files change")
 
 
 def _edit_json(path: Path, **changes: object) -> None:
@@ -121,7 +128,7 @@ def test_changed_model_bytes_change_the_tagger_version(flat: Path) -> None:
     assert changed == {"effnet-discogs-effnet-1:mood_happy"}
     # A changed backbone re-versions every head on it.
     with (flat / "discogs-effnet-bs64-1.pb").open("ab") as stream:
-        stream.write(b"\n")  # an unknown trailing byte: still a different file
+        stream.write(b"\x2a\x00")  # an empty debug_info field: a different file, still a graph
     again = {h.partition_key: h.tagger_version for h in discover_models(flat).heads}
     assert {k for k in after if after[k] != again[k]} == {
         k for k in after if k.startswith("effnet-")}
@@ -344,3 +351,44 @@ def test_own_head_name_needs_a_hyphen(flat: Path) -> None:
 ])
 def test_autotagging_head_name(backbone: str, head_name: str | None) -> None:
     assert autotagging_head_name(backbone) == head_name
+
+
+def test_heads_that_cannot_run_are_problems_with_their_reason(flat: Path) -> None:
+    write_garbage_head(flat)
+    write_width_mismatch_head(flat)
+    write_other_backbones_head(flat)
+    catalog = discover_models(flat)
+    problems = {p.head_key: (p.message, p.fix) for p in catalog.problems}
+    assert problems == {
+        "effnet-discogs-effnet-1:mood_sad": (
+            "cannot run: cannot load mood_sad-discogs-effnet-1.pb: not a TensorFlow graph: "
+            "invalid protobuf field at byte 1", REPLACE.format("mood_sad-discogs-effnet-1")),
+        "effnet-discogs-effnet-1:mood_party": (
+            "cannot run: its graph gives 2 values per patch, but its JSON lists 3 labels",
+            REPLACE.format("mood_party-discogs-effnet-1")),
+        "effnet-discogs-effnet-1:mood_relaxed": (
+            "cannot run: its graph takes 200-wide embeddings, but its backbone discogs-effnet-bs64-1 "
+            "gives 1280: it is a head of another backbone", REPLACE.format("mood_relaxed-discogs-effnet-1")),
+    }
+    assert not set(problems) & set(catalog.partition_keys)
+    assert "effnet-discogs-effnet-1:mood_happy" in catalog.partition_keys
+
+
+def test_a_graph_without_the_nodes_its_json_names_cannot_run(flat: Path) -> None:
+    data = json.loads((flat / f"{HAPPY}.json").read_text())
+    data["schema"]["outputs"][0]["name"] = "model/Nowhere"
+    (flat / f"{HAPPY}.json").write_text(json.dumps(data))
+    assert _problem_for(flat, HAPPY) == (
+        "cannot run: its graph has no output node 'model/Nowhere', which its JSON names")
+
+
+def test_a_backbone_that_cannot_run_takes_its_heads_along(flat: Path) -> None:
+    (flat / "msd-musicnn-1.pb").write_bytes((flat / "msd-musicnn-1.pb").read_bytes()[:-40])
+    catalog = discover_models(flat)
+    assert not [key for key in catalog.partition_keys if key.startswith("musicnn-")]
+    (message,) = {p.message for p in catalog.problems if (p.head_key or "").startswith("musicnn-")}
+    assert message.startswith(
+        "cannot run: its backbone msd-musicnn-1 cannot run: cannot load msd-musicnn-1.pb: ")
+    # Repaired: found again (the check is cached by the file's identity, never stale).
+    write_demo_models(flat)
+    assert "musicnn-msd-musicnn-1:mood_sad" in discover_models(flat).partition_keys

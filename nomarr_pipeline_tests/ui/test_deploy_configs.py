@@ -52,14 +52,18 @@ def test_instance_file_matches_dagsters_schema(path: Path, monkeypatch: pytest.M
 
     raw = yaml.safe_load(path.read_text())
     storage = raw.get("storage", {})
-    if "postgres" in storage:
-        from dagster_postgres import DagsterPostgresStorage
-
-        db = storage["postgres"]["postgres_db"]
+    if "postgres" in storage or "custom" in storage:
+        postgres = storage.get("postgres") or storage["custom"]["config"]
+        db = postgres["postgres_db"]
         # The password only ever comes from the environment.
         assert db["password"] == {"env": "DAGSTER_PG_PASSWORD"}
         assert db["scheme"] == "postgresql+psycopg2"
-        resolved = process_config(DagsterPostgresStorage.config_type(), storage["postgres"])
+        config_type = (
+            _class_config_type(storage["custom"]["module"], storage["custom"]["class"])
+            if "custom" in storage
+            else _class_config_type("dagster_postgres", "DagsterPostgresStorage")
+        )
+        resolved = process_config(config_type, postgres)
         assert resolved.success, resolved.errors
 
     for section in CONFIGURABLE_SECTIONS:

@@ -1,0 +1,31 @@
+"""The Dagster instance's PostgreSQL storage, created once however many commands, daemons
+and webservers open a fresh instance at the same moment.
+
+Dagster creates its tables and stamps their alembic version on first use without a lock; two
+processes doing it together can leave two alembic heads, and every later command then fails
+(docs/RELIABILITY.md, "First use"). This is dagster-postgres's storage opened under a lock;
+deploy/'s instance files name it as ``storage: custom:``. (The command line opens an instance
+on SQLite files under a file lock of its own: ``runner.dagster_instance``.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dagster._serdes import ConfigurableClassData
+from dagster_postgres import DagsterPostgresStorage
+from dagster_postgres.utils import pg_url_from_config
+
+from nomarr_pipeline.store.first_use import postgres_first_use
+
+
+class FirstUsePostgresStorage(DagsterPostgresStorage):
+    """dagster-postgres's storage, created under an advisory lock on its database."""
+
+    @classmethod
+    def from_config_value(  # type: ignore[override]
+        cls, inst_data: ConfigurableClassData | None, config_value: Any
+    ) -> DagsterPostgresStorage:
+        with postgres_first_use(pg_url_from_config(config_value)):
+            return super().from_config_value(inst_data, config_value)
+

@@ -1,0 +1,56 @@
+"""``scan --verify``: re-read the ``nom:`` tags the writer put into every file and queue the
+files whose tags differ from the store for writing again.
+
+A scan trusts a file whose size and mtime are what the writer recorded, so tags another
+program stripped in place (keeping both) are found only by reading the file back.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from mutagen import MutagenError
+
+from nomarr_pipeline.store.protocol import Doc, Store
+from nomarr_pipeline.tagging.batch import file_path, wanted_tags
+from nomarr_pipeline.tagging.formats import read_nom_tags
+from nomarr_pipeline.tagging.selection import DEFAULT_MAX_LABELS
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0  # written files read back
+    queued: int = 0  # their tags differ from the store (or cannot be read): pending again
+
+
+def verify_written_tags(
+    store: Store, library: Doc, *, has_calibration: bool, max_labels: int = DEFAULT_MAX_LABELS,
+    batch_size: int = 500,
+) -> VerifyReport:
+    """Read back every written file of ``library`` that has no write pending; set
+    ``file_tags_pending`` on those whose ``nom:`` tags are not what the writer would write."""
+    report = VerifyReport()
+    if library.get("file_write_mode") == "none":
+        return report
+    for page in store.iter_documents("library_files", batch_size):
+        written = [doc for doc in page if doc["library_id"] == library["_key"]
+                   and doc.get("written_at") and not doc.get("file_tags_pending")]
+        predictions: dict[str, list[Doc]] = defaultdict(list)
+        for prediction in store.file_tags_for_files([doc["_key"] for doc in written]):
+            predictions[prediction["file_id"]].append(prediction)
+        stale = []
+        for doc in written:
+            wanted = wanted_tags(doc, library, predictions[doc["_key"]], has_calibration=has_calibration,
+                                 max_labels=max_labels)  # fmt: skip
+            try:
+                found = read_nom_tags(file_path(doc, library))
+            except (OSError, MutagenError, ValueError):
+                found = None  # the writer will say what is wrong with it
+            if found != wanted:
+                stale.append({"_key": doc["_key"], "file_tags_pending": True})
+        report.checked += len(written)
+        report.queued += len(stale)
+        if stale:
+            store.upsert_files(stale)
+    return report
