@@ -33,7 +33,7 @@ from nomarr_pipeline.store import open_store
 from nomarr_pipeline.tagging import keys
 from nomarr_pipeline.tagging.batch import DEFAULT_WRITERS, write_pending_tags
 from nomarr_pipeline.tagging.formats import OpenedAudio, normalize_tags, read_nom_tags
-from nomarr_pipeline.tagging.selection import DEFAULT_MAX_LABELS
+from nomarr_pipeline.tagging.selection import DEFAULT_MAX_LABELS, TagOptions
 from nomarr_pipeline.tagging.temps import Owner, remove_abandoned_temps, temp_prefix, this_host
 
 FLOOR_FILES_PER_S = 300
@@ -59,6 +59,8 @@ def tag_set() -> dict[str, str | list[str]]:
     tags: dict[str, str | list[str]] = {f"nom:{tier}": terms for tier, terms in TIERS.items()}
     tags[keys.VERSION] = VERSION
     for head, label, value in score_rows():
+        if label.startswith("non_"):
+            continue  # of a two-class head the pipeline writes the positive label only
         tags[keys.score_key("raw", MODEL, head, label)] = keys.format_score(value)
         tags[keys.score_key("cal", MODEL, head, label)] = keys.format_score(value / 2)
     return tags
@@ -66,7 +68,8 @@ def tag_set() -> dict[str, str | list[str]]:
 
 def bare_write(path: Path, tags: dict[str, str | list[str]]) -> None:
     """The tags saved into the file in place: what a plain mutagen script does."""
-    OpenedAudio(path).save(normalize_tags(tags), standard_mood=False, into=str(path))
+    opened = OpenedAudio(path)
+    opened.save(normalize_tags(tags), opened.state(), into=str(path))
 
 
 def predictions_for(file_id: str) -> list[dict[str, Any]]:
@@ -121,7 +124,7 @@ def pipeline_seconds(
     store = open_store(f"sqlite:///{db_path}")
     try:
         library = store.ensure_library({"_key": "bench", "name": "bench", "root_path": str(root),
-                                        "file_write_mode": "full", "write_raw_scores": False})  # fmt: skip
+                                        "file_write_mode": "full", "write_raw_scores": True})  # fmt: skip
         ids = [f"{index:05d}" for index in range(len(files))]
         stats = [os.stat(path) for path in files]
         store.upsert_files([{"_key": key, "library_id": "bench", "path": str(path), "size": info.st_size,
@@ -136,7 +139,8 @@ def pipeline_seconds(
             roots = [root]
             reports.append(write_pending_tags(store, library=library, library_roots=roots,
                                               has_calibration=True, writers=writers,
-                                              max_labels=max_labels))  # fmt: skip
+                                              options=TagOptions(mood_tier=None, score_heads="all",
+                                                                 max_labels=max_labels)))  # fmt: skip
 
         seconds = timed(batch)
     finally:

@@ -12,13 +12,13 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from nomarr_pipeline.ml.capacity import WorkerPlan, available_cores, plan_workers, visible_gpus
-from nomarr_pipeline.settings import WRITE_MODES, Settings, split_roots
+from nomarr_pipeline.settings import WRITE_MODES, Settings, TagSettings, split_roots
 from nomarr_pipeline.store import Store, StoreError, open_store, store_engine
-from nomarr_pipeline.tagging.selection import DEFAULT_MAX_LABELS
 
 if TYPE_CHECKING:
     from nomarr_pipeline.calibration.histogram import SpecOverrides
     from nomarr_pipeline.calibration.tiers import TierConfig
+    from nomarr_pipeline.tagging.selection import TagOptions
 
 
 class StoreResource(dg.ConfigurableResource):
@@ -184,7 +184,8 @@ class CalibrationResource(dg.ConfigurableResource):
 
 
 class TaggingResource(dg.ConfigurableResource):
-    """Mood tiers and what the tag writer adds beyond the ``nom:`` namespace."""
+    """Mood tiers, and what the tag writer puts into the fields players read. Unset (None)
+    fields fall back to the ``NOMARR_*`` variable of the same name (settings.TagSettings)."""
 
     strict: float = 0.92
     regular: float = 0.80
@@ -193,11 +194,19 @@ class TaggingResource(dg.ConfigurableResource):
     include_heads: list[str] | None = None
     exclude_heads: list[str] | None = None
     max_std: float | None = None
-    standard_mood: bool = False  # also write the regular tier to TMOO / MOOD
     writers: int = 0  # files written at once (threads); 0 = 4; 1 = one after the other
+    standard_mood: bool | None = None  # the terms of mood_tier in MOOD (TMOO, ...)
+    mood_tier: str | None = None
+    replace_mood: bool | None = None  # MOOD holds the pipeline's terms only
+    genre_head: str | None = None  # GENRE from this auto-tagging head (unset: no GENRE)
+    genre_count: int | None = None
+    genre_threshold: float | None = None
+    genre_form: str | None = None  # parent, style or parent-style
+    replace_genre: bool | None = None  # write GENRE over the user's own
+    score_heads: str | None = None  # mood, all, none or head-name patterns
     # Scores written per head: a head with more labels (400 Discogs styles) gets its strongest
     # ones only; 0 = every label.
-    max_labels_per_head: int = DEFAULT_MAX_LABELS
+    max_labels_per_head: int | None = None
 
     def tier_config(self) -> TierConfig:
         from nomarr_pipeline.calibration.tiers import DEFAULT_EXCLUDED_HEADS, TierConfig
@@ -212,6 +221,27 @@ class TaggingResource(dg.ConfigurableResource):
             if self.exclude_heads is not None
             else DEFAULT_EXCLUDED_HEADS,
             max_std=self.max_std,
+        )
+
+    def tag_options(self) -> TagOptions:
+        from nomarr_pipeline.tagging.keys import GENRE, MOOD
+        from nomarr_pipeline.tagging.selection import GenreOptions, TagOptions
+
+        env = TagSettings.from_env()
+        chosen = {name: env_value if (value := getattr(self, name)) is None else value
+                  for name, env_value in vars(env).items()}  # fmt: skip
+        genre = None
+        if chosen["genre_head"]:
+            genre = GenreOptions(head=chosen["genre_head"], count=chosen["genre_count"],
+                                 threshold=chosen["genre_threshold"], form=chosen["genre_form"])  # fmt: skip
+        replace = {MOOD: chosen["replace_mood"], GENRE: chosen["replace_genre"]}
+        return TagOptions(
+            mood_tier=chosen["mood_tier"] if chosen["standard_mood"] else None,
+            score_heads=chosen["score_heads"],
+            max_labels=chosen["max_labels_per_head"],
+            genre=genre,
+            replace_fields=frozenset(field for field, wanted in replace.items() if wanted),
+            mood_head=self.tier_config().head_is_mood,
         )
 
 

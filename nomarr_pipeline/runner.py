@@ -638,9 +638,11 @@ def status_frame(store: Store, heads: Sequence[Head] | None = None) -> pd.DataFr
 def tag_preview(store: Store) -> pd.DataFrame:
     """What a tag write would change, file by file and key by key (files untouched)."""
     from nomarr_pipeline.calibration.state import has_usable_calibration
+    from nomarr_pipeline.resources import TaggingResource
     from nomarr_pipeline.tagging.batch import WriteReport, preview_frame, write_pending_tags
 
     has_calibration = has_usable_calibration(store.list_calibrations())
+    options = TaggingResource().tag_options()
     rows = []
     for library in store.list_libraries():
         pending = store.file_counts(library["_key"])["pending_writes"]
@@ -654,6 +656,7 @@ def tag_preview(store: Store) -> pd.DataFrame:
                 library=library,
                 library_roots=[library["root_path"]],
                 has_calibration=has_calibration,
+                options=options,
                 dry_run=True,
                 progress=show,
             )

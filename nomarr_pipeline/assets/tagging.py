@@ -69,6 +69,7 @@ def written_tags(
     db = store.open()
     roots = {str(root.resolve()) for root in library.root_paths()}
     has_calibration = has_usable_calibration(db.list_calibrations())
+    options = tagging.tag_options()
     reports: list[WriteReport] = []
     for lib in db.list_libraries():
         if lib["root_path"] not in roots:
@@ -82,8 +83,7 @@ def written_tags(
                 library=lib,
                 library_roots=[lib["root_path"]],
                 has_calibration=has_calibration,
-                standard_mood=tagging.standard_mood,
-                max_labels=tagging.max_labels_per_head,
+                options=options,
                 writers=tagging.writers,
                 dry_run=config.preview,
                 # Edited in place by another program: analysed and written again from scratch.
