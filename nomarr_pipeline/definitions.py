@@ -12,7 +12,7 @@ from nomarr_pipeline.assets.calibration import (
 )
 from nomarr_pipeline.assets.file_tags import file_tags
 from nomarr_pipeline.assets.library_files import library_files
-from nomarr_pipeline.assets.tagging import calibrated_tags, written_tags
+from nomarr_pipeline.assets.tagging import calibrated_tags, navidrome_kit, written_tags
 from nomarr_pipeline.executors import configured_executor
 from nomarr_pipeline.jobs import calibration_job, library_scan_job, predictions_job, tagging_job
 from nomarr_pipeline.resources import (
@@ -35,6 +35,7 @@ defs = dg.Definitions(
         calibration_package,
         calibrated_tags,
         written_tags,
+        navidrome_kit,
     ],
     jobs=[library_scan_job, predictions_job, calibration_job, tagging_job],
     sensors=[library_change_sensor, head_discovery_sensor, calibration_hash_sensor],
