@@ -43,7 +43,7 @@ def tag_options(command: click.Command) -> click.Command:
         click.option("--genre-from", metavar="HEAD", help="Write GENRE from this head (NOMARR_GENRE_HEAD)."),
         click.option("--replace-genre", is_flag=True, help="Write GENRE over the user's own genres."),
     ]
-    for flag in flags:
+    for flag in reversed(flags):  # --help lists them in this order
         command = flag(command)
     return command
 

@@ -33,7 +33,7 @@ from nomarr_pipeline.jobs import (
 from nomarr_pipeline.partitions import HEADS
 from nomarr_pipeline.progress import ProgressPoller, StepProgress
 from nomarr_pipeline.run_guard import STOP, RunGuard, one_pipeline_per_store
-from nomarr_pipeline.settings import SettingError, Settings
+from nomarr_pipeline.settings import SettingError, Settings, TagSettings
 from nomarr_pipeline.store import (
     Doc,
     Store,
@@ -71,6 +71,7 @@ def say(text: str) -> None:
 
 def checked_settings() -> Settings:
     try:
+        TagSettings.from_env()  # checked with the others: a run would fail on a bad one
         return Settings.from_env()
     except SettingError as error:
         raise UserError(str(error), error.next_step) from None
