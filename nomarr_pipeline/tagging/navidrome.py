@@ -54,7 +54,7 @@ def _heads(calibrations: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], l
 def float_tags(
     calibrations: Iterable[Mapping[str, Any]], options: TagOptions, tiers: TierConfig
 ) -> dict[str, list[str]]:
-    """Navidrome tag name -> aliases (the score keys as Navidrome sees them, lower case) for
+    """Navidrome tag name -> aliases (the score keys as Navidrome may see them, lower case) for
     every calibrated score key the writer can put into a file with ``options``."""
     by_label: dict[tuple[str, str], list[str]] = defaultdict(list)
     for (model_key, head_name), labels in _heads(calibrations).items():
@@ -64,7 +64,8 @@ def float_tags(
         for label in labels:
             if len(labels) == 2 and tiers.term(head_name, label).startswith(NEGATION):
                 continue  # not written (selection: a two-class head's positive label only)
-            by_label[(head_name, label)].append(names[label].lower())
+            # As TagLib names it in every format, and as Navidrome's ID3 aliases spell a TXXX frame.
+            by_label[(head_name, label)] += [names[label].lower(), f"txxx:{names[label].lower()}"]
     terms = {head_label: tiers.term(*head_label) for head_label in by_label}
     shared = Counter(terms.values())
     tags = {}

@@ -208,15 +208,15 @@ def test_navidrome_kit_declares_the_score_keys_taglib_sees_and_a_playlist_per_mo
 
     config = tomllib.loads(kit.toml.read_text())
     assert {name: (tag["Type"], len(tag["Aliases"])) for name, tag in config["Tags"].items()} == {
-        "nom_party": ("float", 1), "nom_mood_happy_happy": ("float", 1),
-        "nom_mtg_jamendo_moodtheme_happy": ("float", 1), "nom_calm": ("float", 1),
+        "nom_party": ("float", 2), "nom_mood_happy_happy": ("float", 2),
+        "nom_mtg_jamendo_moodtheme_happy": ("float", 2), "nom_calm": ("float", 2),
     }  # fmt: skip  (two heads name "happy": one tag each; no negative labels, no genre head)
-    # The aliases are the keys as TagLib (Navidrome's reader) names them, in lower case.
-    path = make_file("m4a")
-    score = keys.score_key("cal", MODEL, "mood_party", "party", ["non_party"])
-    write(path, {score: "0.910000"})
-    assert [key.lower() for key in taglib_tags(path) if key.startswith("NOM:CAL")] == config["Tags"][
-        "nom_party"]["Aliases"]  # fmt: skip
+    # The aliases hold the keys as TagLib (Navidrome's reader) names them, in lower case.
+    for extension in ("m4a", "mp3", "flac"):
+        path = make_file(extension)
+        write(path, {keys.score_key("cal", MODEL, "mood_party", "party", ["non_party"]): "0.910000"})
+        (read,) = [key.lower() for key in taglib_tags(path) if key.startswith("NOM:CAL")]
+        assert read in config["Tags"]["nom_party"]["Aliases"]
 
     playlists = {path.name: json.loads(path.read_text()) for path in (dest / "playlists").iterdir()}
     assert sorted(playlists) == ["calm.nsp", "happy.nsp", "not_happy.nsp", "not_party.nsp", "party.nsp"]
