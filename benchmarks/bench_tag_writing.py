@@ -1,6 +1,7 @@
 """Benchmark: the pipeline's batch of atomic, verified tag writes, against a bare in-place loop.
 
-Both write the same ``nom:`` tag set (36 keys) to fresh copies of the same generated files
+Both write the same ``nom:`` tag set (20 keys: tiers, version, raw and calibrated scores of
+8 mood heads' positive labels) to fresh copies of the same generated files
 (mp3, flac, m4a in turn). The bare loop is :func:`bare_write` on each file: one mutagen open +
 save, no temp copy, no verification, no fsync. The pipeline is ``batch.write_pending_tags`` on a
 fresh SQLite store holding those files' predictions and mood tiers (the sweep of abandoned

@@ -80,7 +80,7 @@ def demo(folder: Path, verbose: bool) -> int:
     click.echo(f"demo library: {library}")
     click.echo(f"demo models:  {build_demo_models(folder / 'models')}")
     ok = _run_and_summarise("demo", verbose)
-    click.echo(f"tags written into: {library}  (nom:* keys; e.g. `ffprobe` or mutagen-inspect)")
+    click.echo(f"tags written into: {library}  (MOOD and nom:* keys; e.g. mutagen-inspect)")
     click.echo("to use the demo data in `dagster dev`, start it with:")
     click.echo("  " + " ".join(f"{name}={value}" for name, value in env.items()) + " dagster dev")
     return 0 if ok else 1
