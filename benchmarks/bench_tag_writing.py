@@ -1,6 +1,7 @@
 """Benchmark: the pipeline's batch of atomic, verified tag writes, against a bare in-place loop.
 
-Both write the same ``nom:`` tag set (36 keys) to fresh copies of the same generated files
+Both write the same ``nom:`` tag set (20 keys: tiers, version, raw and calibrated scores of
+8 mood heads' positive labels) to fresh copies of the same generated files
 (mp3, flac, m4a in turn). The bare loop is :func:`bare_write` on each file: one mutagen open +
 save, no temp copy, no verification, no fsync. The pipeline is ``batch.write_pending_tags`` on a
 fresh SQLite store holding those files' predictions and mood tiers (the sweep of abandoned
@@ -37,7 +38,7 @@ from nomarr_pipeline.store import open_store
 from nomarr_pipeline.tagging import keys
 from nomarr_pipeline.tagging.batch import DEFAULT_WRITERS, write_pending_tags
 from nomarr_pipeline.tagging.formats import OpenedAudio, normalize_tags, read_nom_tags
-from nomarr_pipeline.tagging.selection import DEFAULT_MAX_LABELS
+from nomarr_pipeline.tagging.selection import DEFAULT_MAX_LABELS, TagOptions
 from nomarr_pipeline.tagging.temps import Owner, remove_abandoned_temps, temp_prefix, this_host
 from nomarr_pipeline.tagging.verify import VerifyReport, verify_written_tags
 
@@ -64,6 +65,8 @@ def tag_set() -> dict[str, str | list[str]]:
     tags: dict[str, str | list[str]] = {f"nom:{tier}": terms for tier, terms in TIERS.items()}
     tags[keys.VERSION] = VERSION
     for head, label, value in score_rows():
+        if label.startswith("non_"):
+            continue  # of a two-class head the pipeline writes the positive label only
         tags[keys.score_key("raw", MODEL, head, label)] = keys.format_score(value)
         tags[keys.score_key("cal", MODEL, head, label)] = keys.format_score(value / 2)
     return tags
@@ -71,7 +74,8 @@ def tag_set() -> dict[str, str | list[str]]:
 
 def bare_write(path: Path, tags: dict[str, str | list[str]]) -> None:
     """The tags saved into the file in place: what a plain mutagen script does."""
-    OpenedAudio(path).save(normalize_tags(tags), standard_mood=False, into=str(path))
+    opened = OpenedAudio(path)
+    opened.save(normalize_tags(tags), opened.state(), into=str(path))
 
 
 def predictions_for(file_id: str) -> list[dict[str, Any]]:
@@ -126,7 +130,7 @@ def pipeline_seconds(
     store = open_store(f"sqlite:///{db_path}")
     try:
         library = store.ensure_library({"_key": "bench", "name": "bench", "root_path": str(root),
-                                        "file_write_mode": "full", "write_raw_scores": False})  # fmt: skip
+                                        "file_write_mode": "full", "write_raw_scores": True})  # fmt: skip
         ids = [f"{index:05d}" for index in range(len(files))]
         stats = [os.stat(path) for path in files]
         store.upsert_files([{"_key": key, "library_id": "bench", "path": str(path), "size": info.st_size,
@@ -141,7 +145,8 @@ def pipeline_seconds(
             roots = [root]
             reports.append(write_pending_tags(store, library=library, library_roots=roots,
                                               has_calibration=True, writers=writers,
-                                              max_labels=max_labels))  # fmt: skip
+                                              options=TagOptions(mood_tier=None, score_heads="all",
+                                                                 max_labels=max_labels)))  # fmt: skip
 
         seconds = timed(batch)
     finally:

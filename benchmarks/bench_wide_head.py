@@ -54,7 +54,7 @@ from nomarr_pipeline.defs.assets.calibration import RECENT_SNAPSHOTS, _head_meta
 from nomarr_pipeline.store import open_store
 from nomarr_pipeline.tagging.batch import DEFAULT_WRITERS
 from nomarr_pipeline.tagging.formats import read_nom_tags
-from nomarr_pipeline.tagging.selection import DEFAULT_MAX_LABELS, select_tags
+from nomarr_pipeline.tagging.selection import DEFAULT_MAX_LABELS, TagOptions, select_tags
 
 LABELS = 400
 WIDE_MODEL = "effnet-discogs-effnet-bs64-1"
@@ -135,9 +135,11 @@ def tag_sets() -> dict[str, dict[str, str | list[str]]]:
     """The narrow set, and the wide one as the selection makes it with every label and now."""
 
     def selected(max_labels: int) -> dict[str, str | list[str]]:
-        return select_tags(mode="full", has_calibration=True, write_raw_scores=False,
+        return select_tags(mode="full", has_calibration=True, write_raw_scores=True,
                            predictions=wide_predictions("f"), mood_tiers=bench_tag_writing.TIERS,
-                           tagger_version=bench_tag_writing.VERSION, max_labels=max_labels)  # fmt: skip
+                           tagger_version=bench_tag_writing.VERSION,
+                           options=TagOptions(mood_tier=None, score_heads="all",
+                                              max_labels=max_labels))  # fmt: skip
 
     return {
         "8 mood heads": bench_tag_writing.tag_set(),

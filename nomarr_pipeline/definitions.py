@@ -20,7 +20,7 @@ from nomarr_pipeline.defs.assets.calibration import (
 )
 from nomarr_pipeline.defs.assets.file_tags import build_file_tags
 from nomarr_pipeline.defs.assets.library_files import library_files
-from nomarr_pipeline.defs.assets.tagging import calibrated_tags, written_tags
+from nomarr_pipeline.defs.assets.tagging import calibrated_tags, navidrome_kit, written_tags
 from nomarr_pipeline.defs.executors import configured_executor
 from nomarr_pipeline.defs.jobs import calibration_job, library_scan_job, predictions_job, tagging_job
 from nomarr_pipeline.defs.resources import (
@@ -28,7 +28,7 @@ from nomarr_pipeline.defs.resources import (
     LibraryResource,
     ModelsResource,
     StoreResource,
-    TaggingResource,
+    tagging_resource,
 )
 from nomarr_pipeline.defs.schedules import nightly_calibration_schedule
 from nomarr_pipeline.defs.sensors import calibration_hash_sensor, head_discovery_sensor, library_change_sensor
@@ -55,6 +55,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
             calibration_package,
             calibrated_tags,
             written_tags,
+            navidrome_kit,
         ],
         jobs=[library_scan_job, predictions_job, calibration_job, tagging_job],
         sensors=[library_change_sensor, head_discovery_sensor, calibration_hash_sensor],
@@ -86,7 +87,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
             "calibration": CalibrationResource(
                 export_dir=str(settings.export_dir), histogram_overrides=settings.histogram_overrides
             ),
-            "tagging": TaggingResource(previews_dir=str(settings.data_dir / "previews")),
+            "tagging": tagging_resource(settings),
         },
     )
     # The store's engine as a badge on the assets that talk to it.

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from nomarr_pipeline.calibration.tiers import TIER_NAMES
+from nomarr_pipeline.tagging.selection import DEFAULT_MAX_LABELS, GENRE_FORMS
+
 # The project folder's configuration: `dagster dev` started in that folder loads it too.
 ENV_FILE = Path(".env")
 WRITE_MODES = ("none", "minimal", "full")
@@ -162,6 +165,7 @@ class Settings:
     calibration_cron: str
     schedule_timezone: str
     histogram_overrides: dict[str, dict[str, float]]
+    tags: TagSettings
     # The NOMARR_* variables that were set, so the code location can show them as dg.EnvVar.
     from_environment: frozenset[str] = frozenset()
 
@@ -199,6 +203,7 @@ class Settings:
             calibration_cron=_env_cron("NOMARR_CALIBRATION_CRON", "0 3 * * *"),
             schedule_timezone=_env_timezone("NOMARR_SCHEDULE_TIMEZONE", "UTC"),
             histogram_overrides=_env_histogram_overrides("NOMARR_HISTOGRAM_OVERRIDES"),
+            tags=TagSettings.from_env(),
             from_environment=frozenset(name for name in os.environ if name.startswith("NOMARR_")),
         )
 
@@ -261,3 +266,51 @@ def _check_store_url(url: str) -> None:
 
 def default_store_url(data_dir: Path) -> str:
     return f"sqlite:///{(data_dir / 'nomarr.sqlite3').absolute()}"
+
+
+def _env_number(name: str, default: float, kind: type[float] | type[int], low: float, high: float) -> float:
+    raw = _env_str(name)
+    if raw is None:
+        return default
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        expected = f"{'a whole number' if kind is int else 'a number'} from {low:g} to {high:g}"
+        raise SettingError(name, f"is {raw!r}, not {expected}", expected)
+    return value
+
+
+@dataclass(frozen=True)
+class TagSettings:
+    """What the tag writer puts into the fields players read, and which score keys it writes
+    (README "Using the tags in your player"): the ``tagging`` resource's fields."""
+
+    standard_mood: bool
+    mood_tier: str
+    replace_mood: bool
+    genre_head: str | None
+    genre_count: int
+    genre_threshold: float
+    genre_form: str
+    replace_genre: bool
+    score_heads: str
+    max_labels_per_head: int
+
+    @classmethod
+    def from_env(cls) -> TagSettings:
+        return cls(
+            standard_mood=_env_bool("NOMARR_STANDARD_MOOD", True),
+            mood_tier=_env_choice("NOMARR_MOOD_TIER", "mood-regular", TIER_NAMES),
+            replace_mood=_env_bool("NOMARR_REPLACE_MOOD", False),
+            genre_head=_env_str("NOMARR_GENRE_HEAD"),
+            genre_count=int(_env_number("NOMARR_GENRE_COUNT", 3, int, 1, 100)),
+            genre_threshold=float(_env_number("NOMARR_GENRE_THRESHOLD", 0.8, float, 0.0, 1.0)),
+            genre_form=_env_choice("NOMARR_GENRE_FORM", "parent-style", GENRE_FORMS),
+            replace_genre=_env_bool("NOMARR_REPLACE_GENRE", False),
+            score_heads=(_env_str("NOMARR_SCORE_HEADS") or "mood").strip(),
+            max_labels_per_head=int(
+                _env_number("NOMARR_MAX_LABELS_PER_HEAD", DEFAULT_MAX_LABELS, int, 0, 100_000)
+            ),
+        )

@@ -10,6 +10,7 @@ ASSETS = {
     "calibration_package",
     "calibrated_tags",
     "written_tags",
+    "navidrome_kit",
 }
 HEAD_PARTITIONED = {"file_tags", "calibration_state", "calibration_history", "calibration_sidecars"}
 SENSORS = {"library_change_sensor", "head_discovery_sensor", "calibration_hash_sensor"}

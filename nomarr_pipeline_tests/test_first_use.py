@@ -63,7 +63,7 @@ def test_scans_started_together_on_a_fresh_postgres_instance_and_store_all_succe
 
 def _open_instance_at_once(home: str, env: dict[str, str], barrier: Any, results: Any) -> None:
     os.environ.update(env, DAGSTER_HOME=home)
-    from nomarr_pipeline.runner import dagster_instance
+    from nomarr_pipeline.cli.runner import dagster_instance
 
     barrier.wait()  # imports done: every process opens the instance at the same moment
     try:

@@ -24,6 +24,11 @@ Rules, in order:
 6. Terms come from ``term_map`` (key ``"head_name:label"`` first, then ``"label"``),
    otherwise from the label: lower case, ``_``/``-`` as spaces, a leading ``non`` read as
    ``not`` (``non_happy`` -> ``not happy``, ``not_danceable`` -> ``not danceable``).
+7. No contradictions: a term's evidence is its strongest calibrated score over the heads
+   that name it; where a term and its negation both pass ``loose`` (``mood_happy`` says
+   ``not happy``, ``mtg_jamendo_moodtheme`` says ``happy``), the stronger one stays in every
+   tier and the other leaves them all; an exact tie drops both. Deciding once, before the
+   thresholds, keeps the tiers nested (docs/ARCHITECTURE.md, tags in files).
 """
 
 from __future__ import annotations
@@ -124,12 +129,13 @@ class TierConfig:
 
 
 _SEPARATORS = re.compile(r"[\s_\-]+")
+NEGATION = "not "
 
 
 def default_term(label: str) -> str:
     words = _SEPARATORS.sub(" ", label.strip().lower()).strip()
     if words.startswith("non "):
-        words = "not " + words[len("non ") :]
+        words = NEGATION + words[len("non ") :]
     return words
 
 
@@ -212,25 +218,30 @@ def compute_mood_tiers(
 def mood_tiers_of_rows(rows: Iterable[TierInput], config: TierConfig | None = None) -> dict[str, list[str]]:
     """:func:`compute_mood_tiers` of one file's rows as the store's ``tier_inputs`` returns them."""
     config = config or _DEFAULT_CONFIG
-    loose, regular, strict = config.loose, config.regular, config.strict
-    loose_terms: set[str] = set()
-    regular_terms: set[str] = set()
-    strict_terms: set[str] = set()
+    best: dict[str, float] = {}  # term -> its strongest evidence over the heads that name it
     for head_name, (label_count, scores) in head_scores(rows, config).items():
         for label, score in _passing_candidates(label_count, scores):
-            if score < loose:
-                continue
-            term = config.term(head_name, label)
-            loose_terms.add(term)
-            if score >= regular:
-                regular_terms.add(term)
-                if score >= strict:
-                    strict_terms.add(term)
+            if score >= config.loose:
+                term = config.term(head_name, label)
+                if score > best.get(term, -1.0):
+                    best[term] = score
+    _drop_contradictions(best)
     return {
-        "mood-strict": sorted(strict_terms),
-        "mood-regular": sorted(regular_terms),
-        "mood-loose": sorted(loose_terms),
+        tier: sorted(term for term, score in best.items() if score >= threshold)
+        for tier, threshold in config.thresholds().items()
     }
+
+
+def _drop_contradictions(best: dict[str, float]) -> None:
+    """Of a term and its negation (``happy`` / ``not happy``), keep the stronger; drop both on a tie."""
+    for negation in [term for term in best if term.startswith(NEGATION)]:
+        term = negation[len(NEGATION) :]
+        if term in best:
+            against, for_ = best[negation], best[term]
+            if against >= for_:
+                del best[term]
+            if for_ >= against:
+                del best[negation]
 
 
 def _passing_candidates(label_count: int, scores: dict[str, float]) -> list[tuple[str, float]]:

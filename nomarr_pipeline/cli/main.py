@@ -36,6 +36,29 @@ DEMO_DIR = Path(".nomarr-demo")
 verbose_option = click.option("--verbose", is_flag=True, help="Show Dagster's event log on the console.")
 
 
+def tag_options(command: click.Command) -> click.Command:
+    """The fields players read, as flags; each sets its NOMARR_* variable for the runs."""
+    flags = [
+        click.option("--mood-tier", type=click.Choice(["mood-strict", "mood-regular", "mood-loose"]),
+                     help="The tier written to MOOD (NOMARR_MOOD_TIER)."),
+        click.option("--no-mood", is_flag=True, help="Write no MOOD field (NOMARR_STANDARD_MOOD=false)."),
+        click.option("--replace-mood", is_flag=True, help="MOOD holds the pipeline's terms only."),
+        click.option("--genre-from", metavar="HEAD", help="Write GENRE from this head (NOMARR_GENRE_HEAD)."),
+        click.option("--replace-genre", is_flag=True, help="Write GENRE over the user's own genres."),
+    ]
+    for flag in reversed(flags):  # --help lists them in this order
+        command = flag(command)
+    return command
+
+
+def _set_tag_env(mood_tier: str | None, no_mood: bool, replace_mood: bool, genre_from: str | None,
+                 replace_genre: bool) -> None:
+    chosen = {"NOMARR_MOOD_TIER": mood_tier, "NOMARR_STANDARD_MOOD": "false" if no_mood else None,
+              "NOMARR_REPLACE_MOOD": "true" if replace_mood else None, "NOMARR_GENRE_HEAD": genre_from,
+              "NOMARR_REPLACE_GENRE": "true" if replace_genre else None}
+    os.environ.update({name: value for name, value in chosen.items() if value is not None})  # fmt: skip
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Keep a music library auto-tagged by Essentia models (Dagster pipeline).
@@ -67,14 +90,16 @@ def demo(folder: Path, verbose: bool) -> int:
     click.echo(f"demo models:  {build_demo_models(folder / 'models')}")
     click.echo(f"demo settings: {env_file} (read by nomarr-pipeline and dagster dev in this folder)")
     ok = _run_and_summarise("demo", verbose)
-    click.echo(f"tags written into: {library}  (nom:* keys; e.g. `ffprobe` or mutagen-inspect)")
+    click.echo(f"tags written into: {library}  (MOOD and nom:* keys; e.g. mutagen-inspect)")
     return 0 if ok else 1
 
 
 @cli.command()
 @verbose_option
-def run(verbose: bool) -> int:
+@tag_options
+def run(verbose: bool, **tag_flags: object) -> int:
     """Run the whole pipeline on NOMARR_LIBRARY_ROOTS with NOMARR_MODELS_DIR."""
+    _set_tag_env(**tag_flags)  # type: ignore[arg-type]
     return 0 if _run_and_summarise("run", verbose) else 1
 
 
@@ -218,8 +243,10 @@ def force_recalibration(library: str | None) -> int:
     "--output", default="tag-preview.csv", show_default=True, help="CSV path for --preview ('-' = stdout)."
 )
 @verbose_option
-def write_tags(preview: bool, output: str, verbose: bool) -> int:
+@tag_options
+def write_tags(preview: bool, output: str, verbose: bool, **tag_flags: object) -> int:
     """Write pending tags into the audio files (a Dagster run)."""
+    _set_tag_env(**tag_flags)  # type: ignore[arg-type]
     if preview:
         with closing(runner.open_checked_store()) as store:
             frame = runner.tag_preview(store)
@@ -236,6 +263,33 @@ def write_tags(preview: bool, output: str, verbose: bool) -> int:
         )
         _print_write_errors(store)
     return 0 if _print_outcomes([outcome]) else 1
+
+
+@cli.command("export-navidrome")
+@click.option("--dest", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder (default: navidrome/ in NOMARR_EXPORT_DIR).")  # fmt: skip
+def export_navidrome(dest: Path | None) -> int:
+    """Write a navidrome.toml snippet for the nom: scores and a smart playlist per mood term."""
+    from nomarr_pipeline.defs.resources import tagging_resource
+    from nomarr_pipeline.tagging.navidrome import export_navidrome_kit
+
+    states = runner.usable_calibrations(runner.open_checked_store())
+    if not states:
+        raise UserError("there is no calibration yet: no scores or moods to declare",
+                        "run `nomarr-pipeline run` first")  # fmt: skip
+    folder = dest.absolute() if dest else runner.require_export_dir() / "navidrome"
+    tagging = tagging_resource(runner.checked_settings())
+    try:  # checks the folder is outside the library folders before creating it
+        kit = export_navidrome_kit(states, folder, options=tagging.tag_options(), tiers=tagging.tier_config(),
+                                   library_roots=runner.checked_settings().library_roots)  # fmt: skip
+    except (ValueError, OSError) as error:
+        raise UserError(f"cannot write the Navidrome kit: {error}",
+                        "give --dest a writable folder outside the library folders") from None  # fmt: skip
+    click.echo(f"navidrome.toml snippet: {kit.toml} ({len(kit.float_tags)} float tags)")
+    click.echo(f"smart playlists: {len(kit.playlists)} in {folder / 'playlists'}")
+    click.echo("next: paste the snippet into navidrome.toml, copy the .nsp files into a folder of "
+               "PlaylistsPath, then run a full scan in Navidrome")  # fmt: skip
+    return 0
 
 
 @cli.group()

@@ -639,12 +639,14 @@ def discovery_outcome(heads: int, new: int, broken: Sequence[ModelProblem]) -> S
 def verify_tags(store: Store) -> StepOutcome:
     """Read back the tags written into every file; queue those that differ for writing."""
     from nomarr_pipeline.calibration.state import has_usable_calibration
+    from nomarr_pipeline.defs.resources import tagging_resource
     from nomarr_pipeline.tagging.verify import verify_written_tags
 
     has_calibration = has_usable_calibration(store.list_calibrations())
+    options = tagging_resource(checked_settings()).tag_options()
     checked = queued = 0
     for library in store.list_libraries():
-        report = verify_written_tags(store, library, has_calibration=has_calibration)
+        report = verify_written_tags(store, library, has_calibration=has_calibration, options=options)
         checked, queued = checked + report.checked, queued + report.queued
     detail = f"{checked} written files read back, {queued} differ from the store"
     return StepOutcome("verify", "ok", detail + (": queued for `write-tags` (or `run`)" if queued else ""))
@@ -745,9 +747,11 @@ def status_frame(store: Store, heads: Sequence[Head] | None = None) -> pd.DataFr
 def tag_preview(store: Store) -> pd.DataFrame:
     """What a tag write would change, file by file and key by key (files untouched)."""
     from nomarr_pipeline.calibration.state import has_usable_calibration
+    from nomarr_pipeline.defs.resources import tagging_resource
     from nomarr_pipeline.tagging.batch import WriteReport, preview_frame, write_pending_tags
 
     has_calibration = has_usable_calibration(store.list_calibrations())
+    options = tagging_resource(checked_settings()).tag_options()
     rows = []
     for library in store.list_libraries():
         pending = store.file_counts(library["_key"])["pending_writes"]
@@ -761,6 +765,7 @@ def tag_preview(store: Store) -> pd.DataFrame:
                 library=library,
                 library_roots=[library["root_path"]],
                 has_calibration=has_calibration,
+                options=options,
                 dry_run=True,
                 progress=show,
             )

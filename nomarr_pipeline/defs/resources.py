@@ -11,7 +11,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from nomarr_pipeline.ml.capacity import WorkerPlan, available_cores, plan_workers, visible_gpus
-from nomarr_pipeline.settings import WRITE_MODES
+from nomarr_pipeline.settings import WRITE_MODES, Settings
 from nomarr_pipeline.store import Store, open_store, redact_url, store_engine
 from nomarr_pipeline.store.sqlite import SqliteStore
 from nomarr_pipeline.tagging.selection import DEFAULT_MAX_LABELS
@@ -19,6 +19,7 @@ from nomarr_pipeline.tagging.selection import DEFAULT_MAX_LABELS
 if TYPE_CHECKING:
     from nomarr_pipeline.calibration.histogram import SpecOverrides
     from nomarr_pipeline.calibration.tiers import TierConfig
+    from nomarr_pipeline.tagging.selection import TagOptions
 
 
 class StoreResource(dg.ConfigurableResource):
@@ -137,7 +138,8 @@ class CalibrationResource(dg.ConfigurableResource):
 
 
 class TaggingResource(dg.ConfigurableResource):
-    """Mood tiers and what the tag writer adds beyond the ``nom:`` namespace."""
+    """Mood tiers, and what the tag writer puts into the fields players read
+    (``nomarr_pipeline.definitions`` fills the latter from ``settings.TagSettings``)."""
 
     strict: float = 0.92
     regular: float = 0.80
@@ -146,9 +148,18 @@ class TaggingResource(dg.ConfigurableResource):
     include_heads: list[str] | None = None
     exclude_heads: list[str] | None = None
     max_std: float | None = None
-    standard_mood: bool = False  # also write the regular tier to TMOO / MOOD
     writers: int = 0  # files written at once (threads); 0 = 4; 1 = one after the other
     previews_dir: str = "previews"  # where a preview run writes its CSV (NOMARR_DATA_DIR/previews)
+    # What players read (README, "Using the tags in your player"); NOMARR_<FIELD> in upper case.
+    standard_mood: bool = True  # the terms of mood_tier in MOOD (TMOO, ...)
+    mood_tier: str = "mood-regular"
+    replace_mood: bool = False  # MOOD holds the pipeline's terms only
+    genre_head: str | None = None  # GENRE from this auto-tagging head (unset: no GENRE)
+    genre_count: int = 3
+    genre_threshold: float = 0.8
+    genre_form: str = "parent-style"  # parent, style or parent-style
+    replace_genre: bool = False  # write GENRE over the user's own
+    score_heads: str = "mood"  # mood, all, none or head-name patterns
     # Scores written per head: a head with more labels (400 Discogs styles) gets its strongest
     # ones only; 0 = every label.
     max_labels_per_head: int = DEFAULT_MAX_LABELS
@@ -168,6 +179,29 @@ class TaggingResource(dg.ConfigurableResource):
             max_std=self.max_std,
         )
 
+    def tag_options(self) -> TagOptions:
+        from nomarr_pipeline.tagging.keys import GENRE, MOOD
+        from nomarr_pipeline.tagging.selection import GenreOptions, TagOptions
+
+        genre = None
+        if self.genre_head:
+            genre = GenreOptions(head=self.genre_head, count=self.genre_count,
+                                 threshold=self.genre_threshold, form=self.genre_form)  # fmt: skip
+        replace = {MOOD: self.replace_mood, GENRE: self.replace_genre}
+        return TagOptions(
+            mood_tier=self.mood_tier if self.standard_mood else None,
+            score_heads=self.score_heads,
+            max_labels=self.max_labels_per_head,
+            genre=genre,
+            replace_fields=frozenset(field for field, wanted in replace.items() if wanted),
+            mood_head=self.tier_config().head_is_mood,
+        )
+
+
+def tagging_resource(settings: Settings) -> TaggingResource:
+    """The ``tagging`` resource of these settings: the code location's and the command line's."""
+    return TaggingResource(previews_dir=str(settings.data_dir / "previews"), **vars(settings.tags))
+
 
 __all__ = [
     "CalibrationResource",
@@ -175,4 +209,5 @@ __all__ = [
     "ModelsResource",
     "StoreResource",
     "TaggingResource",
+    "tagging_resource",
 ]

@@ -26,7 +26,6 @@ from typing import Literal
 
 import mutagen
 
-from nomarr_pipeline.tagging import keys
 from nomarr_pipeline.tagging.formats import (
     FileTagState,
     NomTags,
@@ -35,6 +34,7 @@ from nomarr_pipeline.tagging.formats import (
     UnsupportedFormatError,
     normalize_tags,
 )
+from nomarr_pipeline.tagging.standard import planned_tags
 from nomarr_pipeline.tagging.temps import temp_prefix, this_process
 
 # Lengths computed from frame counts can differ in the last float digits between parses.
@@ -176,16 +176,9 @@ def _classify(exc: BaseException, path: Path, *, parsing: bool = False) -> BaseE
     return WriteError(path, f"unexpected error while writing ({type(exc).__name__}: {exc})")
 
 
-def _carries(state: FileTagState, wanted: NomTags, standard_mood: bool) -> bool:
-    mood = standard_mood and keys.MOOD_REGULAR in wanted
-    return state.nom_tags == wanted and (not mood or state.standard_mood == wanted[keys.MOOD_REGULAR])
-
-
-def _verify_copy(
-    copy: Path, original: Path, before: FileTagState, wanted: NomTags, standard_mood: bool
-) -> None:
+def _verify_copy(copy: Path, original: Path, before: FileTagState, planned: NomTags) -> None:
     after = OpenedAudio(copy).state()  # read from disk, as players will
-    if not _carries(after, wanted, standard_mood):
+    if after.tags() != planned:
         raise VerificationError(original, "tags written to the temp copy did not read back as asked")
     length, rate, channels, bitrate = before.properties
     length_after, rate_after, channels_after, bitrate_after = after.properties
@@ -214,11 +207,13 @@ def prepare_write(
     *,
     library_roots: Sequence[StrPath],
     known_stats: Collection[Stat],
-    standard_mood: bool = False,
+    replace_fields: Collection[str] = (),
 ) -> WriteOutcome | PreparedWrite:
     """An "unchanged" :class:`WriteOutcome`, or a :class:`PreparedWrite` for
-    :func:`commit_write` or :func:`discard_write`. ``known_stats``: the (size, mtime_ns) pairs
-    under which the file is as scanned. Nothing is left behind when it raises."""
+    :func:`commit_write` or :func:`discard_write`. ``tags``: the ``nom:`` keys and the pipeline's
+    values for the standard fields (merged with the user's by :func:`.standard.planned_tags`);
+    ``known_stats``: the (size, mtime_ns) pairs under which the file is as scanned. Nothing is
+    left behind when it raises."""
     wanted = normalize_tags(tags)
     target = resolve_inside_roots(path, library_roots)
     scanned = _check_unchanged(target, known_stats)
@@ -227,7 +222,8 @@ def prepare_write(
         before = opened.state()
     except Exception as exc:
         raise _classify(exc, target, parsing=True) from exc
-    if _carries(before, wanted, standard_mood):
+    planned = planned_tags(before, wanted, replace_fields)
+    if before.tags() == planned:
         return WriteOutcome(target, "unchanged", scanned.st_size, scanned.st_mtime_ns)
     temp: Path | None = None
     try:
@@ -239,9 +235,9 @@ def prepare_write(
             with open(target, "rb") as source:
                 shutil.copyfileobj(source, copy, 1 << 20)
             copy.seek(0)
-            opened.save(wanted, standard_mood=standard_mood, into=copy)
+            opened.save(planned, before, into=copy)
             copy.flush()
-            _verify_copy(temp, target, before, wanted, standard_mood)
+            _verify_copy(temp, target, before, planned)
             _keep_mode_and_owner(copy.fileno(), scanned)
             os.fsync(copy.fileno())
             written = os.fstat(copy.fileno())

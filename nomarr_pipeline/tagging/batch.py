@@ -39,8 +39,9 @@ from nomarr_pipeline.tagging.atomic import (
     discard_write,
     prepare_write,
 )
-from nomarr_pipeline.tagging.formats import NomTags, normalize_tags, read_nom_tags
-from nomarr_pipeline.tagging.selection import DEFAULT_MAX_LABELS, select_tags
+from nomarr_pipeline.tagging.formats import NomTags, OpenedAudio, normalize_tags
+from nomarr_pipeline.tagging.selection import DEFAULT_OPTIONS, TagOptions, select_tags
+from nomarr_pipeline.tagging.standard import planned_tags
 from nomarr_pipeline.tagging.temps import remove_abandoned_temps, this_process
 
 if TYPE_CHECKING:
@@ -133,13 +134,13 @@ def _preview_rows(file_id: str, path: str, current: NomTags, proposed: NomTags) 
 
 
 def wanted_tags(
-    doc: Doc, library: Doc, predictions: Sequence[Doc], *, has_calibration: bool, max_labels: int
+    doc: Doc, library: Doc, predictions: Sequence[Doc], *, has_calibration: bool, options: TagOptions
 ) -> NomTags:
-    """The ``nom:`` tags ``doc``'s file carries once written, by the store and ``library``'s mode."""
+    """The tags ``doc``'s file carries once written, by the store and ``library``'s mode."""
     return normalize_tags(select_tags(
         mode=str(library.get("file_write_mode") or "full"), has_calibration=has_calibration,
         write_raw_scores=bool(library.get("write_raw_scores")), predictions=predictions,
-        mood_tiers=doc.get("mood_tiers"), max_labels=max_labels,
+        mood_tiers=doc.get("mood_tiers"), options=options,
     ))  # fmt: skip
 
 
@@ -162,8 +163,7 @@ class _Batch:
     report: WriteReport
     roots: tuple[str, ...]
     has_calibration: bool
-    standard_mood: bool
-    max_labels: int
+    options: TagOptions
     progress: Callable[[WriteReport], None] | None
     rescan: Callable[[list[Doc]], int] | None
     pool: ThreadPoolExecutor
@@ -198,7 +198,7 @@ class _Batch:
             path, own = file_path(doc, self.library), predictions[doc["_key"]]
             try:
                 tags = wanted_tags(doc, self.library, own, has_calibration=self.has_calibration,
-                                   max_labels=self.max_labels)  # fmt: skip
+                                   options=self.options)  # fmt: skip
             except ValueError as exc:  # stored data that cannot become a tag (TagKeyError, …)
                 records.append(self._count(doc, WriteError(path, f"cannot build tags: {exc}")))
                 continue
@@ -218,7 +218,9 @@ class _Batch:
 
     def _preview(self, file_id: str, path: str, tags: NomTags) -> None:
         try:
-            rows = _preview_rows(file_id, path, read_nom_tags(path), tags)
+            before = OpenedAudio(path).state()
+            planned = planned_tags(before, tags, self.options.replace_fields)
+            rows = _preview_rows(file_id, path, before.tags(), planned)
         except Exception as exc:  # a preview shows every problem instead of stopping on one
             self.report.failed += 1
             self.report.add_error(file_id, path, exc)
@@ -235,7 +237,7 @@ class _Batch:
         try:
             return prepare_write(
                 job.path, job.tags, library_roots=self.roots, known_stats=job.known_stats,
-                standard_mood=self.standard_mood,
+                replace_fields=self.options.replace_fields,
             )  # fmt: skip
         except WriteError as exc:
             return exc
@@ -321,8 +323,7 @@ def write_pending_tags(
     library: Doc,
     library_roots: Sequence[str | os.PathLike[str]],
     has_calibration: bool,
-    standard_mood: bool = False,
-    max_labels: int = DEFAULT_MAX_LABELS,
+    options: TagOptions = DEFAULT_OPTIONS,
     batch_size: int = 200,
     dry_run: bool = False,
     writers: int = 0,
@@ -332,7 +333,7 @@ def write_pending_tags(
     """Write (or preview) the tags of every file of ``library`` with ``file_tags_pending``.
 
     In a dry run ``written`` counts the files whose tags would change. ``writers``: files
-    written at once (0: :data:`DEFAULT_WRITERS`). ``max_labels``: scores per head (0: all).
+    written at once (0: :data:`DEFAULT_WRITERS`). ``options``: MOOD, GENRE and score keys.
     ``rescan(docs)`` gets the files another program changed and returns how many it
     rescanned. Raises :class:`WriteBatchStopped` when the disk is full.
     """
@@ -353,7 +354,7 @@ def write_pending_tags(
         report.stale_temps_removed = len(remove_abandoned_temps(roots))
     try:
         with ThreadPoolExecutor(writers or DEFAULT_WRITERS, thread_name_prefix="tag-writer") as pool:
-            batch = _Batch(store, library, report, roots, has_calibration, standard_mood, max_labels,
+            batch = _Batch(store, library, report, roots, has_calibration, options,
                            progress, rescan, pool)  # fmt: skip
             batch.run(batch_size)
     except BaseException:

@@ -1,6 +1,7 @@
 """The ``nom:`` namespace: the keys Nomarr writes into audio files (DESIGN.md §9).
 
 ``nom:mood-strict``, ``nom:mood-regular``, ``nom:mood-loose`` (lists of terms), ``nom:version``,
+``nom:written-mood`` / ``nom:written-genre`` (the values the pipeline owns in ``MOOD`` / ``GENRE``),
 and per label ``nom:raw:{model_key}:{head_name}:{label}`` (pooled model output) and
 ``nom:cal:…`` (calibrated value). ``model_key`` and ``head_name`` never hold ``:``, so a key
 splits back on its first four colons; the label takes the rest.
@@ -27,6 +28,14 @@ MOOD_LOOSE = "nom:mood-loose"
 VERSION = "nom:version"
 # Tier names as stored in ``library_files.mood_tiers`` -> the tag key that carries them.
 MOOD_TIER_KEYS = {"mood-strict": MOOD_STRICT, "mood-regular": MOOD_REGULAR, "mood-loose": MOOD_LOOSE}
+
+# The standard fields players read, outside the namespace. The values the pipeline put in one
+# are remembered in the file itself, under its ``nom:written-*`` key, so that only those are
+# ever replaced and the user's own values stay.
+MOOD = "MOOD"
+GENRE = "GENRE"
+WRITTEN_KEYS = {MOOD: "nom:written-mood", GENRE: "nom:written-genre"}
+STANDARD_FIELDS = tuple(WRITTEN_KEYS)
 
 ScoreKind = Literal["raw", "cal"]
 SCORE_KINDS: tuple[ScoreKind, ...] = ("raw", "cal")

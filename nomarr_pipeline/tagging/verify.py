@@ -1,5 +1,6 @@
-"""``scan --verify``: re-read the ``nom:`` tags the writer put into every file and queue the
-files whose tags differ from the store for writing again.
+"""``scan --verify``: re-read the tags the writer put into every file (its ``nom:`` keys and
+its values in the standard fields) and queue the files whose tags differ from the store for
+writing again.
 
 A scan trusts a file whose size and mtime are what the writer recorded, so tags another
 program stripped in place (keeping both) are found only by reading the file back.
@@ -14,8 +15,9 @@ from mutagen import MutagenError
 
 from nomarr_pipeline.store.protocol import Doc, Store
 from nomarr_pipeline.tagging.batch import file_path, wanted_tags
-from nomarr_pipeline.tagging.formats import read_nom_tags
-from nomarr_pipeline.tagging.selection import DEFAULT_MAX_LABELS
+from nomarr_pipeline.tagging.formats import OpenedAudio
+from nomarr_pipeline.tagging.selection import TagOptions
+from nomarr_pipeline.tagging.standard import planned_tags
 
 
 @dataclass
@@ -25,11 +27,10 @@ class VerifyReport:
 
 
 def verify_written_tags(
-    store: Store, library: Doc, *, has_calibration: bool, max_labels: int = DEFAULT_MAX_LABELS,
-    batch_size: int = 500,
+    store: Store, library: Doc, *, has_calibration: bool, options: TagOptions, batch_size: int = 500,
 ) -> VerifyReport:
     """Read back every written file of ``library`` that has no write pending; set
-    ``file_tags_pending`` on those whose ``nom:`` tags are not what the writer would write."""
+    ``file_tags_pending`` on those whose tags are not what the writer would write."""
     report = VerifyReport()
     if library.get("file_write_mode") == "none":
         return report
@@ -42,12 +43,13 @@ def verify_written_tags(
         stale = []
         for doc in written:
             wanted = wanted_tags(doc, library, predictions[doc["_key"]], has_calibration=has_calibration,
-                                 max_labels=max_labels)  # fmt: skip
+                                 options=options)  # fmt: skip
             try:
-                found = read_nom_tags(file_path(doc, library))
+                found = OpenedAudio(file_path(doc, library)).state()
+                stale_file = found.tags() != planned_tags(found, wanted, options.replace_fields)
             except (OSError, MutagenError, ValueError):
-                found = None  # the writer will say what is wrong with it
-            if found != wanted:
+                stale_file = True  # the writer will say what is wrong with it
+            if stale_file:
                 stale.append({"_key": doc["_key"], "file_tags_pending": True})
         report.checked += len(written)
         report.queued += len(stale)

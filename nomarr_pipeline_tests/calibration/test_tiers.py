@@ -125,6 +125,24 @@ def test_backbones_vote_together_so_terms_never_contradict() -> None:
     assert compute_mood_tiers(tags)["mood-regular"] == ["happy"]
 
 
+@pytest.mark.parametrize(
+    ("non_happy", "theme_happy", "loose", "regular"),
+    [
+        (0.90, 0.95, ["happy"], ["happy"]),  # the theme head is surer
+        (0.97, 0.70, ["not happy"], ["not happy"]),  # mood_happy is surer, even below regular
+        (0.90, 0.90, [], []),  # a tie: the evidence contradicts itself
+        (0.60, 0.70, ["happy"], []),  # "not happy" never reached loose: no contradiction
+    ],
+)
+def test_a_term_and_its_negation_from_two_heads_leave_the_stronger(
+    non_happy: float, theme_happy: float, loose: list[str], regular: list[str]
+) -> None:
+    tags = [tag("mood_happy", "happy", 1 - non_happy), tag("mood_happy", "non_happy", non_happy),
+            tag("mtg_jamendo_moodtheme", "happy", theme_happy)]  # fmt: skip
+    tiers = compute_mood_tiers(tags)
+    assert (tiers["mood-loose"], tiers["mood-regular"]) == (loose, regular)
+
+
 def test_uncalibrated_rows_are_ignored() -> None:
     tags = [tag("mood_happy", "happy", None), tag("mood_happy", "non_happy", 0.7)]
     assert compute_mood_tiers(tags)["mood-loose"] == ["not happy"]
@@ -183,6 +201,7 @@ def test_tiers_are_nested_on_random_files(seed: int) -> None:
         assert strict <= regular <= loose
         for terms in tiers.values():
             assert terms == sorted(set(terms))
+            assert not {term for term in terms if f"not {term}" in terms}  # never both
 
 
 def test_default_thresholds_give_the_documented_shares() -> None:

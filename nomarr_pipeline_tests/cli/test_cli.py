@@ -307,6 +307,34 @@ def test_status_and_export_count_only_calibrations_that_can_be_applied(
     assert not (tmp_path / "out" / "effnet-discogs-effnet-1" / "mood_sad-calibration-v1.json").exists()
 
 
+def test_export_navidrome_writes_the_kit_and_never_into_a_library(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    monkeypatch.setenv("NOMARR_STORE_URL", url)
+    monkeypatch.setenv("NOMARR_EXPORT_DIR", str(tmp_path / "exports"))
+    monkeypatch.setenv("NOMARR_LIBRARY_ROOTS", str(tmp_path / "music"))
+    (tmp_path / "music").mkdir()
+    code, _, err = _run_cli(capsys, "export-navidrome")
+    assert code == 2
+    _assert_clear_error(err, "no calibration yet")
+    store = open_store(url)
+    states = [_state("mood_happy", "happy", 0.1, 0.9), _state("mood_happy", "non_happy", 0.1, 0.9)]
+    store.save_calibrations(states, [])
+    store.close()
+
+    code, out, _ = _run_cli(capsys, "export-navidrome")
+    assert code == 0 and "(1 float tags)" in out and "smart playlists: 2 in" in out
+    kit = tmp_path / "exports" / "navidrome"
+    assert sorted(path.name for path in (kit / "playlists").iterdir()) == ["happy.nsp", "not_happy.nsp"]
+    assert "[Tags.nom_happy]" in (kit / "navidrome-tags.toml").read_text()
+
+    code, _, err = _run_cli(capsys, "export-navidrome", "--dest", str(tmp_path / "music" / "kit"))
+    assert code == 2
+    _assert_clear_error(err, "inside the library folder")
+    assert list((tmp_path / "music").iterdir()) == []
+
+
 # ---- calibration packages ---------------------------------------------------------------------
 
 

@@ -51,3 +51,42 @@ def test_kinds_badges_name_the_configured_engine(url: str, kind: str) -> None:
         assert kind in kinds[asset], (asset, kinds[asset])
     others = {"sqlite", "arango", "postgres"} - {kind}
     assert not others & {k for asset_kinds in kinds.values() for k in asset_kinds}
+
+
+def test_tag_options_come_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nomarr_pipeline.defs.resources import TaggingResource, tagging_resource
+    from nomarr_pipeline.settings import Settings
+
+    default = tagging_resource(Settings.from_env()).tag_options()
+    assert default == TaggingResource().tag_options()
+    assert (default.mood_tier, default.genre, default.replace_fields, default.score_heads) == (
+        "mood-regular", None, frozenset(), "mood"
+    )  # fmt: skip  (MOOD on by default; GENRE off)
+    for name, value in {"NOMARR_MOOD_TIER": "mood-loose", "NOMARR_REPLACE_MOOD": "yes",
+                        "NOMARR_GENRE_HEAD": "discogs-effnet-bs64", "NOMARR_GENRE_FORM": "style",
+                        "NOMARR_GENRE_COUNT": "5", "NOMARR_SCORE_HEADS": "none"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    options = tagging_resource(Settings.from_env()).tag_options()
+    assert (options.mood_tier, options.score_heads) == ("mood-loose", "none")
+    assert options.replace_fields == {"MOOD"}
+    assert options.genre is not None
+    assert (options.genre.head, options.genre.count) == ("discogs-effnet-bs64", 5)
+    assert options.genre.value("Electronic---Techno") == "Techno"
+    monkeypatch.setenv("NOMARR_STANDARD_MOOD", "false")
+    assert tagging_resource(Settings.from_env()).tag_options().mood_tier is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("NOMARR_MOOD_TIER", "mood-medium"), ("NOMARR_GENRE_THRESHOLD", "1.5"), ("NOMARR_GENRE_COUNT", "three"),
+     ("NOMARR_GENRE_FORM", "child"), ("NOMARR_STANDARD_MOOD", "maybe"), ("NOMARR_MAX_LABELS_PER_HEAD", "-1")],
+)  # fmt: skip
+def test_a_tag_setting_that_cannot_work_names_its_variable(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nomarr_pipeline.settings import SettingError, TagSettings
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingError) as raised:
+        TagSettings.from_env()
+    assert raised.value.variable == name and raised.value.next_step.startswith(f"set {name} to ")

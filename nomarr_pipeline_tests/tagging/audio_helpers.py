@@ -20,6 +20,7 @@ from mutagen.mp4 import MP4Cover, MP4FreeForm, MP4Tags
 
 from nomarr_pipeline.tagging import keys
 from nomarr_pipeline.tagging.formats import MP4_FREEFORM_PREFIX, OpenedAudio, TagInput, normalize_tags
+from nomarr_pipeline.tagging.standard import planned_tags
 
 # extension -> ffmpeg audio encoder
 FORMATS: dict[str, str] = {
@@ -104,11 +105,13 @@ def cover_of(path: Path) -> bytes:
     return bytes(Picture(base64.b64decode(audio.tags["METADATA_BLOCK_PICTURE"][0])).data)
 
 
-def write_nom_tags(path: Path, tags: TagInput, *, standard_mood: bool = False) -> None:
-    """Make the file's ``nom:`` namespace exactly ``tags`` in place, with no temp copy and no
-    checks: how an earlier run or another tool left a file (the bare loop of the benchmark)."""
+def write_nom_tags(path: Path, tags: TagInput) -> None:
+    """Make the file's ``nom:`` namespace exactly ``tags`` (and merge its standard fields) in
+    place, with no temp copy and no checks: how an earlier run or another tool left a file."""
     wanted = normalize_tags(tags)  # refuse bad values before the file is opened for writing
-    OpenedAudio(path).save(wanted, standard_mood=standard_mood, into=os.fspath(path))
+    opened = OpenedAudio(path)
+    before = opened.state()
+    opened.save(planned_tags(before, wanted), before, into=os.fspath(path))
 
 
 def decoded_audio_hash(path: Path) -> str:

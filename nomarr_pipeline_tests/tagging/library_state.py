@@ -1,9 +1,10 @@
 """A library as its user sees it, for the crash tests and ``scripts/kill_campaign.py``: every name
-in its folders, every file's decoded audio and ``nom:`` tags, and the tags the store says each
-file should carry (the writer's own selection)."""
+in its folders, every file's decoded audio, ``nom:`` tags and MOOD/GENRE fields, and the tags the
+store says each file should carry (the writer's own selection)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -11,8 +12,9 @@ from pathlib import Path
 
 from nomarr_pipeline.calibration.state import has_usable_calibration
 from nomarr_pipeline.store import Store
-from nomarr_pipeline.tagging.formats import NomTags, normalize_tags, read_nom_tags
+from nomarr_pipeline.tagging.formats import NomTags, OpenedAudio, normalize_tags
 from nomarr_pipeline.tagging.selection import select_tags
+from nomarr_pipeline.tagging.standard import planned_tags
 from nomarr_pipeline.tagging.temps import is_tag_write_temp
 from nomarr_pipeline_tests.store_dump import library_files
 from nomarr_pipeline_tests.tagging.audio_helpers import decoded_audio_hash
@@ -51,11 +53,11 @@ def decoded(path: Path) -> str:
 
 
 def tags_in(root: Path) -> dict[str, Tags]:
-    """Each track's ``nom:`` tags as read back with mutagen."""
+    """Each track's ``nom:`` tags and standard fields as read back with mutagen."""
     found: dict[str, Tags] = {}
     for track in tracks_in(root):
         try:
-            found[str(track.relative_to(root))] = read_nom_tags(track)
+            found[str(track.relative_to(root))] = OpenedAudio(track).state().tags()
         except Exception as exc:  # a file that no longer opens is what the tests look for
             found[str(track.relative_to(root))] = f"cannot be read: {type(exc).__name__}: {exc}"
     return found
@@ -78,7 +80,12 @@ def expected_tags(store: Store, root: Path) -> dict[str, NomTags]:
                 write_raw_scores=bool(library.get("write_raw_scores")), predictions=predictions[doc["_key"]],
                 mood_tiers=doc.get("mood_tiers"),
             )  # fmt: skip
-            expected[os.path.relpath(doc["path"], real_root)] = normalize_tags(selected)
+            wanted = normalize_tags(selected)
+            # The user's own MOOD/GENRE values stay beside the pipeline's; of a file that no
+            # longer opens, tags_in says why.
+            with contextlib.suppress(Exception):
+                wanted = planned_tags(OpenedAudio(doc["path"]).state(), wanted)
+            expected[os.path.relpath(doc["path"], real_root)] = wanted
     return expected
 
 

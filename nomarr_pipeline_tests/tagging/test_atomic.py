@@ -8,6 +8,7 @@ import random
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +32,7 @@ from nomarr_pipeline.tagging.atomic import (
 from nomarr_pipeline.tagging.formats import FileTagState, OpenedAudio, read_nom_tags
 from nomarr_pipeline_tests.tagging.audio_helpers import (
     FORMATS,
+    USER_MOOD,
     add_cover,
     cover_of,
     decoded_audio_hash,
@@ -50,18 +52,18 @@ TAGS: dict[str, str | list[str]] = {
 
 def write_file_tags(
     path: Path, tags: dict[str, str | list[str]], *, library_roots: list[Path],
-    known_stats: list[tuple[int, int]], standard_mood: bool = False,
+    known_stats: list[tuple[int, int]], replace_fields: tuple[str, ...] = (),
 ) -> WriteOutcome:  # fmt: skip
     """Prepare and commit, as a batch does for each file."""
     prepared = prepare_write(
-        path, tags, library_roots=library_roots, known_stats=known_stats, standard_mood=standard_mood
+        path, tags, library_roots=library_roots, known_stats=known_stats, replace_fields=replace_fields
     )
     if isinstance(prepared, PreparedWrite):
         return commit_write(prepared, known_stats=known_stats)
     return prepared
 
 
-def write(path: Path, root: Path, tags: dict[str, str | list[str]] = TAGS, **kwargs: bool) -> WriteOutcome:
+def write(path: Path, root: Path, tags: dict[str, str | list[str]] = TAGS, **kwargs: Any) -> WriteOutcome:
     return write_file_tags(path, tags, library_roots=[root], known_stats=[stat_of(path)], **kwargs)
 
 
@@ -116,8 +118,12 @@ def test_standard_mood_difference_alone_triggers_a_write(
 ) -> None:
     path = make_file("mp3")
     assert write(path, library_root).status == "written"
-    assert write(path, library_root, standard_mood=True).status == "written"
-    assert write(path, library_root, standard_mood=True).status == "unchanged"
+    with_mood = {**TAGS, keys.MOOD: ["happy", "party"]}
+    assert write(path, library_root, with_mood).status == "written"
+    assert write(path, library_root, with_mood).status == "unchanged"
+    # The user's own value was kept beside the pipeline's, which the file remembers.
+    assert OpenedAudio(path).state().standard[keys.MOOD] == [USER_MOOD, "happy", "party"]
+    assert read_nom_tags(path)[keys.WRITTEN_KEYS[keys.MOOD]] == ["happy", "party"]
 
 
 def test_changed_on_disk_is_skipped(make_file: Callable[..., Path], library_root: Path) -> None:

@@ -22,8 +22,10 @@ from nomarr_pipeline.tagging.batch import (
     preview_frame,
     write_pending_tags,
 )
-from nomarr_pipeline.tagging.formats import read_nom_tags
+from nomarr_pipeline.tagging.formats import OpenedAudio, read_nom_tags
+from nomarr_pipeline.tagging.selection import TagOptions
 from nomarr_pipeline_tests.tagging.audio_helpers import (
+    USER_MOOD,
     stat_of,
     temp_leftovers,
     tiny_filesystem,
@@ -61,8 +63,9 @@ def test_full_batch_writes_records_and_keeps_scanner_stat(
         tags = read_nom_tags(path)
         assert tags[keys.MOOD_REGULAR] == ["happy", "party"]
         assert tags[keys.score_key("cal", MODEL, "mood_happy", "happy")] == ["0.900000"]
-        assert tags[keys.score_key("raw", MODEL, "genre_discogs400", "Electronic---House")] == ["0.250000"]
-        assert keys.score_key("cal", MODEL, "genre_discogs400", "Electronic---House") not in tags
+        # Only the mood heads' calibrated scores by default: no raw ones, no genre head's.
+        assert not {key for key in tags if key.startswith("nom:raw:") or "genre_discogs400" in key}
+        assert OpenedAudio(path).state().standard[keys.MOOD] == [USER_MOOD, "happy", "party"]
         assert tags[keys.VERSION] == ["nomarr-test-7"]
         doc = file_doc(store, key)
         assert doc["file_tags_pending"] is False and doc["write_error"] is None and doc["written_at"] > 0
@@ -196,9 +199,10 @@ def test_minimal_with_calibration_writes_only_mood_tiers(
         path, {keys.score_key("raw", MODEL, "mood_happy", "happy"): "0.1"}
     )  # from an earlier full run
     register(store, {"a": path})
-    report = run(store, library_root, standard_mood=True)
+    report = run(store, library_root)
     assert report.written == 1
-    assert set(read_nom_tags(path)) == {keys.MOOD_STRICT, keys.MOOD_REGULAR, keys.MOOD_LOOSE}
+    written_mood = keys.WRITTEN_KEYS[keys.MOOD]
+    assert set(read_nom_tags(path)) == {keys.MOOD_STRICT, keys.MOOD_REGULAR, keys.MOOD_LOOSE, written_mood}
 
 
 def test_full_without_calibration_writes_raw_scores_when_asked(
@@ -209,8 +213,7 @@ def test_full_without_calibration_writes_raw_scores_when_asked(
     register(store, {"a": path})
     run(store, library_root, has_calibration=False)
     assert read_nom_tags(path) == {
-        keys.score_key("raw", MODEL, "mood_happy", "happy"): ["0.800000"],
-        keys.score_key("raw", MODEL, "genre_discogs400", "Electronic---House"): ["0.250000"],
+        keys.score_key("raw", MODEL, "mood_happy", "happy"): ["0.800000"],  # no genre: not a mood head
         keys.VERSION: ["nomarr-test-7"],
     }
 
@@ -406,20 +409,22 @@ def style_labels(tags: dict[str, list[str]]) -> set[str]:
 def test_a_wide_head_writes_its_strongest_labels_and_the_preview_shows_the_others_go(
     store: Store, make_file: Callable[..., Path], library_root: Path
 ) -> None:
-    store.ensure_library(library_doc(library_root))
+    store.ensure_library(library_doc(library_root, write_raw_scores=True))
     path = make_file("ogg")
     register(store, {"a": path})
     store.write_predictions(wide_predictions("a", 30))
-    assert run(store, library_root, max_labels=0).written == 1  # every label, as before
+    every = TagOptions(score_heads="all", max_labels=0)
+    assert run(store, library_root, options=every).written == 1  # every label, as before
     assert len(style_labels(read_nom_tags(path))) == 30
 
     store.upsert_files([{"_key": "a", "mood_tiers": TIERS, "file_tags_pending": True}])
-    preview = run(store, library_root, dry_run=True, max_labels=10)
+    strongest = TagOptions(score_heads="all", max_labels=10)
+    preview = run(store, library_root, dry_run=True, options=strongest)
     removed = {row.key for row in preview.preview if row.action == "remove"}
     assert len(removed) == 40 and all(":styles:Style " in key for key in removed)
     assert {row.action for row in preview.preview if row.key not in removed} == {"keep"}
 
-    assert run(store, library_root, max_labels=10).written == 1
+    assert run(store, library_root, options=strongest).written == 1
     assert style_labels(read_nom_tags(path)) == {f"Style {i:02d}" for i in range(10)}
 
 

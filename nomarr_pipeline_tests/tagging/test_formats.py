@@ -63,17 +63,19 @@ def test_stale_nom_keys_are_removed_and_others_replaced(
 
 
 @pytest.mark.parametrize("extension", ALL_FORMATS)
-def test_standard_mood_field_only_when_asked(extension: str, make_file: Callable[..., Path]) -> None:
+def test_standard_mood_keeps_the_users_values_and_replaces_only_its_own(
+    extension: str, make_file: Callable[..., Path]
+) -> None:
     path = make_file(extension)
-    write_nom_tags(path, TAGS)  # off by default: the user's mood stays
-    assert OpenedAudio(path).state().standard_mood == [USER_MOOD]
+    write_nom_tags(path, {**TAGS, keys.MOOD: ["happy", "party"]})
+    assert OpenedAudio(path).state().standard[keys.MOOD] == [USER_MOOD, "happy", "party"]
 
-    write_nom_tags(path, TAGS, standard_mood=True)
-    assert OpenedAudio(path).state().standard_mood == ["happy", "party"]
+    write_nom_tags(path, {**TAGS, keys.MOOD: ["sad", USER_MOOD]})  # the tiers changed
+    assert OpenedAudio(path).state().standard[keys.MOOD] == [USER_MOOD, "sad"]
+    assert read_nom_tags(path)[keys.WRITTEN_KEYS[keys.MOOD]] == ["sad"]  # the user's value is not ours
 
-    # On, but no regular tier to mirror: the field is left as it is.
-    write_nom_tags(path, {keys.VERSION: "v"}, standard_mood=True)
-    assert OpenedAudio(path).state().standard_mood == ["happy", "party"]
+    write_nom_tags(path, {keys.VERSION: "v"})  # no tier any more: the pipeline's values leave
+    assert OpenedAudio(path).state().standard == {keys.MOOD: [USER_MOOD]}
     assert read_nom_tags(path) == {keys.VERSION: ["v"]}
 
 
@@ -109,7 +111,7 @@ def test_unsupported_extension_and_bad_values_are_refused(
             write_nom_tags(path, bad)
 
 
-def test_id3v23_file_keeps_its_foreign_values_and_is_saved_as_v24(
+def test_id3v23_file_keeps_its_foreign_values_and_stays_v23(
     make_file: Callable[..., Path],
 ) -> None:
     path = make_file("mp3")
@@ -121,7 +123,7 @@ def test_id3v23_file_keeps_its_foreign_values_and_is_saved_as_v24(
     write_nom_tags(path, TAGS)
 
     reread = mutagen.File(path).tags
-    assert reread.version[:2] == (2, 4)
+    assert reread.version[:2] == (2, 3)  # never converted unasked
     assert foreign_tags(path) == foreign_before
     assert read_nom_tags(path) == EXPECTED
     assert decoded_audio_hash(path) == audio_before

@@ -8,7 +8,12 @@ import pandas as pd
 from nomarr_pipeline.calibration.recalibration import recalibrate
 from nomarr_pipeline.calibration.state import has_usable_calibration, is_usable
 from nomarr_pipeline.defs.assets.tables import metadata_table
-from nomarr_pipeline.defs.resources import LibraryResource, StoreResource, TaggingResource
+from nomarr_pipeline.defs.resources import (
+    CalibrationResource,
+    LibraryResource,
+    StoreResource,
+    TaggingResource,
+)
 from nomarr_pipeline.library.scanner import rescan_files
 from nomarr_pipeline.tagging.batch import (
     PREVIEW_COLUMNS,
@@ -70,6 +75,7 @@ def written_tags(
     db = store.open()
     roots = {str(root.resolve()) for root in library.root_paths()}
     has_calibration = has_usable_calibration(db.list_calibrations())
+    options = tagging.tag_options()
     reports: list[WriteReport] = []
     for lib in db.list_libraries():
         if lib["root_path"] not in roots:
@@ -83,8 +89,7 @@ def written_tags(
                 library=lib,
                 library_roots=[lib["root_path"]],
                 has_calibration=has_calibration,
-                standard_mood=tagging.standard_mood,
-                max_labels=tagging.max_labels_per_head,
+                options=options,
                 writers=tagging.writers,
                 dry_run=config.preview,
                 # Edited in place by another program: analysed and written again from scratch.
@@ -115,3 +120,25 @@ def written_tags(
             dict.fromkeys(PREVIEW_COLUMNS, "string"), shown.where(shown.notna(), None).itertuples(index=False)
         )
     return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(deps=["calibration_state"], group_name="tagging", kinds={"python", "navidrome"})
+def navidrome_kit(
+    store: StoreResource, library: LibraryResource, calibration: CalibrationResource, tagging: TaggingResource
+) -> dg.MaterializeResult:
+    """A ``navidrome.toml`` snippet declaring the ``nom:`` scores as float tags, and one smart
+    playlist (``.nsp``) per mood term, in the export folder's ``navidrome/``."""
+    from nomarr_pipeline.tagging.navidrome import export_navidrome_kit
+
+    kit = export_navidrome_kit(
+        [state for state in store.open().list_calibrations() if is_usable(state)],
+        calibration.export_path() / "navidrome",
+        options=tagging.tag_options(),
+        tiers=tagging.tier_config(),
+        library_roots=library.root_paths(),
+    )
+    return dg.MaterializeResult(metadata={
+        "toml": dg.MetadataValue.path(str(kit.toml)),
+        "float_tags": dg.MetadataValue.json(kit.float_tags),
+        "playlists": dg.MetadataValue.json([path.name for path in kit.playlists]),
+    })  # fmt: skip
