@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from nomarr_pipeline_tests.cli_processes import PipelineFolder, build_library, write_one_head_models
+from nomarr_pipeline_tests.cli.cli_processes import PipelineFolder, build_library, write_one_head_models
 from nomarr_pipeline_tests.postgres_server import PostgresServer
 from nomarr_pipeline_tests.ui.dagster_dev import REPO_ROOT
 

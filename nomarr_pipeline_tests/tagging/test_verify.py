@@ -10,6 +10,7 @@ from pathlib import Path
 from nomarr_pipeline.store import Store
 from nomarr_pipeline.tagging import keys
 from nomarr_pipeline.tagging.formats import read_nom_tags
+from nomarr_pipeline.tagging.selection import DEFAULT_OPTIONS
 from nomarr_pipeline.tagging.verify import VerifyReport, verify_written_tags
 from nomarr_pipeline_tests.tagging.audio_helpers import write_nom_tags
 from nomarr_pipeline_tests.tagging.library_helpers import LIB, file_doc, library_doc, register, run
@@ -18,7 +19,7 @@ from nomarr_pipeline_tests.tagging.library_helpers import LIB, file_doc, library
 def _verify(store: Store) -> VerifyReport:
     library = store.get_library(LIB)
     assert library is not None
-    return verify_written_tags(store, library, has_calibration=True, batch_size=2)
+    return verify_written_tags(store, library, has_calibration=True, options=DEFAULT_OPTIONS, batch_size=2)
 
 
 def test_tags_changed_in_place_are_queued_and_written_again(
