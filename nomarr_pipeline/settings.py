@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 WRITE_MODES = ("none", "minimal", "full")
+INFERENCE_ENGINES = ("auto", "onnx", "tensorflow")
 
 
 class SettingError(ValueError):
@@ -40,6 +41,16 @@ def _env_str(name: str) -> str | None:
     return raw if raw not in (None, "") else None
 
 
+def inference_engine() -> str:
+    """``NOMARR_INFERENCE_ENGINE``: which engine runs a model that has both a ``.pb`` and an
+    ``.onnx`` (README, "Inference engines")."""
+    engine = (_env_str("NOMARR_INFERENCE_ENGINE") or "auto").strip().lower()
+    if engine not in INFERENCE_ENGINES:
+        raise SettingError("NOMARR_INFERENCE_ENGINE", f"is {engine!r}, not an inference engine",
+                           "auto (ONNX Runtime where an .onnx exists), onnx or tensorflow")
+    return engine
+
+
 def split_roots(raw: str | None) -> list[Path]:
     """Library roots from an ``os.pathsep``-separated string; empty parts are ignored."""
     if not raw:
@@ -61,6 +72,7 @@ class Settings:
     file_write_mode: str
     auto_write_tags: bool
     write_raw_scores: bool
+    inference_engine: str
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -87,6 +99,7 @@ class Settings:
             file_write_mode=mode,
             auto_write_tags=_env_bool("NOMARR_AUTO_WRITE_TAGS", False),
             write_raw_scores=_env_bool("NOMARR_WRITE_RAW_SCORES", False),
+            inference_engine=inference_engine(),
         )
 
 
