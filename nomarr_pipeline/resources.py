@@ -118,7 +118,9 @@ class ModelsResource(dg.ConfigurableResource):
     file_timeout_s: float = 300.0
     batch_size: int = 64  # files per store write: at most what a step that dies redoes
     shards: int = 0  # NOMARR_ANALYSIS_SHARDS; default: one per core
-    tf_threads: int = 0  # TensorFlow intra-op threads per worker, NOMARR_TF_THREADS
+    # Intra-op threads per worker, TensorFlow and ONNX Runtime alike: NOMARR_INFERENCE_THREADS
+    # (NOMARR_TF_THREADS, its older name, still read)
+    tf_threads: int = 0
     tf_inter_op_threads: int = 0  # NOMARR_TF_INTER_OP_THREADS; default 1
     gpus: list[str] | None = None  # CUDA device ids, NOMARR_GPUS ("0,1"; "" = none); default: all visible
 
@@ -143,7 +145,8 @@ class ModelsResource(dg.ConfigurableResource):
             cores=available_cores(),
             concurrent_steps=concurrent_steps,
             processes=self.processes,
-            intra_op_threads=self.tf_threads or _env_int("NOMARR_TF_THREADS"),
+            intra_op_threads=(self.tf_threads or _env_int("NOMARR_INFERENCE_THREADS")
+                              or _env_int("NOMARR_TF_THREADS")),
             inter_op_threads=self.tf_inter_op_threads or _env_int("NOMARR_TF_INTER_OP_THREADS"),
             gpus=gpus,
         )

@@ -126,7 +126,8 @@ def _shard_op(index: int, count: int) -> dg.OpDefinition:
             context.log.info(f"attempt {context.retry_number + 1}: files finished before are skipped")
         context.log.info(
             f"shard {index + 1}/{count}: "
-            f"{plan.processes} workers × {plan.intra_op_threads} TensorFlow threads"
+            f"{plan.processes} workers × {plan.intra_op_threads} inference threads; engines: "
+            + ", ".join(sorted({f"{head.partition_key} on {head.engine}" for head in heads}))
             + (f", GPUs {','.join(plan.gpus)}" if plan.gpus else "")
         )
         started = time.perf_counter()
@@ -170,7 +171,7 @@ def _shard_reports(context: dg.AssetExecutionContext) -> tuple[dict[str, HeadRep
             continue
         data = event.step_output_data.metadata.get(_REPORT_KEY)
         for key, part in (data.value if data is not None else {}).items():  # type: ignore[union-attr]
-            report = reports.setdefault(key, HeadReport(key))
+            report = reports.setdefault(key, HeadReport(key, part.get("engines", "")))
             report.analysed += part["analysed"]
             report.failed += part["failed"]
             report.seconds += part["seconds"]

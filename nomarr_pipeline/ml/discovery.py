@@ -118,6 +118,12 @@ class Head:
     def engine(self) -> str:
         return engine_of(self.graph_path)
 
+    @property
+    def engines(self) -> str:
+        """The engines of its backbone and of itself: ``onnx``, ``tensorflow`` or
+        ``onnx+tensorflow``; what analysis records beside its predictions."""
+        return "+".join(sorted({self.backbone.engine, self.engine}))
+
 
 @dataclass(frozen=True)
 class ModelProblem:
