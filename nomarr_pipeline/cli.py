@@ -289,7 +289,7 @@ class _DownloadProgress:
         self._bar: StepProgress | None = None
 
     def __call__(self, label: str, done: int, total: int | None) -> None:
-        if not label.endswith(".pb"):
+        if not label.endswith((".pb", ".onnx")):
             return
         if label != self._label:
             self.close()
