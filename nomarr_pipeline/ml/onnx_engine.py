@@ -68,7 +68,7 @@ class OnnxNetwork:
         self._session = _session(path)
         inputs = {node.name: node for node in self._session.get_inputs()}
         outputs = {node.name for node in self._session.get_outputs()}
-        if input_name not in inputs:
+        if input_name is not None and input_name not in inputs:
             raise OnnxModelError(f"it has no input tensor {input_name!r} (it has {sorted(inputs)})")
         missing = [name for name in output_names if name not in outputs]
         if missing:
@@ -88,7 +88,7 @@ class OnnxNetwork:
         return [np.asarray(values, dtype=np.float32) for values in results]
 
 
-def onnx_problem(path: Path, input_name: str, widths: dict[str, int | None]) -> str | None:
+def onnx_problem(path: Path, input_name: str | None, widths: dict[str, int | None]) -> str | None:
     """Why this ``.onnx`` disagrees with its JSON — unreadable, no tensor of a JSON name, an
     output of another width (``widths``: output name → width the JSON or the family
     expects, None for any) — or None. Reads the graph; runs nothing."""
@@ -97,7 +97,7 @@ def onnx_problem(path: Path, input_name: str, widths: dict[str, int | None]) -> 
     except (OSError, ValueError, DecodeError) as exc:
         return f"unreadable .onnx: {type(exc).__name__}: {_first_line(exc)}"
     inputs = [node.name for node in model.graph.input]
-    if input_name not in inputs:
+    if input_name is not None and input_name not in inputs:
         return f"the .onnx has no input {input_name!r} (it has {inputs}), the JSON's input"
     shapes = {node.name: node.type.tensor_type.shape.dim for node in model.graph.output}
     for name, width in widths.items():

@@ -23,7 +23,8 @@ def test_listing_of_a_folder_with_problems(tmp_path: Path) -> None:
     lines = models_listing(discover_models(tmp_path), tmp_path, mood_head=TierConfig().head_is_mood)
     text = "\n".join(lines)
     assert lines[0] == f"models folder {tmp_path}: 2 backbones, 6 heads, 3 problems"
-    assert "  discogs-effnet-bs64-1  [effnet, auto-tagging (400 tags), tensorflow]  discogs-effnet-bs64-1.pb" in lines
+    assert ("  discogs-effnet-bs64-1  [effnet, auto-tagging (400 tags), tensorflow]  "
+            "discogs-effnet-bs64-1.pb") in lines
     assert ("  musicnn-msd-musicnn-1:msd-musicnn  (50 labels, tensorflow, the tags of msd-musicnn-1, "
             "not in mood tiers)") in lines
     assert "  effnet-discogs-effnet-1:mood_aggressive  (2 labels, tensorflow, in mood tiers)" in lines

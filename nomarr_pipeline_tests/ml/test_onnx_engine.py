@@ -16,12 +16,14 @@ from nomarr_pipeline.ml.analysis import analyze, head_version
 from nomarr_pipeline.ml.audio import load_audio
 from nomarr_pipeline.ml.demo_models import write_demo_head, write_demo_models
 from nomarr_pipeline.ml.discovery import Head, discover_models, engine_of
+from nomarr_pipeline.ml.fetch import fetch_models
 from nomarr_pipeline.ml.inference import HeadOutcome, ModelSession
 from nomarr_pipeline.ml.listing import models_listing
 from nomarr_pipeline.ml.onnx_graph import OnnxGraphBuilder
 from nomarr_pipeline.settings import SettingError, inference_engine
 from nomarr_pipeline.store import open_store
 from nomarr_pipeline_tests.ml.audio_fixtures import AUDIO_FORMATS, make_audio
+from nomarr_pipeline_tests.ml.model_server import ModelSite, publish, serve
 
 ATOL = 1e-5
 HAPPY = "effnet-discogs-effnet-1:mood_happy"
@@ -256,3 +258,29 @@ def test_models_list_shows_engines_and_flags_an_onnx_that_disagrees_with_its_jso
                            "the JSON says 2; it fails on ONNX Runtime")
     assert problems[3] == ("      next: replace the .onnx with Essentia's, or delete it to run "
                            "mood_party-discogs-effnet-1.pb on TensorFlow")
+
+
+def test_fetch_takes_the_published_onnx_that_agrees_with_its_json(tmp_path: Path) -> None:
+    published = tmp_path / "published"
+    write_demo_models(published, heads=("mood_happy-discogs-effnet-1",), onnx=True)
+    _narrow_head(published / "mood_happy-discogs-effnet-1.onnx")  # disagrees with its JSON
+    (published / "msd-musicnn-1.onnx").unlink()  # not published
+    site = ModelSite()
+    publish(site, published)
+    dest = tmp_path / "models"
+    with serve(site) as running:
+        report = fetch_models(["mood_happy-discogs-effnet-1", "msd-musicnn-1"], dest, base_url=running.url)
+    assert report.fetched == ["discogs-effnet-bs64-1", "mood_happy-discogs-effnet-1", "msd-musicnn-1"]
+    effnet = "discogs-effnet-bs64-1.onnx"
+    assert (dest / effnet).read_bytes() == (published / effnet).read_bytes()
+    assert not (dest / "mood_happy-discogs-effnet-1.onnx").exists()
+    assert not (dest / "msd-musicnn-1.onnx").exists()
+    assert report.notes == [
+        "mood_happy-discogs-effnet-1.onnx not kept: the .onnx output 'model/Softmax' is 3 wide, the JSON "
+        "says 2; mood_happy-discogs-effnet-1.pb runs on TensorFlow"]
+    assert not [p for p in dest.iterdir() if p.name.startswith(".")]  # no temporary file left
+    catalog = discover_models(dest, engine="auto")
+    assert {b.name: b.engine for b in catalog.backbones} == {
+        "discogs-effnet-bs64-1": "onnx", "msd-musicnn-1": "tensorflow"}
+    happy = catalog.head(HAPPY)
+    assert happy is not None and happy.engines == "onnx+tensorflow"
