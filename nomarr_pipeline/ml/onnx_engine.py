@@ -68,7 +68,7 @@ class OnnxNetwork:
         self._session = _session(path)
         inputs = {node.name: node for node in self._session.get_inputs()}
         outputs = {node.name for node in self._session.get_outputs()}
-        if input_name is not None and input_name not in inputs:
+        if input_name not in inputs:
             raise OnnxModelError(f"it has no input tensor {input_name!r} (it has {sorted(inputs)})")
         missing = [name for name in output_names if name not in outputs]
         if missing:
