@@ -126,8 +126,8 @@ def _shard_op(index: int, count: int) -> dg.OpDefinition:
             context.log.info(f"attempt {context.retry_number + 1}: files finished before are skipped")
         context.log.info(
             f"shard {index + 1}/{count}: "
-            f"{plan.processes} workers × {plan.intra_op_threads} inference threads; engines: "
-            + ", ".join(sorted({f"{head.partition_key} on {head.engine}" for head in heads}))
+            f"{plan.processes} workers × {plan.intra_op_threads} inference threads; heads by engine: "
+            + ", ".join(f"{engines} {n}" for engines, n in sorted(Counter(h.engines for h in heads).items()))
             + (f", GPUs {','.join(plan.gpus)}" if plan.gpus else "")
         )
         started = time.perf_counter()
