@@ -1,4 +1,6 @@
-"""Essentia inference for one file: decode once, one pass per backbone, every head pooled.
+"""Inference for one file: decode once, one pass per backbone, every head pooled. Essentia
+decodes and computes the features; each network runs on its engine (``Backbone.engine``,
+``Head.engine``: essentia-tensorflow for a ``.pb``, ONNX Runtime for an ``.onnx``).
 
 An auto-tagging model's own head takes its values from the same backbone pass as the
 embeddings (:mod:`nomarr_pipeline.ml.backbone_pass`). Runs inside a worker process (see
