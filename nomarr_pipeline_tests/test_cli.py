@@ -501,9 +501,9 @@ def test_models_list_shows_keys_labels_and_problems(tmp_path: Path, monkeypatch,
     code, out, _ = _run_cli(capsys, "models", "list")
     assert code == 0
     assert "2 backbones, 8 heads, 1 problems" in out.splitlines()[0]
-    assert "  effnet-discogs-effnet-1:mood_happy  (2 labels, in mood tiers)" in out
+    assert "  effnet-discogs-effnet-1:mood_happy  (2 labels, tensorflow, in mood tiers)" in out
     assert "      happy, non_happy" in out
-    assert "  effnet-discogs-effnet-bs64-1:discogs-effnet-bs64  (400 labels, the tags of " in out
+    assert "  effnet-discogs-effnet-bs64-1:discogs-effnet-bs64  (400 labels, tensorflow, the tags of " in out
     assert "(+392 more)" in out
     assert "next: `nomarr-pipeline models fetch mood_sad-msd-musicnn-1`" in out
 
