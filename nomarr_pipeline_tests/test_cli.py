@@ -439,6 +439,8 @@ def test_demo_runs_the_whole_pipeline(demo_run: tuple[Path, Path, int, str]) -> 
         counts = store.file_counts()
         assert counts["total"] == len(DEMO_TRACKS)
         assert counts["analysed"] == len(DEMO_TRACKS)
+        # The demo writes every model's .onnx too: it runs on ONNX Runtime.
+        assert {doc.get("analysis_engine") for page in store.iter_files() for doc in page} == {"onnx"}
         assert runner.usable_calibrations(store)
     finally:
         store.close()
