@@ -365,9 +365,9 @@ def main() -> None:
         print(f"\n3. one file of {args.seconds:g} s ({sample.suffix}), CPU seconds by stage (1 thread):")
         for engine in ENGINES:
             total = sum(v for k, v in stages.items() if not k.startswith("network") or engine in k)
-            parts = ", ".join(f"{k.split(' (')[0]} {v:.3f} s ({100 * v / total:.0f} %)"
+            parts = ", ".join(f"{k.split(' (')[0]} {v:.4f} s ({100 * v / total:.0f} %)"
                               for k, v in stages.items() if not k.startswith("network") or engine in k)
-            print(f"  {engine}: {parts}; total {total:.3f} s")
+            print(f"  {engine}: {parts}; total {total:.4f} s")
 
         print("\n4. ONNX Runtime options on the backbone (CPU s per pass, 1 thread; largest deviation "
               "of pooled values from TensorFlow's):")
@@ -405,12 +405,12 @@ def report(results: dict[str, list[Timing]], fixed: dict[str, list[Timing]], fil
 
     print(f"\nsizing: {onnx.cpu / minutes:.2f} s of CPU per minute of audio on onnx, {tf.cpu / minutes:.2f} "
           f"on tensorflow (pipeline, {shards} shard, all processes, fixed costs included)")
+    # From CPU seconds, which other jobs on a shared machine do not change (its wall time they do).
     print(f"PROJECTION (not measured): {LIBRARY_TRACKS:,} tracks of {TRACK_MINUTES:g} min on machines "
-          f"like this one ({cores} cores), one shard step each, at the steady rate of the onnx "
+          f"like this one ({cores} cores, all of them analysing), at the CPU cost of the onnx "
           f"{shards}-shard run:")
-    steady = onnx.wall - empty["onnx"].wall if onnx.wall > 2 * empty["onnx"].wall else onnx.wall
     for machines in (1, 4, 16):
-        hours = LIBRARY_TRACKS * TRACK_MINUTES * steady / minutes / machines / 3600
+        hours = LIBRARY_TRACKS * TRACK_MINUTES * onnx.cpu / minutes / cores / machines / 3600
         print(f"  {machines:2d} machine(s): {hours:7.1f} h")
 
 
