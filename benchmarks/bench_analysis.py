@@ -1,26 +1,28 @@
-"""Analysis throughput: bare Essentia loops versus the pipeline's sharded predictions runs.
+"""Analysis throughput on TensorFlow and on ONNX Runtime: bare loops versus the pipeline.
 
-    .venv/bin/python benchmarks/bench_analysis.py --models /path/to/models     # real weights
-    .venv/bin/python benchmarks/bench_analysis.py --files 8 --repeats 1        # demo models, quick
+    .venv/bin/python benchmarks/bench_analysis.py --models ../shared/models   # real weights
+    .venv/bin/python benchmarks/bench_analysis.py --files 8 --repeats 1       # demo models, quick
 
-With ``--models DIR`` the backbones in DIR (e.g. the trained ``msd-musicnn-1``) do the work;
-heads on them come from DIR, or are the project's generated demo heads when DIR has none (a
-head costs little next to its backbone). Without it, the generated demo models are used. All
-sections run on the same generated ``--seconds``-long files, in one run:
+With ``--models DIR`` the backbones in DIR (e.g. the trained ``msd-musicnn-1``, its ``.pb`` and,
+under ``onnx/``, its ``.onnx``) do the work; heads on them come from DIR, or are the project's
+generated demo heads when DIR has none (a head costs little next to its backbone). Without it,
+the generated demo models are used. Every section runs on the same generated
+``--seconds``-long files, in one run, for each engine (``NOMARR_INFERENCE_ENGINE``):
 
-1. TensorFlow threads: one worker with TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS set
-   (or not): the threads its process has, CPU and wall time of a backbone pass.
-2. Bare loops (a ``multiprocessing`` pool running MonoLoader, each backbone once and every head,
-   results only returned): one process with all TensorFlow threads; one process per core with
-   one thread each; one per core with TensorFlow's default threads; and, decoding with ffmpeg,
-   one per core without and with the next file decoded while TensorFlow runs (the overlap).
-3. The pipeline: ``predictions_job`` launched as a run (its own process, the multiprocess
-   executor, SQLite store) with 1, 2 and 4 shard steps and the default worker plan; plus one
-   run per shard count with nothing left to analyse, which measures the fixed cost of a run
-   (process start-up, model loading), so the steady rate of a long run can be told apart.
-4. Sizing: CPU seconds per minute of audio; a projection for 100,000 four-minute tracks.
+1. Bare loops (a ``multiprocessing`` pool decoding each file and running the pipeline's own
+   inference on it, results only returned; no store, no Dagster): one process per core with one
+   thread each, and one process with a thread per core.
+2. The pipeline: ``predictions_job`` launched as a run (its own process, the multiprocess
+   executor, SQLite store, the default worker plan) per shard count; plus one run with nothing
+   left to analyse, which measures the fixed cost of a run (process start-up, model loading).
+3. One file's time, broken down: decode, resample, features, network (each engine), store.
+4. ONNX Runtime's graph optimisation levels and dynamic int8 quantisation of the backbone:
+   CPU per pass and the largest deviation of pooled predictions from TensorFlow's.
+5. Sizing: CPU seconds per minute of audio; a projection for 100,000 four-minute tracks.
 
-Each variant runs ``--repeats`` times (alternating order); medians are reported.
+Each variant runs ``--repeats`` times (alternating order); medians are reported. CPU seconds
+(every process a variant started) are the robust figure on a shared machine: other jobs change
+the wall time, not the work done.
 """
 
 from __future__ import annotations
@@ -30,12 +32,10 @@ import json
 import multiprocessing
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +50,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from nomarr_pipeline.library.identity import file_key  # noqa: E402
-from nomarr_pipeline.ml.audio import decode_with_ffmpeg  # noqa: E402
+from nomarr_pipeline.ml.analysis import prediction_docs  # noqa: E402
+from nomarr_pipeline.ml.audio import load_audio  # noqa: E402
 from nomarr_pipeline.ml.capacity import available_cores  # noqa: E402
 from nomarr_pipeline.ml.demo_models import HEAD_NAMES, write_demo_models  # noqa: E402
 from nomarr_pipeline.ml.discovery import Head, discover_models  # noqa: E402
@@ -58,96 +59,60 @@ from nomarr_pipeline.store import open_store  # noqa: E402
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio  # noqa: E402
 
 FORMATS = (".mp3", ".flac", ".ogg", ".m4a", ".wav")
+ENGINES = ("tensorflow", "onnx")
 LIBRARY = "bench"
 LIBRARY_TRACKS, TRACK_MINUTES = 100_000, 4.0
+MODEL_SUFFIXES = (".pb", ".onnx", ".json")
 
 
 # ---- models ------------------------------------------------------------------------------
-def bench_models(source: Path | None, dest: Path) -> list[Head]:
-    """Classifier heads to run: those in ``source`` (linked, never copied), or generated demo
-    heads on its backbones; the demo models when there is no ``source``."""
+def bench_models(source: Path | None, dest: Path) -> Path:
+    """One folder with every model as ``.pb`` and ``.onnx``: those of ``source`` (linked,
+    never copied; the first file of each name wins) with generated demo heads on its
+    backbones when it has none, or the demo models when there is no ``source``."""
     if source is None:
-        write_demo_models(dest)
-    else:
-        demo = dest.with_name(f"{dest.name}-demo")
-        write_demo_models(demo)
-        dest.mkdir(parents=True, exist_ok=True)
-        for path in source.rglob("*"):
-            if path.suffix in (".pb", ".json") and path.is_file():
-                (dest / path.name).symlink_to(path.resolve())
-        found = discover_models(dest)
-        backbones = {b.name for b in found.backbones}
-        if not [h for h in found.heads if not getattr(h, "autotagging", False)]:
-            for name in HEAD_NAMES:
-                if name.split("-", 1)[1] in backbones:
-                    for suffix in (".pb", ".json"):
-                        shutil.copy(demo / f"{name}{suffix}", dest / f"{name}{suffix}")
-    # The bare loop runs heads with TensorflowPredict2D: auto-tagging outputs are left out.
-    heads = [h for h in discover_models(dest).heads if not getattr(h, "autotagging", False)]
-    if not heads:
-        raise SystemExit(f"no backbone with a head in {source}")
-    return heads
+        write_demo_models(dest, onnx=True)
+        return dest
+    demo = dest.with_name(f"{dest.name}-demo")
+    write_demo_models(demo, onnx=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.rglob("*"), key=lambda p: len(p.parts)):
+        if path.suffix in MODEL_SUFFIXES and path.is_file() and not (dest / path.name).exists():
+            (dest / path.name).symlink_to(path.resolve())
+    found = discover_models(dest, engine="tensorflow")
+    backbones = {b.name for b in found.backbones}
+    if not [h for h in found.heads if not h.autotagging]:
+        for name in HEAD_NAMES:
+            if name.split("-", 1)[1] in backbones:
+                for suffix in MODEL_SUFFIXES:
+                    (dest / f"{name}{suffix}").symlink_to(demo / f"{name}{suffix}")
+    return dest
+
+
+def engine_heads(models: Path, engine: str) -> list[Head]:
+    catalog = discover_models(models, engine=engine)
+    if not catalog.heads or catalog.problems:
+        raise SystemExit(f"no heads on {engine} in {models}: {catalog.problems}")
+    return list(catalog.heads)
 
 
 # ---- bare loops --------------------------------------------------------------------------
 _bare: dict[str, Any] = {}
 
 
-def _bare_init(heads: list[Head], env: dict[str, str], prefetch: bool) -> None:
+def _bare_init(heads: list[Head], env: dict[str, str]) -> None:
     os.environ.update(env)  # before TensorFlow loads
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import essentia
-    import essentia.standard as es
+    from nomarr_pipeline.ml.inference import ModelSession
 
-    essentia.log.infoActive = False
-    essentia.log.warningActive = False
-    _bare["backbones"] = {
-        h.backbone.name: getattr(es, h.backbone.algorithm)(
-            graphFilename=str(h.backbone.graph_path), output=h.backbone.embedding_output)
-        for h in heads
-    }
-    _bare["heads"] = [
-        (h.backbone.name, es.TensorflowPredict2D(graphFilename=str(h.graph_path),
-                                                 input=h.input_node, output=h.output_node))
-        for h in heads
-    ]
-    _bare["loader"] = es.MonoLoader
-    _bare["prefetch"] = prefetch
-
-
-def _infer(audio: np.ndarray) -> list[np.ndarray]:
-    embeddings = {name: model(audio) for name, model in _bare["backbones"].items()}
-    return [np.mean(model(embeddings[backbone]), axis=0) for backbone, model in _bare["heads"]]
+    _bare["session"] = ModelSession()
+    _bare["heads"] = heads
 
 
 def _bare_file(path: str) -> int:
-    audio = _bare["loader"](filename=path, sampleRate=16000, resampleQuality=4)()
-    return len(_infer(audio))
-
-
-def _ffmpeg_files(paths: list[str]) -> int:
-    """One worker's share, decoded by ffmpeg; with prefetch the next file is decoded (in an
-    ffmpeg process) while TensorFlow works on the current one."""
-    if not _bare["prefetch"]:
-        return sum(len(_infer(decode_with_ffmpeg(Path(p)))) for p in paths)
-    if not paths:  # fewer files than workers
-        return 0
-    done = 0
-    box: dict[str, np.ndarray] = {}
-
-    def decode(path: str) -> None:
-        box["next"] = decode_with_ffmpeg(Path(path))
-
-    decode(paths[0])
-    for index in range(len(paths)):
-        audio = box.pop("next")
-        ahead = threading.Thread(target=decode, args=(paths[index + 1],)) if index + 1 < len(paths) else None
-        if ahead:
-            ahead.start()
-        done += len(_infer(audio))
-        if ahead:
-            ahead.join()
-    return done
+    outcomes = _bare["session"].analyze_audio(load_audio(Path(path)), _bare["heads"])
+    assert all(outcome.error is None for outcome in outcomes), outcomes
+    return len(outcomes)
 
 
 @dataclass
@@ -161,38 +126,20 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_bare(files: list[Path], heads: list[Head], processes: int, env: dict[str, str],
-             *, ffmpeg: bool = False, prefetch: bool = False) -> Timing:
+def threads_env(threads: int) -> dict[str, str]:
+    """Both engines' threads per process (what the worker plan sets)."""
+    return {"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1",
+            "NOMARR_INFERENCE_THREADS": str(threads)}
+
+
+def run_bare(files: list[Path], heads: list[Head], processes: int, threads: int) -> Timing:
     cpu, started = _children_cpu(), time.perf_counter()
     pool = multiprocessing.get_context("spawn").Pool(
-        processes, initializer=_bare_init, initargs=(heads, env, prefetch))
-    paths = [str(f) for f in files]
-    if ffmpeg:
-        shares = [paths[i::processes] for i in range(processes)]
-        assert sum(pool.map(_ffmpeg_files, shares, chunksize=1)) == len(files) * len(heads)
-    else:
-        assert sum(pool.map(_bare_file, paths, chunksize=1)) == len(files) * len(heads)
+        processes, initializer=_bare_init, initargs=(heads, threads_env(threads)))
+    assert sum(pool.map(_bare_file, [str(f) for f in files], chunksize=1)) == len(files) * len(heads)
     pool.close()
     pool.join()
     return Timing(time.perf_counter() - started, _children_cpu() - cpu)
-
-
-def thread_probe(heads: list[Head], path: Path, env: dict[str, str]) -> tuple[int, float, float]:
-    """(threads of the process, CPU s, wall s) of one backbone pass in a fresh worker."""
-    with multiprocessing.get_context("spawn").Pool(1, initializer=_bare_init,
-                                                   initargs=(heads, env, False)) as pool:
-        return pool.apply(_probe, (str(path),))
-
-
-def _probe(path: str) -> tuple[int, float, float]:
-    audio = _bare["loader"](filename=path, sampleRate=16000, resampleQuality=4)()
-    _infer(audio)  # sessions created, TensorFlow's thread pools started
-    status = Path("/proc/self/status").read_text().splitlines()
-    threads = int(next(line.split()[1] for line in status if line.startswith("Threads:")))
-    cpu, started = time.process_time(), time.perf_counter()
-    for _ in range(3):
-        _infer(audio)
-    return threads, (time.process_time() - cpu) / 3, (time.perf_counter() - started) / 3
 
 
 # ---- the pipeline ------------------------------------------------------------------------
@@ -208,10 +155,11 @@ def new_store(url: str, files: list[Path]) -> None:
     store.close()
 
 
-def run_pipeline(store_url: str, models: Path, heads: list[Head], shards: int, home: Path) -> Timing:
+def run_pipeline(store_url: str, models: Path, heads: list[Head], shards: int, home: Path,
+                 engine: str) -> Timing:
     env = {**os.environ, "DAGSTER_HOME": str(home), "NOMARR_STORE_URL": store_url,
            "NOMARR_MODELS_DIR": str(models), "NOMARR_ANALYSIS_SHARDS": str(shards),
-           "NOMARR_EXECUTOR": "multiprocess"}
+           "NOMARR_EXECUTOR": "multiprocess", "NOMARR_INFERENCE_ENGINE": engine}
     keys = sorted(h.partition_key for h in heads)
     cpu, started = _children_cpu(), time.perf_counter()
     done = subprocess.run(
@@ -249,14 +197,108 @@ def prepare_instance(home: Path, heads: list[Head]) -> None:
                    env=env, check=True, capture_output=True)
 
 
+# ---- one file, broken down ------------------------------------------------------------------
+def _cpu(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
+    """CPU seconds of one call (after a warm-up call), and its result."""
+    result = fn()
+    started = time.process_time()
+    for _ in range(repeats):
+        result = fn()
+    return (time.process_time() - started) / repeats, result
+
+
+def _breakdown(models: str, path: str, store_url: str) -> dict[str, float]:
+    """CPU seconds of each stage of one file, in a fresh process with one thread per engine."""
+    os.environ.update(threads_env(1))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import essentia.standard as es
+
+    from nomarr_pipeline.ml.backbone_pass import BackbonePass
+    from nomarr_pipeline.ml.inference import ModelSession
+
+    stages: dict[str, float] = {}
+    stages["decode"], _ = _cpu(lambda: es.AudioLoader(filename=path)())
+    mono, audio = _cpu(lambda: load_audio(Path(path)))
+    stages["resample"] = max(0.0, mono - stages["decode"])
+    for engine in ENGINES:
+        heads = engine_heads(Path(models), engine)
+        session, features, network = ModelSession(), 0.0, 0.0
+        for backbone in {head.backbone.name: head.backbone for head in heads}.values():
+            one_pass = BackbonePass(backbone)
+            bands, _ = _cpu(lambda one_pass=one_pass: one_pass.bands(audio))
+            whole, outputs = _cpu(lambda one_pass=one_pass: one_pass(audio))
+            on_it = [head for head in heads if head.backbone.name == backbone.name]
+            pooled, _ = _cpu(lambda on_it=on_it, outputs=outputs, session=session: [
+                session.head_outcome(h, outputs) for h in on_it])
+            features, network = features + bands, network + whole - bands + pooled
+        stages["features"] = min(stages.get("features", features), features)  # the same code
+        stages[f"network ({engine})"] = network
+    head_list = engine_heads(Path(models), "onnx")
+    docs = [doc for index in range(64) for head in head_list
+            for doc in prediction_docs(f"file{index}", head, [0.5] * len(head.labels),
+                                       [0.1] * len(head.labels))]
+    store = open_store(store_url)
+    written, _ = _cpu(lambda: (store.write_predictions(docs), store.record_analysis(
+        [{"_key": f"file{index}", "analyzed_at": 1, "analysis_error": None} for index in range(64)])))
+    store.close()
+    stages["store"] = written / 64  # the pipeline writes 64 files per batch
+    return stages
+
+
+def _onnx_variants(models: str, path: str, work: str) -> list[tuple[str, float, float]]:
+    """(variant, CPU s per backbone pass, largest deviation of pooled values from TensorFlow's)
+    for ONNX Runtime's graph optimisation levels and dynamic int8 quantisation."""
+    os.environ.update(threads_env(1))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from nomarr_pipeline.ml.backbone_pass import BackbonePass
+    from nomarr_pipeline.ml.pooling import pool_patches
+
+    backbone = next(h.backbone for h in engine_heads(Path(models), "onnx"))
+    reference = BackbonePass(next(h.backbone for h in engine_heads(Path(models), "tensorflow")
+                                  if h.backbone.name == backbone.name))
+    batches: list[np.ndarray] = []
+    network = reference._network  # the patches the pass feeds its network, recorded
+    reference._network = lambda batch: (batches.append(batch), network(batch))[1]
+    expected = reference(load_audio(Path(path)))
+    names = [backbone.predictions_output or backbone.embedding_output]
+    count = expected.embeddings.shape[0]
+    raw = expected.embeddings if expected.predictions is None else expected.predictions
+    truth = pool_patches(raw, raw.shape[1]).values
+
+    def measure(model: Path, level: Any) -> tuple[float, float]:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.graph_optimization_level = 1, level
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        rank = len(session.get_inputs()[0].shape)
+
+        def run() -> np.ndarray:
+            feeds = [{backbone.input_node: b.reshape(b.shape[0], *b.shape[1 - rank:])} for b in batches]
+            outputs = [session.run(names, feed)[0] for feed in feeds]
+            return np.concatenate(outputs)[:count]
+
+        cpu, values = _cpu(run)
+        return cpu, float(np.max(np.abs(pool_patches(values, values.shape[1]).values - np.asarray(truth))))
+
+    levels = ort.GraphOptimizationLevel
+    found = [(f"optimisation {name}", *measure(backbone.graph_path, level)) for name, level in (
+        ("disabled", levels.ORT_DISABLE_ALL), ("basic", levels.ORT_ENABLE_BASIC),
+        ("extended", levels.ORT_ENABLE_EXTENDED), ("all (default)", levels.ORT_ENABLE_ALL))]
+    for label, weights in (("QUInt8", QuantType.QUInt8), ("QInt8", QuantType.QInt8)):
+        quantized = Path(work) / f"{backbone.name}-{label}.onnx"
+        quantize_dynamic(backbone.graph_path, quantized, weight_type=weights)
+        found.append((f"int8 dynamic, {label} weights", *measure(quantized, levels.ORT_ENABLE_ALL)))
+    return found
+
+
+def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
 # ---- the run -----------------------------------------------------------------------------
-def tf_env(intra: int, inter: int) -> dict[str, str]:
-    """TensorFlow's thread variables; 0: unset (TensorFlow's default)."""
-    if not intra:
-        return {}
-    return {"TF_NUM_INTRAOP_THREADS": str(intra), "TF_NUM_INTEROP_THREADS": str(inter)}
-
-
 def median(timings: list[Timing]) -> Timing:
     return Timing(statistics.median(t.wall for t in timings), statistics.median(t.cpu for t in timings))
 
@@ -267,7 +309,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=48)
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each file")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--shards", default="1,2,4", help="shard counts of the pipeline runs")
+    parser.add_argument("--shards", default="1", help="shard counts of the pipeline runs")
     args = parser.parse_args()
     cores = available_cores()
     shard_counts = [int(s) for s in args.shards.split(",")]
@@ -276,110 +318,99 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="nomarr-bench-") as tmp:
         work = Path(tmp)
-        heads = bench_models(args.models, work / "models")
-        print(f"heads: {', '.join(h.partition_key for h in heads)} "
-              f"(backbones: {', '.join(sorted({h.backbone.name for h in heads}))})", flush=True)
+        models = bench_models(args.models, work / "models")
+        heads = {engine: engine_heads(models, engine) for engine in ENGINES}
+        print(f"heads: {', '.join(h.partition_key for h in heads['onnx'])} "
+              f"(backbones: {', '.join(sorted({h.backbone.name for h in heads['onnx']}))})", flush=True)
         print(f"generating {args.files} files of {args.seconds:g} s ...", flush=True)
         files = [make_audio(work / "audio" / f"f{i:05d}{FORMATS[i % len(FORMATS)]}", args.seconds, seed=i)
                  for i in range(args.files)]
 
-        print("\n1. TensorFlow threads of one worker (threads of its process; per backbone pass)")
-        for intra, inter in ((0, 0), (1, 1), (cores, 1), (cores, cores)):
-            label = f"intra {intra}, inter {inter}" if intra else "TensorFlow default"
-            threads, cpu, wall = thread_probe(heads, files[0], tf_env(intra, inter))
-            print(f"  {label:<22} {threads:3d} threads, {cpu:.2f} s CPU, {wall:.2f} s wall, "
-                  f"CPU/wall {cpu / wall:.2f}", flush=True)
+        variants: dict[str, Callable[[int], Timing]] = {}
+        fixed: dict[str, list[Timing]] = {}
+        for engine in ENGINES:
+            variants[f"bare {engine}: {cores} processes x 1 thread"] = (
+                lambda _, engine=engine: run_bare(files, heads[engine], cores, 1))
+            variants[f"bare {engine}: 1 process x {cores} threads"] = (
+                lambda _, engine=engine: run_bare(files, heads[engine], 1, cores))
+            for shards in shard_counts:
+                name = f"pipeline {engine}: {shards} shard(s)"
+                fixed[name] = []
 
-        one_thread = tf_env(1, 1)
-        variants: dict[str, Callable[[int], Timing]] = {
-            f"bare: 1 process x {cores} TF threads": lambda _: run_bare(
-                files, heads, 1, tf_env(cores, cores)),
-            f"bare: {cores} processes x 1 TF thread": lambda _: run_bare(files, heads, cores, one_thread),
-            f"bare: {cores} processes x TF default threads": lambda _: run_bare(files, heads, cores, {}),
-            f"bare ffmpeg: {cores} x 1, sequential": lambda _: run_bare(
-                files, heads, cores, one_thread, ffmpeg=True),
-            f"bare ffmpeg: {cores} x 1, decode overlapped": lambda _: run_bare(
-                files, heads, cores, one_thread, ffmpeg=True, prefetch=True),
-        }
-        models = work / "models"
-        fixed: dict[int, list[Timing]] = {s: [] for s in shard_counts}
-        for shards in shard_counts:
-            def pipeline(run: int, shards: int = shards) -> Timing:
-                url = f"sqlite:///{work / f'bench-{shards}-{run}.sqlite3'}"
-                new_store(url, files)
-                home = work / f"home-{shards}-{run}"
-                prepare_instance(home, heads)
-                timing = run_pipeline(url, models, heads, shards, home)
-                # Nothing left to analyse: what a run costs besides analysing files.
-                fixed[shards].append(run_pipeline(url, models, heads, shards, home))
-                return timing
+                def pipeline(run: int, shards: int = shards, engine: str = engine,
+                             name: str = name) -> Timing:
+                    url = f"sqlite:///{work / f'bench-{engine}-{shards}-{run}.sqlite3'}"
+                    new_store(url, files)
+                    home = work / f"home-{engine}-{shards}-{run}"
+                    prepare_instance(home, heads[engine])
+                    timing = run_pipeline(url, models, heads[engine], shards, home, engine)
+                    # Nothing left to analyse: what a run costs besides analysing files.
+                    fixed[name].append(run_pipeline(url, models, heads[engine], shards, home, engine))
+                    return timing
 
-            variants[f"pipeline: {shards} shard(s)"] = pipeline
+                variants[name] = pipeline
 
         results: dict[str, list[Timing]] = {name: [] for name in variants}
-        print(f"\n2./3. {len(variants)} variants x {args.repeats} repeats", flush=True)
+        print(f"\n1./2. {len(variants)} variants x {args.repeats} repeats", flush=True)
         for run in range(args.repeats):
             order = list(variants) if run % 2 == 0 else list(reversed(variants))
             for name in order:
                 results[name].append(variants[name](run))
                 t = results[name][-1]
                 print(f"  run {run + 1} {name:<44} {t.wall:7.1f} s wall, {t.cpu:7.1f} s CPU", flush=True)
-        report(results, fixed, files, args.seconds, cores, shard_counts)
+        report(results, fixed, files, args.seconds, cores, shard_counts[0])
+
+        sample = next(f for f in files if f.suffix != ".opus")
+        stages = in_fresh_process(_breakdown, str(models), str(sample), f"sqlite:///{work / 'store.sqlite3'}")
+        print(f"\n3. one file of {args.seconds:g} s ({sample.suffix}), CPU seconds by stage (1 thread):")
+        for engine in ENGINES:
+            total = sum(v for k, v in stages.items() if not k.startswith("network") or engine in k)
+            parts = ", ".join(f"{k.split(' (')[0]} {v:.4f} s ({100 * v / total:.0f} %)"
+                              for k, v in stages.items() if not k.startswith("network") or engine in k)
+            print(f"  {engine}: {parts}; total {total:.4f} s")
+
+        print("\n4. ONNX Runtime options on the backbone (CPU s per pass, 1 thread; largest deviation "
+              "of pooled values from TensorFlow's):")
+        found = in_fresh_process(_onnx_variants, str(models), str(sample), str(work))
+        default = next(cpu for name, cpu, _ in found if name.endswith("(default)"))
+        for name, cpu, deviation in found:
+            verdict = ""
+            if name.startswith("int8"):
+                ok = deviation <= 0.01 and default / cpu >= 1.3
+                verdict = f" -> {'offer as opt-in' if ok else 'not offered'} (needs <= 0.01 and >= 1.3 x)"
+            print(f"  {name:<30} {cpu:7.3f} s, {default / cpu:5.2f} x default, deviation {deviation:.2e}"
+                  + verdict)
 
 
-def report(results: dict[str, list[Timing]], fixed: dict[int, list[Timing]], files: list[Path],
-           seconds: float, cores: int, shard_counts: list[int]) -> None:
+def report(results: dict[str, list[Timing]], fixed: dict[str, list[Timing]], files: list[Path],
+           seconds: float, cores: int, shards: int) -> None:
     minutes = len(files) * seconds / 60
     medians = {name: median(timings) for name, timings in results.items()}
     print(f"\nmedians ({len(files)} files, {minutes:.0f} min of audio):")
     print(f"  {'variant':<46} {'files/s':>8} {'wall s':>8} {'CPU s/audio min':>16}")
     for name, t in medians.items():
         print(f"  {name:<46} {len(files) / t.wall:8.3f} {t.wall:8.1f} {t.cpu / minutes:16.2f}")
-    bare = {name: t for name, t in medians.items() if name.startswith("bare:")}
-    best_name = min(bare, key=lambda name: bare[name].wall)
-    best = bare[best_name]
-    print(f"\nbest bare loop: {best_name}")
-    # A long run's rate: the whole run minus what a run with nothing to analyse costs (None
-    # when the machine was too noisy to tell them apart). CPU seconds are the robust figure on
-    # a shared machine: other jobs change the wall time, not the work done.
-    steady: dict[int, float | None] = {}
-    steady_cpu: dict[int, float] = {}
-    for shards in shard_counts:
-        run = medians[f"pipeline: {shards} shard(s)"]
-        empty = median(fixed[shards])
-        steady[shards] = run.wall - empty.wall if run.wall > 2 * empty.wall else None
-        steady_cpu[shards] = run.cpu - empty.cpu
-        rest = steady[shards]
-        print(f"  pipeline {shards} shard(s): {best.wall / run.wall:.3f} x best bare (wall, whole run), "
-              f"{best.cpu / run.cpu:.3f} x (CPU); a run with nothing to do costs {empty.wall:.1f} s wall, "
-              f"{empty.cpu:.1f} s CPU; without it {best.cpu / steady_cpu[shards]:.3f} x (CPU)"
-              + (f", {best.wall / rest:.3f} x (wall)" if rest else ""))
-    first = shard_counts[0]
-    base = medians[f"pipeline: {first} shard(s)"]
-    print(f"  goal: {first} shard >= 0.95 x best bare -> wall {best.wall / base.wall:.3f}, "
-          f"CPU {best.cpu / base.cpu:.3f}, CPU without fixed costs {best.cpu / steady_cpu[first]:.3f}")
-    for shards in shard_counts[1:]:
-        run = medians[f"pipeline: {shards} shard(s)"]
-        rest, base_rest = steady[shards], steady[first]
-        print(f"  {shards} shards cost {100 * (run.wall / base.wall - 1):+.1f} % wall, "
-              f"{100 * (run.cpu / base.cpu - 1):+.1f} % CPU against {first} (goal <= +5 %); without "
-              f"fixed costs {100 * (steady_cpu[shards] / steady_cpu[first] - 1):+.1f} % CPU"
-              + (f", {100 * (rest / base_rest - 1):+.1f} % wall" if rest and base_rest else ""))
-    overlap = medians[f"bare ffmpeg: {cores} x 1, decode overlapped"]
-    plain = medians[f"bare ffmpeg: {cores} x 1, sequential"]
-    print(f"  decoding the next file during inference: {100 * (plain.wall / overlap.wall - 1):+.1f} % "
-          f"throughput, {100 * (overlap.cpu / plain.cpu - 1):+.1f} % CPU")
+    pipeline = {engine: medians[f"pipeline {engine}: {shards} shard(s)"] for engine in ENGINES}
+    empty = {engine: median(fixed[f"pipeline {engine}: {shards} shard(s)"]) for engine in ENGINES}
+    for engine in ENGINES:
+        bare = min((t for name, t in medians.items() if name.startswith(f"bare {engine}:")),
+                   key=lambda t: t.wall)
+        print(f"  {engine}: pipeline {bare.wall / pipeline[engine].wall:.3f} x best bare loop (wall), "
+              f"{bare.cpu / pipeline[engine].cpu:.3f} x (CPU); a run with nothing to do costs "
+              f"{empty[engine].wall:.1f} s wall, {empty[engine].cpu:.1f} s CPU")
+    onnx, tf = pipeline["onnx"], pipeline["tensorflow"]
+    print(f"onnx against tensorflow: pipeline {tf.wall / onnx.wall:.2f} x files/s (goal >= 2.0), "
+          f"{tf.cpu / onnx.cpu:.2f} x less CPU; onnx {onnx.cpu / minutes:.2f} CPU s per audio minute "
+          f"(goal <= 1.5)")
 
-    cpu_per_minute = base.cpu / minutes
-    per_audio_minute = (steady[first] or base.wall) / minutes  # wall seconds on this machine
-    library_minutes = LIBRARY_TRACKS * TRACK_MINUTES
-    print(f"\nsizing: {cpu_per_minute:.2f} s of CPU per minute of audio (pipeline, "
-          f"{first} shard, all processes, fixed costs included)")
+    print(f"\nsizing: {onnx.cpu / minutes:.2f} s of CPU per minute of audio on onnx, {tf.cpu / minutes:.2f} "
+          f"on tensorflow (pipeline, {shards} shard, all processes, fixed costs included)")
+    # From CPU seconds, which other jobs on a shared machine do not change (its wall time they do).
     print(f"PROJECTION (not measured): {LIBRARY_TRACKS:,} tracks of {TRACK_MINUTES:g} min on machines "
-          f"like this one ({cores} cores), one shard step each, at the steady rate of the "
-          f"{first}-shard run:")
+          f"like this one ({cores} cores, all of them analysing), at the CPU cost of the onnx "
+          f"{shards}-shard run:")
     for machines in (1, 4, 16):
-        hours = library_minutes * per_audio_minute / machines / 3600
+        hours = LIBRARY_TRACKS * TRACK_MINUTES * onnx.cpu / minutes / cores / machines / 3600
         print(f"  {machines:2d} machine(s): {hours:7.1f} h")
 
 

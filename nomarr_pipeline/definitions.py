@@ -80,6 +80,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
             "models": ModelsResource(
                 models_dir=env("NOMARR_MODELS_DIR", None),
                 shards=shards,
+                inference_engine=settings.inference_engine,
                 tf_threads=settings.tf_threads,
                 tf_inter_op_threads=settings.tf_inter_op_threads,
                 gpus=list(settings.gpus) if settings.gpus is not None else None,

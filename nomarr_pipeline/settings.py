@@ -25,6 +25,7 @@ EXECUTORS = ("multiprocess", "dask", "celery", "k8s")
 _CRON_PART = r"(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?"
 _CRON_FIELD = re.compile(rf"^{_CRON_PART}(,{_CRON_PART})*$")
 _CRON_ALIASES = ("@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight")
+INFERENCE_ENGINES = ("auto", "onnx", "tensorflow")
 
 
 class SettingError(ValueError):
@@ -135,6 +136,16 @@ def _env_gpus(name: str) -> tuple[str, ...] | None:
     return tuple(gpu.strip() for gpu in raw.split(",") if gpu.strip())
 
 
+def inference_engine() -> str:
+    """``NOMARR_INFERENCE_ENGINE``: which engine runs a model that has both a ``.pb`` and an
+    ``.onnx`` (README, "Inference engines")."""
+    engine = (_env_str("NOMARR_INFERENCE_ENGINE") or "auto").strip().lower()
+    if engine not in INFERENCE_ENGINES:
+        raise SettingError("NOMARR_INFERENCE_ENGINE", f"is {engine!r}, not an inference engine",
+                           "auto (ONNX Runtime where an .onnx exists), onnx or tensorflow")
+    return engine
+
+
 def split_roots(raw: str | None) -> list[Path]:
     """Library roots from an ``os.pathsep``-separated string; empty parts are ignored."""
     if not raw:
@@ -157,7 +168,8 @@ class Settings:
     auto_write_tags: bool
     write_raw_scores: bool
     analysis_shards: int  # 0: one per core
-    tf_threads: int  # 0: chosen for this machine
+    inference_engine: str
+    tf_threads: int  # intra-op threads per worker, both engines; 0: chosen for this machine
     tf_inter_op_threads: int
     gpus: tuple[str, ...] | None
     executor: str
@@ -195,7 +207,9 @@ class Settings:
             auto_write_tags=_env_bool("NOMARR_AUTO_WRITE_TAGS", False),
             write_raw_scores=_env_bool("NOMARR_WRITE_RAW_SCORES", False),
             analysis_shards=_env_count("NOMARR_ANALYSIS_SHARDS"),
-            tf_threads=_env_count("NOMARR_TF_THREADS"),
+            inference_engine=inference_engine(),
+            # NOMARR_TF_THREADS: the older name, from when TensorFlow was the only engine.
+            tf_threads=_env_count("NOMARR_INFERENCE_THREADS") or _env_count("NOMARR_TF_THREADS"),
             tf_inter_op_threads=_env_count("NOMARR_TF_INTER_OP_THREADS"),
             gpus=_env_gpus("NOMARR_GPUS"),
             executor=_env_choice("NOMARR_EXECUTOR", EXECUTORS[0], EXECUTORS),

@@ -183,31 +183,39 @@ def check_backbone_pass(out: str) -> None:
     figures(ratio)
 
 
-BARE = r"bare(?: ffmpeg)?: [^\n]*?"
+VARIANT = r"(?:bare|pipeline) (?:tensorflow|onnx): [^\n]*?"
 
 
 def check_analysis(out: str) -> None:
-    probes = matches(out, rf"^  (.+?)\s+(\d+) threads, ({NUM}) s CPU, ({NUM}) s wall, CPU/wall ({NUM})$", 4)
-    assert probes[0][0] == "TensorFlow default"
-    # The pipeline run analyses the file, the run after it nothing.
-    claimed = matches(out, r"^    files per shard \(claimed at run time\): \[([\d, ]*)\]$", count=2)
-    assert [sum(int(n) for n in shares.split(",") if n.strip()) for (shares,) in claimed] == [1, 0]
-    runs = matches(out, rf"^  run 1 ({BARE}|pipeline: 1 shard\(s\))\s+({NUM}) s wall,\s+({NUM}) s CPU$", 6)
-    assert sum(name.startswith("bare") for name, *_ in runs) == 5
-    rows = matches(out, rf"^  ({BARE}|pipeline: 1 shard\(s\))\s+({NUM})\s+({NUM})\s+({NUM})$", count=6)
+    # Each engine's pipeline run analyses the file, the run after it nothing.
+    claimed = matches(out, r"^    files per shard \(claimed at run time\): \[([\d, ]*)\]$", count=4)
+    assert [sum(int(n) for n in shares.split(",") if n.strip()) for (shares,) in claimed] == [1, 0, 1, 0]
+    runs = matches(out, rf"^  run 1 ({VARIANT})\s+({NUM}) s wall,\s+({NUM}) s CPU$", 6)
+    assert sorted(name.split(":")[0] for name, *_ in runs) == [
+        "bare onnx", "bare onnx", "bare tensorflow", "bare tensorflow",
+        "pipeline onnx", "pipeline tensorflow"]
+    rows = matches(out, rf"^  ({VARIANT})\s+({NUM})\s+({NUM})\s+({NUM})$", count=6)
     figures(*(rate for _, rate, *_ in rows))
-    matches(out, r"^best bare loop: bare")
-    ((wall, cpu, empty_wall),) = matches(
-        out, rf"^  pipeline 1 shard\(s\): ({NUM}) x best bare \(wall, whole run\), ({NUM}) x \(CPU\); a run "
-             rf"with nothing to do costs ({NUM}) s wall, {NUM} s CPU"
-    )  # fmt: skip
-    figures(wall, cpu, empty_wall)
-    matches(out, rf"^  goal: 1 shard >= 0\.95 x best bare -> wall ({NUM}), CPU ({NUM}), CPU without fixed")
-    matches(out, rf"^  decoding the next file during inference: ({NUM}) % throughput, ({NUM}) % CPU$")
-    ((cpu_per_minute,),) = matches(out, rf"^sizing: ({NUM}) s of CPU per minute of audio")
-    figures(cpu_per_minute)
+    for engine in ("tensorflow", "onnx"):
+        ((wall, cpu, empty_wall),) = matches(
+            out, rf"^  {engine}: pipeline ({NUM}) x best bare loop \(wall\), ({NUM}) x \(CPU\); a run with "
+                 rf"nothing to do costs ({NUM}) s wall")
+        figures(wall, cpu, empty_wall)
+    ((ratio, less_cpu, per_minute),) = matches(
+        out, rf"^onnx against tensorflow: pipeline ({NUM}) x files/s \(goal >= 2\.0\), ({NUM}) x less CPU; "
+             rf"onnx ({NUM}) CPU s per audio minute \(goal <= 1\.5\)$")
+    figures(ratio, less_cpu, per_minute)
+    matches(out, rf"^sizing: ({NUM}) s of CPU per minute of audio on onnx, ({NUM}) on tensorflow")
     projection = matches(out, rf"^\s+(\d+) machine\(s\):\s+({NUM}) h$", count=3)
     figures(*(hours for _, hours in projection))
+    stages = matches(out, rf"^  (tensorflow|onnx): decode ({NUM}) s \(\d+ %\), resample ({NUM}) s \(\d+ %\), "
+                          rf"features ({NUM}) s \(\d+ %\), network ({NUM}) s \(\d+ %\), store ({NUM}) s "
+                          rf"\(\d+ %\); total ({NUM}) s$", count=2)
+    figures(*(figure for _, *numbers in stages for figure in numbers))
+    options = matches(out, rf"^  (optimisation .+?|int8 dynamic, .+?)\s+({NUM}) s,\s+({NUM}) x default, "
+                           rf"deviation (\S+)", count=6)
+    assert sum(name.startswith("int8") for name, *_ in options) == 2
+    figures(*(factor for _, _, factor, _ in options))
 
 
 # ---- the runs -------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def build_demo_models(dest: Path) -> Path:
     them keeps the heads' ``tagger_version`` and nothing is re-analysed) and return it."""
     from nomarr_pipeline.ml.demo_models import write_demo_models
 
-    write_demo_models(dest)
+    write_demo_models(dest, onnx=True)
     return dest
 
 

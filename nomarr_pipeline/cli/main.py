@@ -342,7 +342,10 @@ def models_fetch(names: tuple[str, ...], recommended: bool) -> int:
         except FetchError as error:
             raise UserError(str(error), error.fix) from None
     for name in report.fetched:
-        click.echo(f"fetched: {name}")
+        onnx = " (with its .onnx)" if (models_dir / f"{name}.onnx").is_file() else ""
+        click.echo(f"fetched: {name}{onnx}")
+    for note in report.notes:
+        click.echo(f"note: {note}")
     for name in report.present:
         click.echo(f"already there: {name}")
     click.echo(f"downloaded {report.bytes_downloaded / 1e6:.1f} MB")
@@ -363,7 +366,7 @@ class _DownloadProgress:
         self._bar: StepProgress | None = None
 
     def __call__(self, label: str, done: int, total: int | None) -> None:
-        if not label.endswith(".pb"):
+        if not label.endswith((".pb", ".onnx")):
             return
         if label != self._label:
             self.close()

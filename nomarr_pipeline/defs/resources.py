@@ -91,7 +91,9 @@ class ModelsResource(dg.ConfigurableResource):
     file_timeout_s: float = 300.0
     batch_size: int = 64  # files per store write: at most what a step that dies redoes
     shards: int = 0  # NOMARR_ANALYSIS_SHARDS; 0: one per core
-    tf_threads: int = 0  # TensorFlow intra-op threads per worker, NOMARR_TF_THREADS
+    inference_engine: str = "auto"  # NOMARR_INFERENCE_ENGINE: auto (ONNX where an .onnx exists), onnx, tensorflow
+    # Intra-op threads per worker, TensorFlow and ONNX Runtime alike: NOMARR_INFERENCE_THREADS
+    tf_threads: int = 0
     tf_inter_op_threads: int = 0  # NOMARR_TF_INTER_OP_THREADS; default 1
     gpus: list[str] | None = None  # CUDA device ids, NOMARR_GPUS ("0,1"; "" = none); None: all visible
 
@@ -102,7 +104,7 @@ class ModelsResource(dg.ConfigurableResource):
         return self.shards or available_cores()
 
     def worker_plan(self, concurrent_steps: int) -> WorkerPlan:
-        """Workers and TensorFlow threads of one shard step, ``concurrent_steps`` of which
+        """Workers and inference threads of one shard step, ``concurrent_steps`` of which
         share this machine."""
         return plan_workers(
             cores=available_cores(),

@@ -122,7 +122,7 @@ def models_fingerprint(models_dir: Path) -> str:
     """Changes whenever a model file is added, removed, replaced or edited."""
     digest = hashlib.sha1()
     for path in sorted(models_dir.rglob("*")):
-        if path.suffix in (".json", ".pb") and path.is_file():
+        if path.suffix in (".json", ".pb", ".onnx") and path.is_file():
             stat = path.stat()
             digest.update(
                 f"{path.relative_to(models_dir)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode(

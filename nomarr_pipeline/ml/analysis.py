@@ -38,6 +38,7 @@ class HeadReport:
     """What one run did for one head."""
 
     partition_key: str
+    engines: str = ""  # what ran it (Head.engines)
     analysed: int = 0  # files whose predictions were written
     failed: int = 0  # files that failed for this head (an analysis_errors document or the file's own error)
     # files that did not need this head (current or failed before); counted over the whole
@@ -50,6 +51,7 @@ class HeadReport:
 
     def as_metadata(self) -> dict[str, object]:
         return {
+            "engines": self.engines,
             "analysed": self.analysed,
             "failed": self.failed,
             "skipped": self.skipped,
@@ -221,7 +223,7 @@ def analyze(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     heads = list({head.partition_key: head for head in heads}.values())
-    reports = {head.partition_key: HeadReport(head.partition_key) for head in heads}
+    reports = {head.partition_key: HeadReport(head.partition_key, head.engines) for head in heads}
     if not heads:
         return reports
     needed = {head.partition_key: store.count_files_needing_analysis(head_version(head)) for head in heads}
@@ -275,6 +277,7 @@ class _ResultWriter:
         share = result.duration_s / max(1, len(task.heads))
         now = int(time.time() * 1000)
         errors: list[str] = []
+        engines: set[str] = set()
         for outcome in result.outcomes:
             head = heads[outcome.partition_key]
             report = self._reports[outcome.partition_key]
@@ -284,6 +287,7 @@ class _ResultWriter:
                     prediction_docs(task.file_id, head, outcome.values, outcome.stds)
                 )
                 report.analysed += 1
+                engines.update(head.engines.split("+"))
                 continue
             errors.append(outcome.error)
             report.failed += 1
@@ -302,7 +306,10 @@ class _ResultWriter:
             # or write.
             self._analysed.append({"_key": task.file_id, "analysis_error": result.file_error})
         else:
-            self._analysed.append({"_key": task.file_id, "analyzed_at": now, "analysis_error": None})
+            # Which engines produced this file's new predictions (the model is the same model
+            # on either: stored for the record, never compared).
+            self._analysed.append({"_key": task.file_id, "analyzed_at": now, "analysis_error": None,
+                                   **({"analysis_engine": "+".join(sorted(engines))} if engines else {})})
         if len(self._analysed) >= self._flush_every:
             self.flush()
         # A file-wide failure repeats the same message for every head: say it once.

@@ -5,19 +5,23 @@ output node, so an auto-tagging model would need a second pass for its tags. Thi
 does what those algorithms do inside — frames of 512 samples every 256, 96 mel bands from
 ``TensorflowInputMusiCNN``, patches of frames, batches of 64 into ``TensorflowPredict`` — but
 asks ``TensorflowPredict`` for every output it needs at once. The results equal the
-algorithms' own, value for value (``nomarr_pipeline_tests/ml/test_backbone_pass.py``).
+algorithms' own, value for value (``nomarr_pipeline_tests/ml/test_backbone_pass.py``). A
+backbone's ``.onnx`` gets the very same patches through ONNX Runtime
+(:mod:`nomarr_pipeline.ml.onnx_engine`).
 
 Imported only inside worker processes: it loads Essentia.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nomarr_pipeline.ml.discovery import Backbone
+from nomarr_pipeline.ml.discovery import Backbone, engine_of
 
 # Patches per TensorflowPredict call: Essentia's default, and the fixed batch of the real
 # discogs-effnet-bs64 graphs.
@@ -85,9 +89,7 @@ class BackbonePass:
             self._outputs.append(backbone.predictions_output)
         self._mel = es.TensorflowInputMusiCNN()
         self._frames = es.FrameGenerator
-        self._predict = es.TensorflowPredict(
-            graphFilename=str(backbone.graph_path), inputs=[self._input], outputs=self._outputs
-        )
+        self._network = network(backbone.graph_path, self._input, self._outputs)
 
     def bands(self, audio: np.ndarray) -> np.ndarray:
         """``[frames, bands]`` mel bands, framed as Essentia's FrameCutter frames them."""
@@ -99,8 +101,6 @@ class BackbonePass:
         return np.asarray(rows, dtype=np.float32)
 
     def __call__(self, audio: np.ndarray) -> BackboneOutputs:
-        import essentia
-
         recipe = self.recipe
         bands = self.bands(audio)
         count = essentia_patch_count(audio.size, bands.shape[0], recipe)
@@ -117,12 +117,32 @@ class BackbonePass:
                 if recipe.fixed_batch and real < BATCH_SIZE:
                     padding = np.zeros((BATCH_SIZE - real, *batch.shape[1:]), dtype=np.float32)
                     batch = np.concatenate([batch, padding])
-                pool = essentia.Pool()
-                pool.set(self._input, batch)
-                out: Any = self._predict(pool)
-                for index, name in enumerate(self._outputs):
-                    values = np.asarray(out[name], dtype=np.float32)
+                for index, values in enumerate(self._network(batch)):
                     results[index].append(values.reshape(batch.shape[0], -1)[:real])
         stacked = [np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
                    for parts in results]
         return BackboneOutputs(stacked[0], stacked[1] if len(stacked) > 1 else None)
+
+
+Network = Callable[[np.ndarray], list[np.ndarray]]
+
+
+def network(graph_path: Path, input_name: str, output_names: list[str]) -> Network:
+    """A loaded network on its engine: a batch in, the named outputs out, in order."""
+    if engine_of(graph_path) == "onnx":
+        from nomarr_pipeline.ml.onnx_engine import OnnxNetwork
+
+        return OnnxNetwork(graph_path, input_name, output_names)
+    import essentia
+    import essentia.standard as es
+
+    predict = es.TensorflowPredict(graphFilename=str(graph_path), inputs=[input_name],
+                                   outputs=output_names)
+
+    def run(batch: np.ndarray) -> list[np.ndarray]:
+        pool = essentia.Pool()
+        pool.set(input_name, batch)
+        out: Any = predict(pool)
+        return [np.asarray(out[name], dtype=np.float32) for name in output_names]
+
+    return run

@@ -1,4 +1,4 @@
-"""How much of a machine one analysis step may use: cores, GPUs, workers and TensorFlow threads.
+"""How much of a machine one analysis step may use: cores, GPUs, workers and inference threads.
 
 Plain Python (no Dagster): the shard steps call :func:`plan_workers` with what they know about
 their executor, the benchmark calls it with what it measures.
@@ -45,7 +45,7 @@ def visible_gpus(
 
 @dataclass(frozen=True)
 class WorkerPlan:
-    """Worker processes of one analysis step and the TensorFlow set-up of each."""
+    """Worker processes of one analysis step and the TensorFlow / ONNX Runtime set-up of each."""
 
     processes: int
     intra_op_threads: int
@@ -54,9 +54,10 @@ class WorkerPlan:
 
     def environment(self, slot: int) -> dict[str, str]:
         """Variables a worker sets before TensorFlow loads (TensorFlow reads them once, when
-        its first session is created)."""
+        its first session is created; ONNX Runtime reads its threads per session)."""
         env = {
             "TF_NUM_INTRAOP_THREADS": str(self.intra_op_threads),
+            "NOMARR_INFERENCE_THREADS": str(self.intra_op_threads),
             "TF_NUM_INTEROP_THREADS": str(self.inter_op_threads),
             # Several processes share a GPU only if none takes all its memory up front.
             "TF_FORCE_GPU_ALLOW_GROWTH": "true",

@@ -2,7 +2,8 @@
 
 The real Essentia weights cannot be downloaded on the build machines, so the project writes
 its own frozen graphs with the real node names and shapes and Essentia-style metadata.
-They load and run in the real Essentia algorithms unchanged. Their weights are
+They load and run in the real Essentia algorithms unchanged, and the same networks are
+written as ``.onnx`` for ONNX Runtime (``onnx=True``; the demo's default engine). Their weights are
 deterministic (seeded by file name) and chosen so that outputs depend on the audio's
 spectral shape: different audio → visibly different predictions spread over (0, 1).
 
@@ -15,13 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nomarr_pipeline.ml.graphdef import GraphBuilder
+from nomarr_pipeline.ml.onnx_graph import OnnxGraphBuilder
 
 MEL_BANDS = 96
 HIDDEN_UNITS = 16
@@ -98,9 +102,11 @@ def _rng(name: str) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def _backbone_graph(spec: _BackboneSpec) -> GraphBuilder:
+Builder = GraphBuilder | OnnxGraphBuilder
+
+
+def _backbone_graph(spec: _BackboneSpec, graph: Builder) -> Builder:
     rng = _rng(spec.name)
-    graph = GraphBuilder()
     melspectrogram = graph.placeholder(spec.input_node, [-1, spec.patch_frames, MEL_BANDS])
     band_profile = graph.mean("demo/band_profile", melspectrogram, [1])
     level = graph.mean("demo/level", band_profile, [1], keep_dims=True)
@@ -143,7 +149,7 @@ def _head_nodes(spec: _HeadSpec) -> tuple[str, str]:
     return "model/Placeholder", f"model/{spec.activation}"
 
 
-def _head_graph(spec: _HeadSpec) -> GraphBuilder:
+def _head_graph(spec: _HeadSpec, graph: Builder) -> Builder:
     rng = _rng(spec.name)
     width = spec.backbone.embedding_size
     # Embeddings have a per-dimension std of about 0.5; this scale gives logits of std ~1.5,
@@ -151,10 +157,10 @@ def _head_graph(spec: _HeadSpec) -> GraphBuilder:
     weights = rng.normal(0.0, 3.0 / np.sqrt(width), (width, len(spec.classes)))
     bias = rng.normal(0.0, 0.1, len(spec.classes))
     input_node, output_node = _head_nodes(spec)
-    graph = GraphBuilder()
     features = graph.placeholder(input_node, [-1, width])
     logits = graph.dense("model/dense", features, weights, bias)
-    output_name = output_node.split(":", 1)[0]
+    # A GraphDef names the node (its output 0 is "node:0"); ONNX names the tensor itself.
+    output_name = output_node if isinstance(graph, OnnxGraphBuilder) else output_node.split(":", 1)[0]
     graph.unary(output_name, spec.activation, logits)
     return graph
 
@@ -211,14 +217,19 @@ def _head_metadata(spec: _HeadSpec) -> dict[str, Any]:
     }
 
 
-def _write_pair(dest: Path, name: str, graph: GraphBuilder, metadata: dict[str, Any]) -> Path:
-    graph_path = graph.write(dest / f"{name}.pb")
+def _write_pair(dest: Path, name: str, build: Callable[[Builder], Builder],
+                metadata: dict[str, Any], onnx: bool) -> Path:
+    graph_path = build(GraphBuilder()).write(dest / f"{name}.pb")
+    if onnx:
+        build(OnnxGraphBuilder()).write(dest / f"{name}.onnx")
     (dest / f"{name}.json").write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     return graph_path
 
 
-def write_demo_models(dest: Path, *, heads: tuple[str, ...] | None = None) -> list[Path]:
-    """Write both backbones and the demo heads (or only ``heads``, by file stem) to ``dest``.
+def write_demo_models(dest: Path, *, heads: tuple[str, ...] | None = None,
+                      onnx: bool = False) -> list[Path]:
+    """Write both backbones and the demo heads (or only ``heads``, by file stem) to ``dest``,
+    with the same network as ``.onnx`` beside each ``.pb`` when ``onnx``.
 
     The backbones are auto-tagging models, heads of their own (400 styles on
     ``discogs-effnet-bs64-1``, 50 tags on ``msd-musicnn-1``), unless ``heads`` leaves their
@@ -227,25 +238,26 @@ def write_demo_models(dest: Path, *, heads: tuple[str, ...] | None = None) -> li
     """
     dest.mkdir(parents=True, exist_ok=True)
     written = [
-        _write_pair(dest, spec.name, _backbone_graph(spec),
-                    _backbone_metadata(spec, autotagging=heads is None or spec.name in heads))
+        _write_pair(dest, spec.name, partial(_backbone_graph, spec),
+                    _backbone_metadata(spec, autotagging=heads is None or spec.name in heads), onnx)
         for spec in (EFFNET, MUSICNN)
     ]
     for spec in HEADS:
         if heads is None or spec.name in heads:
-            written.append(_write_pair(dest, spec.name, _head_graph(spec), _head_metadata(spec)))
+            written.append(_write_pair(dest, spec.name, partial(_head_graph, spec),
+                                       _head_metadata(spec), onnx))
     return written
 
 
 def write_demo_head(
-    dest: Path, name: str, classes: tuple[str, ...], activation: str = "Softmax"
+    dest: Path, name: str, classes: tuple[str, ...], activation: str = "Softmax", *, onnx: bool = False
 ) -> Path:
     """One more generated head, e.g. ``mood_party-discogs-effnet-1``; its backbone (effnet
     or musicnn) follows the name's embedding tag. Returns the ``.pb`` path."""
     backbone = MUSICNN if name.endswith("-" + MUSICNN.name) else EFFNET
     spec = _HeadSpec(name, backbone, classes, activation, f"{name} (generated)")
     dest.mkdir(parents=True, exist_ok=True)
-    return _write_pair(dest, spec.name, _head_graph(spec), _head_metadata(spec))
+    return _write_pair(dest, spec.name, partial(_head_graph, spec), _head_metadata(spec), onnx)
 
 
 HEAD_NAMES: tuple[str, ...] = tuple(spec.name for spec in HEADS)

@@ -1,4 +1,5 @@
-"""Model discovery: Essentia ``<name>.pb`` + ``<name>.json`` pairs → backbones and heads.
+"""Model discovery: Essentia ``<name>.json`` with ``<name>.pb`` and/or ``<name>.onnx`` →
+backbones and heads.
 
 Only JSON files are parsed and model files hashed; nothing is loaded into TensorFlow here,
 so discovery is cheap enough for a sensor tick. A broken model becomes a
@@ -7,6 +8,11 @@ so discovery is cheap enough for a sensor tick. A broken model becomes a
 An auto-tagging model (``msd-musicnn-1``, ``mtt-musicnn-1``, ``discogs-effnet-bs64-1``) is
 a backbone whose JSON has ``classes`` and a ``predictions`` output: it is also a head of its
 own, fed by the same backbone pass (:func:`autotagging_head_name` names it).
+
+Each model runs on one engine (``NOMARR_INFERENCE_ENGINE``): ONNX Runtime for its ``.onnx``,
+essentia-tensorflow for its ``.pb``. The engine is not part of a model's identity: its
+``tagger_version`` hashes the ``.pb`` when there is one, so switching engines re-analyses
+nothing (README, "Inference engines").
 """
 
 from __future__ import annotations
@@ -78,6 +84,10 @@ class Backbone:
     # Its own tag activations when it is an auto-tagging model with a usable head.
     predictions_output: str | None = None
 
+    @property
+    def engine(self) -> str:
+        return engine_of(self.graph_path)
+
 
 @dataclass(frozen=True)
 class Head:
@@ -105,6 +115,16 @@ class Head:
     @property
     def partition_key(self) -> str:
         return head_partition_key(self.model_key, self.head_name)
+
+    @property
+    def engine(self) -> str:
+        return engine_of(self.graph_path)
+
+    @property
+    def engines(self) -> str:
+        """The engines of its backbone and of itself: ``onnx``, ``tensorflow`` or
+        ``onnx+tensorflow``; what analysis records beside its predictions."""
+        return "+".join(sorted({self.backbone.engine, self.engine}))
 
 
 @dataclass(frozen=True)
@@ -163,6 +183,11 @@ def _problem(path: Path, exc: ModelMetadataError, suffix: str = "") -> ModelProb
     return ModelProblem(path, f"{exc}{suffix}", exc.fix or _refetch(path.stem))
 
 
+def engine_of(graph_path: Path) -> str:
+    """The engine that runs this model file: ``onnx`` or ``tensorflow``."""
+    return "onnx" if graph_path.suffix == ".onnx" else "tensorflow"
+
+
 def head_partition_key(model_key: str, head_name: str) -> str:
     """The ``heads`` partition key of one head, ``"{model_key}:{head_name}"`` (DESIGN.md §9)."""
     return f"{model_key}:{head_name}"
@@ -178,12 +203,19 @@ def partition_key_problem(key: str) -> str | None:
     return None
 
 
-def discover_models(models_dir: Path, *, compute_versions: bool = True) -> ModelCatalog:
+def discover_models(
+    models_dir: Path, *, compute_versions: bool = True, engine: str | None = None
+) -> ModelCatalog:
     """Every usable backbone and head under ``models_dir`` (recursive) plus the problems.
 
     ``compute_versions=False`` skips hashing model bytes (``tagger_version`` is then empty):
-    enough for a sensor that only needs partition keys.
+    enough for a sensor that only needs partition keys. ``engine`` (``auto``, ``onnx`` or
+    ``tensorflow``; default ``NOMARR_INFERENCE_ENGINE``) picks each model's file.
     """
+    if engine is None:
+        from nomarr_pipeline.settings import inference_engine
+
+        engine = inference_engine()
     if not models_dir.is_dir():
         return ModelCatalog(
             problems=(ModelProblem(
@@ -196,12 +228,14 @@ def discover_models(models_dir: Path, *, compute_versions: bool = True) -> Model
     backbone_metadata: dict[str, dict[str, Any]] = {}
     head_entries: list[tuple[Path, Path, dict[str, Any]]] = []
 
-    for metadata_path, graph_path in _model_pairs(models_dir, problems):
+    for metadata_path in _model_pairs(models_dir, problems):
         try:
             metadata = _read_metadata(metadata_path)
             if _is_head(metadata):
-                head_entries.append((metadata_path, graph_path, metadata))
+                head_entries.append((metadata_path, _weights(metadata_path, engine, True), metadata))
                 continue
+            algorithm = BACKBONE_FAMILIES.get(str(_inference(metadata).get("algorithm")))
+            graph_path = _weights(metadata_path, engine, algorithm is None or algorithm.one_pass_predictions)
             backbone = _parse_backbone(metadata_path, graph_path, metadata)
         except ModelMetadataError as exc:
             problems.append(_problem(metadata_path, exc))
@@ -257,17 +291,20 @@ def _duplicate(path: Path, first: Backbone | Head) -> ModelProblem:
                         "delete one of the two copies")
 
 
-def _model_pairs(models_dir: Path, problems: list[ModelProblem]) -> list[tuple[Path, Path]]:
-    pairs: list[tuple[Path, Path]] = []
+MODEL_SUFFIXES = (".pb", ".onnx")
+
+
+def _model_pairs(models_dir: Path, problems: list[ModelProblem]) -> list[Path]:
+    """The metadata files that have a model file beside them."""
+    pairs: list[Path] = []
     for metadata_path in sorted(models_dir.rglob("*.json")):
-        graph_path = metadata_path.with_suffix(".pb")
-        if graph_path.is_file():
-            pairs.append((metadata_path, graph_path))
+        if any(metadata_path.with_suffix(suffix).is_file() for suffix in MODEL_SUFFIXES):
+            pairs.append(metadata_path)
         else:
             problems.append(ModelProblem(
-                metadata_path, f"model file {graph_path.name} is missing",
-                f"`nomarr-pipeline models fetch {graph_path.stem}`, or delete {metadata_path.name}"))
-    for graph_path in sorted(models_dir.rglob("*.pb")):
+                metadata_path, f"model file {metadata_path.stem}.pb (or .onnx) is missing",
+                f"`nomarr-pipeline models fetch {metadata_path.stem}`, or delete {metadata_path.name}"))
+    for graph_path in sorted(p for suffix in MODEL_SUFFIXES for p in models_dir.rglob(f"*{suffix}")):
         if not graph_path.with_suffix(".json").is_file():
             problems.append(
                 ModelProblem(graph_path, f"metadata {graph_path.stem}.json is missing",
@@ -275,6 +312,28 @@ def _model_pairs(models_dir: Path, problems: list[ModelProblem]) -> list[tuple[P
                              f"{graph_path.name}")
             )
     return pairs
+
+
+def _weights(metadata_path: Path, engine: str, onnx_capable: bool) -> Path:
+    """The model file ``engine`` runs: the ``.onnx`` for ``onnx``, the ``.pb`` for
+    ``tensorflow``, for ``auto`` the ``.onnx`` where there is one (and the model can run
+    on ONNX Runtime), else the ``.pb``."""
+    pb, onnx = metadata_path.with_suffix(".pb"), metadata_path.with_suffix(".onnx")
+    if engine == "tensorflow" or (engine == "auto" and (not onnx_capable or not onnx.is_file())):
+        if pb.is_file():
+            return pb
+        raise ModelMetadataError(
+            f"it has no {pb.name} for TensorFlow"
+            + ("" if onnx_capable else " (its family runs on TensorFlow only)"),
+            f"`nomarr-pipeline models fetch {pb.stem}`, or set NOMARR_INFERENCE_ENGINE=auto",
+        )
+    if not onnx_capable:
+        raise ModelMetadataError("its family runs on TensorFlow only, not on ONNX Runtime",
+                                 "set NOMARR_INFERENCE_ENGINE=auto")
+    if onnx.is_file():
+        return onnx
+    raise ModelMetadataError(f"it has no {onnx.name} for ONNX Runtime",
+                             "set NOMARR_INFERENCE_ENGINE=auto to run its .pb on TensorFlow")
 
 
 def _read_metadata(path: Path) -> dict[str, Any]:
@@ -575,7 +634,10 @@ _digest_cache: dict[tuple[str, int, int], bytes] = {}
 
 def _file_digest(path: Path) -> bytes:
     # Cached by (path, size, mtime): a backbone shared by many heads is read once per
-    # process, and a changed file is hashed again.
+    # process, and a changed file is hashed again. A model's identity is its .pb where it
+    # has one, whichever engine runs it.
+    if path.suffix == ".onnx" and path.with_suffix(".pb").is_file():
+        path = path.with_suffix(".pb")
     stat = path.stat()
     cache_key = (str(path), stat.st_size, stat.st_mtime_ns)
     cached = _digest_cache.get(cache_key)
@@ -589,7 +651,8 @@ def _file_digest(path: Path) -> bytes:
 
 
 def tagger_version(backbone_graph: Path, head_graph: Path, head_metadata: Path) -> str:
-    """16 hex chars identifying the exact model bytes; any change → re-analysis.
+    """16 hex chars identifying the exact model bytes (the ``.pb`` of a model that has
+    both files); any change → re-analysis.
 
     A hash over the three files' SHA-256 digests (equivalent to hashing their bytes in
     order, without re-reading a shared backbone for every head).

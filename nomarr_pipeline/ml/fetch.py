@@ -10,7 +10,9 @@ Each file is written to a hidden temporary file in the target folder, resumed wi
 ``Content-Length``, an HTML page refused, the JSON parsed, the graph walked to its last
 byte (:func:`~nomarr_pipeline.ml.graphdef.graphdef_problem`) — and only then renamed into
 place, ``.pb`` before ``.json``. On any failure (404, a transfer that stays short, an error
-page, a full disk) the temporary files are deleted and nothing of that model is left.
+page, a full disk) the temporary files are deleted and nothing of that model is left. Where
+the site also publishes the model's ``.onnx``, it comes too (ONNX Runtime runs it), kept only
+if it answers to the tensor names and widths of the model's JSON.
 
 Plain Python (``urllib``): nothing here runs unless a user asks for it.
 """
@@ -93,6 +95,10 @@ class FetchError(RuntimeError):
                            f"and {MODELS_URL_ENV}; the models fetched before it are kept")
 
 
+class _Missing(FetchError):
+    """The site has no such file (an HTTP 404, a missing file:// path)."""
+
+
 class _Retryable(Exception):
     """A transfer problem worth another request (connection dropped, 5xx, short body)."""
 
@@ -100,6 +106,7 @@ class _Retryable(Exception):
 @dataclass
 class FetchReport:
     fetched: list[str] = field(default_factory=list)  # model names written, in order
+    notes: list[str] = field(default_factory=list)  # published .onnx files not kept, and why
     present: list[str] = field(default_factory=list)  # already in the folder: left alone
     bytes_downloaded: int = 0
 
@@ -236,7 +243,30 @@ class _Fetcher:
             for temp in (metadata_temp, graph_temp):
                 if temp is not None:
                     temp.unlink(missing_ok=True)
+        self._fetch_onnx(path, stem, what, metadata)
         _fsync_dir(self.models_dir)
+
+    def _fetch_onnx(self, path: str, stem: str, what: str, metadata: Mapping[str, Any]) -> None:
+        """The model's published ``.onnx``, if the site has one that agrees with its JSON."""
+        from nomarr_pipeline.ml.onnx_engine import onnx_problem
+
+        try:
+            temp = self._download(path, ".onnx", stem, what)
+        except _Missing:
+            return
+        try:
+            schema = metadata.get("schema") if isinstance(metadata.get("schema"), Mapping) else {}
+            inputs, outputs = schema.get("inputs") or [], schema.get("outputs") or []
+            widths = {str(node["name"]): _width(node) for node in outputs
+                      if isinstance(node, Mapping) and "name" in node}
+            name = str(inputs[0]["name"]) if inputs and isinstance(inputs[0], Mapping) else None
+            problem = onnx_problem(temp, name, widths)
+            if problem:
+                self.report.notes.append(f"{stem}.onnx not kept: {problem}; {stem}.pb runs on TensorFlow")
+                return
+            os.replace(temp, self.models_dir / f"{stem}.onnx")
+        finally:
+            temp.unlink(missing_ok=True)
 
     # ---- one file ----------------------------------------------------------------------
     def _download(self, path: str, suffix: str, stem: str, what: str) -> Path:
@@ -285,13 +315,14 @@ class _Fetcher:
             exc.close()
             if exc.code >= 500 or exc.code == 429:
                 raise _Retryable(f"HTTP {exc.code} {exc.reason}") from None
-            raise FetchError(f"{what}: {url}: HTTP {exc.code} {exc.reason}") from None
+            error = _Missing if exc.code == 404 else FetchError
+            raise error(f"{what}: {url}: HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             if isinstance(exc, urllib.error.URLError) and not isinstance(reason, OSError):
                 raise FetchError(f"{what}: {url}: {reason}") from None
             if isinstance(reason, FileNotFoundError):
-                raise FetchError(f"{what}: {url}: no such file") from None
+                raise _Missing(f"{what}: {url}: no such file") from None
             raise _Retryable(f"cannot connect: {reason}") from None
         with response:
             content_type = (response.headers.get("Content-Type") or "").lower()
@@ -359,6 +390,11 @@ def _check_graph(path: Path, what: str) -> None:
     problem = graphdef_problem(path.read_bytes())
     if problem:
         raise FetchError(f"{what}: the .pb is unusable: {problem}")
+
+
+def _width(node: Mapping[str, Any]) -> int | None:
+    shape = node.get("shape")
+    return shape[-1] if isinstance(shape, list) and shape and isinstance(shape[-1], int) else None
 
 
 def _backbone_name(metadata: Mapping[str, Any]) -> str | None:

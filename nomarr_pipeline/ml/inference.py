@@ -1,4 +1,6 @@
-"""Essentia inference for one file: decode once, one pass per backbone, every head pooled.
+"""Inference for one file: decode once, one pass per backbone, every head pooled. Essentia
+decodes and computes the features; each network runs on its engine (``Backbone.engine``,
+``Head.engine``: essentia-tensorflow for a ``.pb``, ONNX Runtime for an ``.onnx``).
 
 An auto-tagging model's own head takes its values from the same backbone pass as the
 embeddings (:mod:`nomarr_pipeline.ml.backbone_pass`). Runs inside a worker process (see
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from nomarr_pipeline.ml.audio import SAMPLE_RATE, AudioDecodeError, load_audio
-from nomarr_pipeline.ml.backbone_pass import RECIPES, BackboneOutputs, BackbonePass
+from nomarr_pipeline.ml.backbone_pass import RECIPES, BackboneOutputs, BackbonePass, network
 from nomarr_pipeline.ml.discovery import Backbone, Head
 from nomarr_pipeline.ml.pooling import NonFiniteOutputError, pool_patches
 
@@ -116,9 +118,14 @@ class ModelSession:
     def _head(self, head: Head) -> Predictor:
         predictor = self._heads.get(head.graph_path)
         if predictor is None:
-            predictor = self._load(head.graph_path, lambda: _essentia().TensorflowPredict2D(
-                graphFilename=str(head.graph_path), input=head.input_node, output=head.output_node,
-            ))
+            if head.engine == "onnx":
+                predictor = self._load(head.graph_path, lambda: _first_output(
+                    network(head.graph_path, head.input_node, [head.output_node])))
+            else:
+                predictor = self._load(head.graph_path, lambda: _essentia().TensorflowPredict2D(
+                    graphFilename=str(head.graph_path), input=head.input_node,
+                    output=head.output_node,
+                ))
             self._heads[head.graph_path] = predictor
         return predictor
 
@@ -218,6 +225,10 @@ class ModelSession:
             outcomes = self.analyze_audio(audio, heads)
         passes = self.backbone_passes - passes_before
         return FileAnalysis(outcomes, time.perf_counter() - started, dict(passes), file_error)
+
+
+def _first_output(run: Callable[[np.ndarray], list[np.ndarray]]) -> Predictor:
+    return lambda embeddings: run(embeddings)[0]
 
 
 def _shape(array: np.ndarray) -> str:

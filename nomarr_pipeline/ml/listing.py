@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from nomarr_pipeline.ml.discovery import ModelCatalog
+from nomarr_pipeline.ml.discovery import Backbone, Head, ModelCatalog
 
 LABELS_SHOWN = 8
 
@@ -25,6 +25,24 @@ def _where(path: Path, models_dir: Path) -> str:
         return str(path)
 
 
+def onnx_mismatches(catalog: ModelCatalog) -> dict[Path, str]:
+    """Each ``.onnx`` the catalog runs whose tensor names or widths disagree with its JSON."""
+    from nomarr_pipeline.ml.onnx_engine import onnx_problem
+
+    own_heads = {head.backbone.name: head for head in catalog.heads if head.autotagging}
+    models: list[tuple[Backbone | Head, str, dict[str, int | None]]] = []
+    for backbone in catalog.backbones:
+        widths: dict[str, int | None] = {backbone.embedding_output: backbone.embedding_size}
+        if backbone.name in own_heads:
+            widths[own_heads[backbone.name].output_node] = len(own_heads[backbone.name].labels)
+        models.append((backbone, backbone.input_node, widths))
+    models += [(head, head.input_node, {head.output_node: len(head.labels)})
+               for head in catalog.heads if not head.autotagging]
+    found = {model.graph_path: onnx_problem(model.graph_path, input_name, widths)
+             for model, input_name, widths in models if model.engine == "onnx"}
+    return {path: problem for path, problem in found.items() if problem}
+
+
 def models_listing(
     catalog: ModelCatalog,
     models_dir: Path,
@@ -32,11 +50,14 @@ def models_listing(
     mood_head: Callable[[str], bool] | None = None,
     labels_shown: int | None = LABELS_SHOWN,
 ) -> list[str]:
-    """Backbones, heads (partition key, labels, whether they vote in mood tiers when
-    ``mood_head`` is given) and every problem with what to do, one line each."""
+    """Backbones, heads (partition key, engine, labels, whether they vote in mood tiers when
+    ``mood_head`` is given) and every problem with what to do, one line each; an ``.onnx``
+    that disagrees with its JSON is a problem."""
+    mismatches = onnx_mismatches(catalog)
+    problems = len(catalog.problems) + len(mismatches)
     lines = [
         f"models folder {models_dir}: {len(catalog.backbones)} backbones, "
-        f"{len(catalog.heads)} heads, {len(catalog.problems)} problems",
+        f"{len(catalog.heads)} heads, {problems} problems",
         "",
         "backbones:",
     ]
@@ -44,13 +65,13 @@ def models_listing(
     for backbone in catalog.backbones:
         own = own_heads.get(backbone.name)
         tags = f", auto-tagging ({len(own.labels)} tags)" if own else ""
-        lines.append(f"  {backbone.name}  [{backbone.family}{tags}]  "
+        lines.append(f"  {backbone.name}  [{backbone.family}{tags}, {backbone.engine}]  "
                      f"{_where(backbone.graph_path, models_dir)}")
     if not catalog.backbones:
         lines.append("  (none)")
     lines += ["", "heads (partition key: labels):"]
     for head in catalog.heads:
-        notes = [f"{len(head.labels)} label{'s' if len(head.labels) != 1 else ''}"]
+        notes = [f"{len(head.labels)} label{'s' if len(head.labels) != 1 else ''}", head.engines]
         if head.autotagging:
             notes.append(f"the tags of {head.backbone.name}")
         if mood_head is not None:
@@ -59,10 +80,14 @@ def models_listing(
         lines.append(f"      {_labels(head.labels, labels_shown)}")
     if not catalog.heads:
         lines.append("  (none)")
-    if catalog.problems:
+    if problems:
         lines += ["", "problems:"]
         for problem in catalog.problems:
             lines.append(f"  {_where(problem.path, models_dir)}: {problem.message}")
             if problem.fix:
                 lines.append(f"      next: {problem.fix}")
+        for path, message in sorted(mismatches.items()):
+            lines.append(f"  {_where(path, models_dir)}: {message}; it fails on ONNX Runtime")
+            lines.append(f"      next: replace the .onnx with Essentia's, or delete it to run "
+                         f"{path.stem}.pb on TensorFlow")
     return lines

@@ -179,7 +179,8 @@ class Store(Protocol):
         """
 
     def record_analysis(self, results: Sequence[Doc]) -> None:
-        """``[{"_key", "analyzed_at"?, "analysis_error"}]`` onto ``library_files``.
+        """``[{"_key", "analyzed_at"?, "analysis_error", "analysis_engine"?}]`` onto ``library_files``
+        (``analysis_engine``: the engines that ran the file's new predictions, ``onnx+tensorflow``).
         ``analysis_error`` is a file-wide failure (the audio cannot be decoded)."""
 
     def record_analysis_errors(self, errors: Sequence[Doc]) -> None:

@@ -495,6 +495,8 @@ def test_demo_runs_the_whole_pipeline(demo_run: tuple[Path, Path, int, str]) -> 
         counts = store.file_counts()
         assert counts["total"] == len(DEMO_TRACKS)
         assert counts["analysed"] == len(DEMO_TRACKS)
+        # The demo writes every model's .onnx too: it runs on ONNX Runtime.
+        assert {doc.get("analysis_engine") for page in store.iter_files() for doc in page} == {"onnx"}
         assert runner.usable_calibrations(store)
     finally:
         store.close()
@@ -586,9 +588,9 @@ def test_models_list_shows_keys_labels_and_problems(tmp_path: Path, monkeypatch,
     code, out, _ = _run_cli(capsys, "models", "list")
     assert code == 0
     assert "2 backbones, 8 heads, 1 problems" in out.splitlines()[0]
-    assert "  effnet-discogs-effnet-1:mood_happy  (2 labels, in mood tiers)" in out
+    assert "  effnet-discogs-effnet-1:mood_happy  (2 labels, tensorflow, in mood tiers)" in out
     assert "      happy, non_happy" in out
-    assert "  effnet-discogs-effnet-bs64-1:discogs-effnet-bs64  (400 labels, the tags of " in out
+    assert "  effnet-discogs-effnet-bs64-1:discogs-effnet-bs64  (400 labels, tensorflow, the tags of " in out
     assert "(+392 more)" in out
     assert "next: `nomarr-pipeline models fetch mood_sad-msd-musicnn-1`" in out
 

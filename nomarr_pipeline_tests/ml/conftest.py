@@ -16,9 +16,24 @@ from nomarr_pipeline_tests.ml.audio_fixtures import AUDIO_FORMATS, make_audio
 
 FIXTURE_SECONDS = 6.0
 # The trained MSD-MusiCNN weights live outside the repository (never copied into it):
-# `../shared/models` beside the main checkout, or wherever this variable points.
+# `../shared/models` beside the checkout (or beside the main checkout of a git worktree), or
+# wherever this variable points.
 REAL_MODELS_ENV = "NOMARR_TEST_REAL_MODELS_DIR"
-REAL_MODELS_DEFAULT = Path(__file__).resolve().parents[2].parent / "shared" / "models"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _main_checkout(repo: Path) -> Path:
+    git = repo / ".git"
+    if git.is_file():  # a worktree's ".git" says "gitdir: <main checkout>/.git/worktrees/<name>"
+        return Path(git.read_text().split(":", 1)[1].strip()).parents[2]
+    return repo
+
+
+REAL_MODELS_DEFAULT = next(
+    (folder for checkout in (REPO, _main_checkout(REPO))
+     if (folder := checkout.parent / "shared" / "models").is_dir()),
+    REPO.parent / "shared" / "models",
+)
 
 
 @pytest.fixture(scope="session")
@@ -52,4 +67,17 @@ def real_models_dir() -> Path:
     if not (folder / "msd-musicnn-1.pb").is_file() or not (folder / "msd-musicnn-1.json").is_file():
         pytest.skip(f"real MSD-MusiCNN weights not found in {folder} (set {REAL_MODELS_ENV} "
                     "to the folder holding msd-musicnn-1.pb and msd-musicnn-1.json)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def real_models_both(real_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real MSD-MusiCNN as ``.pb`` and ``.onnx`` beside one ``.json`` (links, no copies);
+    skips the test without ``onnx/msd-musicnn-1.onnx``."""
+    onnx_file = real_models_dir / "onnx" / "msd-musicnn-1.onnx"
+    if not onnx_file.is_file():
+        pytest.skip(f"{onnx_file} not found (the real network converted to ONNX)")
+    folder = tmp_path_factory.mktemp("real-both")
+    for source in (real_models_dir / "msd-musicnn-1.pb", real_models_dir / "msd-musicnn-1.json", onnx_file):
+        (folder / source.name).symlink_to(source)
     return folder

@@ -70,8 +70,9 @@ def publish(site: ModelSite, source: Path) -> None:
     """Put every model of ``source`` at its place on the site."""
     site.source = source
     for graph in sorted(source.glob("*.pb")):
-        for suffix in (".pb", ".json"):
-            site.files[site_path(graph.stem, suffix)] = graph.with_suffix(suffix).read_bytes()
+        for suffix in (".pb", ".json", ".onnx"):
+            if graph.with_suffix(suffix).is_file():
+                site.files[site_path(graph.stem, suffix)] = graph.with_suffix(suffix).read_bytes()
 
 
 class _Handler(BaseHTTPRequestHandler):

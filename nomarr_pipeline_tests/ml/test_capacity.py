@@ -54,7 +54,7 @@ def test_plan_divides_the_cores() -> None:
     assert [gpus.environment(slot)["CUDA_VISIBLE_DEVICES"] for slot in range(3)] == ["0", "3", "0"]
     assert gpus.environment(0)["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
     assert one.environment(0) == {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
-                                  "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+                                  "NOMARR_INFERENCE_THREADS": "1", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
 
 
 def test_models_resource_plans_from_its_config(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,6 +63,8 @@ def test_models_resource_plans_from_its_config(monkeypatch: pytest.MonkeyPatch) 
     assert ModelsResource(shards=2).shard_count() == 2
     plan = ModelsResource(processes=1, tf_threads=3, gpus=[]).worker_plan(1)
     assert (plan.processes, plan.intra_op_threads, plan.gpus) == (1, 3, ())
+    monkeypatch.setenv("NOMARR_INFERENCE_THREADS", "2")  # the name for both engines wins
+    assert ModelsResource(processes=1).worker_plan(1).intra_op_threads == 2
     assert ModelsResource(gpus=["1"]).worker_plan(1).gpus == ("1",)
 
 

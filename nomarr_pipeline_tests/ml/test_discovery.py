@@ -145,7 +145,7 @@ def test_missing_pb(flat: Path) -> None:
     catalog = discover_models(flat)
     assert "effnet-discogs-effnet-1:mood_happy" not in catalog.partition_keys
     assert len(catalog.heads) == 8  # the others keep working
-    assert _problem_for(flat, HAPPY) == f"model file {HAPPY}.pb is missing"
+    assert _problem_for(flat, HAPPY) == f"model file {HAPPY}.pb (or .onnx) is missing"
 
 
 def test_missing_json(flat: Path) -> None:

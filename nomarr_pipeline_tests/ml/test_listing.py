@@ -23,10 +23,11 @@ def test_listing_of_a_folder_with_problems(tmp_path: Path) -> None:
     lines = models_listing(discover_models(tmp_path), tmp_path, mood_head=TierConfig().head_is_mood)
     text = "\n".join(lines)
     assert lines[0] == f"models folder {tmp_path}: 2 backbones, 6 heads, 3 problems"
-    assert "  discogs-effnet-bs64-1  [effnet, auto-tagging (400 tags)]  discogs-effnet-bs64-1.pb" in lines
-    assert ("  musicnn-msd-musicnn-1:msd-musicnn  (50 labels, the tags of msd-musicnn-1, "
+    assert ("  discogs-effnet-bs64-1  [effnet, auto-tagging (400 tags), tensorflow]  "
+            "discogs-effnet-bs64-1.pb") in lines
+    assert ("  musicnn-msd-musicnn-1:msd-musicnn  (50 labels, tensorflow, the tags of msd-musicnn-1, "
             "not in mood tiers)") in lines
-    assert "  effnet-discogs-effnet-1:mood_aggressive  (2 labels, in mood tiers)" in lines
+    assert "  effnet-discogs-effnet-1:mood_aggressive  (2 labels, tensorflow, in mood tiers)" in lines
     assert "      aggressive, not_aggressive" in lines
     assert "Demo---Style 007, … (+392 more)" in text
     problems = lines[lines.index("problems:") + 1:]
@@ -39,7 +40,7 @@ def test_listing_of_a_folder_with_problems(tmp_path: Path) -> None:
         "enclosed in double quotes: line 1 column 2 (char 1)",
         "      next: replace it with Essentia's original: delete mood_happy-discogs-effnet-1.pb and "
         "mood_happy-discogs-effnet-1.json, then `nomarr-pipeline models fetch mood_happy-discogs-effnet-1`",
-        "  mood_sad-msd-musicnn-1.json: model file mood_sad-msd-musicnn-1.pb is missing",
+        "  mood_sad-msd-musicnn-1.json: model file mood_sad-msd-musicnn-1.pb (or .onnx) is missing",
         "      next: `nomarr-pipeline models fetch mood_sad-msd-musicnn-1`, or delete "
         "mood_sad-msd-musicnn-1.json",
     ]

@@ -250,7 +250,7 @@ def calibration_package(
     if folder is not None and folder.is_dir():
         from nomarr_pipeline.ml.discovery import discover_models
 
-        heads = list(discover_models(folder, compute_versions=False).heads)
+        heads = list(discover_models(folder, compute_versions=False, engine=models.inference_engine).heads)
     progress = calibration_progress(db, heads)
     context.log.info(f"wrote {path} with {len(states)} calibrations; progress {progress}")
     metadata = {

@@ -117,7 +117,7 @@ def _shard_op(index: int, count: int) -> dg.OpDefinition:
                 "this step runs in a daemonic process, which cannot start analysis workers: on "
                 "Dask workers set DASK_DISTRIBUTED__WORKER__DAEMON=False", allow_retries=False,
             )
-        heads, _ = discover_models(models_dir).select(context.partition_keys)
+        heads, _ = discover_models(models_dir, engine=models.inference_engine).select(context.partition_keys)
         # Remote executors give each step a machine (or pod) of its own; locally the shards
         # share this machine's cores.
         concurrent = 1 if is_remote(executor) or executor == "in_process" else min(count, available_cores())
@@ -126,7 +126,8 @@ def _shard_op(index: int, count: int) -> dg.OpDefinition:
             context.log.info(f"attempt {context.retry_number + 1}: files finished before are skipped")
         context.log.info(
             f"shard {index + 1}/{count}: "
-            f"{plan.processes} workers × {plan.intra_op_threads} TensorFlow threads"
+            f"{plan.processes} workers × {plan.intra_op_threads} inference threads; heads by engine: "
+            + ", ".join(f"{engines} {n}" for engines, n in sorted(Counter(h.engines for h in heads).items()))
             + (f", GPUs {','.join(plan.gpus)}" if plan.gpus else "")
         )
         started = time.perf_counter()
@@ -170,7 +171,7 @@ def _shard_reports(context: dg.AssetExecutionContext) -> tuple[dict[str, HeadRep
             continue
         data = event.step_output_data.metadata.get(_REPORT_KEY)
         for key, part in (data.value if data is not None else {}).items():  # type: ignore[union-attr]
-            report = reports.setdefault(key, HeadReport(key))
+            report = reports.setdefault(key, HeadReport(key, part.get("engines", "")))
             report.analysed += part["analysed"]
             report.failed += part["failed"]
             report.seconds += part["seconds"]
@@ -221,7 +222,7 @@ def _report_op(count: int) -> dg.OpDefinition:
         context: dg.AssetExecutionContext, store: StoreResource, models: ModelsResource
     ) -> None:
         models_dir = models_folder(models)
-        catalog = discover_models(models_dir)
+        catalog = discover_models(models_dir, engine=models.inference_engine)
         for problem in catalog.problems:
             context.log.warning(f"model problem: {problem.path}: {problem.message}")
         heads, missing = catalog.select(context.partition_keys)

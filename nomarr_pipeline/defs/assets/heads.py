@@ -22,7 +22,8 @@ def run_heads(
     context: dg.AssetExecutionContext, models: ModelsResource, *, compute_versions: bool = True
 ) -> tuple[list[Head], ModelCatalog]:
     """Heads for ``context.partition_keys``; keys whose model files vanished are logged and skipped."""
-    catalog = discover_models(models_folder(models), compute_versions=compute_versions)
+    catalog = discover_models(models_folder(models), compute_versions=compute_versions,
+                              engine=models.inference_engine)
     heads, missing = catalog.select(context.partition_keys)
     for key in missing:
         context.log.warning(f"head {key} is no longer in the models folder; skipped")

@@ -15,7 +15,8 @@ from nomarr_pipeline_tests.defs.assets.sharded_runs import HEADS
 @pytest.fixture
 def two_head_models(tmp_path: Path) -> Path:
     dest = tmp_path / "models"
-    write_demo_models(dest, heads=("mood_happy-discogs-effnet-1", "mood_sad-msd-musicnn-1"))
+    # With their .onnx, as the demo writes them: the sharded runs analyse on ONNX Runtime.
+    write_demo_models(dest, heads=("mood_happy-discogs-effnet-1", "mood_sad-msd-musicnn-1"), onnx=True)
     return dest
 
 

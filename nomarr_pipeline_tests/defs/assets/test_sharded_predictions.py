@@ -83,6 +83,7 @@ def test_four_shards_store_exactly_what_one_shard_stores(
     assert sum(m["files"].value for m in metadata) == len(names)
     for head in HEADS:
         assert sum(m["shard_report"].value[head]["analysed"] for m in metadata) == len(names)
+        assert {m["shard_report"].value[head]["engines"] for m in metadata} == {"onnx"}
 
     ids = [file_key(LIBRARY, name) for name in names]
     tags_one, files_one = stored(one, ids)
