@@ -91,7 +91,7 @@ class ModelsResource(dg.ConfigurableResource):
     file_timeout_s: float = 300.0
     batch_size: int = 64  # files per store write: at most what a step that dies redoes
     shards: int = 0  # NOMARR_ANALYSIS_SHARDS; 0: one per core
-    inference_engine: str = "auto"  # NOMARR_INFERENCE_ENGINE: auto (ONNX where an .onnx exists), onnx, tensorflow
+    inference_engine: str = "auto"  # NOMARR_INFERENCE_ENGINE: auto, onnx or tensorflow
     # Intra-op threads per worker, TensorFlow and ONNX Runtime alike: NOMARR_INFERENCE_THREADS
     tf_threads: int = 0
     tf_inter_op_threads: int = 0  # NOMARR_TF_INTER_OP_THREADS; default 1
