@@ -260,7 +260,7 @@ def _time_one_histogram(store, head: HeadRef) -> float:
 
 
 def phase_load_all(url: str, labels: int) -> dict[str, float]:
-    """The seed's old approach: accumulate every prediction per tag key, then percentiles."""
+    """Nomarr's old approach: accumulate every prediction per tag key, then percentiles."""
     store = open_url(url)
     store.list_calibrations()
     conn = store._conn  # type: ignore[attr-defined]

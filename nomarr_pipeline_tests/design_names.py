@@ -1,4 +1,4 @@
-"""The names of DESIGN.md §9 (and the README's concepts table): tests, docs, sensors' run
+"""The names of docs/ARCHITECTURE.md §9 (and the README's concepts table): tests, docs, sensors' run
 requests and users rely on them."""
 
 ASSETS = {

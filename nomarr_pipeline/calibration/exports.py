@@ -1,5 +1,5 @@
 """Sidecars and ``calibrations.json``: exports of ``calibration_state``, and the import that
-bootstraps it (seed 000, "Sidecars" and "Export/Import Calibration Package").
+bootstraps it (docs/ARCHITECTURE.md §6).
 
 The DB is the source of truth. Exports hold the calibrations that can be applied
 (``state.is_usable``: a label with ``p95 <= p5`` calibrates nothing, so it is left out).
@@ -9,7 +9,7 @@ never an exception that could undo a DB change.
 
 Sidecar layout: ``<dest>/<model_key>/<head_name>-calibration-v<version>.json``. The folder
 per backbone keeps ``mood_happy`` of effnet and of musicnn apart; the file name is the
-seed's. Each sidecar is the seed's export format with the head's labels inside::
+Nomarr's. Each sidecar is Nomarr's export format with the head's labels inside::
 
     {"model": "...", "head": "mood_happy", "version": 1, "method": "histogram",
      "generated_at": "2026-01-16T12:00:00Z",
@@ -339,7 +339,7 @@ def import_package(
 ) -> ImportReport:
     """Bootstrap ``calibration_state`` from a package, in one ``save_calibrations`` call.
 
-    The DB wins conflicts by default (seed 000: import is a one-time hydration, not a sync):
+    The DB wins conflicts by default (an import is a one-time hydration, not a sync):
     keys that already have a calibration are skipped unless ``overwrite`` is set. Imported
     states carry ``imported: True`` and ``imported_at``; no history is written, because no
     computation happened on this library. With ``known_heads`` ((model_key, head_name) ->

@@ -46,7 +46,7 @@ from nomarr_pipeline.store.protocol import SparseHistogram, Store
 log = logging.getLogger(__name__)
 
 DAY_MS = 24 * 60 * 60 * 1000
-# Seed 000: above this share of out-of-range values the histogram range should be widened.
+# Above this share of out-of-range values the histogram range should be widened.
 OUT_OF_RANGE_WARNING_SHARE = 0.05
 
 
@@ -281,7 +281,7 @@ def calibrate_heads(
 ) -> list[HeadCalibrationReport]:
     """Calibrate each head in turn (one transaction per head).
 
-    A head that fails is reported with ``error`` and the others go on (seed 000), unless
+    A head that fails is reported with ``error`` and the others go on, unless
     ``stop_on_error``; the failed head keeps its previous calibration untouched.
     """
     reports: list[HeadCalibrationReport] = []
@@ -314,7 +314,7 @@ def calibration_progress(
     now_ms: int | None = None,
     recent_ms: int = DAY_MS,
 ) -> dict[str, Any]:
-    """Per-head progress (seed 000): a head counts as calibrated when one of its labels has a
+    """Per-head progress: a head counts as calibrated when one of its labels has a
     state for the head's current version updated within ``recent_ms``.
 
     ``{"total_heads", "calibrated_heads", "remaining_heads", "last_updated"}``;

@@ -1,4 +1,4 @@
-"""The library-wide expected ``calibration_hash`` (seed 003, DESIGN.md §5 decision 2).
+"""The library-wide expected ``calibration_hash`` (docs/ARCHITECTURE.md §6).
 
 A file whose stored ``calibration_hash`` differs from this value needs recalibration.
 

@@ -1,10 +1,10 @@
-"""Histogram specs and p5/p95 from a sparse DB histogram (seed 000, DESIGN.md §5).
+"""Histogram specs and p5/p95 from a sparse DB histogram (docs/ARCHITECTURE.md §6).
 
 The store groups eligible ``file_tags`` values into uniform bins and returns only the
 non-empty ones (``SparseHistogram``); this module turns those counts into percentiles.
 Nothing here ever sees individual values, so memory depends on the number of bins only.
 
-Percentile rule (the seed's ``derive_percentiles_from_sparse_histogram``):
+Percentile rule (Nomarr's ``derive_percentiles_from_sparse_histogram``):
 walk the bins in index order with a running count that starts at the underflow count, and
 report the *lower edge* of the first bin whose running count reaches ``p * n``.
 
@@ -22,7 +22,7 @@ edges are clamped to ``lo`` and ``hi``:
 * the target is not reached by the end of the in-range bins (it lies in the overflow) ->
   ``hi``.
 
-For data without out-of-range values this is the seed's rule exactly; the seed itself
+For data without out-of-range values this is Nomarr's rule exactly; Nomarr itself
 double-counted underflow (its AQL clamped out-of-range values into the edge bins *and*
 counted them apart), which the store's separate counts avoid.
 
@@ -77,7 +77,7 @@ class HistogramSpec:
         return self.lo + (self.hi - self.lo) * bin_index / self.bins
 
     def to_doc(self) -> dict[str, Any]:
-        """The seed's ``histogram`` sub-document."""
+        """Nomarr's ``histogram`` sub-document."""
         return {"lo": self.lo, "hi": self.hi, "bins": self.bins, "bin_width": self.bin_width}
 
     @classmethod
@@ -131,7 +131,7 @@ def spec_for(
 class PercentileResult:
     """p5/p95 of one (head, label); ``p5 is None`` exactly when ``n == 0``.
 
-    ``p_low``/``p_high`` keep the seed's names ``p5``/``p95`` even when other targets are used.
+    ``p_low``/``p_high`` keep Nomarr's names ``p5``/``p95`` even when other targets are used.
     """
 
     p5: float | None
@@ -151,7 +151,7 @@ def derive_percentiles(
     p_low: float = 0.05,
     p_high: float = 0.95,
 ) -> PercentileResult:
-    """p5/p95 from a sparse histogram by the seed's cumulative lower-edge rule (module doc)."""
+    """p5/p95 from a sparse histogram by Nomarr's cumulative lower-edge rule (module doc)."""
     if not 0.0 < p_low < p_high < 1.0:
         raise ValueError(f"need 0 < p_low < p_high < 1, got p_low={p_low} p_high={p_high}")
     bins = sorted(hist.bins)
@@ -193,7 +193,7 @@ def derive_percentiles(
 
 def out_of_range_share(result: PercentileResult) -> float:
     """Share of values outside the histogram range; above ~5 % the range should be widened
-    (seed 000, "Histogram Range Misconfiguration")."""
+    (docs/ARCHITECTURE.md §6)."""
     if result.n == 0:
         return 0.0
     return (result.underflow_count + result.overflow_count) / result.n

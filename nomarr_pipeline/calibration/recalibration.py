@@ -1,4 +1,4 @@
-"""Hash-based recalibration (seed 003): bring every file to the calibration in force.
+"""Hash-based recalibration (docs/ARCHITECTURE.md §6): bring every file to the calibration in force.
 
 ``expected = expected_calibration_hash(calibration_state)``; files whose stored
 ``calibration_hash`` differs are processed in batches of three steps:

@@ -1,10 +1,10 @@
-"""``calibration_state`` and ``calibration_history`` documents (seed 000, DESIGN.md §5).
+"""``calibration_state`` and ``calibration_history`` documents (docs/ARCHITECTURE.md §6).
 
 One state document per (model_key, head_name, label) holds the calibration *in force*;
 one history document per computation records what was computed, whether or not it was
 adopted.
 
-Drift tolerance (DESIGN.md §5, decision 2): the p5/p95 in force change only when
+Drift tolerance (docs/ARCHITECTURE.md §6): the p5/p95 in force change only when
 
 * there is no previous calibration in force (first computation),
 * the head's version or the histogram spec changed (a new calibration definition), or
@@ -35,13 +35,13 @@ _FLOAT_SLACK = 1e-12
 
 
 def calibration_key(model_key: str, head_name: str, label: str) -> str:
-    """Identity of a calibration (DESIGN.md §5, decision 1): labels of different heads and
+    """Identity of a calibration (docs/ARCHITECTURE.md §6): labels of different heads and
     backbones never collide."""
     return f"{model_key}:{head_name}:{label}"
 
 
 def calibration_def_hash(model_key: str, head_name: str, version: int | str) -> str:
-    """MD5 of (model_key, head_name, version), the seed's calibration definition identity."""
+    """MD5 of (model_key, head_name, version), Nomarr's calibration definition identity."""
     return hashlib.md5(f"{model_key}:{head_name}:{version}".encode()).hexdigest()
 
 
@@ -191,7 +191,7 @@ def _delta(previous: float | None, current: float) -> float | None:
 
 def usable_percentiles(p5: float | None, p95: float | None) -> bool:
     """The one rule for whether a calibration can be applied: p5 and p95 set and
-    ``p95 > p5`` (DESIGN.md §5, decision 3; otherwise applying would divide by zero)."""
+    ``p95 > p5`` (docs/ARCHITECTURE.md §6; otherwise applying would divide by zero)."""
     return p5 is not None and p95 is not None and p95 > p5
 
 
@@ -201,5 +201,5 @@ def is_usable(state: Mapping[str, Any]) -> bool:
 
 
 def has_usable_calibration(states: Iterable[Mapping[str, Any]]) -> bool:
-    """Seed 004's gate for mood tiers and raw scores: any calibration that can be applied."""
+    """The gate for mood tiers and raw scores: any calibration that can be applied."""
     return any(is_usable(state) for state in states)

@@ -10,7 +10,7 @@ import dagster as dg
 HEADS = "heads"
 heads_partitions = dg.DynamicPartitionsDefinition(name=HEADS)
 
-# One run serves many heads (one backbone pass per file for all of them: DESIGN.md §7).
+# One run serves many heads (one backbone pass per file for all of them: docs/ARCHITECTURE.md §8).
 # Dagster 1.13 calls the `backfill_policy` parameter beta and warns at every definition of an
 # asset using it, i.e. in every process that loads the code location (each step of a run, the
 # code server): noise that says nothing to a user. The assets import this module first.

@@ -1,6 +1,6 @@
 """Decoding audio once per file: 16 kHz mono float32, as every Essentia backbone expects.
 
-Files are only ever opened for reading; analysis never modifies audio (DESIGN.md §6).
+Files are only ever opened for reading; analysis never modifies audio (docs/ARCHITECTURE.md §7).
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ class PatchRecipe:
     fixed_batch: bool
 
 
-# The values Essentia's algorithms hard-code or default to (DESIGN.md §4).
+# The values Essentia's algorithms hard-code or default to (docs/ARCHITECTURE.md §4).
 RECIPES: dict[str, PatchRecipe] = {
     "musicnn": PatchRecipe(512, 256, 96, 187, 93, fixed_batch=False),
     "effnet": PatchRecipe(512, 256, 96, 128, 62, fixed_batch=True),

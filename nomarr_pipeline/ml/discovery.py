@@ -3,7 +3,7 @@ backbones and heads.
 
 Only JSON files are parsed and model files hashed; nothing is loaded into TensorFlow here,
 so discovery is cheap enough for a sensor tick. A broken model becomes a
-:class:`ModelProblem` and never hides the models that work (DESIGN.md §4).
+:class:`ModelProblem` and never hides the models that work (docs/ARCHITECTURE.md §4).
 
 An auto-tagging model (``msd-musicnn-1``, ``mtt-musicnn-1``, ``discogs-effnet-bs64-1``) is
 a backbone whose JSON has ``classes`` and a ``predictions`` output: it is also a head of its
@@ -189,7 +189,7 @@ def engine_of(graph_path: Path) -> str:
 
 
 def head_partition_key(model_key: str, head_name: str) -> str:
-    """The ``heads`` partition key of one head, ``"{model_key}:{head_name}"`` (DESIGN.md §9)."""
+    """The ``heads`` partition key of one head, ``"{model_key}:{head_name}"`` (docs/ARCHITECTURE.md §9)."""
     return f"{model_key}:{head_name}"
 
 

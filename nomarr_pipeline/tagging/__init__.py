@@ -1,4 +1,4 @@
-"""Tag writing (DESIGN.md §6, seed 004): plain Python, no Dagster.
+"""Tag writing (docs/ARCHITECTURE.md §7): plain Python, no Dagster.
 
 :mod:`.keys` (the ``nom:`` namespace), :mod:`.selection` (which tags a file gets),
 :mod:`.formats` (the namespace in each container, with mutagen), :mod:`.atomic` (one file,

@@ -1,4 +1,4 @@
-"""The ``nom:`` namespace: the keys Nomarr writes into audio files (DESIGN.md §9).
+"""The ``nom:`` namespace: the keys Nomarr writes into audio files (docs/ARCHITECTURE.md §9).
 
 ``nom:mood-strict``, ``nom:mood-regular``, ``nom:mood-loose`` (lists of terms), ``nom:version``,
 ``nom:written-mood`` / ``nom:written-genre`` (the values the pipeline owns in ``MOOD`` / ``GENRE``),

@@ -17,7 +17,7 @@ Score keys are written for the heads ``score_heads`` names (by default those tha
 mood tiers: the numbers a smart playlist filters on) and, of a two-class head, for its positive
 label only (``non_happy`` is ``1 - happy``). MOOD gets the terms of ``mood_tier``; GENRE (off
 by default) the ``count`` strongest labels of the ``genre`` head whose calibrated value reaches
-``threshold``. Where the seed is silent: ``nom:version`` only beside score keys; a calibrated
+``threshold``. Beyond that table: ``nom:version`` only beside score keys; a calibrated
 score only where the prediction has a ``calibrated_value``; empty tiers, predictions flagged
 ``nomarr_only: False`` and non-finite numbers are left out. A head with more than
 ``max_labels`` labels gets the scores of its ``max_labels`` strongest labels only: by

@@ -1,4 +1,4 @@
-"""The code location carries exactly the names of DESIGN.md §9, no more and no fewer."""
+"""The code location carries exactly the names of docs/ARCHITECTURE.md §9, no more and no fewer."""
 
 from __future__ import annotations
 

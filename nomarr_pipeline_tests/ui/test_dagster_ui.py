@@ -36,7 +36,7 @@ from nomarr_pipeline_tests.ui.dagster_dev import (
 
 pytestmark = pytest.mark.slow
 
-# The design contract (DESIGN.md §9). Extend the REQUIRED_* sets as pieces land; the
+# The names of docs/ARCHITECTURE.md §9. Extend the REQUIRED_* sets as pieces land; the
 # DESIGNED_* sets bound what may exist at all.
 DESIGNED_ASSETS = frozenset(ASSETS)
 REQUIRED_ASSETS = DESIGNED_ASSETS
