@@ -19,6 +19,7 @@ from nomarr_pipeline.ml.discovery import Head, discover_models, engine_of
 from nomarr_pipeline.ml.fetch import fetch_models
 from nomarr_pipeline.ml.inference import HeadOutcome, ModelSession
 from nomarr_pipeline.ml.listing import models_listing
+from nomarr_pipeline.ml.onnx_engine import PROVIDERS_ENV, THREADS_ENV, OnnxNetwork, providers
 from nomarr_pipeline.ml.onnx_graph import OnnxGraphBuilder
 from nomarr_pipeline.settings import SettingError, inference_engine
 from nomarr_pipeline.store import open_store
@@ -284,3 +285,21 @@ def test_fetch_takes_the_published_onnx_that_agrees_with_its_json(tmp_path: Path
         "discogs-effnet-bs64-1": "onnx", "msd-musicnn-1": "tensorflow"}
     happy = catalog.head(HAPPY)
     assert happy is not None and happy.engines == "onnx+tensorflow"
+
+
+def test_threads_and_providers_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_demo_models(tmp_path, heads=("mood_happy-discogs-effnet-1",), onnx=True)
+    monkeypatch.setenv(THREADS_ENV, "1")
+    monkeypatch.setenv(PROVIDERS_ENV, " AzureExecutionProvider, NoSuchProvider ,CUDAExecutionProvider")
+    network = OnnxNetwork(tmp_path / "mood_happy-discogs-effnet-1.onnx", "model/Placeholder",
+                          ["model/Softmax"])
+    session = network._session
+    assert session.get_session_options().intra_op_num_threads == 1
+    # Those this build has, in order; the CPU always last (CUDA only with onnxruntime-gpu).
+    assert session.get_providers() == ["AzureExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.delenv(PROVIDERS_ENV)
+    assert providers() == ["CPUExecutionProvider"]
+    (values,) = network(np.ones((3, 1280), np.float32))
+    assert values.shape == (3, 2)

@@ -273,13 +273,18 @@ def test_record_analysis(store: Store) -> None:
     store.upsert_files([_file("a"), _file("b")])
     store.record_analysis(
         [
-            {"_key": "a", "analyzed_at": 7, "analysis_error": None},
+            {"_key": "a", "analyzed_at": 7, "analysis_error": None, "analysis_engine": "onnx"},
             {"_key": "b", "analyzed_at": 8, "analysis_error": "corrupt"},
         ]
     )
     a, b = store.get_files(["a", "b"])
-    assert (a["analyzed_at"], a["analysis_error"]) == (7, None)
-    assert (b["analyzed_at"], b["analysis_error"]) == (8, "corrupt")
+    assert (a["analyzed_at"], a["analysis_error"], a["analysis_engine"]) == (7, None, "onnx")
+    assert (b["analyzed_at"], b["analysis_error"], b.get("analysis_engine")) == (8, "corrupt", None)
+    # The next analysis on another engine replaces the record.
+    store.record_analysis([{"_key": "a", "analyzed_at": 9, "analysis_error": None,
+                            "analysis_engine": "onnx+tensorflow"}])
+    (a,) = store.get_files(["a"])
+    assert (a["analyzed_at"], a["analysis_engine"]) == (9, "onnx+tensorflow")
 
 
 def test_histogram_bins_eligible_values_and_counts_out_of_range_apart(store: Store) -> None:
