@@ -37,6 +37,7 @@ from nomarr_pipeline.ml.fetch import RECOMMENDED
 from nomarr_pipeline.progress import ProgressPoller, StepProgress
 from nomarr_pipeline.store import open_store
 from nomarr_pipeline_tests.ml.model_server import ModelSite, site_path
+from nomarr_pipeline_tests.store_dump import library_files
 from nomarr_pipeline_tests.ui.dagster_dev import DagsterDev
 
 
@@ -496,7 +497,7 @@ def test_demo_runs_the_whole_pipeline(demo_run: tuple[Path, Path, int, str]) -> 
         assert counts["total"] == len(DEMO_TRACKS)
         assert counts["analysed"] == len(DEMO_TRACKS)
         # The demo writes every model's .onnx too: it runs on ONNX Runtime.
-        assert {doc.get("analysis_engine") for page in store.iter_files() for doc in page} == {"onnx"}
+        assert {doc.get("analysis_engine") for doc in library_files(store)} == {"onnx"}
         assert runner.usable_calibrations(store)
     finally:
         store.close()

@@ -25,6 +25,7 @@ from nomarr_pipeline.settings import SettingError, inference_engine
 from nomarr_pipeline.store import open_store
 from nomarr_pipeline_tests.ml.audio_fixtures import AUDIO_FORMATS, make_audio
 from nomarr_pipeline_tests.ml.model_server import ModelSite, publish, serve
+from nomarr_pipeline_tests.store_dump import library_files
 
 ATOL = 1e-5
 HAPPY = "effnet-discogs-effnet-1:mood_happy"
@@ -117,7 +118,7 @@ def test_a_library_analysed_on_each_engine_gets_the_same_calibration(
             reports = analyze(store, [head], processes=1, file_timeout_s=120)
             assert reports[head.partition_key].analysed == len(names), reports
             assert reports[head.partition_key].engines == engine
-            files = [doc for page in store.iter_files("lib") for doc in page]
+            files = library_files(store, "lib")
             assert {doc["analysis_engine"] for doc in files} == {engine}
             other = _only_head(real_models_both, "onnx" if engine == "tensorflow" else "tensorflow")
             # Switching engines: the library is current for the model on the other engine too.
@@ -235,7 +236,7 @@ def test_a_broken_onnx_stops_its_head_and_the_others_are_analysed(tmp_path: Path
         assert reports[HAPPY].analysed == len(names) and reports[HAPPY].failed == 0
         assert reports[SAD].analysed == 0 and reports[SAD].failed == 3  # stopped after 3 files
         assert "cannot load mood_sad-discogs-effnet-1.onnx" in (reports[SAD].broken or "")
-        assert {doc["analysis_engine"] for page in store.iter_files("lib") for doc in page} == {"onnx"}
+        assert {doc["analysis_engine"] for doc in library_files(store, "lib")} == {"onnx"}
     finally:
         store.close()
 
