@@ -44,8 +44,10 @@ def launch(store_url: str, models_dir: Path, shards: int, *, batch_size: int = 6
     env = {**os.environ, "NOMARR_STORE_URL": store_url, "NOMARR_MODELS_DIR": str(models_dir),
            "NOMARR_ANALYSIS_SHARDS": str(shards), "NOMARR_EXECUTOR": executor,
            "NOMARR_EXECUTOR_CONFIG": str(executor_config or "")}
-    # One worker with one TensorFlow thread everywhere: the same arithmetic in every run.
+    # One worker with one TensorFlow thread everywhere: the same arithmetic in every run. A
+    # resource's run config replaces its whole configuration, so it names the folder and count.
     config = {"resources": {"models": {"config": {
+        "models_dir": str(models_dir), "shards": shards,
         "processes": 1, "tf_threads": 1, "file_timeout_s": 120, "batch_size": batch_size}}}}
     return subprocess.Popen(
         [sys.executable, "-m", "nomarr_pipeline_tests.defs.assets.predictions_run", HEADS[0], HEADS[-1],
