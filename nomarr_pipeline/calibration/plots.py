@@ -1,4 +1,4 @@
-"""A small histogram image per (head, label) for Dagster metadata.
+"""A small histogram image per head (its labels together) for Dagster metadata.
 
 Uses matplotlib's object API with the Agg canvas directly (no ``pyplot``): no display is
 needed, and no process-wide backend is switched under other code's feet.
@@ -32,36 +32,41 @@ def _display_counts(hist: SparseHistogram, spec: HistogramSpec) -> tuple[np.ndar
 
 
 def histogram_png(
-    hist: SparseHistogram,
+    histograms: list[tuple[str, SparseHistogram, float | None, float | None]],
     spec: HistogramSpec,
-    p5: float | None,
-    p95: float | None,
     title: str,
 ) -> bytes:
-    """PNG (about 600 x 250 px) of the in-range counts with p5/p95 marked."""
-    counts, display_bins = _display_counts(hist, spec)
-    edges = np.linspace(spec.lo, spec.hi, display_bins + 1)
-
+    """One PNG (about 600 x 250 px) for a head: each label's in-range counts as a line, its
+    p5/p95 as dashed marks of the same colour."""
     figure = Figure(figsize=(6, 2.5), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    axes.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4c72b0", lw=0)
-    for value, name, colour in ((p5, "p5", "#dd8452"), (p95, "p95", "#c44e52")):
-        if value is not None:
-            axes.axvline(value, color=colour, lw=1.2, label=f"{name} = {value:.4f}")
+    footer = []
+    for (label, hist, p5, p95), colour in zip(histograms, _COLOURS * len(histograms), strict=False):
+        counts, display_bins = _display_counts(hist, spec)
+        edges = np.linspace(spec.lo, spec.hi, display_bins + 1)
+        marks = ", ".join(f"{name} {value:.3f}" for name, value in (("p5", p5), ("p95", p95))
+                          if value is not None)  # fmt: skip
+        axes.stairs(counts, edges, color=colour, lw=1.2, label=f"{label} ({marks})" if marks else label)
+        for value in (p5, p95):
+            if value is not None:
+                axes.axvline(value, color=colour, lw=0.8, ls="--")
+        footer.append(f"{label}: n {hist.n}, outside {hist.underflow_count + hist.overflow_count}")
     axes.set_xlim(spec.lo, spec.hi)
     axes.set_title(title, fontsize=9)
     axes.tick_params(labelsize=7)
     axes.set_ylabel("files", fontsize=7)
-    footer = f"n = {hist.n}   below range = {hist.underflow_count}   above = {hist.overflow_count}"
-    axes.set_xlabel(footer, fontsize=7)
-    if p5 is not None or p95 is not None:
+    axes.set_xlabel("; ".join(footer), fontsize=7)
+    if histograms:
         axes.legend(fontsize=7, loc="best", framealpha=0.8)
     figure.tight_layout()
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+_COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]
 
 
 def png_markdown(png: bytes, alt: str = "histogram") -> str:

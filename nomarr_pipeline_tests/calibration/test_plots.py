@@ -12,7 +12,9 @@ from nomarr_pipeline.store.protocol import SparseHistogram
 
 def test_png_size_and_markdown() -> None:
     hist = SparseHistogram([(i, 1 + i % 7) for i in range(0, 10_000, 13)], 4, 2)
-    png = histogram_png(hist, HistogramSpec(), 0.05, 0.95, "effnet:mood_happy:happy")
+    other = SparseHistogram([(i, 2) for i in range(5_000, 10_000, 7)], 0, 1)
+    png = histogram_png([("happy", hist, 0.05, 0.95), ("non_happy", other, 0.5, None)], HistogramSpec(),
+                        "effnet:mood_happy")  # fmt: skip
     assert png.startswith(b"\x89PNG")
     height, width = imread(io.BytesIO(png)).shape[:2]
     assert (width, height) == (600, 250)
@@ -23,5 +25,5 @@ def test_png_size_and_markdown() -> None:
 
 
 def test_empty_histogram_and_no_percentiles_still_draw() -> None:
-    png = histogram_png(SparseHistogram([], 0, 0), HistogramSpec(0.0, 1.0, 7), None, None, "x")
+    png = histogram_png([("x", SparseHistogram([], 0, 0), None, None)], HistogramSpec(0.0, 1.0, 7), "x")
     assert png.startswith(b"\x89PNG")

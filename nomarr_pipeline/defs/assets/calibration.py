@@ -20,9 +20,7 @@ from nomarr_pipeline.defs.partitions import SINGLE_RUN, heads_partitions
 from nomarr_pipeline.defs.resources import CalibrationResource, ModelsResource, StoreResource
 
 OUT_OF_RANGE_LIMIT = 0.05
-# Per-label numbers become individual metadata entries (plotted over time in the UI) for
-# heads up to this many labels; larger heads (genre_discogs400) get one table instead.
-PLOTTED_LABELS = 16
+# A head's histogram image shows its labels together: up to this many stay readable.
 HISTOGRAM_IMAGES = 4
 RECENT_SNAPSHOTS = 5
 DELTAS = ("p5_delta", "p95_delta", "n_delta")
@@ -114,24 +112,14 @@ def _head_metadata(report: HeadCalibrationReport, histograms: dict) -> dict[str,
     for label in report.labels:
         share = round((label.underflow_count + label.overflow_count) / label.n if label.n else 0.0, 6)
         rows.append((label.label, label.p5, label.p95, label.n, share, label.p5_delta, label.p95_delta))
-        if len(report.labels) <= PLOTTED_LABELS:
-            meta[f"{label.label}/p5"] = label.p5
-            meta[f"{label.label}/p95"] = label.p95
-            meta[f"{label.label}/n"] = label.n
-            meta[f"{label.label}/out_of_range_ratio"] = share
-            meta[f"{label.label}/p5_delta"] = label.p5_delta
-            meta[f"{label.label}/p95_delta"] = label.p95_delta
+    # Per-label numbers live in the table: one metadata entry each would be one plot each.
     meta["labels"] = metadata_table(LABEL_COLUMNS, rows)
-    images = [
-        png_markdown(
-            histogram_png(hist, report.spec, state.p5, state.p95, f"{report.partition_key}:{name}"), alt=name
+    shown = [(state.label, histograms[state.label], state.p5, state.p95)
+             for state in report.labels if state.label in histograms]  # fmt: skip
+    if shown:
+        meta["histogram"] = dg.MetadataValue.md(
+            png_markdown(histogram_png(shown, report.spec, report.partition_key), alt=report.partition_key)
         )
-        for name, hist in histograms.items()
-        for state in report.labels
-        if state.label == name
-    ]
-    if images:
-        meta["histograms"] = dg.MetadataValue.md("\n\n".join(images))
     return {k: v for k, v in meta.items() if v is not None}
 
 
@@ -194,10 +182,6 @@ def calibration_history(
             rows.append(
                 (label, len(snapshots), *(latest.get(field) for field in ("p5", "p95", *DELTAS)))
             )
-            if len(head.labels) <= PLOTTED_LABELS:
-                for field in DELTAS:
-                    if latest.get(field) is not None:
-                        meta[f"{label}/{field}"] = latest[field]
         meta["snapshots"] = metadata_table(SNAPSHOT_COLUMNS, rows)
         meta["labels_with_history"] = len(rows)
         context.add_asset_metadata(meta, partition_key=head.partition_key)
