@@ -12,7 +12,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -445,6 +445,18 @@ def _error_text(error: SerializableErrorInfo) -> str:
     return re.sub(r"^\[Errno \d+\] ", "", text)
 
 
+def run_config(job_name: str) -> dict[str, object]:
+    """The tag writer's options as this command sees them (its flags included), in the run's
+    config: whoever launches the run (this command or a daemon's queue) writes what was asked,
+    and the UI shows it."""
+    if job_name != tagging_job.name:
+        return {}
+    from nomarr_pipeline.defs.resources import tagging_resource
+
+    config = tagging_resource(checked_settings()).model_dump()
+    return {"resources": {"tagging": {"config": {k: v for k, v in config.items() if v is not None}}}}
+
+
 class PipelineRunner:
     """Runs the pipeline's jobs one after the other as runs of the code location; a step
     after a failed one is skipped."""
@@ -495,7 +507,8 @@ class PipelineRunner:
         failures: list[RunFailure] = []
         with ProgressPoller(StepProgress(step), progress) if progress else nullcontext():
             for tags in runs:
-                run_id, failure = self.launch_and_wait(job_name, {"nomarr/launched_by": "cli", **tags})
+                run_id, failure = self.launch_and_wait(job_name, {"nomarr/launched_by": "cli", **tags},
+                                                       run_config(job_name))
                 outcome.run_ids.append(run_id)
                 if failure:
                     failures.append(failure)
@@ -511,9 +524,10 @@ class PipelineRunner:
         self.outcomes.append(outcome)
         return outcome
 
-    def launch_and_wait(self, job_name: str, tags: dict[str, str]) -> tuple[str, RunFailure | None]:
+    def launch_and_wait(self, job_name: str, tags: dict[str, str],
+                        config: Mapping[str, object]) -> tuple[str, RunFailure | None]:
         """One run: its id, and what failed (``None`` when it succeeded)."""
-        run_id = self.launcher.launch(job_name, tags, {})
+        run_id = self.launcher.launch(job_name, tags, config)
         run = self.launcher.wait(run_id, _print_event if self.verbose else None)
         if run.status == dg.DagsterRunStatus.SUCCESS:
             return run_id, None

@@ -30,6 +30,7 @@ from nomarr_pipeline.defs.jobs import (
     PARTITION_RANGE_START,
     calibration_job,
     predictions_job,
+    tagging_job,
 )
 from nomarr_pipeline.defs.partitions import HEADS
 from nomarr_pipeline.ml.demo_models import write_demo_models
@@ -575,6 +576,38 @@ def test_status_and_preview_after_the_demo(
         assert store.count_files_needing_recalibration(expected) == len(DEMO_TRACKS)
     finally:
         store.close()
+
+
+@pytest.mark.slow
+def test_tag_flags_reach_the_run_and_the_files(
+    demo_run: tuple[Path, Path, int, str], capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`write-tags --mood-tier mood-loose` is in the run's config (whoever launches the run),
+    and every written file's MOOD holds its loose tier."""
+    from nomarr_pipeline.tagging.formats import OpenedAudio
+
+    folder, home, code, _ = demo_run
+    assert code == 0
+    saved, cwd = dict(os.environ), Path.cwd()
+    try:
+        for name in [name for name in os.environ if name.startswith("NOMARR_") or name == "DAGSTER_HOME"]:
+            del os.environ[name]
+        os.chdir(folder.parent)  # the demo's .env
+        monkeypatch.setattr(settings, "ENV_FILE", Path(".env"))
+        code, out, err = _run_cli(capsys, "force-recalibration", "--library", str(folder / "library"))
+        assert code == 0, out + err
+        code, out, err = _run_cli(capsys, "write-tags", "--mood-tier", "mood-loose")
+        assert code == 0, out + err
+    finally:
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(saved)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        (run, *_) = instance.get_runs(dg.RunsFilter(job_name=tagging_job.name))
+    assert run.run_config["resources"]["tagging"]["config"]["mood_tier"] == "mood-loose"
+    for name, _, _ in DEMO_TRACKS:
+        state = OpenedAudio(folder / "library" / name).state()
+        assert state.standard.get("MOOD", []) == state.nom_tags.get("nom:mood-loose", []), name
 
 
 # ---- models list / models fetch ----------------------------------------------------------------
