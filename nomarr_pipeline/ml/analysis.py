@@ -249,13 +249,13 @@ def analyze(
         analysable = int(counts.get("total", 0)) - int(counts.get("scan_errors", 0))
         for key, count in needed.items():
             reports[key].skipped = max(0, analysable - count)
-    # Each file goes out once for all its heads, so the head with the most files says how
-    # many; a shard expects its share (more or fewer, as its machine is faster or slower).
     broken = _BrokenModels()
     # Not tried on another file: their failures are already stored.
     broken.broken = remembered_broken_models(store, heads)
     for key, fault in broken.broken.items():
         reports[key].broken = fault
+    # Each file goes out once for all its heads, so the head with the most files says how
+    # many; a shard expects its share (more or fewer, as its machine is faster or slower).
     total = -(-max((n for key, n in needed.items() if key not in broken.broken), default=0) // max(1, shards))
     # As many files as the workers take at once: shards end within about one file of each other.
     tasks = _ClaimedTasks(store, heads, claim, claim_size=max(1, processes), broken=broken)
