@@ -1,4 +1,4 @@
-"""Issue 14, item 2 and issue 25, items 1-2: one broken model must not poison the library.
+"""Issue 14, item 2 and issue 25, items 1-3: one broken model must not poison the library.
 
 Real ``nomarr-pipeline run`` processes on a library with real generated broken models (a head
 whose ``.pb`` is garbage, one whose output is narrower than its JSON's labels, a musicnn head's
@@ -13,13 +13,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nomarr_pipeline.ml.analysis import head_version
+from nomarr_pipeline.ml.analysis import BROKEN_AFTER, head_version
 from nomarr_pipeline.ml.demo_models import write_demo_head, write_demo_models
 from nomarr_pipeline.ml.discovery import discover_models
 from nomarr_pipeline_tests.cli.cli_processes import PipelineFolder
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
 from nomarr_pipeline_tests.ml.broken_models import (
     write_garbage_head,
+    write_nan_head,
     write_other_backbones_head,
     write_width_mismatch_head,
 )
@@ -30,6 +31,7 @@ GOOD = "effnet-discogs-effnet-1:mood_happy"
 GARBAGE = "effnet-discogs-effnet-1:mood_sad"
 NARROW = "effnet-discogs-effnet-1:mood_party"
 OTHER_BACKBONE = "effnet-discogs-effnet-1:mood_relaxed"
+NAN = "effnet-discogs-effnet-1:broken"
 
 
 def _status(folder: PipelineFolder) -> dict[str, int]:
@@ -101,3 +103,45 @@ def test_a_broken_model_fails_the_run_by_name_and_blocks_nothing(tmp_path: Path)
         assert store.count_files_with_analysis_errors([head_version(h) for h in heads]) == 0
     assert _status(folder) == {"files": 5, "analysed": 4, "failed": 1, "pending writes": 0}
     assert "Traceback" not in first.stderr + second.stderr
+
+
+def test_a_model_broken_at_run_time_is_remembered_until_its_file_changes(tmp_path: Path) -> None:
+    folder = PipelineFolder(tmp_path)
+    write_demo_models(folder.models, heads=("mood_happy-discogs-effnet-1",))
+    write_nan_head(folder.models)  # passes validation, outputs NaN on every file
+    names = [f"track{i}.wav" for i in range(BROKEN_AFTER + 4)]
+    for seed, name in enumerate(names):
+        make_audio(folder.library / name, 3.0, seed=seed)
+
+    nan_version = [head_version(h) for h in discover_models(folder.models).heads if h.partition_key == NAN]
+    first = folder.run("run")
+    with folder.store() as store:
+        # stopped after its first files (and those already given to the other worker)
+        failed_files = store.count_files_with_analysis_errors(nan_version)
+    assert BROKEN_AFTER <= failed_files < len(names)
+    # The next run does not try it on more files: it is broken until its model file changes.
+    again = folder.run("run")
+
+    for command in (first, again):
+        assert command.returncode == 1, command.stdout + command.stderr
+        (line,) = [line for line in command.stdout.splitlines() if line.strip().startswith("predictions")]
+        assert "failed" in line and NAN in line and "NaN" in line, line
+    with folder.store() as store:
+        assert store.count_files_with_analysis_errors(nan_version) == failed_files
+        good = [f["_key"] for f in library_files(store)]
+        assert {(t["file_id"], t["head_name"]) for t in store.file_tags_for_files(good)} == {
+            (key, "mood_happy") for key in good}
+    # The files did not fail: the model did.
+    assert {k: v for k, v in _status(folder).items() if k != "pending writes"} == {
+        "files": len(names), "analysed": len(names), "failed": 0}
+
+    # A replaced model file is tried again (on every file).
+    write_demo_head(folder.models, "broken-discogs-effnet-1", ("broken", "non_broken"))
+    repaired = folder.run("run")
+
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    with folder.store() as store:
+        assert {(t["file_id"], t["head_name"]) for t in store.file_tags_for_files(good)} == {
+            (key, head) for key in good for head in ("mood_happy", "broken")}
+    assert _status(folder) == {"files": len(names), "analysed": len(names), "failed": 0, "pending writes": 0}
+    assert "Traceback" not in first.stderr + again.stderr + repaired.stderr

@@ -727,16 +727,18 @@ def status_frame(store: Store, heads: Sequence[Head] | None = None) -> pd.DataFr
     "calibrated heads" counts the heads of ``heads`` (the models folder's) with a calibration
     that can be applied; every calibrated head when it is ``None``. "failed" counts files
     whose scan or decoding failed, and files that failed for one of ``heads`` at its current
-    model (a failure of a model replaced since does not count: the file will be tried again);
-    "analysed" the other analysed files."""
+    model (a failure of a model replaced since does not count: the file will be tried again,
+    nor one of a broken model: the model failed, not the file); "analysed" the other analysed
+    files."""
     import pandas as pd
 
-    from nomarr_pipeline.ml.analysis import head_version
+    from nomarr_pipeline.ml.analysis import head_version, remembered_broken_models
 
     calibrated = {(s["model_key"], s["head_name"]) for s in usable_calibrations(store)}
     if heads is not None:
         calibrated &= {(head.model_key, head.head_name) for head in heads}
-    versions = [head_version(head) for head in heads or ()]
+    broken = remembered_broken_models(store, heads or ())
+    versions = [head_version(head) for head in heads or () if head.partition_key not in broken]
     target = expected_calibration_hash(store.list_calibrations())
     rows = []
     for library in store.list_libraries():

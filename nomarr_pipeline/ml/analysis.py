@@ -10,7 +10,9 @@ unfinished claims first. Results are written in batches. Memory is bounded by ``
 Errors belong to what caused them: audio that cannot be decoded fails the file (until it
 changes); anything else fails one (file, head) at the head's ``tagger_version`` (a changed
 model tries again). A head whose first files all fail with the same model fault is a broken
-model: it is stopped for the rest of the run and reported, the other heads go on.
+model: it is stopped for the rest of the run and reported, the other heads go on. It stays
+broken in the next runs, not tried on any file, until its model file (``tagger_version``) changes
+(:func:`remembered_broken_models`).
 """
 
 from __future__ import annotations
@@ -142,6 +144,19 @@ class _BrokenModels:
         return faults[0]
 
 
+def remembered_broken_models(store: Store, heads: Sequence[Head]) -> dict[str, str]:
+    """Heads found broken by an earlier run, partition key -> model fault: at their current
+    ``tagger_version``, no prediction and at least :data:`BROKEN_AFTER` failed files, every one
+    with the same model fault."""
+    versions = {head_version(head): head.partition_key for head in heads}
+    faults: dict[str, list[str | None]] = {}
+    for error in store.errors_of_unproven_heads(list(versions)):
+        version = HeadVersion(error["model_key"], error["head_name"], error["tagger_version"])
+        faults.setdefault(versions[version], []).append(error.get("model_fault"))
+    return {key: found[0] for key, found in faults.items()
+            if len(found) >= BROKEN_AFTER and found[0] is not None and len(set(found)) == 1}
+
+
 class _ClaimedTasks:
     """The tasks of one analysis, claimed from the store a few files at a time as workers
     need them: first the files this claim holds from an attempt that died, then new ones."""
@@ -234,11 +249,14 @@ def analyze(
         analysable = int(counts.get("total", 0)) - int(counts.get("scan_errors", 0))
         for key, count in needed.items():
             reports[key].skipped = max(0, analysable - count)
+    broken = _BrokenModels()
+    # Not tried on another file: their failures are already stored.
+    broken.broken = remembered_broken_models(store, heads)
+    for key, fault in broken.broken.items():
+        reports[key].broken = fault
     # Each file goes out once for all its heads, so the head with the most files says how
     # many; a shard expects its share (more or fewer, as its machine is faster or slower).
-    total = -(-max(needed.values()) // max(1, shards))
-
-    broken = _BrokenModels()
+    total = -(-max((n for key, n in needed.items() if key not in broken.broken), default=0) // max(1, shards))
     # As many files as the workers take at once: shards end within about one file of each other.
     tasks = _ClaimedTasks(store, heads, claim, claim_size=max(1, processes), broken=broken)
     writer = _ResultWriter(store, reports, flush_every=batch_size)
@@ -299,6 +317,7 @@ class _ResultWriter:
                 self._head_errors.append({
                     "file_id": task.file_id, "model_key": head.model_key, "head_name": head.head_name,
                     "tagger_version": head.tagger_version, "error": outcome.error, "failed_at": now,
+                    **({"model_fault": outcome.model_fault} if outcome.model_fault else {}),
                 })
         if result.file_error is not None:
             # The audio itself: no head can use it until the file changes. analyzed_at stays as

@@ -616,6 +616,18 @@ class ArangoStore:
         )
         return int(rows[0]) if rows else 0
 
+    def errors_of_unproven_heads(self, heads: Sequence[HeadVersion]) -> list[Doc]:
+        rows = self._query(
+            "FOR h IN @heads "
+            "FILTER LENGTH(FOR t IN file_tags FILTER t.model_key == h[0] AND t.head_name == h[1] "
+            "AND t.tagger_version == h[2] LIMIT 1 RETURN 1) == 0 "
+            "FOR d IN analysis_errors "
+            "FILTER d.model_key == h[0] AND d.head_name == h[1] AND d.tagger_version == h[2] "
+            f"SORT d._key RETURN {_RETURN_DOC}",
+            {"heads": _heads_var(heads)},
+        )
+        return [_from_stored("analysis_errors", r) for r in rows]
+
     def file_tags_for_files(self, file_ids: Sequence[str]) -> list[Doc]:
         if not file_ids:
             return []

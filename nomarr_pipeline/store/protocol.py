@@ -184,7 +184,8 @@ class Store(Protocol):
         ``analysis_error`` is a file-wide failure (the audio cannot be decoded)."""
 
     def record_analysis_errors(self, errors: Sequence[Doc]) -> None:
-        """``[{"file_id", "model_key", "head_name", "tagger_version", "error", "failed_at"}]``:
+        """``[{"file_id", "model_key", "head_name", "tagger_version", "error", "failed_at",
+        "model_fault"?}]``:
         one ``analysis_errors`` document per (file, head), replacing an older one (``_key``
         is :func:`analysis_error_key`). The file needs that head again once its
         ``tagger_version`` changes."""
@@ -193,6 +194,10 @@ class Store(Protocol):
         self, heads: Sequence[HeadVersion], library_id: str | None = None
     ) -> int:
         """Files with an ``analysis_errors`` document for one of ``heads`` at its version."""
+
+    def errors_of_unproven_heads(self, heads: Sequence[HeadVersion]) -> list[Doc]:
+        """The ``analysis_errors`` documents of those ``heads`` (at their version) that have
+        no ``file_tags`` at that version: what tells a broken model before it is tried again."""
 
     def file_tags_for_files(self, file_ids: Sequence[str]) -> list[Doc]: ...
 

@@ -352,6 +352,18 @@ class SqlStore:
             {**self.dialect.heads_params(heads), "library_id": library_id},
         )
 
+    def errors_of_unproven_heads(self, heads: Sequence[HeadVersion]) -> list[Doc]:
+        return self._docs(
+            ANALYSIS_ERRORS,
+            f"""{self.dialect.heads} SELECT e.* FROM heads h
+            JOIN analysis_errors e ON e.model_key = h.model_key AND e.head_name = h.head_name
+                                  AND e.tagger_version = h.tagger_version
+            WHERE NOT EXISTS (SELECT 1 FROM file_tags t WHERE t.model_key = h.model_key
+                              AND t.head_name = h.head_name AND t.tagger_version = h.tagger_version)
+            ORDER BY e._key""",
+            self.dialect.heads_params(heads),
+        )
+
     def file_tags_for_files(self, file_ids: Sequence[str]) -> list[Doc]:
         if not file_ids:
             return []

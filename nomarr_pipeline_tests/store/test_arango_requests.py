@@ -830,6 +830,15 @@ def test_reclaim_release_count_and_errors(store: ArangoStore, fake: FakeArango) 
     assert "DOCUMENT('library_files', e.file_id).library_id == @library_id" in request.query
     assert "COLLECT file_id = e.file_id" in request.query
 
+    fake.answer("FOR d IN analysis_errors FILTER d.model_key == h[0]", [{
+        "_key": "k1", "file_id": "b", "model_key": HEAD.model_key, "head_name": "mood_happy",
+        "tagger_version": "tv1", "error": "bad", "failed_at": 5, "model_fault": "it outputs NaN"}])
+    (error,) = store.errors_of_unproven_heads([HEAD])
+    assert error["model_fault"] == "it outputs NaN" and error["file_id"] == "b"
+    request = fake.requests[-1]
+    assert request.bind_vars == {"heads": [[HEAD.model_key, "mood_happy", "tv1"]]}
+    assert "FOR t IN file_tags" in request.query and "== 0" in request.query
+
 
 def test_predictions_remove_their_heads_failures(store: ArangoStore, fake: FakeArango) -> None:
     store.write_predictions([_tag("a", "happy", 0.5)])
@@ -1130,6 +1139,7 @@ def _exercise_every_operation(store: ArangoStore, fake: FakeArango) -> None:
     store.record_analysis_errors([{**error,
                                    "error": "LITerror", "failed_at": 987654321}])
     store.count_files_with_analysis_errors([head], lib)
+    store.errors_of_unproven_heads([head])
     store.write_predictions(
         [
             {

@@ -255,6 +255,20 @@ def test_analysis_errors_per_file_and_head(store: Store) -> None:
     assert store.count_documents("analysis_errors") == 0
 
 
+def test_errors_of_unproven_heads_leave_out_heads_with_predictions(store: Store) -> None:
+    store.upsert_files([_file(k) for k in "abc"])
+    store.record_analysis_errors([{**_error(k), "model_fault": "it outputs NaN"} for k in "ab"])
+    store.record_analysis_errors([_error("a", OTHER)])
+    assert [(e["file_id"], e["head_name"], e["model_fault"])
+            for e in sorted(store.errors_of_unproven_heads([HEAD]), key=lambda e: e["file_id"])] == [
+        ("a", "mood_happy", "it outputs NaN"), ("b", "mood_happy", "it outputs NaN")]
+    assert store.errors_of_unproven_heads([HeadVersion(HEAD.model_key, HEAD.head_name, "tv2")]) == []
+    # one prediction at the head's version proves it works on some file
+    store.write_predictions([_tag("c", "happy", 0.5)])
+    assert store.errors_of_unproven_heads([HEAD]) == []
+    assert [e["file_id"] for e in store.errors_of_unproven_heads([HEAD, OTHER])] == ["a"]
+
+
 def test_write_predictions_replaces_a_head_group_and_clears_hash(store: Store) -> None:
     store.upsert_files([_file("a", calibration_hash="h1")])
     store.write_predictions([_tag("a", "happy", 0.1), _tag("a", "non_happy", 0.9)])
