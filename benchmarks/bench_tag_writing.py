@@ -195,7 +195,10 @@ def bench_verify(workdir: Path, files: int, repeats: int, seconds: float) -> Non
         library = store.get_library("bench")
         assert library is not None
         reports: list[VerifyReport] = []
-        runs = [timed(lambda: reports.append(verify_written_tags(store, library, has_calibration=True)))
+        # The options pipeline_seconds wrote with: verify compares against what they give.
+        options = TagOptions(mood_tier=None, score_heads="all", max_labels=DEFAULT_MAX_LABELS)
+        runs = [timed(lambda: reports.append(verify_written_tags(store, library, has_calibration=True,
+                                                                 options=options)))
                 for _ in range(repeats)]
     finally:
         store.close()

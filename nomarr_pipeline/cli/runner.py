@@ -154,7 +154,7 @@ def writable_folder(path: Path, variable: str, expected: str) -> Path:
         if not path.parent.is_dir():
             raise UserError(f"{variable} is {path}, but its parent folder does not exist", fix)
         try:
-            path.mkdir()
+            path.mkdir(exist_ok=True)  # another command may create it at the same moment
         except OSError as error:
             raise UserError(f"cannot create {variable} {path}: {error.strerror}", fix) from None
     try:

@@ -11,6 +11,7 @@ import shlex
 import shutil
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -460,17 +461,22 @@ def test_a_read_only_library_is_named_with_what_to_do_and_nothing_is_lost(scanne
 
     original = LibrarySnapshot.take(scanned.library)
     library = shlex.quote(str(scanned.library))
+    # Each file's own reason is in the store (and the run's log): print them between the runs.
+    query = "SELECT write_error FROM library_files WHERE write_error IS NOT NULL"
+    errors = shlex.join([sys.executable, "-c", "import sqlite3, sys; [print('write_error:', e) for (e,) in "
+                         f"sqlite3.connect(sys.argv[1]).execute({query!r})]", str(scanned.store_path)])
     result = _in_private_mounts(
         scanned,
         f"mount --bind {library} {library} && mount -o remount,ro,bind {library}\n"
-        f"$NP run; echo rc=$?\nmount -o remount,rw,bind {library}\n$NP write-tags; echo rc=$?\n",
+        f"$NP run; echo rc=$?\n{errors}\nmount -o remount,rw,bind {library}\n$NP write-tags; echo rc=$?\n",
     )
     codes = [line for line in result.stdout.splitlines() if line.startswith("rc=")]
     assert codes == ["rc=0", "rc=0"], result.stdout + result.stderr
     err = result.stderr
     assert "Traceback" not in err
     first, second = err.split("next: make the library's folders and files writable", 1)
-    assert "permission denied (the library is on a read-only file system)" in first
+    reasons = [line for line in result.stdout.splitlines() if line.startswith("write_error:")]
+    assert reasons and all("(the library is on a read-only file system)" in line for line in reasons), reasons
     assert "warning: the tags of " in first and "could not be written" in first
     assert "warning: the tags of " not in second  # all written the second time
     with scanned.store() as store:
