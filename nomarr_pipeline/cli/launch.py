@@ -103,6 +103,9 @@ class CodeLocationLauncher:
                         on_event(record.event_log_entry)
                 if run.status in FINISHED:
                     return run
+                if run.status == dg.DagsterRunStatus.QUEUED and not self._daemon_serves_queue():
+                    # The daemon that was to dequeue it has stopped: start it here, as it would.
+                    self.instance.launch_run(run_id, self._context.create_request_context())
                 time.sleep(POLL_S)
         except KeyboardInterrupt:
             self.instance.run_coordinator.cancel_run(run_id)
