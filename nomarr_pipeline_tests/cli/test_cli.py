@@ -247,7 +247,7 @@ def test_a_failed_step_exits_1_and_skips_what_follows(
     monkeypatch.setenv("NOMARR_STORE_URL", f"sqlite:///{tmp_path / 'store.sqlite3'}")
     launched = []
 
-    def failing_launch(self, job_name, tags):
+    def failing_launch(self, job_name, tags, config):
         launched.append(job_name)
         return "run-0001", runner.RunFailure("step library_files failed: disk on fire")
 
@@ -269,7 +269,7 @@ def test_a_step_that_left_heads_out_lets_the_next_steps_go_on(monkeypatch, dagst
     so calibration and tag writing still run for them."""
     launched = []
 
-    def launch(self, job_name, tags):
+    def launch(self, job_name, tags, config):
         launched.append(job_name)
         if job_name == predictions_job.name:
             return "run-0001", runner.RunFailure("step file_tags_report failed: broken", ("m:broken",))
