@@ -37,8 +37,9 @@ from arango import ArangoClient
 from arango.database import Database, StandardDatabase
 from arango.exceptions import ArangoClientError, ArangoServerError
 from arango.http import DefaultHTTPClient, HTTPClient
-from arango.response import Response
+from urllib3.util import Timeout
 
+from nomarr_pipeline.store import redact_url
 from nomarr_pipeline.store.arango_schema import (
     ENCODED_KEY_COLLECTIONS,
     META_COLLECTION,
@@ -50,6 +51,7 @@ from nomarr_pipeline.store.arango_schema import (
     encode_key,
 )
 from nomarr_pipeline.store.protocol import (
+    FILE_COUNTS,
     AnalysisClaim,
     ClaimedFile,
     Doc,
@@ -63,6 +65,7 @@ from nomarr_pipeline.store.schema import (
     check_claim,
     check_histogram_spec,
     document_table,
+    sparse_histogram,
     split_pending_guards,
 )
 
@@ -79,13 +82,7 @@ ERR_DOCUMENT_NOT_FOUND = 1202
 
 # Readers fill absent declared fields so that documents have the same shape on every engine.
 _READ_DEFAULTS: dict[str, Doc] = {
-    name: {
-        **dict.fromkeys(table.columns),
-        # NOT NULL DEFAULT columns in SQLite.
-        **({"file_tags_pending": False} if name == "library_files" else {}),
-        **({"nomarr_only": True} if name == "file_tags" else {}),
-    }
-    for name, table in TABLES.items()
+    name: {**dict.fromkeys(table.columns), **dict(table.defaults)} for name, table in TABLES.items()
 }
 # SQLite REAL columns come back as floats; ArangoDB prints integral doubles as integers.
 _FLOAT_FIELDS: dict[str, frozenset[str]] = {
@@ -98,46 +95,16 @@ _FLOAT_FIELDS: dict[str, frozenset[str]] = {
 _RETURN_DOC = 'UNSET(d, "_id", "_rev")'
 
 
-class FastFailHTTPClient(DefaultHTTPClient):
-    """python-arango's default client with separate connect and read timeouts and few retries.
-
-    The default retries a refused connection three times with exponential backoff (about six
-    seconds); a store pointed at the wrong port should say so at once. Long AQL statements
-    (a histogram over millions of predictions) still get a generous read timeout.
-    """
-
-    def __init__(self, connect_timeout_s: float = 5.0, read_timeout_s: float = 300.0) -> None:
-        super().__init__(request_timeout=read_timeout_s, retry_attempts=1, backoff_factor=0.1)
-        self.connect_timeout_s = connect_timeout_s
-        self.read_timeout_s = read_timeout_s
-
-    def send_request(
-        self,
-        session: requests.Session,
-        method: str,
-        url: str,
-        headers: Mapping[str, str] | None = None,
-        params: Mapping[str, str] | None = None,
-        data: Any = None,
-        auth: tuple[str, str] | None = None,
-    ) -> Response:
-        response = session.request(
-            method=method,
-            url=url,
-            params=params,
-            data=data,
-            headers=headers,
-            auth=auth,
-            timeout=(self.connect_timeout_s, self.read_timeout_s),
-        )
-        return Response(
-            method=method,
-            url=response.url,
-            headers=response.headers,
-            status_code=response.status_code,
-            status_text=response.reason,
-            raw_body=response.text,
-        )
+def fast_fail_http_client() -> DefaultHTTPClient:
+    """python-arango's default client with few retries and separate connect and read timeouts:
+    a store pointed at the wrong port says so at once (the default retries a refused connection
+    for about six seconds), while a long AQL statement (a histogram over millions of
+    predictions) still gets a generous read timeout."""
+    return DefaultHTTPClient(
+        request_timeout=Timeout(connect=5.0, read=300.0),  # type: ignore[arg-type]
+        retry_attempts=1,
+        backoff_factor=0.1,
+    )
 
 
 class ArangoStore:
@@ -158,12 +125,12 @@ class ArangoStore:
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise StoreError(f"ArangoDB URL must look like http(s)://host:port, got {_redact(url)!r}")
+            raise StoreError(f"ArangoDB URL must look like http(s)://host:port, got {redact_url(url)!r}")
         # Credentials may ride in the URL; explicit arguments win. The client never sees them
         # in the host URL, so no request line or error message can carry them.
         netloc = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
         self._host = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-        self._display_url = _redact(url)
+        self._display_url = redact_url(url)
         self._database_name = database
         self._username = username or parts.username or "root"
         self._password = password if password is not None else (parts.password or "")
@@ -196,16 +163,13 @@ class ArangoStore:
             if self._db is not None and self._pid == os.getpid():
                 return self._db
             # After a fork the parent's sessions are not ours to close: drop the references.
-            client = ArangoClient(hosts=self._host, http_client=self._http_client or FastFailHTTPClient())
+            client = ArangoClient(hosts=self._host, http_client=self._http_client or fast_fail_http_client())
             db = client.db(self._database_name, username=self._username, password=self._password)
             with self._translate_errors("connect to"):
                 self._ensure_database(client, db)
                 self._migrate(db)
             self._client, self._db, self._pid = client, db, os.getpid()
             return db
-
-    def _system_db(self, client: ArangoClient) -> StandardDatabase:
-        return client.db("_system", username=self._username, password=self._password)
 
     def _ensure_database(self, client: ArangoClient, db: StandardDatabase) -> None:
         """Probe the target database; create it through ``_system`` when it does not exist."""
@@ -216,7 +180,8 @@ class ArangoStore:
             if exc.error_code != ERR_DATABASE_NOT_FOUND and exc.http_code != 404:
                 raise
         try:
-            self._system_db(client).create_database(self._database_name)
+            system = client.db("_system", username=self._username, password=self._password)
+            system.create_database(self._database_name)
         except ArangoServerError as exc:
             if exc.error_code == ERR_DUPLICATE_NAME:
                 return  # another process created it first
@@ -300,13 +265,6 @@ class ArangoStore:
         self._client = self._db = None
         self._pid = None
 
-    def drop_database(self) -> None:
-        """Drop this store's database (test teardown); needs a user allowed to drop it."""
-        client = ArangoClient(hosts=self._host, http_client=self._http_client or FastFailHTTPClient())
-        with self._translate_errors("drop a database on"):
-            self._system_db(client).delete_database(self._database_name, ignore_missing=True)
-        self.close()
-
     # ---- query helpers -------------------------------------------------------------------
     def _query(self, aql: str, bind_vars: Doc | None = None, *, db: Database | None = None) -> list[Any]:
         """Run one AQL statement and return every row. Warnings fail the query: an AQL warning
@@ -351,6 +309,11 @@ class ArangoStore:
         for start in range(0, len(rows), WRITE_CHUNK_SIZE):
             chunk = list(rows[start : start + WRITE_CHUNK_SIZE])
             self._query(aql, {name: chunk, **(extra or {})}, db=db)
+
+    def _replace(self, collection: str, stored: Sequence[Doc], db: Database | None) -> None:
+        """Insert or replace whole stored documents by key."""
+        aql = f'FOR d IN @docs INSERT d INTO {collection} OPTIONS {{overwriteMode: "replace"}}'
+        self._write_chunks(aql, "docs", stored, db=db)
 
     @contextmanager
     def _atomic(self, write: Sequence[str], statements: int) -> Iterator[Database | None]:
@@ -437,7 +400,7 @@ class ArangoStore:
         }
 
     def upsert_files(self, docs: Sequence[Doc]) -> None:
-        stored = [_to_stored("library_files", _require_key("library_files", d)) for d in docs]
+        stored = _stored_docs("library_files", docs)
         # overwriteMode "update" changes only the given fields; mergeObjects false replaces an
         # object-valued field (mood_tiers) whole, like SQLite's column.
         self._write_chunks(
@@ -490,16 +453,8 @@ class ArangoStore:
             {"library_id": library_id} if library_id is not None else {},
         )
         # Without groups COLLECT yields one row even for no input; SUM of nothing may be null.
-        row = {k: int(v or 0) for k, v in (rows[0] if rows else {}).items()}
-        return {
-            "total": row.get("total", 0),
-            "analysed": row.get("analysed", 0),
-            "analysis_errors": row.get("analysis_errors", 0),
-            "scan_errors": row.get("scan_errors", 0),
-            "pending_writes": row.get("pending_writes", 0),
-            "write_errors": row.get("write_errors", 0),
-            "written": row.get("written", 0),
-        }
+        row = rows[0] if rows else {}
+        return {k: int(row.get(k) or 0) for k in FILE_COUNTS}
 
     # ---- analysis -----------------------------------------------------------------------------
     def count_files_needing_analysis(self, head: HeadVersion) -> int:
@@ -555,8 +510,8 @@ class ArangoStore:
     def write_predictions(self, docs: Sequence[Doc]) -> None:
         if not docs:
             return
-        stored = [_to_stored("file_tags", _require_key("file_tags", d)) for d in docs]
-        groups = sorted({(d["file_id"], d["model_key"], d["head_name"]) for d in docs})
+        stored = _stored_docs("file_tags", docs)
+        groups = sorted({_head_of(d) for d in docs})
         file_ids = sorted({g[0] for g in groups})
         with self._transaction(["file_tags", "analysis_errors", "library_files"]) as txn:
             # The old labels of each (file, head) go, whatever they were, and its failure.
@@ -573,12 +528,7 @@ class ArangoStore:
                 [analysis_error_key(*g) for g in groups],
                 db=txn,
             )
-            self._write_chunks(
-                'FOR d IN @docs INSERT d INTO file_tags OPTIONS {overwriteMode: "replace"}',
-                "docs",
-                stored,
-                db=txn,
-            )
+            self._replace("file_tags", stored, txn)
             self._write_chunks(
                 "FOR d IN library_files FILTER d._key IN @file_ids "
                 "UPDATE d WITH {calibration_hash: null} IN library_files OPTIONS {keepNull: true}",
@@ -592,17 +542,10 @@ class ArangoStore:
 
     def record_analysis_errors(self, errors: Sequence[Doc]) -> None:
         stored = [
-            _to_stored("analysis_errors",
-                       {**e, "_key": analysis_error_key(e["file_id"], e["model_key"], e["head_name"])})
-            for e in errors
+            _to_stored("analysis_errors", {**e, "_key": analysis_error_key(*_head_of(e))}) for e in errors
         ]
         with self._atomic(["analysis_errors"], _chunk_count(stored)) as txn:
-            self._write_chunks(
-                'FOR d IN @docs INSERT d INTO analysis_errors OPTIONS {overwriteMode: "replace"}',
-                "docs",
-                stored,
-                db=txn,
-            )
+            self._replace("analysis_errors", stored, txn)
 
     def count_files_with_analysis_errors(
         self, heads: Sequence[HeadVersion], library_id: str | None = None
@@ -654,18 +597,7 @@ class ArangoStore:
                 "bins": bins,
             },
         )
-        in_range: list[tuple[int, int]] = []
-        underflow = overflow = 0
-        for row in rows:
-            index, count = int(row["bin_index"]), int(row["bin_count"])
-            if index < 0:
-                underflow += count
-            elif index >= bins:
-                overflow += count
-            else:
-                in_range.append((index, count))
-        in_range.sort()
-        return SparseHistogram(bins=in_range, underflow_count=underflow, overflow_count=overflow)
+        return sparse_histogram(sorted((int(r["bin_index"]), int(r["bin_count"])) for r in rows), bins)
 
     def histograms(
         self, model_key: str, head_name: str, labels: Sequence[str], lo: float, hi: float, bins: int
@@ -694,26 +626,12 @@ class ArangoStore:
         return sorted((_from_stored("calibration_state", r) for r in rows), key=lambda d: d["_key"])
 
     def save_calibrations(self, states: Sequence[Doc], history: Sequence[Doc]) -> None:
-        stored_states = [
-            _to_stored("calibration_state", _require_key("calibration_state", d)) for d in states
-        ]
-        stored_history = [
-            _to_stored("calibration_history", _require_key("calibration_history", d)) for d in history
-        ]
+        stored_states = _stored_docs("calibration_state", states)
+        stored_history = _stored_docs("calibration_history", history)
         # A state document is replaced whole, as SQLite's INSERT OR REPLACE does.
         with self._transaction(["calibration_state", "calibration_history"]) as txn:
-            self._write_chunks(
-                'FOR d IN @docs INSERT d INTO calibration_state OPTIONS {overwriteMode: "replace"}',
-                "docs",
-                stored_states,
-                db=txn,
-            )
-            self._write_chunks(
-                'FOR d IN @docs INSERT d INTO calibration_history OPTIONS {overwriteMode: "replace"}',
-                "docs",
-                stored_history,
-                db=txn,
-            )
+            self._replace("calibration_state", stored_states, txn)
+            self._replace("calibration_history", stored_history, txn)
 
     def recent_history(self, calibration_keys: Sequence[str], per_key: int = 1) -> dict[str, list[Doc]]:
         # One index range per key (the subquery keeps LIMIT per key). Ties on snapshot_at
@@ -857,14 +775,9 @@ class ArangoStore:
 
     def put_documents(self, collection: str, docs: Sequence[Doc]) -> None:
         name = _document_collection(collection)
-        stored = [_to_stored(name, _require_key(name, d)) for d in docs]
+        stored = _stored_docs(name, docs)
         with self._atomic([name], _chunk_count(stored)) as txn:
-            self._write_chunks(
-                f'FOR d IN @docs INSERT d INTO {name} OPTIONS {{overwriteMode: "replace"}}',
-                "docs",
-                stored,
-                db=txn,
-            )
+            self._replace(name, stored, txn)
 
 
 # ---- AQL ------------------------------------------------------------------------------------
@@ -977,10 +890,16 @@ def _needs_recalibration(expected_hash: str, library_id: str | None) -> tuple[st
 _BOOL_FIELDS: dict[str, frozenset[str]] = {name: table.bool_columns for name, table in TABLES.items()}
 
 
-def _require_key(collection: str, doc: Doc) -> Doc:
-    if "_key" not in doc:
-        raise ValueError(f"{collection} document without _key: {doc!r}")
-    return doc
+def _stored_docs(collection: str, docs: Sequence[Doc]) -> list[Doc]:
+    """Whole documents as stored; each must have its ``_key``."""
+    for doc in docs:
+        if "_key" not in doc:
+            raise ValueError(f"{collection} document without _key: {doc!r}")
+    return [_to_stored(collection, doc) for doc in docs]
+
+
+def _head_of(doc: Doc) -> tuple[str, str, str]:
+    return doc["file_id"], doc["model_key"], doc["head_name"]
 
 
 def _to_stored(collection: str, doc: Mapping[str, Any]) -> Doc:
@@ -1032,12 +951,6 @@ def _chunk_count(rows: Sequence[Any]) -> int:
 
 
 # ---- messages -----------------------------------------------------------------------------------
-def _redact(url: str) -> str:
-    from nomarr_pipeline.store import redact_url
-
-    return redact_url(url)
-
-
 def _scrub(message: str, password: str) -> str:
     """Belt and braces: no message leaves this module with the password in it."""
     return message.replace(password, "***") if password else message

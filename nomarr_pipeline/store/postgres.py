@@ -46,7 +46,6 @@ from nomarr_pipeline.store.schema import (
     FILE_TAGS,
     Doc,
     check_claim,
-    check_histogram_spec,
     document_table,
     file_tag_rows,
 )
@@ -56,7 +55,6 @@ from nomarr_pipeline.store.sql import (
     Dialect,
     SqlStore,
     pyformat,
-    sparse_histogram,
 )
 
 T = TypeVar("T")
@@ -83,7 +81,6 @@ _READER_THREAD = "nomarr-pg-reader"
 _FILE_TAG_COLUMNS = FILE_TAGS.columns
 # What a document replaced whole gets for a NOT NULL field it lacks (the column default).
 _NOT_NULL_DEFAULTS: dict[str, Doc] = {"library_files": {"file_tags_pending": False}}
-_FINITE = "{v} > '-Infinity'::float8 AND {v} < 'Infinity'::float8"  # NaN sorts above Infinity
 
 
 def _heads_params(heads: Sequence[HeadVersion]) -> Doc:
@@ -101,6 +98,8 @@ DIALECT = Dialect(
          WITH ORDINALITY AS h(model_key, head_name, tagger_version, position))""",
     heads_params=_heads_params,
     merge_extra="extra = jsonb_strip_nulls(coalesce({current}, '{{}}') || {new})",
+    finite="{v} > '-Infinity'::float8 AND {v} < 'Infinity'::float8",  # NaN sorts above Infinity
+    bin_index="LEAST(floor({x})::integer, :bins - 1)",
     json_value="CAST(:{param} AS jsonb)",
     json_as_text=False,
 )
@@ -381,19 +380,6 @@ class PostgresStore(SqlStore):
         self._run(write)
 
     # ---- calibration -------------------------------------------------------------------------
-    def _histogram(
-        self, model_key: str, head_name: str, label: str, lo: float, hi: float, bins: int
-    ) -> SparseHistogram:
-        check_histogram_spec(lo, hi, bins)
-
-        def read(conn: psycopg.Connection[Any]) -> list[tuple[int, int]]:
-            return conn.execute(HISTOGRAM_SQL, {  # type: ignore[return-value]
-                "lo": float(lo), "hi": float(hi), "bins": int(bins),
-                "model_key": model_key, "head_name": head_name, "label": label,
-            }).fetchall()  # fmt: skip
-
-        return sparse_histogram(self._run(read), bins)
-
     def histograms(
         self, model_key: str, head_name: str, labels: Sequence[str], lo: float, hi: float, bins: int
     ) -> Iterator[tuple[str, SparseHistogram]]:
@@ -524,25 +510,10 @@ class PostgresStore(SqlStore):
 
 
 # ---- SQL ---------------------------------------------------------------------------------------
-# The histogram of docs/ARCHITECTURE.md §6 with SQLite's integer bin arithmetic: multiplying by
-# bins/(hi - lo) rather than dividing by the bin width keeps a value on a bin edge (0.3 of
-# 10,000 bins) in the bin that edge starts; -1 collects underflow, `bins` overflow.
-HISTOGRAM_SQL = f"""
-SELECT CASE WHEN value < %(lo)s THEN -1
-            WHEN value > %(hi)s THEN %(bins)s
-            ELSE LEAST(floor((value - %(lo)s) * %(bins)s / (%(hi)s - %(lo)s))::integer, %(bins)s - 1)
-       END AS bin_index,
-       count(*) AS bin_count
-FROM file_tags
-WHERE model_key = %(model_key)s AND head_name = %(head_name)s AND label = %(label)s
-  AND nomarr_only AND {_FINITE.format(v="value")}
-GROUP BY 1 ORDER BY 1
-"""
-
 # One expression for the value apply_calibration stores and the value tier_inputs reports,
 # so that tiers computed from a read agree with the stored values to the last bit. The
 # calibration joins by (model_key, head_name, label), unique in calibration_state.
-_CALIBRATED = f"""CASE WHEN c.p95 > c.p5 AND {_FINITE.format(v="t.value")}
+_CALIBRATED = f"""CASE WHEN c.p95 > c.p5 AND {DIALECT.finite.format(v="t.value")}
     THEN LEAST(GREATEST((t.value - c.p5) / (c.p95 - c.p5), 0.0::float8), 1.0::float8) END"""
 _SAME_LABEL = "c.model_key = t.model_key AND c.head_name = t.head_name AND c.label = t.label"
 

@@ -38,6 +38,17 @@ DOCUMENT_COLLECTIONS = (
     "calibration_history",
 )
 
+# The counts of ``Store.file_counts``.
+FILE_COUNTS = (
+    "total",
+    "analysed",
+    "analysis_errors",
+    "scan_errors",
+    "pending_writes",
+    "write_errors",
+    "written",
+)
+
 
 @dataclass(frozen=True)
 class HeadVersion:
@@ -143,8 +154,7 @@ class Store(Protocol):
     def get_files(self, file_ids: Sequence[str]) -> list[Doc]: ...
 
     def file_counts(self, library_id: str | None = None) -> Doc:
-        """``{"total", "analysed", "analysis_errors", "scan_errors", "pending_writes",
-        "write_errors", "written"}`` as integers."""
+        """The :data:`FILE_COUNTS` of the library's files (or all files) as integers."""
 
     # ---- analysis --------------------------------------------------------------------
     def count_files_needing_analysis(self, head: HeadVersion) -> int:

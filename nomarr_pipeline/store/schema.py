@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nomarr_pipeline.store.protocol import DOCUMENT_COLLECTIONS, Doc
+from nomarr_pipeline.store.protocol import DOCUMENT_COLLECTIONS, Doc, SparseHistogram
 
 
 @dataclass(frozen=True)
@@ -221,6 +221,15 @@ def split_pending_guards(results: Sequence[Doc]) -> tuple[list[Doc], list[tuple[
             guards.append((result["_key"], result["written_for_hash"]))
         updates.append(fields)
     return updates, guards
+
+
+def sparse_histogram(rows: Sequence[Sequence[int]], bins: int) -> SparseHistogram:
+    """``(bin_index, count)`` rows, -1 for underflow and ``bins`` for overflow."""
+    return SparseHistogram(
+        bins=[(int(index), int(count)) for index, count in rows if 0 <= index < bins],
+        underflow_count=sum(int(count) for index, count in rows if index < 0),
+        overflow_count=sum(int(count) for index, count in rows if index >= bins),
+    )
 
 
 def check_histogram_spec(lo: float, hi: float, bins: int) -> None:

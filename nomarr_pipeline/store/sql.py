@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from nomarr_pipeline.store.protocol import (
+    FILE_COUNTS,
     AnalysisClaim,
     ClaimedFile,
     Doc,
@@ -33,7 +34,9 @@ from nomarr_pipeline.store.schema import (
     LIBRARY_FILES,
     Table,
     analysis_error_key,
+    check_histogram_spec,
     document_table,
+    sparse_histogram,
     split_pending_guards,
 )
 
@@ -69,6 +72,10 @@ class Dialect:
     heads_params: Callable[[Sequence[HeadVersion]], Doc]
     # ``{current}`` JSON object with the keys of ``{new}`` set (a null removes the key).
     merge_extra: str
+    # ``{v}`` is a finite number.
+    finite: str
+    # The histogram bin of ``{x}`` (``(value - lo) * bins / (hi - lo)``, not negative), at most the last.
+    bin_index: str
     # A JSON value bound as ``:{param}``.
     json_value: str = ":{param}"
     json_as_text: bool = True
@@ -84,15 +91,6 @@ def pyformat(sql: str) -> str:
     """A statement with SQLite's parameters in psycopg's: ``:name`` -> ``%(name)s``, ``?`` -> ``%s``."""
     sql = sql.replace("%", "%%").replace("?", "%s")
     return re.sub(r"(?<![:\w]):([A-Za-z_]\w*)", r"%(\1)s", sql)
-
-
-def sparse_histogram(rows: Sequence[Sequence[int]], bins: int) -> SparseHistogram:
-    """``(bin_index, count)`` rows, -1 for underflow and ``bins`` for overflow."""
-    return SparseHistogram(
-        bins=[(int(index), int(count)) for index, count in rows if 0 <= index < bins],
-        underflow_count=sum(int(count) for index, count in rows if index < 0),
-        overflow_count=sum(int(count) for index, count in rows if index >= bins),
-    )
 
 
 class SqlStore:
@@ -277,8 +275,7 @@ class SqlStore:
             """,
             {"library_id": library_id},
         )
-        return {k: int(row[k]) for k in ("total", "analysed", "analysis_errors", "scan_errors",
-                                         "pending_writes", "write_errors", "written")}  # fmt: skip
+        return {k: int(row[k]) for k in FILE_COUNTS}
 
     # ---- analysis ----------------------------------------------------------------------
     def count_files_needing_analysis(self, head: HeadVersion) -> int:
@@ -384,7 +381,27 @@ class SqlStore:
     def _histogram(
         self, model_key: str, head_name: str, label: str, lo: float, hi: float, bins: int
     ) -> SparseHistogram:
-        raise NotImplementedError
+        check_histogram_spec(lo, hi, bins)
+        # Multiplying by bins/(hi - lo) rather than dividing by the bin width keeps a value on a
+        # bin edge (0.3 of 10,000 bins) in the bin that edge starts (docs/ARCHITECTURE.md §6).
+        in_range = self.dialect.bin_index.format(x="(value - :lo) * :bins / (:hi - :lo)")
+        rows = self._rows(
+            f"""SELECT CASE WHEN value < :lo THEN -1 WHEN value > :hi THEN :bins ELSE {in_range}
+                   END AS bin_index, COUNT(*) AS bin_count
+            FROM file_tags
+            WHERE model_key = :model_key AND head_name = :head_name AND label = :label
+              AND nomarr_only = TRUE AND {self.dialect.finite.format(v="value")}
+            GROUP BY bin_index ORDER BY bin_index""",
+            {
+                "lo": float(lo),
+                "hi": float(hi),
+                "bins": int(bins),
+                "model_key": model_key,
+                "head_name": head_name,
+                "label": label,
+            },
+        )
+        return sparse_histogram([(row["bin_index"], row["bin_count"]) for row in rows], bins)
 
     def labels_of_head(self, model_key: str, head_name: str) -> list[str]:
         rows = self._rows(

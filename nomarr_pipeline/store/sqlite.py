@@ -18,19 +18,17 @@ from nomarr_pipeline.store.protocol import (
     AnalysisClaim,
     ClaimedFile,
     HeadVersion,
-    SparseHistogram,
     StoreError,
     StoreFullError,
     StoreReadOnlyError,
 )
-from nomarr_pipeline.store.schema import FILE_TAGS, Doc, check_claim, check_histogram_spec, file_tag_rows
+from nomarr_pipeline.store.schema import FILE_TAGS, Doc, check_claim, file_tag_rows
 from nomarr_pipeline.store.sql import (
     ANALYSABLE,
     NEEDS_RECALIBRATION,
     NEEDS_SOME_HEAD,
     Dialect,
     SqlStore,
-    sparse_histogram,
 )
 from nomarr_pipeline.store.sqlite_schema import migrate
 
@@ -43,8 +41,6 @@ BUSY_TIMEOUT_MS = 30_000
 # for a checkpoint of all of it, after which the next writer starts the WAL again from the
 # beginning and truncates it to this size.
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
-# A finite REAL lies strictly between these; 9e999 is SQLite's literal for +infinity.
-_FINITE_NUMBER = "typeof(value) IN ('real', 'integer') AND value > -9e999 AND value < 9e999"
 
 
 def _heads_json(heads: Sequence[HeadVersion]) -> Doc:
@@ -59,6 +55,9 @@ DIALECT = Dialect(
         SELECT key, value ->> 0, value ->> 1, value ->> 2 FROM json_each(:heads))""",
     heads_params=_heads_json,
     merge_extra="extra = json_patch(coalesce({current}, '{{}}'), {new})",
+    # A finite REAL lies strictly between these; 9e999 is SQLite's literal for +infinity.
+    finite="typeof({v}) IN ('real', 'integer') AND {v} > -9e999 AND {v} < 9e999",
+    bin_index="MIN(CAST({x} AS INTEGER), :bins - 1)",
     pending="file_tags_pending = 1",
 )
 
@@ -216,35 +215,6 @@ class SqliteStore(SqlStore):
             )
 
     # ---- calibration ---------------------------------------------------------------------
-    def _histogram(
-        self, model_key: str, head_name: str, label: str, lo: float, hi: float, bins: int
-    ) -> SparseHistogram:
-        check_histogram_spec(lo, hi, bins)
-        # Multiplying by bins/(hi-lo) rather than dividing by bin_width keeps values that sit
-        # exactly on a bin edge (0.3 with 10,000 bins) in the bin that edge starts.
-        rows = self._conn.execute(
-            f"""
-            SELECT CASE WHEN value < :lo THEN -1
-                        WHEN value > :hi THEN :bins
-                        ELSE MIN(CAST((value - :lo) * :bins / (:hi - :lo) AS INTEGER), :bins - 1)
-                   END AS bin_index,
-                   COUNT(*) AS count
-            FROM file_tags
-            WHERE model_key = :model_key AND head_name = :head_name AND label = :label
-              AND nomarr_only = 1 AND {_FINITE_NUMBER}
-            GROUP BY bin_index ORDER BY bin_index
-            """,
-            {
-                "lo": lo,
-                "hi": hi,
-                "bins": bins,
-                "model_key": model_key,
-                "head_name": head_name,
-                "label": label,
-            },
-        ).fetchall()
-        return sparse_histogram(rows, bins)
-
     def recent_history(self, calibration_keys: Sequence[str], per_key: int = 1) -> dict[str, list[Doc]]:
         rows = self._rows(
             """
@@ -318,7 +288,7 @@ class SqliteStore(SqlStore):
 # One subquery for the value a finished recalibration stores and the value tier_inputs
 # reports, so that tiers computed from a read agree with the stored values to the last bit.
 _CALIBRATED = f"""(
-    SELECT CASE WHEN c.p95 > c.p5 AND {_FINITE_NUMBER.replace("value", "t.value")}
+    SELECT CASE WHEN c.p95 > c.p5 AND {DIALECT.finite.format(v="t.value")}
                 THEN MIN(MAX((t.value - c.p5) / (c.p95 - c.p5), 0.0), 1.0) END
     FROM calibration_state c
     WHERE c.model_key = t.model_key AND c.head_name = t.head_name AND c.label = t.label)"""

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from arango import ArangoClient
 
 from nomarr_pipeline.store import Store, open_store
 
@@ -40,14 +41,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
             "(and NOMARR_TEST_ARANGO_PASSWORD); its requests are tested in test_arango_requests.py"
         )
     database = f"nomarr_test_{uuid.uuid4().hex[:12]}"
-    engine = open_store(
-        url,
-        arango_db=database,
-        arango_user=os.environ.get("NOMARR_TEST_ARANGO_USER", "root"),
-        arango_password=os.environ.get("NOMARR_TEST_ARANGO_PASSWORD"),
-    )
+    user = os.environ.get("NOMARR_TEST_ARANGO_USER", "root")
+    password = os.environ.get("NOMARR_TEST_ARANGO_PASSWORD")
+    engine = open_store(url, arango_db=database, arango_user=user, arango_password=password)
     yield engine
-    drop = getattr(engine, "drop_database", None)
-    if drop is not None:
-        drop()
     engine.close()
+    client = ArangoClient(hosts=url)
+    system = client.db("_system", username=user, password=password or "")
+    system.delete_database(database, ignore_missing=True)
+    client.close()

@@ -470,11 +470,6 @@ def test_connection_refused_fails_fast_with_redacted_url() -> None:
     assert PASSWORD not in message and "alice:" not in message
 
 
-def test_drop_database_goes_through_system(store: ArangoStore, fake: FakeArango) -> None:
-    store.drop_database()
-    assert fake.endpoints() == [f"DELETE /_db/_system/_api/database/{DB}"]
-
-
 # ---- calibration ---------------------------------------------------------------------------------
 def test_histogram_is_one_grouped_query_and_maps_to_sparse_histogram(
     store: ArangoStore, fake: FakeArango
@@ -1241,9 +1236,7 @@ def test_open_store_passes_the_http_client_and_settings(fake: FakeArango) -> Non
 
 
 def test_contract_fixture_knows_the_arango_engine() -> None:
-    """The shared suite runs on ArangoDB when NOMARR_TEST_ARANGO_URL is set, and tears its
-    database down through ArangoStore.drop_database."""
+    """The shared suite runs on ArangoDB when NOMARR_TEST_ARANGO_URL is set."""
     from nomarr_pipeline_tests.store import conftest
 
     assert "arango" in conftest.ENGINES
-    assert callable(getattr(ArangoStore, "drop_database", None))
