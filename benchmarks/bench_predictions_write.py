@@ -89,7 +89,7 @@ def timed_run(url: str, files: int, labels: int, processes: int) -> float:
 
 def compare_insert(url: str, files: int, labels: int) -> dict[str, float]:
     """rows/s of write_predictions (COPY) vs the same transaction with executemany INSERTs."""
-    from nomarr_pipeline.store.postgres_schema import as_double
+    from nomarr_pipeline.store.postgres import as_double
     from nomarr_pipeline.store.schema import FILE_TAGS, file_tag_rows
 
     store = open_url(url)

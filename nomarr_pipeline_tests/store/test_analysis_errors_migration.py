@@ -8,14 +8,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from nomarr_pipeline.store import (
-    AnalysisClaim,
-    HeadVersion,
-    Store,
-    open_store,
-    postgres_schema,
-    sqlite_schema,
-)
+from nomarr_pipeline.store import AnalysisClaim, HeadVersion, Store, open_store, postgres, sqlite
 from nomarr_pipeline_tests.conftest import PostgresDatabase
 
 HEAD = HeadVersion("m", "h", "v")
@@ -52,7 +45,7 @@ def _check(store: Store) -> None:
 def test_sqlite_version_4_store(tmp_path: Path) -> None:
     path = tmp_path / "v4.sqlite3"
     conn = sqlite3.connect(path)
-    for script in sqlite_schema.MIGRATIONS[:4]:
+    for script in sqlite.MIGRATIONS[:4]:
         conn.executescript(script)
     conn.execute("PRAGMA user_version = 4")
     _old_rows(
@@ -70,7 +63,7 @@ def test_sqlite_version_4_store(tmp_path: Path) -> None:
 
 def test_postgresql_version_1_store(postgres_db: PostgresDatabase) -> None:
     conn = postgres_db.server.connect(postgres_db.name)
-    conn.execute(postgres_schema.MIGRATIONS[0])
+    conn.execute(postgres.MIGRATIONS[0])
     conn.execute("INSERT INTO nomarr_meta (_key, version) VALUES ('schema', 1)")
     _old_rows(
         lambda row: conn.execute(

@@ -35,12 +35,12 @@ from nomarr_pipeline.store import (
     open_store,
 )
 from nomarr_pipeline.store import arango as arango_module
-from nomarr_pipeline.store.arango import ArangoStore
-from nomarr_pipeline.store.arango_schema import (
+from nomarr_pipeline.store.arango import (
     ANALYSIS_ERRORS_RESET,
     ANALYSIS_INDEXES,
     INDEXES,
     SCHEMA_VERSION,
+    ArangoStore,
     encode_key,
 )
 from nomarr_pipeline.store.schema import analysis_error_key

@@ -17,7 +17,7 @@ from nomarr_pipeline.calibration.recalibration import recalibrate
 from nomarr_pipeline.calibration.tiers import TierConfig
 from nomarr_pipeline.cli import main as cli
 from nomarr_pipeline.store import Store, StoreError, open_store
-from nomarr_pipeline.store.postgres_schema import SCHEMA_VERSION
+from nomarr_pipeline.store.postgres import SCHEMA_VERSION
 from nomarr_pipeline_tests.conftest import PostgresDatabase
 from nomarr_pipeline_tests.postgres_server import PostgresServer, free_port
 

@@ -6,8 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from nomarr_pipeline.store import open_store
-from nomarr_pipeline.store.sqlite import _TIER_INPUTS
-from nomarr_pipeline.store.sqlite_schema import MIGRATIONS
+from nomarr_pipeline.store.sqlite import _TIER_INPUTS, MIGRATIONS
 from nomarr_pipeline_tests.calibration.binning import label_histogram
 
 
