@@ -31,7 +31,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import requests
@@ -205,9 +205,10 @@ class ArangoStore:
                         if exc.error_code != ERR_DUPLICATE_NAME:
                             raise
                     existing.add(name)
-            for index in migration.indexes:
+            for collection, name, fields in migration.indexes:
                 # Creating an identical index returns the existing one: idempotent.
-                db.collection(index.collection).add_index(index.definition())
+                index = dict(type="persistent", name=name, fields=list(fields), unique=False, sparse=False)
+                db.collection(collection).add_index(index)
             for statement in migration.statements:
                 db.aql.execute(statement)
         db.aql.execute(
@@ -271,6 +272,13 @@ class ArangoStore:
                 fail_on_warning=True,
             )
             return list(cursor)
+
+    def _count(self, aql: str, bind_vars: Doc | None = None) -> int:
+        rows = self._query(aql, bind_vars)
+        return int(rows[0]) if rows else 0
+
+    def _docs(self, collection: str, aql: str, bind_vars: Doc | None = None) -> list[Doc]:
+        return [_from_stored(collection, row) for row in self._query(aql, bind_vars)]
 
     @contextmanager
     def _transaction(self, write: Sequence[str], exclusive: Sequence[str] = ()) -> Iterator[Database]:
@@ -344,12 +352,12 @@ class ArangoStore:
         return library
 
     def get_library(self, key: str) -> Doc | None:
-        rows = self._query(f"FOR d IN libraries FILTER d._key == @key RETURN {_RETURN_DOC}", {"key": key})
-        return _from_stored("libraries", rows[0]) if rows else None
+        aql = f"FOR d IN libraries FILTER d._key == @key RETURN {_RETURN_DOC}"
+        found = self._docs("libraries", aql, {"key": key})
+        return found[0] if found else None
 
     def list_libraries(self) -> list[Doc]:
-        rows = self._query(f"FOR d IN libraries RETURN {_RETURN_DOC}")
-        return sorted((_from_stored("libraries", r) for r in rows), key=lambda d: d["_key"])
+        return sorted(self._docs("libraries", f"FOR d IN libraries RETURN {_RETURN_DOC}"), key=_by_key)
 
     def update_library(self, key: str, fields: Doc) -> None:
         self._update_by_key("libraries", [{**fields, "_key": key}])
@@ -424,11 +432,8 @@ class ArangoStore:
     def get_files(self, file_ids: Sequence[str]) -> list[Doc]:
         if not file_ids:
             return []
-        rows = self._query(
-            f"FOR d IN library_files FILTER d._key IN @file_ids RETURN {_RETURN_DOC}",
-            {"file_ids": list(file_ids)},
-        )
-        return sorted((_from_stored("library_files", r) for r in rows), key=lambda d: d["_key"])
+        aql = f"FOR d IN library_files FILTER d._key IN @file_ids RETURN {_RETURN_DOC}"
+        return sorted(self._docs("library_files", aql, {"file_ids": list(file_ids)}), key=_by_key)
 
     def file_counts(self, library_id: str | None = None) -> Doc:
         scope = "FILTER d.library_id == @library_id " if library_id is not None else ""
@@ -451,12 +456,11 @@ class ArangoStore:
 
     # ---- analysis -----------------------------------------------------------------------------
     def count_files_needing_analysis(self, head: HeadVersion) -> int:
-        rows = self._query(
+        return self._count(
             f"LET heads = @heads FOR d IN library_files FILTER {_ANALYSABLE} "
             f"FILTER {_NEEDS_HEAD.format(head='heads[0]')} COLLECT WITH COUNT INTO files RETURN files",
             {"heads": _heads_var([head])},
         )
-        return int(rows[0]) if rows else 0
 
     def claim_files_for_analysis(
         self, heads: Sequence[HeadVersion], claim: AnalysisClaim, limit: int, after_key: str | None = None
@@ -493,12 +497,11 @@ class ArangoStore:
         return _claimed_files(rows, heads)
 
     def release_analysis_claims(self, run_id: str, claimed_before_ms: int) -> int:
-        rows = self._query(
+        return self._count(
             "FOR c IN analysis_claims FILTER c.run_id == @run_id OR c.claimed_at < @before "
             "REMOVE c IN analysis_claims COLLECT WITH COUNT INTO removed RETURN removed",
             {"run_id": run_id, "before": claimed_before_ms},
         )
-        return int(rows[0]) if rows else 0
 
     def write_predictions(self, docs: Sequence[Doc]) -> None:
         if not docs:
@@ -544,16 +547,16 @@ class ArangoStore:
         self, heads: Sequence[HeadVersion], library_id: str | None = None
     ) -> int:
         scope = "FILTER DOCUMENT('library_files', e.file_id).library_id == @library_id " if library_id else ""
-        rows = self._query(
+        return self._count(
             "FOR h IN @heads FOR e IN analysis_errors "
             "FILTER e.model_key == h[0] AND e.head_name == h[1] AND e.tagger_version == h[2] "
             f"{scope}COLLECT file_id = e.file_id COLLECT WITH COUNT INTO failed_files RETURN failed_files",
             {"heads": _heads_var(heads), **({"library_id": library_id} if library_id else {})},
         )
-        return int(rows[0]) if rows else 0
 
     def errors_of_unproven_heads(self, heads: Sequence[HeadVersion]) -> list[Doc]:
-        rows = self._query(
+        return self._docs(
+            "analysis_errors",
             "FOR h IN @heads "
             "FILTER LENGTH(FOR t IN file_tags FILTER t.model_key == h[0] AND t.head_name == h[1] "
             "AND t.tagger_version == h[2] LIMIT 1 RETURN 1) == 0 "
@@ -562,41 +565,23 @@ class ArangoStore:
             f"SORT d._key RETURN {_RETURN_DOC}",
             {"heads": _heads_var(heads)},
         )
-        return [_from_stored("analysis_errors", r) for r in rows]
 
     def file_tags_for_files(self, file_ids: Sequence[str]) -> list[Doc]:
         if not file_ids:
             return []
-        rows = self._query(
-            f"FOR d IN file_tags FILTER d.file_id IN @file_ids RETURN {_RETURN_DOC}",
-            {"file_ids": list(file_ids)},
-        )
-        tags = [_from_stored("file_tags", r) for r in rows]
+        aql = f"FOR d IN file_tags FILTER d.file_id IN @file_ids RETURN {_RETURN_DOC}"
+        tags = self._docs("file_tags", aql, {"file_ids": list(file_ids)})
         return sorted(tags, key=lambda t: (t["file_id"], t["model_key"], t["head_name"], t["label"]))
 
     # ---- calibration ----------------------------------------------------------------------------
-    def _histogram(
-        self, model_key: str, head_name: str, label: str, lo: float, hi: float, bins: int
-    ) -> SparseHistogram:
-        check_histogram_spec(lo, hi, bins)
-        rows = self._query(
-            HISTOGRAM_AQL,
-            {
-                "model_key": model_key,
-                "head_name": head_name,
-                "label": label,
-                "lo": lo,
-                "hi": hi,
-                "bins": bins,
-            },
-        )
-        return sparse_histogram(sorted((int(r["bin_index"]), int(r["bin_count"])) for r in rows), bins)
-
     def histograms(
         self, model_key: str, head_name: str, labels: Sequence[str], lo: float, hi: float, bins: int
     ) -> Iterator[tuple[str, SparseHistogram]]:
+        check_histogram_spec(lo, hi, bins)
         for label in labels:
-            yield label, self._histogram(model_key, head_name, label, lo, hi, bins)
+            bind = {"model_key": model_key, "head_name": head_name, "label": label}
+            rows = self._query(HISTOGRAM_AQL, {**bind, "lo": lo, "hi": hi, "bins": bins})
+            yield label, sparse_histogram(sorted((r["bin_index"], r["bin_count"]) for r in rows), bins)
 
     def labels_of_head(self, model_key: str, head_name: str) -> list[str]:
         rows = self._query(
@@ -607,16 +592,13 @@ class ArangoStore:
         return sorted(rows)
 
     def get_calibrations(self, keys: Sequence[str]) -> dict[str, Doc]:
-        rows = self._query(
-            f"FOR d IN calibration_state FILTER d._key IN @keys RETURN {_RETURN_DOC}",
-            {"keys": [encode_key(key) for key in keys]},
-        )
-        docs = (_from_stored("calibration_state", row) for row in rows)
+        aql = f"FOR d IN calibration_state FILTER d._key IN @keys RETURN {_RETURN_DOC}"
+        docs = self._docs("calibration_state", aql, {"keys": [encode_key(key) for key in keys]})
         return {doc["_key"]: doc for doc in docs}
 
     def list_calibrations(self) -> list[Doc]:
-        rows = self._query(f"FOR d IN calibration_state RETURN {_RETURN_DOC}")
-        return sorted((_from_stored("calibration_state", r) for r in rows), key=lambda d: d["_key"])
+        docs = self._docs("calibration_state", f"FOR d IN calibration_state RETURN {_RETURN_DOC}")
+        return sorted(docs, key=_by_key)
 
     def save_calibrations(self, states: Sequence[Doc], history: Sequence[Doc]) -> None:
         stored_states = _stored_docs("calibration_state", states)
@@ -629,7 +611,8 @@ class ArangoStore:
     def recent_history(self, calibration_keys: Sequence[str], per_key: int = 1) -> dict[str, list[Doc]]:
         # One index range per key (the subquery keeps LIMIT per key). Ties on snapshot_at
         # break by _key: SQLite uses insertion order, which ArangoDB lacks.
-        rows = self._query(
+        docs = self._docs(
+            "calibration_history",
             "FOR key IN @calibration_keys "
             "LET recent = (FOR d IN calibration_history FILTER d.calibration_key == key "
             f"SORT d.snapshot_at DESC, d._key DESC LIMIT @per_key RETURN {_RETURN_DOC}) "
@@ -637,18 +620,16 @@ class ArangoStore:
             {"calibration_keys": list(calibration_keys), "per_key": per_key},
         )
         found: dict[str, list[Doc]] = {}
-        for row in rows:
-            doc = _from_stored("calibration_history", row)
+        for doc in docs:
             found.setdefault(doc["calibration_key"], []).append(doc)
         return found
 
     # ---- recalibration ------------------------------------------------------------------------
     def count_files_needing_recalibration(self, expected_hash: str, library_id: str | None = None) -> int:
         scope, bind = _needs_recalibration(expected_hash, library_id)
-        rows = self._query(
+        return self._count(
             f"FOR d IN library_files FILTER {scope} COLLECT WITH COUNT INTO files RETURN files", bind
         )
-        return int(rows[0]) if rows else 0
 
     def claim_files_for_recalibration(
         self, expected_hash: str, run: str, claim: str, limit: int, library_id: str | None = None
@@ -706,23 +687,22 @@ class ArangoStore:
 
     def reset_calibration_hashes(self, library_id: str | None = None) -> int:
         scope = "d.library_id == @library_id AND " if library_id is not None else ""
-        rows = self._query(
+        return self._count(
             f"LET reset = (FOR d IN library_files FILTER {scope}d.calibration_hash != null "
             "UPDATE d WITH {calibration_hash: null} IN library_files OPTIONS {keepNull: true} "
             "RETURN 1) RETURN LENGTH(reset)",
             {"library_id": library_id} if library_id is not None else {},
         )
-        return int(rows[0]) if rows else 0
 
     # ---- tag writing ----------------------------------------------------------------------------
     def files_pending_write(self, library_id: str, after_key: str | None, limit: int) -> list[Doc]:
-        rows = self._query(
+        return self._docs(
+            "library_files",
             "FOR d IN library_files FILTER d.library_id == @library_id "
             "AND d.file_tags_pending == true AND d._key > @after_key "
             f"SORT d._key LIMIT @limit RETURN {_RETURN_DOC}",
             {"library_id": library_id, "after_key": after_key or "", "limit": limit},
         )
-        return [_from_stored("library_files", r) for r in rows]
 
     def add_written_stats(self, stats: Sequence[Doc]) -> None:
         rows = [{"_key": s["_key"], "stat": [s["size"], s["mtime_ns"]]} for s in stats]
@@ -752,8 +732,7 @@ class ArangoStore:
 
     # ---- moving a store --------------------------------------------------------------------------
     def count_documents(self, collection: str) -> int:
-        rows = self._query(f"RETURN LENGTH({_document_collection(collection)})")
-        return int(rows[0]) if rows else 0
+        return self._count(f"RETURN LENGTH({_document_collection(collection)})")
 
     def iter_documents(self, collection: str, batch_size: int = 1000) -> Iterator[list[Doc]]:
         name = _document_collection(collection)
@@ -848,6 +827,10 @@ CLAIMABLE_FOR_ANALYSIS_AQL = (
     "FILTER DOCUMENT('analysis_claims', SHA1(CONCAT(@run_id, '|', d._key))) == null "
     f"{_NEEDED_HEADS} SORT d._key LIMIT @limit RETURN {{doc: {_RETURN_DOC}, heads: needed}}"
 )
+
+
+def _by_key(doc: Doc) -> str:
+    return doc["_key"]
 
 
 def _heads_var(heads: Sequence[HeadVersion]) -> list[list[str]]:
@@ -951,70 +934,47 @@ META_COLLECTION = "nomarr_meta"
 SCHEMA_DOC_KEY = "schema"
 
 
-@dataclass(frozen=True)
-class PersistentIndex:
+class Index(NamedTuple):
     """A non-unique, non-sparse persistent index, named so that it can be found and dropped."""
 
     collection: str
     name: str
     fields: tuple[str, ...]
 
-    def definition(self) -> dict[str, object]:
-        """The body of ``POST /_api/index?collection=<collection>``."""
-        return {
-            "type": "persistent",
-            "name": self.name,
-            "fields": list(self.fields),
-            "unique": False,
-            "sparse": False,
-        }
-
 
 # Every index names the queries it serves; an index no query uses only slows writes down.
-INDEXES: tuple[PersistentIndex, ...] = (
+INDEXES: tuple[Index, ...] = (
     # The histogram index of docs/ARCHITECTURE.md §6, kept for head-wide scans.
-    PersistentIndex("file_tags", "idx_file_tags_histogram", ("model_key", "head_name", "nomarr_only")),
+    Index("file_tags", "idx_file_tags_histogram", ("model_key", "head_name", "nomarr_only")),
     # histogram() and labels_of_head() are per (head, label).
-    PersistentIndex(
-        "file_tags",
-        "idx_file_tags_label_histogram",
-        ("model_key", "head_name", "label", "nomarr_only"),
-    ),
+    Index("file_tags", "idx_file_tags_label_histogram", ("model_key", "head_name", "label", "nomarr_only")),
     # write_predictions() replaces (file, head) groups; files_needing_analysis() probes
     # (file, head, tagger_version); file_tags_for_files()/tier_inputs()/delete_* go by file.
-    PersistentIndex(
-        "file_tags",
-        "idx_file_tags_file",
-        ("file_id", "model_key", "head_name", "tagger_version"),
-    ),
+    Index("file_tags", "idx_file_tags_file", ("file_id", "model_key", "head_name", "tagger_version")),
     # file_index() and upsert lookups by path.
-    PersistentIndex("library_files", "idx_library_files_library_path", ("library_id", "path")),
+    Index("library_files", "idx_library_files_library_path", ("library_id", "path")),
     # count_files_needing_recalibration() and claim_files_for_recalibration() per library.
-    PersistentIndex(
-        "library_files", "idx_library_files_calibration_hash", ("library_id", "calibration_hash")
-    ),
+    Index("library_files", "idx_library_files_calibration_hash", ("library_id", "calibration_hash")),
     # files_pending_write().
-    PersistentIndex("library_files", "idx_library_files_pending", ("library_id", "file_tags_pending")),
+    Index("library_files", "idx_library_files_pending", ("library_id", "file_tags_pending")),
     # load/save_folder_cache().
-    PersistentIndex("library_folders", "idx_library_folders_library", ("library_id",)),
+    Index("library_folders", "idx_library_folders_library", ("library_id",)),
     # tier_inputs() and finish_claimed_recalibration() join file_tags to their calibration by these fields.
-    PersistentIndex("calibration_state", "idx_calibration_state_label", ("model_key", "head_name", "label")),
+    Index("calibration_state", "idx_calibration_state_label", ("model_key", "head_name", "label")),
     # recent_history(): newest snapshots of each calibration of a head.
-    PersistentIndex("calibration_history", "idx_calibration_history_key", ("calibration_key", "snapshot_at")),
+    Index("calibration_history", "idx_calibration_history_key", ("calibration_key", "snapshot_at")),
 )
 
 # Version 2: analysis errors per (file, head) and the claims of predictions runs.
-ANALYSIS_INDEXES: tuple[PersistentIndex, ...] = (
+ANALYSIS_INDEXES: tuple[Index, ...] = (
     # delete_files()/delete_file_tags() by file (the analysis queries look errors up by _key).
-    PersistentIndex("analysis_errors", "idx_analysis_errors_file", ("file_id", "model_key", "head_name")),
+    Index("analysis_errors", "idx_analysis_errors_file", ("file_id", "model_key", "head_name")),
     # count_files_with_analysis_errors() per head.
-    PersistentIndex(
-        "analysis_errors", "idx_analysis_errors_head", ("model_key", "head_name", "tagger_version")
-    ),
+    Index("analysis_errors", "idx_analysis_errors_head", ("model_key", "head_name", "tagger_version")),
     # reclaim_files_for_analysis(): a shard's claims in a run.
-    PersistentIndex("analysis_claims", "idx_analysis_claims_shard", ("run_id", "shard")),
+    Index("analysis_claims", "idx_analysis_claims_shard", ("run_id", "shard")),
     # release_analysis_claims(): claims of runs that died.
-    PersistentIndex("analysis_claims", "idx_analysis_claims_claimed_at", ("claimed_at",)),
+    Index("analysis_claims", "idx_analysis_claims_claimed_at", ("claimed_at",)),
 )
 # Errors recorded before version 2 mixed failures of the file and of single heads: they are
 # cleared once (those files are tried again); a failed file without predictions is no longer
@@ -1035,7 +995,7 @@ class Migration:
 
     version: int
     collections: tuple[str, ...]
-    indexes: tuple[PersistentIndex, ...]
+    indexes: tuple[Index, ...]
     statements: tuple[str, ...] = ()
 
 

@@ -1,18 +1,10 @@
 """The production store: PostgreSQL through psycopg 3.
 
-One connection per process and thread, opened lazily (Dagster runs each step in its own
-process); every protocol call is one transaction, retried a bounded number of times when
-PostgreSQL reports a transient failure (serialization failure, deadlock, a dropped
-connection or a restarting server). Anything else is a :class:`StoreError` with one line
-that says what to fix. Statements use bind parameters only; table and column names come
-from the schema module, never from documents.
-
-Bulk paths: predictions go in through ``COPY``; claims take rows with ``FOR UPDATE SKIP
-LOCKED`` so several recalibrating processes take different files; the histogram is one
-grouped query per label over the covering index ``idx_file_tags_histogram``.
-
-Differences from SQLite that the contract tolerates: ``file_tags.value`` is a double, so a
-value that is not a number is stored as null (ineligible for calibration either way).
+One connection per process and thread, opened lazily; every protocol call is one transaction,
+retried a bounded number of times on a transient failure (serialization failure, deadlock, a
+dropped connection, a restarting server). Anything else is a :class:`StoreError` with one line
+that says what to fix. Unlike SQLite, ``file_tags.value`` is a double: a value that is not a
+number is stored as null (ineligible for calibration either way).
 """
 
 from __future__ import annotations
@@ -34,6 +26,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
+from nomarr_pipeline.store import redact_url
 from nomarr_pipeline.store.protocol import (
     AnalysisClaim,
     ClaimedFile,
@@ -41,20 +34,8 @@ from nomarr_pipeline.store.protocol import (
     SparseHistogram,
     StoreError,
 )
-from nomarr_pipeline.store.schema import (
-    FILE_TAGS,
-    Doc,
-    check_claim,
-    document_table,
-    file_tag_rows,
-)
-from nomarr_pipeline.store.sql import (
-    ANALYSABLE,
-    NEEDS_SOME_HEAD,
-    Dialect,
-    SqlStore,
-    pyformat,
-)
+from nomarr_pipeline.store.schema import FILE_TAGS, Doc, check_claim, document_table, file_tag_rows
+from nomarr_pipeline.store.sql import ANALYSABLE, NEEDS_SOME_HEAD, Dialect, SqlStore, pyformat
 
 T = TypeVar("T")
 
@@ -66,20 +47,10 @@ CONNECT_TIMEOUT_S = 10
 # Label histograms of one head queried at once, each on a connection of its own: the server
 # runs them in parallel (a head's labels are independent index ranges).
 HISTOGRAM_CONNECTIONS = 4
-# SQLSTATEs worth another attempt: the statement may succeed as it is on a new try.
-_TRANSIENT_SQLSTATES = frozenset(
-    {
-        "40001",  # serialization_failure
-        "40P01",  # deadlock_detected
-        "57P01",  # admin_shutdown (server stopping or restarting)
-        "57P02",  # crash_shutdown
-        "57P03",  # cannot_connect_now (server starting up)
-    }
-)
+# SQLSTATEs worth another attempt (the statement may succeed as it is): serialization_failure,
+# deadlock_detected, admin_shutdown, crash_shutdown, cannot_connect_now (server starting up).
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
 _READER_THREAD = "nomarr-pg-reader"
-_FILE_TAG_COLUMNS = FILE_TAGS.columns
-# What a document replaced whole gets for a NOT NULL field it lacks (the column default).
-_NOT_NULL_DEFAULTS: dict[str, Doc] = {"library_files": {"file_tags_pending": False}}
 
 
 def _heads_params(heads: Sequence[HeadVersion]) -> Doc:
@@ -99,6 +70,8 @@ DIALECT = Dialect(
     merge_extra="extra = jsonb_strip_nulls(coalesce({current}, '{{}}') || {new})",
     finite="{v} > '-Infinity'::float8 AND {v} < 'Infinity'::float8",  # NaN sorts above Infinity
     bin_index="LEAST(floor({x})::integer, :bins - 1)",
+    append_stat="coalesce(written_stats, '[]'::jsonb) "
+    "|| jsonb_build_array(jsonb_build_array(:size::bigint, :mtime_ns::bigint))",
     json_value="CAST(:{param} AS jsonb)",
     json_as_text=False,
 )
@@ -129,7 +102,7 @@ class PostgresStore(SqlStore):
         self._url = url
         self._password = password
         self._conninfo = _conninfo(url)
-        self._display_url = _display(url)
+        self._display_url = redact_url(url)
         self._user = self._conninfo.get("user") or os.environ.get("PGUSER") or getpass.getuser()
         self._dbname = self._conninfo.get("dbname") or self._user
         self._local = threading.local()
@@ -467,30 +440,14 @@ class PostgresStore(SqlStore):
 
         return self._run(finish)
 
-    # ---- tag writing -------------------------------------------------------------------------
-    def add_written_stats(self, stats: Sequence[Doc]) -> None:
-        rows = [(s["size"], s["mtime_ns"], s["_key"]) for s in stats]
-
-        def append(conn: psycopg.Connection[Any]) -> None:
-            # Appended in the row itself, so what concurrent writers appended is kept.
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "UPDATE library_files SET written_stats = coalesce(written_stats, '[]'::jsonb) "
-                    "|| jsonb_build_array(jsonb_build_array(%s::bigint, %s::bigint)) WHERE _key = %s",
-                    rows,
-                )
-
-        if rows:
-            self._run(append)
-
     # ---- moving a store --------------------------------------------------------------------
     def put_documents(self, collection: str, docs: Sequence[Doc]) -> None:
         if document_table(collection) is not FILE_TAGS:
             super().put_documents(collection, docs)
             return
         rows = file_tag_rows(docs, as_double)
-        columns = ", ".join(_FILE_TAG_COLUMNS)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in _FILE_TAG_COLUMNS if c not in FILE_TAGS.key)
+        columns = ", ".join(FILE_TAGS.columns)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in FILE_TAGS.columns if c not in FILE_TAGS.key)
 
         def put(conn: psycopg.Connection[Any]) -> None:
             # Staged by COPY, then one upsert on the primary key (its arbiter index is used
@@ -571,7 +528,7 @@ RETURNING _key
 
 
 def _copy_file_tags(conn: psycopg.Connection[Any], rows: Any, table: str = "file_tags") -> None:
-    columns = ", ".join(_FILE_TAG_COLUMNS)
+    columns = ", ".join(FILE_TAGS.columns)
     with conn.cursor() as cur, cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:  # type: ignore[arg-type]
         for row in rows:
             copy.write_row(row)
@@ -702,25 +659,19 @@ def _conninfo(url: str) -> dict[str, Any]:
         params = conninfo_to_dict(url)
     except (ValueError, psycopg.Error) as exc:
         raise StoreError(
-            f"malformed PostgreSQL URL {_display(url)!r} ({_reason(exc)}): set NOMARR_STORE_URL "
+            f"malformed PostgreSQL URL {redact_url(url)!r} ({_reason(exc)}): set NOMARR_STORE_URL "
             "to postgresql://user@host:port/dbname[?sslmode=...]"
         ) from None
     if parts.scheme.lower() not in ("postgresql", "postgres"):
-        raise StoreError(f"not a PostgreSQL URL: {_display(url)!r}")
+        raise StoreError(f"not a PostgreSQL URL: {redact_url(url)!r}")
     if "password" in params:
         raise StoreError(
-            f"NOMARR_STORE_URL {_display(url)!r} carries a password: remove it and set "
+            f"NOMARR_STORE_URL {redact_url(url)!r} carries a password: remove it and set "
             "NOMARR_PG_PASSWORD (or libpq's PGPASSWORD / ~/.pgpass) instead"
         )
     params.setdefault("connect_timeout", str(CONNECT_TIMEOUT_S))
     params.setdefault("application_name", "nomarr_pipeline")
     return params
-
-
-def _display(url: str) -> str:
-    from nomarr_pipeline.store import redact_url
-
-    return redact_url(url)
 
 
 def _reason(exc: BaseException) -> str:

@@ -76,6 +76,8 @@ class Dialect:
     finite: str
     # The histogram bin of ``{x}`` (``(value - lo) * bins / (hi - lo)``, not negative), at most the last.
     bin_index: str
+    # ``written_stats`` with ``[:size, :mtime_ns]`` appended.
+    append_stat: str
     # A JSON value bound as ``:{param}``.
     json_value: str = ":{param}"
     json_as_text: bool = True
@@ -452,6 +454,13 @@ class SqlStore:
             "ORDER BY _key LIMIT ?",
             (library_id, after_key or "", limit),
         )
+
+    def add_written_stats(self, stats: Sequence[Doc]) -> None:
+        # Appended in the row itself, so what concurrent writers appended is kept.
+        rows = [{"_key": s["_key"], "size": s["size"], "mtime_ns": s["mtime_ns"]} for s in stats]
+        sql = f"UPDATE library_files SET written_stats = {self.dialect.append_stat} WHERE _key = :_key"
+        if rows:
+            self._write(lambda conn: conn.executemany(sql, rows))
 
     def record_writes(self, results: Sequence[Doc]) -> None:
         updates, guards = split_pending_guards(results)

@@ -23,13 +23,7 @@ from nomarr_pipeline.store.protocol import (
     StoreReadOnlyError,
 )
 from nomarr_pipeline.store.schema import FILE_TAGS, Doc, check_claim, file_tag_rows
-from nomarr_pipeline.store.sql import (
-    ANALYSABLE,
-    NEEDS_RECALIBRATION,
-    NEEDS_SOME_HEAD,
-    Dialect,
-    SqlStore,
-)
+from nomarr_pipeline.store.sql import ANALYSABLE, NEEDS_RECALIBRATION, NEEDS_SOME_HEAD, Dialect, SqlStore
 
 T = TypeVar("T")
 
@@ -57,6 +51,7 @@ DIALECT = Dialect(
     # A finite REAL lies strictly between these; 9e999 is SQLite's literal for +infinity.
     finite="typeof({v}) IN ('real', 'integer') AND {v} > -9e999 AND {v} < 9e999",
     bin_index="MIN(CAST({x} AS INTEGER), :bins - 1)",
+    append_stat="json_insert(coalesce(written_stats, '[]'), '$[#]', json_array(:size, :mtime_ns))",
     pending="file_tags_pending = 1",
 )
 
@@ -272,16 +267,6 @@ class SqliteStore(SqlStore):
                 ],
             )
         return held
-
-    # ---- tag writing ---------------------------------------------------------------------
-    def add_written_stats(self, stats: Sequence[Doc]) -> None:
-        with self._transaction() as conn:
-            conn.executemany(
-                "UPDATE library_files SET written_stats = "
-                "json_insert(coalesce(written_stats, '[]'), '$[#]', json_array(:size, :mtime_ns)) "
-                "WHERE _key = :_key",
-                [{"_key": s["_key"], "size": s["size"], "mtime_ns": s["mtime_ns"]} for s in stats],
-            )
 
 
 # One subquery for the value a finished recalibration stores and the value tier_inputs
