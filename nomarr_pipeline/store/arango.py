@@ -1,25 +1,14 @@
-"""The production store: ArangoDB through python-arango.
+"""The ArangoDB store through python-arango: AQL with bind variables only (collection names
+are literals in the text, values never are); SQLite is the reference for semantics.
 
-Every statement is AQL with bind variables (collection names are literals in the text, values
-never are), so a query plan is reusable and no label or path can change a query's meaning.
-The SQLite engine is the reference for semantics; ``test_contract.py`` runs the same suite on
-both and ``test_arango_requests.py`` checks the requests this engine sends.
-
-Atomicity: a single AQL query is one transaction on a single server. Where the protocol needs
-several statements to land together (write_predictions, save_calibrations, save_folder_cache,
-delete_files, and any write split into chunks), a stream transaction
-(``POST /_api/transaction/begin`` ... ``PUT /_api/transaction/<id>``) wraps them.
-
-Differences from SQLite that the contract tolerates, and why:
-- JSON has no NaN or infinity, so non-finite floats are stored as null. They are ineligible
-  for calibration either way, which is why the histogram's ``IS_NUMBER`` is a complete finite
-  check here.
-- AQL orders strings with ICU collation, SQLite by bytes. Paginated queries (iter_files,
-  files_needing_analysis, files_pending_write) page by AQL's own ``SORT``/``>`` so every page
-  is consistent; the file keys are lowercase hex, where both orders agree. Unpaginated lists
-  are re-sorted in Python so that both engines return the same order.
-- ``file_tags``, ``calibration_state`` and ``calibration_history`` keys are percent-encoded for
-  ArangoDB's ``_key`` alphabet (see ``encode_key``); readers get the original keys back.
+A single AQL query is one transaction; where several statements must land together (and any
+write split into chunks), a stream transaction wraps them. Differences the contract tolerates:
+- JSON has no NaN or infinity: non-finite floats are stored as null (ineligible for
+  calibration either way, so ``IS_NUMBER`` is a complete finite check here).
+- AQL orders strings with ICU collation, SQLite by bytes: pages follow AQL's own ``SORT``/``>``
+  (file keys are lowercase hex, where both agree); unpaginated lists are re-sorted in Python.
+- ``file_tags`` and calibration keys are percent-encoded for ArangoDB's ``_key`` alphabet
+  (:func:`encode_key`); readers get the original keys back.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """Copy a whole store into another one, between any two engines, and prove the copy.
 
-Predictions cost hours of Essentia: outgrowing the embedded store must never mean analysing
-again. Every collection is read in pages through the protocol (``iter_documents``) and
-written with ``put_documents`` (whole documents replaced by key, one transaction per page,
-no pipeline side effects), then the folder cache of every library. Because every write
-replaces by key, a re-run after a crash copies again over what is there and finishes the
-job. Afterwards each collection is read back from the target and compared with the source:
-the same number of documents and the same order-independent checksum of their contents.
-
-Run it while no pipeline writes to the source; the target should be empty (or hold an
-earlier, interrupted copy of the same source): documents the source does not have make the
-verification fail rather than vanish silently.
+Pages of every collection go through ``iter_documents``/``put_documents`` (replaced by key, so
+a re-run after a crash finishes the job), then every library's folder cache; each collection is
+then read back and compared by count and order-independent checksum. Run it while nothing
+writes to the source; documents the source lacks make the verification fail.
 """
 
 from __future__ import annotations

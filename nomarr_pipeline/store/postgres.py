@@ -129,8 +129,7 @@ class PostgresStore(SqlStore):
             return conn
         try:
             conn = psycopg.connect(**self._conninfo, password=self._password, autocommit=True)
-            # Index range scans and set-based updates of a batch: compiling them costs more
-            # than it saves (JIT added ~50 ms to a 200k-row histogram here).
+            # Compiling index range scans and batch updates costs more than it saves.
             conn.execute("SET jit = off")
         except psycopg.Error as exc:
             raise self._error(exc, "connect to") from None
@@ -473,9 +472,8 @@ _CALIBRATED = f"""CASE WHEN c.p95 > c.p5 AND {DIALECT.finite.format(v="t.value")
     THEN LEAST(GREATEST((t.value - c.p5) / (c.p95 - c.p5), 0.0::float8), 1.0::float8) END"""
 _SAME_LABEL = "c.model_key = t.model_key AND c.head_name = t.head_name AND c.label = t.label"
 
-# Two set-based statements (a join, not a subquery per row): predictions with a calibration,
-# then those without one. Rows whose value does not change are not rewritten (no new row
-# version, no WAL).
+# Predictions with a calibration, then those without one, as joins; rows whose value does not
+# change are not rewritten (no new row version, no WAL).
 APPLY_CALIBRATION_SQL = (
     f"""UPDATE file_tags AS t SET calibrated_value = {_CALIBRATED} FROM calibration_state c
     WHERE t.file_id = ANY(%s) AND {_SAME_LABEL} AND t.calibrated_value IS DISTINCT FROM {_CALIBRATED}""",
@@ -492,14 +490,9 @@ WHERE t.file_id = ANY(%s)
 
 
 def _apply_calibration(conn: psycopg.Connection[Any], file_ids: list[str]) -> None:
-    # A hash join of the batch's predictions with calibration_state (a few hundred rows) is
-    # the right plan at every size, but lagging statistics make the planner pick nested
-    # loops: on a fresh library file_tags' statistics say every calibrated_value is null, so
-    # the second statement was planned for one row and scanned calibration_state once per
-    # prediction (435 ms per batch of 1,000 files instead of 24 ms), and once
-    # calibration_state has statistics the first one was driven from it, one index scan of
-    # the whole batch per label (467 ms instead of 60 ms; docs/BENCHMARKS.md). Nested loops
-    # stay off for the rest of the transaction: callers apply last.
+    # A hash join with calibration_state is the right plan at every size, but lagging
+    # statistics make the planner pick nested loops, many times slower (docs/BENCHMARKS.md).
+    # Nested loops stay off for the rest of the transaction: callers apply last.
     conn.execute("SET LOCAL enable_nestloop = off")
     for statement in APPLY_CALIBRATION_SQL:
         conn.execute(statement, (file_ids,))  # type: ignore[arg-type]

@@ -1,10 +1,6 @@
-"""The Store protocol: every operation the pipeline performs on its database.
-
-Every engine (``sqlite``, ``postgres``, ``arango``) implements it with the same collection and
-field names (docs/ARCHITECTURE.md, data model), and ``nomarr_pipeline_tests/store/test_contract.py``
-runs one suite against each.
-Documents go in and out as plain dicts whose keys are the collection's field names.
-Timestamps are integer milliseconds since the epoch.
+"""The Store protocol: every operation the pipeline performs on its database, implemented by
+each engine with the same collection and field names (docs/ARCHITECTURE.md §3). Documents are
+plain dicts keyed by field name; timestamps are integer milliseconds since the epoch.
 """
 
 from __future__ import annotations
@@ -16,17 +12,6 @@ from typing import Any, Protocol, runtime_checkable
 Doc = dict[str, Any]
 TIER_INPUT_FIELDS = ("file_id", "head_name", "label", "std", "calibrated_value")
 
-COLLECTIONS = (
-    "libraries",
-    "library_folders",
-    "library_files",
-    "file_tags",
-    "analysis_errors",
-    "analysis_claims",
-    "calibration_state",
-    "calibration_history",
-)
-
 # Collections whose documents carry a key, which count/iter/put_documents move whole (the
 # folder cache moves through load/save_folder_cache; analysis claims live for one run).
 DOCUMENT_COLLECTIONS = (
@@ -37,6 +22,7 @@ DOCUMENT_COLLECTIONS = (
     "calibration_state",
     "calibration_history",
 )
+COLLECTIONS = (*DOCUMENT_COLLECTIONS, "library_folders", "analysis_claims")
 
 # The counts of ``Store.file_counts``.
 FILE_COUNTS = (
@@ -61,10 +47,8 @@ class HeadVersion:
 
 @dataclass(frozen=True)
 class AnalysisClaim:
-    """Who analyses a file during a predictions run: shard ``shard`` of run ``run_id``.
-
-    Claims of one run exclude each other (no file is analysed by two shards of a run); a
-    retried shard takes back its own unfinished claims; claims of other runs are ignored."""
+    """Shard ``shard`` of predictions run ``run_id``: no file is analysed by two shards of a run,
+    a retried shard takes back its own unfinished claims, claims of other runs are ignored."""
 
     run_id: str
     shard: int = 0
@@ -80,12 +64,8 @@ class ClaimedFile:
 
 @dataclass(frozen=True)
 class SparseHistogram:
-    """Non-empty bins of one (head, label) plus values counted apart.
-
-    ``bins`` holds ``(bin_index, count)`` pairs sorted by index, in-range values only
-    (``lo <= value <= hi``; ``value == hi`` falls in the last bin). ``n`` counts every
-    eligible value: in range, underflow (``< lo``) and overflow (``> hi``).
-    """
+    """Non-empty bins of one (head, label): ``(bin_index, count)`` sorted by index for values in
+    ``[lo, hi]`` (``hi`` falls in the last bin); values below and above are counted apart."""
 
     bins: list[tuple[int, int]]
     underflow_count: int
@@ -148,8 +128,7 @@ class Store(Protocol):
         """Remove files with their ``file_tags`` and ``analysis_errors``."""
 
     def delete_file_tags(self, file_ids: Sequence[str]) -> None:
-        """Remove every prediction and every ``analysis_errors`` document of these files
-        (their audio changed: every head gets another chance)."""
+        """Remove the ``file_tags`` and ``analysis_errors`` of these files (their audio changed)."""
 
     def get_files(self, file_ids: Sequence[str]) -> list[Doc]: ...
 
@@ -165,10 +144,9 @@ class Store(Protocol):
     def claim_files_for_analysis(
         self, heads: Sequence[HeadVersion], claim: AnalysisClaim, limit: int, after_key: str | None = None
     ) -> list[ClaimedFile]:
-        """Up to ``limit`` files (ordered by ``_key``, after ``after_key``) that need at least
-        one of ``heads`` and that no shard of ``claim.run_id`` claimed, claimed for
-        ``claim.shard`` in the same transaction: callers of one run never get the same file.
-        Each comes with the heads it needs."""
+        """Up to ``limit`` files (by ``_key``, after ``after_key``) that need one of ``heads`` and
+        that no shard of ``claim.run_id`` holds, claimed in the same transaction, each with the
+        heads it needs: callers of one run never get the same file."""
 
     def reclaim_files_for_analysis(
         self, heads: Sequence[HeadVersion], claim: AnalysisClaim
@@ -181,12 +159,9 @@ class Store(Protocol):
         (runs that died); returns how many."""
 
     def write_predictions(self, docs: Sequence[Doc]) -> None:
-        """Replace each (file_id, model_key, head_name) group with the given ``file_tags``.
-
-        All labels of a head for a file land together or not at all, and the group's
-        ``analysis_errors`` document goes; the files' stored ``calibration_hash`` is cleared
-        so that recalibration picks them up.
-        """
+        """Replace each (file_id, model_key, head_name) group with the given ``file_tags``, all
+        labels or none, removing the group's ``analysis_errors`` document and clearing the
+        files' ``calibration_hash`` (so recalibration picks them up)."""
 
     def record_analysis(self, results: Sequence[Doc]) -> None:
         """``[{"_key", "analyzed_at"?, "analysis_error", "analysis_engine"?}]`` onto ``library_files``
@@ -195,10 +170,8 @@ class Store(Protocol):
 
     def record_analysis_errors(self, errors: Sequence[Doc]) -> None:
         """``[{"file_id", "model_key", "head_name", "tagger_version", "error", "failed_at",
-        "model_fault"?}]``:
-        one ``analysis_errors`` document per (file, head), replacing an older one (``_key``
-        is :func:`analysis_error_key`). The file needs that head again once its
-        ``tagger_version`` changes."""
+        "model_fault"?}]``: one ``analysis_errors`` document per (file, head), replacing an
+        older one; the file needs that head again once its ``tagger_version`` changes."""
 
     def count_files_with_analysis_errors(
         self, heads: Sequence[HeadVersion], library_id: str | None = None
@@ -216,9 +189,8 @@ class Store(Protocol):
         self, model_key: str, head_name: str, labels: Sequence[str], lo: float, hi: float, bins: int
     ) -> Iterator[tuple[str, SparseHistogram]]:
         """``(label, histogram)`` for each label, in order: one grouped query per label over
-        eligible ``file_tags`` (``nomarr_only``, finite number). A server engine may run a few
-        of these queries at once on connections of its own (a few histograms alive at a time,
-        never all of a head's)."""
+        eligible ``file_tags`` (``nomarr_only``, finite number); a server engine may run a few at
+        once on connections of its own."""
 
     def labels_of_head(self, model_key: str, head_name: str) -> list[str]:
         """Distinct labels stored for a head (sorted)."""
@@ -245,29 +217,22 @@ class Store(Protocol):
     def claim_files_for_recalibration(
         self, expected_hash: str, run: str, claim: str, limit: int, library_id: str | None = None
     ) -> list[str]:
-        """Up to ``limit`` files needing recalibration, with their ``calibration_hash`` set to
-        ``claim`` in the same statement. ``claim`` starts with ``run``; files holding a claim
-        of the same run (a hash starting with ``run``) are in flight and skipped.
-
-        A claim is never a real hash, so a claimed file still needs recalibration until it is
-        finished (a crash loses nothing). Predictions written after the claim clear the hash
-        (``write_predictions``), which voids it: see ``finish_claimed_recalibration``."""
+        """Up to ``limit`` files needing recalibration, their ``calibration_hash`` set to ``claim``
+        (which starts with ``run``) in the same statement; files holding a claim of the same run
+        are skipped. A claimed file still needs recalibration until it is finished (a crash
+        loses nothing); predictions written after the claim clear the hash, which voids it."""
 
     def tier_inputs(self, file_ids: Sequence[str]) -> list[tuple[Any, ...]]:
-        """These files' ``file_tags`` as mood tiers need them: one tuple per prediction with
-        the fields :data:`TIER_INPUT_FIELDS`, ``calibrated_value`` computed from the current
-        ``calibration_state`` by the very expression ``finish_claimed_recalibration`` stores
-        (``clamp((value - p5) / (p95 - p5), 0, 1)``, null without a usable calibration). Tuples, not
-        documents: this is the hot read of a recalibration (10 M rows for a large library)."""
+        """One :data:`TIER_INPUT_FIELDS` tuple per prediction of these files (tuples: the hot read
+        of a recalibration), ``calibrated_value`` computed from the current calibration by the
+        very expression ``finish_claimed_recalibration`` stores (null without a usable one)."""
 
     def finish_claimed_recalibration(
         self, claim: str, expected_hash: str, mood_tiers: Mapping[str, Doc | None]
     ) -> list[str]:
-        """In ONE transaction, for the files of ``mood_tiers`` that still hold ``claim``:
-        store each prediction's ``calibrated_value``, then ``mood_tiers``, ``calibration_hash =
-        expected_hash`` and ``file_tags_pending``. A file whose claim was voided (new predictions
-        since the claim, so its tiers may be stale) is left as it is, still needing
-        recalibration. Returns the files finished."""
+        """In ONE transaction, for the files of ``mood_tiers`` that still hold ``claim``: store each
+        prediction's ``calibrated_value``, ``mood_tiers``, ``calibration_hash = expected_hash``
+        and ``file_tags_pending``; returns them. A file whose claim was voided is left as it is."""
 
     def reset_calibration_hashes(self, library_id: str | None = None) -> int:
         """Force recalibration: set every hash to null; returns how many files."""
@@ -277,20 +242,12 @@ class Store(Protocol):
 
     def add_written_stats(self, stats: Sequence[Doc]) -> None:
         """``[{"_key", "size", "mtime_ns"}]``: append each (size, mtime_ns) to the file's
-        ``written_stats``, in one transaction, keeping what other writers appended meanwhile.
-        A tag writer calls this before renaming a copy into place; unknown keys are ignored."""
+        ``written_stats`` in one transaction, keeping what other writers appended meanwhile."""
 
     def record_writes(self, results: Sequence[Doc]) -> None:
-        """Update existing ``library_files`` (never create one) with the given fields of
-        ``[{"_key", "written_at", "write_error", "file_tags_pending", "size", "mtime_ns",
-        "written_stats"}]`` (any subset besides ``_key``); unknown keys are ignored, all in
-        one transaction.
-
-        A result may also carry ``written_for_hash``: the ``calibration_hash`` the file had
-        when its tags were selected. Its ``file_tags_pending = False`` then applies only if
-        the file still has that hash, so tiers a recalibration finished meanwhile are
-        written by the next batch instead of being marked done (see
-        ``schema.split_pending_guards``)."""
+        """Set the given fields of existing ``library_files`` (unknown keys are ignored) in one
+        transaction. With ``written_for_hash`` (the hash the file had when its tags were
+        selected), ``file_tags_pending = False`` applies only while the file keeps that hash."""
 
     # ---- moving a store (nomarr_pipeline.store.migrate) ---------------------------------
     def count_documents(self, collection: str) -> int:
@@ -301,6 +258,5 @@ class Store(Protocol):
         the engine's choosing; each document exactly once)."""
 
     def put_documents(self, collection: str, docs: Sequence[Doc]) -> None:
-        """Insert or replace whole documents by their key (``file_tags``: file, model, head and
-        label), as they are and in one transaction; none of the pipeline's side effects
-        (``write_predictions`` clearing hashes) happen."""
+        """Insert or replace whole documents by their key, as they are and in one transaction,
+        without the pipeline's side effects (``write_predictions`` clearing hashes)."""

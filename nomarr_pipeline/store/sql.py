@@ -1,10 +1,6 @@
-"""What SQLite and PostgreSQL run alike: the Store methods whose SQL both engines accept.
-
-Statements here are written once, with SQLite's parameters (``:name``, ``?``); the
-PostgreSQL engine rewrites them to psycopg's (:func:`pyformat`). What the two spell
-differently (lists of keys, the heads of an analysis query, JSON merges) comes from the
-engine's :class:`Dialect`. The hot paths (PostgreSQL's COPY, binary cursors and SKIP LOCKED
-claims, SQLite's single-writer claims) stay hand-written in each engine.
+"""What SQLite and PostgreSQL run alike, written once with SQLite's parameters (``:name``,
+``?``; PostgreSQL rewrites them, :func:`pyformat`) and the engine's :class:`Dialect` for what
+the two spell differently. The hot paths stay hand-written in each engine.
 """
 
 from __future__ import annotations

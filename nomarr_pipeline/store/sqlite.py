@@ -28,11 +28,9 @@ from nomarr_pipeline.store.sql import ANALYSABLE, NEEDS_RECALIBRATION, NEEDS_SOM
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 30_000
-# Writers of several processes back to back keep SQLite's automatic (passive) checkpoints
-# from ever reaching the end of the WAL, so it never starts over and grows without bound
-# (1.9 GB for a 106 MB store written by 2 processes). A writer that finds it this large waits
-# for a checkpoint of all of it, after which the next writer starts the WAL again from the
-# beginning and truncates it to this size.
+# Writers of several processes back to back keep automatic checkpoints from reaching the end
+# of the WAL, which then grows without bound: a writer that finds it this large waits for a
+# full checkpoint, after which the next writer restarts the WAL and truncates it to this size.
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
 
 
@@ -362,7 +360,7 @@ CREATE INDEX idx_file_tags_histogram ON file_tags(model_key, head_name, label, n
 
 # Version 3: calibrating a prediction looks up its label's p5/p95 (finish_claimed_recalibration and
 # tier_inputs do it for every row of a batch); with p5 and p95 in the index the lookup never
-# visits the table (-14 % CPU for a batch's tier inputs).
+# visits the table.
 _V3 = """
 DROP INDEX IF EXISTS idx_calibration_state_label;
 CREATE INDEX idx_calibration_state_params ON calibration_state(model_key, head_name, label, p5, p95);
