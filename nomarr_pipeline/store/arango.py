@@ -286,7 +286,7 @@ class ArangoStore:
         with self._translate_errors():
             txn.commit_transaction()
 
-    def _write_chunks(
+    def _per_chunk(
         self,
         aql: str,
         name: str,
@@ -294,16 +294,18 @@ class ArangoStore:
         extra: Doc | None = None,
         *,
         db: Database | None = None,
-    ) -> None:
-        """Run ``aql`` once per chunk of ``rows`` bound as ``@<name>``."""
+    ) -> list[Any]:
+        """Run ``aql`` once per chunk of ``rows`` bound as ``@<name>``; every row it returns."""
+        found: list[Any] = []
         for start in range(0, len(rows), WRITE_CHUNK_SIZE):
             chunk = list(rows[start : start + WRITE_CHUNK_SIZE])
-            self._query(aql, {name: chunk, **(extra or {})}, db=db)
+            found += self._query(aql, {name: chunk, **(extra or {})}, db=db)
+        return found
 
     def _replace(self, collection: str, stored: Sequence[Doc], db: Database | None) -> None:
         """Insert or replace whole stored documents by key."""
         aql = f'FOR d IN @docs INSERT d INTO {collection} OPTIONS {{overwriteMode: "replace"}}'
-        self._write_chunks(aql, "docs", stored, db=db)
+        self._per_chunk(aql, "docs", stored, db=db)
 
     @contextmanager
     def _atomic(self, write: Sequence[str], statements: int) -> Iterator[Database | None]:
@@ -325,10 +327,10 @@ class ArangoStore:
             "OPTIONS {keepNull: true, mergeObjects: false}"
         )
         if db is not None:
-            self._write_chunks(aql, "rows", prepared, db=db)
+            self._per_chunk(aql, "rows", prepared, db=db)
             return
         with self._atomic([collection], _chunk_count(prepared)) as txn:
-            self._write_chunks(aql, "rows", prepared, db=txn)
+            self._per_chunk(aql, "rows", prepared, db=txn)
 
     # ---- libraries -------------------------------------------------------------------------
     def ensure_library(self, doc: Doc) -> Doc:
@@ -364,19 +366,13 @@ class ArangoStore:
         rows = [[path, mtime_ns, entry_count] for path, (mtime_ns, entry_count) in folders.items()]
         # Removal and insertion touch the same collection, which one AQL statement cannot do.
         with self._transaction(["library_folders"]) as txn:
-            self._query(
-                "FOR d IN library_folders FILTER d.library_id == @library_id REMOVE d IN library_folders",
-                {"library_id": library_id},
-                db=txn,
-            )
-            self._write_chunks(
+            remove = "FOR d IN library_folders FILTER d.library_id == @library_id REMOVE d IN library_folders"
+            self._query(remove, {"library_id": library_id}, db=txn)
+            insert = (
                 "FOR row IN @folders INSERT {library_id: @library_id, path: row[0], "
-                "mtime_ns: row[1], entry_count: row[2]} INTO library_folders",
-                "folders",
-                rows,
-                {"library_id": library_id},
-                db=txn,
+                "mtime_ns: row[1], entry_count: row[2]} INTO library_folders"
             )
+            self._per_chunk(insert, "folders", rows, {"library_id": library_id}, db=txn)
 
     def file_index(self, library_id: str) -> dict[str, Doc]:
         rows = self._query(
@@ -393,30 +389,22 @@ class ArangoStore:
         stored = _stored_docs("library_files", docs)
         # overwriteMode "update" changes only the given fields; mergeObjects false replaces an
         # object-valued field (mood_tiers) whole, like SQLite's column.
-        self._write_chunks(
-            "FOR d IN @docs INSERT d INTO library_files "
-            'OPTIONS {overwriteMode: "update", keepNull: true, mergeObjects: false}',
-            "docs",
-            stored,
-        )
+        options = '{overwriteMode: "update", keepNull: true, mergeObjects: false}'
+        self._per_chunk(f"FOR d IN @docs INSERT d INTO library_files OPTIONS {options}", "docs", stored)
 
     def delete_files(self, file_ids: Sequence[str]) -> None:
         ids = list(file_ids)
         with self._transaction(["file_tags", "analysis_errors", "library_files"]) as txn:
-            self._write_chunks(_REMOVE_TAGS_OF_FILES, "file_ids", ids, db=txn)
-            self._write_chunks(_REMOVE_ERRORS_OF_FILES, "file_ids", ids, db=txn)
-            self._write_chunks(
-                "FOR d IN library_files FILTER d._key IN @file_ids REMOVE d IN library_files",
-                "file_ids",
-                ids,
-                db=txn,
-            )
+            self._per_chunk(_REMOVE_TAGS_OF_FILES, "file_ids", ids, db=txn)
+            self._per_chunk(_REMOVE_ERRORS_OF_FILES, "file_ids", ids, db=txn)
+            remove = "FOR d IN library_files FILTER d._key IN @file_ids REMOVE d IN library_files"
+            self._per_chunk(remove, "file_ids", ids, db=txn)
 
     def delete_file_tags(self, file_ids: Sequence[str]) -> None:
         ids = list(file_ids)
         with self._transaction(["file_tags", "analysis_errors"]) as txn:
-            self._write_chunks(_REMOVE_TAGS_OF_FILES, "file_ids", ids, db=txn)
-            self._write_chunks(_REMOVE_ERRORS_OF_FILES, "file_ids", ids, db=txn)
+            self._per_chunk(_REMOVE_TAGS_OF_FILES, "file_ids", ids, db=txn)
+            self._per_chunk(_REMOVE_ERRORS_OF_FILES, "file_ids", ids, db=txn)
 
     def get_files(self, file_ids: Sequence[str]) -> list[Doc]:
         if not file_ids:
@@ -500,27 +488,19 @@ class ArangoStore:
         file_ids = sorted({g[0] for g in groups})
         with self._transaction(["file_tags", "analysis_errors", "library_files"]) as txn:
             # The old labels of each (file, head) go, whatever they were, and its failure.
-            self._write_chunks(
+            remove_tags = (
                 "FOR g IN @groups FOR d IN file_tags FILTER d.file_id == g[0] "
-                "AND d.model_key == g[1] AND d.head_name == g[2] REMOVE d IN file_tags",
-                "groups",
-                [list(g) for g in groups],
-                db=txn,
+                "AND d.model_key == g[1] AND d.head_name == g[2] REMOVE d IN file_tags"
             )
-            self._write_chunks(
-                "FOR key IN @keys REMOVE key IN analysis_errors OPTIONS {ignoreErrors: true}",
-                "keys",
-                [analysis_error_key(*g) for g in groups],
-                db=txn,
-            )
+            self._per_chunk(remove_tags, "groups", [list(g) for g in groups], db=txn)
+            remove_errors = "FOR key IN @keys REMOVE key IN analysis_errors OPTIONS {ignoreErrors: true}"
+            self._per_chunk(remove_errors, "keys", [analysis_error_key(*g) for g in groups], db=txn)
             self._replace("file_tags", stored, txn)
-            self._write_chunks(
+            clear_hashes = (
                 "FOR d IN library_files FILTER d._key IN @file_ids "
-                "UPDATE d WITH {calibration_hash: null} IN library_files OPTIONS {keepNull: true}",
-                "file_ids",
-                file_ids,
-                db=txn,
+                "UPDATE d WITH {calibration_hash: null} IN library_files OPTIONS {keepNull: true}"
             )
+            self._per_chunk(clear_hashes, "file_ids", file_ids, db=txn)
 
     def record_analysis(self, results: Sequence[Doc]) -> None:
         self._update_by_key("library_files", results)
@@ -635,42 +615,24 @@ class ArangoStore:
         return sorted(claimed)
 
     def tier_inputs(self, file_ids: Sequence[str]) -> list[tuple[Any, ...]]:
-        ids = list(file_ids)
-        rows: list[tuple[Any, ...]] = []
-        for start in range(0, len(ids), WRITE_CHUNK_SIZE):
-            chunk = ids[start : start + WRITE_CHUNK_SIZE]
-            rows += [
-                (file_id, head_name, label, _as_float(std), _as_float(calibrated))
-                for file_id, head_name, label, std, calibrated in self._query(
-                    TIER_INPUTS_AQL, {"file_ids": chunk}
-                )
-            ]
-        return rows
+        rows = self._per_chunk(TIER_INPUTS_AQL, "file_ids", list(file_ids))
+        return [
+            (file_id, head_name, label, _as_float(std), _as_float(value))
+            for file_id, head_name, label, std, value in rows
+        ]
 
     def finish_claimed_recalibration(
         self, claim: str, expected_hash: str, mood_tiers: Mapping[str, Doc | None]
     ) -> list[str]:
         with self._transaction(["file_tags", "library_files"]) as txn:
-            held: list[str] = []
-            ids = list(mood_tiers)
-            for start in range(0, len(ids), WRITE_CHUNK_SIZE):
-                held += self._query(
-                    "FOR d IN library_files FILTER d._key IN @file_ids AND d.calibration_hash == @claim "
-                    "RETURN d._key",
-                    {"file_ids": ids[start : start + WRITE_CHUNK_SIZE], "claim": claim},
-                    db=txn,
-                )
-            held.sort()
-            self._write_chunks(APPLY_CALIBRATION_AQL, "file_ids", held, db=txn)
-            updates = [
-                {
-                    "_key": file_id,
-                    "calibration_hash": expected_hash,
-                    "mood_tiers": mood_tiers[file_id],
-                    "file_tags_pending": True,
-                }
-                for file_id in held
-            ]
+            held_aql = (
+                "FOR d IN library_files FILTER d._key IN @file_ids AND d.calibration_hash == @claim "
+                "RETURN d._key"
+            )
+            held = sorted(self._per_chunk(held_aql, "file_ids", list(mood_tiers), {"claim": claim}, db=txn))
+            self._per_chunk(APPLY_CALIBRATION_AQL, "file_ids", held, db=txn)
+            finished = {"calibration_hash": expected_hash, "file_tags_pending": True}
+            updates = [{"_key": key, **finished, "mood_tiers": mood_tiers[key]} for key in held]
             self._update_by_key("library_files", updates, db=txn)
         return held
 
@@ -702,7 +664,7 @@ class ArangoStore:
             "UPDATE d WITH {written_stats: PUSH(d.written_stats || [], row.stat)} IN library_files"
         )
         with self._atomic(["library_files"], _chunk_count(rows)) as txn:
-            self._write_chunks(aql, "rows", rows, db=txn)
+            self._per_chunk(aql, "rows", rows, db=txn)
 
     def record_writes(self, results: Sequence[Doc]) -> None:
         updates, guards = split_pending_guards(results)
@@ -710,14 +672,12 @@ class ArangoStore:
         statements = sum(_chunk_count(part) for part in (updates, rows) if part)
         with self._atomic(["library_files"], statements) as txn:
             self._update_by_key("library_files", updates, db=txn)
-            self._write_chunks(
+            written = (
                 "FOR row IN @rows FOR d IN library_files "
                 "FILTER d._key == row._key AND d.calibration_hash == row.hash "
-                "UPDATE d WITH {file_tags_pending: false} IN library_files",
-                "rows",
-                rows,
-                db=txn,
+                "UPDATE d WITH {file_tags_pending: false} IN library_files"
             )
+            self._per_chunk(written, "rows", rows, db=txn)
 
     # ---- moving a store --------------------------------------------------------------------------
     def count_documents(self, collection: str) -> int:
