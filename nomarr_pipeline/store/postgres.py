@@ -12,6 +12,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -51,6 +52,11 @@ HISTOGRAM_CONNECTIONS = 4
 # deadlock_detected, admin_shutdown, crash_shutdown, cannot_connect_now (server starting up).
 _TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
 _READER_THREAD = "nomarr-pg-reader"
+# What libpq says (without a SQLSTATE) when the server cannot be reached or went away.
+_UNREACHABLE = re.compile(
+    "connection refused|could not connect|timeout expired|server closed the connection|could not translate "
+    "host name|no route to host|connection reset|the database system is|consuming input failed"
+)
 
 
 def _heads_params(heads: Sequence[HeadVersion]) -> Doc:
@@ -681,18 +687,4 @@ def _is_unreachable(exc: BaseException | None) -> bool:
         return False
     if exc.sqlstate is not None:
         return exc.sqlstate.startswith("08") or exc.sqlstate in _TRANSIENT_SQLSTATES
-    text = str(exc).lower()
-    return any(
-        marker in text
-        for marker in (
-            "connection refused",
-            "could not connect",
-            "timeout expired",
-            "server closed the connection",
-            "could not translate host name",
-            "no route to host",
-            "connection reset",
-            "the database system is",
-            "consuming input failed",
-        )
-    )
+    return _UNREACHABLE.search(str(exc).lower()) is not None

@@ -120,14 +120,13 @@ class SqlStore:
     def _docs(self, table: Table, sql: str, params: Sequence[Any] | Doc = ()) -> list[Doc]:
         return [self._doc(table, row) for row in self._rows(sql, params)]
 
-    def _get(self, table: Table, keys: Sequence[str]) -> list[Doc]:
+    def _get(self, table: Table, keys: Sequence[str], column: str = "_key") -> list[Doc]:
+        """The rows whose ``column`` is one of ``keys``, in the order of the table's key."""
         if not keys:
             return []
-        return self._docs(
-            table,
-            f"SELECT * FROM {table.name} WHERE {self.dialect.among('_key', 'keys')} ORDER BY _key",
-            {"keys": self.dialect.list_value(keys)},
-        )
+        where = self.dialect.among(column, "keys")
+        sql = f"SELECT * FROM {table.name} WHERE {where} ORDER BY {', '.join(table.key)}"
+        return self._docs(table, sql, {"keys": self.dialect.list_value(keys)})
 
     def _upsert(self, conn: Any, table: Table, docs: Sequence[Doc], *, replace: bool) -> None:
         """Insert or update by the table's key; with ``replace=False`` only the given fields
@@ -360,14 +359,7 @@ class SqlStore:
         )
 
     def file_tags_for_files(self, file_ids: Sequence[str]) -> list[Doc]:
-        if not file_ids:
-            return []
-        return self._docs(
-            FILE_TAGS,
-            f"SELECT * FROM file_tags WHERE {self.dialect.among('file_id', 'ids')} "
-            "ORDER BY file_id, model_key, head_name, label",
-            {"ids": self.dialect.list_value(file_ids)},
-        )
+        return self._get(FILE_TAGS, file_ids, "file_id")
 
     # ---- calibration -------------------------------------------------------------------
     def histograms(

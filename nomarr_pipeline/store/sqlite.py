@@ -169,17 +169,7 @@ class SqliteStore(SqlStore):
     ) -> list[ClaimedFile]:
         params = {**_heads_json(heads), "run_id": claim.run_id, "after": after_key or "", "limit": limit}
         with self._transaction() as conn:  # IMMEDIATE: claimers of a run queue, never overlap
-            keys = [
-                row[0]
-                for row in conn.execute(
-                    f"""{DIALECT.heads} SELECT f._key FROM library_files f
-                WHERE f._key > :after AND {ANALYSABLE} AND {NEEDS_SOME_HEAD}
-                  AND NOT EXISTS (SELECT 1 FROM analysis_claims c
-                                  WHERE c.run_id = :run_id AND c.file_id = f._key)
-                ORDER BY f._key LIMIT :limit""",
-                    params,
-                )
-            ]
+            keys = [row[0] for row in conn.execute(_CLAIMABLE_FOR_ANALYSIS, params)]
             now = int(time.time() * 1000)
             conn.executemany(
                 "INSERT INTO analysis_claims (run_id, file_id, shard, claimed_at) VALUES (?, ?, ?, ?)",
@@ -266,6 +256,11 @@ class SqliteStore(SqlStore):
             )
         return held
 
+
+_CLAIMABLE_FOR_ANALYSIS = f"""{DIALECT.heads} SELECT f._key FROM library_files f
+    WHERE f._key > :after AND {ANALYSABLE} AND {NEEDS_SOME_HEAD}
+      AND NOT EXISTS (SELECT 1 FROM analysis_claims c WHERE c.run_id = :run_id AND c.file_id = f._key)
+    ORDER BY f._key LIMIT :limit"""
 
 # One subquery for the value a finished recalibration stores and the value tier_inputs
 # reports, so that tiers computed from a read agree with the stored values to the last bit.
