@@ -49,13 +49,9 @@ def open_store(
     arango_http_client: object | None = None,
     pg_password: str | None = None,
 ) -> Store:
-    """``sqlite:///abs/path.db`` opens the embedded store, ``postgresql://user@host:port/db``
-    PostgreSQL (password from ``pg_password``, else libpq's PGPASSWORD / ~/.pgpass) and
-    ``http(s)://host:port`` ArangoDB.
-
-    ArangoDB credentials: ``arango_user``/``arango_password`` win over a user/password in the
-    URL; without either the user is ``root``.
-    """
+    """The store at ``sqlite:///path.db``, ``postgresql://user@host:port/db`` (password from
+    ``pg_password``, else libpq's PGPASSWORD / ~/.pgpass) or ``http(s)://host:port`` (ArangoDB:
+    ``arango_user``/``arango_password`` win over the URL's; the user is ``root`` without either)."""
     engine = store_engine(url)
     if engine == "sqlite":
         from nomarr_pipeline.store.sqlite import SqliteStore

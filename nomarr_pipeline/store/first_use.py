@@ -1,9 +1,6 @@
-"""Locks that make first use of a database happen once, however many processes start at once.
-
-Creating tables and stamping their version is not safe when two processes find the same empty
-database together (docs/RELIABILITY.md, "First use"): PostgreSQL serialises it with a
-session-level advisory lock on the database itself (processes on other machines wait too),
-SQLite files with a file lock in their folder.
+"""Locks that make first use of a database happen once, however many processes start at once
+(docs/RELIABILITY.md, "First use"): a session-level advisory lock on a PostgreSQL database
+(processes on other machines wait too), a file lock in the folder of SQLite files.
 """
 
 from __future__ import annotations

@@ -394,11 +394,8 @@ class PostgresStore(SqlStore):
         check_claim(run, claim)
         params = {"hash": expected_hash, "run": run, "claim": claim, "limit": limit, "library_id": library_id}
 
-        def claim_rows(conn: psycopg.Connection[Any]) -> list[str]:
-            rows = conn.execute(CLAIM_SQL, params).fetchall()
-            return sorted(r[0] for r in rows)
-
-        return self._run(claim_rows)
+        rows = self._run(lambda conn: conn.execute(CLAIM_SQL, params).fetchall())
+        return sorted(r[0] for r in rows)
 
     def tier_inputs(self, file_ids: Sequence[str]) -> list[tuple[Any, ...]]:
         ids = list(file_ids)
@@ -419,14 +416,11 @@ class PostgresStore(SqlStore):
         candidates = sorted(mood_tiers)
 
         def finish(conn: psycopg.Connection[Any]) -> list[str]:
-            held = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT _key FROM library_files WHERE _key = ANY(%s) AND calibration_hash = %s "
-                    "ORDER BY _key FOR UPDATE",
-                    (candidates, claim),
-                )
-            ]
+            held_sql = (
+                "SELECT _key FROM library_files WHERE _key = ANY(%s) AND calibration_hash = %s "
+                "ORDER BY _key FOR UPDATE"
+            )
+            held = [row[0] for row in conn.execute(held_sql, (candidates, claim))]
             tiers = [json.dumps(mood_tiers[file_id], sort_keys=True) for file_id in held]
             # This commit (only this one) does not wait for the WAL flush: a server crash may
             # lose the batches finished last, never part of one (hash, tiers and calibrated

@@ -229,7 +229,7 @@ class SqlStore:
             "SELECT path, _key, size, mtime_ns, written_stats FROM library_files WHERE library_id = ?",
             (library_id,),
         )
-        decode = json.loads if self.dialect.json_as_text else _same
+        decode = json.loads if self.dialect.json_as_text else lambda value: value
         return {
             row["path"]: {"_key": row["_key"], "size": row["size"], "mtime_ns": row["mtime_ns"],
                           "written_stats": row["written_stats"] and decode(row["written_stats"])}
@@ -484,7 +484,3 @@ class SqlStore:
     def put_documents(self, collection: str, docs: Sequence[Doc]) -> None:
         table = document_table(collection)
         self._write(lambda conn: self._upsert(conn, table, docs, replace=True))
-
-
-def _same(value: T) -> T:
-    return value

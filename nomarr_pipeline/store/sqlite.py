@@ -237,22 +237,16 @@ class SqliteStore(SqlStore):
         self, claim: str, expected_hash: str, mood_tiers: Mapping[str, Doc | None]
     ) -> list[str]:
         with self._transaction() as conn:
-            held = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT _key FROM library_files WHERE calibration_hash = ? "
-                    "AND _key IN (SELECT value FROM json_each(?)) ORDER BY _key",
-                    (claim, json.dumps(list(mood_tiers))),
-                )
-            ]
+            held_sql = (
+                "SELECT _key FROM library_files WHERE calibration_hash = ? "
+                "AND _key IN (SELECT value FROM json_each(?)) ORDER BY _key"
+            )
+            held = [row[0] for row in conn.execute(held_sql, (claim, json.dumps(list(mood_tiers))))]
             conn.execute(_APPLY_CALIBRATION, (json.dumps(held),))
             conn.executemany(
                 "UPDATE library_files SET calibration_hash = ?, mood_tiers = ?, file_tags_pending = 1 "
                 "WHERE _key = ?",
-                [
-                    (expected_hash, json.dumps(mood_tiers[file_id], sort_keys=True), file_id)
-                    for file_id in held
-                ],
+                [(expected_hash, json.dumps(mood_tiers[key], sort_keys=True), key) for key in held],
             )
         return held
 
