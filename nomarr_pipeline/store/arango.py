@@ -393,18 +393,19 @@ class ArangoStore:
         self._per_chunk(f"FOR d IN @docs INSERT d INTO library_files OPTIONS {options}", "docs", stored)
 
     def delete_files(self, file_ids: Sequence[str]) -> None:
-        ids = list(file_ids)
-        with self._transaction(["file_tags", "analysis_errors", "library_files"]) as txn:
-            self._per_chunk(_REMOVE_TAGS_OF_FILES, "file_ids", ids, db=txn)
-            self._per_chunk(_REMOVE_ERRORS_OF_FILES, "file_ids", ids, db=txn)
-            remove = "FOR d IN library_files FILTER d._key IN @file_ids REMOVE d IN library_files"
-            self._per_chunk(remove, "file_ids", ids, db=txn)
+        self._remove_by_file(file_ids, ("file_tags", "analysis_errors", "library_files"))
 
     def delete_file_tags(self, file_ids: Sequence[str]) -> None:
+        self._remove_by_file(file_ids, ("file_tags", "analysis_errors"))
+
+    def _remove_by_file(self, file_ids: Sequence[str], collections: Sequence[str]) -> None:
+        """Remove these files' documents from ``collections`` in one transaction."""
         ids = list(file_ids)
-        with self._transaction(["file_tags", "analysis_errors"]) as txn:
-            self._per_chunk(_REMOVE_TAGS_OF_FILES, "file_ids", ids, db=txn)
-            self._per_chunk(_REMOVE_ERRORS_OF_FILES, "file_ids", ids, db=txn)
+        with self._transaction(collections) as txn:
+            for name in collections:
+                field = "_key" if name == "library_files" else "file_id"
+                remove = f"FOR d IN {name} FILTER d.{field} IN @file_ids REMOVE d IN {name}"
+                self._per_chunk(remove, "file_ids", ids, db=txn)
 
     def get_files(self, file_ids: Sequence[str]) -> list[Doc]:
         if not file_ids:
@@ -751,10 +752,6 @@ APPLY_CALIBRATION_AQL = (
 TIER_INPUTS_AQL = (
     _CALIBRATED_VALUE_AQL + "\n  RETURN [ft.file_id, ft.head_name, ft.label, ft.std, calibrated]"
 )
-
-_REMOVE_TAGS_OF_FILES = "FOR d IN file_tags FILTER d.file_id IN @file_ids REMOVE d IN file_tags"
-
-_REMOVE_ERRORS_OF_FILES = "FOR d IN analysis_errors FILTER d.file_id IN @file_ids REMOVE d IN analysis_errors"
 
 # Analysis queries get their heads as @heads, a list of [model_key, head_name, tagger_version].
 _ANALYSABLE = "d.scan_error == null AND d.analysis_error == null"
