@@ -15,7 +15,6 @@ import pytest
 from nomarr_pipeline.ml.analysis import FileProgress, analyze, file_tag_key, head_version
 from nomarr_pipeline.ml.demo_models import write_demo_head
 from nomarr_pipeline.ml.discovery import ModelCatalog, discover_models
-from nomarr_pipeline.ml.validation import VALIDATORS
 from nomarr_pipeline.ml.workers import FaultInjection
 from nomarr_pipeline.store import AnalysisClaim, Store, open_store
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
@@ -227,7 +226,7 @@ def broken_models(models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     """The demo models plus a head with a garbage graph and one whose output is too narrow,
     discovered without ml.validation: faults that only running a model shows (what the
     checks before a run cannot see) are stopped by analysis itself."""
-    monkeypatch.delitem(VALIDATORS, ".pb")
+    monkeypatch.setattr("nomarr_pipeline.ml.discovery.head_problem", lambda head: None)
     models = tmp_path / "broken-models"
     shutil.copytree(models_dir, models)
     write_garbage_head(models)
