@@ -1,20 +1,14 @@
 """Downloading Essentia models into the models folder (``nomarr-pipeline models fetch``).
 
 A model is a ``<name>.pb`` + ``<name>.json`` pair under a base URL laid out like Essentia's
-model site (https://essentia.upf.edu/models/, the default; ``NOMARR_MODELS_URL`` points at
-a mirror, an ``http(s)://`` or ``file://`` URL). A head brings the backbone it names in
-``inference.embedding_model`` when the folder lacks it.
+model site (the default; ``NOMARR_MODELS_URL`` names a mirror, ``http(s)://`` or ``file://``).
+A head brings the backbone it names when the folder lacks it.
 
-Each file is written to a hidden temporary file in the target folder, resumed with an HTTP
-``Range`` request when a transfer breaks off, checked — the byte count against
-``Content-Length``, an HTML page refused, the JSON parsed, the graph walked to its last
-byte (:func:`~nomarr_pipeline.ml.graphdef.graphdef_problem`) — and only then renamed into
-place, ``.pb`` before ``.json``. On any failure (404, a transfer that stays short, an error
-page, a full disk) the temporary files are deleted and nothing of that model is left. Where
-the site also publishes the model's ``.onnx``, it comes too (ONNX Runtime runs it), kept only
-if it answers to the tensor names and widths of the model's JSON.
-
-Plain Python (``urllib``): nothing here runs unless a user asks for it.
+Each file goes to a hidden temporary file in the target folder, resumed with an HTTP ``Range``
+request when a transfer breaks off, checked (its length, no HTML page, the JSON parsed, the
+graph walked to its last byte) and only then renamed into place, ``.pb`` before ``.json``; on
+any failure nothing of that model is left. The site's ``.onnx`` of the model comes too, kept
+only if it answers to the tensor names and widths of the model's JSON.
 """
 
 from __future__ import annotations
@@ -35,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from nomarr_pipeline.ml.discovery import backbone_names, last_int_dim
 from nomarr_pipeline.ml.graphdef import graphdef_problem
 
 DEFAULT_MODELS_URL = "https://essentia.upf.edu/models/"
@@ -257,7 +252,7 @@ class _Fetcher:
         try:
             schema = metadata.get("schema") if isinstance(metadata.get("schema"), Mapping) else {}
             inputs, outputs = schema.get("inputs") or [], schema.get("outputs") or []
-            widths = {str(node["name"]): _width(node) for node in outputs
+            widths = {str(node["name"]): last_int_dim(node) for node in outputs
                       if isinstance(node, Mapping) and "name" in node}
             name = str(inputs[0]["name"]) if inputs and isinstance(inputs[0], Mapping) else None
             problem = onnx_problem(temp, name, widths)
@@ -392,22 +387,11 @@ def _check_graph(path: Path, what: str) -> None:
         raise FetchError(f"{what}: the .pb is unusable: {problem}")
 
 
-def _width(node: Mapping[str, Any]) -> int | None:
-    shape = node.get("shape")
-    return shape[-1] if isinstance(shape, list) and shape and isinstance(shape[-1], int) else None
-
-
 def _backbone_name(metadata: Mapping[str, Any]) -> str | None:
     """The backbone a head's metadata names (``inference.embedding_model``), else None."""
     embedding = metadata["inference"].get("embedding_model")
-    if not isinstance(embedding, Mapping):
-        return None
-    if isinstance(embedding.get("model_name"), str) and embedding["model_name"]:
-        return str(embedding["model_name"])
-    link = embedding.get("link")
-    if isinstance(link, str) and link:
-        return Path(urllib.parse.urlsplit(link).path).stem
-    return None
+    names = backbone_names(embedding) if isinstance(embedding, Mapping) else []
+    return names[0] if names else None
 
 
 def _backbone_source(backbone: str, metadata: Mapping[str, Any]) -> str:
