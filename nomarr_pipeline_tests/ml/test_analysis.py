@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from nomarr_pipeline.ml.analysis import FileProgress, analyze, file_tag_key, head_version
-from nomarr_pipeline.ml.demo_models import write_demo_head
 from nomarr_pipeline.ml.discovery import ModelCatalog, discover_models
 from nomarr_pipeline.ml.workers import FaultInjection
 from nomarr_pipeline.store import AnalysisClaim, Store, open_store
@@ -23,6 +22,7 @@ from nomarr_pipeline_tests.ml.broken_models import (
     write_nan_head,
     write_width_mismatch_head,
 )
+from nomarr_pipeline_tests.ml.demo_heads import write_demo_head
 from nomarr_pipeline_tests.store_dump import library_files
 
 LIBRARY = "lib1"
