@@ -1,18 +1,13 @@
 """Analysis orchestration: which files need which heads, worker dispatch, batched writes.
 
-Files come from claims in the store (``Store.claim_files_for_analysis``): a few at a time, in
-``_key`` order, each with exactly the heads it still needs, so each backbone runs once per file
-for all of them. Shards of one run claim from the same store, so a fast machine takes more
-files than a slow one and no file is analysed twice; a shard that restarts takes back its own
-unfinished claims first. Results are written in batches. Memory is bounded by ``batch_size``
-× number of heads, never by the library size.
+Files are claimed from the store a few at a time, each with exactly the heads it still needs
+(one backbone pass per file for all of them). Shards of one run claim from the same store, so
+a fast machine takes more files and no file is analysed twice. Memory is bounded by
+``batch_size`` × number of heads, never by the library size.
 
-Errors belong to what caused them: audio that cannot be decoded fails the file (until it
-changes); anything else fails one (file, head) at the head's ``tagger_version`` (a changed
-model tries again). A head whose first files all fail with the same model fault is a broken
-model: it is stopped for the rest of the run and reported, the other heads go on. It stays
-broken in the next runs, not tried on any file, until its model file (``tagger_version``) changes
-(:func:`remembered_broken_models`).
+Undecodable audio fails the file (until it changes); anything else fails one (file, head) at the
+head's ``tagger_version``. A head whose first files all fail with the same model fault is a broken
+model: stopped for this run and, until its ``tagger_version`` changes, the next ones.
 """
 
 from __future__ import annotations
@@ -21,7 +16,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nomarr_pipeline.ml.discovery import Head
@@ -52,22 +47,14 @@ class HeadReport:
     broken: str | None = None  # the model fault that stopped this head, if it was stopped
 
     def as_metadata(self) -> dict[str, object]:
-        return {
-            "engines": self.engines,
-            "analysed": self.analysed,
-            "failed": self.failed,
-            "skipped": self.skipped,
-            "seconds": round(self.seconds, 3),
-            "errors": list(self.errors),
-            "faults": dict(self.faults),
-            "broken": self.broken,
-        }
+        metadata = asdict(self)
+        del metadata["partition_key"]
+        return {**metadata, "seconds": round(self.seconds, 3)}
 
     def broken_model(self) -> str | None:
         """The fault of a broken model: one that was stopped, or that worked on no file and
-        failed every file it failed on the model's side with one and the same fault (files too
-        short or undecodable say nothing of the model). Small runs, and shards that each saw
-        fewer than :data:`BROKEN_AFTER` files, are judged by this when their reports are added up."""
+        failed with one and the same model fault (how reports added up across shards, each
+        seeing fewer than :data:`BROKEN_AFTER` files, are judged)."""
         if self.broken:
             return self.broken
         if self.analysed == 0 and len(self.faults) == 1:
@@ -117,8 +104,7 @@ def prediction_docs(file_id: str, head: Head, values: Sequence[float],
 class _BrokenModels:
     """Tells broken models from bad files by each head's first outcomes."""
 
-    def __init__(self, after: int = BROKEN_AFTER) -> None:
-        self._after = after
+    def __init__(self) -> None:
         self._working: set[str] = set()
         self._faults: dict[str, list[str]] = {}
         self.broken: dict[str, str] = {}  # partition key -> the model fault
@@ -135,7 +121,7 @@ class _BrokenModels:
             return None  # the file's trouble (too short, a worker crash): says nothing of the model
         faults = self._faults.setdefault(key, [])
         faults.append(outcome.model_fault)
-        if len(faults) < self._after:
+        if len(faults) < BROKEN_AFTER:
             return None
         if len(set(faults)) > 1:
             self._working.add(key)  # different faults on different files: not one broken model
@@ -228,12 +214,8 @@ def analyze(
     faults: FaultInjection | None = None,
 ) -> dict[str, HeadReport]:
     """Analyse every file that lacks current predictions for any of ``heads``, claiming them
-    for ``claim`` (one shard of ``shards`` of a run; without a claim, a run of its own whose
-    claims are released at the end).
-
-    Returns a report per head partition key. Re-running with nothing to do writes nothing.
-    ``environment`` sets up each worker's TensorFlow (see :class:`WorkerPool`); ``faults``
-    is a test hook (see :class:`FaultInjection`).
+    for ``claim`` (one shard of ``shards`` of a run; without one, a run of its own); a report
+    per head partition key. ``environment`` sets up each worker (see :class:`WorkerPool`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
