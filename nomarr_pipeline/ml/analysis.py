@@ -21,7 +21,7 @@ from pathlib import Path
 
 from nomarr_pipeline.ml.discovery import Head
 from nomarr_pipeline.ml.inference import FileAnalysis, HeadOutcome
-from nomarr_pipeline.ml.workers import FaultInjection, FileTask, WorkerPool
+from nomarr_pipeline.ml.workers import FileTask, WorkerPool
 from nomarr_pipeline.store.protocol import AnalysisClaim, ClaimedFile, Doc, HeadVersion, Store
 
 MAX_REPORTED_ERRORS = 5
@@ -211,7 +211,6 @@ def analyze(
     environment: Callable[[int], Mapping[str, str]] | None = None,
     batch_size: int = 64,
     progress: Callable[[FileProgress], None] | None = None,
-    faults: FaultInjection | None = None,
 ) -> dict[str, HeadReport]:
     """Analyse every file that lacks current predictions for any of ``heads``, claiming them
     for ``claim`` (one shard of ``shards`` of a run; without one, a run of its own); a report
@@ -244,7 +243,7 @@ def analyze(
     writer = _ResultWriter(store, reports, flush_every=batch_size)
     done = 0
     try:
-        with WorkerPool(processes, file_timeout_s, environment=environment, faults=faults) as pool:
+        with WorkerPool(processes, file_timeout_s, environment=environment) as pool:
             for task, result in pool.run(tasks):
                 error = writer.add(task, result)
                 for outcome in result.outcomes:

@@ -37,25 +37,7 @@ class FileTask:
     heads: tuple[Head, ...]
 
 
-@dataclass(frozen=True)
-class FaultInjection:
-    """Test hook: files whose name contains a marker crash (SIGSEGV) or hang their worker.
-
-    Honoured only when passed explicitly to :class:`WorkerPool`; never on by default.
-    """
-
-    crash_marker: str | None = None
-    hang_marker: str | None = None
-
-    def apply(self, path: Path) -> None:
-        if self.crash_marker and self.crash_marker in path.name:
-            os.kill(os.getpid(), signal.SIGSEGV)
-        if self.hang_marker and self.hang_marker in path.name:
-            while True:
-                time.sleep(3600)
-
-
-def _worker_main(conn: Connection, faults: FaultInjection | None, environment: Mapping[str, str]) -> None:
+def _worker_main(conn: Connection, environment: Mapping[str, str]) -> None:
     # Before Essentia loads TensorFlow: threads and GPU come from the environment.
     os.environ.update(environment)
     # Keep TensorFlow's C++ logging to real errors.
@@ -73,8 +55,6 @@ def _worker_main(conn: Connection, faults: FaultInjection | None, environment: M
         if message is None:
             return
         task: FileTask = message
-        if faults is not None:
-            faults.apply(task.path)
         try:
             result = session.analyze_file(task.path, task.heads)
         except Exception as exc:  # a bug must cost one file, not the worker
@@ -129,17 +109,14 @@ class WorkerPool:
         file_timeout_s: float = 300.0,
         *,
         environment: Callable[[int], Mapping[str, str]] | None = None,
-        faults: FaultInjection | None = None,
     ) -> None:
         self.processes = max(1, processes or os.cpu_count() or 1)
         if file_timeout_s <= 0:
             raise ValueError(f"file_timeout_s must be positive, got {file_timeout_s}")
         self.file_timeout_s = file_timeout_s
         self._environment = environment
-        self._faults = faults
         self._context = multiprocessing.get_context(START_METHOD)
         self._workers: list[_Worker] = []
-        self.replaced_workers = 0
 
     # ---- lifecycle -----------------------------------------------------------------
     def __enter__(self) -> WorkerPool:
@@ -154,7 +131,7 @@ class WorkerPool:
         environment = dict(self._environment(slot)) if self._environment else {}
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
-            target=_worker_main, args=(child_end, self._faults, environment), daemon=True,
+            target=_worker_main, args=(child_end, environment), daemon=True,
             name="nomarr-analysis-worker",
         )
         process.start()
@@ -246,6 +223,5 @@ class WorkerPool:
     def _replace(self, worker: _Worker, message: str) -> tuple[FileTask, FileAnalysis]:
         task = worker.busy_task()
         self._discard(worker)
-        self.replaced_workers += 1
         # The replacement is spawned lazily by the next dispatch.
         return task, failed_analysis(task, message)
