@@ -143,41 +143,32 @@ def remembered_broken_models(store: Store, heads: Sequence[Head]) -> dict[str, s
             if len(found) >= BROKEN_AFTER and found[0] is not None and len(set(found)) == 1}
 
 
-class _ClaimedTasks:
-    """The tasks of one analysis, claimed from the store a few files at a time as workers
-    need them: first the files this claim holds from an attempt that died, then new ones."""
+def _claimed_tasks(store: Store, heads: Sequence[Head], claim: AnalysisClaim, claim_size: int,
+                   broken: _BrokenModels) -> Iterator[FileTask]:
+    """The tasks of one analysis, claimed a few files at a time as workers need them: first the
+    files this claim holds from an attempt that died, then new ones. Heads found broken since
+    the claim are left out (a file needing only those waits for a repaired model)."""
+    by_version = {head_version(head): head for head in heads}
+    resolve = _PathResolver(store)
 
-    def __init__(self, store: Store, heads: Sequence[Head], claim: AnalysisClaim, claim_size: int,
-                 broken: _BrokenModels) -> None:
-        self._store = store
-        self._heads = {head_version(head): head for head in heads}
-        self._claim = claim
-        self._claim_size = claim_size
-        self._broken = broken
-        self._resolve = _PathResolver(store)
+    def active() -> list[HeadVersion]:
+        return [version for version, head in by_version.items() if head.partition_key not in broken.broken]
 
-    def _active(self) -> list[HeadVersion]:
-        return [version for version, head in self._heads.items()
-                if head.partition_key not in self._broken.broken]
-
-    def _tasks(self, claimed: Sequence[ClaimedFile]) -> Iterator[FileTask]:
+    def tasks(claimed: Sequence[ClaimedFile]) -> Iterator[FileTask]:
         for file in claimed:
-            # Heads found broken since the claim are left out (a file needing only those waits
-            # for a run with a repaired model).
-            heads = tuple(self._heads[v] for v in file.heads if self._heads[v].partition_key
-                          not in self._broken.broken)
-            if heads:
-                yield FileTask(file.doc["_key"], self._resolve(file.doc), heads)
+            working = tuple(by_version[v] for v in file.heads
+                            if by_version[v].partition_key not in broken.broken)
+            if working:
+                yield FileTask(file.doc["_key"], resolve(file.doc), working)
 
-    def __iter__(self) -> Iterator[FileTask]:
-        yield from self._tasks(self._store.reclaim_files_for_analysis(self._active(), self._claim))
-        after: str | None = None
-        while active := self._active():
-            claimed = self._store.claim_files_for_analysis(active, self._claim, self._claim_size, after)
-            if not claimed:
-                return
-            after = claimed[-1].doc["_key"]
-            yield from self._tasks(claimed)
+    yield from tasks(store.reclaim_files_for_analysis(active(), claim))
+    after: str | None = None
+    while versions := active():
+        claimed = store.claim_files_for_analysis(versions, claim, claim_size, after)
+        if not claimed:
+            return
+        after = claimed[-1].doc["_key"]
+        yield from tasks(claimed)
 
 
 class _PathResolver:
@@ -239,7 +230,7 @@ def analyze(
     # many; a shard expects its share (more or fewer, as its machine is faster or slower).
     total = -(-max((n for key, n in needed.items() if key not in broken.broken), default=0) // max(1, shards))
     # As many files as the workers take at once: shards end within about one file of each other.
-    tasks = _ClaimedTasks(store, heads, claim, claim_size=max(1, processes), broken=broken)
+    tasks = _claimed_tasks(store, heads, claim, claim_size=max(1, processes), broken=broken)
     writer = _ResultWriter(store, reports, flush_every=batch_size)
     done = 0
     try:

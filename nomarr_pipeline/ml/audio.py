@@ -1,7 +1,4 @@
-"""Decoding audio once per file: 16 kHz mono float32, as every Essentia backbone expects.
-
-Files are only ever opened for reading; analysis never modifies audio (docs/ARCHITECTURE.md §7).
-"""
+"""Decoding audio once per file, read-only: 16 kHz mono float32, as every Essentia backbone expects."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from nomarr_pipeline.ml.discovery import BACKBONE_FAMILIES, BackboneFamily
 from nomarr_pipeline.ml.graphdef import GraphBuilder
 from nomarr_pipeline.ml.onnx_graph import OnnxGraphBuilder
 
@@ -31,35 +32,16 @@ SAMPLE_RATE = 16000
 @dataclass(frozen=True)
 class _BackboneSpec:
     name: str
-    algorithm: str
-    input_node: str
+    family: BackboneFamily  # its algorithm, default input node and embeddings
     patch_frames: int
-    embedding_node: str
-    embedding_size: int
     predictions_node: str
     prediction_classes: tuple[str, ...]
 
 
-EFFNET = _BackboneSpec(
-    name="discogs-effnet-bs64-1",
-    algorithm="TensorflowPredictEffnetDiscogs",
-    input_node="serving_default_melspectrogram",
-    patch_frames=128,
-    embedding_node="PartitionedCall:1",
-    embedding_size=1280,
-    predictions_node="PartitionedCall:0",
-    prediction_classes=tuple(f"Demo---Style {index:03d}" for index in range(400)),
-)
-MUSICNN = _BackboneSpec(
-    name="msd-musicnn-1",
-    algorithm="TensorflowPredictMusiCNN",
-    input_node="model/Placeholder",  # what TensorflowPredictMusiCNN feeds by default
-    patch_frames=187,
-    embedding_node="model/dense/BiasAdd",
-    embedding_size=200,
-    predictions_node="model/Sigmoid",
-    prediction_classes=tuple(f"demo tag {index:02d}" for index in range(50)),
-)
+EFFNET = _BackboneSpec("discogs-effnet-bs64-1", BACKBONE_FAMILIES["TensorflowPredictEffnetDiscogs"], 128,
+                       "PartitionedCall:0", tuple(f"Demo---Style {index:03d}" for index in range(400)))
+MUSICNN = _BackboneSpec("msd-musicnn-1", BACKBONE_FAMILIES["TensorflowPredictMusiCNN"], 187,
+                        "model/Sigmoid", tuple(f"demo tag {index:02d}" for index in range(50)))
 
 
 @dataclass(frozen=True)
@@ -103,7 +85,7 @@ Builder = GraphBuilder | OnnxGraphBuilder
 
 def _backbone_graph(spec: _BackboneSpec, graph: Builder) -> Builder:
     rng = _rng(spec.name)
-    melspectrogram = graph.placeholder(spec.input_node, [-1, spec.patch_frames, MEL_BANDS])
+    melspectrogram = graph.placeholder(spec.family.default_input, [-1, spec.patch_frames, MEL_BANDS])
     band_profile = graph.mean("demo/band_profile", melspectrogram, [1])
     level = graph.mean("demo/level", band_profile, [1], keep_dims=True)
     spectral_shape = graph.binary("demo/spectral_shape", "Sub", band_profile, level)
@@ -115,7 +97,7 @@ def _backbone_graph(spec: _BackboneSpec, graph: Builder) -> Builder:
                                                  hidden_weights)
     )
     embedding_weights = rng.normal(0.0, 1.0 / np.sqrt(HIDDEN_UNITS),
-                                   (HIDDEN_UNITS, spec.embedding_size))
+                                   (HIDDEN_UNITS, spec.family.embedding_size))
     prediction_weights = rng.normal(0.0, 2.0 / np.sqrt(HIDDEN_UNITS),
                                     (HIDDEN_UNITS, len(spec.prediction_classes)))
     if spec is EFFNET:
@@ -130,7 +112,7 @@ def _backbone_graph(spec: _BackboneSpec, graph: Builder) -> Builder:
         graph.identity_n("PartitionedCall", [predictions, embeddings])
     else:
         embeddings = graph.dense("model/dense", hidden, embedding_weights,
-                                 np.zeros(spec.embedding_size))
+                                 np.zeros(spec.family.embedding_size))
         graph.unary(
             "model/Sigmoid", "Sigmoid",
             graph.matmul("model/logits", hidden,
@@ -147,7 +129,7 @@ def _head_nodes(spec: _HeadSpec) -> tuple[str, str]:
 
 def _head_graph(spec: _HeadSpec, graph: Builder) -> Builder:
     rng = _rng(spec.name)
-    width = spec.backbone.embedding_size
+    width = spec.backbone.family.embedding_size
     # Embeddings have a per-dimension std of about 0.5; this scale gives logits of std ~1.5,
     # so activations spread over (0, 1) instead of saturating.
     weights = rng.normal(0.0, 3.0 / np.sqrt(width), (width, len(spec.classes)))
@@ -185,20 +167,20 @@ def _backbone_metadata(spec: _BackboneSpec, autotagging: bool) -> dict[str, Any]
     # discogs_track_embeddings-effnet-bs64-1): its predictions output is not a head.
     outputs = [
         _tensor(spec.predictions_node, len(spec.prediction_classes), output_purpose="predictions"),
-        _tensor(spec.embedding_node, spec.embedding_size, output_purpose="embeddings"),
+        _tensor(spec.family.embedding_output, spec.family.embedding_size, output_purpose="embeddings"),
     ]
     return _metadata(spec.name, "Demo auto-tagging model" if autotagging else "Demo feature extractor",
                      spec.prediction_classes if autotagging else (),
-                     [_tensor(spec.input_node, spec.patch_frames, MEL_BANDS)], outputs,
-                     {"algorithm": spec.algorithm})
+                     [_tensor(spec.family.default_input, spec.patch_frames, MEL_BANDS)], outputs,
+                     {"algorithm": spec.family.algorithm})
 
 
 def _head_metadata(spec: _HeadSpec) -> dict[str, Any]:
     input_node, output_node = _head_nodes(spec)
     output = _tensor(output_node, len(spec.classes), op=spec.activation, output_purpose="predictions")
-    embedding_model = {"algorithm": spec.backbone.algorithm, "model_name": spec.backbone.name}
+    embedding_model = {"algorithm": spec.backbone.family.algorithm, "model_name": spec.backbone.name}
     return _metadata(spec.name, spec.type, spec.classes,
-                     [_tensor(input_node, spec.backbone.embedding_size)], [output],
+                     [_tensor(input_node, spec.backbone.family.embedding_size)], [output],
                      {"algorithm": "TensorflowPredict2D", "embedding_model": embedding_model})
 
 

@@ -410,11 +410,12 @@ def autotagging_head_name(backbone_name: str) -> str | None:
     return name if "-" in name else None
 
 
-def _predictions_node(metadata: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    for node in _schema_nodes(metadata, "outputs"):
+def _predictions_node(metadata: Mapping[str, Any], or_only_output: bool = False) -> Mapping[str, Any] | None:
+    outputs = _schema_nodes(metadata, "outputs")
+    for node in outputs:
         if node.get("output_purpose") == "predictions":
             return node
-    return None
+    return outputs[0] if or_only_output and len(outputs) == 1 else None
 
 
 def _autotagging_head(
@@ -512,16 +513,6 @@ def _find_backbone(
     )
 
 
-def _predictions_output(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
-    outputs = _schema_nodes(metadata, "outputs")
-    node = _predictions_node(metadata)
-    if node is not None:
-        return node
-    if len(outputs) == 1:
-        return outputs[0]
-    raise ModelMetadataError("'schema.outputs' has no output with output_purpose 'predictions'")
-
-
 def _head_kind(input_node: str, output: Mapping[str, Any]) -> HeadKind:
     name = str(output["name"])
     op = str(output.get("op") or name.rsplit("/", 1)[-1].split(":", 1)[0])
@@ -576,7 +567,9 @@ def _parse_head(
             "this head was trained on another backbone's embeddings: fetch the variant of "
             f"the head made for {backbone.name}, or correct its 'inference.embedding_model'",
         )
-    output = _predictions_output(metadata)
+    output = _predictions_node(metadata, or_only_output=True)
+    if output is None:
+        raise ModelMetadataError("'schema.outputs' has no output with output_purpose 'predictions'")
     _check_output_width(output, labels)
 
     model_key = f"{backbone.family}-{embedding_tag}"

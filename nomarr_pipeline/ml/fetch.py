@@ -111,12 +111,8 @@ def models_url_from_env() -> str:
 
 
 def model_path(name: str) -> str:
-    """The model's path under the base URL, without suffix.
-
-    ``name`` is a model file name (``mood_happy-discogs-effnet-1``, ``msd-musicnn-1``) or a
-    path under the base URL for anything laid out otherwise
-    (``classification-heads/mood_happy/mood_happy-discogs-effnet-1``).
-    """
+    """The model's path under the base URL, without suffix; ``name`` is a model file name
+    (``mood_happy-discogs-effnet-1``) or already a path under the base URL."""
     text = name.strip().removesuffix(".pb").removesuffix(".json").strip("/")
     parts = text.split("/")
     if not text or any(part in ("", ".", "..") for part in parts):
@@ -164,11 +160,8 @@ def fetch_models(
     progress: Progress | None = None,
     timeout_s: float = TIMEOUT_S,
 ) -> FetchReport:
-    """Fetch each model (and the backbone of each head) that ``models_dir`` lacks.
-
-    Stops at the first model that cannot be fetched (:class:`FetchError`); the models
-    fetched before it stay, complete.
-    """
+    """Fetch each model (and the backbone of each head) that ``models_dir`` lacks; stops at the
+    first that cannot be fetched (:class:`FetchError`), keeping those fetched before it."""
     models_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(models_dir)
     fetcher = _Fetcher(models_dir, base_url, progress, timeout_s)
@@ -299,8 +292,7 @@ class _Fetcher:
                          "check the network (or the mirror) and run the command again")
 
     def _request(self, url: str, out: BinaryIO, received: int, label: str, what: str) -> None:
-        """One request for the bytes from ``received`` on (all of them if the server
-        ignores the range)."""
+        """One request for the bytes from ``received`` on (all, if the server ignores the range)."""
         request = urllib.request.Request(url, headers={"User-Agent": "nomarr-pipeline"})
         if received:
             request.add_header("Range", f"bytes={received}-")
@@ -324,12 +316,10 @@ class _Fetcher:
             if "html" in content_type:
                 raise FetchError(f"{what}: {url} returned a web page ({content_type}), not a "
                                  "model: check the models URL (a proxy or login page?)")
-            status = getattr(response, "status", None) or 200
-            start = _resume_start(response, status, received)
+            start, total = _body_range(response, received)
             if start == 0 and received:
                 out.seek(0)
                 out.truncate()
-            total = _expected_total(response, start)
             done = start
             try:
                 while chunk := response.read(CHUNK_BYTES):
@@ -350,23 +340,20 @@ class _Fetcher:
                 raise _Retryable(f"transfer ended after {done} of {total} bytes")
 
 
-def _resume_start(response: Any, status: int, received: int) -> int:
-    """Where this response's body starts in the file: ``received`` for a matching 206,
-    0 when the server sent the whole file again."""
-    if status != 206:
-        return 0
-    match = re.match(r"bytes (\d+)-\d+/(\d+|\*)", response.headers.get("Content-Range") or "")
-    if not match or int(match.group(1)) != received:
-        raise _Retryable(f"server resumed at the wrong place ({response.headers.get('Content-Range')})")
-    return received
-
-
-def _expected_total(response: Any, start: int) -> int | None:
-    match = re.match(r"bytes \d+-\d+/(\d+)", response.headers.get("Content-Range") or "")
-    if match:
-        return int(match.group(1))
+def _body_range(response: Any, received: int) -> tuple[int, int | None]:
+    """Where the response's body starts in the file (``received`` for a matching 206, 0 when
+    the server sent the whole file again) and the file's size, when the server says."""
+    content_range = response.headers.get("Content-Range")
+    match = re.match(r"bytes (\d+)-\d+/(\d+|\*)", content_range or "")
+    start = 0
+    if (getattr(response, "status", None) or 200) == 206:
+        if not match or int(match.group(1)) != received:
+            raise _Retryable(f"server resumed at the wrong place ({content_range})")
+        start = received
+    if match and match.group(2).isdigit():
+        return start, int(match.group(2))
     length = response.headers.get("Content-Length")
-    return start + int(length) if length and length.isdigit() else None
+    return start, start + int(length) if length and length.isdigit() else None
 
 
 def _check_metadata(path: Path, what: str) -> dict[str, Any]:
@@ -423,8 +410,8 @@ STALE_TEMP_AGE_S = 3600.0
 
 
 def remove_stale_temp_files(models_dir: Path, older_than_s: float = STALE_TEMP_AGE_S) -> int:
-    """Delete the temporary files a killed fetch left (SIGKILL, power loss), once they are
-    old enough not to belong to a fetch still running; returns how many."""
+    """Delete the temporary files a killed fetch left, once too old to belong to a fetch still
+    running; returns how many."""
     removed = 0
     now = time.time()
     for temp in models_dir.glob(f".*{_TEMP_MARK}*"):

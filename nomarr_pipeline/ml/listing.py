@@ -50,9 +50,8 @@ def models_listing(
     mood_head: Callable[[str], bool] | None = None,
     labels_shown: int | None = LABELS_SHOWN,
 ) -> list[str]:
-    """Backbones, heads (partition key, engine, labels, whether they vote in mood tiers when
-    ``mood_head`` is given) and every problem with what to do, one line each; an ``.onnx``
-    that disagrees with its JSON is a problem."""
+    """Backbones, heads (and whether they vote in mood tiers, when ``mood_head`` is given) and
+    every problem with what to do, an ``.onnx`` that disagrees with its JSON included."""
     mismatches = onnx_mismatches(catalog)
     problems = len(catalog.problems) + len(mismatches)
     lines = [

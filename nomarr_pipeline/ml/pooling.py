@@ -23,8 +23,7 @@ class PooledLabels:
 
 
 def trimmed_mean(patch_values: np.ndarray, proportion: float = TRIM_PROPORTION) -> np.ndarray:
-    """Mean over axis 0 after dropping ``floor(n * proportion)`` lowest and highest rows per
-    column (the usual trimmed mean; with < 10 patches nothing is trimmed at 10%)."""
+    """Mean over axis 0 without the ``floor(n * proportion)`` lowest and highest rows per column."""
     if not 0.0 <= proportion < 0.5:
         raise ValueError(f"trim proportion must be in [0, 0.5), got {proportion}")
     count = patch_values.shape[0]

@@ -1,9 +1,6 @@
-"""Worker processes that isolate Essentia from the run.
-
-Essentia is not thread-safe and can crash its process on a corrupt file, so every file is
-analysed in a worker process. Each worker keeps its loaded models for its whole life. A
-worker that dies or exceeds the per-file timeout costs only that file: the file gets a
-clear error, the worker is replaced, and the run goes on.
+"""Worker processes that isolate Essentia (not thread-safe, and it can crash on a corrupt file)
+from the run. Each keeps its loaded models for life; a worker that dies or exceeds the per-file
+timeout costs only that file: the file gets a clear error and the worker is replaced.
 """
 
 from __future__ import annotations
@@ -97,10 +94,8 @@ class _Worker:
 
 class WorkerPool:
     """``processes`` workers, each analysing one file at a time with its cached models.
-
-    ``environment(slot)`` gives the variables worker ``slot`` (0 … processes-1) sets before
-    TensorFlow loads, e.g. :meth:`nomarr_pipeline.ml.capacity.WorkerPlan.environment`; a
-    replacement worker takes the slot of the one it replaces.
+    ``environment(slot)`` gives the variables worker ``slot`` (0 … processes-1, kept by its
+    replacement) sets before TensorFlow loads (:meth:`~nomarr_pipeline.ml.capacity.WorkerPlan.environment`).
     """
 
     def __init__(
@@ -118,7 +113,6 @@ class WorkerPool:
         self._context = multiprocessing.get_context(START_METHOD)
         self._workers: list[_Worker] = []
 
-    # ---- lifecycle -----------------------------------------------------------------
     def __enter__(self) -> WorkerPool:
         return self
 
@@ -157,14 +151,9 @@ class WorkerPool:
                 pass
             self._discard(worker)
 
-    # ---- running -------------------------------------------------------------------
     def run(self, tasks: Iterable[FileTask]) -> Iterator[tuple[FileTask, FileAnalysis]]:
-        """Analyse every task; yields ``(task, result)`` as files finish (any order).
-
-        ``tasks`` is read lazily, one task whenever a worker is free, so it may claim its
-        files as it goes. Every task yields exactly once, with an error result when its worker
-        crashed or timed out.
-        """
+        """Analyse every task, read lazily as workers are free; yields ``(task, result)`` once
+        per task as files finish, with an error result when its worker crashed or timed out."""
         source = iter(tasks)
         while True:
             self._dispatch(source)
