@@ -292,9 +292,8 @@ class _ResultWriter:
                     **({"model_fault": outcome.model_fault} if outcome.model_fault else {}),
                 })
         if result.file_error is not None:
-            # The audio itself: no head can use it until the file changes. analyzed_at stays as
-            # it was (none for a new file): a file never analysed has nothing to recalibrate
-            # or write.
+            # The audio itself: no head can use it until the file changes. analyzed_at stays as it
+            # was (none for a new file: a file never analysed has nothing to recalibrate or write).
             self._analysed.append({"_key": task.file_id, "analysis_error": result.file_error})
         else:
             # Which engines produced this file's new predictions (the model is the same model

@@ -27,10 +27,8 @@ def decode_with_ffmpeg(path: Path) -> np.ndarray:
     command = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path),
                "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-"]
     try:
-        completed = subprocess.run(
-            command, capture_output=True, check=False, timeout=FFMPEG_TIMEOUT_S,
-            stdin=subprocess.DEVNULL,
-        )
+        completed = subprocess.run(command, capture_output=True, timeout=FFMPEG_TIMEOUT_S,
+                                   stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise AudioDecodeError(f"ffmpeg took more than {FFMPEG_TIMEOUT_S:.0f}s") from None
     if completed.returncode != 0:

@@ -86,9 +86,7 @@ class BackbonePass:
         recipe = self.recipe
         frames = self._frames(audio, frameSize=recipe.frame_size, hopSize=recipe.hop_size)
         rows = [self._mel(frame) for frame in frames]
-        if not rows:
-            return np.zeros((0, recipe.bands), dtype=np.float32)
-        return np.asarray(rows, dtype=np.float32)
+        return np.asarray(rows, dtype=np.float32).reshape(len(rows), recipe.bands)
 
     def __call__(self, audio: np.ndarray) -> BackboneOutputs:
         recipe = self.recipe

@@ -123,9 +123,7 @@ class ModelProblem:
     path: Path
     message: str
     fix: str = ""
-    # The partition key of a head whose model cannot run (ml.validation): a run names it and
-    # fails, while the other heads go on.
-    head_key: str | None = None
+    head_key: str | None = None  # of a head that cannot run (ml.validation): a run names it and fails
 
 
 @dataclass(frozen=True)
@@ -157,13 +155,10 @@ class ModelMetadataError(ValueError):
         self.fix = fix
 
 
-def _refetch(name: str) -> str:
-    return (f"replace it with Essentia's original: delete {name}.pb and {name}.json, then "
-            f"`nomarr-pipeline models fetch {name}`")
-
-
 def _problem(path: Path, exc: ModelMetadataError, suffix: str = "") -> ModelProblem:
-    return ModelProblem(path, f"{exc}{suffix}", exc.fix or _refetch(path.stem))
+    refetch = (f"replace it with Essentia's original: delete {path.stem}.pb and {path.stem}.json, "
+               f"then `nomarr-pipeline models fetch {path.stem}`")
+    return ModelProblem(path, f"{exc}{suffix}", exc.fix or refetch)
 
 
 def engine_of(graph_path: Path) -> str:
@@ -288,11 +283,9 @@ def _model_pairs(models_dir: Path, problems: list[ModelProblem]) -> list[Path]:
                 f"`nomarr-pipeline models fetch {metadata_path.stem}`, or delete {metadata_path.name}"))
     for graph_path in sorted(p for suffix in MODEL_SUFFIXES for p in models_dir.rglob(f"*{suffix}")):
         if not graph_path.with_suffix(".json").is_file():
-            problems.append(
-                ModelProblem(graph_path, f"metadata {graph_path.stem}.json is missing",
-                             f"`nomarr-pipeline models fetch {graph_path.stem}`, or delete "
-                             f"{graph_path.name}")
-            )
+            problems.append(ModelProblem(
+                graph_path, f"metadata {graph_path.stem}.json is missing",
+                f"`nomarr-pipeline models fetch {graph_path.stem}`, or delete {graph_path.name}"))
     return pairs
 
 
@@ -601,7 +594,6 @@ def _checked_key(head: Head, fix: str = "") -> Head:
     return head
 
 
-# ---- versions ------------------------------------------------------------------------
 _digest_cache: dict[tuple[str, int, int], bytes] = {}
 
 

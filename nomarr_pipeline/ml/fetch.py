@@ -52,10 +52,8 @@ BACKBONE_PATHS: dict[str, str] = {
     "audioset-vggish-3": "feature-extractors/vggish/audioset-vggish-3",
 }
 
-# What feeds the mood tiers (calibration.tiers counts every head but genre, regression and
-# auto-tagging ones as a mood): Essentia's seven two-class mood heads and danceability on
-# Discogs-EffNet, the backbone with the best published accuracy for them. Their backbone
-# comes with them.
+# What feeds the mood tiers: Essentia's two-class mood heads and danceability on Discogs-EffNet,
+# the backbone with the best published accuracy for them (which comes with them).
 RECOMMENDED: tuple[str, ...] = (
     "danceability-discogs-effnet-1",
     "mood_acoustic-discogs-effnet-1",
@@ -213,24 +211,20 @@ class _Fetcher:
             self.fetch(_backbone_source(backbone, metadata), needed_by=stem)
 
     def _fetch_pair(self, path: str, stem: str, what: str) -> None:
-        metadata_temp: Path | None = self._download(path, ".json", stem, what)
-        graph_temp: Path | None = None
+        temps = [self._download(path, ".json", stem, what)]
         try:
-            metadata = _check_metadata(metadata_temp, what)
+            metadata = _check_metadata(temps[0], what)
             backbone = _backbone_name(metadata)
             if backbone and backbone != stem:
                 self.fetch(_backbone_source(backbone, metadata), needed_by=stem)
-            graph_temp = self._download(path, ".pb", stem, what)
-            _check_graph(graph_temp, what)
+            temps.append(self._download(path, ".pb", stem, what))
+            _check_graph(temps[1], what)
             # .pb first: the folder never holds this model's metadata without its graph.
-            os.replace(graph_temp, self.models_dir / f"{stem}.pb")
-            graph_temp = None
-            os.replace(metadata_temp, self.models_dir / f"{stem}.json")
-            metadata_temp = None
+            os.replace(temps[1], self.models_dir / f"{stem}.pb")
+            os.replace(temps[0], self.models_dir / f"{stem}.json")
         finally:
-            for temp in (metadata_temp, graph_temp):
-                if temp is not None:
-                    temp.unlink(missing_ok=True)
+            for temp in temps:  # gone once renamed into place
+                temp.unlink(missing_ok=True)
         self._fetch_onnx(path, stem, what, metadata)
         _fsync_dir(self.models_dir)
 
@@ -256,7 +250,6 @@ class _Fetcher:
         finally:
             temp.unlink(missing_ok=True)
 
-    # ---- one file ----------------------------------------------------------------------
     def _download(self, path: str, suffix: str, stem: str, what: str) -> Path:
         url = _url(self.base_url, path, suffix)
         temp = self.models_dir / f".{stem}{suffix}{_TEMP_MARK}{secrets.token_hex(4)}"

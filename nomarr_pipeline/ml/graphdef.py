@@ -5,7 +5,6 @@ only) and a reader of the protobuf wire format. Field numbers follow TensorFlow'
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from enum import IntEnum
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +14,11 @@ import numpy as np
 _GRAPH_PRODUCER = 440
 
 
-class DataType(IntEnum):
-    """``tensorflow.DataType`` values this writer emits."""
-
-    FLOAT = 1
-    INT32 = 3
+# The tensorflow.DataType values this writer emits, and their numpy types.
+_FLOAT, _INT32 = 1, 3
+_NUMPY_DTYPES = {_FLOAT: np.dtype("<f4"), _INT32: np.dtype("<i4")}
 
 
-_NUMPY_DTYPES = {DataType.FLOAT: np.dtype("<f4"), DataType.INT32: np.dtype("<i4")}
-
-
-# ---- writing -------------------------------------------------------------------------
 def _varint(value: int) -> bytes:
     # Negative int64 values are sent as their 64-bit two's complement (10 bytes).
     value &= (1 << 64) - 1
@@ -51,7 +44,7 @@ def tensor_shape_proto(dims: Sequence[int]) -> bytes:
 
 
 # AttrValue: s (2), b (5), type (6), shape (7), tensor (8), list (1) of ListValue.type (6, packed).
-_FLOAT_T = _field(6, DataType.FLOAT)
+_FLOAT_T = _field(6, _FLOAT)
 
 
 class GraphBuilder:
@@ -75,16 +68,16 @@ class GraphBuilder:
     def placeholder(self, name: str, shape: Sequence[int]) -> str:
         return self._add(name, "Placeholder", dtype=_FLOAT_T, shape=_field(7, tensor_shape_proto(shape)))
 
-    def const(self, name: str, value: np.ndarray, dtype: DataType = DataType.FLOAT) -> str:
+    def const(self, name: str, value: np.ndarray, dtype: int = _FLOAT) -> str:
         data = np.ascontiguousarray(value, dtype=_NUMPY_DTYPES[dtype])
         # TensorProto: dtype (1), tensor_shape (2), tensor_content (4, little-endian bytes).
         tensor = _field(1, dtype) + _field(2, tensor_shape_proto(data.shape)) + _field(4, data.tobytes())
         return self._add(name, "Const", dtype=_field(6, dtype), value=_field(8, tensor))
 
     def mean(self, name: str, value: str, axes: Sequence[int], keep_dims: bool = False) -> str:
-        axes_node = self.const(f"{name}/reduction_indices", np.asarray(axes), DataType.INT32)
-        return self._add(name, "Mean", (value, axes_node), T=_FLOAT_T,
-                         Tidx=_field(6, DataType.INT32), keep_dims=_field(5, keep_dims))
+        axes_node = self.const(f"{name}/reduction_indices", np.asarray(axes), _INT32)
+        return self._add(name, "Mean", (value, axes_node), T=_FLOAT_T, Tidx=_field(6, _INT32),
+                         keep_dims=_field(5, keep_dims))
 
     def matmul(self, name: str, a: str, b: str) -> str:
         no = _field(5, False)
@@ -100,7 +93,7 @@ class GraphBuilder:
 
     def identity_n(self, name: str, values: Sequence[str]) -> str:
         """One node with several outputs, addressed as ``name:0``, ``name:1``…"""
-        types = b"".join(_varint(DataType.FLOAT) for _ in values)
+        types = b"".join(_varint(_FLOAT) for _ in values)
         return self._add(name, "IdentityN", values, T=_field(1, _field(6, types)))
 
     def dense(self, name: str, value: str, weights: np.ndarray, bias: np.ndarray) -> str:
@@ -120,7 +113,6 @@ class GraphBuilder:
         return path
 
 
-# ---- reading -------------------------------------------------------------------------
 class _Truncated(ValueError):
     def __init__(self, needed: int) -> None:
         super().__init__(f"truncated: its last field needs {needed} bytes")

@@ -83,7 +83,6 @@ class ModelSession:
         # Models that failed to load: they fail every later file at once, with the same fault.
         self._unloadable: dict[Path, ModelFault] = {}
 
-    # ---- loading -------------------------------------------------------------------
     def _load(self, path: Path, make: Callable[[], Any]) -> Any:
         if path in self._unloadable:
             raise self._unloadable[path]
@@ -120,7 +119,6 @@ class ModelSession:
             self._heads[head.graph_path] = predictor
         return predictor
 
-    # ---- running -------------------------------------------------------------------
     def run_backbone(self, backbone: Backbone, audio: np.ndarray) -> BackboneOutputs:
         """Embeddings (and the model's own predictions) from one pass; :class:`AnalysisError`
         when there is no patch, :class:`ModelFault` when the backbone fails."""
@@ -189,12 +187,9 @@ class ModelSession:
             backbone = backbone_heads[0].backbone
             try:
                 outputs = self.run_backbone(backbone, audio)
-            except AnalysisError as exc:
-                outcomes.extend(HeadOutcome(h.partition_key, error=str(exc))
-                                for h in backbone_heads)
-                continue
-            except ModelFault as fault:
-                outcomes.extend(HeadOutcome(h.partition_key, error=str(fault), model_fault=str(fault))
+            except (AnalysisError, ModelFault) as exc:
+                fault = str(exc) if isinstance(exc, ModelFault) else None
+                outcomes.extend(HeadOutcome(h.partition_key, error=str(exc), model_fault=fault)
                                 for h in backbone_heads)
                 continue
             outcomes.extend(self.head_outcome(head, outputs) for head in backbone_heads)

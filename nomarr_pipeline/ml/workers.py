@@ -5,6 +5,7 @@ timeout costs only that file: the file gets a clear error and the worker is repl
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -143,12 +144,10 @@ class WorkerPool:
 
     def close(self) -> None:
         for worker in list(self._workers):
-            try:
+            with contextlib.suppress(OSError):  # BrokenPipeError among them
                 if worker.process.is_alive() and worker.task is None:
                     worker.conn.send(None)
                     worker.process.join(_JOIN_TIMEOUT_S)
-            except (BrokenPipeError, OSError):
-                pass
             self._discard(worker)
 
     def run(self, tasks: Iterable[FileTask]) -> Iterator[tuple[FileTask, FileAnalysis]]:
