@@ -254,10 +254,9 @@ def discover_models(
                 head.metadata_path, f"cannot run: {problem}",
                 f"replace or remove the model (`nomarr-pipeline models fetch {head.name}`); "
                 "it is checked again once its files change", head_key=key))
-    ordered_heads = tuple(heads[key] for key in sorted(heads))
     return ModelCatalog(
         backbones=tuple(backbones[name] for name in sorted(backbones)),
-        heads=ordered_heads,
+        heads=tuple(heads[key] for key in sorted(heads)),
         problems=tuple(sorted(problems, key=lambda p: str(p.path))),
         _by_key=dict(heads),
     )
