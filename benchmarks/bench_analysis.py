@@ -53,7 +53,7 @@ from nomarr_pipeline.library.identity import file_key  # noqa: E402
 from nomarr_pipeline.ml.analysis import prediction_docs  # noqa: E402
 from nomarr_pipeline.ml.audio import load_audio  # noqa: E402
 from nomarr_pipeline.ml.capacity import available_cores  # noqa: E402
-from nomarr_pipeline.ml.demo_models import HEAD_NAMES, write_demo_models  # noqa: E402
+from nomarr_pipeline.ml.demo_models import HEADS, write_demo_models  # noqa: E402
 from nomarr_pipeline.ml.discovery import Head, discover_models  # noqa: E402
 from nomarr_pipeline.store import open_store  # noqa: E402
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio  # noqa: E402
@@ -82,7 +82,7 @@ def bench_models(source: Path | None, dest: Path) -> Path:
     found = discover_models(dest, engine="tensorflow")
     backbones = {b.name for b in found.backbones}
     if not [h for h in found.heads if not h.autotagging]:
-        for name in HEAD_NAMES:
+        for name in (spec.name for spec in HEADS):
             if name.split("-", 1)[1] in backbones:
                 for suffix in MODEL_SUFFIXES:
                     (dest / f"{name}{suffix}").symlink_to(demo / f"{name}{suffix}")

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from nomarr_pipeline.ml.analysis import BROKEN_AFTER, head_version
-from nomarr_pipeline.ml.demo_models import write_demo_head, write_demo_models
+from nomarr_pipeline.ml.demo_models import write_demo_models
 from nomarr_pipeline.ml.discovery import discover_models
 from nomarr_pipeline_tests.cli.cli_processes import PipelineFolder
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
@@ -24,6 +24,7 @@ from nomarr_pipeline_tests.ml.broken_models import (
     write_other_backbones_head,
     write_width_mismatch_head,
 )
+from nomarr_pipeline_tests.ml.demo_heads import write_demo_head
 from nomarr_pipeline_tests.store_dump import library_files
 
 pytestmark = pytest.mark.slow

@@ -1,18 +1,13 @@
 """Analysis orchestration: which files need which heads, worker dispatch, batched writes.
 
-Files come from claims in the store (``Store.claim_files_for_analysis``): a few at a time, in
-``_key`` order, each with exactly the heads it still needs, so each backbone runs once per file
-for all of them. Shards of one run claim from the same store, so a fast machine takes more
-files than a slow one and no file is analysed twice; a shard that restarts takes back its own
-unfinished claims first. Results are written in batches. Memory is bounded by ``batch_size``
-× number of heads, never by the library size.
+Files are claimed from the store a few at a time, each with exactly the heads it still needs
+(one backbone pass per file for all of them). Shards of one run claim from the same store, so
+a fast machine takes more files and no file is analysed twice. Memory is bounded by
+``batch_size`` × number of heads, never by the library size.
 
-Errors belong to what caused them: audio that cannot be decoded fails the file (until it
-changes); anything else fails one (file, head) at the head's ``tagger_version`` (a changed
-model tries again). A head whose first files all fail with the same model fault is a broken
-model: it is stopped for the rest of the run and reported, the other heads go on. It stays
-broken in the next runs, not tried on any file, until its model file (``tagger_version``) changes
-(:func:`remembered_broken_models`).
+Undecodable audio fails the file (until it changes); anything else fails one (file, head) at the
+head's ``tagger_version``. A head whose first files all fail with the same model fault is a broken
+model: stopped for this run and, until its ``tagger_version`` changes, the next ones.
 """
 
 from __future__ import annotations
@@ -21,12 +16,12 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nomarr_pipeline.ml.discovery import Head
 from nomarr_pipeline.ml.inference import FileAnalysis, HeadOutcome
-from nomarr_pipeline.ml.workers import FaultInjection, FileTask, WorkerPool
+from nomarr_pipeline.ml.workers import FileTask, WorkerPool
 from nomarr_pipeline.store.protocol import AnalysisClaim, ClaimedFile, Doc, HeadVersion, Store
 
 MAX_REPORTED_ERRORS = 5
@@ -52,22 +47,14 @@ class HeadReport:
     broken: str | None = None  # the model fault that stopped this head, if it was stopped
 
     def as_metadata(self) -> dict[str, object]:
-        return {
-            "engines": self.engines,
-            "analysed": self.analysed,
-            "failed": self.failed,
-            "skipped": self.skipped,
-            "seconds": round(self.seconds, 3),
-            "errors": list(self.errors),
-            "faults": dict(self.faults),
-            "broken": self.broken,
-        }
+        metadata = asdict(self)
+        del metadata["partition_key"]
+        return {**metadata, "seconds": round(self.seconds, 3)}
 
     def broken_model(self) -> str | None:
         """The fault of a broken model: one that was stopped, or that worked on no file and
-        failed every file it failed on the model's side with one and the same fault (files too
-        short or undecodable say nothing of the model). Small runs, and shards that each saw
-        fewer than :data:`BROKEN_AFTER` files, are judged by this when their reports are added up."""
+        failed with one and the same model fault (how reports added up across shards, each
+        seeing fewer than :data:`BROKEN_AFTER` files, are judged)."""
         if self.broken:
             return self.broken
         if self.analysed == 0 and len(self.faults) == 1:
@@ -117,8 +104,7 @@ def prediction_docs(file_id: str, head: Head, values: Sequence[float],
 class _BrokenModels:
     """Tells broken models from bad files by each head's first outcomes."""
 
-    def __init__(self, after: int = BROKEN_AFTER) -> None:
-        self._after = after
+    def __init__(self) -> None:
         self._working: set[str] = set()
         self._faults: dict[str, list[str]] = {}
         self.broken: dict[str, str] = {}  # partition key -> the model fault
@@ -135,7 +121,7 @@ class _BrokenModels:
             return None  # the file's trouble (too short, a worker crash): says nothing of the model
         faults = self._faults.setdefault(key, [])
         faults.append(outcome.model_fault)
-        if len(faults) < self._after:
+        if len(faults) < BROKEN_AFTER:
             return None
         if len(set(faults)) > 1:
             self._working.add(key)  # different faults on different files: not one broken model
@@ -157,41 +143,32 @@ def remembered_broken_models(store: Store, heads: Sequence[Head]) -> dict[str, s
             if len(found) >= BROKEN_AFTER and found[0] is not None and len(set(found)) == 1}
 
 
-class _ClaimedTasks:
-    """The tasks of one analysis, claimed from the store a few files at a time as workers
-    need them: first the files this claim holds from an attempt that died, then new ones."""
+def _claimed_tasks(store: Store, heads: Sequence[Head], claim: AnalysisClaim, claim_size: int,
+                   broken: _BrokenModels) -> Iterator[FileTask]:
+    """The tasks of one analysis, claimed a few files at a time as workers need them: first the
+    files this claim holds from an attempt that died, then new ones. Heads found broken since
+    the claim are left out (a file needing only those waits for a repaired model)."""
+    by_version = {head_version(head): head for head in heads}
+    resolve = _PathResolver(store)
 
-    def __init__(self, store: Store, heads: Sequence[Head], claim: AnalysisClaim, claim_size: int,
-                 broken: _BrokenModels) -> None:
-        self._store = store
-        self._heads = {head_version(head): head for head in heads}
-        self._claim = claim
-        self._claim_size = claim_size
-        self._broken = broken
-        self._resolve = _PathResolver(store)
+    def active() -> list[HeadVersion]:
+        return [version for version, head in by_version.items() if head.partition_key not in broken.broken]
 
-    def _active(self) -> list[HeadVersion]:
-        return [version for version, head in self._heads.items()
-                if head.partition_key not in self._broken.broken]
-
-    def _tasks(self, claimed: Sequence[ClaimedFile]) -> Iterator[FileTask]:
+    def tasks(claimed: Sequence[ClaimedFile]) -> Iterator[FileTask]:
         for file in claimed:
-            # Heads found broken since the claim are left out (a file needing only those waits
-            # for a run with a repaired model).
-            heads = tuple(self._heads[v] for v in file.heads if self._heads[v].partition_key
-                          not in self._broken.broken)
-            if heads:
-                yield FileTask(file.doc["_key"], self._resolve(file.doc), heads)
+            working = tuple(by_version[v] for v in file.heads
+                            if by_version[v].partition_key not in broken.broken)
+            if working:
+                yield FileTask(file.doc["_key"], resolve(file.doc), working)
 
-    def __iter__(self) -> Iterator[FileTask]:
-        yield from self._tasks(self._store.reclaim_files_for_analysis(self._active(), self._claim))
-        after: str | None = None
-        while active := self._active():
-            claimed = self._store.claim_files_for_analysis(active, self._claim, self._claim_size, after)
-            if not claimed:
-                return
-            after = claimed[-1].doc["_key"]
-            yield from self._tasks(claimed)
+    yield from tasks(store.reclaim_files_for_analysis(active(), claim))
+    after: str | None = None
+    while versions := active():
+        claimed = store.claim_files_for_analysis(versions, claim, claim_size, after)
+        if not claimed:
+            return
+        after = claimed[-1].doc["_key"]
+        yield from tasks(claimed)
 
 
 class _PathResolver:
@@ -225,15 +202,10 @@ def analyze(
     environment: Callable[[int], Mapping[str, str]] | None = None,
     batch_size: int = 64,
     progress: Callable[[FileProgress], None] | None = None,
-    faults: FaultInjection | None = None,
 ) -> dict[str, HeadReport]:
     """Analyse every file that lacks current predictions for any of ``heads``, claiming them
-    for ``claim`` (one shard of ``shards`` of a run; without a claim, a run of its own whose
-    claims are released at the end).
-
-    Returns a report per head partition key. Re-running with nothing to do writes nothing.
-    ``environment`` sets up each worker's TensorFlow (see :class:`WorkerPool`); ``faults``
-    is a test hook (see :class:`FaultInjection`).
+    for ``claim`` (one shard of ``shards`` of a run; without one, a run of its own); a report
+    per head partition key. ``environment`` sets up each worker (see :class:`WorkerPool`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -258,11 +230,11 @@ def analyze(
     # many; a shard expects its share (more or fewer, as its machine is faster or slower).
     total = -(-max((n for key, n in needed.items() if key not in broken.broken), default=0) // max(1, shards))
     # As many files as the workers take at once: shards end within about one file of each other.
-    tasks = _ClaimedTasks(store, heads, claim, claim_size=max(1, processes), broken=broken)
+    tasks = _claimed_tasks(store, heads, claim, claim_size=max(1, processes), broken=broken)
     writer = _ResultWriter(store, reports, flush_every=batch_size)
     done = 0
     try:
-        with WorkerPool(processes, file_timeout_s, environment=environment, faults=faults) as pool:
+        with WorkerPool(processes, file_timeout_s, environment=environment) as pool:
             for task, result in pool.run(tasks):
                 error = writer.add(task, result)
                 for outcome in result.outcomes:
@@ -320,9 +292,8 @@ class _ResultWriter:
                     **({"model_fault": outcome.model_fault} if outcome.model_fault else {}),
                 })
         if result.file_error is not None:
-            # The audio itself: no head can use it until the file changes. analyzed_at stays as
-            # it was (none for a new file): a file never analysed has nothing to recalibrate
-            # or write.
+            # The audio itself: no head can use it until the file changes. analyzed_at stays as it
+            # was (none for a new file: a file never analysed has nothing to recalibrate or write).
             self._analysed.append({"_key": task.file_id, "analysis_error": result.file_error})
         else:
             # Which engines produced this file's new predictions (the model is the same model

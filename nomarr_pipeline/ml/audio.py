@@ -1,7 +1,4 @@
-"""Decoding audio once per file: 16 kHz mono float32, as every Essentia backbone expects.
-
-Files are only ever opened for reading; analysis never modifies audio (docs/ARCHITECTURE.md §7).
-"""
+"""Decoding audio once per file, read-only: 16 kHz mono float32, as every Essentia backbone expects."""
 
 from __future__ import annotations
 
@@ -30,10 +27,8 @@ def decode_with_ffmpeg(path: Path) -> np.ndarray:
     command = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path),
                "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-"]
     try:
-        completed = subprocess.run(
-            command, capture_output=True, check=False, timeout=FFMPEG_TIMEOUT_S,
-            stdin=subprocess.DEVNULL,
-        )
+        completed = subprocess.run(command, capture_output=True, timeout=FFMPEG_TIMEOUT_S,
+                                   stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise AudioDecodeError(f"ffmpeg took more than {FFMPEG_TIMEOUT_S:.0f}s") from None
     if completed.returncode != 0:

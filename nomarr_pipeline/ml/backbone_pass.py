@@ -1,15 +1,9 @@
 """One run of a backbone network per file, giving its embeddings and its own predictions.
 
 Essentia's ``TensorflowPredictEffnetDiscogs``/``TensorflowPredictMusiCNN`` fetch a single
-output node, so an auto-tagging model would need a second pass for its tags. This module
-does what those algorithms do inside — frames of 512 samples every 256, 96 mel bands from
-``TensorflowInputMusiCNN``, patches of frames, batches of 64 into ``TensorflowPredict`` — but
-asks ``TensorflowPredict`` for every output it needs at once. The results equal the
-algorithms' own, value for value (``nomarr_pipeline_tests/ml/test_backbone_pass.py``). A
-backbone's ``.onnx`` gets the very same patches through ONNX Runtime
-(:mod:`nomarr_pipeline.ml.onnx_engine`).
-
-Imported only inside worker processes: it loads Essentia.
+output, so an auto-tagging model would need a second pass for its tags. This does what they do
+inside (frames, mel bands, patches, batches of 64) but asks the network for every output at
+once, with the algorithms' results value for value; an ``.onnx`` gets the very same patches.
 """
 
 from __future__ import annotations
@@ -50,13 +44,9 @@ RECIPES: dict[str, PatchRecipe] = {
 
 
 def essentia_patch_count(samples: int, frames: int, recipe: PatchRecipe) -> int:
-    """How many patches Essentia's algorithm returns for this audio.
-
-    Patches start every ``patch_hop`` frames and the last incomplete one is dropped. With a
-    fixed batch, TensorflowPredictEffnetDiscogs first estimates the frame count in float32
-    arithmetic (zero-padding the signal to whole batches) and returns only that many
-    patches, which can be one fewer than the frames allow.
-    """
+    """How many patches Essentia's algorithm returns: one every ``patch_hop`` frames, the last
+    incomplete one dropped; with a fixed batch, no more than TensorflowPredictEffnetDiscogs'
+    float32 estimate of the frame count allows (which can be one fewer)."""
     available = 0 if frames < recipe.patch_size else 1 + (frames - recipe.patch_size) // recipe.patch_hop
     if not recipe.fixed_batch:
         return available
@@ -96,9 +86,7 @@ class BackbonePass:
         recipe = self.recipe
         frames = self._frames(audio, frameSize=recipe.frame_size, hopSize=recipe.hop_size)
         rows = [self._mel(frame) for frame in frames]
-        if not rows:
-            return np.zeros((0, recipe.bands), dtype=np.float32)
-        return np.asarray(rows, dtype=np.float32)
+        return np.asarray(rows, dtype=np.float32).reshape(len(rows), recipe.bands)
 
     def __call__(self, audio: np.ndarray) -> BackboneOutputs:
         recipe = self.recipe

@@ -1,8 +1,4 @@
-"""How much of a machine one analysis step may use: cores, GPUs, workers and inference threads.
-
-Plain Python (no Dagster): the shard steps call :func:`plan_workers` with what they know about
-their executor, the benchmark calls it with what it measures.
-"""
+"""How much of a machine one analysis step may use: cores, GPUs, workers and inference threads."""
 
 from __future__ import annotations
 
@@ -16,8 +12,7 @@ CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>"
 
 
 def available_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
-    """Cores this process may run on: its CPU affinity, capped by a container's CPU quota
-    (a Kubernetes pod's CPU limit), never less than one."""
+    """Cores this process may run on: its CPU affinity, capped by a container's CPU quota."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     try:
         quota, period = cpu_max.read_text().split()[:2]
@@ -53,8 +48,7 @@ class WorkerPlan:
     gpus: tuple[str, ...] = ()  # worker slot i uses gpus[i % len(gpus)]
 
     def environment(self, slot: int) -> dict[str, str]:
-        """Variables a worker sets before TensorFlow loads (TensorFlow reads them once, when
-        its first session is created; ONNX Runtime reads its threads per session)."""
+        """Variables a worker sets before TensorFlow loads (which reads them once)."""
         env = {
             "TF_NUM_INTRAOP_THREADS": str(self.intra_op_threads),
             "NOMARR_INFERENCE_THREADS": str(self.intra_op_threads),
@@ -77,11 +71,8 @@ def plan_workers(
     gpus: tuple[str, ...] = (),
 ) -> WorkerPlan:
     """Split ``cores`` between the ``concurrent_steps`` analysis steps on this machine, their
-    workers and TensorFlow's threads; 0 means "choose". With GPUs: one worker per GPU.
-
-    The choice is steps × workers × threads = cores, one thread per worker when there are
-    enough workers: on the real model a second worker adds more throughput than a second
-    TensorFlow thread, for less CPU (docs/BENCHMARKS.md).
+    workers and their threads (0 means "choose"); one worker per GPU. Steps × workers × threads
+    = cores, one thread per worker where it can: a second worker gains more (docs/BENCHMARKS.md).
     """
     share = max(1, cores // max(1, concurrent_steps))
     if processes <= 0:

@@ -1,15 +1,11 @@
-"""Tiny, real Essentia models for tests, the demo and benchmarks.
+"""Tiny, real Essentia models for the demo (and tests and benchmarks): frozen graphs with the
+real node names and shapes and Essentia-style metadata, which the real Essentia algorithms run
+unchanged; with ``onnx=True`` the same networks as ``.onnx`` too. Weights are deterministic
+(seeded by file name) and make outputs follow the audio's spectral shape, spread over (0, 1).
 
-The real Essentia weights cannot be downloaded on the build machines, so the project writes
-its own frozen graphs with the real node names and shapes and Essentia-style metadata.
-They load and run in the real Essentia algorithms unchanged, and the same networks are
-written as ``.onnx`` for ONNX Runtime (``onnx=True``; the demo's default engine). Their weights are
-deterministic (seeded by file name) and chosen so that outputs depend on the audio's
-spectral shape: different audio → visibly different predictions spread over (0, 1).
-
-The graphs are deliberately cheap: a backbone averages each mel band over the patch,
-removes the mean level (so loudness alone does not decide), and projects through a small
-hidden layer; a head is one dense layer plus its activation.
+A backbone averages each mel band over the patch, removes the mean level (so loudness alone
+does not decide) and projects through a small hidden layer; a head is one dense layer plus its
+activation.
 """
 
 from __future__ import annotations
@@ -24,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from nomarr_pipeline.ml.discovery import BACKBONE_FAMILIES, BackboneFamily
 from nomarr_pipeline.ml.graphdef import GraphBuilder
 from nomarr_pipeline.ml.onnx_graph import OnnxGraphBuilder
 
@@ -35,35 +32,16 @@ SAMPLE_RATE = 16000
 @dataclass(frozen=True)
 class _BackboneSpec:
     name: str
-    algorithm: str
-    input_node: str
+    family: BackboneFamily  # its algorithm, default input node and embeddings
     patch_frames: int
-    embedding_node: str
-    embedding_size: int
     predictions_node: str
     prediction_classes: tuple[str, ...]
 
 
-EFFNET = _BackboneSpec(
-    name="discogs-effnet-bs64-1",
-    algorithm="TensorflowPredictEffnetDiscogs",
-    input_node="serving_default_melspectrogram",
-    patch_frames=128,
-    embedding_node="PartitionedCall:1",
-    embedding_size=1280,
-    predictions_node="PartitionedCall:0",
-    prediction_classes=tuple(f"Demo---Style {index:03d}" for index in range(400)),
-)
-MUSICNN = _BackboneSpec(
-    name="msd-musicnn-1",
-    algorithm="TensorflowPredictMusiCNN",
-    input_node="model/Placeholder",  # what TensorflowPredictMusiCNN feeds by default
-    patch_frames=187,
-    embedding_node="model/dense/BiasAdd",
-    embedding_size=200,
-    predictions_node="model/Sigmoid",
-    prediction_classes=tuple(f"demo tag {index:02d}" for index in range(50)),
-)
+EFFNET = _BackboneSpec("discogs-effnet-bs64-1", BACKBONE_FAMILIES["TensorflowPredictEffnetDiscogs"], 128,
+                       "PartitionedCall:0", tuple(f"Demo---Style {index:03d}" for index in range(400)))
+MUSICNN = _BackboneSpec("msd-musicnn-1", BACKBONE_FAMILIES["TensorflowPredictMusiCNN"], 187,
+                        "model/Sigmoid", tuple(f"demo tag {index:02d}" for index in range(50)))
 
 
 @dataclass(frozen=True)
@@ -107,7 +85,7 @@ Builder = GraphBuilder | OnnxGraphBuilder
 
 def _backbone_graph(spec: _BackboneSpec, graph: Builder) -> Builder:
     rng = _rng(spec.name)
-    melspectrogram = graph.placeholder(spec.input_node, [-1, spec.patch_frames, MEL_BANDS])
+    melspectrogram = graph.placeholder(spec.family.default_input, [-1, spec.patch_frames, MEL_BANDS])
     band_profile = graph.mean("demo/band_profile", melspectrogram, [1])
     level = graph.mean("demo/level", band_profile, [1], keep_dims=True)
     spectral_shape = graph.binary("demo/spectral_shape", "Sub", band_profile, level)
@@ -119,7 +97,7 @@ def _backbone_graph(spec: _BackboneSpec, graph: Builder) -> Builder:
                                                  hidden_weights)
     )
     embedding_weights = rng.normal(0.0, 1.0 / np.sqrt(HIDDEN_UNITS),
-                                   (HIDDEN_UNITS, spec.embedding_size))
+                                   (HIDDEN_UNITS, spec.family.embedding_size))
     prediction_weights = rng.normal(0.0, 2.0 / np.sqrt(HIDDEN_UNITS),
                                     (HIDDEN_UNITS, len(spec.prediction_classes)))
     if spec is EFFNET:
@@ -134,7 +112,7 @@ def _backbone_graph(spec: _BackboneSpec, graph: Builder) -> Builder:
         graph.identity_n("PartitionedCall", [predictions, embeddings])
     else:
         embeddings = graph.dense("model/dense", hidden, embedding_weights,
-                                 np.zeros(spec.embedding_size))
+                                 np.zeros(spec.family.embedding_size))
         graph.unary(
             "model/Sigmoid", "Sigmoid",
             graph.matmul("model/logits", hidden,
@@ -151,7 +129,7 @@ def _head_nodes(spec: _HeadSpec) -> tuple[str, str]:
 
 def _head_graph(spec: _HeadSpec, graph: Builder) -> Builder:
     rng = _rng(spec.name)
-    width = spec.backbone.embedding_size
+    width = spec.backbone.family.embedding_size
     # Embeddings have a per-dimension std of about 0.5; this scale gives logits of std ~1.5,
     # so activations spread over (0, 1) instead of saturating.
     weights = rng.normal(0.0, 3.0 / np.sqrt(width), (width, len(spec.classes)))
@@ -165,56 +143,45 @@ def _head_graph(spec: _HeadSpec, graph: Builder) -> Builder:
     return graph
 
 
-def _backbone_metadata(spec: _BackboneSpec, autotagging: bool) -> dict[str, Any]:
-    # Without its classes it is a plain feature extractor (like Essentia's
-    # discogs_track_embeddings-effnet-bs64-1): its predictions output is not a head.
+def _metadata(name: str, kind: str, classes: tuple[str, ...], inputs: list[dict[str, Any]],
+              outputs: list[dict[str, Any]], inference: dict[str, Any]) -> dict[str, Any]:
     return {
-        "name": f"{spec.name} (nomarr demo)",
-        "type": "Demo auto-tagging model" if autotagging else "Demo feature extractor",
+        "name": f"{name} (nomarr demo)",
+        "type": kind,
         "version": "1",
         "description": "Tiny generated stand-in with the real node names; not a trained model.",
         "framework": "tensorflow",
-        "classes": list(spec.prediction_classes) if autotagging else [],
+        "classes": list(classes),
         "model_types": ["frozen_model"],
-        "schema": {
-            "inputs": [{"name": spec.input_node, "type": "float",
-                        "shape": ["batch_size", spec.patch_frames, MEL_BANDS]}],
-            "outputs": [
-                {"name": spec.predictions_node, "type": "float",
-                 "shape": ["batch_size", len(spec.prediction_classes)],
-                 "output_purpose": "predictions"},
-                {"name": spec.embedding_node, "type": "float",
-                 "shape": ["batch_size", spec.embedding_size], "output_purpose": "embeddings"},
-            ],
-        },
-        "inference": {"sample_rate": SAMPLE_RATE, "algorithm": spec.algorithm},
+        "schema": {"inputs": inputs, "outputs": outputs},
+        "inference": {"sample_rate": SAMPLE_RATE, **inference},
     }
+
+
+def _tensor(name: str, *shape: int, **more: str) -> dict[str, Any]:
+    return {"name": name, "type": "float", "shape": ["batch_size", *shape], **more}
+
+
+def _backbone_metadata(spec: _BackboneSpec, autotagging: bool) -> dict[str, Any]:
+    # Without its classes it is a plain feature extractor (like Essentia's
+    # discogs_track_embeddings-effnet-bs64-1): its predictions output is not a head.
+    outputs = [
+        _tensor(spec.predictions_node, len(spec.prediction_classes), output_purpose="predictions"),
+        _tensor(spec.family.embedding_output, spec.family.embedding_size, output_purpose="embeddings"),
+    ]
+    return _metadata(spec.name, "Demo auto-tagging model" if autotagging else "Demo feature extractor",
+                     spec.prediction_classes if autotagging else (),
+                     [_tensor(spec.family.default_input, spec.patch_frames, MEL_BANDS)], outputs,
+                     {"algorithm": spec.family.algorithm})
 
 
 def _head_metadata(spec: _HeadSpec) -> dict[str, Any]:
     input_node, output_node = _head_nodes(spec)
-    return {
-        "name": f"{spec.name} (nomarr demo)",
-        "type": spec.type,
-        "version": "1",
-        "description": "Tiny generated stand-in with the real node names; not a trained model.",
-        "framework": "tensorflow",
-        "classes": list(spec.classes),
-        "model_types": ["frozen_model"],
-        "schema": {
-            "inputs": [{"name": input_node, "type": "float",
-                        "shape": ["batch_size", spec.backbone.embedding_size]}],
-            "outputs": [{"name": output_node, "type": "float",
-                         "shape": ["batch_size", len(spec.classes)], "op": spec.activation,
-                         "output_purpose": "predictions"}],
-        },
-        "inference": {
-            "sample_rate": SAMPLE_RATE,
-            "algorithm": "TensorflowPredict2D",
-            "embedding_model": {"algorithm": spec.backbone.algorithm,
-                                "model_name": spec.backbone.name},
-        },
-    }
+    output = _tensor(output_node, len(spec.classes), op=spec.activation, output_purpose="predictions")
+    embedding_model = {"algorithm": spec.backbone.family.algorithm, "model_name": spec.backbone.name}
+    return _metadata(spec.name, spec.type, spec.classes,
+                     [_tensor(input_node, spec.backbone.family.embedding_size)], [output],
+                     {"algorithm": "TensorflowPredict2D", "embedding_model": embedding_model})
 
 
 def _write_pair(dest: Path, name: str, build: Callable[[Builder], Builder],
@@ -248,16 +215,3 @@ def write_demo_models(dest: Path, *, heads: tuple[str, ...] | None = None,
                                        _head_metadata(spec), onnx))
     return written
 
-
-def write_demo_head(
-    dest: Path, name: str, classes: tuple[str, ...], activation: str = "Softmax", *, onnx: bool = False
-) -> Path:
-    """One more generated head, e.g. ``mood_party-discogs-effnet-1``; its backbone (effnet
-    or musicnn) follows the name's embedding tag. Returns the ``.pb`` path."""
-    backbone = MUSICNN if name.endswith("-" + MUSICNN.name) else EFFNET
-    spec = _HeadSpec(name, backbone, classes, activation, f"{name} (generated)")
-    dest.mkdir(parents=True, exist_ok=True)
-    return _write_pair(dest, spec.name, partial(_head_graph, spec), _head_metadata(spec), onnx)
-
-
-HEAD_NAMES: tuple[str, ...] = tuple(spec.name for spec in HEADS)

@@ -1,18 +1,10 @@
 """Model discovery: Essentia ``<name>.json`` with ``<name>.pb`` and/or ``<name>.onnx`` →
-backbones and heads.
+backbones and heads (docs/ARCHITECTURE.md §4).
 
-Only JSON files are parsed and model files hashed; nothing is loaded into TensorFlow here,
-so discovery is cheap enough for a sensor tick. A broken model becomes a
-:class:`ModelProblem` and never hides the models that work (docs/ARCHITECTURE.md §4).
-
-An auto-tagging model (``msd-musicnn-1``, ``mtt-musicnn-1``, ``discogs-effnet-bs64-1``) is
-a backbone whose JSON has ``classes`` and a ``predictions`` output: it is also a head of its
-own, fed by the same backbone pass (:func:`autotagging_head_name` names it).
-
-Each model runs on one engine (``NOMARR_INFERENCE_ENGINE``): ONNX Runtime for its ``.onnx``,
-essentia-tensorflow for its ``.pb``. The engine is not part of a model's identity: its
-``tagger_version`` hashes the ``.pb`` when there is one, so switching engines re-analyses
-nothing (README, "Inference engines").
+Only JSON files are parsed and model files hashed (nothing is loaded), so discovery is cheap
+enough for a sensor tick. A broken model becomes a :class:`ModelProblem` and never hides the
+models that work. A backbone whose JSON has ``classes`` and a ``predictions`` output is an
+auto-tagging model: also a head of its own, fed by the same backbone pass.
 """
 
 from __future__ import annotations
@@ -20,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -91,11 +84,8 @@ class Backbone:
 
 @dataclass(frozen=True)
 class Head:
-    """A classifier/regressor on top of one backbone's embeddings; one Dagster partition.
-
-    For an auto-tagging model (``autotagging``) the head is the backbone's own predictions
-    output: ``graph_path``/``metadata_path`` are the backbone's, and no graph of its own runs.
-    """
+    """A classifier/regressor on top of one backbone's embeddings; one Dagster partition. An
+    ``autotagging`` head is its backbone's own predictions output, with the backbone's files."""
 
     name: str  # file stem, e.g. "mood_happy-discogs-effnet-1"
     head_name: str
@@ -122,8 +112,7 @@ class Head:
 
     @property
     def engines(self) -> str:
-        """The engines of its backbone and of itself: ``onnx``, ``tensorflow`` or
-        ``onnx+tensorflow``; what analysis records beside its predictions."""
+        """``onnx``, ``tensorflow`` or ``onnx+tensorflow``: its backbone's and its own engine."""
         return "+".join(sorted({self.backbone.engine, self.engine}))
 
 
@@ -134,9 +123,7 @@ class ModelProblem:
     path: Path
     message: str
     fix: str = ""
-    # The partition key of a head whose model cannot run (ml.validation): a run names it and
-    # fails, while the other heads go on.
-    head_key: str | None = None
+    head_key: str | None = None  # of a head that cannot run (ml.validation): a run names it and fails
 
 
 @dataclass(frozen=True)
@@ -155,15 +142,9 @@ class ModelCatalog:
 
     def select(self, partition_keys: Iterable[str]) -> tuple[list[Head], list[str]]:
         """Heads for these keys, and the keys that name no usable head."""
-        found: list[Head] = []
-        missing: list[str] = []
-        for key in partition_keys:
-            head = self._by_key.get(key)
-            if head is None:
-                missing.append(key)
-            else:
-                found.append(head)
-        return found, missing
+        keys = list(partition_keys)
+        found = [self._by_key[key] for key in keys if key in self._by_key]
+        return found, [key for key in keys if key not in self._by_key]
 
 
 class ModelMetadataError(ValueError):
@@ -174,13 +155,10 @@ class ModelMetadataError(ValueError):
         self.fix = fix
 
 
-def _refetch(name: str) -> str:
-    return (f"replace it with Essentia's original: delete {name}.pb and {name}.json, then "
-            f"`nomarr-pipeline models fetch {name}`")
-
-
 def _problem(path: Path, exc: ModelMetadataError, suffix: str = "") -> ModelProblem:
-    return ModelProblem(path, f"{exc}{suffix}", exc.fix or _refetch(path.stem))
+    refetch = (f"replace it with Essentia's original: delete {path.stem}.pb and {path.stem}.json, "
+               f"then `nomarr-pipeline models fetch {path.stem}`")
+    return ModelProblem(path, f"{exc}{suffix}", exc.fix or refetch)
 
 
 def engine_of(graph_path: Path) -> str:
@@ -208,9 +186,8 @@ def discover_models(
 ) -> ModelCatalog:
     """Every usable backbone and head under ``models_dir`` (recursive) plus the problems.
 
-    ``compute_versions=False`` skips hashing model bytes (``tagger_version`` is then empty):
-    enough for a sensor that only needs partition keys. ``engine`` (``auto``, ``onnx`` or
-    ``tensorflow``; default ``NOMARR_INFERENCE_ENGINE``) picks each model's file.
+    ``compute_versions=False`` leaves ``tagger_version`` empty (no model bytes hashed: enough
+    for partition keys). ``engine``, default ``NOMARR_INFERENCE_ENGINE``, picks each model's file.
     """
     if engine is None:
         from nomarr_pipeline.settings import inference_engine
@@ -277,10 +254,9 @@ def discover_models(
                 head.metadata_path, f"cannot run: {problem}",
                 f"replace or remove the model (`nomarr-pipeline models fetch {head.name}`); "
                 "it is checked again once its files change", head_key=key))
-    ordered_heads = tuple(heads[key] for key in sorted(heads))
     return ModelCatalog(
         backbones=tuple(backbones[name] for name in sorted(backbones)),
-        heads=ordered_heads,
+        heads=tuple(heads[key] for key in sorted(heads)),
         problems=tuple(sorted(problems, key=lambda p: str(p.path))),
         _by_key=dict(heads),
     )
@@ -306,18 +282,14 @@ def _model_pairs(models_dir: Path, problems: list[ModelProblem]) -> list[Path]:
                 f"`nomarr-pipeline models fetch {metadata_path.stem}`, or delete {metadata_path.name}"))
     for graph_path in sorted(p for suffix in MODEL_SUFFIXES for p in models_dir.rglob(f"*{suffix}")):
         if not graph_path.with_suffix(".json").is_file():
-            problems.append(
-                ModelProblem(graph_path, f"metadata {graph_path.stem}.json is missing",
-                             f"`nomarr-pipeline models fetch {graph_path.stem}`, or delete "
-                             f"{graph_path.name}")
-            )
+            problems.append(ModelProblem(
+                graph_path, f"metadata {graph_path.stem}.json is missing",
+                f"`nomarr-pipeline models fetch {graph_path.stem}`, or delete {graph_path.name}"))
     return pairs
 
 
 def _weights(metadata_path: Path, engine: str, onnx_capable: bool) -> Path:
-    """The model file ``engine`` runs: the ``.onnx`` for ``onnx``, the ``.pb`` for
-    ``tensorflow``, for ``auto`` the ``.onnx`` where there is one (and the model can run
-    on ONNX Runtime), else the ``.pb``."""
+    """The model file ``engine`` runs; for ``auto`` the ``.onnx`` where it can run, else the ``.pb``."""
     pb, onnx = metadata_path.with_suffix(".pb"), metadata_path.with_suffix(".onnx")
     if engine == "tensorflow" or (engine == "auto" and (not onnx_capable or not onnx.is_file())):
         if pb.is_file():
@@ -383,7 +355,8 @@ def _schema_nodes(metadata: Mapping[str, Any], section: str) -> list[Mapping[str
     return nodes
 
 
-def _last_int_dim(node: Mapping[str, Any]) -> int | None:
+def last_int_dim(node: Mapping[str, Any]) -> int | None:
+    """The last dimension of a JSON schema node's ``shape`` when it is a number."""
     shape = node.get("shape")
     if isinstance(shape, list) and shape and isinstance(shape[-1], int):
         return shape[-1]
@@ -419,11 +392,9 @@ _VERSION_SUFFIX = re.compile(r"-\d+$")
 
 
 def autotagging_head_name(backbone_name: str) -> str | None:
-    """The ``head_name`` of an auto-tagging model's own head: its file name without the
-    version (``msd-musicnn-1`` → ``msd-musicnn``), or None when that has no ``-``.
-
-    A classifier head's name is its file name up to the first ``-``, so it never contains
-    one: the ``-`` tells an auto-tagging head apart (mood tiers exclude them by it).
+    """An auto-tagging model's own ``head_name``: its file name without the version
+    (``msd-musicnn-1`` → ``msd-musicnn``), or None when that has no ``-``. A classifier head's
+    name never has one: the ``-`` tells an auto-tagging head apart (mood tiers exclude them by it).
     """
     name = _VERSION_SUFFIX.sub("", backbone_name)
     if "-" not in name:
@@ -431,11 +402,12 @@ def autotagging_head_name(backbone_name: str) -> str | None:
     return name if "-" in name else None
 
 
-def _predictions_node(metadata: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    for node in _schema_nodes(metadata, "outputs"):
+def _predictions_node(metadata: Mapping[str, Any], or_only_output: bool = False) -> Mapping[str, Any] | None:
+    outputs = _schema_nodes(metadata, "outputs")
+    for node in outputs:
         if node.get("output_purpose") == "predictions":
             return node
-    return None
+    return outputs[0] if or_only_output and len(outputs) == 1 else None
 
 
 def _autotagging_head(
@@ -480,17 +452,10 @@ def _autotagging_head(
         input_node=backbone.input_node,
         output_node=output_node,
         backbone=with_predictions,
-        tagger_version=(
-            tagger_version(backbone.graph_path, backbone.graph_path, backbone.metadata_path)
-            if compute_versions
-            else ""
-        ),
+        tagger_version=_tagger_version(compute_versions, backbone.graph_path, backbone.metadata_path),
         autotagging=True,
     )
-    problem = partition_key_problem(head.partition_key)
-    if problem:
-        raise ModelMetadataError(problem)
-    return head
+    return _checked_key(head)
 
 
 def _labels(classes: Any) -> tuple[str, ...]:
@@ -506,11 +471,20 @@ def _labels(classes: Any) -> tuple[str, ...]:
 
 
 def _check_output_width(output: Mapping[str, Any], labels: tuple[str, ...]) -> None:
-    width = _last_int_dim(output)
+    width = last_int_dim(output)
     if width is not None and width != len(labels):
         raise ModelMetadataError(
             f"prediction output width {width} does not match {len(labels)} classes"
         )
+
+
+def backbone_names(embedding: Mapping[str, Any]) -> list[str]:
+    """The names a head's ``inference.embedding_model`` gives its backbone: ``model_name``, then
+    the file name of its ``link``."""
+    names = [embedding.get("model_name"), embedding.get("link")]
+    if isinstance(names[1], str):
+        names[1] = Path(urllib.parse.urlsplit(names[1]).path).stem
+    return [name for name in names if isinstance(name, str) and name]
 
 
 def _find_backbone(
@@ -519,11 +493,7 @@ def _find_backbone(
     embedding = inference.get("embedding_model")
     if not isinstance(embedding, Mapping):
         raise ModelMetadataError("head metadata names no 'inference.embedding_model'")
-    candidates: list[str] = []
-    if isinstance(embedding.get("model_name"), str):
-        candidates.append(embedding["model_name"])
-    if isinstance(embedding.get("link"), str):
-        candidates.append(Path(embedding["link"].rsplit("/", 1)[-1]).stem)
+    candidates = backbone_names(embedding)
     for name in candidates:
         if name in backbones:
             return backbones[name]
@@ -533,16 +503,6 @@ def _find_backbone(
         "(add the embedding model's .pb and .json)",
         f"`nomarr-pipeline models fetch {head_file}` (fetches its backbone)",
     )
-
-
-def _predictions_output(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
-    outputs = _schema_nodes(metadata, "outputs")
-    node = _predictions_node(metadata)
-    if node is not None:
-        return node
-    if len(outputs) == 1:
-        return outputs[0]
-    raise ModelMetadataError("'schema.outputs' has no output with output_purpose 'predictions'")
 
 
 def _head_kind(input_node: str, output: Mapping[str, Any]) -> HeadKind:
@@ -591,7 +551,7 @@ def _parse_head(
     backbone = _find_backbone(inference, backbones, stem)
     inputs = _schema_nodes(metadata, "inputs")
     input_node = str(inputs[0]["name"]) if inputs else "model/Placeholder"
-    input_width = _last_int_dim(inputs[0]) if inputs else None
+    input_width = last_int_dim(inputs[0]) if inputs else None
     if input_width is not None and input_width != backbone.embedding_size:
         raise ModelMetadataError(
             f"head input width {input_width} does not match backbone {backbone.name!r} "
@@ -599,7 +559,9 @@ def _parse_head(
             "this head was trained on another backbone's embeddings: fetch the variant of "
             f"the head made for {backbone.name}, or correct its 'inference.embedding_model'",
         )
-    output = _predictions_output(metadata)
+    output = _predictions_node(metadata, or_only_output=True)
+    if output is None:
+        raise ModelMetadataError("'schema.outputs' has no output with output_purpose 'predictions'")
     _check_output_width(output, labels)
 
     model_key = f"{backbone.family}-{embedding_tag}"
@@ -616,19 +578,21 @@ def _parse_head(
         input_node=input_node,
         output_node=str(output["name"]),
         backbone=backbone,
-        tagger_version=(
-            tagger_version(backbone.graph_path, graph_path, metadata_path)
-            if compute_versions
-            else ""
-        ),
+        tagger_version=_tagger_version(compute_versions, graph_path, metadata_path, backbone.graph_path),
     )
-    problem = partition_key_problem(head.partition_key)
-    if problem:
-        raise ModelMetadataError(problem, _RENAME_HEAD)
+    return _checked_key(head, _RENAME_HEAD)
+
+
+def _tagger_version(compute: bool, graph: Path, metadata: Path, backbone_graph: Path | None = None) -> str:
+    return tagger_version(backbone_graph or graph, graph, metadata) if compute else ""
+
+
+def _checked_key(head: Head, fix: str = "") -> Head:
+    if problem := partition_key_problem(head.partition_key):
+        raise ModelMetadataError(problem, fix)
     return head
 
 
-# ---- versions ------------------------------------------------------------------------
 _digest_cache: dict[tuple[str, int, int], bytes] = {}
 
 
@@ -640,23 +604,15 @@ def _file_digest(path: Path) -> bytes:
         path = path.with_suffix(".pb")
     stat = path.stat()
     cache_key = (str(path), stat.st_size, stat.st_mtime_ns)
-    cached = _digest_cache.get(cache_key)
-    if cached is None:
-        digest = hashlib.sha256()
+    if cache_key not in _digest_cache:
         with path.open("rb") as stream:
-            while chunk := stream.read(1 << 20):
-                digest.update(chunk)
-        cached = _digest_cache[cache_key] = digest.digest()
-    return cached
+            _digest_cache[cache_key] = hashlib.file_digest(stream, "sha256").digest()
+    return _digest_cache[cache_key]
 
 
 def tagger_version(backbone_graph: Path, head_graph: Path, head_metadata: Path) -> str:
-    """16 hex chars identifying the exact model bytes (the ``.pb`` of a model that has
-    both files); any change → re-analysis.
-
-    A hash over the three files' SHA-256 digests (equivalent to hashing their bytes in
-    order, without re-reading a shared backbone for every head).
-    """
+    """16 hex chars over the three files' SHA-256 digests (the ``.pb`` of a model that has
+    both files): any change to the model bytes → re-analysis."""
     combined = hashlib.sha256()
     for path in (backbone_graph, head_graph, head_metadata):
         combined.update(_file_digest(path))

@@ -1,20 +1,14 @@
 """Downloading Essentia models into the models folder (``nomarr-pipeline models fetch``).
 
 A model is a ``<name>.pb`` + ``<name>.json`` pair under a base URL laid out like Essentia's
-model site (https://essentia.upf.edu/models/, the default; ``NOMARR_MODELS_URL`` points at
-a mirror, an ``http(s)://`` or ``file://`` URL). A head brings the backbone it names in
-``inference.embedding_model`` when the folder lacks it.
+model site (the default; ``NOMARR_MODELS_URL`` names a mirror, ``http(s)://`` or ``file://``).
+A head brings the backbone it names when the folder lacks it.
 
-Each file is written to a hidden temporary file in the target folder, resumed with an HTTP
-``Range`` request when a transfer breaks off, checked — the byte count against
-``Content-Length``, an HTML page refused, the JSON parsed, the graph walked to its last
-byte (:func:`~nomarr_pipeline.ml.graphdef.graphdef_problem`) — and only then renamed into
-place, ``.pb`` before ``.json``. On any failure (404, a transfer that stays short, an error
-page, a full disk) the temporary files are deleted and nothing of that model is left. Where
-the site also publishes the model's ``.onnx``, it comes too (ONNX Runtime runs it), kept only
-if it answers to the tensor names and widths of the model's JSON.
-
-Plain Python (``urllib``): nothing here runs unless a user asks for it.
+Each file goes to a hidden temporary file in the target folder, resumed with an HTTP ``Range``
+request when a transfer breaks off, checked (its length, no HTML page, the JSON parsed, the
+graph walked to its last byte) and only then renamed into place, ``.pb`` before ``.json``; on
+any failure nothing of that model is left. The site's ``.onnx`` of the model comes too, kept
+only if it answers to the tensor names and widths of the model's JSON.
 """
 
 from __future__ import annotations
@@ -35,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from nomarr_pipeline.ml.discovery import backbone_names, last_int_dim
 from nomarr_pipeline.ml.graphdef import graphdef_problem
 
 DEFAULT_MODELS_URL = "https://essentia.upf.edu/models/"
@@ -57,10 +52,8 @@ BACKBONE_PATHS: dict[str, str] = {
     "audioset-vggish-3": "feature-extractors/vggish/audioset-vggish-3",
 }
 
-# What feeds the mood tiers (calibration.tiers counts every head but genre, regression and
-# auto-tagging ones as a mood): Essentia's seven two-class mood heads and danceability on
-# Discogs-EffNet, the backbone with the best published accuracy for them. Their backbone
-# comes with them.
+# What feeds the mood tiers: Essentia's two-class mood heads and danceability on Discogs-EffNet,
+# the backbone with the best published accuracy for them (which comes with them).
 RECOMMENDED: tuple[str, ...] = (
     "danceability-discogs-effnet-1",
     "mood_acoustic-discogs-effnet-1",
@@ -116,12 +109,8 @@ def models_url_from_env() -> str:
 
 
 def model_path(name: str) -> str:
-    """The model's path under the base URL, without suffix.
-
-    ``name`` is a model file name (``mood_happy-discogs-effnet-1``, ``msd-musicnn-1``) or a
-    path under the base URL for anything laid out otherwise
-    (``classification-heads/mood_happy/mood_happy-discogs-effnet-1``).
-    """
+    """The model's path under the base URL, without suffix; ``name`` is a model file name
+    (``mood_happy-discogs-effnet-1``) or already a path under the base URL."""
     text = name.strip().removesuffix(".pb").removesuffix(".json").strip("/")
     parts = text.split("/")
     if not text or any(part in ("", ".", "..") for part in parts):
@@ -169,11 +158,8 @@ def fetch_models(
     progress: Progress | None = None,
     timeout_s: float = TIMEOUT_S,
 ) -> FetchReport:
-    """Fetch each model (and the backbone of each head) that ``models_dir`` lacks.
-
-    Stops at the first model that cannot be fetched (:class:`FetchError`); the models
-    fetched before it stay, complete.
-    """
+    """Fetch each model (and the backbone of each head) that ``models_dir`` lacks; stops at the
+    first that cannot be fetched (:class:`FetchError`), keeping those fetched before it."""
     models_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(models_dir)
     fetcher = _Fetcher(models_dir, base_url, progress, timeout_s)
@@ -225,24 +211,20 @@ class _Fetcher:
             self.fetch(_backbone_source(backbone, metadata), needed_by=stem)
 
     def _fetch_pair(self, path: str, stem: str, what: str) -> None:
-        metadata_temp: Path | None = self._download(path, ".json", stem, what)
-        graph_temp: Path | None = None
+        temps = [self._download(path, ".json", stem, what)]
         try:
-            metadata = _check_metadata(metadata_temp, what)
+            metadata = _check_metadata(temps[0], what)
             backbone = _backbone_name(metadata)
             if backbone and backbone != stem:
                 self.fetch(_backbone_source(backbone, metadata), needed_by=stem)
-            graph_temp = self._download(path, ".pb", stem, what)
-            _check_graph(graph_temp, what)
+            temps.append(self._download(path, ".pb", stem, what))
+            _check_graph(temps[1], what)
             # .pb first: the folder never holds this model's metadata without its graph.
-            os.replace(graph_temp, self.models_dir / f"{stem}.pb")
-            graph_temp = None
-            os.replace(metadata_temp, self.models_dir / f"{stem}.json")
-            metadata_temp = None
+            os.replace(temps[1], self.models_dir / f"{stem}.pb")
+            os.replace(temps[0], self.models_dir / f"{stem}.json")
         finally:
-            for temp in (metadata_temp, graph_temp):
-                if temp is not None:
-                    temp.unlink(missing_ok=True)
+            for temp in temps:  # gone once renamed into place
+                temp.unlink(missing_ok=True)
         self._fetch_onnx(path, stem, what, metadata)
         _fsync_dir(self.models_dir)
 
@@ -257,7 +239,7 @@ class _Fetcher:
         try:
             schema = metadata.get("schema") if isinstance(metadata.get("schema"), Mapping) else {}
             inputs, outputs = schema.get("inputs") or [], schema.get("outputs") or []
-            widths = {str(node["name"]): _width(node) for node in outputs
+            widths = {str(node["name"]): last_int_dim(node) for node in outputs
                       if isinstance(node, Mapping) and "name" in node}
             name = str(inputs[0]["name"]) if inputs and isinstance(inputs[0], Mapping) else None
             problem = onnx_problem(temp, name, widths)
@@ -268,7 +250,6 @@ class _Fetcher:
         finally:
             temp.unlink(missing_ok=True)
 
-    # ---- one file ----------------------------------------------------------------------
     def _download(self, path: str, suffix: str, stem: str, what: str) -> Path:
         url = _url(self.base_url, path, suffix)
         temp = self.models_dir / f".{stem}{suffix}{_TEMP_MARK}{secrets.token_hex(4)}"
@@ -304,8 +285,7 @@ class _Fetcher:
                          "check the network (or the mirror) and run the command again")
 
     def _request(self, url: str, out: BinaryIO, received: int, label: str, what: str) -> None:
-        """One request for the bytes from ``received`` on (all of them if the server
-        ignores the range)."""
+        """One request for the bytes from ``received`` on (all, if the server ignores the range)."""
         request = urllib.request.Request(url, headers={"User-Agent": "nomarr-pipeline"})
         if received:
             request.add_header("Range", f"bytes={received}-")
@@ -329,12 +309,10 @@ class _Fetcher:
             if "html" in content_type:
                 raise FetchError(f"{what}: {url} returned a web page ({content_type}), not a "
                                  "model: check the models URL (a proxy or login page?)")
-            status = getattr(response, "status", None) or 200
-            start = _resume_start(response, status, received)
+            start, total = _body_range(response, received)
             if start == 0 and received:
                 out.seek(0)
                 out.truncate()
-            total = _expected_total(response, start)
             done = start
             try:
                 while chunk := response.read(CHUNK_BYTES):
@@ -355,23 +333,20 @@ class _Fetcher:
                 raise _Retryable(f"transfer ended after {done} of {total} bytes")
 
 
-def _resume_start(response: Any, status: int, received: int) -> int:
-    """Where this response's body starts in the file: ``received`` for a matching 206,
-    0 when the server sent the whole file again."""
-    if status != 206:
-        return 0
-    match = re.match(r"bytes (\d+)-\d+/(\d+|\*)", response.headers.get("Content-Range") or "")
-    if not match or int(match.group(1)) != received:
-        raise _Retryable(f"server resumed at the wrong place ({response.headers.get('Content-Range')})")
-    return received
-
-
-def _expected_total(response: Any, start: int) -> int | None:
-    match = re.match(r"bytes \d+-\d+/(\d+)", response.headers.get("Content-Range") or "")
-    if match:
-        return int(match.group(1))
+def _body_range(response: Any, received: int) -> tuple[int, int | None]:
+    """Where the response's body starts in the file (``received`` for a matching 206, 0 when
+    the server sent the whole file again) and the file's size, when the server says."""
+    content_range = response.headers.get("Content-Range")
+    match = re.match(r"bytes (\d+)-\d+/(\d+|\*)", content_range or "")
+    start = 0
+    if (getattr(response, "status", None) or 200) == 206:
+        if not match or int(match.group(1)) != received:
+            raise _Retryable(f"server resumed at the wrong place ({content_range})")
+        start = received
+    if match and match.group(2).isdigit():
+        return start, int(match.group(2))
     length = response.headers.get("Content-Length")
-    return start + int(length) if length and length.isdigit() else None
+    return start, start + int(length) if length and length.isdigit() else None
 
 
 def _check_metadata(path: Path, what: str) -> dict[str, Any]:
@@ -392,22 +367,11 @@ def _check_graph(path: Path, what: str) -> None:
         raise FetchError(f"{what}: the .pb is unusable: {problem}")
 
 
-def _width(node: Mapping[str, Any]) -> int | None:
-    shape = node.get("shape")
-    return shape[-1] if isinstance(shape, list) and shape and isinstance(shape[-1], int) else None
-
-
 def _backbone_name(metadata: Mapping[str, Any]) -> str | None:
     """The backbone a head's metadata names (``inference.embedding_model``), else None."""
     embedding = metadata["inference"].get("embedding_model")
-    if not isinstance(embedding, Mapping):
-        return None
-    if isinstance(embedding.get("model_name"), str) and embedding["model_name"]:
-        return str(embedding["model_name"])
-    link = embedding.get("link")
-    if isinstance(link, str) and link:
-        return Path(urllib.parse.urlsplit(link).path).stem
-    return None
+    names = backbone_names(embedding) if isinstance(embedding, Mapping) else []
+    return names[0] if names else None
 
 
 def _backbone_source(backbone: str, metadata: Mapping[str, Any]) -> str:
@@ -439,8 +403,8 @@ STALE_TEMP_AGE_S = 3600.0
 
 
 def remove_stale_temp_files(models_dir: Path, older_than_s: float = STALE_TEMP_AGE_S) -> int:
-    """Delete the temporary files a killed fetch left (SIGKILL, power loss), once they are
-    old enough not to belong to a fetch still running; returns how many."""
+    """Delete the temporary files a killed fetch left, once too old to belong to a fetch still
+    running; returns how many."""
     removed = 0
     now = time.time()
     for temp in models_dir.glob(f".*{_TEMP_MARK}*"):

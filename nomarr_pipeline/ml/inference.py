@@ -1,19 +1,15 @@
-"""Inference for one file: decode once, one pass per backbone, every head pooled. Essentia
-decodes and computes the features; each network runs on its engine (``Backbone.engine``,
-``Head.engine``: essentia-tensorflow for a ``.pb``, ONNX Runtime for an ``.onnx``).
+"""Inference for one file: decode once, one pass per backbone, every head pooled. Each network
+runs on its engine (essentia-tensorflow for a ``.pb``, ONNX Runtime for an ``.onnx``).
 
-An auto-tagging model's own head takes its values from the same backbone pass as the
-embeddings (:mod:`nomarr_pipeline.ml.backbone_pass`). Runs inside a worker process (see
-:mod:`nomarr_pipeline.ml.workers`): Essentia is imported lazily so that the orchestrating
-process never loads TensorFlow.
+Runs inside a worker process (:mod:`nomarr_pipeline.ml.workers`): Essentia is imported lazily
+so that the orchestrating process never loads TensorFlow.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +38,8 @@ class ModelFault(RuntimeError):
 
 @dataclass(frozen=True)
 class HeadOutcome:
-    """Pooled values for one head on one file, or why there are none.
-
-    ``model_fault`` is set when the model is at fault (it cannot be loaded, its output does
-    not match its JSON, it outputs NaN): the same text on every file, so that a broken model
-    can be told from a bad file."""
+    """Pooled values for one head on one file, or why there are none. ``model_fault``, when the
+    model is at fault, is the same text on every file: a broken model is told from a bad file."""
 
     partition_key: str
     values: tuple[float, ...] = ()
@@ -63,7 +56,6 @@ class FileAnalysis:
 
     outcomes: tuple[HeadOutcome, ...]
     duration_s: float
-    backbone_passes: dict[str, int] = field(default_factory=dict)
     file_error: str | None = None
 
 
@@ -90,9 +82,7 @@ class ModelSession:
         self._heads: dict[Path, Predictor] = {}
         # Models that failed to load: they fail every later file at once, with the same fault.
         self._unloadable: dict[Path, ModelFault] = {}
-        self.backbone_passes: Counter[str] = Counter()
 
-    # ---- loading -------------------------------------------------------------------
     def _load(self, path: Path, make: Callable[[], Any]) -> Any:
         if path in self._unloadable:
             raise self._unloadable[path]
@@ -129,12 +119,9 @@ class ModelSession:
             self._heads[head.graph_path] = predictor
         return predictor
 
-    # ---- running -------------------------------------------------------------------
     def run_backbone(self, backbone: Backbone, audio: np.ndarray) -> BackboneOutputs:
-        """Embeddings ``[patches, embedding_size]`` (and the model's own predictions) from
-        one pass; :class:`AnalysisError` when there is no patch, :class:`ModelFault` when
-        the backbone fails."""
-        self.backbone_passes[backbone.name] += 1
+        """Embeddings (and the model's own predictions) from one pass; :class:`AnalysisError`
+        when there is no patch, :class:`ModelFault` when the backbone fails."""
         try:
             outputs = self._backbone(backbone)(audio)
         except ModelFault as fault:
@@ -200,12 +187,9 @@ class ModelSession:
             backbone = backbone_heads[0].backbone
             try:
                 outputs = self.run_backbone(backbone, audio)
-            except AnalysisError as exc:
-                outcomes.extend(HeadOutcome(h.partition_key, error=str(exc))
-                                for h in backbone_heads)
-                continue
-            except ModelFault as fault:
-                outcomes.extend(HeadOutcome(h.partition_key, error=str(fault), model_fault=str(fault))
+            except (AnalysisError, ModelFault) as exc:
+                fault = str(exc) if isinstance(exc, ModelFault) else None
+                outcomes.extend(HeadOutcome(h.partition_key, error=str(exc), model_fault=fault)
                                 for h in backbone_heads)
                 continue
             outcomes.extend(self.head_outcome(head, outputs) for head in backbone_heads)
@@ -214,7 +198,6 @@ class ModelSession:
     def analyze_file(self, path: Path, heads: Sequence[Head]) -> FileAnalysis:
         """Decode ``path`` once and run ``heads`` on it; errors are reported, never raised."""
         started = time.perf_counter()
-        passes_before = Counter(self.backbone_passes)
         file_error = None
         try:
             audio = load_audio(path)
@@ -223,8 +206,7 @@ class ModelSession:
             outcomes = tuple(HeadOutcome(h.partition_key, error=file_error) for h in heads)
         else:
             outcomes = self.analyze_audio(audio, heads)
-        passes = self.backbone_passes - passes_before
-        return FileAnalysis(outcomes, time.perf_counter() - started, dict(passes), file_error)
+        return FileAnalysis(outcomes, time.perf_counter() - started, file_error)
 
 
 def _first_output(run: Callable[[np.ndarray], list[np.ndarray]]) -> Predictor:

@@ -17,12 +17,8 @@ def _labels(labels: tuple[str, ...], limit: int | None) -> str:
 
 
 def _where(path: Path, models_dir: Path) -> str:
-    if path == models_dir:
-        return str(path)
-    try:
-        return str(path.relative_to(models_dir))
-    except ValueError:
-        return str(path)
+    inside = path != models_dir and path.is_relative_to(models_dir)
+    return str(path.relative_to(models_dir) if inside else path)
 
 
 def onnx_mismatches(catalog: ModelCatalog) -> dict[Path, str]:
@@ -33,8 +29,8 @@ def onnx_mismatches(catalog: ModelCatalog) -> dict[Path, str]:
     models: list[tuple[Backbone | Head, str, dict[str, int | None]]] = []
     for backbone in catalog.backbones:
         widths: dict[str, int | None] = {backbone.embedding_output: backbone.embedding_size}
-        if backbone.name in own_heads:
-            widths[own_heads[backbone.name].output_node] = len(own_heads[backbone.name].labels)
+        if own := own_heads.get(backbone.name):
+            widths[own.output_node] = len(own.labels)
         models.append((backbone, backbone.input_node, widths))
     models += [(head, head.input_node, {head.output_node: len(head.labels)})
                for head in catalog.heads if not head.autotagging]
@@ -50,9 +46,8 @@ def models_listing(
     mood_head: Callable[[str], bool] | None = None,
     labels_shown: int | None = LABELS_SHOWN,
 ) -> list[str]:
-    """Backbones, heads (partition key, engine, labels, whether they vote in mood tiers when
-    ``mood_head`` is given) and every problem with what to do, one line each; an ``.onnx``
-    that disagrees with its JSON is a problem."""
+    """Backbones, heads (and whether they vote in mood tiers, when ``mood_head`` is given) and
+    every problem with what to do, an ``.onnx`` that disagrees with its JSON included."""
     mismatches = onnx_mismatches(catalog)
     problems = len(catalog.problems) + len(mismatches)
     lines = [

@@ -1,8 +1,6 @@
-"""ONNX Runtime, the second inference engine: runs an ``.onnx`` network by the tensor names
-its JSON gives, as essentia-tensorflow runs the ``.pb`` (README, "Inference engines").
-
-Essentia still decodes the audio and computes the mel bands; only the network runs here.
-Imported only inside worker processes and by ``models list``/``models fetch`` checks.
+"""ONNX Runtime, the second inference engine: runs an ``.onnx`` network by the tensor names its
+JSON gives, as essentia-tensorflow runs the ``.pb`` (README, "Inference engines"). Imported
+only inside worker processes and by the ``models list``/``models fetch`` checks.
 """
 
 from __future__ import annotations
@@ -34,8 +32,8 @@ class OnnxModelError(RuntimeError):
 
 
 def providers() -> list[str]:
-    """Execution providers to ask for: ``NOMARR_ONNX_PROVIDERS`` (comma-separated) or the
-    defaults, keeping those this onnxruntime build has, CPU always last."""
+    """``NOMARR_ONNX_PROVIDERS`` (comma-separated) or the defaults that this onnxruntime build
+    has, CPU always last."""
     wanted = [p.strip() for p in os.environ.get(PROVIDERS_ENV, "").split(",") if p.strip()]
     wanted = wanted or list(DEFAULT_PROVIDERS)
     available = set(ort.get_available_providers())
@@ -89,9 +87,8 @@ class OnnxNetwork:
 
 
 def onnx_problem(path: Path, input_name: str | None, widths: dict[str, int | None]) -> str | None:
-    """Why this ``.onnx`` disagrees with its JSON — unreadable, no tensor of a JSON name, an
-    output of another width (``widths``: output name → width the JSON or the family
-    expects, None for any) — or None. Reads the graph; runs nothing."""
+    """Why this ``.onnx`` disagrees with its JSON (unreadable, a tensor missing, an output of
+    another width than ``widths`` gives by name, None for any), or None. Runs nothing."""
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (OSError, ValueError, DecodeError) as exc:

@@ -1,8 +1,6 @@
-"""Tiny ONNX graphs built with the calls of :class:`~nomarr_pipeline.ml.graphdef.GraphBuilder`,
-so one recipe writes a demo model as a ``.pb`` and as the same ``.onnx`` (``onnx.helper``).
-
-Tensors are named as TensorFlow names its nodes' outputs, as tf2onnx keeps them: the
-``.onnx`` answers to the names in the model's JSON.
+"""Tiny ONNX graphs built with the calls of :class:`~nomarr_pipeline.ml.graphdef.GraphBuilder`, so
+one recipe writes a demo model as a ``.pb`` and as the same ``.onnx``. Tensors are named as
+TensorFlow names its nodes' outputs (as tf2onnx keeps them), which the model's JSON gives.
 """
 
 from __future__ import annotations

@@ -22,17 +22,11 @@ class PooledLabels:
     patches: int
 
 
-def trimmed_mean(patch_values: np.ndarray, proportion: float = TRIM_PROPORTION) -> np.ndarray:
-    """Mean over axis 0 after dropping ``floor(n * proportion)`` lowest and highest rows per
-    column (the usual trimmed mean; with < 10 patches nothing is trimmed at 10%)."""
-    if not 0.0 <= proportion < 0.5:
-        raise ValueError(f"trim proportion must be in [0, 0.5), got {proportion}")
+def trimmed_mean(patch_values: np.ndarray) -> np.ndarray:
+    """Mean over axis 0 without the ``floor(n * TRIM_PROPORTION)`` lowest and highest rows per column."""
     count = patch_values.shape[0]
-    if count == 0:
-        raise ValueError("cannot pool zero patches")
-    cut = int(count * proportion)
-    ordered = np.sort(patch_values, axis=0)
-    return ordered[cut : count - cut].mean(axis=0)
+    cut = int(count * TRIM_PROPORTION)
+    return np.sort(patch_values, axis=0)[cut : count - cut].mean(axis=0)
 
 
 def pool_patches(patch_values: np.ndarray, label_count: int) -> PooledLabels:
@@ -47,10 +41,5 @@ def pool_patches(patch_values: np.ndarray, label_count: int) -> PooledLabels:
     if not np.all(np.isfinite(values)):
         bad = int(np.count_nonzero(~np.isfinite(values)))
         raise NonFiniteOutputError(f"model output has {bad} NaN/infinite values")
-    means = trimmed_mean(values)
-    stds = values.std(axis=0)
-    return PooledLabels(
-        values=tuple(float(v) for v in means),
-        stds=tuple(float(s) for s in stds),
-        patches=int(values.shape[0]),
-    )
+    return PooledLabels(tuple(trimmed_mean(values).tolist()), tuple(values.std(axis=0).tolist()),
+                        int(values.shape[0]))

@@ -3,22 +3,21 @@ never a failure per file (docs/RELIABILITY.md, "Broken models").
 
 A ``.pb`` graph must parse, have the input and output nodes its JSON names, take embeddings as
 wide as its backbone gives, and give as many values as its JSON lists labels (where the graph
-says). Other model formats plug in through :data:`VALIDATORS`, by file suffix. Results are
-cached by the files' identity (path, size, mtime): a model is read again only once it changes.
+says); an ``.onnx`` is checked by ``models list`` (:func:`~nomarr_pipeline.ml.listing.onnx_mismatches`).
+Graphs are cached by the file's identity (path, size, mtime): a model is read again once it changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nomarr_pipeline.ml.graphdef import graphdef_problem, read_varint
+from nomarr_pipeline.ml.graphdef import fields, graphdef_problem
 
 if TYPE_CHECKING:  # discovery calls these checks
-    from nomarr_pipeline.ml.discovery import Backbone, Head
+    from nomarr_pipeline.ml.discovery import Head
 
 # GraphDef.node (1); NodeDef: name (1), op (2), input (3), attr (5, map entry: key 1, value 2);
 # AttrValue: shape (7), tensor (8); TensorProto.tensor_shape (2); TensorShapeProto.dim (2);
@@ -36,35 +35,18 @@ class GraphNode:
     shape: tuple[int, ...] | None  # a Placeholder's declared shape, a Const's tensor shape
 
 
-def _fields(data: memoryview) -> Iterator[tuple[int, int | memoryview]]:
-    """(field number, varint value or length-delimited bytes) of one protobuf message."""
-    offset = 0
-    while offset < len(data):
-        tag, offset = read_varint(data, offset)
-        number, wire_type = tag >> 3, tag & 7
-        if wire_type == 0:
-            value, offset = read_varint(data, offset)
-            yield number, value
-        elif wire_type == 2:
-            length, offset = read_varint(data, offset)
-            yield number, data[offset:offset + length]
-            offset += length
-        else:
-            offset += 8 if wire_type == 1 else 4
-
-
 def _shape(proto: memoryview) -> tuple[int, ...]:
     dims = []
-    for number, dim in _fields(proto):
+    for number, dim in fields(proto):
         if number == _DIM and isinstance(dim, memoryview):
-            size = next((v for n, v in _fields(dim) if n == _DIM_SIZE and isinstance(v, int)), 0)
+            size = next((v for n, v in fields(dim) if n == _DIM_SIZE and isinstance(v, int)), 0)
             dims.append(size - (1 << 64) if size >= 1 << 63 else size)  # int64 -1: unknown
     return tuple(dims)
 
 
 def _node(message: memoryview) -> tuple[str, GraphNode]:
     name, op, inputs, shape = "", "", [], None
-    for number, value in _fields(message):
+    for number, value in fields(message):
         if not isinstance(value, memoryview):
             continue
         if number == _NAME:
@@ -74,13 +56,12 @@ def _node(message: memoryview) -> tuple[str, GraphNode]:
         elif number == _INPUT:
             inputs.append(bytes(value).decode())
         elif number == _ATTR:
-            entry = dict(_fields(value))
-            attr = entry.get(2)
-            for kind, payload in _fields(attr) if isinstance(attr, memoryview) else ():
+            attr = dict(fields(value)).get(2)
+            for kind, payload in fields(attr) if isinstance(attr, memoryview) else ():
                 if kind == _SHAPE and isinstance(payload, memoryview):
                     shape = _shape(payload)
                 elif kind == _TENSOR and isinstance(payload, memoryview):
-                    tensor_shape = dict(_fields(payload)).get(_TENSOR_SHAPE)
+                    tensor_shape = dict(fields(payload)).get(_TENSOR_SHAPE)
                     shape = _shape(tensor_shape) if isinstance(tensor_shape, memoryview) else ()
     return name, GraphNode(op, tuple(inputs), shape)
 
@@ -92,19 +73,11 @@ def _graph(path: str, size: int, mtime_ns: int) -> dict[str, GraphNode] | str:
     problem = graphdef_problem(data)
     if problem:
         return problem
-    messages = (node for field, node in _fields(data) if field == _NODE and isinstance(node, memoryview))
     try:
+        messages = (node for number, node in fields(data) if number == _NODE and isinstance(node, memoryview))
         return dict(_node(message) for message in messages)
     except ValueError as exc:  # fields inside a node that do not parse (or are not UTF-8)
         return f"not a TensorFlow graph: {exc}"
-
-
-def graph_nodes(path: Path) -> dict[str, GraphNode] | str:
-    try:
-        stat = path.stat()
-        return _graph(str(path), stat.st_size, stat.st_mtime_ns)
-    except OSError as exc:
-        return f"cannot read it: {exc.strerror}"
 
 
 def _node_name(tensor: str) -> str:
@@ -112,10 +85,19 @@ def _node_name(tensor: str) -> str:
     return tensor.lstrip("^").split(":")[0]
 
 
-def _missing(nodes: dict[str, GraphNode], role: str, tensor: str) -> str | None:
-    if _node_name(tensor) not in nodes:
-        return f"its graph has no {role} node {_node_name(tensor)!r}, which its JSON names"
-    return None
+def _checked_graph(path: Path, input_node: str, output_node: str) -> dict[str, GraphNode] | str:
+    """The graph's nodes, or why it cannot load or lacks a node its JSON names."""
+    try:
+        stat = path.stat()
+        nodes = _graph(str(path), stat.st_size, stat.st_mtime_ns)
+    except OSError as exc:
+        nodes = f"cannot read it: {exc.strerror}"
+    if isinstance(nodes, str):
+        return f"cannot load {path.name}: {nodes}"
+    for role, tensor in (("input", input_node), ("output", output_node)):
+        if _node_name(tensor) not in nodes:
+            return f"its graph has no {role} node {_node_name(tensor)!r}, which its JSON names"
+    return nodes
 
 
 def _output_width(nodes: dict[str, GraphNode], tensor: str) -> int | None:
@@ -136,24 +118,19 @@ def _output_width(nodes: dict[str, GraphNode], tensor: str) -> int | None:
     return None
 
 
-def backbone_graph_problem(backbone: Backbone) -> str | None:
-    """Why ``backbone``'s ``.pb`` cannot run, or None."""
-    nodes = graph_nodes(backbone.graph_path)
-    if isinstance(nodes, str):
-        return f"cannot load {backbone.graph_path.name}: {nodes}"
-    missing_input = _missing(nodes, "input", backbone.input_node)
-    return missing_input or _missing(nodes, "output", backbone.embedding_output)
-
-
-def head_graph_problem(head: Head) -> str | None:
-    """Why ``head``'s ``.pb`` cannot run on its backbone's embeddings, or None."""
-    nodes = graph_nodes(head.graph_path)
-    if isinstance(nodes, str):
-        return f"cannot load {head.graph_path.name}: {nodes}"
-    missing = _missing(nodes, "input", head.input_node) or _missing(nodes, "output", head.output_node)
-    if missing:
-        return missing
+def head_problem(head: Head) -> str | None:
+    """Why ``head`` (its backbone included) cannot run on its ``.pb`` graphs, or None. An
+    auto-tagging head is its backbone's own output: its backbone's check is its."""
     backbone = head.backbone
+    if backbone.graph_path.suffix == ".pb":
+        nodes = _checked_graph(backbone.graph_path, backbone.input_node, backbone.embedding_output)
+        if isinstance(nodes, str):
+            return f"its backbone {backbone.name} cannot run: {nodes}"
+    if head.autotagging or head.graph_path.suffix != ".pb":
+        return None
+    nodes = _checked_graph(head.graph_path, head.input_node, head.output_node)
+    if isinstance(nodes, str):
+        return nodes
     declared = nodes[_node_name(head.input_node)].shape
     if declared and declared[-1] > 0 and declared[-1] != backbone.embedding_size:
         return (
@@ -164,21 +141,3 @@ def head_graph_problem(head: Head) -> str | None:
     if width is not None and width > 0 and width != len(head.labels):
         return f"its graph gives {width} values per patch, but its JSON lists {len(head.labels)} labels"
     return None
-
-
-# Model file suffix -> the check of a head / a backbone stored in that format.
-VALIDATORS: dict[str, tuple[Callable[[Head], str | None], Callable[[Backbone], str | None]]] = {
-    ".pb": (head_graph_problem, backbone_graph_problem),
-}
-
-
-def head_problem(head: Head) -> str | None:
-    """Why ``head`` (its backbone included) cannot run, or None; formats without a validator
-    pass. An auto-tagging head is its backbone's own output: its backbone's check is its."""
-    validators = VALIDATORS.get(head.graph_path.suffix)
-    backbone_validators = VALIDATORS.get(head.backbone.graph_path.suffix)
-    if backbone_validators and (problem := backbone_validators[1](head.backbone)):
-        return f"its backbone {head.backbone.name} cannot run: {problem}"
-    if head.autotagging or validators is None:
-        return None
-    return validators[0](head)

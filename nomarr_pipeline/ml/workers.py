@@ -1,13 +1,11 @@
-"""Worker processes that isolate Essentia from the run.
-
-Essentia is not thread-safe and can crash its process on a corrupt file, so every file is
-analysed in a worker process. Each worker keeps its loaded models for its whole life. A
-worker that dies or exceeds the per-file timeout costs only that file: the file gets a
-clear error, the worker is replaced, and the run goes on.
+"""Worker processes that isolate Essentia (not thread-safe, and it can crash on a corrupt file)
+from the run. Each keeps its loaded models for life; a worker that dies or exceeds the per-file
+timeout costs only that file: the file gets a clear error and the worker is replaced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -37,25 +35,7 @@ class FileTask:
     heads: tuple[Head, ...]
 
 
-@dataclass(frozen=True)
-class FaultInjection:
-    """Test hook: files whose name contains a marker crash (SIGSEGV) or hang their worker.
-
-    Honoured only when passed explicitly to :class:`WorkerPool`; never on by default.
-    """
-
-    crash_marker: str | None = None
-    hang_marker: str | None = None
-
-    def apply(self, path: Path) -> None:
-        if self.crash_marker and self.crash_marker in path.name:
-            os.kill(os.getpid(), signal.SIGSEGV)
-        if self.hang_marker and self.hang_marker in path.name:
-            while True:
-                time.sleep(3600)
-
-
-def _worker_main(conn: Connection, faults: FaultInjection | None, environment: Mapping[str, str]) -> None:
+def _worker_main(conn: Connection, environment: Mapping[str, str]) -> None:
     # Before Essentia loads TensorFlow: threads and GPU come from the environment.
     os.environ.update(environment)
     # Keep TensorFlow's C++ logging to real errors.
@@ -73,8 +53,6 @@ def _worker_main(conn: Connection, faults: FaultInjection | None, environment: M
         if message is None:
             return
         task: FileTask = message
-        if faults is not None:
-            faults.apply(task.path)
         try:
             result = session.analyze_file(task.path, task.heads)
         except Exception as exc:  # a bug must cost one file, not the worker
@@ -117,10 +95,8 @@ class _Worker:
 
 class WorkerPool:
     """``processes`` workers, each analysing one file at a time with its cached models.
-
-    ``environment(slot)`` gives the variables worker ``slot`` (0 … processes-1) sets before
-    TensorFlow loads, e.g. :meth:`nomarr_pipeline.ml.capacity.WorkerPlan.environment`; a
-    replacement worker takes the slot of the one it replaces.
+    ``environment(slot)`` gives the variables worker ``slot`` (0 … processes-1, kept by its
+    replacement) sets before TensorFlow loads (:meth:`~nomarr_pipeline.ml.capacity.WorkerPlan.environment`).
     """
 
     def __init__(
@@ -129,19 +105,15 @@ class WorkerPool:
         file_timeout_s: float = 300.0,
         *,
         environment: Callable[[int], Mapping[str, str]] | None = None,
-        faults: FaultInjection | None = None,
     ) -> None:
         self.processes = max(1, processes or os.cpu_count() or 1)
         if file_timeout_s <= 0:
             raise ValueError(f"file_timeout_s must be positive, got {file_timeout_s}")
         self.file_timeout_s = file_timeout_s
         self._environment = environment
-        self._faults = faults
         self._context = multiprocessing.get_context(START_METHOD)
         self._workers: list[_Worker] = []
-        self.replaced_workers = 0
 
-    # ---- lifecycle -----------------------------------------------------------------
     def __enter__(self) -> WorkerPool:
         return self
 
@@ -154,7 +126,7 @@ class WorkerPool:
         environment = dict(self._environment(slot)) if self._environment else {}
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
-            target=_worker_main, args=(child_end, self._faults, environment), daemon=True,
+            target=_worker_main, args=(child_end, environment), daemon=True,
             name="nomarr-analysis-worker",
         )
         process.start()
@@ -172,22 +144,15 @@ class WorkerPool:
 
     def close(self) -> None:
         for worker in list(self._workers):
-            try:
+            with contextlib.suppress(OSError):  # BrokenPipeError among them
                 if worker.process.is_alive() and worker.task is None:
                     worker.conn.send(None)
                     worker.process.join(_JOIN_TIMEOUT_S)
-            except (BrokenPipeError, OSError):
-                pass
             self._discard(worker)
 
-    # ---- running -------------------------------------------------------------------
     def run(self, tasks: Iterable[FileTask]) -> Iterator[tuple[FileTask, FileAnalysis]]:
-        """Analyse every task; yields ``(task, result)`` as files finish (any order).
-
-        ``tasks`` is read lazily, one task whenever a worker is free, so it may claim its
-        files as it goes. Every task yields exactly once, with an error result when its worker
-        crashed or timed out.
-        """
+        """Analyse every task, read lazily as workers are free; yields ``(task, result)`` once
+        per task as files finish, with an error result when its worker crashed or timed out."""
         source = iter(tasks)
         while True:
             self._dispatch(source)
@@ -246,6 +211,5 @@ class WorkerPool:
     def _replace(self, worker: _Worker, message: str) -> tuple[FileTask, FileAnalysis]:
         task = worker.busy_task()
         self._discard(worker)
-        self.replaced_workers += 1
         # The replacement is spawned lazily by the next dispatch.
         return task, failed_analysis(task, message)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nomarr_pipeline.ml.demo_models import write_demo_head
 from nomarr_pipeline.ml.graphdef import GraphBuilder
+from nomarr_pipeline_tests.ml.demo_heads import write_demo_head
 
 
 def write_garbage_head(models: Path, name: str = "mood_sad-discogs-effnet-1") -> Path:

@@ -6,12 +6,16 @@ Session-scoped and treated as read-only by tests, so they are built once per run
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from nomarr_pipeline.ml.backbone_pass import BackboneOutputs
 from nomarr_pipeline.ml.demo_models import write_demo_models
-from nomarr_pipeline.ml.discovery import ModelCatalog, discover_models
+from nomarr_pipeline.ml.discovery import Backbone, ModelCatalog, discover_models
+from nomarr_pipeline.ml.inference import ModelSession
 from nomarr_pipeline_tests.ml.audio_fixtures import AUDIO_FORMATS, make_audio
 
 FIXTURE_SECONDS = 6.0
@@ -81,3 +85,17 @@ def real_models_both(real_models_dir: Path, tmp_path_factory: pytest.TempPathFac
     for source in (real_models_dir / "msd-musicnn-1.pb", real_models_dir / "msd-musicnn-1.json", onnx_file):
         (folder / source.name).symlink_to(source)
     return folder
+
+
+@pytest.fixture
+def counted_session(monkeypatch: pytest.MonkeyPatch) -> tuple[ModelSession, Counter[str]]:
+    """A model session and how many backbone passes it made, by backbone name."""
+    session, passes = ModelSession(), Counter[str]()
+    run_backbone = session.run_backbone
+
+    def counting(backbone: Backbone, audio: np.ndarray) -> BackboneOutputs:
+        passes[backbone.name] += 1
+        return run_backbone(backbone, audio)
+
+    monkeypatch.setattr(session, "run_backbone", counting)
+    return session, passes

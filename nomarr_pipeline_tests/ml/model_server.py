@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from nomarr_pipeline.ml import fetch
-from nomarr_pipeline.ml.demo_models import write_demo_head, write_demo_models
+from nomarr_pipeline.ml.demo_models import write_demo_models
 from nomarr_pipeline.ml.fetch import RECOMMENDED, model_path
+from nomarr_pipeline_tests.ml.demo_heads import write_demo_head
 
 PREFIX = "/models/"
 HTML_PAGE = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Please sign in</body></html>"

@@ -12,11 +12,8 @@ from typing import Any
 
 import pytest
 
-from nomarr_pipeline.ml.analysis import FileProgress, analyze, file_tag_key, head_version
-from nomarr_pipeline.ml.demo_models import write_demo_head
+from nomarr_pipeline.ml.analysis import FileProgress, _PathResolver, analyze, file_tag_key, head_version
 from nomarr_pipeline.ml.discovery import ModelCatalog, discover_models
-from nomarr_pipeline.ml.validation import VALIDATORS
-from nomarr_pipeline.ml.workers import FaultInjection
 from nomarr_pipeline.store import AnalysisClaim, Store, open_store
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
 from nomarr_pipeline_tests.ml.broken_models import (
@@ -24,6 +21,8 @@ from nomarr_pipeline_tests.ml.broken_models import (
     write_nan_head,
     write_width_mismatch_head,
 )
+from nomarr_pipeline_tests.ml.demo_heads import write_demo_head
+from nomarr_pipeline_tests.ml.worker_faults import faulty
 from nomarr_pipeline_tests.store_dump import library_files
 
 LIBRARY = "lib1"
@@ -196,7 +195,7 @@ def test_changed_model_reanalyses_only_its_head_and_pages_merge(
 
 
 def test_a_crashing_file_does_not_stop_the_run(
-    store: RecordingStore, tmp_path: Path, catalog: ModelCatalog
+    store: RecordingStore, tmp_path: Path, catalog: ModelCatalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = tmp_path / "crashlib"
     names = ["one.wav", "CRASH-two.wav", "three.wav"]
@@ -204,8 +203,9 @@ def test_a_crashing_file_does_not_stop_the_run(
         make_audio(root / name, 3.0, seed=seed)
     _add_files(store, root, names)
     heads = catalog.select(["effnet-discogs-effnet-1:mood_happy"])[0]
-    reports = analyze(store, heads, processes=1, file_timeout_s=60,
-                      faults=FaultInjection(crash_marker="CRASH"))
+    resolve = _PathResolver.__call__
+    monkeypatch.setattr(_PathResolver, "__call__", lambda self, doc: faulty(resolve(self, doc)))
+    reports = analyze(store, heads, processes=1, file_timeout_s=60)
     report = reports["effnet-discogs-effnet-1:mood_happy"]
     assert (report.analysed, report.failed) == (2, 1)
     files = _files_by_name(store)
@@ -227,7 +227,7 @@ def broken_models(models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     """The demo models plus a head with a garbage graph and one whose output is too narrow,
     discovered without ml.validation: faults that only running a model shows (what the
     checks before a run cannot see) are stopped by analysis itself."""
-    monkeypatch.delitem(VALIDATORS, ".pb")
+    monkeypatch.setattr("nomarr_pipeline.ml.discovery.head_problem", lambda head: None)
     models = tmp_path / "broken-models"
     shutil.copytree(models_dir, models)
     write_garbage_head(models)

@@ -9,8 +9,9 @@ import pytest
 from nomarr_pipeline.defs.resources import ModelsResource
 from nomarr_pipeline.ml.capacity import available_cores, plan_workers, visible_gpus
 from nomarr_pipeline.ml.discovery import ModelCatalog
-from nomarr_pipeline.ml.workers import FaultInjection, FileTask, WorkerPool
+from nomarr_pipeline.ml.workers import FileTask, WorkerPool
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
+from nomarr_pipeline_tests.ml.worker_faults import CrashingPath
 
 
 def test_available_cores_honours_a_cgroup_quota(tmp_path: Path) -> None:
@@ -90,7 +91,7 @@ def test_a_replacement_worker_takes_the_slot_of_the_one_it_replaces(
     tmp_path: Path, catalog: ModelCatalog
 ) -> None:
     path = make_audio(tmp_path / "a.wav", 3.0, seed=1)
-    crash = make_audio(tmp_path / "CRASH.wav", 3.0, seed=2)
+    crash = CrashingPath(make_audio(tmp_path / "CRASH.wav", 3.0, seed=2))
     seen: list[int] = []
 
     def environment(slot: int) -> dict[str, str]:
@@ -99,7 +100,9 @@ def test_a_replacement_worker_takes_the_slot_of_the_one_it_replaces(
 
     heads = tuple(catalog.heads[:1])
     tasks = [FileTask("crash", crash, heads), *(FileTask(str(n), path, heads) for n in range(3))]
-    with WorkerPool(2, 60.0, environment=environment, faults=FaultInjection(crash_marker="CRASH")) as pool:
+    with WorkerPool(2, 60.0, environment=environment) as pool:
         results = dict(pool.run(tasks))
-    assert len(results) == 4 and pool.replaced_workers == 1
+    assert len(results) == 4
+    assert {o.error for o in results[tasks[0]].outcomes} == {
+        "worker crashed (signal 11, SIGSEGV) while analysing this file"}
     assert sorted(seen) == [0, 0, 1]  # slot 0 crashed and was filled again; never a slot 2

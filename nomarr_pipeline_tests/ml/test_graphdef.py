@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nomarr_pipeline.ml.demo_models import HEAD_NAMES, write_demo_models
+from nomarr_pipeline.ml.demo_models import HEADS, write_demo_models
 from nomarr_pipeline.ml.discovery import ModelCatalog
 from nomarr_pipeline.ml.graphdef import GraphBuilder, _varint, graphdef_problem, tensor_shape_proto
 from nomarr_pipeline.ml.inference import ModelSession
@@ -78,7 +78,7 @@ def test_real_essentia_runs_every_demo_model_unchanged(
     assert embeddings["effnet"].shape == (5, 1280)  # 6 s → 5 patches of 128 frames, hop 62
     assert np.asarray(styles(audio)).shape == (5, 400)
     assert embeddings["musicnn"].shape == (3, 200)
-    assert {head.name for head in catalog.heads if not head.autotagging} == set(HEAD_NAMES)
+    assert {head.name for head in catalog.heads if not head.autotagging} == {spec.name for spec in HEADS}
     for head in catalog.heads:
         if head.autotagging:
             continue

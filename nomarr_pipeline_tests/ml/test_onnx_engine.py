@@ -14,7 +14,7 @@ import pytest
 from nomarr_pipeline.calibration.generation import calibrate_head
 from nomarr_pipeline.ml.analysis import analyze, head_version
 from nomarr_pipeline.ml.audio import load_audio
-from nomarr_pipeline.ml.demo_models import write_demo_head, write_demo_models
+from nomarr_pipeline.ml.demo_models import write_demo_models
 from nomarr_pipeline.ml.discovery import Head, discover_models, engine_of
 from nomarr_pipeline.ml.fetch import fetch_models
 from nomarr_pipeline.ml.inference import HeadOutcome, ModelSession
@@ -24,6 +24,7 @@ from nomarr_pipeline.ml.onnx_graph import OnnxGraphBuilder
 from nomarr_pipeline.settings import SettingError, inference_engine
 from nomarr_pipeline.store import open_store
 from nomarr_pipeline_tests.ml.audio_fixtures import AUDIO_FORMATS, make_audio
+from nomarr_pipeline_tests.ml.demo_heads import write_demo_head
 from nomarr_pipeline_tests.ml.model_server import ModelSite, publish, serve
 from nomarr_pipeline_tests.store_dump import library_files
 
