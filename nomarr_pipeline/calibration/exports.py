@@ -1,15 +1,10 @@
 """Sidecars and ``calibrations.json``: exports of ``calibration_state``, and the import that
 bootstraps it (docs/ARCHITECTURE.md §6).
 
-The DB is the source of truth. Exports hold the calibrations that can be applied
-(``state.is_usable``: a label with ``p95 <= p5`` calibrates nothing, so it is left out).
-They are written atomically (temporary file in the destination folder, then ``os.replace``),
-so a reader never sees half a file, and a failed sidecar write is a warning in the report,
-never an exception that could undo a DB change.
-
-Sidecar layout: ``<dest>/<model_key>/<head_name>-calibration-v<version>.json``. The folder
-per backbone keeps ``mood_happy`` of effnet and of musicnn apart; the file name is the
-Nomarr's. Each sidecar is Nomarr's export format with the head's labels inside::
+Exports hold the usable calibrations only (``state.is_usable``) and are written atomically;
+a failed sidecar write is a warning in the report, never an exception that could undo a DB
+change. Sidecar layout: ``<dest>/<model_key>/<head_name>-calibration-v<version>.json`` (a
+folder per backbone keeps ``mood_happy`` of effnet and of musicnn apart)::
 
     {"model": "...", "head": "mood_happy", "version": 1, "method": "histogram",
      "generated_at": "2026-01-16T12:00:00Z",
@@ -32,13 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nomarr_pipeline.calibration.histogram import HistogramSpec
-from nomarr_pipeline.calibration.state import (
-    calibration_def_hash,
-    calibration_key,
-    is_usable,
-    usable_percentiles,
-)
+from nomarr_pipeline.calibration.histogram import HistogramSpec, PercentileResult
+from nomarr_pipeline.calibration.state import calibration_key, is_usable, state_doc, usable_percentiles
 from nomarr_pipeline.store import Doc
 
 log = logging.getLogger(__name__)
@@ -58,10 +48,6 @@ class ExportReport:
     written: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
-    @property
-    def ok(self) -> bool:
-        return not self.warnings
-
 
 @dataclass
 class ImportReport:
@@ -80,7 +66,6 @@ def iso_utc(epoch_ms: int | None = None) -> str:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write ``payload`` as JSON to ``path`` so that readers see the old or the new file."""
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
@@ -98,9 +83,6 @@ def write_text_atomic(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
         raise
-
-
-# ---- sidecars ---------------------------------------------------------------------------
 
 
 def sidecar_path(dest: Path, model_key: str, head_name: str, version: int) -> Path:
@@ -165,22 +147,15 @@ def export_sidecars(
     return report
 
 
-# ---- package ----------------------------------------------------------------------------
-
-
 def package_document(states: Iterable[Mapping[str, Any]], exported_at: str) -> Doc:
     entries = [
         {
+            **_label_numbers(state),
             "key": state["_key"],
             "model": state["model_key"],
             "head": state["head_name"],
             "label": state["label"],
             "version": state["version"],
-            "p5": state["p5"],
-            "p95": state["p95"],
-            "n": state["n"],
-            "underflow_count": state.get("underflow_count", 0),
-            "overflow_count": state.get("overflow_count", 0),
             "histogram": state["histogram"],
         }
         for state in states
@@ -198,11 +173,8 @@ def package_document(states: Iterable[Mapping[str, Any]], exported_at: str) -> D
 def export_package(
     states: Iterable[Mapping[str, Any]], dest: Path, *, now_ms: int | None = None
 ) -> Path:
-    """Write ``<dest>/calibrations.json`` atomically and return its path.
-
-    Raises ``OSError`` when it cannot be written: the package is an asset of its own, and
-    its failure should be visible; it never touches the DB either way.
-    """
+    """Write ``<dest>/calibrations.json`` atomically and return its path; raises ``OSError``
+    when it cannot be written (the package is an asset of its own: its failure should show)."""
     path = Path(dest) / PACKAGE_FILENAME
     write_json_atomic(path, package_document(states, iso_utc(now_ms)))
     return path
@@ -273,45 +245,30 @@ def _validate_entry(index: int, entry: Any) -> tuple[Doc, bool]:
                 f"{where}: {name} {entry[name]} outside the histogram range "
                 f"[{spec.lo}, {spec.hi}]"
             )
-    state: Doc = {
-        "_key": expected_key,
-        "model_key": entry["model"],
-        "head_name": entry["head"],
-        "label": entry["label"],
-        "calibration_def_hash": calibration_def_hash(
-            entry["model"], entry["head"], entry["version"]
-        ),
-        "version": entry["version"],
-        "histogram": spec.to_doc(),
-        "p5": float(entry["p5"]),
-        "p95": float(entry["p95"]),
-        "n": entry["n"],
-        "underflow_count": entry["underflow_count"],
-        "overflow_count": entry["overflow_count"],
-        "computed_p5": float(entry["p5"]),
-        "computed_p95": float(entry["p95"]),
-    }
+    numbers = PercentileResult(
+        float(entry["p5"]), float(entry["p95"]), entry["n"], entry["underflow_count"], entry["overflow_count"]
+    )
+    state = state_doc(entry["model"], entry["head"], entry["label"], entry["version"], spec, numbers)
     return state, not usable_percentiles(entry["p5"], entry["p95"])
 
 
-def parse_package(text: str) -> tuple[list[Doc], list[str]]:
-    """State documents of a package's text and the keys whose ``p5 == p95`` (never applied)."""
+def parse_package_file(path: Path) -> tuple[list[Doc], list[str]]:
+    """State documents of a package file and the keys whose ``p5 == p95`` (never applied)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidPackageError(f"cannot read calibration package {path}: {error}") from None
     try:
         package = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as error:
         raise InvalidPackageError(f"calibration package is not valid JSON: {error}") from None
     if not isinstance(package, dict):
         raise InvalidPackageError("calibration package must be a JSON object")
-    if package.get("version") != PACKAGE_VERSION:
-        raise InvalidPackageError(
-            f"calibration package version must be {PACKAGE_VERSION!r}, "
-            f"got {package.get('version')!r}"
-        )
-    if package.get("method") != PACKAGE_METHOD:
-        raise InvalidPackageError(
-            f"calibration package method must be {PACKAGE_METHOD!r}, "
-            f"got {package.get('method')!r}"
-        )
+    for name, wanted in (("version", PACKAGE_VERSION), ("method", PACKAGE_METHOD)):
+        if package.get(name) != wanted:
+            raise InvalidPackageError(
+                f"calibration package {name} must be {wanted!r}, got {package.get(name)!r}"
+            )
     entries = package.get("calibrations")
     if not isinstance(entries, list):
         raise InvalidPackageError("calibration package needs a 'calibrations' list")
@@ -379,12 +336,4 @@ def import_package(
     if to_save:
         store.save_calibrations(to_save, [])
     return report
-
-
-def parse_package_file(path: Path) -> tuple[list[Doc], list[str]]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise InvalidPackageError(f"cannot read calibration package {path}: {error}") from None
-    return parse_package(text)
 
