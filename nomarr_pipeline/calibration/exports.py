@@ -59,9 +59,7 @@ class ImportReport:
 
 def iso_utc(epoch_ms: int | None = None) -> str:
     """``2026-01-16T12:00:00Z`` (seconds precision, UTC)."""
-    moment = (
-        datetime.now(UTC) if epoch_ms is None else datetime.fromtimestamp(epoch_ms / 1000, UTC)
-    )
+    moment = datetime.now(UTC) if epoch_ms is None else datetime.fromtimestamp(epoch_ms / 1000, UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -170,9 +168,7 @@ def package_document(states: Iterable[Mapping[str, Any]], exported_at: str) -> D
     }
 
 
-def export_package(
-    states: Iterable[Mapping[str, Any]], dest: Path, *, now_ms: int | None = None
-) -> Path:
+def export_package(states: Iterable[Mapping[str, Any]], dest: Path, *, now_ms: int | None = None) -> Path:
     """Write ``<dest>/calibrations.json`` atomically and return its path; raises ``OSError``
     when it cannot be written (the package is an asset of its own: its failure should show)."""
     path = Path(dest) / PACKAGE_FILENAME
@@ -195,9 +191,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_finite_number(value: Any) -> bool:
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    )
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _validate_entry(index: int, entry: Any) -> tuple[Doc, bool]:
@@ -215,9 +209,7 @@ def _validate_entry(index: int, entry: Any) -> tuple[Doc, bool]:
             raise InvalidPackageError(f"{where}: {name} must be a non-empty string")
     expected_key = calibration_key(entry["model"], entry["head"], entry["label"])
     if entry["key"] != expected_key:
-        raise InvalidPackageError(
-            f"{where}: key does not match model:head:label (expected {expected_key!r})"
-        )
+        raise InvalidPackageError(f"{where}: key does not match model:head:label (expected {expected_key!r})")
     if not _is_int(entry["version"]) or entry["version"] < 0:
         raise InvalidPackageError(f"{where}: version must be a non-negative integer")
     for name in ("p5", "p95"):
@@ -242,8 +234,7 @@ def _validate_entry(index: int, entry: Any) -> tuple[Doc, bool]:
     for name in ("p5", "p95"):
         if not spec.lo <= entry[name] <= spec.hi:
             raise InvalidPackageError(
-                f"{where}: {name} {entry[name]} outside the histogram range "
-                f"[{spec.lo}, {spec.hi}]"
+                f"{where}: {name} {entry[name]} outside the histogram range [{spec.lo}, {spec.hi}]"
             )
     numbers = PercentileResult(
         float(entry["p5"]), float(entry["p95"]), entry["n"], entry["underflow_count"], entry["overflow_count"]
@@ -336,4 +327,3 @@ def import_package(
     if to_save:
         store.save_calibrations(to_save, [])
     return report
-

@@ -89,8 +89,7 @@ class HistogramSpec:
             float(stored_width), spec.bin_width, rel_tol=1e-9, abs_tol=0.0
         ):
             raise ValueError(
-                f"histogram bin_width {stored_width!r} does not match (hi - lo) / bins "
-                f"= {spec.bin_width!r}"
+                f"histogram bin_width {stored_width!r} does not match (hi - lo) / bins = {spec.bin_width!r}"
             )
         return spec
 

@@ -73,9 +73,7 @@ def should_adopt(
     previous_histogram = previous.get("histogram")
     if previous_histogram is None or _spec_of(previous_histogram) != spec:
         return True
-    return _drifted(previous["p5"], p5, drift_tolerance) or _drifted(
-        previous["p95"], p95, drift_tolerance
-    )
+    return _drifted(previous["p5"], p5, drift_tolerance) or _drifted(previous["p95"], p95, drift_tolerance)
 
 
 def _spec_of(histogram: Mapping[str, Any]) -> HistogramSpec | None:

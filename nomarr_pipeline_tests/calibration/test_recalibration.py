@@ -5,12 +5,13 @@ import os
 import numpy as np
 import pytest
 
-from nomarr_pipeline.calibration.generation import HeadRef, calibrate_heads
+from nomarr_pipeline.calibration.generation import calibrate_heads
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
 from nomarr_pipeline.calibration.recalibration import RecalibrationStalledError, recalibrate
 from nomarr_pipeline.calibration.tiers import TIER_NAMES, TierConfig, compute_mood_tiers
 from nomarr_pipeline.store import Store
 from nomarr_pipeline_tests.calibration.conftest import populate
+from nomarr_pipeline_tests.calibration.heads import HeadRef
 from nomarr_pipeline_tests.calibration.reference import calibrate
 
 EFFNET = "effnet-discogs-effnet-1"
