@@ -16,12 +16,13 @@ import pytest
 import taglib
 from mutagen.id3 import TXXX, Encoding
 
-from nomarr_pipeline.calibration.tiers import TierConfig, compute_mood_tiers
+from nomarr_pipeline.calibration.tiers import TierConfig
 from nomarr_pipeline.tagging import keys
 from nomarr_pipeline.tagging.atomic import PreparedWrite, commit_write, prepare_write
 from nomarr_pipeline.tagging.formats import OpenedAudio
 from nomarr_pipeline.tagging.navidrome import export_navidrome_kit
 from nomarr_pipeline.tagging.selection import DEFAULT_OPTIONS, GenreOptions, TagOptions, select_tags
+from nomarr_pipeline_tests.calibration.tier_docs import compute_mood_tiers
 from nomarr_pipeline_tests.tagging.audio_helpers import USER_MOOD, stat_of
 from nomarr_pipeline_tests.tagging.library_helpers import library_doc, register, run
 
