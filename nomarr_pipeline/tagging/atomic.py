@@ -112,11 +112,13 @@ class WriteOutcome:
 
 @dataclass(frozen=True)
 class PreparedWrite:
-    """A verified, fsynced temp copy waiting to replace ``target``; ``size`` and ``mtime_ns``
-    are what ``target`` shows once replaced, ``device`` and ``inode`` identify the copy."""
+    """A verified, fsynced temp copy of ``target`` as it was at ``source`` (its stat), waiting to
+    replace it; ``size`` and ``mtime_ns`` are what ``target`` shows once replaced, ``device``
+    and ``inode`` identify the copy."""
 
     target: Path
     temp: Path
+    source: Stat
     size: int
     mtime_ns: int
     device: int
@@ -248,14 +250,19 @@ def prepare_write(
         if classified is exc:
             raise
         raise classified from exc
-    return PreparedWrite(target, temp, written.st_size, written.st_mtime_ns, written.st_dev, written.st_ino)
+    source = (scanned.st_size, scanned.st_mtime_ns)
+    return PreparedWrite(
+        target, temp, source, written.st_size, written.st_mtime_ns, written.st_dev, written.st_ino
+    )
 
 
-def commit_write(prepared: PreparedWrite, *, known_stats: Collection[Stat]) -> WriteOutcome:
-    """Check the original once more and replace it with the prepared copy; the copy is deleted
-    when it raises."""
+def commit_write(prepared: PreparedWrite) -> WriteOutcome:
+    """Check that the original is still the file the copy was made from and replace it with the
+    copy; the copy is deleted when it raises."""
     try:
-        _check_unchanged(prepared.target, known_stats)  # narrows the window for another edit
+        # Not merely a known stat: another writer's copy of an older version, renamed meanwhile,
+        # has a known stat too, and the store may no longer know this copy's once it records.
+        _check_unchanged(prepared.target, (prepared.source,))
         info = os.lstat(prepared.temp)
         if (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns) != (
             prepared.device, prepared.inode, prepared.size, prepared.mtime_ns

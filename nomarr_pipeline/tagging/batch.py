@@ -252,7 +252,7 @@ class _Batch:
         if not isinstance(prepared, PreparedWrite):
             return prepared
         try:
-            return commit_write(prepared, known_stats=job.known_stats)
+            return commit_write(prepared)
         except (WriteError, DiskFullError) as exc:
             return exc
 

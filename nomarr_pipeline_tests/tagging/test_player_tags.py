@@ -51,7 +51,7 @@ def write(path: Path, tags: dict[str, Any], replace: tuple[str, ...] = ()) -> st
     prepared = prepare_write(path, tags, library_roots=[path.parent], known_stats=known,
                              replace_fields=replace)  # fmt: skip
     if isinstance(prepared, PreparedWrite):
-        return commit_write(prepared, known_stats=known).status
+        return commit_write(prepared).status
     return prepared.status
 
 
