@@ -247,7 +247,3 @@ class OpenedAudio:
         self._format.apply(self._audio, nom, changed)
         self._format.save(self._audio, into)
 
-
-def read_nom_tags(path: str | os.PathLike[str]) -> NomTags:
-    """Every ``nom:`` key in the file with its values, as stored."""
-    return OpenedAudio(path).state().nom_tags

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from collections.abc import Iterable
 from typing import Literal
 
 NAMESPACE = "nom:"
@@ -85,14 +84,6 @@ def score_keys(kind: ScoreKind, model_key: str, head_name: str, labels: tuple[st
     twins = {label for label, fold in folded.items() if seen[fold] > 1}
     prefix = f"{NAMESPACE}{kind}:{model_key}:{head_name}:"
     return {label: prefix + escape_label(label, upper_too=label in twins) for label in labels}
-
-
-def score_key(
-    kind: ScoreKind, model_key: str, head_name: str, label: str, head_labels: Iterable[str] = ()
-) -> str:
-    """``nom:{kind}:{model_key}:{head_name}:{escaped label}``; ``head_labels``: the head's other
-    labels, which decide whether ``label`` has a twin differing only in case."""
-    return score_keys(kind, model_key, head_name, tuple(sorted({label, *head_labels})))[label]
 
 
 def format_score(value: float) -> str:

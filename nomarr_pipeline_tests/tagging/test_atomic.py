@@ -29,7 +29,7 @@ from nomarr_pipeline.tagging.atomic import (
     discard_write,
     prepare_write,
 )
-from nomarr_pipeline.tagging.formats import FileTagState, OpenedAudio, read_nom_tags
+from nomarr_pipeline.tagging.formats import FileTagState, OpenedAudio
 from nomarr_pipeline_tests.tagging.audio_helpers import (
     FORMATS,
     USER_MOOD,
@@ -42,11 +42,12 @@ from nomarr_pipeline_tests.tagging.audio_helpers import (
     tiny_filesystem,
     unwritable,
 )
+from nomarr_pipeline_tests.tagging.tag_helpers import read_nom_tags, score_key
 
 TAGS: dict[str, str | list[str]] = {
     keys.MOOD_REGULAR: ["happy", "party"],
     keys.VERSION: "nomarr-1",
-    keys.score_key("raw", "effnet-discogs-effnet-1", "genre_discogs400", "Electronic---House"): "0.250000",
+    score_key("raw", "effnet-discogs-effnet-1", "genre_discogs400", "Electronic---House"): "0.250000",
 }
 
 
