@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict
 from typing import Any
 
 from nomarr_pipeline.calibration.histogram import HistogramSpec, PercentileResult
@@ -95,11 +96,7 @@ def state_doc(
         "calibration_def_hash": calibration_def_hash(model_key, head_name, version),
         "version": version,
         "histogram": spec.to_doc(),
-        "p5": result.p5,
-        "p95": result.p95,
-        "n": result.n,
-        "underflow_count": result.underflow_count,
-        "overflow_count": result.overflow_count,
+        **asdict(result),  # p5, p95, n, underflow_count, overflow_count
         "computed_p5": result.p5,
         "computed_p95": result.p95,
     }
@@ -150,11 +147,7 @@ def compute_state(
         "_key": history_key(key, now_ms),
         "calibration_key": key,
         "snapshot_at": now_ms,
-        "p5": result.p5,
-        "p95": result.p95,
-        "n": result.n,
-        "underflow_count": result.underflow_count,
-        "overflow_count": result.overflow_count,
+        **asdict(result),
         "p5_delta": _delta(snapshot.get("p5"), result.p5),
         "p95_delta": _delta(snapshot.get("p95"), result.p95),
         "n_delta": None if snapshot.get("n") is None else result.n - int(snapshot["n"]),
