@@ -285,15 +285,10 @@ def import_package(
     overwrite: bool = False,
     known_heads: Mapping[tuple[str, str], Collection[str]] | None = None,
 ) -> ImportReport:
-    """Bootstrap ``calibration_state`` from a package, in one ``save_calibrations`` call.
-
-    The DB wins conflicts by default (an import is a one-time hydration, not a sync):
-    keys that already have a calibration are skipped unless ``overwrite`` is set. Imported
-    states carry ``imported: True`` and ``imported_at``; no history is written, because no
-    computation happened on this library. With ``known_heads`` ((model_key, head_name) ->
-    labels of the models folder), labels of any other head are left out and listed in
-    ``unknown``: a package made for other models must not pass for this library's calibration.
-    """
+    """Bootstrap ``calibration_state`` from a package in one ``save_calibrations`` call, without
+    history (nothing was computed here). Existing calibrations win unless ``overwrite``. With
+    ``known_heads`` ((model_key, head_name) -> labels of the models folder) labels of other
+    heads are left out, listed in ``unknown``: a package for other models must not pass."""
     states, unusable_keys = parse_package_file(path)
     unusable = set(unusable_keys)
     report = ImportReport()

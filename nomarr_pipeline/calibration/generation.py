@@ -48,13 +48,10 @@ OUT_OF_RANGE_WARNING_SHARE = 0.05
 class LabelCalibration:
     """One label's outcome. ``p5``/``p95`` are the values in force after this computation."""
 
-    key: str
     label: str
     n: int
     underflow_count: int
     overflow_count: int
-    computed_p5: float | None
-    computed_p95: float | None
     p5: float | None
     p95: float | None
     adopted: bool
@@ -149,7 +146,7 @@ def calibrate_head(
         )
         states.append(state)
         history.append(snapshot)
-        report.labels.append(_label_report(key, label, result, state, snapshot))
+        report.labels.append(_label_report(label, result, state, snapshot))
         _warn_if_out_of_range(report, label, result)
     if states:
         store.save_calibrations(states, history)
@@ -158,16 +155,13 @@ def calibrate_head(
 
 
 def _label_report(
-    key: str, label: str, result: PercentileResult, state: Mapping[str, Any], snapshot: Doc
+    label: str, result: PercentileResult, state: Mapping[str, Any], snapshot: Doc
 ) -> LabelCalibration:
     return LabelCalibration(
-        key=key,
         label=label,
         n=result.n,
         underflow_count=result.underflow_count,
         overflow_count=result.overflow_count,
-        computed_p5=result.p5,
-        computed_p95=result.p95,
         p5=state["p5"],
         p95=state["p95"],
         adopted=bool(snapshot["adopted"]),

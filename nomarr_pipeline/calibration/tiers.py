@@ -198,16 +198,12 @@ def _drop_contradictions(best: dict[str, float]) -> None:
 
 
 def _passing_candidates(label_count: int, scores: dict[str, float]) -> list[tuple[str, float]]:
-    if label_count != 2:
-        return list(scores.items())
-    if not scores:
-        return []
-    if len(scores) == 1:
+    if label_count != 2 or len(scores) < 2:
         return list(scores.items())
     (first, first_score), (second, second_score) = scores.items()
     if first_score == second_score:
         return []
-    return [(first, first_score)] if first_score > second_score else [(second, second_score)]
+    return [(first, first_score) if first_score > second_score else (second, second_score)]
 
 
 _DEFAULT_CONFIG = TierConfig()

@@ -3,12 +3,11 @@
 :func:`prepare_write` refuses a path outside every library root (symlinks resolved), a file
 whose (size, mtime_ns) Nomarr does not know (changed on disk) and a read-only or immutable
 file; else copies the file to a temp file in its folder (named after its writer, :mod:`.temps`),
-saves the tags into the copy, re-opens it with mutagen and verifies tags and audio properties,
-gives it the original's mode and owner, and fsyncs it. :func:`commit_write` checks the original
-once more and renames the copy onto it, keeping the stat prepare returned, which a batch records
-first. Any failure deletes the copy: a file is only ever replaced by a verified copy, and a
-crash before the rename leaves the old file whole. Per-file problems raise :class:`WriteError`;
-a full disk raises :class:`DiskFullError`, deliberately not one: the batch must stop.
+saves the tags into the copy, re-reads and verifies tags and audio properties, gives it the
+original's mode and owner, and fsyncs it. :func:`commit_write` renames the copy onto the
+original if that is still the file copied. Any failure deletes the copy: a file is only ever
+replaced by a verified copy, and a crash before the rename leaves it whole. Per-file problems
+raise :class:`WriteError`; a full disk raises :class:`DiskFullError`: the batch must stop.
 """
 
 from __future__ import annotations

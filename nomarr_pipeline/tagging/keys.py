@@ -1,10 +1,7 @@
 """The ``nom:`` namespace: the keys Nomarr writes into audio files (docs/ARCHITECTURE.md §9).
 
-``nom:mood-strict``, ``nom:mood-regular``, ``nom:mood-loose`` (lists of terms), ``nom:version``,
-``nom:written-mood`` / ``nom:written-genre`` (the values the pipeline owns in ``MOOD`` / ``GENRE``),
-and per label ``nom:raw:{model_key}:{head_name}:{label}`` (pooled model output) and
-``nom:cal:…`` (calibrated value). ``model_key`` and ``head_name`` never hold ``:``, so a key
-splits back on its first four colons; the label takes the rest.
+In ``nom:{raw|cal}:{model_key}:{head_name}:{label}`` only the label may hold ``:``, so a key
+splits back on its first four colons.
 
 One key serves every format, so it must be a legal Vorbis field name (printable ASCII
 ``0x20..0x7D`` without ``=``; MP4 wants latin-1): other label characters, and ``%``, are
