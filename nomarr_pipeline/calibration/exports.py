@@ -98,18 +98,24 @@ def _label_numbers(state: Mapping[str, Any]) -> Doc:
     }
 
 
-def sidecar_documents(
-    states: Iterable[Mapping[str, Any]], generated_at: str
-) -> dict[tuple[str, str, int], Doc]:
-    """(model_key, head_name, version) -> sidecar document, labels sorted by name."""
-    grouped: dict[tuple[str, str, int], dict[str, Doc]] = defaultdict(dict)
-    for state in states:
-        if not is_usable(state):
-            continue
-        head = (state["model_key"], state["head_name"], state["version"])
-        grouped[head][state["label"]] = _label_numbers(state)
-    return {
-        (model_key, head_name, version): {
+def export_sidecars(
+    states: Iterable[Mapping[str, Any]], dest: Path, *, now_ms: int | None = None
+) -> ExportReport:
+    """One sidecar per head, labels sorted by name; every failure is a warning in the report,
+    never an exception."""
+    report = ExportReport()
+    generated_at = iso_utc(now_ms)
+    heads: dict[tuple[str, str, int], dict[str, Doc]] = defaultdict(dict)
+    try:
+        for state in filter(is_usable, states):
+            head = (state["model_key"], state["head_name"], state["version"])
+            heads[head][state["label"]] = _label_numbers(state)
+    except (KeyError, TypeError) as error:
+        report.warnings.append(f"calibration states could not be read for export: {error!r}")
+        return report
+    for (model_key, head_name, version), labels in sorted(heads.items()):
+        path = sidecar_path(Path(dest), model_key, head_name, version)
+        document = {
             "model": model_key,
             "head": head_name,
             "version": version,
@@ -117,23 +123,6 @@ def sidecar_documents(
             "generated_at": generated_at,
             "labels": dict(sorted(labels.items())),
         }
-        for (model_key, head_name, version), labels in grouped.items()
-    }
-
-
-def export_sidecars(
-    states: Iterable[Mapping[str, Any]], dest: Path, *, now_ms: int | None = None
-) -> ExportReport:
-    """One sidecar per head; every failure is a warning in the report, never an exception."""
-    report = ExportReport()
-    generated_at = iso_utc(now_ms)
-    try:
-        documents = sidecar_documents(states, generated_at)
-    except (KeyError, TypeError) as error:
-        report.warnings.append(f"calibration states could not be read for export: {error!r}")
-        return report
-    for (model_key, head_name, version), document in sorted(documents.items()):
-        path = sidecar_path(Path(dest), model_key, head_name, version)
         try:
             write_json_atomic(path, document)
         except (OSError, ValueError, TypeError) as error:

@@ -86,15 +86,12 @@ class TierConfig:
 
     def term(self, head_name: str, label: str) -> str:
         """``term_map["head_name:label"]``, else ``term_map["label"]``, else ``default_term``."""
-        cache_key = (head_name, label)
-        known = self._terms.get(cache_key)
+        known = self._terms.get((head_name, label))
         if known is None:
-            known = self.term_map.get(f"{head_name}:{label}")
-            if known is None:
-                known = self.term_map.get(label)
+            known = self.term_map.get(f"{head_name}:{label}", self.term_map.get(label))
             if known is None:
                 known = default_term(label)
-            self._terms[cache_key] = known
+            self._terms[(head_name, label)] = known
         return known
 
 

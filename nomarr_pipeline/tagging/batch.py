@@ -250,9 +250,7 @@ class _Batch:
             return exc
 
     @staticmethod
-    def _commit(
-        job: _Job, prepared: WriteOutcome | PreparedWrite | WriteError | DiskFullError | None
-    ) -> Finished:
+    def _commit(prepared: WriteOutcome | PreparedWrite | WriteError | DiskFullError | None) -> Finished:
         if not isinstance(prepared, PreparedWrite):
             return prepared
         try:
@@ -274,7 +272,7 @@ class _Batch:
             for _, copy in copies:
                 discard_write(copy)
             raise
-        return list(self.pool.map(self._commit, jobs, prepared))
+        return list(self.pool.map(self._commit, prepared))
 
     def _finish(self, chunk: list[_Job]) -> None:
         """Write the chunk, count and record the outcomes; files another program changed go to
