@@ -37,8 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nomarr_pipeline.calibration.generation import HeadRef, calibrate_heads
+# The plain head description lives with the tests; make the repository importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nomarr_pipeline.calibration.generation import calibrate_heads
 from nomarr_pipeline.store import Store, open_store
+from nomarr_pipeline_tests.calibration.heads import HeadRef
 
 MODEL_KEY = "effnet-discogs-effnet-1"
 LABELS_PER_HEAD = 2
@@ -196,7 +200,6 @@ def postgres_url(args: argparse.Namespace) -> Iterator[str | None]:
     if args.store_url:
         yield args.store_url
         return
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from nomarr_pipeline_tests.postgres_server import SKIP_REASON, running_server
 
     if SKIP_REASON:

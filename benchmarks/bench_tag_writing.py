@@ -37,7 +37,7 @@ from nomarr_pipeline.library.walk import walk_library
 from nomarr_pipeline.store import open_store
 from nomarr_pipeline.tagging import keys
 from nomarr_pipeline.tagging.batch import DEFAULT_WRITERS, write_pending_tags
-from nomarr_pipeline.tagging.formats import OpenedAudio, normalize_tags, read_nom_tags
+from nomarr_pipeline.tagging.formats import OpenedAudio, normalize_tags
 from nomarr_pipeline.tagging.selection import DEFAULT_MAX_LABELS, TagOptions
 from nomarr_pipeline.tagging.temps import Owner, remove_abandoned_temps, temp_prefix, this_host
 from nomarr_pipeline.tagging.verify import VerifyReport, verify_written_tags
@@ -67,8 +67,8 @@ def tag_set() -> dict[str, str | list[str]]:
     for head, label, value in score_rows():
         if label.startswith("non_"):
             continue  # of a two-class head the pipeline writes the positive label only
-        tags[keys.score_key("raw", MODEL, head, label)] = keys.format_score(value)
-        tags[keys.score_key("cal", MODEL, head, label)] = keys.format_score(value / 2)
+        tags[keys.score_keys("raw", MODEL, head, (label,))[label]] = keys.format_score(value)
+        tags[keys.score_keys("cal", MODEL, head, (label,))[label]] = keys.format_score(value / 2)
     return tags
 
 
@@ -153,7 +153,7 @@ def pipeline_seconds(
         store.close()
     assert (reports[0].written, reports[0].failed) == (len(files), 0), reports[0].summary()
     if predictions is predictions_for:
-        assert read_nom_tags(files[0]) == normalize_tags(tag_set())
+        assert OpenedAudio(files[0]).state().nom_tags == normalize_tags(tag_set())
     return seconds
 
 

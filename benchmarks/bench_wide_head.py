@@ -48,13 +48,14 @@ import bench_calibration  # a sibling script
 import bench_tag_writing
 from dagster._serdes import serialize_value
 
-from nomarr_pipeline.calibration.generation import HeadRef, calibrate_head
+from nomarr_pipeline.calibration.generation import calibrate_head
 from nomarr_pipeline.calibration.state import calibration_key
 from nomarr_pipeline.defs.assets.calibration import RECENT_SNAPSHOTS, _head_metadata
 from nomarr_pipeline.store import open_store
 from nomarr_pipeline.tagging.batch import DEFAULT_WRITERS
-from nomarr_pipeline.tagging.formats import read_nom_tags
+from nomarr_pipeline.tagging.formats import OpenedAudio
 from nomarr_pipeline.tagging.selection import DEFAULT_MAX_LABELS, TagOptions, select_tags
+from nomarr_pipeline_tests.calibration.heads import HeadRef
 
 LABELS = 400
 WIDE_MODEL = "effnet-discogs-effnet-bs64-1"
@@ -165,7 +166,7 @@ def tag_writing(files: int, repeats: int, workdir: Path) -> dict[str, tuple[floa
             writes.append((time.perf_counter() - started) * 1000 / files)
             started = time.perf_counter()
             for path in copies:
-                if len(read_nom_tags(path)) != len(tags):
+                if len(OpenedAudio(path).state().nom_tags) != len(tags):
                     raise RuntimeError(f"{path} did not read back its {len(tags)} keys")
             reads.append((time.perf_counter() - started) * 1000 / files)
             copies = bench_tag_writing.fresh_copies(sources, workdir / "pipeline", files)

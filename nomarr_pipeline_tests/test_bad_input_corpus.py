@@ -28,12 +28,12 @@ from nomarr_pipeline.library.identity import displayable
 from nomarr_pipeline.ml.demo_models import write_demo_models
 from nomarr_pipeline.ml.graphdef import GraphBuilder
 from nomarr_pipeline.store import Doc
-from nomarr_pipeline.tagging.formats import read_nom_tags
 from nomarr_pipeline_tests.cli.cli_processes import PipelineFolder
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
 from nomarr_pipeline_tests.ml.demo_heads import write_demo_head
 from nomarr_pipeline_tests.store_dump import library_files
 from nomarr_pipeline_tests.tagging.audio_helpers import decoded_audio_hash
+from nomarr_pipeline_tests.tagging.tag_helpers import read_nom_tags
 from nomarr_pipeline_tests.ui.dagster_dev import REPO_ROOT
 
 pytestmark = pytest.mark.slow

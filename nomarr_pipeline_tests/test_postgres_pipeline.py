@@ -13,9 +13,9 @@ import pytest
 from nomarr_pipeline.cli import main as cli
 from nomarr_pipeline.cli.demo import build_demo_library, build_demo_models
 from nomarr_pipeline.store import DOCUMENT_COLLECTIONS, open_store
-from nomarr_pipeline.tagging.formats import read_nom_tags
 from nomarr_pipeline_tests.conftest import PostgresDatabase
 from nomarr_pipeline_tests.store_dump import store_documents
+from nomarr_pipeline_tests.tagging.tag_helpers import read_nom_tags
 
 pytestmark = pytest.mark.slow
 

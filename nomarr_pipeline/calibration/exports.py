@@ -1,15 +1,10 @@
 """Sidecars and ``calibrations.json``: exports of ``calibration_state``, and the import that
 bootstraps it (docs/ARCHITECTURE.md §6).
 
-The DB is the source of truth. Exports hold the calibrations that can be applied
-(``state.is_usable``: a label with ``p95 <= p5`` calibrates nothing, so it is left out).
-They are written atomically (temporary file in the destination folder, then ``os.replace``),
-so a reader never sees half a file, and a failed sidecar write is a warning in the report,
-never an exception that could undo a DB change.
-
-Sidecar layout: ``<dest>/<model_key>/<head_name>-calibration-v<version>.json``. The folder
-per backbone keeps ``mood_happy`` of effnet and of musicnn apart; the file name is the
-Nomarr's. Each sidecar is Nomarr's export format with the head's labels inside::
+Exports hold the usable calibrations only (``state.is_usable``) and are written atomically;
+a failed sidecar write is a warning in the report, never an exception that could undo a DB
+change. Sidecar layout: ``<dest>/<model_key>/<head_name>-calibration-v<version>.json`` (a
+folder per backbone keeps ``mood_happy`` of effnet and of musicnn apart)::
 
     {"model": "...", "head": "mood_happy", "version": 1, "method": "histogram",
      "generated_at": "2026-01-16T12:00:00Z",
@@ -32,13 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nomarr_pipeline.calibration.histogram import HistogramSpec
-from nomarr_pipeline.calibration.state import (
-    calibration_def_hash,
-    calibration_key,
-    is_usable,
-    usable_percentiles,
-)
+from nomarr_pipeline.calibration.histogram import HistogramSpec, PercentileResult
+from nomarr_pipeline.calibration.state import calibration_key, is_usable, state_doc, usable_percentiles
 from nomarr_pipeline.store import Doc
 
 log = logging.getLogger(__name__)
@@ -58,10 +48,6 @@ class ExportReport:
     written: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
-    @property
-    def ok(self) -> bool:
-        return not self.warnings
-
 
 @dataclass
 class ImportReport:
@@ -73,14 +59,11 @@ class ImportReport:
 
 def iso_utc(epoch_ms: int | None = None) -> str:
     """``2026-01-16T12:00:00Z`` (seconds precision, UTC)."""
-    moment = (
-        datetime.now(UTC) if epoch_ms is None else datetime.fromtimestamp(epoch_ms / 1000, UTC)
-    )
+    moment = datetime.now(UTC) if epoch_ms is None else datetime.fromtimestamp(epoch_ms / 1000, UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write ``payload`` as JSON to ``path`` so that readers see the old or the new file."""
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
@@ -100,9 +83,6 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
-# ---- sidecars ---------------------------------------------------------------------------
-
-
 def sidecar_path(dest: Path, model_key: str, head_name: str, version: int) -> Path:
     return Path(dest) / model_key / f"{head_name}-calibration-v{version}.json"
 
@@ -118,18 +98,24 @@ def _label_numbers(state: Mapping[str, Any]) -> Doc:
     }
 
 
-def sidecar_documents(
-    states: Iterable[Mapping[str, Any]], generated_at: str
-) -> dict[tuple[str, str, int], Doc]:
-    """(model_key, head_name, version) -> sidecar document, labels sorted by name."""
-    grouped: dict[tuple[str, str, int], dict[str, Doc]] = defaultdict(dict)
-    for state in states:
-        if not is_usable(state):
-            continue
-        head = (state["model_key"], state["head_name"], state["version"])
-        grouped[head][state["label"]] = _label_numbers(state)
-    return {
-        (model_key, head_name, version): {
+def export_sidecars(
+    states: Iterable[Mapping[str, Any]], dest: Path, *, now_ms: int | None = None
+) -> ExportReport:
+    """One sidecar per head, labels sorted by name; every failure is a warning in the report,
+    never an exception."""
+    report = ExportReport()
+    generated_at = iso_utc(now_ms)
+    heads: dict[tuple[str, str, int], dict[str, Doc]] = defaultdict(dict)
+    try:
+        for state in filter(is_usable, states):
+            head = (state["model_key"], state["head_name"], state["version"])
+            heads[head][state["label"]] = _label_numbers(state)
+    except (KeyError, TypeError) as error:
+        report.warnings.append(f"calibration states could not be read for export: {error!r}")
+        return report
+    for (model_key, head_name, version), labels in sorted(heads.items()):
+        path = sidecar_path(Path(dest), model_key, head_name, version)
+        document = {
             "model": model_key,
             "head": head_name,
             "version": version,
@@ -137,23 +123,6 @@ def sidecar_documents(
             "generated_at": generated_at,
             "labels": dict(sorted(labels.items())),
         }
-        for (model_key, head_name, version), labels in grouped.items()
-    }
-
-
-def export_sidecars(
-    states: Iterable[Mapping[str, Any]], dest: Path, *, now_ms: int | None = None
-) -> ExportReport:
-    """One sidecar per head; every failure is a warning in the report, never an exception."""
-    report = ExportReport()
-    generated_at = iso_utc(now_ms)
-    try:
-        documents = sidecar_documents(states, generated_at)
-    except (KeyError, TypeError) as error:
-        report.warnings.append(f"calibration states could not be read for export: {error!r}")
-        return report
-    for (model_key, head_name, version), document in sorted(documents.items()):
-        path = sidecar_path(Path(dest), model_key, head_name, version)
         try:
             write_json_atomic(path, document)
         except (OSError, ValueError, TypeError) as error:
@@ -165,22 +134,15 @@ def export_sidecars(
     return report
 
 
-# ---- package ----------------------------------------------------------------------------
-
-
 def package_document(states: Iterable[Mapping[str, Any]], exported_at: str) -> Doc:
     entries = [
         {
+            **_label_numbers(state),
             "key": state["_key"],
             "model": state["model_key"],
             "head": state["head_name"],
             "label": state["label"],
             "version": state["version"],
-            "p5": state["p5"],
-            "p95": state["p95"],
-            "n": state["n"],
-            "underflow_count": state.get("underflow_count", 0),
-            "overflow_count": state.get("overflow_count", 0),
             "histogram": state["histogram"],
         }
         for state in states
@@ -195,14 +157,9 @@ def package_document(states: Iterable[Mapping[str, Any]], exported_at: str) -> D
     }
 
 
-def export_package(
-    states: Iterable[Mapping[str, Any]], dest: Path, *, now_ms: int | None = None
-) -> Path:
-    """Write ``<dest>/calibrations.json`` atomically and return its path.
-
-    Raises ``OSError`` when it cannot be written: the package is an asset of its own, and
-    its failure should be visible; it never touches the DB either way.
-    """
+def export_package(states: Iterable[Mapping[str, Any]], dest: Path, *, now_ms: int | None = None) -> Path:
+    """Write ``<dest>/calibrations.json`` atomically and return its path; raises ``OSError``
+    when it cannot be written (the package is an asset of its own: its failure should show)."""
     path = Path(dest) / PACKAGE_FILENAME
     write_json_atomic(path, package_document(states, iso_utc(now_ms)))
     return path
@@ -223,9 +180,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_finite_number(value: Any) -> bool:
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    )
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _validate_entry(index: int, entry: Any) -> tuple[Doc, bool]:
@@ -243,9 +198,7 @@ def _validate_entry(index: int, entry: Any) -> tuple[Doc, bool]:
             raise InvalidPackageError(f"{where}: {name} must be a non-empty string")
     expected_key = calibration_key(entry["model"], entry["head"], entry["label"])
     if entry["key"] != expected_key:
-        raise InvalidPackageError(
-            f"{where}: key does not match model:head:label (expected {expected_key!r})"
-        )
+        raise InvalidPackageError(f"{where}: key does not match model:head:label (expected {expected_key!r})")
     if not _is_int(entry["version"]) or entry["version"] < 0:
         raise InvalidPackageError(f"{where}: version must be a non-negative integer")
     for name in ("p5", "p95"):
@@ -270,48 +223,32 @@ def _validate_entry(index: int, entry: Any) -> tuple[Doc, bool]:
     for name in ("p5", "p95"):
         if not spec.lo <= entry[name] <= spec.hi:
             raise InvalidPackageError(
-                f"{where}: {name} {entry[name]} outside the histogram range "
-                f"[{spec.lo}, {spec.hi}]"
+                f"{where}: {name} {entry[name]} outside the histogram range [{spec.lo}, {spec.hi}]"
             )
-    state: Doc = {
-        "_key": expected_key,
-        "model_key": entry["model"],
-        "head_name": entry["head"],
-        "label": entry["label"],
-        "calibration_def_hash": calibration_def_hash(
-            entry["model"], entry["head"], entry["version"]
-        ),
-        "version": entry["version"],
-        "histogram": spec.to_doc(),
-        "p5": float(entry["p5"]),
-        "p95": float(entry["p95"]),
-        "n": entry["n"],
-        "underflow_count": entry["underflow_count"],
-        "overflow_count": entry["overflow_count"],
-        "computed_p5": float(entry["p5"]),
-        "computed_p95": float(entry["p95"]),
-    }
+    numbers = PercentileResult(
+        float(entry["p5"]), float(entry["p95"]), entry["n"], entry["underflow_count"], entry["overflow_count"]
+    )
+    state = state_doc(entry["model"], entry["head"], entry["label"], entry["version"], spec, numbers)
     return state, not usable_percentiles(entry["p5"], entry["p95"])
 
 
-def parse_package(text: str) -> tuple[list[Doc], list[str]]:
-    """State documents of a package's text and the keys whose ``p5 == p95`` (never applied)."""
+def parse_package_file(path: Path) -> tuple[list[Doc], list[str]]:
+    """State documents of a package file and the keys whose ``p5 == p95`` (never applied)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidPackageError(f"cannot read calibration package {path}: {error}") from None
     try:
         package = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as error:
         raise InvalidPackageError(f"calibration package is not valid JSON: {error}") from None
     if not isinstance(package, dict):
         raise InvalidPackageError("calibration package must be a JSON object")
-    if package.get("version") != PACKAGE_VERSION:
-        raise InvalidPackageError(
-            f"calibration package version must be {PACKAGE_VERSION!r}, "
-            f"got {package.get('version')!r}"
-        )
-    if package.get("method") != PACKAGE_METHOD:
-        raise InvalidPackageError(
-            f"calibration package method must be {PACKAGE_METHOD!r}, "
-            f"got {package.get('method')!r}"
-        )
+    for name, wanted in (("version", PACKAGE_VERSION), ("method", PACKAGE_METHOD)):
+        if package.get(name) != wanted:
+            raise InvalidPackageError(
+                f"calibration package {name} must be {wanted!r}, got {package.get(name)!r}"
+            )
     entries = package.get("calibrations")
     if not isinstance(entries, list):
         raise InvalidPackageError("calibration package needs a 'calibrations' list")
@@ -337,15 +274,10 @@ def import_package(
     overwrite: bool = False,
     known_heads: Mapping[tuple[str, str], Collection[str]] | None = None,
 ) -> ImportReport:
-    """Bootstrap ``calibration_state`` from a package, in one ``save_calibrations`` call.
-
-    The DB wins conflicts by default (an import is a one-time hydration, not a sync):
-    keys that already have a calibration are skipped unless ``overwrite`` is set. Imported
-    states carry ``imported: True`` and ``imported_at``; no history is written, because no
-    computation happened on this library. With ``known_heads`` ((model_key, head_name) ->
-    labels of the models folder), labels of any other head are left out and listed in
-    ``unknown``: a package made for other models must not pass for this library's calibration.
-    """
+    """Bootstrap ``calibration_state`` from a package in one ``save_calibrations`` call, without
+    history (nothing was computed here). Existing calibrations win unless ``overwrite``. With
+    ``known_heads`` ((model_key, head_name) -> labels of the models folder) labels of other
+    heads are left out, listed in ``unknown``: a package for other models must not pass."""
     states, unusable_keys = parse_package_file(path)
     unusable = set(unusable_keys)
     report = ImportReport()
@@ -379,12 +311,3 @@ def import_package(
     if to_save:
         store.save_calibrations(to_save, [])
     return report
-
-
-def parse_package_file(path: Path) -> tuple[list[Doc], list[str]]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise InvalidPackageError(f"cannot read calibration package {path}: {error}") from None
-    return parse_package(text)
-

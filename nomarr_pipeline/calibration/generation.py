@@ -1,18 +1,12 @@
 """Calibration generation: one DB histogram per (head, label) -> ``calibration_state``.
 
-Per head: the newest history snapshot of every label (one query), then for every label
-``store.histograms`` (one grouped query each) -> ``derive_percentiles`` -> ``compute_state``
-against the stored state and that snapshot; then all of the head's states and snapshots go
-to ``store.save_calibrations`` in one transaction, so a head is calibrated completely or not
-at all.
-
-* Memory: one label's sparse histogram (at most ``bins`` pairs; a few on a server store that
-  runs several label queries at once, see ``Store.histograms``) is alive at a time, plus
-  one small state document per label. Nothing grows with the number of files.
-* Idempotent and crash-safe: every computation starts from the current ``file_tags``;
-  rerunning after a crash recomputes the unfinished heads, and a finished head rerun with
-  unchanged data keeps its values (the drift rule sees zero drift).
-* A label without eligible values (``n == 0``) gets no state; it is reported.
+Per head: the newest history snapshot and state of every label (one query each), then per
+label ``store.histograms`` -> ``derive_percentiles`` -> ``compute_state``; all of the head's
+states and snapshots are saved in one transaction, so a head is calibrated completely or not
+at all. Memory is one label's sparse histogram at a time (a few where a server store runs
+label queries at once), never the number of files. A rerun recomputes from the current
+``file_tags``: unchanged data keeps its values (zero drift). A label without eligible values
+(``n == 0``) gets no state; it is reported.
 """
 
 from __future__ import annotations
@@ -21,7 +15,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from nomarr_pipeline.calibration.histogram import (
     DEFAULT_SPEC,
@@ -40,7 +34,7 @@ from nomarr_pipeline.calibration.state import (
     compute_state,
     usable_percentiles,
 )
-from nomarr_pipeline.ml.discovery import head_partition_key
+from nomarr_pipeline.ml.discovery import Head, head_partition_key
 from nomarr_pipeline.store.protocol import SparseHistogram, Store
 
 log = logging.getLogger(__name__)
@@ -50,48 +44,14 @@ DAY_MS = 24 * 60 * 60 * 1000
 OUT_OF_RANGE_WARNING_SHARE = 0.05
 
 
-class CalibratedHead(Protocol):
-    """What generation needs of a head (``nomarr_pipeline.ml.discovery.Head`` fits)."""
-
-    @property
-    def model_key(self) -> str: ...
-
-    @property
-    def head_name(self) -> str: ...
-
-    @property
-    def version(self) -> int: ...
-
-    @property
-    def labels(self) -> Sequence[str]: ...
-
-
-@dataclass(frozen=True)
-class HeadRef:
-    """A plain head description, for callers without a model catalog (CLI, tests)."""
-
-    model_key: str
-    head_name: str
-    version: int = 1
-    labels: tuple[str, ...] = ()
-    kind: str | None = None
-
-    @property
-    def partition_key(self) -> str:
-        return head_partition_key(self.model_key, self.head_name)
-
-
 @dataclass(frozen=True)
 class LabelCalibration:
     """One label's outcome. ``p5``/``p95`` are the values in force after this computation."""
 
-    key: str
     label: str
     n: int
     underflow_count: int
     overflow_count: int
-    computed_p5: float | None
-    computed_p95: float | None
     p5: float | None
     p95: float | None
     adopted: bool
@@ -128,43 +88,11 @@ class HeadCalibrationReport:
     def n(self) -> int:
         return sum(label.n for label in self.labels)
 
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready figures for asset metadata and logs."""
-        return {
-            "partition_key": self.partition_key,
-            "version": self.version,
-            "histogram": self.spec.to_doc(),
-            "n": self.n,
-            "changed": self.changed,
-            "labels": {
-                label.label: {
-                    "p5": label.p5,
-                    "p95": label.p95,
-                    "computed_p5": label.computed_p5,
-                    "computed_p95": label.computed_p95,
-                    "n": label.n,
-                    "underflow_count": label.underflow_count,
-                    "overflow_count": label.overflow_count,
-                    "adopted": label.adopted,
-                    "usable": label.usable,
-                    "p5_delta": label.p5_delta,
-                    "p95_delta": label.p95_delta,
-                }
-                for label in self.labels
-            },
-            "empty_labels": list(self.empty_labels),
-            "warnings": list(self.warnings),
-            "error": self.error,
-            "seconds": round(self.seconds, 3),
-        }
 
-
-def head_spec(
-    head: CalibratedHead, overrides: SpecOverrides | None, default: HistogramSpec = DEFAULT_SPEC
-) -> HistogramSpec:
-    """The override for the head if any; otherwise the regression range for regression
-    heads (their outputs are not probabilities) and ``default`` for the rest."""
-    fallback = REGRESSION_SPEC if str(getattr(head, "kind", "")) == "regression" else default
+def head_spec(head: Head, overrides: SpecOverrides | None) -> HistogramSpec:
+    """The head's override if any, else the regression range for regression heads (their
+    outputs are not probabilities), else the default."""
+    fallback = REGRESSION_SPEC if str(head.kind) == "regression" else DEFAULT_SPEC
     return spec_for(head.model_key, head.head_name, overrides, fallback)
 
 
@@ -175,21 +103,15 @@ def clock_ms() -> int:
 
 def calibrate_head(
     store: Store,
-    head: CalibratedHead,
+    head: Head,
     *,
     specs: SpecOverrides | None = None,
     drift_tolerance: float = DEFAULT_DRIFT_TOLERANCE,
     now: int | None = None,
-    p_low: float = 0.05,
-    p_high: float = 0.95,
     keep_histograms: bool = False,
 ) -> tuple[HeadCalibrationReport, dict[str, SparseHistogram]]:
-    """Calibrate every label of one head and save them in one transaction.
-
-    Labels come from the head (its metadata ``classes``) or, when it lists none, from what
-    the store holds. ``keep_histograms`` returns the sparse histograms too (for plots);
-    leave it off for heads with hundreds of labels.
-    """
+    """Calibrate every label of one head (its ``classes``, else those the store holds) in one
+    transaction; ``keep_histograms`` returns the sparse histograms too (for plots)."""
     started = time.perf_counter()
     spec = head_spec(head, specs)
     timestamp = now if now is not None else clock_ms()
@@ -202,7 +124,7 @@ def calibrate_head(
     previous_snapshots = store.recent_history(list(keys.values()))  # one query for the head
     previous_states = store.get_calibrations(list(keys.values()))  # and one for its states
     for label, hist in store.histograms(head.model_key, head.head_name, labels, spec.lo, spec.hi, spec.bins):
-        result = derive_percentiles(hist, spec, p_low, p_high)
+        result = derive_percentiles(hist, spec)
         if keep_histograms:
             histograms[label] = hist
         del hist  # only the bins of the labels being queried are alive at a time
@@ -224,7 +146,7 @@ def calibrate_head(
         )
         states.append(state)
         history.append(snapshot)
-        report.labels.append(_label_report(key, label, result, state, snapshot))
+        report.labels.append(_label_report(label, result, state, snapshot))
         _warn_if_out_of_range(report, label, result)
     if states:
         store.save_calibrations(states, history)
@@ -233,16 +155,13 @@ def calibrate_head(
 
 
 def _label_report(
-    key: str, label: str, result: PercentileResult, state: Mapping[str, Any], snapshot: Doc
+    label: str, result: PercentileResult, state: Mapping[str, Any], snapshot: Doc
 ) -> LabelCalibration:
     return LabelCalibration(
-        key=key,
         label=label,
         n=result.n,
         underflow_count=result.underflow_count,
         overflow_count=result.overflow_count,
-        computed_p5=result.p5,
-        computed_p95=result.p95,
         p5=state["p5"],
         p95=state["p95"],
         adopted=bool(snapshot["adopted"]),
@@ -251,9 +170,7 @@ def _label_report(
     )
 
 
-def _warn_if_out_of_range(
-    report: HeadCalibrationReport, label: str, result: PercentileResult
-) -> None:
+def _warn_if_out_of_range(report: HeadCalibrationReport, label: str, result: PercentileResult) -> None:
     share = out_of_range_share(result)
     if share > OUT_OF_RANGE_WARNING_SHARE:
         lo, hi = report.spec.lo, report.spec.hi
@@ -270,32 +187,19 @@ def _warn_if_out_of_range(
 
 def calibrate_heads(
     store: Store,
-    heads: Sequence[CalibratedHead],
+    heads: Sequence[Head],
     *,
     specs: SpecOverrides | None = None,
     drift_tolerance: float = DEFAULT_DRIFT_TOLERANCE,
     now_ms: int | None = None,
-    p_low: float = 0.05,
-    p_high: float = 0.95,
     stop_on_error: bool = False,
 ) -> list[HeadCalibrationReport]:
-    """Calibrate each head in turn (one transaction per head).
-
-    A head that fails is reported with ``error`` and the others go on, unless
-    ``stop_on_error``; the failed head keeps its previous calibration untouched.
-    """
+    """Calibrate each head in turn; a head that fails keeps its previous calibration and is
+    reported with ``error`` while the others go on, unless ``stop_on_error``."""
     reports: list[HeadCalibrationReport] = []
     for head in heads:
         try:
-            report, _ = calibrate_head(
-                store,
-                head,
-                specs=specs,
-                drift_tolerance=drift_tolerance,
-                now=now_ms,
-                p_low=p_low,
-                p_high=p_high,
-            )
+            report, _ = calibrate_head(store, head, specs=specs, drift_tolerance=drift_tolerance, now=now_ms)
         except Exception as error:
             if stop_on_error:
                 raise
@@ -309,17 +213,10 @@ def calibrate_heads(
 
 
 def calibration_progress(
-    store: Store,
-    heads: Sequence[CalibratedHead],
-    now_ms: int | None = None,
-    recent_ms: int = DAY_MS,
+    store: Store, heads: Sequence[Head], now_ms: int | None = None, recent_ms: int = DAY_MS
 ) -> dict[str, Any]:
-    """Per-head progress: a head counts as calibrated when one of its labels has a
-    state for the head's current version updated within ``recent_ms``.
-
-    ``{"total_heads", "calibrated_heads", "remaining_heads", "last_updated"}``;
-    ``last_updated`` is the newest ``updated_at`` among these heads' states, or ``None``.
-    """
+    """A head is calibrated when a state of its current version was updated within
+    ``recent_ms``; ``last_updated`` is the newest ``updated_at`` of these heads' states."""
     current = now_ms if now_ms is not None else clock_ms()
     threshold = current - recent_ms
     versions = {(head.model_key, head.head_name): head.version for head in heads}

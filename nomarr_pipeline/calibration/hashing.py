@@ -1,21 +1,11 @@
-"""The library-wide expected ``calibration_hash`` (docs/ARCHITECTURE.md §6).
+"""The library-wide expected ``calibration_hash`` (docs/ARCHITECTURE.md §6): a file whose
+stored hash differs needs recalibration.
 
-A file whose stored ``calibration_hash`` differs from this value needs recalibration.
-
-Definition: MD5 (hex) of the ``"|"``-joined, sorted lines ``f"{_key}:{version}:{p5!r}:{p95!r}"``
-over every calibration state whose p5 and p95 are both set.
-
-* ``repr(float)`` is the shortest string that round-trips the double exactly, so the same
-  stored numbers hash the same on every platform and through every engine (JSON keeps
-  doubles exactly), and any change of a value in force, however small, changes the hash.
-  Whether a change is big enough to matter is decided earlier, by the drift tolerance in
-  ``state.compute_state``; hashing must not second-guess it by rounding.
-* States with ``p95 <= p5`` are included: they are in force too (they mean "do not
-  calibrate this label"), and a label going from unusable to usable must trigger
-  recalibration.
-* No calibration at all hashes the empty string (``d41d8cd98f00b204e9800998ecf8427e``), a
-  stable value, so a fresh library is recalibrated once (calibrated values stay null) and
-  again as soon as the first calibration exists.
+MD5 (hex) of the ``"|"``-joined, sorted ``f"{_key}:{version}:{p5!r}:{p95!r}"`` of every state
+with p5 and p95 set. ``repr(float)`` round-trips a double exactly, so the same numbers hash
+alike on every engine and any change in force changes the hash (whether a change matters is
+the drift tolerance's call, not rounding's). States with ``p95 <= p5`` count: a label going
+from unusable to usable must trigger recalibration. No calibration hashes the empty string.
 """
 
 from __future__ import annotations

@@ -1,33 +1,14 @@
 """Histogram specs and p5/p95 from a sparse DB histogram (docs/ARCHITECTURE.md §6).
 
-The store groups eligible ``file_tags`` values into uniform bins and returns only the
-non-empty ones (``SparseHistogram``); this module turns those counts into percentiles.
-Nothing here ever sees individual values, so memory depends on the number of bins only.
-
-Percentile rule (Nomarr's ``derive_percentiles_from_sparse_histogram``):
-walk the bins in index order with a running count that starts at the underflow count, and
-report the *lower edge* of the first bin whose running count reaches ``p * n``.
-
-Relation to numpy: the bin that first reaches ``p * n`` is the bin holding the
-``ceil(p * n)``-th smallest value, which is exactly ``np.percentile(values, 100 * p,
-method="inverted_cdf")``. Reporting that bin's lower edge means the estimate ``e`` and the
-exact sample quantile ``q`` satisfy ``e <= q < e + bin_width`` for in-range quantiles.
-
-Out-of-range values are counted apart (the store never bins them). They take part in the
-cumulative count as two pseudo-bins, one below ``lo`` and one above ``hi``, whose reported
-edges are clamped to ``lo`` and ``hi``:
-
-* the target is already reached by the underflow count -> ``lo`` (the true quantile is
-  below the histogram's range, ``lo`` is the closest value the histogram can express);
-* the target is not reached by the end of the in-range bins (it lies in the overflow) ->
-  ``hi``.
-
-For data without out-of-range values this is Nomarr's rule exactly; Nomarr itself
-double-counted underflow (its AQL clamped out-of-range values into the edge bins *and*
-counted them apart), which the store's separate counts avoid.
-
-``n == 0`` (no eligible value) gives ``p5 = p95 = None``: there is nothing to calibrate
-with, and callers must not write a calibration for that label.
+The store returns only the non-empty bins and counts out-of-range values apart, so memory
+depends on the number of bins only. Percentile rule (Nomarr's): walk the bins in order with
+a running count that starts at the underflow count and report the *lower edge* of the first
+bin whose count reaches ``p * n``. That bin holds the ``ceil(p * n)``-th smallest value, so
+the estimate ``e`` and ``np.percentile(values, 100 * p, method="inverted_cdf")`` ``q`` satisfy
+``e <= q < e + bin_width``. A target reached by the underflow alone is reported as ``lo``, one
+beyond the in-range bins (in the overflow) as ``hi``. Unlike Nomarr, out-of-range values are
+never also clamped into the edge bins (it counted them twice). ``n == 0`` gives
+``p5 = p95 = None``: such a label gets no calibration.
 """
 
 from __future__ import annotations
@@ -89,8 +70,7 @@ class HistogramSpec:
             float(stored_width), spec.bin_width, rel_tol=1e-9, abs_tol=0.0
         ):
             raise ValueError(
-                f"histogram bin_width {stored_width!r} does not match (hi - lo) / bins "
-                f"= {spec.bin_width!r}"
+                f"histogram bin_width {stored_width!r} does not match (hi - lo) / bins = {spec.bin_width!r}"
             )
         return spec
 
@@ -111,13 +91,7 @@ def spec_for(
     overrides: SpecOverrides | None = None,
     default: HistogramSpec = DEFAULT_SPEC,
 ) -> HistogramSpec:
-    """The histogram spec of one head: its override if any, otherwise ``default``.
-
-    Regression heads (e.g. arousal/valence on a 1..9 scale) need a wider range than the
-    default [0, 1], or every value would be counted as overflow::
-
-        spec_for("musicnn-msd-musicnn-1", "deam", {"deam": HistogramSpec(0.0, 10.0)})
-    """
+    """The histogram spec of one head: its override if any, otherwise ``default``."""
     if overrides:
         partition_key = head_partition_key(model_key, head_name)
         if partition_key in overrides:
@@ -129,10 +103,7 @@ def spec_for(
 
 @dataclass(frozen=True)
 class PercentileResult:
-    """p5/p95 of one (head, label); ``p5 is None`` exactly when ``n == 0``.
-
-    ``p_low``/``p_high`` keep Nomarr's names ``p5``/``p95`` even when other targets are used.
-    """
+    """p5/p95 (Nomarr's names, whatever the targets) of one (head, label); ``None`` iff ``n == 0``."""
 
     p5: float | None
     p95: float | None
@@ -192,8 +163,7 @@ def derive_percentiles(
 
 
 def out_of_range_share(result: PercentileResult) -> float:
-    """Share of values outside the histogram range; above ~5 % the range should be widened
-    (docs/ARCHITECTURE.md §6)."""
+    """Share of values outside the histogram range."""
     if result.n == 0:
         return 0.0
     return (result.underflow_count + result.overflow_count) / result.n

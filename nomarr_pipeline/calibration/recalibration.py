@@ -1,27 +1,22 @@
 """Hash-based recalibration (docs/ARCHITECTURE.md §6): bring every file to the calibration in force.
 
-``expected = expected_calibration_hash(calibration_state)``; files whose stored
-``calibration_hash`` differs are processed in batches of three steps:
+Files whose ``calibration_hash`` differs from the expected one are processed in batches:
 
-1. **claim** (one short statement): up to ``batch_size`` mismatching files get this run's
-   claim token as their hash. A claim is never a real hash, so a claimed file still needs
-   recalibration; predictions written after the claim clear the hash, which voids it.
-2. **read and compute** (no write lock): the batch's predictions with the calibrated value
-   the store is about to set, then the mood tiers of each file. This is most of the work, so
-   it runs in reader processes, several batches at once, while the writer commits.
-3. **finish** (one store transaction per batch): for the files that still hold the claim,
-   the calibrated values are stored set-based, then the tiers, the expected hash and
-   ``file_tags_pending``. A file whose claim was voided is left mismatching and is claimed
-   again, so tiers computed from predictions that changed meanwhile are never stored.
-   On a store with one writer at a time (SQLite) this process finishes every batch; where
+1. **claim** (one short statement): up to ``batch_size`` of them get this batch's claim token
+   as their hash. A claim is never a real hash, and predictions written after it clear the
+   hash, which voids it.
+2. **read and compute** (no write lock): the batch's predictions with the calibrated value the
+   store is about to set, then each file's mood tiers. Most of the work: it runs in reader
+   processes, several batches at once, while the writer commits.
+3. **finish** (one transaction per batch): for the files still holding the claim, the
+   calibrated values, tiers, expected hash and ``file_tags_pending``. A voided file stays
+   mismatching and is claimed again, so tiers of changed predictions are never stored. Where
    writers do not wait for each other (``Store.concurrent_writers``: PostgreSQL) each reader
-   finishes its own batch on its own connection, so several batches are stored at once.
-   Batches hold different files (one claim per file), so finishers never wait for each other.
+   finishes its own batch; batches hold different files, so finishers never wait either.
 
-A crash leaves finished files finished and claimed ones mismatching: a rerun resumes where
-it stopped. The hash is computed once per run; calibrations that change during a run make
-the next run redo the files this one finished (never the reverse). Memory is the batches in
-flight (``readers + 1``), not the library.
+A crash leaves finished files finished and claimed ones mismatching: a rerun resumes. The hash
+is computed once per run; a calibration changed meanwhile makes the next run redo this run's
+files. Memory is the batches in flight (``readers + 1``), not the library.
 """
 
 from __future__ import annotations
@@ -70,14 +65,6 @@ class RecalibrationReport:
     readers: int = 1  # processes that read and computed tiers (1: inline)
     writers: int = 1  # processes that finished batches at once
 
-    @property
-    def complete(self) -> bool:
-        return self.remaining == 0
-
-
-def default_readers() -> int:
-    return max(1, min(MAX_AUTO_READERS, os.cpu_count() or 1))
-
 
 def batch_tiers(store: Store, file_ids: Sequence[str], config: TierConfig) -> dict[str, Doc | None]:
     """Mood tiers of each file of a batch, from one read of its predictions."""
@@ -97,12 +84,9 @@ def recalibrate(
     max_files: int | None = None,
     readers: int = 0,
 ) -> RecalibrationReport:
-    """Recalibrate every file whose hash differs from the expected one (or ``max_files`` of
-    them, so a sensor-triggered run can be kept short; the rest waits for the next run).
-
-    ``readers``: processes computing tiers while this one writes; 0 picks one per CPU (at
-    most :data:`MAX_AUTO_READERS`) for large runs and inline for small ones, 1 is inline.
-    """
+    """Recalibrate every file whose hash differs from the expected one (at most ``max_files``).
+    ``readers``: processes computing tiers while this one writes; 0 picks one per CPU (at most
+    :data:`MAX_AUTO_READERS`) for large runs, 1 (inline) for small ones."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if readers < 0:
@@ -112,7 +96,8 @@ def recalibrate(
     expected = expected_calibration_hash(store.list_calibrations())
     if readers == 0:
         pending = store.count_files_needing_recalibration(expected, library_id)
-        readers = default_readers() if min(pending, max_files or pending) >= POOL_MIN_FILES else 1
+        large = min(pending, max_files or pending) >= POOL_MIN_FILES
+        readers = max(1, min(MAX_AUTO_READERS, os.cpu_count() or 1)) if large else 1
     finish_in_readers = readers > 1 and store.concurrent_writers
     with _batch_readers(store, config, expected, readers, finish_in_readers) as process:
         run = _Run(store, expected, batch_size, library_id, max_files, progress, process)

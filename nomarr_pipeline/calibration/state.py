@@ -1,20 +1,11 @@
-"""``calibration_state`` and ``calibration_history`` documents (docs/ARCHITECTURE.md §6).
+"""``calibration_state`` (the calibration *in force* per (model_key, head_name, label)) and
+``calibration_history`` (one document per computation, adopted or not) documents.
 
-One state document per (model_key, head_name, label) holds the calibration *in force*;
-one history document per computation records what was computed, whether or not it was
-adopted.
-
-Drift tolerance (docs/ARCHITECTURE.md §6): the p5/p95 in force change only when
-
-* there is no previous calibration in force (first computation),
-* the head's version or the histogram spec changed (a new calibration definition), or
-* ``|Δp5|`` or ``|Δp95|`` against the values in force is at least ``drift_tolerance``
-  (``0`` adopts every computation).
-
-Everything else (``n``, under/overflow counts, timestamps, the freshly computed
-``computed_p5``/``computed_p95``) always updates, so the state shows what the library looks
-like now while the library-wide ``calibration_hash`` (which hashes p5/p95 in force) stays
-put for tiny drift. Note that ``n`` can therefore describe a newer computation than p5/p95.
+Drift tolerance (docs/ARCHITECTURE.md §6): the p5/p95 in force change only on a first
+computation, a new head version or histogram spec, or when ``|Δp5|`` or ``|Δp95|`` reaches
+``drift_tolerance`` (``0`` adopts every computation). ``n``, the counts, the timestamps and
+``computed_p5``/``computed_p95`` always update, so ``n`` can describe a newer computation
+than the p5/p95 in force, and tiny drift leaves the library-wide ``calibration_hash`` put.
 """
 
 from __future__ import annotations
@@ -22,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict
 from typing import Any
 
 from nomarr_pipeline.calibration.histogram import HistogramSpec, PercentileResult
@@ -51,12 +43,9 @@ _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-:.@()+,=;$!*']")
 
 
 def history_key(key: str, snapshot_at: int) -> str:
-    """Deterministic, store-safe ``_key`` of the snapshot of ``key`` taken at ``snapshot_at``.
-
-    Deterministic so that rerunning a computation with the same clock value overwrites the
-    same snapshot instead of appending a duplicate; the digest keeps two labels that differ
-    only in unsafe characters apart.
-    """
+    """Store-safe ``_key`` of the snapshot of ``key`` at ``snapshot_at``; deterministic, so a
+    rerun at the same clock value overwrites its snapshot (the digest keeps apart two labels
+    that differ only in unsafe characters)."""
     readable = _UNSAFE_KEY_CHARS.sub("_", key)[:180]
     digest = hashlib.md5(key.encode()).hexdigest()[:8]
     return f"{readable}.{digest}@{snapshot_at}"
@@ -85,9 +74,7 @@ def should_adopt(
     previous_histogram = previous.get("histogram")
     if previous_histogram is None or _spec_of(previous_histogram) != spec:
         return True
-    return _drifted(previous["p5"], p5, drift_tolerance) or _drifted(
-        previous["p95"], p95, drift_tolerance
-    )
+    return _drifted(previous["p5"], p5, drift_tolerance) or _drifted(previous["p95"], p95, drift_tolerance)
 
 
 def _spec_of(histogram: Mapping[str, Any]) -> HistogramSpec | None:
@@ -95,6 +82,24 @@ def _spec_of(histogram: Mapping[str, Any]) -> HistogramSpec | None:
         return HistogramSpec.from_doc(histogram)
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def state_doc(
+    model_key: str, head_name: str, label: str, version: int, spec: HistogramSpec, result: PercentileResult
+) -> Doc:
+    """The calibration fields of a state document, with ``result``'s p5/p95 in force."""
+    return {
+        "_key": calibration_key(model_key, head_name, label),
+        "model_key": model_key,
+        "head_name": head_name,
+        "label": label,
+        "calibration_def_hash": calibration_def_hash(model_key, head_name, version),
+        "version": version,
+        "histogram": spec.to_doc(),
+        **asdict(result),  # p5, p95, n, underflow_count, overflow_count
+        "computed_p5": result.p5,
+        "computed_p95": result.p95,
+    }
 
 
 def compute_state(
@@ -110,42 +115,16 @@ def compute_state(
     drift_tolerance: float = DEFAULT_DRIFT_TOLERANCE,
     previous_snapshot: Mapping[str, Any] | None = None,
 ) -> tuple[Doc, Doc]:
-    """The new state document and this computation's history snapshot.
-
-    ``previous`` is the stored state (``store.get_calibration``), ``previous_snapshot`` the
-    newest history document (``store.recent_history``); deltas are against that snapshot and
-    ``None`` when there is none. ``result`` must have values: a label with ``n == 0`` gets
-    no calibration at all.
-    """
-    if result.p5 is None or result.p95 is None:
-        raise ValueError(
-            f"no values for {calibration_key(model_key, head_name, label)}: "
-            "a label with n == 0 gets no calibration state"
-        )
+    """The new state document and this computation's history snapshot, its deltas against
+    ``previous_snapshot`` (the newest history document; ``None`` when there is none)."""
     key = calibration_key(model_key, head_name, label)
+    if result.p5 is None or result.p95 is None:
+        raise ValueError(f"no values for {key}: a label with n == 0 gets no calibration state")
     adopt = should_adopt(
-        previous,
-        version=version,
-        spec=spec,
-        p5=result.p5,
-        p95=result.p95,
-        drift_tolerance=drift_tolerance,
+        previous, version=version, spec=spec, p5=result.p5, p95=result.p95, drift_tolerance=drift_tolerance
     )
     state: Doc = {
-        "_key": key,
-        "model_key": model_key,
-        "head_name": head_name,
-        "label": label,
-        "calibration_def_hash": calibration_def_hash(model_key, head_name, version),
-        "version": version,
-        "histogram": spec.to_doc(),
-        "p5": result.p5,
-        "p95": result.p95,
-        "n": result.n,
-        "underflow_count": result.underflow_count,
-        "overflow_count": result.overflow_count,
-        "computed_p5": result.p5,
-        "computed_p95": result.p95,
+        **state_doc(model_key, head_name, label, version, spec, result),
         "adopted_at": now_ms,
         "imported": False,
         "imported_at": None,
@@ -163,25 +142,17 @@ def compute_state(
             state["imported"] = bool(previous.get("imported", False))
             state["imported_at"] = previous.get("imported_at")
 
+    snapshot = previous_snapshot or {}
     history: Doc = {
         "_key": history_key(key, now_ms),
         "calibration_key": key,
         "snapshot_at": now_ms,
-        "p5": result.p5,
-        "p95": result.p95,
-        "n": result.n,
-        "underflow_count": result.underflow_count,
-        "overflow_count": result.overflow_count,
-        "p5_delta": None,
-        "p95_delta": None,
-        "n_delta": None,
+        **asdict(result),
+        "p5_delta": _delta(snapshot.get("p5"), result.p5),
+        "p95_delta": _delta(snapshot.get("p95"), result.p95),
+        "n_delta": None if snapshot.get("n") is None else result.n - int(snapshot["n"]),
         "adopted": adopt,
     }
-    if previous_snapshot is not None:
-        history["p5_delta"] = _delta(previous_snapshot.get("p5"), result.p5)
-        history["p95_delta"] = _delta(previous_snapshot.get("p95"), result.p95)
-        previous_n = previous_snapshot.get("n")
-        history["n_delta"] = None if previous_n is None else result.n - int(previous_n)
     return state, history
 
 
@@ -190,8 +161,7 @@ def _delta(previous: float | None, current: float) -> float | None:
 
 
 def usable_percentiles(p5: float | None, p95: float | None) -> bool:
-    """The one rule for whether a calibration can be applied: p5 and p95 set and
-    ``p95 > p5`` (docs/ARCHITECTURE.md §6; otherwise applying would divide by zero)."""
+    """The one rule for whether a calibration can be applied (else it would divide by zero)."""
     return p5 is not None and p95 is not None and p95 > p5
 
 

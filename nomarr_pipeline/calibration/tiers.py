@@ -1,34 +1,21 @@
 """Mood tiers of one file from its calibrated predictions.
 
-``mood-strict ⊂ mood-regular ⊂ mood-loose``: each tier is the sorted list of readable terms
-whose calibrated value reaches the tier's threshold. The tiers are nested by construction:
-the term chosen for each head does not depend on the tier, and the thresholds are ordered
-(``loose <= regular <= strict``).
+``mood-strict ⊂ mood-regular ⊂ mood-loose``: each tier is the sorted terms whose calibrated
+value reaches its threshold; the term chosen for a head does not depend on the tier, so the
+tiers are nested. Rules, in order:
 
-Rules, in order:
-
-1. Heads are filtered by ``include_heads``/``exclude_heads`` (``fnmatch`` patterns on
-   ``head_name``). Genre, regression and auto-tagging heads are excluded by default:
-   genres and styles are not moods, and a regression output (arousal, valence) has no
-   "high means present" reading. Tiers are opt-in per head: list a head in
-   ``include_heads`` (or drop its pattern from ``exclude_heads``) to let it vote.
-2. Optional stability gate: a prediction whose per-patch ``std`` exceeds ``max_std`` is
-   dropped (the model disagreed with itself across the track).
+1. Heads are filtered by ``include_heads``/``exclude_heads`` (``fnmatch`` on ``head_name``);
+   genre, regression and auto-tagging heads are excluded by default (no "high means present").
+2. A prediction whose per-patch ``std`` exceeds ``max_std`` is dropped, if one is set.
 3. Rows without a calibrated value (no calibration, or ``p95 <= p5``) are ignored.
-4. The same head on several backbones (``mood_happy`` on effnet and on musicnn) is one
-   vote: the label's score is the mean of its calibrated values. Otherwise two backbones
-   could tag one file both ``happy`` and ``not happy``.
-5. A two-class head (exactly two labels, e.g. ``happy``/``non_happy``) yields at most one
-   term: its stronger label. An exact tie yields none (the evidence is contradictory).
-   Multi-label heads yield a term for every label that passes.
-6. Terms come from ``term_map`` (key ``"head_name:label"`` first, then ``"label"``),
-   otherwise from the label: lower case, ``_``/``-`` as spaces, a leading ``non`` read as
-   ``not`` (``non_happy`` -> ``not happy``, ``not_danceable`` -> ``not danceable``).
-7. No contradictions: a term's evidence is its strongest calibrated score over the heads
-   that name it; where a term and its negation both pass ``loose`` (``mood_happy`` says
-   ``not happy``, ``mtg_jamendo_moodtheme`` says ``happy``), the stronger one stays in every
-   tier and the other leaves them all; an exact tie drops both. Deciding once, before the
-   thresholds, keeps the tiers nested (docs/ARCHITECTURE.md, tags in files).
+4. The same head on several backbones is one vote: the mean of its calibrated values.
+5. A two-class head (``happy``/``non_happy``) yields at most its stronger label (none on an
+   exact tie); multi-label heads yield every label that passes.
+6. Terms come from ``term_map`` (``"head_name:label"``, then ``"label"``), else the label in
+   lower case with ``_``/``-`` as spaces and a leading ``non`` read as ``not``.
+7. A term and its negation (``happy`` / ``not happy``, from different heads): the stronger
+   evidence (a term's best score over its heads) stays in every tier, the other leaves them
+   all; an exact tie drops both. Deciding before the thresholds keeps the tiers nested.
 """
 
 from __future__ import annotations
@@ -56,25 +43,8 @@ DEFAULT_EXCLUDED_HEADS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class TierConfig:
-    """Thresholds on calibrated values (0..1) and which heads count as moods.
-
-    Why 0.65 / 0.80 / 0.92: calibration maps p5 -> 0 and p95 -> 1, and between them a
-    label's values are spread roughly evenly, so for one label
-
-        P(calibrated >= t) ~= 0.05 + 0.90 * (1 - t)
-
-    (the 5 % above p95 are clamped to 1). That gives about
-
-        loose 0.65 -> 36.5 %,   regular 0.80 -> 23 %,   strict 0.92 -> 12.2 %
-
-    of the files per label. A two-class head picks one of its two labels, whose upper
-    tails do not overlap (softmax: happy = 1 - non_happy), so it tags about twice that:
-    ~73 % / ~46 % / ~24 % of files.
-    With the usual eight or so two-class mood heads plus multi-label mood heads, a
-    typical file gets a handful of loose terms, a few regular ones and one or two strict
-    ones: every tier is populated, and strict stays meaningful. Skewed heads (most files
-    near 0) tag fewer files at every tier, as they should.
-    """
+    """Thresholds on calibrated values (0..1) and which heads count as moods; the defaults'
+    rationale is in docs/ARCHITECTURE.md §7."""
 
     strict: float = 0.92
     regular: float = 0.80
@@ -116,15 +86,12 @@ class TierConfig:
 
     def term(self, head_name: str, label: str) -> str:
         """``term_map["head_name:label"]``, else ``term_map["label"]``, else ``default_term``."""
-        cache_key = (head_name, label)
-        known = self._terms.get(cache_key)
+        known = self._terms.get((head_name, label))
         if known is None:
-            known = self.term_map.get(f"{head_name}:{label}")
-            if known is None:
-                known = self.term_map.get(label)
+            known = self.term_map.get(f"{head_name}:{label}", self.term_map.get(label))
             if known is None:
                 known = default_term(label)
-            self._terms[cache_key] = known
+            self._terms[(head_name, label)] = known
         return known
 
 
@@ -164,11 +131,7 @@ _LabelSums = dict[str, tuple[float, int] | None]
 
 def head_scores(rows: Iterable[TierInput], config: TierConfig) -> dict[str, tuple[int, dict[str, float]]]:
     """head_name -> (number of labels seen, label -> mean calibrated value over backbones).
-
-    This loop runs for every stored prediction during recalibration (10 M for a large
-    library), so it takes plain tuples and avoids per-row function calls where a dict
-    lookup does.
-    """
+    Runs for every stored prediction in recalibration: plain tuples, dict lookups over calls."""
     mood_heads = config._mood_heads
     max_std = config.max_std
     heads: dict[str, _LabelSums] = {}
@@ -201,22 +164,9 @@ def head_scores(rows: Iterable[TierInput], config: TierConfig) -> dict[str, tupl
     }
 
 
-def compute_mood_tiers(
-    tags: Iterable[Mapping[str, Any]], config: TierConfig | None = None
-) -> dict[str, list[str]]:
-    """``{"mood-strict": [...], "mood-regular": [...], "mood-loose": [...]}`` for one file.
-
-    ``tags`` are the file's ``file_tags`` documents (``head_name``, ``label``,
-    ``calibrated_value``, ``std``; other fields are ignored).
-    """
-    rows = [
-        (None, tag["head_name"], tag["label"], tag.get("std"), tag.get("calibrated_value")) for tag in tags
-    ]
-    return mood_tiers_of_rows(rows, config)
-
-
 def mood_tiers_of_rows(rows: Iterable[TierInput], config: TierConfig | None = None) -> dict[str, list[str]]:
-    """:func:`compute_mood_tiers` of one file's rows as the store's ``tier_inputs`` returns them."""
+    """``{"mood-strict": [...], "mood-regular": [...], "mood-loose": [...]}`` of one file's rows
+    as the store's ``tier_inputs`` returns them."""
     config = config or _DEFAULT_CONFIG
     best: dict[str, float] = {}  # term -> its strongest evidence over the heads that name it
     for head_name, (label_count, scores) in head_scores(rows, config).items():
@@ -245,16 +195,12 @@ def _drop_contradictions(best: dict[str, float]) -> None:
 
 
 def _passing_candidates(label_count: int, scores: dict[str, float]) -> list[tuple[str, float]]:
-    if label_count != 2:
-        return list(scores.items())
-    if not scores:
-        return []
-    if len(scores) == 1:
+    if label_count != 2 or len(scores) < 2:
         return list(scores.items())
     (first, first_score), (second, second_score) = scores.items()
     if first_score == second_score:
         return []
-    return [(first, first_score)] if first_score > second_score else [(second, second_score)]
+    return [(first, first_score) if first_score > second_score else (second, second_score)]
 
 
 _DEFAULT_CONFIG = TierConfig()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -179,7 +179,7 @@ def scan_library(
             progress(done, len(walk.files))
     for path, reason in [*walk.file_errors.items(), *walk.unreadable_folders.items()]:
         seen.add(path)
-        upserts.append(_error_doc(library_id, root_path, path, reason, scanned_at))
+        upserts.append(_path_doc(library_id, root_path, path, reason, scanned_at))
         report.errors += 1
     flush()
 
@@ -188,8 +188,9 @@ def scan_library(
     # Known files in unchanged or unreadable folders are kept as they are.
     report.unchanged += sum(1 for path in index if path not in seen and path not in removed)
 
-    for batch in _batches([index[path].key for path in removed]):
-        store.delete_files(batch)
+    removed_keys = [index[path].key for path in removed]
+    for start in range(0, len(removed_keys), WRITE_BATCH):
+        store.delete_files(removed_keys[start : start + WRITE_BATCH])
     # Saved last: a crash before this point makes the next scan look at every folder again.
     store.save_folder_cache(library_id, walk.folders)
     report.total = store.file_counts(library_id)["total"]
@@ -210,7 +211,7 @@ def rescan_files(
         except OSError:
             continue
         if reason := not_regular(info):  # never opened: reading a FIFO would block
-            errors.append(_error_doc(library["_key"], library["root_path"], doc["path"], reason, scanned_at))
+            errors.append(_path_doc(library["_key"], library["root_path"], doc["path"], reason, scanned_at))
         else:
             candidates.append((SeenFile(doc["path"], info.st_size, info.st_mtime_ns), FileStat.of(doc)))
     changed = _changed_docs(
@@ -254,16 +255,11 @@ def _store(store: Store, new: list[Doc], changed: list[Doc]) -> None:
 def _file_doc(
     library_id: str, root: str, item: SeenFile, scanned_at: int, probe: Callable[[str], float | None]
 ) -> Doc:
-    relative = os.path.relpath(item.path, root)
     doc: Doc = {
-        "_key": file_key(library_id, relative),
-        "library_id": library_id,
-        "path": displayable(item.path),
+        **_path_doc(library_id, root, item.path, None, scanned_at),
         "size": item.size,
         "mtime_ns": item.mtime_ns,
-        "scanned_at": scanned_at,
         "duration_s": None,
-        "scan_error": None,
     }
     if not is_valid_utf8(item.path):
         doc["scan_error"] = "file name is not valid UTF-8; rename the file to analyse it"
@@ -282,12 +278,11 @@ def _file_doc(
     return doc
 
 
-def _error_doc(library_id: str, root: str, path: str, reason: str, scanned_at: int) -> Doc:
-    shown = displayable(path)
+def _path_doc(library_id: str, root: str, path: str, reason: str | None, scanned_at: int) -> Doc:
     return {
         "_key": file_key(library_id, os.path.relpath(path, root)),
         "library_id": library_id,
-        "path": shown,
+        "path": displayable(path),
         "size": None,
         "mtime_ns": None,
         "scanned_at": scanned_at,
@@ -324,8 +319,3 @@ def _removed(index: dict[str, FileStat], seen: set[str], walk: Walk) -> set[str]
         and os.path.dirname(path) not in walk.unchanged_folders
         and not any(within(path, folder) for folder in walk.unreadable_folders)
     }
-
-
-def _batches(items: Sequence[str] | Sequence[Doc]) -> Iterable[list]:
-    for start in range(0, len(items), WRITE_BATCH):
-        yield list(items[start : start + WRITE_BATCH])

@@ -74,23 +74,14 @@ def walk_library(root: str, cache: Mapping[str, tuple[int, int]], *, full: bool 
 
 def _visit(entry: os.DirEntry[str], root: str, folder_unchanged: bool, stack: list[str], walk: Walk) -> None:
     try:
-        if entry.is_symlink():
-            target = os.path.realpath(entry.path)
-            if not within(target, root):
-                return  # never follow a link out of the library
-            if os.path.isdir(target):
-                stack.append(target)
-                return
-            if not is_audio_name(os.path.basename(target)) or folder_unchanged:
-                return
-            _record(target, os.stat(target), walk)
-            return
-        if entry.is_dir(follow_symlinks=False):
-            stack.append(entry.path)
-            return
-        if not is_audio_name(entry.name) or folder_unchanged:
-            return
-        _record(entry.path, entry.stat(follow_symlinks=False), walk)
+        linked = entry.is_symlink()
+        path = os.path.realpath(entry.path) if linked else entry.path
+        if linked and not within(path, root):
+            return  # never follow a link out of the library
+        if os.path.isdir(path) if linked else entry.is_dir(follow_symlinks=False):
+            stack.append(path)
+        elif is_audio_name(os.path.basename(path)) and not folder_unchanged:
+            _record(path, os.stat(path) if linked else entry.stat(follow_symlinks=False), walk)
     except FileNotFoundError:
         walk.file_errors[entry.path] = "file vanished during the scan"
     except OSError as exc:

@@ -3,12 +3,11 @@
 :func:`prepare_write` refuses a path outside every library root (symlinks resolved), a file
 whose (size, mtime_ns) Nomarr does not know (changed on disk) and a read-only or immutable
 file; else copies the file to a temp file in its folder (named after its writer, :mod:`.temps`),
-saves the tags into the copy, re-opens it with mutagen and verifies tags and audio properties,
-gives it the original's mode and owner, and fsyncs it. :func:`commit_write` checks the original
-once more and renames the copy onto it, keeping the stat prepare returned, which a batch records
-first. Any failure deletes the copy: a file is only ever replaced by a verified copy, and a
-crash before the rename leaves the old file whole. Per-file problems raise :class:`WriteError`;
-a full disk raises :class:`DiskFullError`, deliberately not one: the batch must stop.
+saves the tags into the copy, re-reads and verifies tags and audio properties, gives it the
+original's mode and owner, and fsyncs it. :func:`commit_write` renames the copy onto the
+original if that is still the file copied. Any failure deletes the copy: a file is only ever
+replaced by a verified copy, and a crash before the rename leaves it whole. Per-file problems
+raise :class:`WriteError`; a full disk raises :class:`DiskFullError`: the batch must stop.
 """
 
 from __future__ import annotations
@@ -112,11 +111,13 @@ class WriteOutcome:
 
 @dataclass(frozen=True)
 class PreparedWrite:
-    """A verified, fsynced temp copy waiting to replace ``target``; ``size`` and ``mtime_ns``
-    are what ``target`` shows once replaced, ``device`` and ``inode`` identify the copy."""
+    """A verified, fsynced temp copy of ``target`` as it was at ``source`` (its stat), waiting to
+    replace it; ``size`` and ``mtime_ns`` are what ``target`` shows once replaced, ``device``
+    and ``inode`` identify the copy."""
 
     target: Path
     temp: Path
+    source: Stat
     size: int
     mtime_ns: int
     device: int
@@ -248,14 +249,19 @@ def prepare_write(
         if classified is exc:
             raise
         raise classified from exc
-    return PreparedWrite(target, temp, written.st_size, written.st_mtime_ns, written.st_dev, written.st_ino)
+    source = (scanned.st_size, scanned.st_mtime_ns)
+    return PreparedWrite(
+        target, temp, source, written.st_size, written.st_mtime_ns, written.st_dev, written.st_ino
+    )
 
 
-def commit_write(prepared: PreparedWrite, *, known_stats: Collection[Stat]) -> WriteOutcome:
-    """Check the original once more and replace it with the prepared copy; the copy is deleted
-    when it raises."""
+def commit_write(prepared: PreparedWrite) -> WriteOutcome:
+    """Check that the original is still the file the copy was made from and replace it with the
+    copy; the copy is deleted when it raises."""
     try:
-        _check_unchanged(prepared.target, known_stats)  # narrows the window for another edit
+        # Not merely a known stat: another writer's copy of an older version, renamed meanwhile,
+        # has a known stat too, and the store may no longer know this copy's once it records.
+        _check_unchanged(prepared.target, (prepared.source,))
         info = os.lstat(prepared.temp)
         if (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns) != (
             prepared.device, prepared.inode, prepared.size, prepared.mtime_ns

@@ -1,18 +1,17 @@
 """Writing every pending file of a library: the batch workflow over the Store protocol.
 
-Every temp copy a dead writer left under the library roots is deleted first. Then, a page of
-``store.files_pending_write`` at a time, the files' tags are selected (:mod:`.selection`) and
-the files written a chunk at a time by ``writers`` threads, which overlap the copies' disk
-waits: each file is prepared (:func:`~.atomic.prepare_write`), the copies' stats are added to
-the files' ``written_stats`` in one store call, the copies renamed into place and the outcomes
-recorded, so a scan at any moment and the next batch after a crash know Nomarr's own writes.
+Dead writers' temp copies under the library roots are deleted first. Then, a page of
+``store.files_pending_write`` at a time, tags are selected (:mod:`.selection`) and the files
+written a chunk at a time by ``writers`` threads (which overlap the disk waits): prepared
+(:func:`~.atomic.prepare_write`), the copies' stats added to ``written_stats`` in one store
+call, the copies renamed into place and the outcomes recorded, so a scan at any moment and
+the next batch after a crash know Nomarr's own writes.
 
-Per file: written or unchanged (stat stored, pending and error cleared); nothing to write
-(``minimal`` before calibration, an analysis that failed: not pending, untouched; the next
-recalibration marks it again); changed on disk (written under the stat another batch recorded
-meanwhile, else an edit by another program: error, handed to ``rescan`` to be analysed again);
-other failures (error, still pending); a full disk (no file started after it, what was done
-is recorded, :class:`WriteBatchStopped`). ``dry_run`` lists the changes and touches nothing.
+A file with nothing to write (``minimal`` before calibration, a failed analysis) is left
+untouched and not pending. One changed on disk is written under the stat another batch
+recorded meanwhile, else (another program's edit) it is an error handed to ``rescan``. Other
+failures leave it pending; a full disk stops the batch (:class:`WriteBatchStopped`) after
+recording what was done. ``dry_run`` lists the changes and touches nothing.
 """
 
 from __future__ import annotations
@@ -144,6 +143,13 @@ def wanted_tags(
     ))  # fmt: skip
 
 
+def predictions_by_file(store: Store, docs: Sequence[Doc]) -> defaultdict[str, list[Doc]]:
+    predictions: defaultdict[str, list[Doc]] = defaultdict(list)
+    for prediction in store.file_tags_for_files([doc["_key"] for doc in docs]):
+        predictions[prediction["file_id"]].append(prediction)
+    return predictions
+
+
 def file_path(doc: Doc, library: Doc) -> str:
     # The scanner stores absolute paths; a relative one is relative to the root.
     return os.path.join(str(library["root_path"]), str(doc["path"]))
@@ -190,9 +196,7 @@ class _Batch:
 
     def _select(self, docs: list[Doc]) -> list[_Job]:
         """The files to write with their tags; the others are counted (and recorded) here."""
-        predictions: dict[str, list[Doc]] = defaultdict(list)
-        for prediction in self.store.file_tags_for_files([doc["_key"] for doc in docs]):
-            predictions[prediction["file_id"]].append(prediction)
+        predictions = predictions_by_file(self.store, docs)
         jobs, records = [], []
         for doc in docs:
             path, own = file_path(doc, self.library), predictions[doc["_key"]]
@@ -246,13 +250,11 @@ class _Batch:
             return exc
 
     @staticmethod
-    def _commit(
-        job: _Job, prepared: WriteOutcome | PreparedWrite | WriteError | DiskFullError | None
-    ) -> Finished:
+    def _commit(prepared: WriteOutcome | PreparedWrite | WriteError | DiskFullError | None) -> Finished:
         if not isinstance(prepared, PreparedWrite):
             return prepared
         try:
-            return commit_write(prepared, known_stats=job.known_stats)
+            return commit_write(prepared)
         except (WriteError, DiskFullError) as exc:
             return exc
 
@@ -270,7 +272,7 @@ class _Batch:
             for _, copy in copies:
                 discard_write(copy)
             raise
-        return list(self.pool.map(self._commit, jobs, prepared))
+        return list(self.pool.map(self._commit, prepared))
 
     def _finish(self, chunk: list[_Job]) -> None:
         """Write the chunk, count and record the outcomes; files another program changed go to
@@ -330,13 +332,10 @@ def write_pending_tags(
     progress: Callable[[WriteReport], None] | None = None,
     rescan: Callable[[list[Doc]], int] | None = None,
 ) -> WriteReport:
-    """Write (or preview) the tags of every file of ``library`` with ``file_tags_pending``.
-
-    In a dry run ``written`` counts the files whose tags would change. ``writers``: files
-    written at once (0: :data:`DEFAULT_WRITERS`). ``options``: MOOD, GENRE and score keys.
-    ``rescan(docs)`` gets the files another program changed and returns how many it
-    rescanned. Raises :class:`WriteBatchStopped` when the disk is full.
-    """
+    """Write (or in a dry run preview, ``written`` counting the changes) the tags of every file
+    of ``library`` with ``file_tags_pending``. ``writers``: files written at once (0:
+    :data:`DEFAULT_WRITERS`); ``rescan(docs)`` gets the files another program changed and
+    returns how many it rescanned."""
     if writers < 0:
         raise ValueError(f"writers must be 0 (automatic) or a positive count, got {writers}")
     mode = str(library.get("file_write_mode") or "full")

@@ -159,16 +159,15 @@ class _Mp4(_Format):
             audio.add_tags()
         for name in [name for name in audio.tags if _freeform_nom_key(name)]:
             del audio.tags[name]
-        for key, values in tags.items():
-            audio.tags[MP4_FREEFORM_PREFIX + key] = [
-                MP4FreeForm(v.encode(), dataformat=AtomDataType.UTF8) for v in values
-            ]
+        atoms = {MP4_FREEFORM_PREFIX + key: values for key, values in tags.items()}
         for field, values in standard.items():
-            atom = _MP4_FIELDS[field]
-            audio.tags.pop(atom, None)
-            if values and field == keys.GENRE:
+            audio.tags.pop(_MP4_FIELDS[field], None)
+            if values:
+                atoms[_MP4_FIELDS[field]] = values
+        for atom, values in atoms.items():
+            if atom == _MP4_FIELDS[keys.GENRE]:  # ©gen holds text
                 audio.tags[atom] = list(values)
-            elif values:
+            else:
                 audio.tags[atom] = [MP4FreeForm(v.encode(), dataformat=AtomDataType.UTF8) for v in values]
 
 
@@ -247,7 +246,3 @@ class OpenedAudio:
         self._format.apply(self._audio, nom, changed)
         self._format.save(self._audio, into)
 
-
-def read_nom_tags(path: str | os.PathLike[str]) -> NomTags:
-    """Every ``nom:`` key in the file with its values, as stored."""
-    return OpenedAudio(path).state().nom_tags

@@ -1,10 +1,7 @@
 """The ``nom:`` namespace: the keys Nomarr writes into audio files (docs/ARCHITECTURE.md §9).
 
-``nom:mood-strict``, ``nom:mood-regular``, ``nom:mood-loose`` (lists of terms), ``nom:version``,
-``nom:written-mood`` / ``nom:written-genre`` (the values the pipeline owns in ``MOOD`` / ``GENRE``),
-and per label ``nom:raw:{model_key}:{head_name}:{label}`` (pooled model output) and
-``nom:cal:…`` (calibrated value). ``model_key`` and ``head_name`` never hold ``:``, so a key
-splits back on its first four colons; the label takes the rest.
+In ``nom:{raw|cal}:{model_key}:{head_name}:{label}`` only the label may hold ``:``, so a key
+splits back on its first four colons.
 
 One key serves every format, so it must be a legal Vorbis field name (printable ASCII
 ``0x20..0x7D`` without ``=``; MP4 wants latin-1): other label characters, and ``%``, are
@@ -18,7 +15,6 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from collections.abc import Iterable
 from typing import Literal
 
 NAMESPACE = "nom:"
@@ -85,14 +81,6 @@ def score_keys(kind: ScoreKind, model_key: str, head_name: str, labels: tuple[st
     twins = {label for label, fold in folded.items() if seen[fold] > 1}
     prefix = f"{NAMESPACE}{kind}:{model_key}:{head_name}:"
     return {label: prefix + escape_label(label, upper_too=label in twins) for label in labels}
-
-
-def score_key(
-    kind: ScoreKind, model_key: str, head_name: str, label: str, head_labels: Iterable[str] = ()
-) -> str:
-    """``nom:{kind}:{model_key}:{head_name}:{escaped label}``; ``head_labels``: the head's other
-    labels, which decide whether ``label`` has a twin differing only in case."""
-    return score_keys(kind, model_key, head_name, tuple(sorted({label, *head_labels})))[label]
 
 
 def format_score(value: float) -> str:

@@ -1,15 +1,12 @@
 """The Navidrome kit: what a Navidrome user needs to use the tags in smart playlists.
 
-- ``navidrome-tags.toml``: a snippet for ``navidrome.toml`` declaring each calibrated score key
-  the tag writer puts into files (``nom:cal:…``, 0..1) as a custom tag of type ``float``, named
-  after its mood term (``nom_happy``); Navidrome reads custom tags only once declared, after a
-  full rescan. ``MOOD`` needs no declaration: Navidrome maps it to ``mood`` by default.
-- ``playlists/<Term>.nsp``: one smart playlist per mood term, in Navidrome's documented JSON
-  format (``name``, ``comment``, ``all`` of rules, ``sort``, ``limit``), matching the term
-  exactly in ``mood`` (``contains`` would find ``happy`` in ``not happy``).
+- ``navidrome-tags.toml``: declares each calibrated score key the writer puts into files
+  (``nom:cal:…``, 0..1) as a ``float`` custom tag named after its mood term (``nom_happy``);
+  Navidrome reads custom tags only once declared. ``MOOD`` it maps to ``mood`` by default.
+- ``playlists/<term>.nsp``: a smart playlist per mood term, matching it exactly in ``mood``
+  (``contains`` would find ``happy`` in ``not happy``).
 
-Both are exports: they go to the export folder, never into a library folder, and a kit written
-again replaces the playlists of an earlier one (docs/ARCHITECTURE.md, tags in files).
+Both go to the export folder, never into a library folder; a new kit replaces the old playlists.
 """
 
 from __future__ import annotations

@@ -13,16 +13,12 @@ The gating table (``cal`` = a calibration exists):
 | full            | no  | True             | –                  | –               | ✓          | ✓ if any    |
 | full            | no  | False            | –                  | –               | –          | –           |
 
-Score keys are written for the heads ``score_heads`` names (by default those that vote in the
-mood tiers: the numbers a smart playlist filters on) and, of a two-class head, for its positive
-label only (``non_happy`` is ``1 - happy``). MOOD gets the terms of ``mood_tier``; GENRE (off
-by default) the ``count`` strongest labels of the ``genre`` head whose calibrated value reaches
-``threshold``. Beyond that table: ``nom:version`` only beside score keys; a calibrated
-score only where the prediction has a ``calibrated_value``; empty tiers, predictions flagged
-``nomarr_only: False`` and non-finite numbers are left out. A head with more than
-``max_labels`` labels gets the scores of its ``max_labels`` strongest labels only: by
-calibrated value where the scores written include it, else by raw value; the keys of labels
-that drop out are then removed from the file as stale.
+Scores are written for the heads ``score_heads`` names (by default the mood tiers' voters) and,
+of a two-class head, for its positive label only (``non_happy`` is ``1 - happy``); of a head
+with more than ``max_labels`` labels, for its strongest (by calibrated value where written,
+else raw). MOOD gets the terms of ``mood_tier``; GENRE (off by default) the ``count``
+strongest labels of the ``genre`` head reaching ``threshold``. Empty tiers, predictions with
+``nomarr_only: False`` and non-finite numbers are left out.
 """
 
 from __future__ import annotations

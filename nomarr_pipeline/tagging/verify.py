@@ -1,20 +1,17 @@
-"""``scan --verify``: re-read the tags the writer put into every file (its ``nom:`` keys and
-its values in the standard fields) and queue the files whose tags differ from the store for
-writing again.
-
-A scan trusts a file whose size and mtime are what the writer recorded, so tags another
-program stripped in place (keeping both) are found only by reading the file back.
+"""``scan --verify``: read back the tags the writer put into every written file and queue
+those whose tags differ from the store for writing again. A scan trusts a file whose size and
+mtime are what the writer recorded, so tags another program stripped in place are found only
+by reading the file back.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 from mutagen import MutagenError
 
 from nomarr_pipeline.store.protocol import Doc, Store
-from nomarr_pipeline.tagging.batch import file_path, wanted_tags
+from nomarr_pipeline.tagging.batch import file_path, predictions_by_file, wanted_tags
 from nomarr_pipeline.tagging.formats import OpenedAudio
 from nomarr_pipeline.tagging.selection import TagOptions
 from nomarr_pipeline.tagging.standard import planned_tags
@@ -37,9 +34,7 @@ def verify_written_tags(
     for page in store.iter_documents("library_files", batch_size):
         written = [doc for doc in page if doc["library_id"] == library["_key"]
                    and doc.get("written_at") and not doc.get("file_tags_pending")]
-        predictions: dict[str, list[Doc]] = defaultdict(list)
-        for prediction in store.file_tags_for_files([doc["_key"] for doc in written]):
-            predictions[prediction["file_id"]].append(prediction)
+        predictions = predictions_by_file(store, written)
         stale = []
         for doc in written:
             wanted = wanted_tags(doc, library, predictions[doc["_key"]], has_calibration=has_calibration,

@@ -58,7 +58,7 @@ class FakeStore:
 
 def test_sidecars_one_per_head_and_backbone(tmp_path: Path) -> None:
     report = export_sidecars(STATES, tmp_path, now_ms=NOW)
-    assert report.ok
+    assert not report.warnings
     effnet = sidecar_path(tmp_path, "effnet-discogs-effnet-1", "mood_happy", 1)
     musicnn = sidecar_path(tmp_path, "musicnn-msd-musicnn-1", "mood_happy", 2)
     assert sorted(report.written) == sorted([effnet, musicnn])
@@ -79,7 +79,7 @@ def test_sidecars_one_per_head_and_backbone(tmp_path: Path) -> None:
 def test_exports_leave_out_calibrations_that_cannot_be_applied(tmp_path: Path) -> None:
     flat = make_state("effnet-discogs-effnet-1", "mood_sad", "sad", 0.4, 0.4)  # p95 <= p5
     flat_only_head = sidecar_path(tmp_path, "effnet-discogs-effnet-1", "mood_sad", 1)
-    assert export_sidecars([*STATES, flat], tmp_path, now_ms=NOW).ok
+    assert not export_sidecars([*STATES, flat], tmp_path, now_ms=NOW).warnings
     assert not flat_only_head.exists()
     package = json.loads(export_package([*STATES, flat], tmp_path, now_ms=NOW).read_text())
     assert sorted(entry["key"] for entry in package["calibrations"]) == sorted(s["_key"] for s in STATES)
@@ -89,7 +89,7 @@ def test_sidecar_failure_is_a_warning(tmp_path: Path) -> None:
     blocker = tmp_path / "effnet-discogs-effnet-1"
     blocker.write_text("a file where a folder should be")
     report = export_sidecars(STATES, tmp_path, now_ms=NOW)
-    assert not report.ok
+    assert report.warnings
     assert len(report.warnings) == 1 and "effnet-discogs-effnet-1" in report.warnings[0]
     assert len(report.written) == 1  # the other backbone still got its sidecar
 

@@ -7,7 +7,6 @@ import pytest
 
 from nomarr_pipeline.calibration.generation import (
     DAY_MS,
-    HeadRef,
     calibrate_head,
     calibrate_heads,
     calibration_progress,
@@ -16,6 +15,7 @@ from nomarr_pipeline.calibration.histogram import REGRESSION_SPEC, HistogramSpec
 from nomarr_pipeline.store import Store
 from nomarr_pipeline_tests.calibration.binning import label_histogram
 from nomarr_pipeline_tests.calibration.conftest import populate
+from nomarr_pipeline_tests.calibration.heads import HeadRef
 
 EFFNET = "effnet-discogs-effnet-1"
 NOW = 1_768_564_800_000
@@ -243,12 +243,10 @@ def test_progress_per_head(sqlite_store: Store) -> None:
     assert wide["calibrated_heads"] == 2
 
 
-def test_summary_is_json_ready(sqlite_store: Store) -> None:
-    import json
-
+def test_report_lists_calibrated_and_empty_labels(sqlite_store: Store) -> None:
     fill(sqlite_store)
     (report,) = calibrate_heads(sqlite_store, [MOOD_HEAD], now_ms=NOW)
-    summary = json.loads(json.dumps(report.summary()))
-    assert summary["partition_key"] == f"{EFFNET}:mtg_jamendo_moodtheme"
-    assert sorted(summary["labels"]) == ["calm", "dark"] and summary["empty_labels"] == ["epic"]
-    assert summary["labels"]["calm"]["usable"] is True
+    assert report.partition_key == f"{EFFNET}:mtg_jamendo_moodtheme"
+    assert sorted(label.label for label in report.labels) == ["calm", "dark"]
+    assert report.empty_labels == ["epic"]
+    assert next(label for label in report.labels if label.label == "calm").usable is True

@@ -5,13 +5,15 @@ import os
 import numpy as np
 import pytest
 
-from nomarr_pipeline.calibration.generation import HeadRef, calibrate_heads
+from nomarr_pipeline.calibration.generation import calibrate_heads
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
 from nomarr_pipeline.calibration.recalibration import RecalibrationStalledError, recalibrate
-from nomarr_pipeline.calibration.tiers import TIER_NAMES, TierConfig, compute_mood_tiers
+from nomarr_pipeline.calibration.tiers import TIER_NAMES, TierConfig
 from nomarr_pipeline.store import Store
 from nomarr_pipeline_tests.calibration.conftest import populate
+from nomarr_pipeline_tests.calibration.heads import HeadRef
 from nomarr_pipeline_tests.calibration.reference import calibrate
+from nomarr_pipeline_tests.calibration.tier_docs import compute_mood_tiers
 
 EFFNET = "effnet-discogs-effnet-1"
 NOW = 1_768_564_800_000
@@ -59,7 +61,7 @@ def test_recalibrates_every_file_in_batches(sqlite_store: Store) -> None:
     report = recalibrate(sqlite_store, batch_size=5, progress=lambda done, batch: seen.append((done, batch)))
     expected = expected_calibration_hash(sqlite_store.list_calibrations())
     assert (report.recalibrated, report.batches, report.remaining) == (FILES, 5, 0)
-    assert report.expected_hash == expected and report.complete
+    assert report.expected_hash == expected and report.remaining == 0
     assert seen == [(5, 5), (10, 5), (15, 5), (20, 5), (23, 3)]
     for key in keys:
         check_file_is_recalibrated(sqlite_store, key, expected)

@@ -6,9 +6,9 @@ import pytest
 from nomarr_pipeline.calibration.tiers import (
     TIER_NAMES,
     TierConfig,
-    compute_mood_tiers,
     default_term,
 )
+from nomarr_pipeline_tests.calibration.tier_docs import compute_mood_tiers
 
 EFFNET = "effnet-discogs-effnet-1"
 MUSICNN = "musicnn-msd-musicnn-1"

@@ -535,7 +535,7 @@ def test_a_new_shell_sees_the_demo_in_status_and_in_the_printed_ui_command(
 
 @pytest.mark.slow
 def test_demo_writes_tags_into_the_demo_files(demo_run: tuple[Path, Path, int, str]) -> None:
-    from nomarr_pipeline.tagging.formats import read_nom_tags
+    from nomarr_pipeline_tests.tagging.tag_helpers import read_nom_tags
 
     folder, _, code, _ = demo_run
     assert code == 0

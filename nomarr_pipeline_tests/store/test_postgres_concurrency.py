@@ -39,7 +39,7 @@ def _prepare(store: Store) -> None:
         [{"_key": f"{MODEL}:{head}:{label}", "model_key": MODEL, "head_name": head, "label": label,
           "version": 1, "p5": 0.1, "p95": 0.9} for head, labels in HEADS.items() for label in labels], []
     )  # fmt: skip
-    assert recalibrate(store, tier_config=CONFIG, batch_size=50, readers=1).complete
+    assert recalibrate(store, tier_config=CONFIG, batch_size=50, readers=1).remaining == 0
 
 
 # ---- the workers (each in its own process; module-level so that spawn can import them) -------
@@ -66,7 +66,7 @@ def recalibrate_until(url: str, password: str, writers_done: Any) -> None:
     store = open_store(url, pg_password=password)
     while not writers_done.is_set():
         recalibrate(store, tier_config=CONFIG, batch_size=BATCH, readers=1)
-    assert recalibrate(store, tier_config=CONFIG, batch_size=BATCH, readers=1).complete
+    assert recalibrate(store, tier_config=CONFIG, batch_size=BATCH, readers=1).remaining == 0
 
 
 def _state(store: Store) -> dict[str, list[Any]]:
@@ -89,7 +89,7 @@ def test_four_processes_at_once_end_where_a_sequential_run_ends(postgres_db: Pos
         for head in HEADS:
             write_head(sequential_url, password, head)
         record_writes(sequential_url, password)
-        assert recalibrate(sequential, tier_config=CONFIG, batch_size=BATCH, readers=1).complete
+        assert recalibrate(sequential, tier_config=CONFIG, batch_size=BATCH, readers=1).remaining == 0
         expected = _state(sequential)
     finally:
         server.drop_database(sequential_db)

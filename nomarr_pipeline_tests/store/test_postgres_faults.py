@@ -181,7 +181,7 @@ def test_server_gone_mid_run_fails_clearly_and_a_re_run_finishes(own_postgres_se
     keys = _library(reference, 300)
     _library(store, 300)
     config = TierConfig(exclude_heads=())
-    assert recalibrate(reference, tier_config=config, batch_size=50, readers=1).complete
+    assert recalibrate(reference, tier_config=config, batch_size=50, readers=1).remaining == 0
 
     def stop_after_two_batches(done: int, batch: int) -> None:
         if done == 100:
@@ -208,7 +208,7 @@ def test_server_gone_mid_run_fails_clearly_and_a_re_run_finishes(own_postgres_se
     assert calibrated <= finished
 
     report = recalibrate(store, tier_config=config, batch_size=50, readers=1)
-    assert report.complete and report.recalibrated == remaining
+    assert report.remaining == 0 and report.recalibrated == remaining
     assert _state(store, keys) == _state(reference, keys)
 
 
@@ -234,7 +234,7 @@ def test_a_recalibration_killed_mid_run_is_finished_by_a_re_run(own_postgres_ser
     keys = _library(reference, 300)
     _library(store, 300)
     config = TierConfig(exclude_heads=())
-    assert recalibrate(reference, tier_config=config, batch_size=50, readers=1).complete
+    assert recalibrate(reference, tier_config=config, batch_size=50, readers=1).remaining == 0
 
     killed = multiprocessing.get_context("spawn").Process(
         target=_recalibrate_and_die, args=(own_postgres_server.url(database), own_postgres_server.password)
@@ -244,5 +244,5 @@ def test_a_recalibration_killed_mid_run_is_finished_by_a_re_run(own_postgres_ser
     assert killed.exitcode == -9
     expected = expected_calibration_hash(store.list_calibrations())
     assert store.count_files_needing_recalibration(expected) == 200  # claimed files still need it
-    assert recalibrate(store, tier_config=config, batch_size=50, readers=1).complete
+    assert recalibrate(store, tier_config=config, batch_size=50, readers=1).remaining == 0
     assert _state(store, keys) == _state(reference, keys)

@@ -29,7 +29,7 @@ from nomarr_pipeline.tagging.atomic import (
     discard_write,
     prepare_write,
 )
-from nomarr_pipeline.tagging.formats import FileTagState, OpenedAudio, read_nom_tags
+from nomarr_pipeline.tagging.formats import FileTagState, OpenedAudio
 from nomarr_pipeline_tests.tagging.audio_helpers import (
     FORMATS,
     USER_MOOD,
@@ -42,11 +42,12 @@ from nomarr_pipeline_tests.tagging.audio_helpers import (
     tiny_filesystem,
     unwritable,
 )
+from nomarr_pipeline_tests.tagging.tag_helpers import read_nom_tags, score_key
 
 TAGS: dict[str, str | list[str]] = {
     keys.MOOD_REGULAR: ["happy", "party"],
     keys.VERSION: "nomarr-1",
-    keys.score_key("raw", "effnet-discogs-effnet-1", "genre_discogs400", "Electronic---House"): "0.250000",
+    score_key("raw", "effnet-discogs-effnet-1", "genre_discogs400", "Electronic---House"): "0.250000",
 }
 
 
@@ -59,7 +60,7 @@ def write_file_tags(
         path, tags, library_roots=library_roots, known_stats=known_stats, replace_fields=replace_fields
     )
     if isinstance(prepared, PreparedWrite):
-        return commit_write(prepared, known_stats=known_stats)
+        return commit_write(prepared)
     return prepared
 
 
@@ -316,7 +317,6 @@ def test_prepared_writes_replace_their_originals_only_when_committed(
     make_file: Callable[..., Path], library_root: Path
 ) -> None:
     paths = [make_file(ext, f"{i}.{ext}") for i, ext in enumerate(["mp3", "flac", "m4a"])]
-    stats = [stat_of(path) for path in paths]
     contents = [path.read_bytes() for path in paths]
     prepared = [prepare(path, library_root) for path in paths]
     assert all(isinstance(item, PreparedWrite) for item in prepared)
@@ -325,7 +325,7 @@ def test_prepared_writes_replace_their_originals_only_when_committed(
     assert sorted(temp_leftovers(library_root)) == sorted(item.temp for item in prepared_writes)
 
     outcomes = [
-        commit_write(item, known_stats=[stat]) for item, stat in zip(prepared_writes, stats, strict=True)
+        commit_write(item) for item in prepared_writes
     ]
 
     assert [outcome.status for outcome in outcomes] == ["written"] * 3
@@ -363,15 +363,35 @@ def test_a_file_changed_between_prepare_and_commit_is_not_replaced(
     make_file: Callable[..., Path], library_root: Path
 ) -> None:
     path = make_file("mp3")
-    scanned = stat_of(path)
     prepared = prepare(path, library_root)
     assert isinstance(prepared, PreparedWrite)
     with path.open("ab") as other_program:
         other_program.write(b"\x00")
     edited = path.read_bytes()
     with pytest.raises(FileChangedError):
-        commit_write(prepared, known_stats=[scanned])
+        commit_write(prepared)
     assert path.read_bytes() == edited
+    assert temp_leftovers(library_root) == []
+
+
+def test_a_copy_is_not_renamed_over_another_writers_copy_renamed_meanwhile(
+    make_file: Callable[..., Path], library_root: Path
+) -> None:
+    """Two batches write one file: the second read the first's recorded copy stat with its
+    page, so that stat is known to it, but its own copy was made from the older file. Renamed
+    over the first's, it would leave a stat the store may no longer know (the first batch's
+    record clears ``written_stats``): a scan then calls the file changed."""
+    path = make_file("mp3")
+    first = prepare(path, library_root)
+    assert isinstance(first, PreparedWrite)
+    known = [stat_of(path), (first.size, first.mtime_ns)]
+    second = prepare_write(path, TAGS, library_roots=[library_root], known_stats=known)
+    assert isinstance(second, PreparedWrite)
+    commit_write(first)
+    written = path.read_bytes()
+    with pytest.raises(FileChangedError):
+        commit_write(second)
+    assert path.read_bytes() == written
     assert temp_leftovers(library_root) == []
 
 
@@ -379,12 +399,12 @@ def test_a_temp_copy_swapped_before_the_commit_is_not_renamed(
     make_file: Callable[..., Path], library_root: Path
 ) -> None:
     path = make_file("flac")
-    scanned, content = stat_of(path), path.read_bytes()
+    content = path.read_bytes()
     prepared = prepare(path, library_root)
     assert isinstance(prepared, PreparedWrite)
     prepared.temp.unlink()
     prepared.temp.write_bytes(b"someone else's file under the temp name")
     with pytest.raises(WriteError, match="changed by someone else"):
-        commit_write(prepared, known_stats=[scanned])
+        commit_write(prepared)
     assert path.read_bytes() == content
     assert temp_leftovers(library_root) == []

@@ -22,7 +22,7 @@ from nomarr_pipeline.tagging.batch import (
     preview_frame,
     write_pending_tags,
 )
-from nomarr_pipeline.tagging.formats import OpenedAudio, read_nom_tags
+from nomarr_pipeline.tagging.formats import OpenedAudio
 from nomarr_pipeline.tagging.selection import TagOptions
 from nomarr_pipeline_tests.tagging.audio_helpers import (
     USER_MOOD,
@@ -44,6 +44,7 @@ from nomarr_pipeline_tests.tagging.library_helpers import (
     run,
     scanned_library,
 )
+from nomarr_pipeline_tests.tagging.tag_helpers import read_nom_tags, score_key
 
 
 def test_full_batch_writes_records_and_keeps_scanner_stat(
@@ -62,7 +63,7 @@ def test_full_batch_writes_records_and_keeps_scanner_stat(
     for key, path in files.items():
         tags = read_nom_tags(path)
         assert tags[keys.MOOD_REGULAR] == ["happy", "party"]
-        assert tags[keys.score_key("cal", MODEL, "mood_happy", "happy")] == ["0.900000"]
+        assert tags[score_key("cal", MODEL, "mood_happy", "happy")] == ["0.900000"]
         # Only the mood heads' calibrated scores by default: no raw ones, no genre head's.
         assert not {key for key in tags if key.startswith("nom:raw:") or "genre_discogs400" in key}
         assert OpenedAudio(path).state().standard[keys.MOOD] == [USER_MOOD, "happy", "party"]
@@ -196,7 +197,7 @@ def test_minimal_with_calibration_writes_only_mood_tiers(
     store.ensure_library(library_doc(library_root, mode="minimal"))
     path = make_file("aiff")
     write_nom_tags(
-        path, {keys.score_key("raw", MODEL, "mood_happy", "happy"): "0.1"}
+        path, {score_key("raw", MODEL, "mood_happy", "happy"): "0.1"}
     )  # from an earlier full run
     register(store, {"a": path})
     report = run(store, library_root)
@@ -213,7 +214,7 @@ def test_full_without_calibration_writes_raw_scores_when_asked(
     register(store, {"a": path})
     run(store, library_root, has_calibration=False)
     assert read_nom_tags(path) == {
-        keys.score_key("raw", MODEL, "mood_happy", "happy"): ["0.800000"],  # no genre: not a mood head
+        score_key("raw", MODEL, "mood_happy", "happy"): ["0.800000"],  # no genre: not a mood head
         keys.VERSION: ["nomarr-test-7"],
     }
 
@@ -222,7 +223,7 @@ def test_dry_run_previews_without_touching_anything(
     store: Store, make_file: Callable[..., Path], library_root: Path, tmp_path: Path
 ) -> None:
     store.ensure_library(library_doc(library_root))
-    stale_key = keys.score_key("raw", MODEL, "old_head", "gone")
+    stale_key = score_key("raw", MODEL, "old_head", "gone")
     path = make_file("flac")
     write_nom_tags(path, {stale_key: "0.500000", keys.MOOD_STRICT: ["happy"], keys.VERSION: "old"})
     register(store, {"a": path})
@@ -462,7 +463,7 @@ def test_concurrent_batch_writes_every_file(
     for key, path in files.items():
         tags = read_nom_tags(path)
         assert tags[keys.MOOD_LOOSE] == ["happy", "party", "relaxed"]
-        assert tags[keys.score_key("cal", MODEL, "mood_happy", "happy")] == ["0.900000"]
+        assert tags[score_key("cal", MODEL, "mood_happy", "happy")] == ["0.900000"]
         assert tags[keys.VERSION] == ["nomarr-test-7"]
         doc = file_doc(store, key)
         assert doc["file_tags_pending"] is False and doc["write_error"] is None

@@ -9,7 +9,7 @@ import mutagen
 import pytest
 
 from nomarr_pipeline.tagging import keys
-from nomarr_pipeline.tagging.formats import OpenedAudio, TagValueError, UnsupportedFormatError, read_nom_tags
+from nomarr_pipeline.tagging.formats import OpenedAudio, TagValueError, UnsupportedFormatError
 from nomarr_pipeline_tests.tagging.audio_helpers import (
     FORMATS,
     USER_MOOD,
@@ -17,6 +17,7 @@ from nomarr_pipeline_tests.tagging.audio_helpers import (
     foreign_tags,
     write_nom_tags,
 )
+from nomarr_pipeline_tests.tagging.tag_helpers import read_nom_tags, score_key
 
 MODEL = "effnet-discogs-effnet-1"
 TAGS: dict[str, str | list[str]] = {
@@ -24,10 +25,10 @@ TAGS: dict[str, str | list[str]] = {
     keys.MOOD_REGULAR: ["happy", "party"],
     keys.MOOD_LOOSE: ["happy", "party", "not relaxed", "Música"],
     keys.VERSION: "nomarr-1.0 (effnet)",
-    keys.score_key("raw", MODEL, "genre_discogs400", "Electronic---House"): "0.250000",
-    keys.score_key("raw", MODEL, "genre_discogs400", "Folk, World, & Country---Fado"): "0.010000",
-    keys.score_key("cal", MODEL, "mood_happy", "happy"): "0.912346",
-    keys.score_key("raw", MODEL, "genre_discogs400", "Latin---Música Criolla"): "0.333333",
+    score_key("raw", MODEL, "genre_discogs400", "Electronic---House"): "0.250000",
+    score_key("raw", MODEL, "genre_discogs400", "Folk, World, & Country---Fado"): "0.010000",
+    score_key("cal", MODEL, "mood_happy", "happy"): "0.912346",
+    score_key("raw", MODEL, "genre_discogs400", "Latin---Música Criolla"): "0.333333",
 }
 EXPECTED = {key: [value] if isinstance(value, str) else value for key, value in TAGS.items()}
 

@@ -9,6 +9,7 @@ import pytest
 from mutagen._vorbis import is_valid_key
 
 from nomarr_pipeline.tagging import keys
+from nomarr_pipeline_tests.tagging.tag_helpers import score_key
 
 
 def parse_score_key(key: str) -> tuple[str, str, str, str]:
@@ -37,7 +38,7 @@ LABELS = [
 @pytest.mark.parametrize("label", LABELS)
 @pytest.mark.parametrize("kind", ["raw", "cal"])
 def test_score_key_round_trips_to_its_parts(kind: keys.ScoreKind, label: str) -> None:
-    key = keys.score_key(kind, "effnet-discogs-effnet-1", "mood_happy", label, LABELS)
+    key = score_key(kind, "effnet-discogs-effnet-1", "mood_happy", label, LABELS)
     assert key.startswith(f"nom:{kind}:effnet-discogs-effnet-1:mood_happy:")
     assert parse_score_key(key) == (kind, "effnet-discogs-effnet-1", "mood_happy", label)
 
@@ -56,7 +57,7 @@ def test_labels_differing_only_in_case_get_keys_that_differ_ignoring_case() -> N
     assert names["rock"] == "nom:cal:musicnn-msd-musicnn-1:msd-musicnn:rock"
     assert names["Rock"] == "nom:cal:musicnn-msd-musicnn-1:msd-musicnn:%52ock"
     # One label's key needs the head's other labels to know whether it has a twin.
-    assert keys.score_key("cal", "musicnn-msd-musicnn-1", "msd-musicnn", "Rock", CASE_TWINS) == names["Rock"]
+    assert score_key("cal", "musicnn-msd-musicnn-1", "msd-musicnn", "Rock", CASE_TWINS) == names["Rock"]
 
 
 def test_labels_without_twins_keep_the_keys_they_always_had() -> None:
@@ -67,13 +68,13 @@ def test_labels_without_twins_keep_the_keys_they_always_had() -> None:
 
 @pytest.mark.parametrize("label", LABELS)
 def test_score_keys_are_valid_vorbis_field_names_and_latin1(label: str) -> None:
-    key = keys.score_key("raw", "effnet-discogs-effnet-1", "genre_discogs400", label)
+    key = score_key("raw", "effnet-discogs-effnet-1", "genre_discogs400", label)
     assert is_valid_key(key)
     key.encode("latin-1")  # MP4 freeform names are latin-1 in mutagen
 
 
 def test_ordinary_labels_stay_readable() -> None:
-    key = keys.score_key("cal", "effnet-discogs-effnet-1", "genre_discogs400", "Electronic---House")
+    key = score_key("cal", "effnet-discogs-effnet-1", "genre_discogs400", "Electronic---House")
     assert key == "nom:cal:effnet-discogs-effnet-1:genre_discogs400:Electronic---House"
     assert keys.escape_label("Música") == "M%C3%BAsica"
     assert keys.escape_label("50%") == "50%25"
@@ -85,7 +86,7 @@ def test_ordinary_labels_stay_readable() -> None:
 )
 def test_unplaceable_parts_are_rejected(model_key: str, head_name: str, label: str) -> None:
     with pytest.raises(keys.TagKeyError):
-        keys.score_key("raw", model_key, head_name, label)
+        score_key("raw", model_key, head_name, label)
 
 
 @pytest.mark.parametrize(

@@ -16,14 +16,16 @@ import pytest
 import taglib
 from mutagen.id3 import TXXX, Encoding
 
-from nomarr_pipeline.calibration.tiers import TierConfig, compute_mood_tiers
+from nomarr_pipeline.calibration.tiers import TierConfig
 from nomarr_pipeline.tagging import keys
 from nomarr_pipeline.tagging.atomic import PreparedWrite, commit_write, prepare_write
 from nomarr_pipeline.tagging.formats import OpenedAudio
 from nomarr_pipeline.tagging.navidrome import export_navidrome_kit
 from nomarr_pipeline.tagging.selection import DEFAULT_OPTIONS, GenreOptions, TagOptions, select_tags
+from nomarr_pipeline_tests.calibration.tier_docs import compute_mood_tiers
 from nomarr_pipeline_tests.tagging.audio_helpers import USER_MOOD, stat_of
 from nomarr_pipeline_tests.tagging.library_helpers import library_doc, register, run
+from nomarr_pipeline_tests.tagging.tag_helpers import score_key
 
 MODEL = "effnet-discogs-effnet-1"
 TIERS = {"mood-strict": ["happy"], "mood-regular": ["happy", "party"],
@@ -50,7 +52,7 @@ def write(path: Path, tags: dict[str, Any], replace: tuple[str, ...] = ()) -> st
     prepared = prepare_write(path, tags, library_roots=[path.parent], known_stats=known,
                              replace_fields=replace)  # fmt: skip
     if isinstance(prepared, PreparedWrite):
-        return commit_write(prepared, known_stats=known).status
+        return commit_write(prepared).status
     return prepared.status
 
 
@@ -214,7 +216,7 @@ def test_navidrome_kit_declares_the_score_keys_taglib_sees_and_a_playlist_per_mo
     # The aliases hold the keys as TagLib (Navidrome's reader) names them, in lower case.
     for extension in ("m4a", "mp3", "flac"):
         path = make_file(extension)
-        write(path, {keys.score_key("cal", MODEL, "mood_party", "party", ["non_party"]): "0.910000"})
+        write(path, {score_key("cal", MODEL, "mood_party", "party", ["non_party"]): "0.910000"})
         (read,) = [key.lower() for key in taglib_tags(path) if key.startswith("NOM:CAL")]
         assert read in config["Tags"]["nom_party"]["Aliases"]
 

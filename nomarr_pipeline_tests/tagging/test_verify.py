@@ -9,11 +9,11 @@ from pathlib import Path
 
 from nomarr_pipeline.store import Store
 from nomarr_pipeline.tagging import keys
-from nomarr_pipeline.tagging.formats import read_nom_tags
 from nomarr_pipeline.tagging.selection import DEFAULT_OPTIONS
 from nomarr_pipeline.tagging.verify import VerifyReport, verify_written_tags
 from nomarr_pipeline_tests.tagging.audio_helpers import write_nom_tags
 from nomarr_pipeline_tests.tagging.library_helpers import LIB, file_doc, library_doc, register, run
+from nomarr_pipeline_tests.tagging.tag_helpers import read_nom_tags
 
 
 def _verify(store: Store) -> VerifyReport:

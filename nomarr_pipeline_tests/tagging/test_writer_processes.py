@@ -19,9 +19,9 @@ from nomarr_pipeline.library.scanner import scan_library
 from nomarr_pipeline.store import Store
 from nomarr_pipeline.tagging import keys
 from nomarr_pipeline.tagging.batch import write_pending_tags
-from nomarr_pipeline.tagging.formats import read_nom_tags
 from nomarr_pipeline_tests.tagging.audio_helpers import FORMATS, decoded_audio_hash, stat_of, temp_leftovers
 from nomarr_pipeline_tests.tagging.library_helpers import scanned_library
+from nomarr_pipeline_tests.tagging.tag_helpers import read_nom_tags
 
 REPO = Path(__file__).resolve().parents[2]
 EXPECTED_KEYS = {keys.MOOD_STRICT, keys.MOOD_REGULAR, keys.MOOD_LOOSE, keys.VERSION}

@@ -21,9 +21,9 @@ from nomarr_pipeline.ml.demo_models import write_demo_models
 from nomarr_pipeline.ml.discovery import discover_models
 from nomarr_pipeline.store import Store, open_store
 from nomarr_pipeline.tagging.batch import PREVIEW_COLUMNS
-from nomarr_pipeline.tagging.formats import read_nom_tags
 from nomarr_pipeline_tests.ml.audio_fixtures import make_audio
 from nomarr_pipeline_tests.store_dump import library_files
+from nomarr_pipeline_tests.tagging.tag_helpers import read_nom_tags
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ffmpeg") is None, reason="ffmpeg is installed by scripts/test.sh"
