@@ -3,12 +3,9 @@ tiny real Essentia models (``nomarr_pipeline.ml.demo_models``)."""
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
-import struct
 import subprocess
-import wave
 from pathlib import Path
 
 # (file name, ffmpeg lavfi source, codec arguments) — different tones and noise so model
@@ -78,15 +75,3 @@ def build_demo_models(dest: Path) -> Path:
     write_demo_models(dest, onnx=True)
     return dest
 
-
-def write_wav(path: Path, seconds: float = 0.5, freq: float = 440.0, rate: int = 8000) -> Path:
-    """A mono 16-bit sine WAV written with the standard library (tests and benchmarks; no ffmpeg)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames = int(seconds * rate)
-    samples = (int(8000 * math.sin(2 * math.pi * freq * i / rate)) for i in range(frames))
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(b"".join(struct.pack("<h", s) for s in samples))
-    return path

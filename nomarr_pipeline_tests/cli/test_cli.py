@@ -23,7 +23,7 @@ from nomarr_pipeline.calibration.histogram import HistogramSpec, PercentileResul
 from nomarr_pipeline.calibration.state import compute_state
 from nomarr_pipeline.cli import main as cli
 from nomarr_pipeline.cli import runner
-from nomarr_pipeline.cli.demo import DEMO_TRACKS, write_wav
+from nomarr_pipeline.cli.demo import DEMO_TRACKS
 from nomarr_pipeline.defs.assets.file_tags import NOT_MATERIALIZED
 from nomarr_pipeline.defs.jobs import (
     PARTITION_RANGE_END,
@@ -37,6 +37,7 @@ from nomarr_pipeline.ml.demo_models import write_demo_models
 from nomarr_pipeline.ml.fetch import RECOMMENDED
 from nomarr_pipeline.progress import ProgressPoller, StepProgress
 from nomarr_pipeline.store import open_store
+from nomarr_pipeline_tests.ml.audio_fixtures import write_wav
 from nomarr_pipeline_tests.ml.model_server import ModelSite, site_path
 from nomarr_pipeline_tests.store_dump import library_files
 from nomarr_pipeline_tests.ui.dagster_dev import DagsterDev
