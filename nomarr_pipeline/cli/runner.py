@@ -1,8 +1,5 @@
-"""Headless operation, for the command line: pre-flight checks that turn configuration
-problems into :class:`UserError`, the pipeline's jobs run as runs of the code location
-(:mod:`nomarr_pipeline.cli.launch`; queues, pools and run monitoring are Dagster's), and the
-status of every library.
-"""
+"""The command line's own work: pre-flight checks in plain words (:class:`UserError`), the
+pipeline's jobs as runs of the code location (:mod:`.launch`), and the status table."""
 
 from __future__ import annotations
 
@@ -16,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -53,7 +50,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from dagster_shared.error import SerializableErrorInfo
 
-    from nomarr_pipeline.ml.discovery import Head, ModelProblem
+    from nomarr_pipeline.ml.discovery import Head, ModelCatalog, ModelProblem
 
 Measure = Callable[[], tuple[int, int]]
 
@@ -68,7 +65,7 @@ class UserError(Exception):
 
 
 def say(text: str) -> None:
-    """A line for the user about what the command line is doing or waiting for (stderr)."""
+    """A line for the user about what the command line is doing or waiting for."""
     print(text, file=sys.stderr, flush=True)
 
 
@@ -85,9 +82,8 @@ def checked_settings() -> Settings:
 
 
 def open_checked_store(*, for_writing: bool = False) -> Store:
-    """Open the configured store and touch it once, so an unreachable database is reported
-    before any run starts; ``for_writing`` also refuses an embedded store this user cannot
-    write (a read-only file, folder or mount)."""
+    """The configured store, touched once so an unreachable database is reported before any
+    run; ``for_writing`` also refuses an embedded store this user cannot write."""
     config = checked_settings()
     try:
         config.ensure_store_folder()
@@ -111,8 +107,13 @@ def open_checked_store(*, for_writing: bool = False) -> Store:
         problem = f"cannot use the store at {redact_url(config.store_url)}: {error}"
         raise UserError(problem, store_advice(error)) from None
     path = config.sqlite_store_path()
-    if for_writing and path is not None:
-        _require_writable_store(path)
+    # SQLite writes the file and, next to it, its write-ahead log.
+    if for_writing and path is not None and (why := unwritable(path)):
+        raise UserError(
+            f"the SQLite store {path} cannot be written: {why}",
+            "make the store file and its folder writable, or set NOMARR_STORE_URL to a writable copy "
+            "(sqlite3 nomarr.sqlite3 \".backup copy.sqlite3\")",
+        )
     return store
 
 
@@ -134,19 +135,8 @@ def store_advice(error: StoreError) -> str:
     )
 
 
-def _require_writable_store(path: Path) -> None:
-    # SQLite writes the file and, next to it, its write-ahead log.
-    if why := unwritable(path):
-        raise UserError(
-            f"the SQLite store {path} cannot be written: {why}",
-            "make the store file and its folder writable, or set NOMARR_STORE_URL to a writable copy "
-            "(sqlite3 nomarr.sqlite3 \".backup copy.sqlite3\")",
-        )
-
-
 def writable_folder(path: Path, variable: str, expected: str) -> Path:
-    """``path`` as a folder this process can write, created when only its last part is
-    missing; otherwise a :class:`UserError` naming ``variable``."""
+    """``path`` as a folder this process can write (created when only its last part is missing)."""
     fix = f"set {variable} to {expected}"
     if path.exists() and not path.is_dir():
         raise UserError(f"{variable} is {path}, which is not a folder", fix)
@@ -197,7 +187,7 @@ def require_library_roots() -> list[Path]:
 
 
 def require_models_dir() -> Path:
-    """NOMARR_MODELS_DIR, which must be set (the folder itself may not exist yet)."""
+    """NOMARR_MODELS_DIR, which must be set (the folder may not exist yet)."""
     models_dir = checked_settings().models_dir
     if models_dir is None:
         raise UserError(
@@ -209,8 +199,7 @@ def require_models_dir() -> Path:
 
 
 def require_heads() -> tuple[list[Head], list[ModelProblem]]:
-    """Every usable head of NOMARR_MODELS_DIR, and the heads whose model cannot run
-    (ml.validation); problems with single models are printed."""
+    """The usable heads of NOMARR_MODELS_DIR and those whose model cannot run; prints every problem."""
     from nomarr_pipeline.ml.discovery import discover_models
 
     models_dir = require_models_dir()
@@ -232,38 +221,17 @@ def require_heads() -> tuple[list[Head], list[ModelProblem]]:
     return list(catalog.heads), [problem for problem in catalog.problems if problem.head_key]
 
 
-def known_heads() -> list[Head] | None:
-    """Every head of NOMARR_MODELS_DIR; ``None`` when no models folder is configured."""
+def model_catalog() -> ModelCatalog | None:
+    """The models of NOMARR_MODELS_DIR; ``None`` when it is unset or not a folder."""
     from nomarr_pipeline.ml.discovery import discover_models
 
     models_dir = checked_settings().models_dir
-    if models_dir is None or not models_dir.is_dir():
-        return None
-    return list(discover_models(models_dir).heads)
-
-
-def unavailable_heads() -> list[ModelProblem]:
-    """Heads of NOMARR_MODELS_DIR whose model cannot run (none of their files is tried)."""
-    from nomarr_pipeline.ml.discovery import discover_models
-
-    models_dir = checked_settings().models_dir
-    if models_dir is None or not models_dir.is_dir():
-        return []
-    return [problem for problem in discover_models(models_dir, compute_versions=False).problems
-            if problem.head_key]
-
-
-def known_head_labels() -> dict[tuple[str, str], tuple[str, ...]] | None:
-    """(model_key, head_name) -> labels of every head in NOMARR_MODELS_DIR; ``None`` when no
-    models folder is configured."""
-    heads = known_heads()
-    return None if heads is None else {(head.model_key, head.head_name): head.labels for head in heads}
+    return discover_models(models_dir) if models_dir is not None and models_dir.is_dir() else None
 
 
 def dagster_instance() -> dg.DagsterInstance:
-    """The instance the CLI shares with ``dagster dev``: ``DAGSTER_HOME``, by default
-    ``dagster_home/`` in the data folder (each store its own) with the repository's
-    ``dagster.yaml``. An instance that holds another store's runs is refused."""
+    """The instance shared with ``dagster dev``: ``DAGSTER_HOME``, by default ``dagster_home/`` in
+    the data folder, with the repository's ``dagster.yaml``; one holding another store's runs is refused."""
     settings = checked_settings()
     expected = "a folder for Dagster's runs (or unset it: dagster_home/ in NOMARR_DATA_DIR)"
     if "DAGSTER_HOME" not in os.environ:
@@ -287,8 +255,7 @@ def dagster_instance() -> dg.DagsterInstance:
 
 
 def _require_one_store(marker: Path, store: str) -> None:
-    """The instance's runs, partitions and asset metadata describe one store: the first one
-    that used it (written in ``marker``)."""
+    """An instance's runs and partitions describe one store: the first that used it (``marker``)."""
     if not marker.exists():
         marker.write_text(store + "\n")
         return
@@ -306,15 +273,13 @@ def _require_one_store(marker: Path, store: str) -> None:
 _STORAGE_PACKAGES = ("sqlite3", "sqlalchemy", "psycopg2", "psycopg")
 
 
-def _is_storage_error(error: BaseException) -> bool:
-    return isinstance(error, OSError) or type(error).__module__.split(".")[0] in _STORAGE_PACKAGES
-
-
 def _instance_error(error: Exception) -> Exception:
-    """A :class:`UserError` when the instance's storage refused (full disk, read-only),
-    else ``error`` itself (a bug, shown with its traceback)."""
+    """A :class:`UserError` when the instance's storage refused (full disk, read-only), else
+    ``error`` itself (a bug, shown with its traceback)."""
     cause: BaseException | None = error
-    while cause is not None and not _is_storage_error(cause):
+    while cause is not None and not (
+        isinstance(cause, OSError) or type(cause).__module__.split(".")[0] in _STORAGE_PACKAGES
+    ):
         cause = cause.__cause__ or cause.__context__
     if cause is None:
         return error
@@ -355,53 +320,31 @@ class RunFailure:
 
 
 def step_output_log() -> Path:
-    """Where the step processes of the latest predictions run of the command line printed."""
+    """Where the code server of the command line's latest runs, and their steps, printed."""
     return Path(os.environ["DAGSTER_HOME"]) / "nomarr-cli" / "step-processes.log"
 
 
 @contextmanager
-def step_processes_print_to(log: Path) -> Iterator[None]:
-    """Processes started meanwhile (a run's step processes, their analysis workers) print
-    into ``log``, while this process keeps printing to the terminal.
+def children_print_to(log: Path) -> Iterator[None]:
+    """Processes started meanwhile inherit ``log`` as their stdout and stderr.
 
-    Step processes inherit this process's stdout and stderr, and write there before any run
-    config applies: Dagster's DEBUG line per step process, warnings of the code location they
-    load, TensorFlow's and Essentia's own lines. The events are in the instance (the UI shows
-    them, as does ``--verbose``); the command line shows its progress and summary."""
+    Around the start of the code server: the step processes of every run it launches inherit
+    its output, and write there before any run config applies (Dagster's DEBUG lines, warnings,
+    TensorFlow's and Essentia's own lines). The events are in the instance (the UI shows them,
+    as does ``--verbose``); the command line shows its progress and summary."""
     log.parent.mkdir(exist_ok=True)
-    streams = sys.stdout, sys.stderr
-    for stream in streams:
-        stream.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    # This process's own output goes on to the terminal, through copies of its descriptors
-    # (or where it went already, e.g. a buffer that captures it).
-    own = [_writing_to(fd, stream, copy) for fd, stream, copy in zip((1, 2), streams, saved, strict=True)]
     with open(log, "wb") as sink:
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
-        sys.stdout, sys.stderr = own
-        try:
-            yield
-        finally:
-            for stream in own:
-                stream.flush()
-            sys.stdout, sys.stderr = streams
-            for fd, copy in zip((1, 2), saved, strict=True):
-                os.dup2(copy, fd)
-                os.close(copy)
-            for stream in own:
-                if stream not in streams:
-                    stream.close()
-
-
-def _writing_to(fd: int, stream: TextIO, copy: int) -> TextIO:
-    """A stream on ``copy`` of ``fd`` when ``stream`` writes to ``fd``; else ``stream``."""
     try:
-        if stream.fileno() != fd:
-            return stream
-    except (AttributeError, OSError, ValueError):
-        return stream
-    return open(os.dup(copy), "w", buffering=1, encoding=stream.encoding, errors="replace")
+        yield
+    finally:
+        for fd, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 # A step's store error is re-raised in the command line as itself, so it gets its own advice.
@@ -411,8 +354,7 @@ _STORE_ERRORS: dict[str, type[StoreError]] = {
 
 
 def failure_of(events: Sequence[dg.DagsterEvent]) -> RunFailure:
-    """What failed; a step's store error is raised as itself, a full library disk as a
-    :class:`UserError`."""
+    """What failed; raises a step's store error as itself, a full library disk as a :class:`UserError`."""
     for event in events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             user_data = event.step_failure_data.user_failure_data
@@ -446,9 +388,8 @@ def _error_text(error: SerializableErrorInfo) -> str:
 
 
 def run_config(job_name: str) -> dict[str, object]:
-    """The tag writer's options as this command sees them (its flags included), in the run's
-    config: whoever launches the run (this command or a daemon's queue) writes what was asked,
-    and the UI shows it."""
+    """The tag writer's options as this command sees them (flags included), in the run's config:
+    whoever starts the run (this command or a daemon) writes what was asked, and the UI shows it."""
     if job_name != tagging_job.name:
         return {}
     from nomarr_pipeline.defs.resources import tagging_resource
@@ -458,8 +399,7 @@ def run_config(job_name: str) -> dict[str, object]:
 
 
 class PipelineRunner:
-    """Runs the pipeline's jobs one after the other as runs of the code location; a step
-    after a failed one is skipped."""
+    """Runs the pipeline's jobs one after the other; a step after a failed one is skipped."""
 
     def __init__(self, instance: dg.DagsterInstance, resources: ExitStack, *, verbose: bool = False) -> None:
         self.instance = instance
@@ -470,9 +410,11 @@ class PipelineRunner:
 
     @property
     def launcher(self) -> CodeLocationLauncher:
-        """The code server, started for the first run (seconds: it loads the definitions)."""
+        """The code server, started for the first run (seconds: it loads the definitions); it
+        and its runs print into a log file (``--verbose``: the terminal)."""
         if self._launcher is None:
-            launcher = self._resources.enter_context(CodeLocationLauncher(self.instance))
+            with nullcontext() if self.verbose else children_print_to(step_output_log()):
+                launcher = self._resources.enter_context(CodeLocationLauncher(self.instance))
             problem = launcher.location_error()
             if problem:
                 raise UserError(f"the Dagster code location does not load: {problem}",
@@ -534,11 +476,10 @@ class PipelineRunner:
         return run_id, failure_of(self.launcher.step_failures(run_id))
 
     def add_heads(self, keys: Sequence[str]) -> list[str]:
-        """Add head partitions that the instance does not know yet; returns the new ones."""
+        """Adds the head partitions the instance does not know yet; the new ones."""
         known = set(self.instance.get_dynamic_partitions(HEADS))
         new = [key for key in keys if key not in known]
-        if new:
-            self.instance.add_dynamic_partitions(HEADS, new)
+        self.instance.add_dynamic_partitions(HEADS, new)
         return new
 
 
@@ -548,24 +489,21 @@ def _print_event(entry: dg.EventLogEntry) -> None:
 
 @contextmanager
 def pipeline_session(command: str, *, verbose: bool = False) -> Iterator[tuple[PipelineRunner, Store]]:
-    """The writable store and a runner on the Dagster instance, for a command that launches
-    runs; on the embedded store, only one such command at a time (a second one waits). The
-    code location's processes print into a log file (``--verbose``: the terminal)."""
+    """The writable store and a runner, for a command that launches runs; on the embedded store
+    one such command at a time (a second one waits)."""
     path = checked_settings().sqlite_store_path()
     with (
         closing(open_checked_store(for_writing=True)) as store,
         one_pipeline_per_store(path, command, say=say) if path else nullcontext(),
         dagster_instance() as instance,
-        nullcontext() if verbose else step_processes_print_to(step_output_log()),
         ExitStack() as resources,
     ):
         yield PipelineRunner(instance, resources, verbose=verbose), store
 
 
 def contiguous_ranges(ordered_keys: Sequence[str], wanted: Sequence[str]) -> list[list[str]]:
-    """Split ``wanted`` into runs of consecutive keys in ``ordered_keys`` (dynamic partitions
-    keep insertion order), so heads the user removed from the models folder but that are
-    still partitions are never run by accident."""
+    """``wanted`` as runs of consecutive keys of ``ordered_keys`` (dynamic partitions keep insertion
+    order), so heads removed from the models folder but still partitions are never run."""
     wanted_set = set(wanted)
     ranges: list[list[str]] = [[]]
     for key in ordered_keys:
@@ -580,8 +518,7 @@ def contiguous_ranges(ordered_keys: Sequence[str], wanted: Sequence[str]) -> lis
 
 
 def run_pipeline(command: str = "run", *, verbose: bool = False) -> list[StepOutcome]:
-    """Scan → heads → predictions → calibration (with its package) → recalibration and tag
-    writing. Returns each step's outcome, for the summary."""
+    """Scan → heads → predictions → calibration → recalibration and tag writing; each step's outcome."""
     roots = require_library_roots()
     heads, broken = require_heads()
     with pipeline_session(command, verbose=verbose) as (runner, store):
@@ -639,7 +576,7 @@ def run_pipeline(command: str = "run", *, verbose: bool = False) -> list[StepOut
 
 def discovery_outcome(heads: int, new: int, broken: Sequence[ModelProblem]) -> StepOutcome:
     """Heads found; a head whose model cannot run fails the step by name, and the steps after
-    it go on with the other heads (none of its files is tried, so none fails for it)."""
+    it go on with the other heads."""
     outcome = StepOutcome("head discovery", "ok", f"{heads} heads ({new} new)")
     if broken:
         outcome.status = "failed"
@@ -717,23 +654,21 @@ STATUS_COLUMNS = [
 
 
 def usable_calibrations(store: Store) -> list[Doc]:
-    """The calibrations that can be applied (``calibration.state.is_usable``)."""
     return [state for state in store.list_calibrations() if is_usable(state)]
 
 
-def status_frame(store: Store, heads: Sequence[Head] | None = None) -> pd.DataFrame:
+def status_frame(store: Store, catalog: ModelCatalog | None) -> pd.DataFrame:
     """One row per library: the numbers ``nomarr-pipeline status`` prints.
 
-    "calibrated heads" counts the heads of ``heads`` (the models folder's) with a calibration
-    that can be applied; every calibrated head when it is ``None``. "failed" counts files
-    whose scan or decoding failed, and files that failed for one of ``heads`` at its current
-    model (a failure of a model replaced since does not count: the file will be tried again,
-    nor one of a broken model: the model failed, not the file); "analysed" the other analysed
-    files."""
+    "calibrated heads" counts the catalog's heads (every head without one) with a calibration
+    that can be applied. "failed" counts files whose scan or decoding failed, and files that
+    failed for a head at its current model (not a model replaced since: the file will be tried
+    again; nor a broken one: the model failed, not the file)."""
     import pandas as pd
 
     from nomarr_pipeline.ml.analysis import head_version, remembered_broken_models
 
+    heads = None if catalog is None else catalog.heads
     calibrated = {(s["model_key"], s["head_name"]) for s in usable_calibrations(store)}
     if heads is not None:
         calibrated &= {(head.model_key, head.head_name) for head in heads}
