@@ -1,12 +1,6 @@
-"""Progress of long command-line steps: a ``rich`` progress bar on a terminal, plain log
-lines otherwise (CI logs, ``nohup`` files), both on stderr so stdout stays for results
-(``write-tags --preview --output -`` prints CSV there).
-
-:class:`StepProgress` is a ``progress(done, total)`` callback; :class:`ProgressPoller` feeds
-it from a background thread that measures progress itself (e.g. by counting rows in the
-store) — the way to show work that runs inside a Dagster run, where no callback reaches the
-command line.
-"""
+"""Progress of long command-line steps, on stderr (stdout is for results): a ``rich`` bar on a
+terminal, plain log lines otherwise. :class:`ProgressPoller` measures work that reports nothing
+itself, such as a Dagster run's (no callback reaches the command line)."""
 
 from __future__ import annotations
 
@@ -29,7 +23,7 @@ from rich.text import Text
 
 
 class RateColumn(ProgressColumn):
-    """``12.5 files/s``: rich's speed estimate in the step's unit."""
+    """``12.5 files/s``: :func:`rate` in the step's unit."""
 
     def __init__(self, unit: str) -> None:
         super().__init__()
@@ -52,12 +46,9 @@ def duration(seconds: float | None) -> str:
 
 
 class StepProgress:
-    """Files done / total of one step, with rate and time left.
-
-    Use it as a context manager and call it with ``(done, total)`` as often as you like;
-    ``total`` may change on the way and may be 0 (nothing to do). Off a terminal it prints a
-    line at most every ``log_every_s`` seconds, and a summary line at the end.
-    """
+    """Done / total of one step, with rate and time left: a context manager to call with
+    ``(done, total)`` as often as you like. Off a terminal it prints a line at most every
+    ``log_every_s`` seconds, and a summary line at the end."""
 
     def __init__(
         self,
@@ -104,36 +95,27 @@ class StepProgress:
             now = self._bar.get_time()
             if not self.interactive and now - self._last_line >= self.log_every_s:
                 self._last_line = now
-                self.console.print(self.line(), highlight=False, soft_wrap=True)
-
-    def line(self) -> str:
-        task = self.task
-        done, total = int(task.completed), int(task.total or 0)
-        percent = 100 * done / total if total else 100
-        return (
-            f"{self.label}: {done}/{total} {self.unit} ({percent:.0f}%), "
-            f"{rate(task):.1f} {self.unit}/s, {duration(task.time_remaining)} left"
-        )
+                task = self.task
+                percent = 100 * task.completed / task.total if task.total else 100
+                self._print(
+                    f"({percent:.0f}%), {rate(task):.1f} {self.unit}/s, {duration(task.time_remaining)} left"
+                )
 
     def __exit__(self, *exc_info: object) -> None:
         self._bar.stop()  # a terminal keeps the final bar
         if not self.interactive:
-            task = self.task
-            self.console.print(
-                f"{self.label}: {int(task.completed)}/{int(task.total or 0)} {self.unit} "
-                f"in {duration(task.elapsed or 0.0)}",
-                highlight=False,
-                soft_wrap=True,
-            )
+            self._print(f"in {duration(self.task.elapsed or 0.0)}")
+
+    def _print(self, rest: str) -> None:
+        task = self.task
+        line = f"{self.label}: {int(task.completed)}/{int(task.total or 0)} {self.unit} {rest}"
+        self.console.print(line, highlight=False, soft_wrap=True)
 
 
 class ProgressPoller:
-    """Calls ``measure() -> (done, total)`` every ``interval_s`` on a daemon thread and feeds
-    ``progress``; use it as a context manager around work that reports nothing itself.
-
-    A failing measurement (e.g. the database is briefly locked) skips that tick: progress
-    display must never break the work it watches.
-    """
+    """Feeds ``progress`` with ``measure() -> (done, total)`` every ``interval_s``, from a daemon
+    thread. A failing measurement (the database briefly locked) skips that tick: progress
+    display must never break the work it watches."""
 
     def __init__(
         self, progress: StepProgress, measure: Callable[[], tuple[int, int]], *, interval_s: float = 1.0

@@ -1,9 +1,5 @@
-"""Configuration from ``NOMARR_*`` environment variables (docs/ARCHITECTURE.md, README's
-Configuration table): the one place that reads the environment, for both doors. The command
-line validates it before any command (``error:``/``next:``, exit 2); the code location when it
-loads (a readable load error). Secrets (the ArangoDB and PostgreSQL passwords) are read here
-and never put into repr, logs or metadata.
-"""
+"""The ``NOMARR_*`` settings (README's Configuration table): the one reader of the environment,
+for the command line and the code location. Secrets are never put into repr, logs or metadata."""
 
 from __future__ import annotations
 
@@ -29,8 +25,7 @@ INFERENCE_ENGINES = ("auto", "onnx", "tensorflow")
 
 
 class SettingError(ValueError):
-    """A ``NOMARR_*`` variable whose value cannot work: which one, what is wrong, and what to
-    set it to (the command line prints them as its ``error:`` / ``next:`` lines)."""
+    """A ``NOMARR_*`` variable whose value cannot work: what is wrong, and what to set it to."""
 
     def __init__(self, variable: str, problem: str, expected: str) -> None:
         self.variable = variable
@@ -40,8 +35,7 @@ class SettingError(ValueError):
 
 
 def load_env_file() -> None:
-    """Put the values of ``ENV_FILE`` into the environment, under what the shell set (the
-    command line's processes, the code server and the runs it launches, all inherit them)."""
+    """Put the values of ``ENV_FILE`` into the environment, under what the shell set."""
     from dotenv import dotenv_values
 
     for name, value in dotenv_values(ENV_FILE).items():
@@ -137,20 +131,12 @@ def _env_gpus(name: str) -> tuple[str, ...] | None:
 
 
 def inference_engine() -> str:
-    """``NOMARR_INFERENCE_ENGINE``: which engine runs a model that has both a ``.pb`` and an
-    ``.onnx`` (README, "Inference engines")."""
+    """``NOMARR_INFERENCE_ENGINE``: which engine runs a model that has both a ``.pb`` and an ``.onnx``."""
     engine = (_env_str("NOMARR_INFERENCE_ENGINE") or "auto").strip().lower()
     if engine not in INFERENCE_ENGINES:
         raise SettingError("NOMARR_INFERENCE_ENGINE", f"is {engine!r}, not an inference engine",
                            "auto (ONNX Runtime where an .onnx exists), onnx or tensorflow")
     return engine
-
-
-def split_roots(raw: str | None) -> list[Path]:
-    """Library roots from an ``os.pathsep``-separated string; empty parts are ignored."""
-    if not raw:
-        return []
-    return [Path(part).expanduser() for part in raw.split(os.pathsep) if part.strip()]
 
 
 @dataclass(frozen=True)
@@ -193,6 +179,7 @@ class Settings:
             )
         models = _env_str("NOMARR_MODELS_DIR")
         export = _env_str("NOMARR_EXPORT_DIR")
+        roots = (_env_str("NOMARR_LIBRARY_ROOTS") or "").split(os.pathsep)
         return cls(
             data_dir=data_dir,
             store_url=store_url,
@@ -200,7 +187,7 @@ class Settings:
             arango_user=_env_str("NOMARR_ARANGO_USER"),
             arango_password=_env_str("NOMARR_ARANGO_PASSWORD"),
             pg_password=_env_str("NOMARR_PG_PASSWORD"),
-            library_roots=tuple(split_roots(_env_str("NOMARR_LIBRARY_ROOTS"))),
+            library_roots=tuple(Path(root).expanduser() for root in roots if root.strip()),
             models_dir=Path(models).expanduser().absolute() if models else None,
             export_dir=Path(export).expanduser().absolute() if export else data_dir / "calibration",
             file_write_mode=mode,
@@ -221,7 +208,6 @@ class Settings:
             from_environment=frozenset(name for name in os.environ if name.startswith("NOMARR_")),
         )
 
-
     def store_identity(self) -> str:
         """The store without credentials, the same whichever way its URL was written."""
         from nomarr_pipeline.store import redact_url
@@ -240,9 +226,8 @@ class Settings:
         return SqliteStore.from_url(self.store_url).path
 
     def ensure_store_folder(self) -> None:
-        """Create the data folder when the embedded store lives in it (the default); refuse
-        an embedded store anywhere else whose folder does not exist, so that a mistyped
-        ``NOMARR_STORE_URL`` never creates folders and runs the pipeline on an empty store."""
+        """Create the data folder when the embedded store lives in it (the default); elsewhere a
+        missing folder is refused: a mistyped URL never starts the pipeline on an empty store."""
         path = self.sqlite_store_path()
         if path is None or path.parent.is_dir():
             return
@@ -298,8 +283,7 @@ def _env_number(name: str, default: float, kind: type[float] | type[int], low: f
 
 @dataclass(frozen=True)
 class TagSettings:
-    """What the tag writer puts into the fields players read, and which score keys it writes
-    (README "Using the tags in your player"): the ``tagging`` resource's fields."""
+    """What the tag writer puts into the fields players read: the ``tagging`` resource's fields."""
 
     standard_mood: bool
     mood_tier: str
