@@ -1,12 +1,6 @@
-"""The executor of the code location's jobs: a choice of configuration, not of code.
-
-``NOMARR_EXECUTOR`` (read by ``nomarr_pipeline.settings`` when the definitions load) picks
-where the steps of a run execute:
-``multiprocess`` (default: a process per step on the run's machine), ``dask``, ``celery`` or
-``k8s``; the executor's package is imported only when it is chosen. ``NOMARR_EXECUTOR_CONFIG``
-names a YAML file holding that executor's own config (the ``execution: config:`` section of
-a run config), so runs launched by sensors and schedules get it too; ``deploy/executors/``
-has one per executor.
+"""The executor of the code location's jobs: ``NOMARR_EXECUTOR`` (``multiprocess``, ``dask``,
+``celery`` or ``k8s``; a package is imported only when chosen), configured from the YAML file
+``NOMARR_EXECUTOR_CONFIG`` names, so runs of sensors and schedules get it too (``deploy/executors/``).
 """
 
 from __future__ import annotations
@@ -44,8 +38,7 @@ def is_remote(executor: str) -> bool:
 
 
 def refuse_embedded_store(executor: str, store_engine: str) -> None:
-    """Raise when steps that may run on other machines would use the embedded SQLite store:
-    another machine cannot open this machine's file (or opens an empty one of its own)."""
+    """Raise when steps that may run on other machines would use the embedded SQLite store."""
     if is_remote(executor) and store_engine == "sqlite":
         raise ExecutorSettingError(
             f"the {executor} executor runs steps on other machines, which cannot share the embedded "

@@ -1,6 +1,5 @@
-"""Dagster resources: configuration only in their fields. A client (the store's database
-connection) is opened on first use within one execution (a run's step, a sensor tick) and
-closed when that execution ends."""
+"""Dagster resources: configuration only. The store's connection opens on first use within one
+execution (a step, a sensor tick) and closes when it ends."""
 
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ if TYPE_CHECKING:
 
 
 class StoreResource(dg.ConfigurableResource):
-    """Where the data lives (``nomarr_pipeline.definitions`` fills it from the settings)."""
+    """Where the data lives."""
 
     url: str
     # The embedded store's folder may be created (the data folder); a store elsewhere never
@@ -39,7 +38,6 @@ class StoreResource(dg.ConfigurableResource):
     _store: Store | None = PrivateAttr(default=None)
 
     def open(self) -> Store:
-        """The store of this execution: connected on first use, closed at its end."""
         if self._store is None:
             if self.create_folder and store_engine(self.url) == "sqlite":
                 SqliteStore.from_url(self.url).path.parent.mkdir(exist_ok=True)
@@ -58,7 +56,6 @@ class StoreResource(dg.ConfigurableResource):
             self._store = None
 
     def describe(self) -> str:
-        """The URL without credentials, for metadata and logs."""
         return redact_url(self.url)
 
 
@@ -80,11 +77,8 @@ class LibraryResource(dg.ConfigurableResource):
 
 
 class ModelsResource(dg.ConfigurableResource):
-    """The Essentia models folder and how analysis runs.
-
-    0 means "chosen for this machine". ``shards`` is the number of steps of a predictions
-    run, fixed when the code location loads: every process of a deployment must see the same.
-    """
+    """The Essentia models folder and how analysis runs; 0 means "chosen for this machine".
+    ``shards``, the steps of a predictions run, must be the same in every process of a deployment."""
 
     models_dir: str | None = None
     processes: int = 0  # worker processes per shard step; 0 = its share of the cores, or one per GPU
@@ -104,8 +98,7 @@ class ModelsResource(dg.ConfigurableResource):
         return self.shards or available_cores()
 
     def worker_plan(self, concurrent_steps: int) -> WorkerPlan:
-        """Workers and inference threads of one shard step, ``concurrent_steps`` of which
-        share this machine."""
+        """Workers and inference threads of one of ``concurrent_steps`` shard steps on this machine."""
         return plan_workers(
             cores=available_cores(),
             concurrent_steps=concurrent_steps,
@@ -140,8 +133,7 @@ class CalibrationResource(dg.ConfigurableResource):
 
 
 class TaggingResource(dg.ConfigurableResource):
-    """Mood tiers, and what the tag writer puts into the fields players read
-    (``nomarr_pipeline.definitions`` fills the latter from ``settings.TagSettings``)."""
+    """Mood tiers, and what the tag writer puts into the fields players read (``settings.TagSettings``)."""
 
     strict: float = 0.92
     regular: float = 0.80
@@ -201,15 +193,6 @@ class TaggingResource(dg.ConfigurableResource):
 
 
 def tagging_resource(settings: Settings) -> TaggingResource:
-    """The ``tagging`` resource of these settings: the code location's and the command line's."""
+    """The ``tagging`` resource of the code location and of the command line."""
     return TaggingResource(previews_dir=str(settings.data_dir / "previews"), **vars(settings.tags))
 
-
-__all__ = [
-    "CalibrationResource",
-    "LibraryResource",
-    "ModelsResource",
-    "StoreResource",
-    "TaggingResource",
-    "tagging_resource",
-]

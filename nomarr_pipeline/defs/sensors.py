@@ -1,12 +1,4 @@
-"""Sensors: cheap checks far below Dagster's 60 s tick limit, no duplicate runs.
-
-- ``library_change_sensor``: changed library folders -> a scan; a scan with new or changed
-  files -> one predictions run over every head.
-- ``head_discovery_sensor``: the ``heads`` partitions follow the models folder; new heads
-  (or replaced model files) are analysed in one run. A stat of the model files per tick,
-  JSON parsing only when they changed (no model hashing, no TensorFlow).
-- ``calibration_hash_sensor``: stale calibration hashes -> recalibration + tag writing.
-"""
+"""Sensors: cheap checks far below Dagster's 60 s tick limit, and no duplicate runs."""
 
 import hashlib
 import json
@@ -124,17 +116,14 @@ def models_fingerprint(models_dir: Path) -> str:
     for path in sorted(models_dir.rglob("*")):
         if path.suffix in (".json", ".pb", ".onnx") and path.is_file():
             stat = path.stat()
-            digest.update(
-                f"{path.relative_to(models_dir)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode(
-                    "utf-8", "surrogateescape"
-                )
-            )
+            line = f"{path.relative_to(models_dir)}|{stat.st_size}|{stat.st_mtime_ns}\n"
+            digest.update(line.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
 def _discovered_keys(models_dir: Path, cursor: str | None) -> tuple[list[str], str, bool]:
     """The head keys in the folder, the new cursor, and whether model files changed since the
-    last tick (not on the first); JSON is parsed only on change."""
+    last tick (not on the first). A stat per model file; JSON is parsed only on change."""
     fingerprint = models_fingerprint(models_dir)
     saved = _load_cursor(cursor)
     if saved.get("fingerprint") == fingerprint and isinstance(saved.get("keys"), list):

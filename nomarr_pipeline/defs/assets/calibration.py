@@ -6,11 +6,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from nomarr_pipeline.calibration.exports import export_package, export_sidecars
-from nomarr_pipeline.calibration.generation import (
-    HeadCalibrationReport,
-    calibrate_head,
-    calibration_progress,
-)
+from nomarr_pipeline.calibration.generation import HeadCalibrationReport, calibrate_head, calibration_progress
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
 from nomarr_pipeline.calibration.plots import histogram_png, png_markdown
 from nomarr_pipeline.calibration.state import calibration_key, is_usable
@@ -44,21 +40,12 @@ SNAPSHOT_COLUMNS = {
 }
 
 STATE_CHECKS = [
-    dg.AssetCheckSpec(
-        "out_of_range_ratio",
-        asset="calibration_state",
-        description="At most 5 % of a label's values fall outside its histogram range.",
-    ),
-    dg.AssetCheckSpec(
-        "minimum_n",
-        asset="calibration_state",
-        description="Each label is calibrated from at least `min_n` values.",
-    ),
-    dg.AssetCheckSpec(
-        "p5_below_p95",
-        asset="calibration_state",
-        description="Each calibration in force has p5 < p95, so it can be applied.",
-    ),
+    dg.AssetCheckSpec(name, asset="calibration_state", description=description)
+    for name, description in [
+        ("out_of_range_ratio", "At most 5 % of a label's values fall outside its histogram range."),
+        ("minimum_n", "Each label is calibrated from at least `min_n` values."),
+        ("p5_below_p95", "Each calibration in force has p5 < p95, so it can be applied."),
+    ]
 ]
 
 

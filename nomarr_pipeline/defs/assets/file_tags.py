@@ -1,19 +1,11 @@
-"""``file_tags``: raw Essentia predictions per head (one dynamic partition per head).
+"""``file_tags``: raw Essentia predictions, one dynamic partition per head (docs/ARCHITECTURE.md §5).
 
-A graph-backed asset, so that the run's executor places the work: ``analysis_shard_{i}_of_{n}``
-steps claim files from the store a few at a time until none is left (a fast machine takes
-more than a slow one; see :mod:`nomarr_pipeline.ml.analysis`), and ``file_tags_report`` adds
-their reports up, releases the run's claims and materializes the selected partitions. The
-number of shard steps is fixed when the code location loads (``NOMARR_ANALYSIS_SHARDS``):
-a static fan-out, which every executor runs (dagster-dask does not run dynamic fan-outs).
-
-Shards write predictions to the store themselves and report through the run's event log
-(output metadata of ``Nothing`` outputs), which every process of a deployment shares; nothing
-goes through an IO manager, so shards on different machines need no shared disk.
-
-Single-run backfills let one run serve many heads, so each backbone runs once per file for
-all selected heads. No ``from __future__ import annotations``: Dagster inspects the context
-annotation at runtime.
+A graph-backed asset: ``analysis_shard_{i}_of_{n}`` steps, placed by the run's executor, claim
+files from the store until none is left; ``file_tags_report`` adds their reports up and
+materializes the partitions. A static fan-out (``NOMARR_ANALYSIS_SHARDS``), since dagster-dask
+runs no dynamic one. Shards write to the store and report through output metadata in the run's
+event log: no IO manager, no shared disk. No ``from __future__ import annotations``: Dagster
+inspects the context annotation at runtime.
 """
 
 import multiprocessing
@@ -29,12 +21,7 @@ from nomarr_pipeline.defs.assets.tables import metadata_table
 from nomarr_pipeline.defs.executors import ExecutorSettingError, is_remote, refuse_embedded_store
 from nomarr_pipeline.defs.partitions import SINGLE_RUN, heads_partitions
 from nomarr_pipeline.defs.resources import ModelsResource, StoreResource
-from nomarr_pipeline.ml.analysis import (
-    MAX_REPORTED_ERRORS,
-    FileProgress,
-    HeadReport,
-    analyze,
-)
+from nomarr_pipeline.ml.analysis import MAX_REPORTED_ERRORS, FileProgress, HeadReport, analyze
 from nomarr_pipeline.ml.capacity import available_cores
 from nomarr_pipeline.ml.discovery import discover_models
 from nomarr_pipeline.progress import StepProgress
@@ -50,7 +37,7 @@ STALE_CLAIM_S = 24 * 3600
 
 
 class _RunLog:
-    """A text stream that ends up in the run's log, for :class:`StepProgress`."""
+    """A text stream into the run's log, for :class:`StepProgress`."""
 
     def __init__(self, context: dg.AssetExecutionContext) -> None:
         self._context = context
@@ -76,11 +63,6 @@ class _ProgressLog:
             self._context.log.warning(f"{file.path}: {file.error}")
         self.files = file.done
         self._progress(file.done, file.total)
-
-
-def _no_retry(failure: dg.Failure) -> dg.Failure:
-    """The same failure, not retried: a setting to fix, not a process that died."""
-    return dg.Failure(failure.description, metadata=failure.metadata, allow_retries=False)
 
 
 def _shard_op(index: int, count: int) -> dg.OpDefinition:
@@ -110,8 +92,8 @@ def _shard_op(index: int, count: int) -> dg.OpDefinition:
             models_dir = models_folder(models)
         except ExecutorSettingError as error:
             raise dg.Failure(str(error), allow_retries=False) from None
-        except dg.Failure as failure:
-            raise _no_retry(failure) from None
+        except dg.Failure as failure:  # a setting to fix, not a process that died: no retry
+            raise dg.Failure(failure.description, metadata=failure.metadata, allow_retries=False) from None
         if multiprocessing.current_process().daemon:
             raise dg.Failure(
                 "this step runs in a daemonic process, which cannot start analysis workers: on "
@@ -131,7 +113,6 @@ def _shard_op(index: int, count: int) -> dg.OpDefinition:
             + (f", GPUs {','.join(plan.gpus)}" if plan.gpus else "")
         )
         started = time.perf_counter()
-        # Files done, rate and time left, as lines in the run's log.
         console = Console(file=_RunLog(context), force_terminal=False, width=200)
         with StepProgress(f"shard {index + 1}/{count}", console=console,
                           log_every_s=_PROGRESS_EVERY_S) as progress:
@@ -286,10 +267,7 @@ def _report_op(count: int) -> dg.OpDefinition:
 def _stem_hint(partition_key: str, problems: dict[str, str]) -> str | None:
     """The problem of a model file whose name matches the key's head, if any."""
     head_name = partition_key.split(":", 1)[-1]
-    for stem in problems:
-        if stem.split("-", 1)[0] == head_name:
-            return stem
-    return None
+    return next((stem for stem in problems if stem.split("-", 1)[0] == head_name), None)
 
 
 def build_file_tags(shards: int) -> dg.AssetsDefinition:
