@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -177,13 +178,14 @@ def require_library_roots() -> list[Path]:
             "set NOMARR_LIBRARY_ROOTS to your music folders separated by ':' (or try `nomarr-pipeline demo`)",
         )
     for root in roots:
-        if not root.is_dir():
-            why = "is not a folder" if root.exists() else "does not exist"
-            raise UserError(
-                f"NOMARR_LIBRARY_ROOTS names {root}, which {why}",
-                "set NOMARR_LIBRARY_ROOTS to existing music folders, separated by ':'",
-            )
+        _require_folder(root, "NOMARR_LIBRARY_ROOTS", "existing music folders, separated by ':'")
     return roots
+
+
+def _require_folder(path: Path, variable: str, expected: str) -> None:
+    if not path.is_dir():
+        why = "is not a folder" if path.exists() else "does not exist"
+        raise UserError(f"{variable} names {path}, which {why}", f"set {variable} to {expected}")
 
 
 def require_models_dir() -> Path:
@@ -203,12 +205,7 @@ def require_heads() -> tuple[list[Head], list[ModelProblem]]:
     from nomarr_pipeline.ml.discovery import discover_models
 
     models_dir = require_models_dir()
-    if not models_dir.is_dir():
-        why = "is not a folder" if models_dir.exists() else "does not exist"
-        raise UserError(
-            f"NOMARR_MODELS_DIR names {models_dir}, which {why}",
-            "set NOMARR_MODELS_DIR to a folder of Essentia models (<name>.pb + <name>.json)",
-        )
+    _require_folder(models_dir, "NOMARR_MODELS_DIR", "a folder of Essentia models (<name>.pb + <name>.json)")
     catalog = discover_models(models_dir)
     for problem in catalog.problems:
         print(f"warning: model {problem.path}: {problem.message}", file=sys.stderr)
@@ -319,11 +316,6 @@ class RunFailure:
     heads_left_out: tuple[str, ...] = ()
 
 
-def step_output_log() -> Path:
-    """Where the code server of the command line's latest runs, and their steps, printed."""
-    return Path(os.environ["DAGSTER_HOME"]) / "nomarr-cli" / "step-processes.log"
-
-
 @contextmanager
 def children_print_to(log: Path) -> Iterator[None]:
     """Processes started meanwhile inherit ``log`` as their stdout and stderr.
@@ -413,7 +405,8 @@ class PipelineRunner:
         """The code server, started for the first run (seconds: it loads the definitions); it
         and its runs print into a log file (``--verbose``: the terminal)."""
         if self._launcher is None:
-            with nullcontext() if self.verbose else children_print_to(step_output_log()):
+            log = Path(os.environ["DAGSTER_HOME"]) / "nomarr-cli" / "step-processes.log"
+            with nullcontext() if self.verbose else children_print_to(log):
                 launcher = self._resources.enter_context(CodeLocationLauncher(self.instance))
             problem = launcher.location_error()
             if problem:
@@ -426,20 +419,19 @@ class PipelineRunner:
         self,
         step: str,
         job_name: str,
-        partition_keys: Sequence[str] = (),
+        partition_keys: Sequence[str] | None = None,
         *,
-        partitioned: bool = False,
         progress: Measure | None = None,
     ) -> StepOutcome:
-        """Run ``job_name`` once, or once per contiguous range of ``partition_keys`` when the
-        job is head-partitioned; ``progress`` measures (done, total) while it runs."""
+        """Run ``job_name`` once, or once per contiguous range of the head ``partition_keys``;
+        ``progress`` measures (done, total) while it runs."""
         outcome = StepOutcome(step, "ok")
         self.outcomes.append(outcome)
         if any(o.stops_later_steps for o in self.outcomes):
             outcome.status, outcome.detail = "skipped", "an earlier step failed"
             return outcome
         runs: list[dict[str, str]] = [{}]
-        if partitioned:
+        if partition_keys is not None:
             if not partition_keys:
                 outcome.status, outcome.detail = "skipped", "no head partitions to run"
                 return outcome
@@ -475,13 +467,6 @@ class PipelineRunner:
             return run_id, None
         return run_id, failure_of(self.launcher.step_failures(run_id))
 
-    def add_heads(self, keys: Sequence[str]) -> list[str]:
-        """Adds the head partitions the instance does not know yet; the new ones."""
-        known = set(self.instance.get_dynamic_partitions(HEADS))
-        new = [key for key in keys if key not in known]
-        self.instance.add_dynamic_partitions(HEADS, new)
-        return new
-
 
 def _print_event(entry: dg.EventLogEntry) -> None:
     say(f"  {entry.step_key or entry.job_name}: {entry.message or entry.user_message}")
@@ -505,13 +490,7 @@ def contiguous_ranges(ordered_keys: Sequence[str], wanted: Sequence[str]) -> lis
     """``wanted`` as runs of consecutive keys of ``ordered_keys`` (dynamic partitions keep insertion
     order), so heads removed from the models folder but still partitions are never run."""
     wanted_set = set(wanted)
-    ranges: list[list[str]] = [[]]
-    for key in ordered_keys:
-        if key in wanted_set:
-            ranges[-1].append(key)
-        elif ranges[-1]:
-            ranges.append([])
-    return [keys for keys in ranges if keys]
+    return [list(keys) for inside, keys in groupby(ordered_keys, key=wanted_set.__contains__) if inside]
 
 
 # ---- the pipeline ---------------------------------------------------------------------------
@@ -544,15 +523,16 @@ def run_pipeline(command: str = "run", *, verbose: bool = False) -> list[StepOut
             )
 
         keys = [head.partition_key for head in heads]
-        new = runner.add_heads(keys)
+        known = set(runner.instance.get_dynamic_partitions(HEADS))
+        new = [key for key in keys if key not in known]
+        runner.instance.add_dynamic_partitions(HEADS, new)
         runner.outcomes.append(discovery_outcome(len(keys), len(new), broken))
         print(f"heads: {', '.join(keys)}")
 
         # A run with nothing to do would still start its processes: seconds for nothing.
         analysed = analysis_progress(store, heads)
         if new or _left(analysed):
-            predictions = runner.run_job("predictions", predictions_job.name, keys, partitioned=True,
-                                         progress=analysed)
+            predictions = runner.run_job("predictions", predictions_job.name, keys, progress=analysed)
         else:
             predictions = runner.skip("predictions", "nothing to analyse")
         left_out = set(predictions.heads_left_out)
@@ -561,8 +541,7 @@ def run_pipeline(command: str = "run", *, verbose: bool = False) -> list[StepOut
                 "predictions are stored")
         calibrated = {f"{state['model_key']}:{state['head_name']}" for state in store.list_calibrations()}
         if predictions.run_ids or not calibrated >= set(keys):
-            runner.run_job("calibration", calibration_job.name, [key for key in keys if key not in left_out],
-                           partitioned=True)
+            runner.run_job("calibration", calibration_job.name, [key for key in keys if key not in left_out])
         else:
             runner.skip("calibration", "no new predictions")
         tagged = tagging_progress(store)

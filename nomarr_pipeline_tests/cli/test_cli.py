@@ -260,7 +260,7 @@ def test_a_failed_step_exits_1_and_skips_what_follows(
     with dg.DagsterInstance.ephemeral() as instance:
         pipeline = runner.PipelineRunner(instance, ExitStack())
         pipeline.run_job("scan", "library_scan_job")
-        skipped = pipeline.run_job("predictions", predictions_job.name, ["m:h"], partitioned=True)
+        skipped = pipeline.run_job("predictions", predictions_job.name, ["m:h"])
     assert (skipped.status, skipped.detail) == ("skipped", "an earlier step failed")
     assert launched == ["library_scan_job", "library_scan_job"]
 
@@ -281,7 +281,7 @@ def test_a_step_that_left_heads_out_lets_the_next_steps_go_on(monkeypatch, dagst
         instance.add_dynamic_partitions(HEADS, ["m:good", "m:broken"])
         pipeline = runner.PipelineRunner(instance, ExitStack())
         predictions = pipeline.run_job(
-            "predictions", predictions_job.name, ["m:good", "m:broken"], partitioned=True
+            "predictions", predictions_job.name, ["m:good", "m:broken"]
         )
         tagging = pipeline.run_job("recalibration + tag writing", "tagging_job")
     assert predictions.status == "failed" and predictions.heads_left_out == ["m:broken"]
