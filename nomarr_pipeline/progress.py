@@ -1,12 +1,13 @@
 """Progress of long command-line steps, on stderr (stdout is for results): a ``rich`` bar on a
-terminal, plain log lines otherwise. :class:`ProgressPoller` measures work that reports nothing
+terminal, plain log lines otherwise. :func:`polled` measures work that reports nothing
 itself, such as a Dagster run's (no callback reaches the command line)."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 from rich.console import Console
@@ -23,8 +24,6 @@ from rich.text import Text
 
 
 class RateColumn(ProgressColumn):
-    """``12.5 files/s``: :func:`rate` in the step's unit."""
-
     def __init__(self, unit: str) -> None:
         super().__init__()
         self.unit = unit
@@ -47,8 +46,8 @@ def duration(seconds: float | None) -> str:
 
 class StepProgress:
     """Done / total of one step, with rate and time left: a context manager to call with
-    ``(done, total)`` as often as you like. Off a terminal it prints a line at most every
-    ``log_every_s`` seconds, and a summary line at the end."""
+    ``(done, total)`` as often as you like. Off a terminal (or given ``log``, where the lines go)
+    it prints a line at most every ``log_every_s`` seconds, and a summary line at the end."""
 
     def __init__(
         self,
@@ -56,13 +55,15 @@ class StepProgress:
         *,
         unit: str = "files",
         console: Console | None = None,
+        log: Callable[[str], None] | None = None,
         log_every_s: float = 10.0,
         get_time: Callable[[], float] = time.monotonic,
     ) -> None:
         self.label = label
         self.unit = unit
         self.console = console or Console(stderr=True)
-        self.interactive = self.console.is_terminal
+        self.log = log
+        self.interactive = log is None and self.console.is_terminal
         self.log_every_s = log_every_s
         self._bar = Progress(
             TextColumn("{task.description}"),
@@ -109,43 +110,38 @@ class StepProgress:
     def _print(self, rest: str) -> None:
         task = self.task
         line = f"{self.label}: {int(task.completed)}/{int(task.total or 0)} {self.unit} {rest}"
-        self.console.print(line, highlight=False, soft_wrap=True)
+        if self.log is not None:
+            self.log(line)
+        else:
+            self.console.print(line, highlight=False, soft_wrap=True)
 
 
-class ProgressPoller:
+@contextmanager
+def polled(
+    progress: StepProgress, measure: Callable[[], tuple[int, int]], *, interval_s: float = 1.0
+) -> Iterator[None]:
     """Feeds ``progress`` with ``measure() -> (done, total)`` every ``interval_s``, from a daemon
-    thread. A failing measurement (the database briefly locked) skips that tick: progress
-    display must never break the work it watches."""
+    thread, while the body runs."""
+    stop = threading.Event()
 
-    def __init__(
-        self, progress: StepProgress, measure: Callable[[], tuple[int, int]], *, interval_s: float = 1.0
-    ) -> None:
-        self.progress = progress
-        self.measure = measure
-        self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"progress:{progress.label}", daemon=True)
-
-    def _tick(self) -> None:
+    def tick() -> None:
         try:
-            done, total = self.measure()
-        except Exception:  # see the class docstring
+            done, total = measure()
+        except Exception:  # the database briefly locked: progress must never break the work it watches
             return
-        self.progress(done, total)
+        progress(done, total)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._tick()
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            tick()
 
-    def __enter__(self) -> ProgressPoller:
-        self.progress.__enter__()
-        self._tick()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        # Bounded: one measurement is a single cheap query.
-        self._thread.join(timeout=max(5.0, 2 * self.interval_s))
-        self._tick()
-        self.progress.__exit__(*exc_info)
+    thread = threading.Thread(target=loop, name=f"progress:{progress.label}", daemon=True)
+    with progress:
+        tick()
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=max(5.0, 2 * interval_s))  # bounded: one measurement is one cheap query
+            tick()

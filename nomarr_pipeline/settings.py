@@ -8,6 +8,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from nomarr_pipeline.calibration.tiers import TIER_NAMES
@@ -66,8 +67,7 @@ def _env_bool(name: str, default: bool) -> bool:
 
 
 def _env_str(name: str) -> str | None:
-    raw = os.environ.get(name)
-    return raw if raw not in (None, "") else None
+    return os.environ.get(name) or None
 
 
 def _env_count(name: str) -> int:
@@ -79,10 +79,11 @@ def _env_count(name: str) -> int:
     return int(raw or 0)
 
 
-def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+def _env_choice(name: str, default: str, choices: tuple[str, ...], what: str = "", expected: str = "") -> str:
     value = (_env_str(name) or default).strip().lower()
     if value not in choices:
-        raise SettingError(name, f"is {value!r}, not one of {', '.join(choices)}", " or ".join(choices))
+        problem = f"is {value!r}, not {what or 'one of ' + ', '.join(choices)}"
+        raise SettingError(name, problem, expected or " or ".join(choices))
     return value
 
 
@@ -132,11 +133,8 @@ def _env_gpus(name: str) -> tuple[str, ...] | None:
 
 def inference_engine() -> str:
     """``NOMARR_INFERENCE_ENGINE``: which engine runs a model that has both a ``.pb`` and an ``.onnx``."""
-    engine = (_env_str("NOMARR_INFERENCE_ENGINE") or "auto").strip().lower()
-    if engine not in INFERENCE_ENGINES:
-        raise SettingError("NOMARR_INFERENCE_ENGINE", f"is {engine!r}, not an inference engine",
-                           "auto (ONNX Runtime where an .onnx exists), onnx or tensorflow")
-    return engine
+    expected = "auto (ONNX Runtime where an .onnx exists), onnx or tensorflow"
+    return _env_choice("NOMARR_INFERENCE_ENGINE", "auto", INFERENCE_ENGINES, "an inference engine", expected)
 
 
 @dataclass(frozen=True)
@@ -163,7 +161,7 @@ class Settings:
     calibration_cron: str
     schedule_timezone: str
     histogram_overrides: dict[str, dict[str, float]]
-    tags: TagSettings
+    tags: dict[str, Any]  # tag_settings()
     # The NOMARR_* variables that were set, so the code location can show them as dg.EnvVar.
     from_environment: frozenset[str] = frozenset()
 
@@ -204,7 +202,7 @@ class Settings:
             calibration_cron=_env_cron("NOMARR_CALIBRATION_CRON", "0 3 * * *"),
             schedule_timezone=_env_timezone("NOMARR_SCHEDULE_TIMEZONE", "UTC"),
             histogram_overrides=_env_histogram_overrides("NOMARR_HISTOGRAM_OVERRIDES"),
-            tags=TagSettings.from_env(),
+            tags=tag_settings(),
             from_environment=frozenset(name for name in os.environ if name.startswith("NOMARR_")),
         )
 
@@ -281,34 +279,17 @@ def _env_number(name: str, default: float, kind: type[float] | type[int], low: f
     return value
 
 
-@dataclass(frozen=True)
-class TagSettings:
+def tag_settings() -> dict[str, Any]:
     """What the tag writer puts into the fields players read: the ``tagging`` resource's fields."""
-
-    standard_mood: bool
-    mood_tier: str
-    replace_mood: bool
-    genre_head: str | None
-    genre_count: int
-    genre_threshold: float
-    genre_form: str
-    replace_genre: bool
-    score_heads: str
-    max_labels_per_head: int
-
-    @classmethod
-    def from_env(cls) -> TagSettings:
-        return cls(
-            standard_mood=_env_bool("NOMARR_STANDARD_MOOD", True),
-            mood_tier=_env_choice("NOMARR_MOOD_TIER", "mood-regular", TIER_NAMES),
-            replace_mood=_env_bool("NOMARR_REPLACE_MOOD", False),
-            genre_head=_env_str("NOMARR_GENRE_HEAD"),
-            genre_count=int(_env_number("NOMARR_GENRE_COUNT", 3, int, 1, 100)),
-            genre_threshold=float(_env_number("NOMARR_GENRE_THRESHOLD", 0.8, float, 0.0, 1.0)),
-            genre_form=_env_choice("NOMARR_GENRE_FORM", "parent-style", GENRE_FORMS),
-            replace_genre=_env_bool("NOMARR_REPLACE_GENRE", False),
-            score_heads=(_env_str("NOMARR_SCORE_HEADS") or "mood").strip(),
-            max_labels_per_head=int(
-                _env_number("NOMARR_MAX_LABELS_PER_HEAD", DEFAULT_MAX_LABELS, int, 0, 100_000)
-            ),
-        )
+    return dict(
+        standard_mood=_env_bool("NOMARR_STANDARD_MOOD", True),
+        mood_tier=_env_choice("NOMARR_MOOD_TIER", "mood-regular", TIER_NAMES),
+        replace_mood=_env_bool("NOMARR_REPLACE_MOOD", False),
+        genre_head=_env_str("NOMARR_GENRE_HEAD"),
+        genre_count=_env_number("NOMARR_GENRE_COUNT", 3, int, 1, 100),
+        genre_threshold=_env_number("NOMARR_GENRE_THRESHOLD", 0.8, float, 0.0, 1.0),
+        genre_form=_env_choice("NOMARR_GENRE_FORM", "parent-style", GENRE_FORMS),
+        replace_genre=_env_bool("NOMARR_REPLACE_GENRE", False),
+        score_heads=(_env_str("NOMARR_SCORE_HEADS") or "mood").strip(),
+        max_labels_per_head=_env_number("NOMARR_MAX_LABELS_PER_HEAD", DEFAULT_MAX_LABELS, int, 0, 100_000),
+    )

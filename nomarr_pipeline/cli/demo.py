@@ -65,13 +65,3 @@ def build_demo_library(dest: Path) -> Path:
         )
         tmp.replace(target)
     return dest
-
-
-def build_demo_models(dest: Path) -> Path:
-    """Write the demo backbones and heads under ``dest`` (deterministic bytes, so rewriting
-    them keeps the heads' ``tagger_version`` and nothing is re-analysed) and return it."""
-    from nomarr_pipeline.ml.demo_models import write_demo_models
-
-    write_demo_models(dest, onnx=True)
-    return dest
-

@@ -74,13 +74,16 @@ def cli() -> None:
 @verbose_option
 def demo(folder: Path, verbose: bool) -> int:
     """Build a demo library and models, run the whole pipeline on them."""
-    from nomarr_pipeline.cli.demo import build_demo_library, build_demo_models, configure_demo_environment
+    from nomarr_pipeline.cli.demo import build_demo_library, configure_demo_environment
+    from nomarr_pipeline.ml.demo_models import write_demo_models
 
     folder = folder.absolute()
     env_file = write_env_file(configure_demo_environment(folder))
     library = build_demo_library(folder / "library")
     click.echo(f"demo library: {library}")
-    click.echo(f"demo models:  {build_demo_models(folder / 'models')}")
+    # Deterministic bytes: rewritten, the heads keep their tagger_version and nothing is re-analysed.
+    write_demo_models(folder / "models", onnx=True)
+    click.echo(f"demo models:  {folder / 'models'}")
     click.echo(f"demo settings: {env_file} (read by nomarr-pipeline and dagster dev in this folder)")
     ok = _run_and_summarise("demo", verbose)
     click.echo(f"tags written into: {library}  (MOOD and nom:* keys; e.g. mutagen-inspect)")
@@ -246,12 +249,10 @@ def write_tags(preview: bool, output: str, verbose: bool, **tag_flags: object) -
     if preview:
         with closing(runner.open_checked_store()) as store:
             frame = runner.tag_preview(store)
-        if output == "-":
-            frame.to_csv(sys.stdout, index=False)
-            return 0
-        frame.to_csv(output, index=False)
-        changes = int((frame["action"] != "keep").sum())
-        click.echo(f"preview: {output} ({frame['file_id'].nunique()} files, {changes} tag changes)")
+        frame.to_csv(sys.stdout if output == "-" else output, index=False)
+        if output != "-":
+            changes = int((frame["action"] != "keep").sum())
+            click.echo(f"preview: {output} ({frame['file_id'].nunique()} files, {changes} tag changes)")
         return 0
     with runner.pipeline_session("write-tags", verbose=verbose) as (pipeline, store):
         outcome = pipeline.run_job(
@@ -416,9 +417,6 @@ def migrate_store(target_url: str, batch_size: int) -> int:
     return 0
 
 
-# ---- output ---------------------------------------------------------------------------------
-
-
 def _run_and_summarise(command: str, verbose: bool) -> bool:
     """The whole pipeline, then its summary and where to look; whether every step succeeded."""
     outcomes = runner.run_pipeline(command, verbose=verbose)
@@ -469,9 +467,6 @@ def _print_write_errors(store: Store) -> None:
         click.echo("next: make the library's folders and files writable by this user (a read-only mount, "
                    "or a file's own read-only or immutable flag, is respected), then `nomarr-pipeline "
                    "write-tags`", err=True)
-
-
-# ---- entry point ----------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:

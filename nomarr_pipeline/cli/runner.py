@@ -33,7 +33,7 @@ from nomarr_pipeline.defs.jobs import (
 from nomarr_pipeline.defs.partitions import HEADS
 from nomarr_pipeline.library.changes import changed_folders
 from nomarr_pipeline.library.identity import library_key
-from nomarr_pipeline.progress import ProgressPoller, StepProgress
+from nomarr_pipeline.progress import StepProgress, polled
 from nomarr_pipeline.settings import SettingError, Settings
 from nomarr_pipeline.store import (
     Doc,
@@ -70,9 +70,6 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-# ---- pre-flight checks ----------------------------------------------------------------------
-
-
 def checked_settings() -> Settings:
     try:
         return Settings.from_env()
@@ -83,8 +80,7 @@ def checked_settings() -> Settings:
 
 
 def open_checked_store(*, for_writing: bool = False) -> Store:
-    """The configured store, touched once so an unreachable database is reported before any
-    run; ``for_writing`` also refuses an embedded store this user cannot write."""
+    """The configured store, touched once; ``for_writing`` refuses an embedded store one cannot write."""
     config = checked_settings()
     try:
         config.ensure_store_folder()
@@ -227,8 +223,7 @@ def model_catalog() -> ModelCatalog | None:
 
 
 def dagster_instance() -> dg.DagsterInstance:
-    """The instance shared with ``dagster dev``: ``DAGSTER_HOME``, by default ``dagster_home/`` in
-    the data folder, with the repository's ``dagster.yaml``; one holding another store's runs is refused."""
+    """The instance ``dagster dev`` shares: ``DAGSTER_HOME``, by default ``dagster_home/`` in the data dir."""
     settings = checked_settings()
     expected = "a folder for Dagster's runs (or unset it: dagster_home/ in NOMARR_DATA_DIR)"
     if "DAGSTER_HOME" not in os.environ:
@@ -255,9 +250,7 @@ def _require_one_store(marker: Path, store: str) -> None:
     """An instance's runs and partitions describe one store: the first that used it (``marker``)."""
     if not marker.exists():
         marker.write_text(store + "\n")
-        return
-    recorded = marker.read_text().strip()
-    if recorded != store:
+    elif (recorded := marker.read_text().strip()) != store:
         raise UserError(
             f"the Dagster instance in DAGSTER_HOME {marker.parent} keeps the runs of the store "
             f"{recorded}, not of {store}",
@@ -271,8 +264,7 @@ _STORAGE_PACKAGES = ("sqlite3", "sqlalchemy", "psycopg2", "psycopg")
 
 
 def _instance_error(error: Exception) -> Exception:
-    """A :class:`UserError` when the instance's storage refused (full disk, read-only), else
-    ``error`` itself (a bug, shown with its traceback)."""
+    """A :class:`UserError` when the instance's storage refused (full disk, read-only), else ``error``."""
     cause: BaseException | None = error
     while cause is not None and not (
         isinstance(cause, OSError) or type(cause).__module__.split(".")[0] in _STORAGE_PACKAGES
@@ -286,9 +278,6 @@ def _instance_error(error: Exception) -> Exception:
         "free space on its disk or make it writable, or set DAGSTER_HOME to another folder; "
         "then run again (finished work is kept)",
     )
-
-
-# ---- running jobs ---------------------------------------------------------------------------
 
 
 @dataclass
@@ -318,12 +307,9 @@ class RunFailure:
 
 @contextmanager
 def children_print_to(log: Path) -> Iterator[None]:
-    """Processes started meanwhile inherit ``log`` as their stdout and stderr.
-
-    Around the start of the code server: the step processes of every run it launches inherit
-    its output, and write there before any run config applies (Dagster's DEBUG lines, warnings,
-    TensorFlow's and Essentia's own lines). The events are in the instance (the UI shows them,
-    as does ``--verbose``); the command line shows its progress and summary."""
+    """Processes started meanwhile (the code server, and so the step processes of its runs) print
+    into ``log``: Dagster's DEBUG lines, warnings, TensorFlow's and Essentia's own lines. The
+    events are in the instance (the UI and ``--verbose`` show them)."""
     log.parent.mkdir(exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -402,8 +388,7 @@ class PipelineRunner:
 
     @property
     def launcher(self) -> CodeLocationLauncher:
-        """The code server, started for the first run (seconds: it loads the definitions); it
-        and its runs print into a log file (``--verbose``: the terminal)."""
+        """The code server, started for the first run; it and its runs print into a log file."""
         if self._launcher is None:
             log = Path(os.environ["DAGSTER_HOME"]) / "nomarr-cli" / "step-processes.log"
             with nullcontext() if self.verbose else children_print_to(log):
@@ -423,8 +408,7 @@ class PipelineRunner:
         *,
         progress: Measure | None = None,
     ) -> StepOutcome:
-        """Run ``job_name`` once, or once per contiguous range of the head ``partition_keys``;
-        ``progress`` measures (done, total) while it runs."""
+        """Run ``job_name`` once, or once per contiguous range of the head ``partition_keys``."""
         outcome = StepOutcome(step, "ok")
         self.outcomes.append(outcome)
         if any(o.stops_later_steps for o in self.outcomes):
@@ -439,7 +423,7 @@ class PipelineRunner:
             runs = [partition_range_tags(keys) for keys in ranges]
             outcome.detail = f"{len(partition_keys)} heads in {len(runs)} run(s)"
         failures: list[RunFailure] = []
-        with ProgressPoller(StepProgress(step), progress) if progress else nullcontext():
+        with polled(StepProgress(step), progress) if progress else nullcontext():
             for tags in runs:
                 run_id, failure = self.launch_and_wait(job_name, {"nomarr/launched_by": "cli", **tags},
                                                        run_config(job_name))
@@ -474,8 +458,7 @@ def _print_event(entry: dg.EventLogEntry) -> None:
 
 @contextmanager
 def pipeline_session(command: str, *, verbose: bool = False) -> Iterator[tuple[PipelineRunner, Store]]:
-    """The writable store and a runner, for a command that launches runs; on the embedded store
-    one such command at a time (a second one waits)."""
+    """The writable store and a runner; on the embedded store one such session at a time."""
     path = checked_settings().sqlite_store_path()
     with (
         closing(open_checked_store(for_writing=True)) as store,
@@ -487,13 +470,10 @@ def pipeline_session(command: str, *, verbose: bool = False) -> Iterator[tuple[P
 
 
 def contiguous_ranges(ordered_keys: Sequence[str], wanted: Sequence[str]) -> list[list[str]]:
-    """``wanted`` as runs of consecutive keys of ``ordered_keys`` (dynamic partitions keep insertion
-    order), so heads removed from the models folder but still partitions are never run."""
+    """``wanted`` as runs of consecutive keys of ``ordered_keys``: a head removed from the models
+    folder but still a partition is never run."""
     wanted_set = set(wanted)
     return [list(keys) for inside, keys in groupby(ordered_keys, key=wanted_set.__contains__) if inside]
-
-
-# ---- the pipeline ---------------------------------------------------------------------------
 
 
 def run_pipeline(command: str = "run", *, verbose: bool = False) -> list[StepOutcome]:
@@ -526,7 +506,14 @@ def run_pipeline(command: str = "run", *, verbose: bool = False) -> list[StepOut
         known = set(runner.instance.get_dynamic_partitions(HEADS))
         new = [key for key in keys if key not in known]
         runner.instance.add_dynamic_partitions(HEADS, new)
-        runner.outcomes.append(discovery_outcome(len(keys), len(new), broken))
+        discovery = StepOutcome("head discovery", "ok", f"{len(keys)} heads ({len(new)} new)")
+        runner.outcomes.append(discovery)
+        if broken:  # failed by name: the steps after it go on with the other heads
+            discovery.status = "failed"
+            discovery.heads_left_out = [problem.head_key or "" for problem in broken]
+            discovery.detail += f"; {len(broken)} broken model(s) left out: " + "; ".join(
+                f"{problem.path.stem} ({problem.head_key}): {problem.message}" for problem in broken
+            )
         print(f"heads: {', '.join(keys)}")
 
         # A run with nothing to do would still start its processes: seconds for nothing.
@@ -551,19 +538,6 @@ def run_pipeline(command: str = "run", *, verbose: bool = False) -> list[StepOut
             runner.skip("recalibration + tag writing", "every file is recalibrated and written")
         runner.outcomes.append(StepOutcome("total", "ok", f"{time.monotonic() - started:.0f}s"))
         return runner.outcomes
-
-
-def discovery_outcome(heads: int, new: int, broken: Sequence[ModelProblem]) -> StepOutcome:
-    """Heads found; a head whose model cannot run fails the step by name, and the steps after
-    it go on with the other heads."""
-    outcome = StepOutcome("head discovery", "ok", f"{heads} heads ({new} new)")
-    if broken:
-        outcome.status = "failed"
-        outcome.heads_left_out = [problem.head_key or "" for problem in broken]
-        outcome.detail += f"; {len(broken)} broken model(s) left out: " + "; ".join(
-            f"{problem.path.stem} ({problem.head_key}): {problem.message}" for problem in broken
-        )
-    return outcome
 
 
 def verify_tags(store: Store) -> StepOutcome:
@@ -617,32 +591,14 @@ def tagging_progress(store: Store) -> Measure:
     return measure
 
 
-# ---- status ---------------------------------------------------------------------------------
-
-STATUS_COLUMNS = [
-    "library",
-    "files",
-    "analysed",
-    "failed",
-    "calibrated heads",
-    "pending writes",
-    "write errors",
-    "expected hash",
-    "remaining recalibration",
-]
-
-
 def usable_calibrations(store: Store) -> list[Doc]:
     return [state for state in store.list_calibrations() if is_usable(state)]
 
 
 def status_frame(store: Store, catalog: ModelCatalog | None) -> pd.DataFrame:
-    """One row per library: the numbers ``nomarr-pipeline status`` prints.
-
-    "calibrated heads" counts the catalog's heads (every head without one) with a calibration
-    that can be applied. "failed" counts files whose scan or decoding failed, and files that
-    failed for a head at its current model (not a model replaced since: the file will be tried
-    again; nor a broken one: the model failed, not the file)."""
+    """One row per library, as ``nomarr-pipeline status`` prints it. "failed" counts files whose scan
+    or decoding failed, or that failed for a head at its current model (not a replaced or broken
+    model: the file will be tried again, or the model failed, not the file)."""
     import pandas as pd
 
     from nomarr_pipeline.ml.analysis import head_version, remembered_broken_models
@@ -656,29 +612,30 @@ def status_frame(store: Store, catalog: ModelCatalog | None) -> pd.DataFrame:
     target = expected_calibration_hash(store.list_calibrations())
     rows = []
     for library in store.list_libraries():
-        counts = store.file_counts(library["_key"])
-        head_failures = store.count_files_with_analysis_errors(versions, library["_key"]) if versions else 0
+        key = library["_key"]
+        counts = store.file_counts(key)
+        head_failures = store.count_files_with_analysis_errors(versions, key) if versions else 0
         rows.append(
-            [
-                library.get("name") or library.get("root_path") or library["_key"],
-                counts["total"],
-                max(0, counts["analysed"] - head_failures),
-                counts["scan_errors"] + counts["analysis_errors"] + head_failures,
-                len(calibrated),
-                counts["pending_writes"],
-                counts["write_errors"],
-                target,
-                store.count_files_needing_recalibration(target, library["_key"]),
-            ]
+            {
+                "library": library.get("name") or library.get("root_path") or key,
+                "files": counts["total"],
+                "analysed": max(0, counts["analysed"] - head_failures),
+                "failed": counts["scan_errors"] + counts["analysis_errors"] + head_failures,
+                "calibrated heads": len(calibrated),
+                "pending writes": counts["pending_writes"],
+                "write errors": counts["write_errors"],
+                "expected hash": target,
+                "remaining recalibration": store.count_files_needing_recalibration(target, key),
+            }
         )
-    return pd.DataFrame(rows, columns=STATUS_COLUMNS)
+    return pd.DataFrame(rows)
 
 
 def tag_preview(store: Store) -> pd.DataFrame:
     """What a tag write would change, file by file and key by key (files untouched)."""
     from nomarr_pipeline.calibration.state import has_usable_calibration
     from nomarr_pipeline.defs.resources import tagging_resource
-    from nomarr_pipeline.tagging.batch import WriteReport, preview_frame, write_pending_tags
+    from nomarr_pipeline.tagging.batch import preview_frame, write_pending_tags
 
     has_calibration = has_usable_calibration(store.list_calibrations())
     options = tagging_resource(checked_settings()).tag_options()
@@ -686,10 +643,6 @@ def tag_preview(store: Store) -> pd.DataFrame:
     for library in store.list_libraries():
         pending = store.file_counts(library["_key"])["pending_writes"]
         with StepProgress(f"preview {library.get('name') or library['_key']}") as progress:
-
-            def show(report: WriteReport, progress: StepProgress = progress, total: int = pending) -> None:
-                progress(report.processed, total)
-
             report = write_pending_tags(
                 store,
                 library=library,
@@ -697,7 +650,7 @@ def tag_preview(store: Store) -> pd.DataFrame:
                 has_calibration=has_calibration,
                 options=options,
                 dry_run=True,
-                progress=show,
+                progress=lambda report, bar=progress, total=pending: bar(report.processed, total),
             )
         rows.extend(report.preview)
     return preview_frame(rows)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 class StoreResource(dg.ConfigurableResource):
-    """Where the data lives."""
+    """Where the data lives (``nomarr_pipeline.definitions`` fills it from the settings)."""
 
     url: str
     # The embedded store's folder may be created (the data folder); a store elsewhere never
@@ -77,8 +77,11 @@ class LibraryResource(dg.ConfigurableResource):
 
 
 class ModelsResource(dg.ConfigurableResource):
-    """The Essentia models folder and how analysis runs; 0 means "chosen for this machine".
-    ``shards``, the steps of a predictions run, must be the same in every process of a deployment."""
+    """The Essentia models folder and how analysis runs.
+
+    0 means "chosen for this machine". ``shards`` is the number of steps of a predictions
+    run, fixed when the code location loads: every process of a deployment must see the same.
+    """
 
     models_dir: str | None = None
     processes: int = 0  # worker processes per shard step; 0 = its share of the cores, or one per GPU
@@ -133,7 +136,8 @@ class CalibrationResource(dg.ConfigurableResource):
 
 
 class TaggingResource(dg.ConfigurableResource):
-    """Mood tiers, and what the tag writer puts into the fields players read (``settings.TagSettings``)."""
+    """Mood tiers, and what the tag writer puts into the fields players read
+    (``nomarr_pipeline.definitions`` fills the latter from ``settings.tag_settings``)."""
 
     strict: float = 0.92
     regular: float = 0.80
@@ -167,9 +171,7 @@ class TaggingResource(dg.ConfigurableResource):
             loose=self.loose,
             term_map=dict(self.term_map or {}),
             include_heads=tuple(self.include_heads) if self.include_heads is not None else None,
-            exclude_heads=tuple(self.exclude_heads)
-            if self.exclude_heads is not None
-            else DEFAULT_EXCLUDED_HEADS,
+            exclude_heads=DEFAULT_EXCLUDED_HEADS if self.exclude_heads is None else tuple(self.exclude_heads),
             max_std=self.max_std,
         )
 
@@ -194,5 +196,5 @@ class TaggingResource(dg.ConfigurableResource):
 
 def tagging_resource(settings: Settings) -> TaggingResource:
     """The ``tagging`` resource of the code location and of the command line."""
-    return TaggingResource(previews_dir=str(settings.data_dir / "previews"), **vars(settings.tags))
+    return TaggingResource(previews_dir=str(settings.data_dir / "previews"), **settings.tags)
 

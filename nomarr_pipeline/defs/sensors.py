@@ -134,11 +134,7 @@ def _discovered_keys(models_dir: Path, cursor: str | None) -> tuple[list[str], s
     return keys, json.dumps({"fingerprint": fingerprint, "keys": keys}), changed
 
 
-@dg.sensor(
-    target=[FILE_TAGS],
-    minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-)
+@dg.sensor(target=[FILE_TAGS], minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
 def head_discovery_sensor(
     context: dg.SensorEvaluationContext, models: ModelsResource
 ) -> dg.SensorResult | dg.SkipReason:
@@ -177,10 +173,9 @@ def head_discovery_sensor(
         # New keys are appended together, in this order, after every existing key, so the
         # range new[0]…new[-1] is exactly them: one single-run backfill for all new heads.
         stamp = hashlib.sha1("\n".join([cursor, *new]).encode("utf-8", "surrogateescape"))
-        run_key = f"heads-{stamp.hexdigest()[:16]}"
         run_requests.append(
             dg.RunRequest(
-                run_key=run_key,
+                run_key=f"heads-{stamp.hexdigest()[:16]}",
                 asset_selection=[FILE_TAGS],
                 tags={**partition_range_tags(new), "nomarr/new_heads": str(len(new))},
             )

@@ -64,7 +64,7 @@ def calibration_state(
     calibration: CalibrationResource,
 ) -> dg.MaterializeResult:
     """p5/p95 per (head, label) from one histogram query each; drift-tolerant in force."""
-    heads, _ = run_heads(context, models, compute_versions=False)
+    heads = run_heads(context, models)
     db = store.open()
     reports: list[HeadCalibrationReport] = []
     for head in heads:
@@ -111,8 +111,7 @@ def _head_metadata(report: HeadCalibrationReport, histograms: dict) -> dict[str,
 
 
 def _checks(reports: Sequence[HeadCalibrationReport], min_n: int) -> list[dg.AssetCheckResult]:
-    """One result per check for the whole run (one run serves many heads): its description
-    names the heads that failed, and what to do."""
+    """One result per check for the whole run, naming the heads that failed and what to do."""
     labels = [(report.partition_key, label) for report in reports for label in report.labels]
 
     def result(name: str, failing: list[tuple[str, str]], severity: dg.AssetCheckSeverity, fix: str,
@@ -154,7 +153,7 @@ def calibration_history(
     context: dg.AssetExecutionContext, store: StoreResource, models: ModelsResource
 ) -> dg.MaterializeResult:
     """The append-only snapshots of each label (written with its state), with drift deltas."""
-    heads, _ = run_heads(context, models, compute_versions=False)
+    heads = run_heads(context, models)
     db = store.open()
     for head in heads:
         meta: dict[str, object] = {}
@@ -189,7 +188,7 @@ def calibration_sidecars(
     calibration: CalibrationResource,
 ) -> dg.MaterializeResult:
     """``{head_name}-calibration-v{version}.json`` per head, exported from the store."""
-    heads, _ = run_heads(context, models, compute_versions=False)
+    heads = run_heads(context, models)
     wanted = {(h.model_key, h.head_name) for h in heads}
     states = [s for s in store.open().list_calibrations() if (s["model_key"], s["head_name"]) in wanted]
     report = export_sidecars(states, calibration.export_path())
@@ -228,9 +227,7 @@ def calibration_package(
         "path": dg.MetadataValue.path(str(path)),
         "calibrations": sum(is_usable(state) for state in states),  # what the package holds
         "expected_calibration_hash": expected_calibration_hash(states),
-        "total_heads": progress["total_heads"],
-        "calibrated_heads": progress["calibrated_heads"],
-        "remaining_heads": progress["remaining_heads"],
+        **{name: progress[name] for name in ("total_heads", "calibrated_heads", "remaining_heads")},
     }
     if progress["last_updated"]:
         metadata["last_updated"] = dg.MetadataValue.timestamp(progress["last_updated"] / 1000)

@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import Iterable
 
 import dagster as dg
-from rich.console import Console
 
 from nomarr_pipeline.defs.assets.heads import models_folder
 from nomarr_pipeline.defs.assets.tables import metadata_table
@@ -34,35 +33,6 @@ SHARD_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=10)
 # Claims of runs that died are deleted by the next run's report once this old (no batch of a
 # live shard holds a claim that long: it claims a few files at a time).
 STALE_CLAIM_S = 24 * 3600
-
-
-class _RunLog:
-    """A text stream into the run's log, for :class:`StepProgress`."""
-
-    def __init__(self, context: dg.AssetExecutionContext) -> None:
-        self._context = context
-
-    def write(self, text: str) -> None:
-        if text.strip():
-            self._context.log.info(text.strip())
-
-    def flush(self) -> None:
-        pass
-
-
-class _ProgressLog:
-    """Each finished file: its error as a warning, files done and time left in the run's log."""
-
-    def __init__(self, context: dg.AssetExecutionContext, progress: StepProgress) -> None:
-        self._context = context
-        self._progress = progress
-        self.files = 0
-
-    def __call__(self, file: FileProgress) -> None:
-        if file.error:
-            self._context.log.warning(f"{file.path}: {file.error}")
-        self.files = file.done
-        self._progress(file.done, file.total)
 
 
 def _shard_op(index: int, count: int) -> dg.OpDefinition:
@@ -113,10 +83,15 @@ def _shard_op(index: int, count: int) -> dg.OpDefinition:
             + (f", GPUs {','.join(plan.gpus)}" if plan.gpus else "")
         )
         started = time.perf_counter()
-        console = Console(file=_RunLog(context), force_terminal=False, width=200)
-        with StepProgress(f"shard {index + 1}/{count}", console=console,
-                          log_every_s=_PROGRESS_EVERY_S) as progress:
-            log = _ProgressLog(context, progress)
+        with StepProgress(
+            f"shard {index + 1}/{count}", log=context.log.info, log_every_s=_PROGRESS_EVERY_S
+        ) as progress:
+
+            def log(file: FileProgress) -> None:
+                if file.error:
+                    context.log.warning(f"{file.path}: {file.error}")
+                progress(file.done, file.total)
+
             reports = analyze(
                 db, heads, processes=plan.processes, file_timeout_s=models.file_timeout_s,
                 claim=AnalysisClaim(context.run.run_id, index), shards=count,
@@ -128,7 +103,7 @@ def _shard_op(index: int, count: int) -> dg.OpDefinition:
         context.add_output_metadata({
             _REPORT_KEY: dg.MetadataValue.json(
                 {key: report.as_metadata() for key, report in sorted(reports.items())}),
-            "files": dg.MetadataValue.int(log.files),  # this attempt's share of the run
+            "files": dg.MetadataValue.int(int(progress.task.completed)),  # this attempt's share of the run
             "seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 3)),
         })
 
@@ -163,13 +138,18 @@ def _shard_reports(context: dg.AssetExecutionContext) -> tuple[dict[str, HeadRep
     return reports, dict(starts)
 
 
+# A failure that names the heads it did not materialize lets the command line go on with the
+# others (their predictions are stored).
+NOT_MATERIALIZED = "heads_not_materialized"
+
+
 HEAD_COLUMNS = {"head": "string", "analysed": "int", "failed": "int", "skipped": "int", "seconds": "float"}
 
 
-def _metadata(reports: dict[str, HeadReport], seconds: float) -> dict[str, dg.MetadataValue]:
-    rows = [
-        (key, r.analysed, r.failed, r.skipped, round(r.seconds, 1)) for key, r in sorted(reports.items())
-    ]
+def _metadata(
+    reports: dict[str, HeadReport], seconds: float, left_out: Iterable[str]
+) -> dict[str, dg.MetadataValue]:
+    rows = [(key, r.analysed, r.failed, r.skipped, round(r.seconds, 1)) for key, r in sorted(reports.items())]
     return {
         # Sums over heads: a file analysed for three heads counts three times.
         "analysed": dg.MetadataValue.int(sum(r.analysed for r in reports.values())),
@@ -180,16 +160,8 @@ def _metadata(reports: dict[str, HeadReport], seconds: float) -> dict[str, dg.Me
         "per_head": dg.MetadataValue.json(
             {key: report.as_metadata() for key, report in sorted(reports.items())}
         ),
+        NOT_MATERIALIZED: dg.MetadataValue.json(sorted(left_out)),
     }
-
-
-# A failure that names the heads it did not materialize lets the command line go on with the
-# others (their predictions are stored).
-NOT_MATERIALIZED = "heads_not_materialized"
-
-
-def _not_materialized(keys: Iterable[str]) -> dict[str, dg.MetadataValue]:
-    return {NOT_MATERIALIZED: dg.MetadataValue.json(sorted(keys))}
 
 
 def _report_op(count: int) -> dg.OpDefinition:
@@ -226,20 +198,18 @@ def _report_op(count: int) -> dg.OpDefinition:
             )
         broken = {head.partition_key: (head, fault) for head in heads
                   if (fault := reports[head.partition_key].broken_model())}
+        # The other heads' predictions are stored (a re-run skips them); the partitions of broken
+        # or missing heads must not be marked materialized.
         if broken:
-            # The other heads' predictions are stored (a re-run skips them); the broken ones'
-            # partitions must not be marked materialized.
             details = "; ".join(f"{head.graph_path.name} ({key}): {fault}"
                                 for key, (head, fault) in sorted(broken.items()))
             raise dg.Failure(
                 f"{len(broken)} broken model(s), failing on their first files alike: {details}. "
                 "Replace or remove the model file (its files are tried again once it changes); "
                 "the other heads' predictions are stored",
-                metadata={**_metadata(reports, seconds), **_not_materialized(broken)},
+                metadata=_metadata(reports, seconds, left_out=broken),
             )
         if missing:
-            # The usable heads are stored already (a re-run will skip them); the missing ones
-            # must not be marked materialized.
             problems = {p.path.stem: p.message for p in catalog.problems}
             details = "; ".join(
                 f"{key}" + (f" ({problems[name]})" if (name := _stem_hint(key, problems)) else "")
@@ -247,7 +217,7 @@ def _report_op(count: int) -> dg.OpDefinition:
             )
             raise dg.Failure(
                 f"{len(missing)} selected heads have no usable model in {models_dir}: {details}",
-                metadata={**_metadata(reports, seconds), **_not_materialized(missing)},
+                metadata=_metadata(reports, seconds, left_out=missing),
             )
         context.log.info(f"{len(heads)} heads in {seconds:.0f}s")
         for head in heads:
