@@ -35,8 +35,6 @@ from nomarr_pipeline.store import store_engine
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
-    """The code location for ``settings``."""
-
     def env(name: str, value: Any) -> Any:
         """``dg.EnvVar(name)`` where the variable is set and means ``value`` as it stands."""
         return dg.EnvVar(name) if name in settings.from_environment else value

@@ -12,6 +12,8 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from nomarr_pipeline.calibration.tiers import TIER_NAMES
+from nomarr_pipeline.store import Store, StoreError, open_store, redact_url, store_engine
+from nomarr_pipeline.store.sqlite import SqliteStore
 from nomarr_pipeline.tagging.selection import DEFAULT_MAX_LABELS, GENRE_FORMS
 
 # The project folder's configuration: `dagster dev` started in that folder loads it too.
@@ -126,9 +128,7 @@ def _env_histogram_overrides(name: str) -> dict[str, dict[str, float]]:
 def _env_gpus(name: str) -> tuple[str, ...] | None:
     """CUDA device ids ("0,1"; "" = none); ``None`` when unset (every visible GPU)."""
     raw = os.environ.get(name)
-    if raw is None:
-        return None
-    return tuple(gpu.strip() for gpu in raw.split(",") if gpu.strip())
+    return None if raw is None else tuple(gpu.strip() for gpu in raw.split(",") if gpu.strip())
 
 
 def inference_engine() -> str:
@@ -206,22 +206,24 @@ class Settings:
             from_environment=frozenset(name for name in os.environ if name.startswith("NOMARR_")),
         )
 
+    def open_store(self, url: str | None = None) -> Store:
+        """The store at ``url`` (by default the configured one), with the configured credentials."""
+        return open_store(
+            url or self.store_url,
+            arango_db=self.arango_db,
+            arango_user=self.arango_user,
+            arango_password=self.arango_password,
+            pg_password=self.pg_password,
+        )
+
     def store_identity(self) -> str:
         """The store without credentials, the same whichever way its URL was written."""
-        from nomarr_pipeline.store import redact_url
-
         path = self.sqlite_store_path()
         return f"sqlite:///{path}" if path else redact_url(self.store_url)
 
     def sqlite_store_path(self) -> Path | None:
         """The file of the embedded store, ``None`` for a database server."""
-        from nomarr_pipeline.store import store_engine
-
-        if store_engine(self.store_url) != "sqlite":
-            return None
-        from nomarr_pipeline.store.sqlite import SqliteStore
-
-        return SqliteStore.from_url(self.store_url).path
+        return SqliteStore.from_url(self.store_url).path if store_engine(self.store_url) == "sqlite" else None
 
     def ensure_store_folder(self) -> None:
         """Create the data folder when the embedded store lives in it (the default); elsewhere a
@@ -246,12 +248,8 @@ class Settings:
 
 
 def _check_store_url(url: str) -> None:
-    from nomarr_pipeline.store import StoreError, store_engine
-
     try:
         if store_engine(url) == "sqlite":
-            from nomarr_pipeline.store.sqlite import SqliteStore
-
             SqliteStore.from_url(url)
     except StoreError as error:
         raise SettingError(

@@ -28,9 +28,8 @@ DEMO_TRACKS: list[tuple[str, str, tuple[str, ...]]] = [
 
 
 def configure_demo_environment(folder: Path) -> dict[str, str]:
-    """Point every NOMARR_* setting at the demo folder, so the demo never reads or writes the
-    user's own store, library or exports (it writes tags into the demo files only); the
-    demo's runs go to an instance of its own unless DAGSTER_HOME names one."""
+    """Point every NOMARR_* setting at the demo folder: the demo never touches the user's own store,
+    library or exports; its runs go to an instance of its own unless DAGSTER_HOME names one."""
     data = folder / "data"
     env = {
         "DAGSTER_HOME": os.environ.get("DAGSTER_HOME") or str(data / "dagster_home"),

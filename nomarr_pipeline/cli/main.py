@@ -18,6 +18,7 @@ from types import FrameType
 import click
 
 from nomarr_pipeline.cli import runner
+from nomarr_pipeline.cli.launch import WORKSPACE
 from nomarr_pipeline.cli.runner import StepOutcome, UserError
 from nomarr_pipeline.defs.jobs import library_scan_job, tagging_job
 from nomarr_pipeline.progress import StepProgress
@@ -116,16 +117,13 @@ def scan(verify: bool) -> int:
 @cli.command()
 def status() -> int:
     """Files, analysis, calibration and pending writes per library."""
-    import pandas as pd
-
     catalog = runner.model_catalog()
     with closing(runner.open_checked_store()) as store:
         frame = runner.status_frame(store, catalog)
     if frame.empty:
         click.echo("no library scanned yet: run `nomarr-pipeline run` (or `nomarr-pipeline demo`)")
         return 0
-    with pd.option_context("display.width", 200, "display.max_columns", None):
-        click.echo(frame.to_string(index=False))
+    click.echo(frame.to_string(index=False))  # every column, never wrapped
     # Apart from the files that failed: none of its files is tried, so none failed for it.
     for problem in [problem for problem in catalog.problems if problem.head_key] if catalog else []:
         click.echo(f"head unavailable: {problem.head_key}: {problem.message}", err=True)
@@ -381,7 +379,6 @@ def _bar_per_label(unit: str) -> Iterator[Callable[[str, int, int], None]]:
               help="Documents per transaction.")  # fmt: skip
 def migrate_store(target_url: str, batch_size: int) -> int:
     """Copy the configured store (libraries, predictions, calibrations) into another, verified."""
-    from nomarr_pipeline.store import open_store
     from nomarr_pipeline.store.migrate import migrate_store as copy_store
 
     settings = runner.checked_settings()
@@ -390,13 +387,7 @@ def migrate_store(target_url: str, batch_size: int) -> int:
                         "give the URL of the new, empty store")  # fmt: skip
     source = runner.open_checked_store()
     try:
-        target = open_store(
-            target_url,
-            arango_db=settings.arango_db,
-            arango_user=settings.arango_user,
-            arango_password=settings.arango_password,
-            pg_password=settings.pg_password,
-        )
+        target = settings.open_store(target_url)
         target.list_libraries()
     except StoreError as error:
         raise UserError(
@@ -422,8 +413,24 @@ def _run_and_summarise(command: str, verbose: bool) -> bool:
     outcomes = runner.run_pipeline(command, verbose=verbose)
     click.echo("\npipeline:")
     ok = _print_outcomes(outcomes)
+    settings = runner.checked_settings()
+    click.echo()
     with closing(runner.open_checked_store()) as store:
-        _print_where_to_look(store)
+        frame = runner.status_frame(store, runner.model_catalog())
+        if not frame.empty:
+            click.echo(frame.to_string(index=False))
+            click.echo()
+        _print_write_errors(store)
+    # ``dagster dev`` for this configuration, as a line that works in a new shell.
+    home, dagster = os.environ["DAGSTER_HOME"], Path(sys.executable).with_name("dagster")
+    click.echo(f"store:            {redact_url(settings.store_url)}")
+    click.echo(f"calibrations:     {settings.export_dir} (calibrations.json and one sidecar per head)")
+    click.echo(f"Dagster instance: {home}")
+    click.echo("see the runs, asset lineage and partitions (http://127.0.0.1:3000) with:")
+    click.echo(
+        f"  cd {shlex.quote(str(Path.cwd()))} && DAGSTER_HOME={shlex.quote(home)} "
+        f"{shlex.quote(str(dagster))} dev -w {shlex.quote(str(WORKSPACE))}"
+    )
     return ok
 
 
@@ -432,31 +439,6 @@ def _print_outcomes(outcomes: Sequence[StepOutcome]) -> bool:
         runs = f"  [run {', '.join(r[:8] for r in outcome.run_ids)}]" if outcome.run_ids else ""
         click.echo(f"  {outcome.step:<28} {outcome.status:<8} {outcome.detail}{runs}")
     return all(outcome.status != "failed" for outcome in outcomes)
-
-
-def _print_where_to_look(store: Store) -> None:
-    settings = runner.checked_settings()
-    click.echo()
-    frame = runner.status_frame(store, runner.model_catalog())
-    if not frame.empty:
-        click.echo(frame.to_string(index=False))
-        click.echo()
-    _print_write_errors(store)
-    click.echo(f"store:            {redact_url(settings.store_url)}")
-    click.echo(f"calibrations:     {settings.export_dir} (calibrations.json and one sidecar per head)")
-    click.echo(f"Dagster instance: {os.environ['DAGSTER_HOME']}")
-    click.echo("see the runs, asset lineage and partitions (http://127.0.0.1:3000) with:")
-    click.echo(f"  {ui_command()}")
-
-
-def ui_command() -> str:
-    """``dagster dev`` for this configuration, as a line that works in a new shell."""
-    from nomarr_pipeline.cli.launch import WORKSPACE
-
-    dagster = Path(sys.executable).with_name("dagster")
-    home = os.environ["DAGSTER_HOME"]
-    return (f"cd {shlex.quote(str(Path.cwd()))} && DAGSTER_HOME={shlex.quote(home)} "
-            f"{shlex.quote(str(dagster))} dev -w {shlex.quote(str(WORKSPACE))}")
 
 
 def _print_write_errors(store: Store) -> None:

@@ -19,20 +19,17 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
-from nomarr_pipeline.calibration.state import is_usable
+from nomarr_pipeline.calibration.state import has_usable_calibration, is_usable
 from nomarr_pipeline.cli.launch import CodeLocationLauncher
 from nomarr_pipeline.cli.store_lock import one_pipeline_per_store
+from nomarr_pipeline.defs import jobs
 from nomarr_pipeline.defs.assets.file_tags import NOT_MATERIALIZED
-from nomarr_pipeline.defs.jobs import (
-    calibration_job,
-    library_scan_job,
-    partition_range_tags,
-    predictions_job,
-    tagging_job,
-)
 from nomarr_pipeline.defs.partitions import HEADS
+from nomarr_pipeline.defs.resources import tagging_resource
 from nomarr_pipeline.library.changes import changed_folders
 from nomarr_pipeline.library.identity import library_key
+from nomarr_pipeline.ml.analysis import head_version, remembered_broken_models
+from nomarr_pipeline.ml.discovery import Head, ModelCatalog, ModelProblem, discover_models
 from nomarr_pipeline.progress import StepProgress, polled
 from nomarr_pipeline.settings import SettingError, Settings
 from nomarr_pipeline.store import (
@@ -41,7 +38,6 @@ from nomarr_pipeline.store import (
     StoreError,
     StoreFullError,
     StoreReadOnlyError,
-    open_store,
     redact_url,
 )
 from nomarr_pipeline.store.first_use import file_first_use
@@ -50,8 +46,6 @@ from nomarr_pipeline.store.sqlite import unwritable
 if TYPE_CHECKING:
     import pandas as pd
     from dagster_shared.error import SerializableErrorInfo
-
-    from nomarr_pipeline.ml.discovery import Head, ModelCatalog, ModelProblem
 
 Measure = Callable[[], tuple[int, int]]
 
@@ -92,13 +86,7 @@ def open_checked_store(*, for_writing: bool = False) -> Store:
             "set NOMARR_DATA_DIR to a folder this user can write",
         ) from None
     try:
-        store = open_store(
-            config.store_url,
-            arango_db=config.arango_db,
-            arango_user=config.arango_user,
-            arango_password=config.arango_password,
-            pg_password=config.pg_password,
-        )
+        store = config.open_store()
         store.list_libraries()  # one cheap round trip: reachable, authenticated, schema in place
     except StoreError as error:
         problem = f"cannot use the store at {redact_url(config.store_url)}: {error}"
@@ -198,8 +186,6 @@ def require_models_dir() -> Path:
 
 def require_heads() -> tuple[list[Head], list[ModelProblem]]:
     """The usable heads of NOMARR_MODELS_DIR and those whose model cannot run; prints every problem."""
-    from nomarr_pipeline.ml.discovery import discover_models
-
     models_dir = require_models_dir()
     _require_folder(models_dir, "NOMARR_MODELS_DIR", "a folder of Essentia models (<name>.pb + <name>.json)")
     catalog = discover_models(models_dir)
@@ -216,8 +202,6 @@ def require_heads() -> tuple[list[Head], list[ModelProblem]]:
 
 def model_catalog() -> ModelCatalog | None:
     """The models of NOMARR_MODELS_DIR; ``None`` when it is unset or not a folder."""
-    from nomarr_pipeline.ml.discovery import discover_models
-
     models_dir = checked_settings().models_dir
     return discover_models(models_dir) if models_dir is not None and models_dir.is_dir() else None
 
@@ -368,10 +352,8 @@ def _error_text(error: SerializableErrorInfo) -> str:
 def run_config(job_name: str) -> dict[str, object]:
     """The tag writer's options as this command sees them (flags included), in the run's config:
     whoever starts the run (this command or a daemon) writes what was asked, and the UI shows it."""
-    if job_name != tagging_job.name:
+    if job_name != jobs.tagging_job.name:
         return {}
-    from nomarr_pipeline.defs.resources import tagging_resource
-
     config = tagging_resource(checked_settings()).model_dump()
     return {"resources": {"tagging": {"config": {k: v for k, v in config.items() if v is not None}}}}
 
@@ -420,7 +402,7 @@ class PipelineRunner:
                 outcome.status, outcome.detail = "skipped", "no head partitions to run"
                 return outcome
             ranges = contiguous_ranges(self.instance.get_dynamic_partitions(HEADS), partition_keys)
-            runs = [partition_range_tags(keys) for keys in ranges]
+            runs = [jobs.partition_range_tags(keys) for keys in ranges]
             outcome.detail = f"{len(partition_keys)} heads in {len(runs)} run(s)"
         failures: list[RunFailure] = []
         with polled(StepProgress(step), progress) if progress else nullcontext():
@@ -487,7 +469,7 @@ def run_pipeline(command: str = "run", *, verbose: bool = False) -> list[StepOut
         print(f"scan: {len(roots)} library folder(s)")
         if any(changed_folders(store.load_folder_cache(library_key(root.resolve())), str(root.resolve()))
                for root in roots):
-            scan = runner.run_job("scan", library_scan_job.name)
+            scan = runner.run_job("scan", jobs.library_scan_job.name)
         else:  # as library_change_sensor decides; `nomarr-pipeline scan` always scans
             scan = runner.skip("scan", "")
         if scan.status == "failed":
@@ -519,7 +501,7 @@ def run_pipeline(command: str = "run", *, verbose: bool = False) -> list[StepOut
         # A run with nothing to do would still start its processes: seconds for nothing.
         analysed = analysis_progress(store, heads)
         if new or _left(analysed):
-            predictions = runner.run_job("predictions", predictions_job.name, keys, progress=analysed)
+            predictions = runner.run_job("predictions", jobs.predictions_job.name, keys, progress=analysed)
         else:
             predictions = runner.skip("predictions", "nothing to analyse")
         left_out = set(predictions.heads_left_out)
@@ -528,12 +510,13 @@ def run_pipeline(command: str = "run", *, verbose: bool = False) -> list[StepOut
                 "predictions are stored")
         calibrated = {f"{state['model_key']}:{state['head_name']}" for state in store.list_calibrations()}
         if predictions.run_ids or not calibrated >= set(keys):
-            runner.run_job("calibration", calibration_job.name, [key for key in keys if key not in left_out])
+            keys_left = [key for key in keys if key not in left_out]
+            runner.run_job("calibration", jobs.calibration_job.name, keys_left)
         else:
             runner.skip("calibration", "no new predictions")
         tagged = tagging_progress(store)
         if _left(tagged):
-            runner.run_job("recalibration + tag writing", tagging_job.name, progress=tagged)
+            runner.run_job("recalibration + tag writing", jobs.tagging_job.name, progress=tagged)
         else:
             runner.skip("recalibration + tag writing", "every file is recalibrated and written")
         runner.outcomes.append(StepOutcome("total", "ok", f"{time.monotonic() - started:.0f}s"))
@@ -542,8 +525,6 @@ def run_pipeline(command: str = "run", *, verbose: bool = False) -> list[StepOut
 
 def verify_tags(store: Store) -> StepOutcome:
     """Read back the tags written into every file; queue those that differ for writing."""
-    from nomarr_pipeline.calibration.state import has_usable_calibration
-    from nomarr_pipeline.defs.resources import tagging_resource
     from nomarr_pipeline.tagging.verify import verify_written_tags
 
     has_calibration = has_usable_calibration(store.list_calibrations())
@@ -563,8 +544,6 @@ def _left(measure: Measure) -> bool:
 
 def analysis_progress(store: Store, heads: Sequence[Head]) -> Measure:
     """Files analysed / analysable (the poller's thread has a connection of its own)."""
-    from nomarr_pipeline.ml.analysis import head_version
-
     versions = [head_version(head) for head in heads]
 
     def measure() -> tuple[int, int]:
@@ -584,9 +563,8 @@ def tagging_progress(store: Store) -> Measure:
 
     def measure() -> tuple[int, int]:
         counts = store.file_counts()
-        analysed = counts["analysed"]
-        not_recalibrated = store.count_files_needing_recalibration(target)
-        return max(0, analysed - not_recalibrated - counts["pending_writes"]), analysed
+        left = store.count_files_needing_recalibration(target) + counts["pending_writes"]
+        return max(0, counts["analysed"] - left), counts["analysed"]
 
     return measure
 
@@ -600,8 +578,6 @@ def status_frame(store: Store, catalog: ModelCatalog | None) -> pd.DataFrame:
     or decoding failed, or that failed for a head at its current model (not a replaced or broken
     model: the file will be tried again, or the model failed, not the file)."""
     import pandas as pd
-
-    from nomarr_pipeline.ml.analysis import head_version, remembered_broken_models
 
     heads = None if catalog is None else catalog.heads
     calibrated = {(s["model_key"], s["head_name"]) for s in usable_calibrations(store)}
@@ -633,8 +609,6 @@ def status_frame(store: Store, catalog: ModelCatalog | None) -> pd.DataFrame:
 
 def tag_preview(store: Store) -> pd.DataFrame:
     """What a tag write would change, file by file and key by key (files untouched)."""
-    from nomarr_pipeline.calibration.state import has_usable_calibration
-    from nomarr_pipeline.defs.resources import tagging_resource
     from nomarr_pipeline.tagging.batch import preview_frame, write_pending_tags
 
     has_calibration = has_usable_calibration(store.list_calibrations())

@@ -15,7 +15,6 @@ import yaml
 from nomarr_pipeline.settings import SettingError, Settings
 from nomarr_pipeline.store import StoreError, store_engine
 
-DEFAULT_EXECUTOR = "multiprocess"
 # name -> (module, attribute, pip extra of this project)
 REMOTE_EXECUTORS: dict[str, tuple[str, str, str]] = {
     "dask": ("dagster_dask", "dask_executor", "dask"),
@@ -100,7 +99,6 @@ def _executor_config(path: Path | None) -> dict[str, Any] | None:
 def configured_executor(settings: Settings) -> dg.ExecutorDefinition:
     """The executor ``NOMARR_EXECUTOR`` names, configured from ``NOMARR_EXECUTOR_CONFIG``."""
     name = settings.executor
-    remote = name != DEFAULT_EXECUTOR
-    base = _remote_executor(name, settings.store_url) if remote else dg.multiprocess_executor
+    base = _remote_executor(name, settings.store_url) if is_remote(name) else dg.multiprocess_executor
     config = _executor_config(settings.executor_config)
     return base.configured(config, name=base.name) if config is not None else base

@@ -2,6 +2,7 @@
 unpartitioned package of every calibration."""
 
 from collections.abc import Sequence
+from functools import partial
 
 import dagster as dg
 
@@ -14,6 +15,7 @@ from nomarr_pipeline.defs.assets.heads import run_heads
 from nomarr_pipeline.defs.assets.tables import metadata_table
 from nomarr_pipeline.defs.partitions import SINGLE_RUN, heads_partitions
 from nomarr_pipeline.defs.resources import CalibrationResource, ModelsResource, StoreResource
+from nomarr_pipeline.ml.discovery import discover_models
 
 OUT_OF_RANGE_LIMIT = 0.05
 # A head's histogram image shows its labels together: up to this many stay readable.
@@ -39,6 +41,9 @@ SNAPSHOT_COLUMNS = {
     "n_delta": "int",
 }
 
+per_head_asset = partial(
+    dg.asset, partitions_def=heads_partitions, backfill_policy=SINGLE_RUN, group_name="calibration"
+)
 STATE_CHECKS = [
     dg.AssetCheckSpec(name, asset="calibration_state", description=description)
     for name, description in [
@@ -49,14 +54,7 @@ STATE_CHECKS = [
 ]
 
 
-@dg.asset(
-    partitions_def=heads_partitions,
-    backfill_policy=SINGLE_RUN,
-    deps=["file_tags"],
-    check_specs=STATE_CHECKS,
-    group_name="calibration",
-    kinds={"python", "numpy"},
-)
+@per_head_asset(deps=["file_tags"], check_specs=STATE_CHECKS, kinds={"python", "numpy"})
 def calibration_state(
     context: dg.AssetExecutionContext,
     store: StoreResource,
@@ -142,13 +140,7 @@ def _checks(reports: Sequence[HeadCalibrationReport], min_n: int) -> list[dg.Ass
     ]
 
 
-@dg.asset(
-    partitions_def=heads_partitions,
-    backfill_policy=SINGLE_RUN,
-    deps=[calibration_state],
-    group_name="calibration",
-    kinds={"python"},
-)
+@per_head_asset(deps=[calibration_state], kinds={"python"})
 def calibration_history(
     context: dg.AssetExecutionContext, store: StoreResource, models: ModelsResource
 ) -> dg.MaterializeResult:
@@ -156,31 +148,19 @@ def calibration_history(
     heads = run_heads(context, models)
     db = store.open()
     for head in heads:
-        meta: dict[str, object] = {}
-        rows = []
         keys = {label: calibration_key(head.model_key, head.head_name, label) for label in head.labels}
         history = db.recent_history(list(keys.values()), per_key=RECENT_SNAPSHOTS)  # one query
-        for label, key in keys.items():
-            snapshots = history.get(key)
-            if not snapshots:
-                continue
-            latest = snapshots[0]
-            rows.append(
-                (label, len(snapshots), *(latest.get(field) for field in ("p5", "p95", *DELTAS)))
-            )
-        meta["snapshots"] = metadata_table(SNAPSHOT_COLUMNS, rows)
-        meta["labels_with_history"] = len(rows)
+        rows = [
+            (label, len(snapshots), *(snapshots[0].get(field) for field in ("p5", "p95", *DELTAS)))
+            for label, key in keys.items()
+            if (snapshots := history.get(key))
+        ]
+        meta = {"snapshots": metadata_table(SNAPSHOT_COLUMNS, rows), "labels_with_history": len(rows)}
         context.add_asset_metadata(meta, partition_key=head.partition_key)
     return dg.MaterializeResult()
 
 
-@dg.asset(
-    partitions_def=heads_partitions,
-    backfill_policy=SINGLE_RUN,
-    deps=[calibration_state],
-    group_name="calibration",
-    kinds={"python", "json"},
-)
+@per_head_asset(deps=[calibration_state], kinds={"python", "json"})
 def calibration_sidecars(
     context: dg.AssetExecutionContext,
     store: StoreResource,
@@ -218,8 +198,6 @@ def calibration_package(
     heads = []
     folder = models.path()
     if folder is not None and folder.is_dir():
-        from nomarr_pipeline.ml.discovery import discover_models
-
         heads = list(discover_models(folder, compute_versions=False, engine=models.inference_engine).heads)
     progress = calibration_progress(db, heads)
     context.log.info(f"wrote {path} with {len(states)} calibrations; progress {progress}")
