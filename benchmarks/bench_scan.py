@@ -13,15 +13,18 @@ import argparse
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from nomarr_pipeline.cli.demo import write_wav
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the test package's audio fixtures
+
 from nomarr_pipeline.library.changes import changed_folders
 from nomarr_pipeline.library.identity import library_key
 from nomarr_pipeline.library.scanner import scan_library
 from nomarr_pipeline.store import open_store
+from nomarr_pipeline_tests.ml.audio_fixtures import write_wav
 
 
 def build_library(root: Path, files: int, per_folder: int) -> None:

@@ -1,9 +1,6 @@
-"""The Dagster code location: assets, checks, jobs, sensors, schedules and resources.
-
-The settings are read and checked here, once, when the code location loads: a bad
-``NOMARR_*`` value is the location's load error, in plain words. Resources take each value
-as ``dg.EnvVar`` when its variable is set, so the UI shows where it comes from.
-"""
+"""The Dagster code location. The settings are checked once, when it loads (a bad ``NOMARR_*``
+value is its load error, in plain words); a resource takes a value that a set variable gave as
+``dg.EnvVar``, so the UI shows where it comes from."""
 
 from __future__ import annotations
 
@@ -34,12 +31,10 @@ from nomarr_pipeline.defs.schedules import nightly_calibration_schedule
 from nomarr_pipeline.defs.sensors import calibration_hash_sensor, head_discovery_sensor, library_change_sensor
 from nomarr_pipeline.ml.capacity import available_cores
 from nomarr_pipeline.settings import Settings, default_store_url
-from nomarr_pipeline.store import StoreError, store_engine
+from nomarr_pipeline.store import store_engine
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
-    """The code location for ``settings``."""
-
     def env(name: str, value: Any) -> Any:
         """``dg.EnvVar(name)`` where the variable is set and means ``value`` as it stands."""
         return dg.EnvVar(name) if name in settings.from_environment else value
@@ -60,7 +55,6 @@ def build_defs(settings: Settings) -> dg.Definitions:
         jobs=[library_scan_job, predictions_job, calibration_job, tagging_job],
         sensors=[library_change_sensor, head_discovery_sensor, calibration_hash_sensor],
         schedules=[nightly_calibration_schedule(settings.calibration_cron, settings.schedule_timezone)],
-        # NOMARR_EXECUTOR: where steps run (multiprocess here; dask, celery or k8s elsewhere).
         executor=configured_executor(settings),
         resources={
             "store": StoreResource(
@@ -91,11 +85,8 @@ def build_defs(settings: Settings) -> dg.Definitions:
             "tagging": tagging_resource(settings),
         },
     )
-    # The store's engine as a badge on the assets that talk to it.
-    try:
-        kind = store_engine(settings.store_url)
-    except StoreError:
-        return defs
+    # The store's engine (Settings checked the URL) as a badge on the assets that talk to it.
+    kind = store_engine(settings.store_url)
     with warnings.catch_warnings():  # "in preview": noise in every process that loads the location
         warnings.simplefilter("ignore", dg.PreviewWarning)
         return defs.map_resolved_asset_specs(

@@ -1,18 +1,13 @@
-"""Progress of long command-line steps: a ``rich`` progress bar on a terminal, plain log
-lines otherwise (CI logs, ``nohup`` files), both on stderr so stdout stays for results
-(``write-tags --preview --output -`` prints CSV there).
-
-:class:`StepProgress` is a ``progress(done, total)`` callback; :class:`ProgressPoller` feeds
-it from a background thread that measures progress itself (e.g. by counting rows in the
-store) — the way to show work that runs inside a Dagster run, where no callback reaches the
-command line.
-"""
+"""Progress of long command-line steps, on stderr (stdout is for results): a ``rich`` bar on a
+terminal, plain log lines otherwise. :func:`polled` measures work that reports nothing
+itself, such as a Dagster run's (no callback reaches the command line)."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 from rich.console import Console
@@ -29,8 +24,6 @@ from rich.text import Text
 
 
 class RateColumn(ProgressColumn):
-    """``12.5 files/s``: rich's speed estimate in the step's unit."""
-
     def __init__(self, unit: str) -> None:
         super().__init__()
         self.unit = unit
@@ -52,12 +45,9 @@ def duration(seconds: float | None) -> str:
 
 
 class StepProgress:
-    """Files done / total of one step, with rate and time left.
-
-    Use it as a context manager and call it with ``(done, total)`` as often as you like;
-    ``total`` may change on the way and may be 0 (nothing to do). Off a terminal it prints a
-    line at most every ``log_every_s`` seconds, and a summary line at the end.
-    """
+    """Done / total of one step, with rate and time left: a context manager to call with
+    ``(done, total)`` as often as you like. Off a terminal (or given ``log``, where the lines go)
+    it prints a line at most every ``log_every_s`` seconds, and a summary line at the end."""
 
     def __init__(
         self,
@@ -65,13 +55,15 @@ class StepProgress:
         *,
         unit: str = "files",
         console: Console | None = None,
+        log: Callable[[str], None] | None = None,
         log_every_s: float = 10.0,
         get_time: Callable[[], float] = time.monotonic,
     ) -> None:
         self.label = label
         self.unit = unit
         self.console = console or Console(stderr=True)
-        self.interactive = self.console.is_terminal
+        self.log = log
+        self.interactive = log is None and self.console.is_terminal
         self.log_every_s = log_every_s
         self._bar = Progress(
             TextColumn("{task.description}"),
@@ -104,66 +96,52 @@ class StepProgress:
             now = self._bar.get_time()
             if not self.interactive and now - self._last_line >= self.log_every_s:
                 self._last_line = now
-                self.console.print(self.line(), highlight=False, soft_wrap=True)
-
-    def line(self) -> str:
-        task = self.task
-        done, total = int(task.completed), int(task.total or 0)
-        percent = 100 * done / total if total else 100
-        return (
-            f"{self.label}: {done}/{total} {self.unit} ({percent:.0f}%), "
-            f"{rate(task):.1f} {self.unit}/s, {duration(task.time_remaining)} left"
-        )
+                task = self.task
+                percent = 100 * task.completed / task.total if task.total else 100
+                self._print(
+                    f"({percent:.0f}%), {rate(task):.1f} {self.unit}/s, {duration(task.time_remaining)} left"
+                )
 
     def __exit__(self, *exc_info: object) -> None:
         self._bar.stop()  # a terminal keeps the final bar
         if not self.interactive:
-            task = self.task
-            self.console.print(
-                f"{self.label}: {int(task.completed)}/{int(task.total or 0)} {self.unit} "
-                f"in {duration(task.elapsed or 0.0)}",
-                highlight=False,
-                soft_wrap=True,
-            )
+            self._print(f"in {duration(self.task.elapsed or 0.0)}")
+
+    def _print(self, rest: str) -> None:
+        task = self.task
+        line = f"{self.label}: {int(task.completed)}/{int(task.total or 0)} {self.unit} {rest}"
+        if self.log is not None:
+            self.log(line)
+        else:
+            self.console.print(line, highlight=False, soft_wrap=True)
 
 
-class ProgressPoller:
-    """Calls ``measure() -> (done, total)`` every ``interval_s`` on a daemon thread and feeds
-    ``progress``; use it as a context manager around work that reports nothing itself.
+@contextmanager
+def polled(
+    progress: StepProgress, measure: Callable[[], tuple[int, int]], *, interval_s: float = 1.0
+) -> Iterator[None]:
+    """Feeds ``progress`` with ``measure() -> (done, total)`` every ``interval_s``, from a daemon
+    thread, while the body runs."""
+    stop = threading.Event()
 
-    A failing measurement (e.g. the database is briefly locked) skips that tick: progress
-    display must never break the work it watches.
-    """
-
-    def __init__(
-        self, progress: StepProgress, measure: Callable[[], tuple[int, int]], *, interval_s: float = 1.0
-    ) -> None:
-        self.progress = progress
-        self.measure = measure
-        self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"progress:{progress.label}", daemon=True)
-
-    def _tick(self) -> None:
+    def tick() -> None:
         try:
-            done, total = self.measure()
-        except Exception:  # see the class docstring
+            done, total = measure()
+        except Exception:  # the database briefly locked: progress must never break the work it watches
             return
-        self.progress(done, total)
+        progress(done, total)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._tick()
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            tick()
 
-    def __enter__(self) -> ProgressPoller:
-        self.progress.__enter__()
-        self._tick()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        # Bounded: one measurement is a single cheap query.
-        self._thread.join(timeout=max(5.0, 2 * self.interval_s))
-        self._tick()
-        self.progress.__exit__(*exc_info)
+    thread = threading.Thread(target=loop, name=f"progress:{progress.label}", daemon=True)
+    with progress:
+        tick()
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=max(5.0, 2 * interval_s))  # bounded: one measurement is one cheap query
+            tick()

@@ -1,9 +1,5 @@
-"""Configuration from ``NOMARR_*`` environment variables (docs/ARCHITECTURE.md, README's
-Configuration table): the one place that reads the environment, for both doors. The command
-line validates it before any command (``error:``/``next:``, exit 2); the code location when it
-loads (a readable load error). Secrets (the ArangoDB and PostgreSQL passwords) are read here
-and never put into repr, logs or metadata.
-"""
+"""The ``NOMARR_*`` settings (README's Configuration table): the one reader of the environment,
+for the command line and the code location. Secrets are never put into repr, logs or metadata."""
 
 from __future__ import annotations
 
@@ -12,9 +8,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from nomarr_pipeline.calibration.tiers import TIER_NAMES
+from nomarr_pipeline.store import Store, StoreError, open_store, redact_url, store_engine
+from nomarr_pipeline.store.sqlite import SqliteStore
 from nomarr_pipeline.tagging.selection import DEFAULT_MAX_LABELS, GENRE_FORMS
 
 # The project folder's configuration: `dagster dev` started in that folder loads it too.
@@ -29,8 +28,7 @@ INFERENCE_ENGINES = ("auto", "onnx", "tensorflow")
 
 
 class SettingError(ValueError):
-    """A ``NOMARR_*`` variable whose value cannot work: which one, what is wrong, and what to
-    set it to (the command line prints them as its ``error:`` / ``next:`` lines)."""
+    """A ``NOMARR_*`` variable whose value cannot work: what is wrong, and what to set it to."""
 
     def __init__(self, variable: str, problem: str, expected: str) -> None:
         self.variable = variable
@@ -40,8 +38,7 @@ class SettingError(ValueError):
 
 
 def load_env_file() -> None:
-    """Put the values of ``ENV_FILE`` into the environment, under what the shell set (the
-    command line's processes, the code server and the runs it launches, all inherit them)."""
+    """Put the values of ``ENV_FILE`` into the environment, under what the shell set."""
     from dotenv import dotenv_values
 
     for name, value in dotenv_values(ENV_FILE).items():
@@ -72,8 +69,7 @@ def _env_bool(name: str, default: bool) -> bool:
 
 
 def _env_str(name: str) -> str | None:
-    raw = os.environ.get(name)
-    return raw if raw not in (None, "") else None
+    return os.environ.get(name) or None
 
 
 def _env_count(name: str) -> int:
@@ -85,10 +81,11 @@ def _env_count(name: str) -> int:
     return int(raw or 0)
 
 
-def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+def _env_choice(name: str, default: str, choices: tuple[str, ...], what: str = "", expected: str = "") -> str:
     value = (_env_str(name) or default).strip().lower()
     if value not in choices:
-        raise SettingError(name, f"is {value!r}, not one of {', '.join(choices)}", " or ".join(choices))
+        problem = f"is {value!r}, not {what or 'one of ' + ', '.join(choices)}"
+        raise SettingError(name, problem, expected or " or ".join(choices))
     return value
 
 
@@ -131,26 +128,13 @@ def _env_histogram_overrides(name: str) -> dict[str, dict[str, float]]:
 def _env_gpus(name: str) -> tuple[str, ...] | None:
     """CUDA device ids ("0,1"; "" = none); ``None`` when unset (every visible GPU)."""
     raw = os.environ.get(name)
-    if raw is None:
-        return None
-    return tuple(gpu.strip() for gpu in raw.split(",") if gpu.strip())
+    return None if raw is None else tuple(gpu.strip() for gpu in raw.split(",") if gpu.strip())
 
 
 def inference_engine() -> str:
-    """``NOMARR_INFERENCE_ENGINE``: which engine runs a model that has both a ``.pb`` and an
-    ``.onnx`` (README, "Inference engines")."""
-    engine = (_env_str("NOMARR_INFERENCE_ENGINE") or "auto").strip().lower()
-    if engine not in INFERENCE_ENGINES:
-        raise SettingError("NOMARR_INFERENCE_ENGINE", f"is {engine!r}, not an inference engine",
-                           "auto (ONNX Runtime where an .onnx exists), onnx or tensorflow")
-    return engine
-
-
-def split_roots(raw: str | None) -> list[Path]:
-    """Library roots from an ``os.pathsep``-separated string; empty parts are ignored."""
-    if not raw:
-        return []
-    return [Path(part).expanduser() for part in raw.split(os.pathsep) if part.strip()]
+    """``NOMARR_INFERENCE_ENGINE``: which engine runs a model that has both a ``.pb`` and an ``.onnx``."""
+    expected = "auto (ONNX Runtime where an .onnx exists), onnx or tensorflow"
+    return _env_choice("NOMARR_INFERENCE_ENGINE", "auto", INFERENCE_ENGINES, "an inference engine", expected)
 
 
 @dataclass(frozen=True)
@@ -177,7 +161,7 @@ class Settings:
     calibration_cron: str
     schedule_timezone: str
     histogram_overrides: dict[str, dict[str, float]]
-    tags: TagSettings
+    tags: dict[str, Any]  # tag_settings()
     # The NOMARR_* variables that were set, so the code location can show them as dg.EnvVar.
     from_environment: frozenset[str] = frozenset()
 
@@ -193,6 +177,7 @@ class Settings:
             )
         models = _env_str("NOMARR_MODELS_DIR")
         export = _env_str("NOMARR_EXPORT_DIR")
+        roots = (_env_str("NOMARR_LIBRARY_ROOTS") or "").split(os.pathsep)
         return cls(
             data_dir=data_dir,
             store_url=store_url,
@@ -200,7 +185,7 @@ class Settings:
             arango_user=_env_str("NOMARR_ARANGO_USER"),
             arango_password=_env_str("NOMARR_ARANGO_PASSWORD"),
             pg_password=_env_str("NOMARR_PG_PASSWORD"),
-            library_roots=tuple(split_roots(_env_str("NOMARR_LIBRARY_ROOTS"))),
+            library_roots=tuple(Path(root).expanduser() for root in roots if root.strip()),
             models_dir=Path(models).expanduser().absolute() if models else None,
             export_dir=Path(export).expanduser().absolute() if export else data_dir / "calibration",
             file_write_mode=mode,
@@ -217,32 +202,32 @@ class Settings:
             calibration_cron=_env_cron("NOMARR_CALIBRATION_CRON", "0 3 * * *"),
             schedule_timezone=_env_timezone("NOMARR_SCHEDULE_TIMEZONE", "UTC"),
             histogram_overrides=_env_histogram_overrides("NOMARR_HISTOGRAM_OVERRIDES"),
-            tags=TagSettings.from_env(),
+            tags=tag_settings(),
             from_environment=frozenset(name for name in os.environ if name.startswith("NOMARR_")),
         )
 
+    def open_store(self, url: str | None = None) -> Store:
+        """The store at ``url`` (by default the configured one), with the configured credentials."""
+        return open_store(
+            url or self.store_url,
+            arango_db=self.arango_db,
+            arango_user=self.arango_user,
+            arango_password=self.arango_password,
+            pg_password=self.pg_password,
+        )
 
     def store_identity(self) -> str:
         """The store without credentials, the same whichever way its URL was written."""
-        from nomarr_pipeline.store import redact_url
-
         path = self.sqlite_store_path()
         return f"sqlite:///{path}" if path else redact_url(self.store_url)
 
     def sqlite_store_path(self) -> Path | None:
         """The file of the embedded store, ``None`` for a database server."""
-        from nomarr_pipeline.store import store_engine
-
-        if store_engine(self.store_url) != "sqlite":
-            return None
-        from nomarr_pipeline.store.sqlite import SqliteStore
-
-        return SqliteStore.from_url(self.store_url).path
+        return SqliteStore.from_url(self.store_url).path if store_engine(self.store_url) == "sqlite" else None
 
     def ensure_store_folder(self) -> None:
-        """Create the data folder when the embedded store lives in it (the default); refuse
-        an embedded store anywhere else whose folder does not exist, so that a mistyped
-        ``NOMARR_STORE_URL`` never creates folders and runs the pipeline on an empty store."""
+        """Create the data folder when the embedded store lives in it (the default); elsewhere a
+        missing folder is refused: a mistyped URL never starts the pipeline on an empty store."""
         path = self.sqlite_store_path()
         if path is None or path.parent.is_dir():
             return
@@ -263,12 +248,8 @@ class Settings:
 
 
 def _check_store_url(url: str) -> None:
-    from nomarr_pipeline.store import StoreError, store_engine
-
     try:
         if store_engine(url) == "sqlite":
-            from nomarr_pipeline.store.sqlite import SqliteStore
-
             SqliteStore.from_url(url)
     except StoreError as error:
         raise SettingError(
@@ -296,35 +277,17 @@ def _env_number(name: str, default: float, kind: type[float] | type[int], low: f
     return value
 
 
-@dataclass(frozen=True)
-class TagSettings:
-    """What the tag writer puts into the fields players read, and which score keys it writes
-    (README "Using the tags in your player"): the ``tagging`` resource's fields."""
-
-    standard_mood: bool
-    mood_tier: str
-    replace_mood: bool
-    genre_head: str | None
-    genre_count: int
-    genre_threshold: float
-    genre_form: str
-    replace_genre: bool
-    score_heads: str
-    max_labels_per_head: int
-
-    @classmethod
-    def from_env(cls) -> TagSettings:
-        return cls(
-            standard_mood=_env_bool("NOMARR_STANDARD_MOOD", True),
-            mood_tier=_env_choice("NOMARR_MOOD_TIER", "mood-regular", TIER_NAMES),
-            replace_mood=_env_bool("NOMARR_REPLACE_MOOD", False),
-            genre_head=_env_str("NOMARR_GENRE_HEAD"),
-            genre_count=int(_env_number("NOMARR_GENRE_COUNT", 3, int, 1, 100)),
-            genre_threshold=float(_env_number("NOMARR_GENRE_THRESHOLD", 0.8, float, 0.0, 1.0)),
-            genre_form=_env_choice("NOMARR_GENRE_FORM", "parent-style", GENRE_FORMS),
-            replace_genre=_env_bool("NOMARR_REPLACE_GENRE", False),
-            score_heads=(_env_str("NOMARR_SCORE_HEADS") or "mood").strip(),
-            max_labels_per_head=int(
-                _env_number("NOMARR_MAX_LABELS_PER_HEAD", DEFAULT_MAX_LABELS, int, 0, 100_000)
-            ),
-        )
+def tag_settings() -> dict[str, Any]:
+    """What the tag writer puts into the fields players read: the ``tagging`` resource's fields."""
+    return dict(
+        standard_mood=_env_bool("NOMARR_STANDARD_MOOD", True),
+        mood_tier=_env_choice("NOMARR_MOOD_TIER", "mood-regular", TIER_NAMES),
+        replace_mood=_env_bool("NOMARR_REPLACE_MOOD", False),
+        genre_head=_env_str("NOMARR_GENRE_HEAD"),
+        genre_count=_env_number("NOMARR_GENRE_COUNT", 3, int, 1, 100),
+        genre_threshold=_env_number("NOMARR_GENRE_THRESHOLD", 0.8, float, 0.0, 1.0),
+        genre_form=_env_choice("NOMARR_GENRE_FORM", "parent-style", GENRE_FORMS),
+        replace_genre=_env_bool("NOMARR_REPLACE_GENRE", False),
+        score_heads=(_env_str("NOMARR_SCORE_HEADS") or "mood").strip(),
+        max_labels_per_head=_env_number("NOMARR_MAX_LABELS_PER_HEAD", DEFAULT_MAX_LABELS, int, 0, 100_000),
+    )

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from nomarr_pipeline.cli import main as cli
-from nomarr_pipeline.cli.demo import build_demo_library, build_demo_models
+from nomarr_pipeline.cli.demo import build_demo_library
+from nomarr_pipeline.ml.demo_models import write_demo_models
 from nomarr_pipeline.store import DOCUMENT_COLLECTIONS, open_store
 from nomarr_pipeline_tests.conftest import PostgresDatabase
 from nomarr_pipeline_tests.store_dump import store_documents
@@ -41,7 +42,8 @@ def _run(source: Path, root: Path, models: Path, store_url: str, monkeypatch: py
 def test_pipeline_on_postgres_gives_the_same_documents_as_on_sqlite(
     tmp_path: Path, postgres_db: PostgresDatabase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    models = build_demo_models(tmp_path / "models")
+    models = tmp_path / "models"
+    write_demo_models(models, onnx=True)
     source = build_demo_library(tmp_path / "library")
     sqlite_url = f"sqlite:///{tmp_path / 'sqlite' / 'nomarr.sqlite3'}"
     sqlite_library = _run(source, tmp_path / "sqlite", models, sqlite_url, monkeypatch)

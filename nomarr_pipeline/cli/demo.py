@@ -3,12 +3,9 @@ tiny real Essentia models (``nomarr_pipeline.ml.demo_models``)."""
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
-import struct
 import subprocess
-import wave
 from pathlib import Path
 
 # (file name, ffmpeg lavfi source, codec arguments) — different tones and noise so model
@@ -31,9 +28,8 @@ DEMO_TRACKS: list[tuple[str, str, tuple[str, ...]]] = [
 
 
 def configure_demo_environment(folder: Path) -> dict[str, str]:
-    """Point every NOMARR_* setting at the demo folder, so the demo never reads or writes the
-    user's own store, library or exports (it writes tags into the demo files only); the
-    demo's runs go to an instance of its own unless DAGSTER_HOME names one."""
+    """Point every NOMARR_* setting at the demo folder: the demo never touches the user's own store,
+    library or exports; its runs go to an instance of its own unless DAGSTER_HOME names one."""
     data = folder / "data"
     env = {
         "DAGSTER_HOME": os.environ.get("DAGSTER_HOME") or str(data / "dagster_home"),
@@ -68,25 +64,3 @@ def build_demo_library(dest: Path) -> Path:
         )
         tmp.replace(target)
     return dest
-
-
-def build_demo_models(dest: Path) -> Path:
-    """Write the demo backbones and heads under ``dest`` (deterministic bytes, so rewriting
-    them keeps the heads' ``tagger_version`` and nothing is re-analysed) and return it."""
-    from nomarr_pipeline.ml.demo_models import write_demo_models
-
-    write_demo_models(dest, onnx=True)
-    return dest
-
-
-def write_wav(path: Path, seconds: float = 0.5, freq: float = 440.0, rate: int = 8000) -> Path:
-    """A mono 16-bit sine WAV written with the standard library (tests and benchmarks; no ffmpeg)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames = int(seconds * rate)
-    samples = (int(8000 * math.sin(2 * math.pi * freq * i / rate)) for i in range(frames))
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(b"".join(struct.pack("<h", s) for s in samples))
-    return path

@@ -1,18 +1,17 @@
-"""Runs of the code location, launched as the UI launches them: the command line loads
-``workspace.yaml``'s code location in a code server, creates each run with the job's origin
-(so the UI can re-execute it and lists it on the job's page and the timeline) and hands it to
-the instance: to its run coordinator's queue when a daemon serves it (``dagster dev`` runs),
-else straight to its run launcher. Then it follows the run until it ends.
+"""Runs of the code location, launched as the UI launches them: created with the job's origin
+in ``workspace.yaml``'s code server (so the UI can re-execute them), handed to the run
+coordinator's queue when a daemon serves it, else to the run launcher, then followed to the end.
 
 Upstream gap (Dagster 1.13): no public Python API launches a run of a workspace's code
-location (only the ``dagster job launch`` command, one process and one code server per run,
-and GraphQL, which needs a webserver); hence the two ``dagster._core.workspace`` imports.
+location (only ``dagster job launch``, one process and one code server per run, and GraphQL,
+which needs a webserver); hence the two ``dagster._core.workspace`` imports.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 
@@ -25,18 +24,14 @@ LOCATION = "nomarr_pipeline"
 POLL_S = 0.5
 # A daemon whose queue heartbeat is younger than this dequeues the runs the command line submits.
 DAEMON_FRESH_S = 60.0
-FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 
 
-class CodeLocationLauncher:
-    """One code server for every run of a command line; use it as a context manager."""
+class CodeLocationLauncher(AbstractContextManager["CodeLocationLauncher"]):
+    """One code server for every run of a command line."""
 
     def __init__(self, instance: dg.DagsterInstance) -> None:
         self.instance = instance
         self._context = WorkspaceProcessContext(instance, WorkspaceFileTarget([str(WORKSPACE)]))
-
-    def __enter__(self) -> CodeLocationLauncher:
-        return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
@@ -101,7 +96,7 @@ class CodeLocationLauncher:
                     cursor = records.cursor
                     for record in records.records:
                         on_event(record.event_log_entry)
-                if run.status in FINISHED:
+                if run.is_finished:
                     return run
                 if run.status == dg.DagsterRunStatus.QUEUED and not self._daemon_serves_queue():
                     # The daemon that was to dequeue it has stopped: start it here, as it would.

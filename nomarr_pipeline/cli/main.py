@@ -1,12 +1,5 @@
-"""``nomarr-pipeline``: the command line for headless use (``--help`` lists the commands).
-
-Each command is a thin click wrapper around :mod:`nomarr_pipeline.cli.runner`. To add one,
-decorate a function with ``@cli.command()``; for a family of commands (``models list``,
-``models fetch``) make a group with ``@cli.group()`` and decorate its commands with
-``@<group>.command()``. Raise :class:`~nomarr_pipeline.cli.runner.UserError` for problems the
-user can fix; :func:`main` turns it into ``error:`` / ``next:`` lines and exit status 2.
-Exit status 1 means a pipeline step failed, 130 an interrupt (Ctrl-C), 143 a SIGTERM.
-"""
+"""``nomarr-pipeline``: click commands over :mod:`nomarr_pipeline.cli.runner`. A problem the user
+can fix is a :class:`~nomarr_pipeline.cli.runner.UserError`: ``error:`` / ``next:`` lines, exit 2."""
 
 from __future__ import annotations
 
@@ -17,7 +10,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 from types import FrameType
@@ -25,6 +18,7 @@ from types import FrameType
 import click
 
 from nomarr_pipeline.cli import runner
+from nomarr_pipeline.cli.launch import WORKSPACE
 from nomarr_pipeline.cli.runner import StepOutcome, UserError
 from nomarr_pipeline.defs.jobs import library_scan_job, tagging_job
 from nomarr_pipeline.progress import StepProgress
@@ -81,13 +75,16 @@ def cli() -> None:
 @verbose_option
 def demo(folder: Path, verbose: bool) -> int:
     """Build a demo library and models, run the whole pipeline on them."""
-    from nomarr_pipeline.cli.demo import build_demo_library, build_demo_models, configure_demo_environment
+    from nomarr_pipeline.cli.demo import build_demo_library, configure_demo_environment
+    from nomarr_pipeline.ml.demo_models import write_demo_models
 
     folder = folder.absolute()
     env_file = write_env_file(configure_demo_environment(folder))
     library = build_demo_library(folder / "library")
     click.echo(f"demo library: {library}")
-    click.echo(f"demo models:  {build_demo_models(folder / 'models')}")
+    # Deterministic bytes: rewritten, the heads keep their tagger_version and nothing is re-analysed.
+    write_demo_models(folder / "models", onnx=True)
+    click.echo(f"demo models:  {folder / 'models'}")
     click.echo(f"demo settings: {env_file} (read by nomarr-pipeline and dagster dev in this folder)")
     ok = _run_and_summarise("demo", verbose)
     click.echo(f"tags written into: {library}  (MOOD and nom:* keys; e.g. mutagen-inspect)")
@@ -120,16 +117,15 @@ def scan(verify: bool) -> int:
 @cli.command()
 def status() -> int:
     """Files, analysis, calibration and pending writes per library."""
-    import pandas as pd
-
+    catalog = runner.model_catalog()
     with closing(runner.open_checked_store()) as store:
-        frame = runner.status_frame(store, runner.known_heads())
+        frame = runner.status_frame(store, catalog)
     if frame.empty:
         click.echo("no library scanned yet: run `nomarr-pipeline run` (or `nomarr-pipeline demo`)")
         return 0
-    with pd.option_context("display.width", 200, "display.max_columns", None):
-        click.echo(frame.to_string(index=False))
-    for problem in runner.unavailable_heads():  # apart from files that failed: none failed for it
+    click.echo(frame.to_string(index=False))  # every column, never wrapped
+    # Apart from the files that failed: none of its files is tried, so none failed for it.
+    for problem in [problem for problem in catalog.problems if problem.head_key] if catalog else []:
         click.echo(f"head unavailable: {problem.head_key}: {problem.message}", err=True)
         click.echo(f"next: {problem.fix}", err=True)
     return 0
@@ -175,7 +171,8 @@ def import_calibrations(package: Path, overwrite: bool, allow_unknown: bool) -> 
 
     if not package.is_file():
         raise UserError(f"calibration package {package} not found", "give the path of a calibrations.json")
-    known = None if allow_unknown else runner.known_head_labels()
+    catalog = None if allow_unknown else runner.model_catalog()
+    known = None if catalog is None else {(h.model_key, h.head_name): h.labels for h in catalog.heads}
     if known is None and not allow_unknown:
         raise UserError(
             "cannot check which of the package's heads are yours: NOMARR_MODELS_DIR is unset or not a folder",
@@ -250,12 +247,10 @@ def write_tags(preview: bool, output: str, verbose: bool, **tag_flags: object) -
     if preview:
         with closing(runner.open_checked_store()) as store:
             frame = runner.tag_preview(store)
-        if output == "-":
-            frame.to_csv(sys.stdout, index=False)
-            return 0
-        frame.to_csv(output, index=False)
-        changes = int((frame["action"] != "keep").sum())
-        click.echo(f"preview: {output} ({frame['file_id'].nunique()} files, {changes} tag changes)")
+        frame.to_csv(sys.stdout if output == "-" else output, index=False)
+        if output != "-":
+            changes = int((frame["action"] != "keep").sum())
+            click.echo(f"preview: {output} ({frame['file_id'].nunique()} files, {changes} tag changes)")
         return 0
     with runner.pipeline_session("write-tags", verbose=verbose) as (pipeline, store):
         outcome = pipeline.run_job(
@@ -336,7 +331,12 @@ def models_fetch(names: tuple[str, ...], recommended: bool) -> int:
     base_url = models_url_from_env()
     click.echo(f"from {base_url} into {models_dir}")
     wanted = [*(RECOMMENDED if recommended else ()), *names]
-    with _DownloadProgress() as progress:
+    with _bar_per_label("kB") as bar:
+
+        def progress(label: str, done: int, total: int | None) -> None:
+            if label.endswith((".pb", ".onnx")):  # the JSON files are a few kB
+                bar(label, done // 1000, (total if total is not None else done) // 1000)
+
         try:
             report = fetch_models(wanted, models_dir, base_url=base_url, progress=progress)
         except FetchError as error:
@@ -357,33 +357,19 @@ def models_fetch(names: tuple[str, ...], recommended: bool) -> int:
     return 0
 
 
-class _DownloadProgress:
-    """One progress bar per graph of a fetch (``fetch_models``' callback); the JSON files
-    are a few kB."""
+@contextlib.contextmanager
+def _bar_per_label(unit: str) -> Iterator[Callable[[str, int, int], None]]:
+    """``progress(label, done, total)``: one bar per label, each ended when the next begins."""
+    with contextlib.ExitStack() as bars:
+        shown: dict[str, StepProgress] = {}
 
-    def __init__(self) -> None:
-        self._label: str | None = None
-        self._bar: StepProgress | None = None
+        def progress(label: str, done: int, total: int) -> None:
+            if label not in shown:
+                bars.close()
+                shown[label] = bars.enter_context(StepProgress(label, unit=unit))
+            shown[label](done, total)
 
-    def __call__(self, label: str, done: int, total: int | None) -> None:
-        if not label.endswith((".pb", ".onnx")):
-            return
-        if label != self._label:
-            self.close()
-            self._label, self._bar = label, StepProgress(label, unit="kB").__enter__()
-        if self._bar is not None:
-            self._bar(done // 1000, (total if total is not None else done) // 1000)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-            self._bar = None
-
-    def __enter__(self) -> _DownloadProgress:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        yield progress
 
 
 @cli.command("migrate-store")
@@ -393,7 +379,6 @@ class _DownloadProgress:
               help="Documents per transaction.")  # fmt: skip
 def migrate_store(target_url: str, batch_size: int) -> int:
     """Copy the configured store (libraries, predictions, calibrations) into another, verified."""
-    from nomarr_pipeline.store import open_store
     from nomarr_pipeline.store.migrate import migrate_store as copy_store
 
     settings = runner.checked_settings()
@@ -402,13 +387,7 @@ def migrate_store(target_url: str, batch_size: int) -> int:
                         "give the URL of the new, empty store")  # fmt: skip
     source = runner.open_checked_store()
     try:
-        target = open_store(
-            target_url,
-            arango_db=settings.arango_db,
-            arango_user=settings.arango_user,
-            arango_password=settings.arango_password,
-            pg_password=settings.pg_password,
-        )
+        target = settings.open_store(target_url)
         target.list_libraries()
     except StoreError as error:
         raise UserError(
@@ -416,15 +395,7 @@ def migrate_store(target_url: str, batch_size: int) -> int:
             "check --to, the server, and NOMARR_PG_PASSWORD / NOMARR_ARANGO_* for it",
         ) from None
     click.echo(f"copying {redact_url(settings.store_url)} -> {redact_url(target_url)}")
-    with closing(source), closing(target), contextlib.ExitStack() as bars:
-        shown: dict[str, StepProgress] = {}
-
-        def progress(collection: str, done: int, total: int) -> None:
-            if collection not in shown:
-                bars.close()  # the previous collection's bar ends
-                shown[collection] = bars.enter_context(StepProgress(collection, unit="documents"))
-            shown[collection](done, total)
-
+    with closing(source), closing(target), _bar_per_label("documents") as progress:
         report = copy_store(source, target, batch_size=batch_size, progress=progress)
     for check in report.checks:
         click.echo(f"  {'ok' if check.verified else 'MISMATCH'}  {check.describe()}")
@@ -437,16 +408,29 @@ def migrate_store(target_url: str, batch_size: int) -> int:
     return 0
 
 
-# ---- output ---------------------------------------------------------------------------------
-
-
 def _run_and_summarise(command: str, verbose: bool) -> bool:
     """The whole pipeline, then its summary and where to look; whether every step succeeded."""
     outcomes = runner.run_pipeline(command, verbose=verbose)
     click.echo("\npipeline:")
     ok = _print_outcomes(outcomes)
+    settings = runner.checked_settings()
+    click.echo()
     with closing(runner.open_checked_store()) as store:
-        _print_where_to_look(store)
+        frame = runner.status_frame(store, runner.model_catalog())
+        if not frame.empty:
+            click.echo(frame.to_string(index=False))
+            click.echo()
+        _print_write_errors(store)
+    # ``dagster dev`` for this configuration, as a line that works in a new shell.
+    home, dagster = os.environ["DAGSTER_HOME"], Path(sys.executable).with_name("dagster")
+    click.echo(f"store:            {redact_url(settings.store_url)}")
+    click.echo(f"calibrations:     {settings.export_dir} (calibrations.json and one sidecar per head)")
+    click.echo(f"Dagster instance: {home}")
+    click.echo("see the runs, asset lineage and partitions (http://127.0.0.1:3000) with:")
+    click.echo(
+        f"  cd {shlex.quote(str(Path.cwd()))} && DAGSTER_HOME={shlex.quote(home)} "
+        f"{shlex.quote(str(dagster))} dev -w {shlex.quote(str(WORKSPACE))}"
+    )
     return ok
 
 
@@ -455,32 +439,6 @@ def _print_outcomes(outcomes: Sequence[StepOutcome]) -> bool:
         runs = f"  [run {', '.join(r[:8] for r in outcome.run_ids)}]" if outcome.run_ids else ""
         click.echo(f"  {outcome.step:<28} {outcome.status:<8} {outcome.detail}{runs}")
     return all(outcome.status != "failed" for outcome in outcomes)
-
-
-def _print_where_to_look(store: Store) -> None:
-    settings = runner.checked_settings()
-    click.echo()
-    frame = runner.status_frame(store, runner.known_heads())
-    if not frame.empty:
-        click.echo(frame.to_string(index=False))
-        click.echo()
-    _print_write_errors(store)
-    click.echo(f"store:            {redact_url(settings.store_url)}")
-    click.echo(f"calibrations:     {settings.export_dir} (calibrations.json and one sidecar per head)")
-    click.echo(f"Dagster instance: {os.environ['DAGSTER_HOME']}")
-    click.echo("see the runs, asset lineage and partitions (http://127.0.0.1:3000) with:")
-    click.echo(f"  {ui_command()}")
-
-
-def ui_command() -> str:
-    """``dagster dev`` for this configuration, as a line that works in a new shell: the
-    virtualenv's own ``dagster``, this folder (whose .env it loads), the project's workspace."""
-    from nomarr_pipeline.cli.launch import WORKSPACE
-
-    dagster = Path(sys.executable).with_name("dagster")
-    home = os.environ["DAGSTER_HOME"]
-    return (f"cd {shlex.quote(str(Path.cwd()))} && DAGSTER_HOME={shlex.quote(home)} "
-            f"{shlex.quote(str(dagster))} dev -w {shlex.quote(str(WORKSPACE))}")
 
 
 def _print_write_errors(store: Store) -> None:
@@ -493,12 +451,9 @@ def _print_write_errors(store: Store) -> None:
                    "write-tags`", err=True)
 
 
-# ---- entry point ----------------------------------------------------------------------------
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; its exit status: 0 ok, 1 a step failed, 2 a problem the user can
-    fix (or a usage error), 130 interrupted by Ctrl-C, 143 stopped by SIGTERM."""
+    """Run one command; its exit status: 0 ok, 1 a step failed, 2 a problem the user can fix (or
+    a usage error), 130 interrupted by Ctrl-C, 143 stopped by SIGTERM."""
     # Beta/preview notices about Dagster APIs the project chose on purpose are noise to an
     # operator; real warnings still show.
     warnings.filterwarnings("ignore", message=r".*(is currently in beta|is currently in preview).*")

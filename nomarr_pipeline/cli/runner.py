@@ -1,8 +1,5 @@
-"""Headless operation, for the command line: pre-flight checks that turn configuration
-problems into :class:`UserError`, the pipeline's jobs run as runs of the code location
-(:mod:`nomarr_pipeline.cli.launch`; queues, pools and run monitoring are Dagster's), and the
-status of every library.
-"""
+"""The command line's own work: pre-flight checks in plain words (:class:`UserError`), the
+pipeline's jobs as runs of the code location (:mod:`.launch`), and the status table."""
 
 from __future__ import annotations
 
@@ -15,27 +12,25 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
-from nomarr_pipeline.calibration.state import is_usable
+from nomarr_pipeline.calibration.state import has_usable_calibration, is_usable
 from nomarr_pipeline.cli.launch import CodeLocationLauncher
 from nomarr_pipeline.cli.store_lock import one_pipeline_per_store
+from nomarr_pipeline.defs import jobs
 from nomarr_pipeline.defs.assets.file_tags import NOT_MATERIALIZED
-from nomarr_pipeline.defs.jobs import (
-    calibration_job,
-    library_scan_job,
-    partition_range_tags,
-    predictions_job,
-    tagging_job,
-)
 from nomarr_pipeline.defs.partitions import HEADS
+from nomarr_pipeline.defs.resources import tagging_resource
 from nomarr_pipeline.library.changes import changed_folders
 from nomarr_pipeline.library.identity import library_key
-from nomarr_pipeline.progress import ProgressPoller, StepProgress
+from nomarr_pipeline.ml.analysis import head_version, remembered_broken_models
+from nomarr_pipeline.ml.discovery import Head, ModelCatalog, ModelProblem, discover_models
+from nomarr_pipeline.progress import StepProgress, polled
 from nomarr_pipeline.settings import SettingError, Settings
 from nomarr_pipeline.store import (
     Doc,
@@ -43,7 +38,6 @@ from nomarr_pipeline.store import (
     StoreError,
     StoreFullError,
     StoreReadOnlyError,
-    open_store,
     redact_url,
 )
 from nomarr_pipeline.store.first_use import file_first_use
@@ -52,8 +46,6 @@ from nomarr_pipeline.store.sqlite import unwritable
 if TYPE_CHECKING:
     import pandas as pd
     from dagster_shared.error import SerializableErrorInfo
-
-    from nomarr_pipeline.ml.discovery import Head, ModelProblem
 
 Measure = Callable[[], tuple[int, int]]
 
@@ -68,11 +60,8 @@ class UserError(Exception):
 
 
 def say(text: str) -> None:
-    """A line for the user about what the command line is doing or waiting for (stderr)."""
+    """A line for the user about what the command line is doing or waiting for."""
     print(text, file=sys.stderr, flush=True)
-
-
-# ---- pre-flight checks ----------------------------------------------------------------------
 
 
 def checked_settings() -> Settings:
@@ -85,9 +74,7 @@ def checked_settings() -> Settings:
 
 
 def open_checked_store(*, for_writing: bool = False) -> Store:
-    """Open the configured store and touch it once, so an unreachable database is reported
-    before any run starts; ``for_writing`` also refuses an embedded store this user cannot
-    write (a read-only file, folder or mount)."""
+    """The configured store, touched once; ``for_writing`` refuses an embedded store one cannot write."""
     config = checked_settings()
     try:
         config.ensure_store_folder()
@@ -99,20 +86,19 @@ def open_checked_store(*, for_writing: bool = False) -> Store:
             "set NOMARR_DATA_DIR to a folder this user can write",
         ) from None
     try:
-        store = open_store(
-            config.store_url,
-            arango_db=config.arango_db,
-            arango_user=config.arango_user,
-            arango_password=config.arango_password,
-            pg_password=config.pg_password,
-        )
+        store = config.open_store()
         store.list_libraries()  # one cheap round trip: reachable, authenticated, schema in place
     except StoreError as error:
         problem = f"cannot use the store at {redact_url(config.store_url)}: {error}"
         raise UserError(problem, store_advice(error)) from None
     path = config.sqlite_store_path()
-    if for_writing and path is not None:
-        _require_writable_store(path)
+    # SQLite writes the file and, next to it, its write-ahead log.
+    if for_writing and path is not None and (why := unwritable(path)):
+        raise UserError(
+            f"the SQLite store {path} cannot be written: {why}",
+            "make the store file and its folder writable, or set NOMARR_STORE_URL to a writable copy "
+            "(sqlite3 nomarr.sqlite3 \".backup copy.sqlite3\")",
+        )
     return store
 
 
@@ -134,19 +120,8 @@ def store_advice(error: StoreError) -> str:
     )
 
 
-def _require_writable_store(path: Path) -> None:
-    # SQLite writes the file and, next to it, its write-ahead log.
-    if why := unwritable(path):
-        raise UserError(
-            f"the SQLite store {path} cannot be written: {why}",
-            "make the store file and its folder writable, or set NOMARR_STORE_URL to a writable copy "
-            "(sqlite3 nomarr.sqlite3 \".backup copy.sqlite3\")",
-        )
-
-
 def writable_folder(path: Path, variable: str, expected: str) -> Path:
-    """``path`` as a folder this process can write, created when only its last part is
-    missing; otherwise a :class:`UserError` naming ``variable``."""
+    """``path`` as a folder this process can write (created when only its last part is missing)."""
     fix = f"set {variable} to {expected}"
     if path.exists() and not path.is_dir():
         raise UserError(f"{variable} is {path}, which is not a folder", fix)
@@ -187,17 +162,18 @@ def require_library_roots() -> list[Path]:
             "set NOMARR_LIBRARY_ROOTS to your music folders separated by ':' (or try `nomarr-pipeline demo`)",
         )
     for root in roots:
-        if not root.is_dir():
-            why = "is not a folder" if root.exists() else "does not exist"
-            raise UserError(
-                f"NOMARR_LIBRARY_ROOTS names {root}, which {why}",
-                "set NOMARR_LIBRARY_ROOTS to existing music folders, separated by ':'",
-            )
+        _require_folder(root, "NOMARR_LIBRARY_ROOTS", "existing music folders, separated by ':'")
     return roots
 
 
+def _require_folder(path: Path, variable: str, expected: str) -> None:
+    if not path.is_dir():
+        why = "is not a folder" if path.exists() else "does not exist"
+        raise UserError(f"{variable} names {path}, which {why}", f"set {variable} to {expected}")
+
+
 def require_models_dir() -> Path:
-    """NOMARR_MODELS_DIR, which must be set (the folder itself may not exist yet)."""
+    """NOMARR_MODELS_DIR, which must be set (the folder may not exist yet)."""
     models_dir = checked_settings().models_dir
     if models_dir is None:
         raise UserError(
@@ -209,17 +185,9 @@ def require_models_dir() -> Path:
 
 
 def require_heads() -> tuple[list[Head], list[ModelProblem]]:
-    """Every usable head of NOMARR_MODELS_DIR, and the heads whose model cannot run
-    (ml.validation); problems with single models are printed."""
-    from nomarr_pipeline.ml.discovery import discover_models
-
+    """The usable heads of NOMARR_MODELS_DIR and those whose model cannot run; prints every problem."""
     models_dir = require_models_dir()
-    if not models_dir.is_dir():
-        why = "is not a folder" if models_dir.exists() else "does not exist"
-        raise UserError(
-            f"NOMARR_MODELS_DIR names {models_dir}, which {why}",
-            "set NOMARR_MODELS_DIR to a folder of Essentia models (<name>.pb + <name>.json)",
-        )
+    _require_folder(models_dir, "NOMARR_MODELS_DIR", "a folder of Essentia models (<name>.pb + <name>.json)")
     catalog = discover_models(models_dir)
     for problem in catalog.problems:
         print(f"warning: model {problem.path}: {problem.message}", file=sys.stderr)
@@ -232,38 +200,14 @@ def require_heads() -> tuple[list[Head], list[ModelProblem]]:
     return list(catalog.heads), [problem for problem in catalog.problems if problem.head_key]
 
 
-def known_heads() -> list[Head] | None:
-    """Every head of NOMARR_MODELS_DIR; ``None`` when no models folder is configured."""
-    from nomarr_pipeline.ml.discovery import discover_models
-
+def model_catalog() -> ModelCatalog | None:
+    """The models of NOMARR_MODELS_DIR; ``None`` when it is unset or not a folder."""
     models_dir = checked_settings().models_dir
-    if models_dir is None or not models_dir.is_dir():
-        return None
-    return list(discover_models(models_dir).heads)
-
-
-def unavailable_heads() -> list[ModelProblem]:
-    """Heads of NOMARR_MODELS_DIR whose model cannot run (none of their files is tried)."""
-    from nomarr_pipeline.ml.discovery import discover_models
-
-    models_dir = checked_settings().models_dir
-    if models_dir is None or not models_dir.is_dir():
-        return []
-    return [problem for problem in discover_models(models_dir, compute_versions=False).problems
-            if problem.head_key]
-
-
-def known_head_labels() -> dict[tuple[str, str], tuple[str, ...]] | None:
-    """(model_key, head_name) -> labels of every head in NOMARR_MODELS_DIR; ``None`` when no
-    models folder is configured."""
-    heads = known_heads()
-    return None if heads is None else {(head.model_key, head.head_name): head.labels for head in heads}
+    return discover_models(models_dir) if models_dir is not None and models_dir.is_dir() else None
 
 
 def dagster_instance() -> dg.DagsterInstance:
-    """The instance the CLI shares with ``dagster dev``: ``DAGSTER_HOME``, by default
-    ``dagster_home/`` in the data folder (each store its own) with the repository's
-    ``dagster.yaml``. An instance that holds another store's runs is refused."""
+    """The instance ``dagster dev`` shares: ``DAGSTER_HOME``, by default ``dagster_home/`` in the data dir."""
     settings = checked_settings()
     expected = "a folder for Dagster's runs (or unset it: dagster_home/ in NOMARR_DATA_DIR)"
     if "DAGSTER_HOME" not in os.environ:
@@ -287,13 +231,10 @@ def dagster_instance() -> dg.DagsterInstance:
 
 
 def _require_one_store(marker: Path, store: str) -> None:
-    """The instance's runs, partitions and asset metadata describe one store: the first one
-    that used it (written in ``marker``)."""
+    """An instance's runs and partitions describe one store: the first that used it (``marker``)."""
     if not marker.exists():
         marker.write_text(store + "\n")
-        return
-    recorded = marker.read_text().strip()
-    if recorded != store:
+    elif (recorded := marker.read_text().strip()) != store:
         raise UserError(
             f"the Dagster instance in DAGSTER_HOME {marker.parent} keeps the runs of the store "
             f"{recorded}, not of {store}",
@@ -306,15 +247,12 @@ def _require_one_store(marker: Path, store: str) -> None:
 _STORAGE_PACKAGES = ("sqlite3", "sqlalchemy", "psycopg2", "psycopg")
 
 
-def _is_storage_error(error: BaseException) -> bool:
-    return isinstance(error, OSError) or type(error).__module__.split(".")[0] in _STORAGE_PACKAGES
-
-
 def _instance_error(error: Exception) -> Exception:
-    """A :class:`UserError` when the instance's storage refused (full disk, read-only),
-    else ``error`` itself (a bug, shown with its traceback)."""
+    """A :class:`UserError` when the instance's storage refused (full disk, read-only), else ``error``."""
     cause: BaseException | None = error
-    while cause is not None and not _is_storage_error(cause):
+    while cause is not None and not (
+        isinstance(cause, OSError) or type(cause).__module__.split(".")[0] in _STORAGE_PACKAGES
+    ):
         cause = cause.__cause__ or cause.__context__
     if cause is None:
         return error
@@ -324,9 +262,6 @@ def _instance_error(error: Exception) -> Exception:
         "free space on its disk or make it writable, or set DAGSTER_HOME to another folder; "
         "then run again (finished work is kept)",
     )
-
-
-# ---- running jobs ---------------------------------------------------------------------------
 
 
 @dataclass
@@ -354,54 +289,24 @@ class RunFailure:
     heads_left_out: tuple[str, ...] = ()
 
 
-def step_output_log() -> Path:
-    """Where the step processes of the latest predictions run of the command line printed."""
-    return Path(os.environ["DAGSTER_HOME"]) / "nomarr-cli" / "step-processes.log"
-
-
 @contextmanager
-def step_processes_print_to(log: Path) -> Iterator[None]:
-    """Processes started meanwhile (a run's step processes, their analysis workers) print
-    into ``log``, while this process keeps printing to the terminal.
-
-    Step processes inherit this process's stdout and stderr, and write there before any run
-    config applies: Dagster's DEBUG line per step process, warnings of the code location they
-    load, TensorFlow's and Essentia's own lines. The events are in the instance (the UI shows
-    them, as does ``--verbose``); the command line shows its progress and summary."""
+def children_print_to(log: Path) -> Iterator[None]:
+    """Processes started meanwhile (the code server, and so the step processes of its runs) print
+    into ``log``: Dagster's DEBUG lines, warnings, TensorFlow's and Essentia's own lines. The
+    events are in the instance (the UI and ``--verbose`` show them)."""
     log.parent.mkdir(exist_ok=True)
-    streams = sys.stdout, sys.stderr
-    for stream in streams:
-        stream.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    # This process's own output goes on to the terminal, through copies of its descriptors
-    # (or where it went already, e.g. a buffer that captures it).
-    own = [_writing_to(fd, stream, copy) for fd, stream, copy in zip((1, 2), streams, saved, strict=True)]
     with open(log, "wb") as sink:
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
-        sys.stdout, sys.stderr = own
-        try:
-            yield
-        finally:
-            for stream in own:
-                stream.flush()
-            sys.stdout, sys.stderr = streams
-            for fd, copy in zip((1, 2), saved, strict=True):
-                os.dup2(copy, fd)
-                os.close(copy)
-            for stream in own:
-                if stream not in streams:
-                    stream.close()
-
-
-def _writing_to(fd: int, stream: TextIO, copy: int) -> TextIO:
-    """A stream on ``copy`` of ``fd`` when ``stream`` writes to ``fd``; else ``stream``."""
     try:
-        if stream.fileno() != fd:
-            return stream
-    except (AttributeError, OSError, ValueError):
-        return stream
-    return open(os.dup(copy), "w", buffering=1, encoding=stream.encoding, errors="replace")
+        yield
+    finally:
+        for fd, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 # A step's store error is re-raised in the command line as itself, so it gets its own advice.
@@ -411,8 +316,7 @@ _STORE_ERRORS: dict[str, type[StoreError]] = {
 
 
 def failure_of(events: Sequence[dg.DagsterEvent]) -> RunFailure:
-    """What failed; a step's store error is raised as itself, a full library disk as a
-    :class:`UserError`."""
+    """What failed; raises a step's store error as itself, a full library disk as a :class:`UserError`."""
     for event in events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             user_data = event.step_failure_data.user_failure_data
@@ -446,20 +350,16 @@ def _error_text(error: SerializableErrorInfo) -> str:
 
 
 def run_config(job_name: str) -> dict[str, object]:
-    """The tag writer's options as this command sees them (its flags included), in the run's
-    config: whoever launches the run (this command or a daemon's queue) writes what was asked,
-    and the UI shows it."""
-    if job_name != tagging_job.name:
+    """The tag writer's options as this command sees them (flags included), in the run's config:
+    whoever starts the run (this command or a daemon) writes what was asked, and the UI shows it."""
+    if job_name != jobs.tagging_job.name:
         return {}
-    from nomarr_pipeline.defs.resources import tagging_resource
-
     config = tagging_resource(checked_settings()).model_dump()
     return {"resources": {"tagging": {"config": {k: v for k, v in config.items() if v is not None}}}}
 
 
 class PipelineRunner:
-    """Runs the pipeline's jobs one after the other as runs of the code location; a step
-    after a failed one is skipped."""
+    """Runs the pipeline's jobs one after the other; a step after a failed one is skipped."""
 
     def __init__(self, instance: dg.DagsterInstance, resources: ExitStack, *, verbose: bool = False) -> None:
         self.instance = instance
@@ -470,9 +370,11 @@ class PipelineRunner:
 
     @property
     def launcher(self) -> CodeLocationLauncher:
-        """The code server, started for the first run (seconds: it loads the definitions)."""
+        """The code server, started for the first run; it and its runs print into a log file."""
         if self._launcher is None:
-            launcher = self._resources.enter_context(CodeLocationLauncher(self.instance))
+            log = Path(os.environ["DAGSTER_HOME"]) / "nomarr-cli" / "step-processes.log"
+            with nullcontext() if self.verbose else children_print_to(log):
+                launcher = self._resources.enter_context(CodeLocationLauncher(self.instance))
             problem = launcher.location_error()
             if problem:
                 raise UserError(f"the Dagster code location does not load: {problem}",
@@ -484,28 +386,26 @@ class PipelineRunner:
         self,
         step: str,
         job_name: str,
-        partition_keys: Sequence[str] = (),
+        partition_keys: Sequence[str] | None = None,
         *,
-        partitioned: bool = False,
         progress: Measure | None = None,
     ) -> StepOutcome:
-        """Run ``job_name`` once, or once per contiguous range of ``partition_keys`` when the
-        job is head-partitioned; ``progress`` measures (done, total) while it runs."""
+        """Run ``job_name`` once, or once per contiguous range of the head ``partition_keys``."""
         outcome = StepOutcome(step, "ok")
         self.outcomes.append(outcome)
         if any(o.stops_later_steps for o in self.outcomes):
             outcome.status, outcome.detail = "skipped", "an earlier step failed"
             return outcome
         runs: list[dict[str, str]] = [{}]
-        if partitioned:
+        if partition_keys is not None:
             if not partition_keys:
                 outcome.status, outcome.detail = "skipped", "no head partitions to run"
                 return outcome
             ranges = contiguous_ranges(self.instance.get_dynamic_partitions(HEADS), partition_keys)
-            runs = [partition_range_tags(keys) for keys in ranges]
+            runs = [jobs.partition_range_tags(keys) for keys in ranges]
             outcome.detail = f"{len(partition_keys)} heads in {len(runs)} run(s)"
         failures: list[RunFailure] = []
-        with ProgressPoller(StepProgress(step), progress) if progress else nullcontext():
+        with polled(StepProgress(step), progress) if progress else nullcontext():
             for tags in runs:
                 run_id, failure = self.launch_and_wait(job_name, {"nomarr/launched_by": "cli", **tags},
                                                        run_config(job_name))
@@ -533,14 +433,6 @@ class PipelineRunner:
             return run_id, None
         return run_id, failure_of(self.launcher.step_failures(run_id))
 
-    def add_heads(self, keys: Sequence[str]) -> list[str]:
-        """Add head partitions that the instance does not know yet; returns the new ones."""
-        known = set(self.instance.get_dynamic_partitions(HEADS))
-        new = [key for key in keys if key not in known]
-        if new:
-            self.instance.add_dynamic_partitions(HEADS, new)
-        return new
-
 
 def _print_event(entry: dg.EventLogEntry) -> None:
     say(f"  {entry.step_key or entry.job_name}: {entry.message or entry.user_message}")
@@ -548,40 +440,26 @@ def _print_event(entry: dg.EventLogEntry) -> None:
 
 @contextmanager
 def pipeline_session(command: str, *, verbose: bool = False) -> Iterator[tuple[PipelineRunner, Store]]:
-    """The writable store and a runner on the Dagster instance, for a command that launches
-    runs; on the embedded store, only one such command at a time (a second one waits). The
-    code location's processes print into a log file (``--verbose``: the terminal)."""
+    """The writable store and a runner; on the embedded store one such session at a time."""
     path = checked_settings().sqlite_store_path()
     with (
         closing(open_checked_store(for_writing=True)) as store,
         one_pipeline_per_store(path, command, say=say) if path else nullcontext(),
         dagster_instance() as instance,
-        nullcontext() if verbose else step_processes_print_to(step_output_log()),
         ExitStack() as resources,
     ):
         yield PipelineRunner(instance, resources, verbose=verbose), store
 
 
 def contiguous_ranges(ordered_keys: Sequence[str], wanted: Sequence[str]) -> list[list[str]]:
-    """Split ``wanted`` into runs of consecutive keys in ``ordered_keys`` (dynamic partitions
-    keep insertion order), so heads the user removed from the models folder but that are
-    still partitions are never run by accident."""
+    """``wanted`` as runs of consecutive keys of ``ordered_keys``: a head removed from the models
+    folder but still a partition is never run."""
     wanted_set = set(wanted)
-    ranges: list[list[str]] = [[]]
-    for key in ordered_keys:
-        if key in wanted_set:
-            ranges[-1].append(key)
-        elif ranges[-1]:
-            ranges.append([])
-    return [keys for keys in ranges if keys]
-
-
-# ---- the pipeline ---------------------------------------------------------------------------
+    return [list(keys) for inside, keys in groupby(ordered_keys, key=wanted_set.__contains__) if inside]
 
 
 def run_pipeline(command: str = "run", *, verbose: bool = False) -> list[StepOutcome]:
-    """Scan → heads → predictions → calibration (with its package) → recalibration and tag
-    writing. Returns each step's outcome, for the summary."""
+    """Scan → heads → predictions → calibration → recalibration and tag writing; each step's outcome."""
     roots = require_library_roots()
     heads, broken = require_heads()
     with pipeline_session(command, verbose=verbose) as (runner, store):
@@ -591,7 +469,7 @@ def run_pipeline(command: str = "run", *, verbose: bool = False) -> list[StepOut
         print(f"scan: {len(roots)} library folder(s)")
         if any(changed_folders(store.load_folder_cache(library_key(root.resolve())), str(root.resolve()))
                for root in roots):
-            scan = runner.run_job("scan", library_scan_job.name)
+            scan = runner.run_job("scan", jobs.library_scan_job.name)
         else:  # as library_change_sensor decides; `nomarr-pipeline scan` always scans
             scan = runner.skip("scan", "")
         if scan.status == "failed":
@@ -607,15 +485,23 @@ def run_pipeline(command: str = "run", *, verbose: bool = False) -> list[StepOut
             )
 
         keys = [head.partition_key for head in heads]
-        new = runner.add_heads(keys)
-        runner.outcomes.append(discovery_outcome(len(keys), len(new), broken))
+        known = set(runner.instance.get_dynamic_partitions(HEADS))
+        new = [key for key in keys if key not in known]
+        runner.instance.add_dynamic_partitions(HEADS, new)
+        discovery = StepOutcome("head discovery", "ok", f"{len(keys)} heads ({len(new)} new)")
+        runner.outcomes.append(discovery)
+        if broken:  # failed by name: the steps after it go on with the other heads
+            discovery.status = "failed"
+            discovery.heads_left_out = [problem.head_key or "" for problem in broken]
+            discovery.detail += f"; {len(broken)} broken model(s) left out: " + "; ".join(
+                f"{problem.path.stem} ({problem.head_key}): {problem.message}" for problem in broken
+            )
         print(f"heads: {', '.join(keys)}")
 
         # A run with nothing to do would still start its processes: seconds for nothing.
         analysed = analysis_progress(store, heads)
         if new or _left(analysed):
-            predictions = runner.run_job("predictions", predictions_job.name, keys, partitioned=True,
-                                         progress=analysed)
+            predictions = runner.run_job("predictions", jobs.predictions_job.name, keys, progress=analysed)
         else:
             predictions = runner.skip("predictions", "nothing to analyse")
         left_out = set(predictions.heads_left_out)
@@ -624,36 +510,21 @@ def run_pipeline(command: str = "run", *, verbose: bool = False) -> list[StepOut
                 "predictions are stored")
         calibrated = {f"{state['model_key']}:{state['head_name']}" for state in store.list_calibrations()}
         if predictions.run_ids or not calibrated >= set(keys):
-            runner.run_job("calibration", calibration_job.name, [key for key in keys if key not in left_out],
-                           partitioned=True)
+            keys_left = [key for key in keys if key not in left_out]
+            runner.run_job("calibration", jobs.calibration_job.name, keys_left)
         else:
             runner.skip("calibration", "no new predictions")
         tagged = tagging_progress(store)
         if _left(tagged):
-            runner.run_job("recalibration + tag writing", tagging_job.name, progress=tagged)
+            runner.run_job("recalibration + tag writing", jobs.tagging_job.name, progress=tagged)
         else:
             runner.skip("recalibration + tag writing", "every file is recalibrated and written")
         runner.outcomes.append(StepOutcome("total", "ok", f"{time.monotonic() - started:.0f}s"))
         return runner.outcomes
 
 
-def discovery_outcome(heads: int, new: int, broken: Sequence[ModelProblem]) -> StepOutcome:
-    """Heads found; a head whose model cannot run fails the step by name, and the steps after
-    it go on with the other heads (none of its files is tried, so none fails for it)."""
-    outcome = StepOutcome("head discovery", "ok", f"{heads} heads ({new} new)")
-    if broken:
-        outcome.status = "failed"
-        outcome.heads_left_out = [problem.head_key or "" for problem in broken]
-        outcome.detail += f"; {len(broken)} broken model(s) left out: " + "; ".join(
-            f"{problem.path.stem} ({problem.head_key}): {problem.message}" for problem in broken
-        )
-    return outcome
-
-
 def verify_tags(store: Store) -> StepOutcome:
     """Read back the tags written into every file; queue those that differ for writing."""
-    from nomarr_pipeline.calibration.state import has_usable_calibration
-    from nomarr_pipeline.defs.resources import tagging_resource
     from nomarr_pipeline.tagging.verify import verify_written_tags
 
     has_calibration = has_usable_calibration(store.list_calibrations())
@@ -673,8 +544,6 @@ def _left(measure: Measure) -> bool:
 
 def analysis_progress(store: Store, heads: Sequence[Head]) -> Measure:
     """Files analysed / analysable (the poller's thread has a connection of its own)."""
-    from nomarr_pipeline.ml.analysis import head_version
-
     versions = [head_version(head) for head in heads]
 
     def measure() -> tuple[int, int]:
@@ -694,46 +563,23 @@ def tagging_progress(store: Store) -> Measure:
 
     def measure() -> tuple[int, int]:
         counts = store.file_counts()
-        analysed = counts["analysed"]
-        not_recalibrated = store.count_files_needing_recalibration(target)
-        return max(0, analysed - not_recalibrated - counts["pending_writes"]), analysed
+        left = store.count_files_needing_recalibration(target) + counts["pending_writes"]
+        return max(0, counts["analysed"] - left), counts["analysed"]
 
     return measure
 
 
-# ---- status ---------------------------------------------------------------------------------
-
-STATUS_COLUMNS = [
-    "library",
-    "files",
-    "analysed",
-    "failed",
-    "calibrated heads",
-    "pending writes",
-    "write errors",
-    "expected hash",
-    "remaining recalibration",
-]
-
-
 def usable_calibrations(store: Store) -> list[Doc]:
-    """The calibrations that can be applied (``calibration.state.is_usable``)."""
     return [state for state in store.list_calibrations() if is_usable(state)]
 
 
-def status_frame(store: Store, heads: Sequence[Head] | None = None) -> pd.DataFrame:
-    """One row per library: the numbers ``nomarr-pipeline status`` prints.
-
-    "calibrated heads" counts the heads of ``heads`` (the models folder's) with a calibration
-    that can be applied; every calibrated head when it is ``None``. "failed" counts files
-    whose scan or decoding failed, and files that failed for one of ``heads`` at its current
-    model (a failure of a model replaced since does not count: the file will be tried again,
-    nor one of a broken model: the model failed, not the file); "analysed" the other analysed
-    files."""
+def status_frame(store: Store, catalog: ModelCatalog | None) -> pd.DataFrame:
+    """One row per library, as ``nomarr-pipeline status`` prints it. "failed" counts files whose scan
+    or decoding failed, or that failed for a head at its current model (not a replaced or broken
+    model: the file will be tried again, or the model failed, not the file)."""
     import pandas as pd
 
-    from nomarr_pipeline.ml.analysis import head_version, remembered_broken_models
-
+    heads = None if catalog is None else catalog.heads
     calibrated = {(s["model_key"], s["head_name"]) for s in usable_calibrations(store)}
     if heads is not None:
         calibrated &= {(head.model_key, head.head_name) for head in heads}
@@ -742,29 +588,28 @@ def status_frame(store: Store, heads: Sequence[Head] | None = None) -> pd.DataFr
     target = expected_calibration_hash(store.list_calibrations())
     rows = []
     for library in store.list_libraries():
-        counts = store.file_counts(library["_key"])
-        head_failures = store.count_files_with_analysis_errors(versions, library["_key"]) if versions else 0
+        key = library["_key"]
+        counts = store.file_counts(key)
+        head_failures = store.count_files_with_analysis_errors(versions, key) if versions else 0
         rows.append(
-            [
-                library.get("name") or library.get("root_path") or library["_key"],
-                counts["total"],
-                max(0, counts["analysed"] - head_failures),
-                counts["scan_errors"] + counts["analysis_errors"] + head_failures,
-                len(calibrated),
-                counts["pending_writes"],
-                counts["write_errors"],
-                target,
-                store.count_files_needing_recalibration(target, library["_key"]),
-            ]
+            {
+                "library": library.get("name") or library.get("root_path") or key,
+                "files": counts["total"],
+                "analysed": max(0, counts["analysed"] - head_failures),
+                "failed": counts["scan_errors"] + counts["analysis_errors"] + head_failures,
+                "calibrated heads": len(calibrated),
+                "pending writes": counts["pending_writes"],
+                "write errors": counts["write_errors"],
+                "expected hash": target,
+                "remaining recalibration": store.count_files_needing_recalibration(target, key),
+            }
         )
-    return pd.DataFrame(rows, columns=STATUS_COLUMNS)
+    return pd.DataFrame(rows)
 
 
 def tag_preview(store: Store) -> pd.DataFrame:
     """What a tag write would change, file by file and key by key (files untouched)."""
-    from nomarr_pipeline.calibration.state import has_usable_calibration
-    from nomarr_pipeline.defs.resources import tagging_resource
-    from nomarr_pipeline.tagging.batch import WriteReport, preview_frame, write_pending_tags
+    from nomarr_pipeline.tagging.batch import preview_frame, write_pending_tags
 
     has_calibration = has_usable_calibration(store.list_calibrations())
     options = tagging_resource(checked_settings()).tag_options()
@@ -772,10 +617,6 @@ def tag_preview(store: Store) -> pd.DataFrame:
     for library in store.list_libraries():
         pending = store.file_counts(library["_key"])["pending_writes"]
         with StepProgress(f"preview {library.get('name') or library['_key']}") as progress:
-
-            def show(report: WriteReport, progress: StepProgress = progress, total: int = pending) -> None:
-                progress(report.processed, total)
-
             report = write_pending_tags(
                 store,
                 library=library,
@@ -783,7 +624,7 @@ def tag_preview(store: Store) -> pd.DataFrame:
                 has_calibration=has_calibration,
                 options=options,
                 dry_run=True,
-                progress=show,
+                progress=lambda report, bar=progress, total=pending: bar(report.processed, total),
             )
         rows.extend(report.preview)
     return preview_frame(rows)

@@ -1,9 +1,6 @@
-"""One pipeline at a time on the embedded SQLite store: a second command line that launches
-runs waits for the first, saying for whom. Dagster's queue orders runs, not command lines
-that chain several runs over one store file.
-
-The lock file (``<store>.lock``, kept between runs) is released by the kernel when its holder
-exits or dies, so a crash never leaves it held."""
+"""One pipeline at a time on the embedded SQLite store (Dagster's queue orders runs, not command
+lines that chain runs): a second one waits. The kernel releases ``<store>.lock`` when its holder
+exits or dies."""
 
 from __future__ import annotations
 

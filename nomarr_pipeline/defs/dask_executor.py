@@ -1,25 +1,16 @@
-"""dagster-dask's executor, handed to Dask in a form Dask does not take apart.
+"""dagster-dask's executor, handing Dask the run in a form Dask does not take apart.
 
-``dagster_dask.DaskExecutor`` submits each step as ``Client.submit(query_on_dask_worker, …,
-dagster_run, …)``. distributed walks every tuple among a task's arguments, named tuples
-included, looking for futures (``parse_input`` in ``dask/_task_spec.py`` since distributed
-2024.11, ``unpack_remotedata`` since 2023.1, dask/distributed#7465). A ``DagsterRun`` is a
-named tuple, and every run over a range of partitions carries its ``partitions_subset``, a
-Dagster ``@record`` that refuses iteration ("Iteration is not allowed on `@record`
-KeyRangesPartitionsSubset"): with dagster-dask 0.29 every partitioned run failed before its
-first step. No release of distributed that runs on Python 3.11 with pandas 3 leaves the
-arguments alone, so pinning it is no way out.
+distributed walks every tuple among a task's arguments, named tuples included, looking for
+futures (``parse_input`` in ``dask/_task_spec.py``; dask/distributed#7465). ``DaskExecutor``
+submits the ``DagsterRun``, a named tuple, and a run over a range of partitions carries a
+``partitions_subset`` that refuses iteration: with dagster-dask 0.29 every partitioned run
+failed before its first step, and no release of distributed for Python 3.11 with pandas 3
+leaves the arguments alone. Here the run travels wrapped in an object that is not a tuple and
+unpickles on the worker as the run itself; its tasks are named after the run, not the job only
+(dagster-io/dagster#21418: two runs of one job on one cluster would share their tasks).
 
-This adapter changes one thing: the run reaches ``Client.submit`` wrapped in an object that
-is not a tuple, so Dask passes it through untouched, and that unpickles on the Dask worker
-as the ``DagsterRun`` itself. Everything else is dagster-dask's own code. It also names the
-Dask tasks after the run, not only the job (``predictions_job.<run id>.<step>``):
-dagster-dask keys them ``<job>.<step>`` (dagster-io/dagster#21418), so two runs of one job
-on one cluster would share their tasks, and the second would get the first one's events.
-
-Imported only when ``NOMARR_EXECUTOR=dask``. Upstream gap: an executor receives, and must
-pass on, a ``PlanOrchestrationContext``, which Dagster does not export; it is the one private
-import left here.
+Imported only when ``NOMARR_EXECUTOR=dask``. Upstream gap: an executor must pass on a
+``PlanOrchestrationContext``, which Dagster does not export: the one private import here.
 """
 
 from __future__ import annotations

@@ -1,12 +1,6 @@
-"""The executor of the code location's jobs: a choice of configuration, not of code.
-
-``NOMARR_EXECUTOR`` (read by ``nomarr_pipeline.settings`` when the definitions load) picks
-where the steps of a run execute:
-``multiprocess`` (default: a process per step on the run's machine), ``dask``, ``celery`` or
-``k8s``; the executor's package is imported only when it is chosen. ``NOMARR_EXECUTOR_CONFIG``
-names a YAML file holding that executor's own config (the ``execution: config:`` section of
-a run config), so runs launched by sensors and schedules get it too; ``deploy/executors/``
-has one per executor.
+"""The executor of the code location's jobs: ``NOMARR_EXECUTOR`` (``multiprocess``, ``dask``,
+``celery`` or ``k8s``; a package is imported only when chosen), configured from the YAML file
+``NOMARR_EXECUTOR_CONFIG`` names, so runs of sensors and schedules get it too (``deploy/executors/``).
 """
 
 from __future__ import annotations
@@ -21,7 +15,6 @@ import yaml
 from nomarr_pipeline.settings import SettingError, Settings
 from nomarr_pipeline.store import StoreError, store_engine
 
-DEFAULT_EXECUTOR = "multiprocess"
 # name -> (module, attribute, pip extra of this project)
 REMOTE_EXECUTORS: dict[str, tuple[str, str, str]] = {
     "dask": ("dagster_dask", "dask_executor", "dask"),
@@ -44,8 +37,7 @@ def is_remote(executor: str) -> bool:
 
 
 def refuse_embedded_store(executor: str, store_engine: str) -> None:
-    """Raise when steps that may run on other machines would use the embedded SQLite store:
-    another machine cannot open this machine's file (or opens an empty one of its own)."""
+    """Raise when steps that may run on other machines would use the embedded SQLite store."""
     if is_remote(executor) and store_engine == "sqlite":
         raise ExecutorSettingError(
             f"the {executor} executor runs steps on other machines, which cannot share the embedded "
@@ -107,7 +99,6 @@ def _executor_config(path: Path | None) -> dict[str, Any] | None:
 def configured_executor(settings: Settings) -> dg.ExecutorDefinition:
     """The executor ``NOMARR_EXECUTOR`` names, configured from ``NOMARR_EXECUTOR_CONFIG``."""
     name = settings.executor
-    remote = name != DEFAULT_EXECUTOR
-    base = _remote_executor(name, settings.store_url) if remote else dg.multiprocess_executor
+    base = _remote_executor(name, settings.store_url) if is_remote(name) else dg.multiprocess_executor
     config = _executor_config(settings.executor_config)
     return base.configured(config, name=base.name) if config is not None else base

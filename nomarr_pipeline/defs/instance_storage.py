@@ -1,11 +1,8 @@
-"""The Dagster instance's PostgreSQL storage, created once however many commands, daemons
-and webservers open a fresh instance at the same moment.
+"""dagster-postgres's instance storage, opened under a lock (deploy/'s ``storage: custom:``).
 
 Dagster creates its tables and stamps their alembic version on first use without a lock; two
 processes doing it together can leave two alembic heads, and every later command then fails
-(docs/RELIABILITY.md, "First use"). This is dagster-postgres's storage opened under a lock;
-deploy/'s instance files name it as ``storage: custom:``. (The command line opens an instance
-on SQLite files under a file lock of its own: ``runner.dagster_instance``.)
+(docs/RELIABILITY.md, "First use").
 """
 
 from __future__ import annotations

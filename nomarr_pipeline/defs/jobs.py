@@ -47,6 +47,5 @@ tagging_job = dg.define_asset_job(
 
 
 def partition_range_tags(keys: Sequence[str]) -> dict[str, str]:
-    """Tags that make one run cover every partition from ``keys[0]`` to ``keys[-1]``, in the
-    order the dynamic partitions were added."""
+    """Tags that make one run cover the partitions from ``keys[0]`` to ``keys[-1]`` (in their order)."""
     return {PARTITION_RANGE_START: keys[0], PARTITION_RANGE_END: keys[-1]}

@@ -1,6 +1,5 @@
-"""Dagster resources: configuration only in their fields. A client (the store's database
-connection) is opened on first use within one execution (a run's step, a sensor tick) and
-closed when that execution ends."""
+"""Dagster resources: configuration only. The store's connection opens on first use within one
+execution (a step, a sensor tick) and closes when it ends."""
 
 from __future__ import annotations
 
@@ -39,7 +38,6 @@ class StoreResource(dg.ConfigurableResource):
     _store: Store | None = PrivateAttr(default=None)
 
     def open(self) -> Store:
-        """The store of this execution: connected on first use, closed at its end."""
         if self._store is None:
             if self.create_folder and store_engine(self.url) == "sqlite":
                 SqliteStore.from_url(self.url).path.parent.mkdir(exist_ok=True)
@@ -58,7 +56,6 @@ class StoreResource(dg.ConfigurableResource):
             self._store = None
 
     def describe(self) -> str:
-        """The URL without credentials, for metadata and logs."""
         return redact_url(self.url)
 
 
@@ -104,8 +101,7 @@ class ModelsResource(dg.ConfigurableResource):
         return self.shards or available_cores()
 
     def worker_plan(self, concurrent_steps: int) -> WorkerPlan:
-        """Workers and inference threads of one shard step, ``concurrent_steps`` of which
-        share this machine."""
+        """Workers and inference threads of one of ``concurrent_steps`` shard steps on this machine."""
         return plan_workers(
             cores=available_cores(),
             concurrent_steps=concurrent_steps,
@@ -141,7 +137,7 @@ class CalibrationResource(dg.ConfigurableResource):
 
 class TaggingResource(dg.ConfigurableResource):
     """Mood tiers, and what the tag writer puts into the fields players read
-    (``nomarr_pipeline.definitions`` fills the latter from ``settings.TagSettings``)."""
+    (``nomarr_pipeline.definitions`` fills the latter from ``settings.tag_settings``)."""
 
     strict: float = 0.92
     regular: float = 0.80
@@ -175,9 +171,7 @@ class TaggingResource(dg.ConfigurableResource):
             loose=self.loose,
             term_map=dict(self.term_map or {}),
             include_heads=tuple(self.include_heads) if self.include_heads is not None else None,
-            exclude_heads=tuple(self.exclude_heads)
-            if self.exclude_heads is not None
-            else DEFAULT_EXCLUDED_HEADS,
+            exclude_heads=DEFAULT_EXCLUDED_HEADS if self.exclude_heads is None else tuple(self.exclude_heads),
             max_std=self.max_std,
         )
 
@@ -201,15 +195,6 @@ class TaggingResource(dg.ConfigurableResource):
 
 
 def tagging_resource(settings: Settings) -> TaggingResource:
-    """The ``tagging`` resource of these settings: the code location's and the command line's."""
-    return TaggingResource(previews_dir=str(settings.data_dir / "previews"), **vars(settings.tags))
+    """The ``tagging`` resource of the code location and of the command line."""
+    return TaggingResource(previews_dir=str(settings.data_dir / "previews"), **settings.tags)
 
-
-__all__ = [
-    "CalibrationResource",
-    "LibraryResource",
-    "ModelsResource",
-    "StoreResource",
-    "TaggingResource",
-    "tagging_resource",
-]

@@ -7,8 +7,7 @@ from nomarr_pipeline.defs.partitions import heads_partitions
 
 
 def nightly_calibration_schedule(cron: str, timezone: str) -> dg.ScheduleDefinition:
-    """Every head in ONE run (NOMARR_CALIBRATION_CRON, 03:00 by default): state, history,
-    sidecars, then the package."""
+    """Every head in ONE run (NOMARR_CALIBRATION_CRON): state, history, sidecars, then the package."""
 
     @dg.schedule(job=calibration_job, cron_schedule=cron, execution_timezone=timezone,
                  name="nightly_calibration_schedule")

@@ -1,12 +1,4 @@
-"""Sensors: cheap checks far below Dagster's 60 s tick limit, no duplicate runs.
-
-- ``library_change_sensor``: changed library folders -> a scan; a scan with new or changed
-  files -> one predictions run over every head.
-- ``head_discovery_sensor``: the ``heads`` partitions follow the models folder; new heads
-  (or replaced model files) are analysed in one run. A stat of the model files per tick,
-  JSON parsing only when they changed (no model hashing, no TensorFlow).
-- ``calibration_hash_sensor``: stale calibration hashes -> recalibration + tag writing.
-"""
+"""Sensors: cheap checks far below Dagster's 60 s tick limit, and no duplicate runs."""
 
 import hashlib
 import json
@@ -124,17 +116,14 @@ def models_fingerprint(models_dir: Path) -> str:
     for path in sorted(models_dir.rglob("*")):
         if path.suffix in (".json", ".pb", ".onnx") and path.is_file():
             stat = path.stat()
-            digest.update(
-                f"{path.relative_to(models_dir)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode(
-                    "utf-8", "surrogateescape"
-                )
-            )
+            line = f"{path.relative_to(models_dir)}|{stat.st_size}|{stat.st_mtime_ns}\n"
+            digest.update(line.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
 def _discovered_keys(models_dir: Path, cursor: str | None) -> tuple[list[str], str, bool]:
     """The head keys in the folder, the new cursor, and whether model files changed since the
-    last tick (not on the first); JSON is parsed only on change."""
+    last tick (not on the first). A stat per model file; JSON is parsed only on change."""
     fingerprint = models_fingerprint(models_dir)
     saved = _load_cursor(cursor)
     if saved.get("fingerprint") == fingerprint and isinstance(saved.get("keys"), list):
@@ -145,11 +134,7 @@ def _discovered_keys(models_dir: Path, cursor: str | None) -> tuple[list[str], s
     return keys, json.dumps({"fingerprint": fingerprint, "keys": keys}), changed
 
 
-@dg.sensor(
-    target=[FILE_TAGS],
-    minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-)
+@dg.sensor(target=[FILE_TAGS], minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
 def head_discovery_sensor(
     context: dg.SensorEvaluationContext, models: ModelsResource
 ) -> dg.SensorResult | dg.SkipReason:
@@ -188,10 +173,9 @@ def head_discovery_sensor(
         # New keys are appended together, in this order, after every existing key, so the
         # range new[0]…new[-1] is exactly them: one single-run backfill for all new heads.
         stamp = hashlib.sha1("\n".join([cursor, *new]).encode("utf-8", "surrogateescape"))
-        run_key = f"heads-{stamp.hexdigest()[:16]}"
         run_requests.append(
             dg.RunRequest(
-                run_key=run_key,
+                run_key=f"heads-{stamp.hexdigest()[:16]}",
                 asset_selection=[FILE_TAGS],
                 tags={**partition_range_tags(new), "nomarr/new_heads": str(len(new))},
             )

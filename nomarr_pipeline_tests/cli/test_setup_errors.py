@@ -19,10 +19,10 @@ import pytest
 
 from nomarr_pipeline.cli import main as cli
 from nomarr_pipeline.cli import runner
-from nomarr_pipeline.cli.demo import write_wav
 from nomarr_pipeline.store import StoreError, StoreFullError, open_store
 from nomarr_pipeline.store.sqlite import SqliteStore
 from nomarr_pipeline_tests.cli.cli_processes import PipelineFolder, build_library, write_one_head_models
+from nomarr_pipeline_tests.ml.audio_fixtures import write_wav
 
 
 def _run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

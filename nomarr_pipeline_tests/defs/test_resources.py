@@ -85,9 +85,9 @@ def test_tag_options_come_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> 
 def test_a_tag_setting_that_cannot_work_names_its_variable(
     name: str, value: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nomarr_pipeline.settings import SettingError, TagSettings
+    from nomarr_pipeline.settings import SettingError, tag_settings
 
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingError) as raised:
-        TagSettings.from_env()
+        tag_settings()
     assert raised.value.variable == name and raised.value.next_step.startswith(f"set {name} to ")

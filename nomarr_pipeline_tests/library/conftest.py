@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from nomarr_pipeline.cli.demo import write_wav
 from nomarr_pipeline.store import Store, open_store
+from nomarr_pipeline_tests.ml.audio_fixtures import write_wav
 
 __all__ = ["write_wav"]
 

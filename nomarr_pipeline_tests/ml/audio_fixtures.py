@@ -55,6 +55,13 @@ def _write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
         stream.writeframes(pcm.tobytes())
 
 
+def write_wav(path: Path, seconds: float = 0.5, freq: float = 440.0, rate: int = 8000) -> Path:
+    """A mono 16-bit sine WAV (no ffmpeg)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_wav(path, 8000 / 32767 * np.sin(2 * np.pi * freq * np.arange(int(seconds * rate)) / rate), rate)
+    return path
+
+
 def make_audio(path: Path, seconds: float, seed: int) -> Path:
     """Write ``seconds`` of seed-determined audio to ``path``; the format follows its suffix."""
     suffix = path.suffix.lower()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nomarr_pipeline.cli.demo import write_wav
+from nomarr_pipeline_tests.ml.audio_fixtures import write_wav
 from nomarr_pipeline_tests.ui.dagster_dev import (
     JOB_RUNS_QUERY,
     LOCATION_NAME,

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from nomarr_pipeline.cli.demo import write_wav
 from nomarr_pipeline.store import open_store
 from nomarr_pipeline_tests.design_names import ASSETS, HEAD_PARTITIONED, SCHEDULES, SENSORS
+from nomarr_pipeline_tests.ml.audio_fixtures import write_wav
 from nomarr_pipeline_tests.ui.dagster_dev import (
     ASSET_GRAPH_QUERY,
     AUTOMATION_QUERY,

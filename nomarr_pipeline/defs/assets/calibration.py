@@ -2,15 +2,12 @@
 unpartitioned package of every calibration."""
 
 from collections.abc import Sequence
+from functools import partial
 
 import dagster as dg
 
 from nomarr_pipeline.calibration.exports import export_package, export_sidecars
-from nomarr_pipeline.calibration.generation import (
-    HeadCalibrationReport,
-    calibrate_head,
-    calibration_progress,
-)
+from nomarr_pipeline.calibration.generation import HeadCalibrationReport, calibrate_head, calibration_progress
 from nomarr_pipeline.calibration.hashing import expected_calibration_hash
 from nomarr_pipeline.calibration.plots import histogram_png, png_markdown
 from nomarr_pipeline.calibration.state import calibration_key, is_usable
@@ -18,6 +15,7 @@ from nomarr_pipeline.defs.assets.heads import run_heads
 from nomarr_pipeline.defs.assets.tables import metadata_table
 from nomarr_pipeline.defs.partitions import SINGLE_RUN, heads_partitions
 from nomarr_pipeline.defs.resources import CalibrationResource, ModelsResource, StoreResource
+from nomarr_pipeline.ml.discovery import discover_models
 
 OUT_OF_RANGE_LIMIT = 0.05
 # A head's histogram image shows its labels together: up to this many stay readable.
@@ -43,33 +41,20 @@ SNAPSHOT_COLUMNS = {
     "n_delta": "int",
 }
 
+per_head_asset = partial(
+    dg.asset, partitions_def=heads_partitions, backfill_policy=SINGLE_RUN, group_name="calibration"
+)
 STATE_CHECKS = [
-    dg.AssetCheckSpec(
-        "out_of_range_ratio",
-        asset="calibration_state",
-        description="At most 5 % of a label's values fall outside its histogram range.",
-    ),
-    dg.AssetCheckSpec(
-        "minimum_n",
-        asset="calibration_state",
-        description="Each label is calibrated from at least `min_n` values.",
-    ),
-    dg.AssetCheckSpec(
-        "p5_below_p95",
-        asset="calibration_state",
-        description="Each calibration in force has p5 < p95, so it can be applied.",
-    ),
+    dg.AssetCheckSpec(name, asset="calibration_state", description=description)
+    for name, description in [
+        ("out_of_range_ratio", "At most 5 % of a label's values fall outside its histogram range."),
+        ("minimum_n", "Each label is calibrated from at least `min_n` values."),
+        ("p5_below_p95", "Each calibration in force has p5 < p95, so it can be applied."),
+    ]
 ]
 
 
-@dg.asset(
-    partitions_def=heads_partitions,
-    backfill_policy=SINGLE_RUN,
-    deps=["file_tags"],
-    check_specs=STATE_CHECKS,
-    group_name="calibration",
-    kinds={"python", "numpy"},
-)
+@per_head_asset(deps=["file_tags"], check_specs=STATE_CHECKS, kinds={"python", "numpy"})
 def calibration_state(
     context: dg.AssetExecutionContext,
     store: StoreResource,
@@ -77,7 +62,7 @@ def calibration_state(
     calibration: CalibrationResource,
 ) -> dg.MaterializeResult:
     """p5/p95 per (head, label) from one histogram query each; drift-tolerant in force."""
-    heads, _ = run_heads(context, models, compute_versions=False)
+    heads = run_heads(context, models)
     db = store.open()
     reports: list[HeadCalibrationReport] = []
     for head in heads:
@@ -124,8 +109,7 @@ def _head_metadata(report: HeadCalibrationReport, histograms: dict) -> dict[str,
 
 
 def _checks(reports: Sequence[HeadCalibrationReport], min_n: int) -> list[dg.AssetCheckResult]:
-    """One result per check for the whole run (one run serves many heads): its description
-    names the heads that failed, and what to do."""
+    """One result per check for the whole run, naming the heads that failed and what to do."""
     labels = [(report.partition_key, label) for report in reports for label in report.labels]
 
     def result(name: str, failing: list[tuple[str, str]], severity: dg.AssetCheckSeverity, fix: str,
@@ -156,45 +140,27 @@ def _checks(reports: Sequence[HeadCalibrationReport], min_n: int) -> list[dg.Ass
     ]
 
 
-@dg.asset(
-    partitions_def=heads_partitions,
-    backfill_policy=SINGLE_RUN,
-    deps=[calibration_state],
-    group_name="calibration",
-    kinds={"python"},
-)
+@per_head_asset(deps=[calibration_state], kinds={"python"})
 def calibration_history(
     context: dg.AssetExecutionContext, store: StoreResource, models: ModelsResource
 ) -> dg.MaterializeResult:
     """The append-only snapshots of each label (written with its state), with drift deltas."""
-    heads, _ = run_heads(context, models, compute_versions=False)
+    heads = run_heads(context, models)
     db = store.open()
     for head in heads:
-        meta: dict[str, object] = {}
-        rows = []
         keys = {label: calibration_key(head.model_key, head.head_name, label) for label in head.labels}
         history = db.recent_history(list(keys.values()), per_key=RECENT_SNAPSHOTS)  # one query
-        for label, key in keys.items():
-            snapshots = history.get(key)
-            if not snapshots:
-                continue
-            latest = snapshots[0]
-            rows.append(
-                (label, len(snapshots), *(latest.get(field) for field in ("p5", "p95", *DELTAS)))
-            )
-        meta["snapshots"] = metadata_table(SNAPSHOT_COLUMNS, rows)
-        meta["labels_with_history"] = len(rows)
+        rows = [
+            (label, len(snapshots), *(snapshots[0].get(field) for field in ("p5", "p95", *DELTAS)))
+            for label, key in keys.items()
+            if (snapshots := history.get(key))
+        ]
+        meta = {"snapshots": metadata_table(SNAPSHOT_COLUMNS, rows), "labels_with_history": len(rows)}
         context.add_asset_metadata(meta, partition_key=head.partition_key)
     return dg.MaterializeResult()
 
 
-@dg.asset(
-    partitions_def=heads_partitions,
-    backfill_policy=SINGLE_RUN,
-    deps=[calibration_state],
-    group_name="calibration",
-    kinds={"python", "json"},
-)
+@per_head_asset(deps=[calibration_state], kinds={"python", "json"})
 def calibration_sidecars(
     context: dg.AssetExecutionContext,
     store: StoreResource,
@@ -202,7 +168,7 @@ def calibration_sidecars(
     calibration: CalibrationResource,
 ) -> dg.MaterializeResult:
     """``{head_name}-calibration-v{version}.json`` per head, exported from the store."""
-    heads, _ = run_heads(context, models, compute_versions=False)
+    heads = run_heads(context, models)
     wanted = {(h.model_key, h.head_name) for h in heads}
     states = [s for s in store.open().list_calibrations() if (s["model_key"], s["head_name"]) in wanted]
     report = export_sidecars(states, calibration.export_path())
@@ -232,8 +198,6 @@ def calibration_package(
     heads = []
     folder = models.path()
     if folder is not None and folder.is_dir():
-        from nomarr_pipeline.ml.discovery import discover_models
-
         heads = list(discover_models(folder, compute_versions=False, engine=models.inference_engine).heads)
     progress = calibration_progress(db, heads)
     context.log.info(f"wrote {path} with {len(states)} calibrations; progress {progress}")
@@ -241,9 +205,7 @@ def calibration_package(
         "path": dg.MetadataValue.path(str(path)),
         "calibrations": sum(is_usable(state) for state in states),  # what the package holds
         "expected_calibration_hash": expected_calibration_hash(states),
-        "total_heads": progress["total_heads"],
-        "calibrated_heads": progress["calibrated_heads"],
-        "remaining_heads": progress["remaining_heads"],
+        **{name: progress[name] for name in ("total_heads", "calibrated_heads", "remaining_heads")},
     }
     if progress["last_updated"]:
         metadata["last_updated"] = dg.MetadataValue.timestamp(progress["last_updated"] / 1000)

@@ -1,19 +1,11 @@
-"""``file_tags``: raw Essentia predictions per head (one dynamic partition per head).
+"""``file_tags``: raw Essentia predictions, one dynamic partition per head (docs/ARCHITECTURE.md §5).
 
-A graph-backed asset, so that the run's executor places the work: ``analysis_shard_{i}_of_{n}``
-steps claim files from the store a few at a time until none is left (a fast machine takes
-more than a slow one; see :mod:`nomarr_pipeline.ml.analysis`), and ``file_tags_report`` adds
-their reports up, releases the run's claims and materializes the selected partitions. The
-number of shard steps is fixed when the code location loads (``NOMARR_ANALYSIS_SHARDS``):
-a static fan-out, which every executor runs (dagster-dask does not run dynamic fan-outs).
-
-Shards write predictions to the store themselves and report through the run's event log
-(output metadata of ``Nothing`` outputs), which every process of a deployment shares; nothing
-goes through an IO manager, so shards on different machines need no shared disk.
-
-Single-run backfills let one run serve many heads, so each backbone runs once per file for
-all selected heads. No ``from __future__ import annotations``: Dagster inspects the context
-annotation at runtime.
+A graph-backed asset: ``analysis_shard_{i}_of_{n}`` steps, placed by the run's executor, claim
+files from the store until none is left; ``file_tags_report`` adds their reports up and
+materializes the partitions. A static fan-out (``NOMARR_ANALYSIS_SHARDS``), since dagster-dask
+runs no dynamic one. Shards write to the store and report through output metadata in the run's
+event log: no IO manager, no shared disk. No ``from __future__ import annotations``: Dagster
+inspects the context annotation at runtime.
 """
 
 import multiprocessing
@@ -22,19 +14,13 @@ from collections import Counter
 from collections.abc import Iterable
 
 import dagster as dg
-from rich.console import Console
 
 from nomarr_pipeline.defs.assets.heads import models_folder
 from nomarr_pipeline.defs.assets.tables import metadata_table
 from nomarr_pipeline.defs.executors import ExecutorSettingError, is_remote, refuse_embedded_store
 from nomarr_pipeline.defs.partitions import SINGLE_RUN, heads_partitions
 from nomarr_pipeline.defs.resources import ModelsResource, StoreResource
-from nomarr_pipeline.ml.analysis import (
-    MAX_REPORTED_ERRORS,
-    FileProgress,
-    HeadReport,
-    analyze,
-)
+from nomarr_pipeline.ml.analysis import MAX_REPORTED_ERRORS, FileProgress, HeadReport, analyze
 from nomarr_pipeline.ml.capacity import available_cores
 from nomarr_pipeline.ml.discovery import discover_models
 from nomarr_pipeline.progress import StepProgress
@@ -47,40 +33,6 @@ SHARD_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=10)
 # Claims of runs that died are deleted by the next run's report once this old (no batch of a
 # live shard holds a claim that long: it claims a few files at a time).
 STALE_CLAIM_S = 24 * 3600
-
-
-class _RunLog:
-    """A text stream that ends up in the run's log, for :class:`StepProgress`."""
-
-    def __init__(self, context: dg.AssetExecutionContext) -> None:
-        self._context = context
-
-    def write(self, text: str) -> None:
-        if text.strip():
-            self._context.log.info(text.strip())
-
-    def flush(self) -> None:
-        pass
-
-
-class _ProgressLog:
-    """Each finished file: its error as a warning, files done and time left in the run's log."""
-
-    def __init__(self, context: dg.AssetExecutionContext, progress: StepProgress) -> None:
-        self._context = context
-        self._progress = progress
-        self.files = 0
-
-    def __call__(self, file: FileProgress) -> None:
-        if file.error:
-            self._context.log.warning(f"{file.path}: {file.error}")
-        self.files = file.done
-        self._progress(file.done, file.total)
-
-
-def _no_retry(failure: dg.Failure) -> dg.Failure:
-    """The same failure, not retried: a setting to fix, not a process that died."""
-    return dg.Failure(failure.description, metadata=failure.metadata, allow_retries=False)
 
 
 def _shard_op(index: int, count: int) -> dg.OpDefinition:
@@ -110,8 +62,8 @@ def _shard_op(index: int, count: int) -> dg.OpDefinition:
             models_dir = models_folder(models)
         except ExecutorSettingError as error:
             raise dg.Failure(str(error), allow_retries=False) from None
-        except dg.Failure as failure:
-            raise _no_retry(failure) from None
+        except dg.Failure as failure:  # a setting to fix, not a process that died: no retry
+            raise dg.Failure(failure.description, metadata=failure.metadata, allow_retries=False) from None
         if multiprocessing.current_process().daemon:
             raise dg.Failure(
                 "this step runs in a daemonic process, which cannot start analysis workers: on "
@@ -131,11 +83,15 @@ def _shard_op(index: int, count: int) -> dg.OpDefinition:
             + (f", GPUs {','.join(plan.gpus)}" if plan.gpus else "")
         )
         started = time.perf_counter()
-        # Files done, rate and time left, as lines in the run's log.
-        console = Console(file=_RunLog(context), force_terminal=False, width=200)
-        with StepProgress(f"shard {index + 1}/{count}", console=console,
-                          log_every_s=_PROGRESS_EVERY_S) as progress:
-            log = _ProgressLog(context, progress)
+        with StepProgress(
+            f"shard {index + 1}/{count}", log=context.log.info, log_every_s=_PROGRESS_EVERY_S
+        ) as progress:
+
+            def log(file: FileProgress) -> None:
+                if file.error:
+                    context.log.warning(f"{file.path}: {file.error}")
+                progress(file.done, file.total)
+
             reports = analyze(
                 db, heads, processes=plan.processes, file_timeout_s=models.file_timeout_s,
                 claim=AnalysisClaim(context.run.run_id, index), shards=count,
@@ -147,7 +103,7 @@ def _shard_op(index: int, count: int) -> dg.OpDefinition:
         context.add_output_metadata({
             _REPORT_KEY: dg.MetadataValue.json(
                 {key: report.as_metadata() for key, report in sorted(reports.items())}),
-            "files": dg.MetadataValue.int(log.files),  # this attempt's share of the run
+            "files": dg.MetadataValue.int(int(progress.task.completed)),  # this attempt's share of the run
             "seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 3)),
         })
 
@@ -182,13 +138,18 @@ def _shard_reports(context: dg.AssetExecutionContext) -> tuple[dict[str, HeadRep
     return reports, dict(starts)
 
 
+# A failure that names the heads it did not materialize lets the command line go on with the
+# others (their predictions are stored).
+NOT_MATERIALIZED = "heads_not_materialized"
+
+
 HEAD_COLUMNS = {"head": "string", "analysed": "int", "failed": "int", "skipped": "int", "seconds": "float"}
 
 
-def _metadata(reports: dict[str, HeadReport], seconds: float) -> dict[str, dg.MetadataValue]:
-    rows = [
-        (key, r.analysed, r.failed, r.skipped, round(r.seconds, 1)) for key, r in sorted(reports.items())
-    ]
+def _metadata(
+    reports: dict[str, HeadReport], seconds: float, left_out: Iterable[str]
+) -> dict[str, dg.MetadataValue]:
+    rows = [(key, r.analysed, r.failed, r.skipped, round(r.seconds, 1)) for key, r in sorted(reports.items())]
     return {
         # Sums over heads: a file analysed for three heads counts three times.
         "analysed": dg.MetadataValue.int(sum(r.analysed for r in reports.values())),
@@ -199,16 +160,8 @@ def _metadata(reports: dict[str, HeadReport], seconds: float) -> dict[str, dg.Me
         "per_head": dg.MetadataValue.json(
             {key: report.as_metadata() for key, report in sorted(reports.items())}
         ),
+        NOT_MATERIALIZED: dg.MetadataValue.json(sorted(left_out)),
     }
-
-
-# A failure that names the heads it did not materialize lets the command line go on with the
-# others (their predictions are stored).
-NOT_MATERIALIZED = "heads_not_materialized"
-
-
-def _not_materialized(keys: Iterable[str]) -> dict[str, dg.MetadataValue]:
-    return {NOT_MATERIALIZED: dg.MetadataValue.json(sorted(keys))}
 
 
 def _report_op(count: int) -> dg.OpDefinition:
@@ -245,20 +198,18 @@ def _report_op(count: int) -> dg.OpDefinition:
             )
         broken = {head.partition_key: (head, fault) for head in heads
                   if (fault := reports[head.partition_key].broken_model())}
+        # The other heads' predictions are stored (a re-run skips them); the partitions of broken
+        # or missing heads must not be marked materialized.
         if broken:
-            # The other heads' predictions are stored (a re-run skips them); the broken ones'
-            # partitions must not be marked materialized.
             details = "; ".join(f"{head.graph_path.name} ({key}): {fault}"
                                 for key, (head, fault) in sorted(broken.items()))
             raise dg.Failure(
                 f"{len(broken)} broken model(s), failing on their first files alike: {details}. "
                 "Replace or remove the model file (its files are tried again once it changes); "
                 "the other heads' predictions are stored",
-                metadata={**_metadata(reports, seconds), **_not_materialized(broken)},
+                metadata=_metadata(reports, seconds, left_out=broken),
             )
         if missing:
-            # The usable heads are stored already (a re-run will skip them); the missing ones
-            # must not be marked materialized.
             problems = {p.path.stem: p.message for p in catalog.problems}
             details = "; ".join(
                 f"{key}" + (f" ({problems[name]})" if (name := _stem_hint(key, problems)) else "")
@@ -266,7 +217,7 @@ def _report_op(count: int) -> dg.OpDefinition:
             )
             raise dg.Failure(
                 f"{len(missing)} selected heads have no usable model in {models_dir}: {details}",
-                metadata={**_metadata(reports, seconds), **_not_materialized(missing)},
+                metadata=_metadata(reports, seconds, left_out=missing),
             )
         context.log.info(f"{len(heads)} heads in {seconds:.0f}s")
         for head in heads:
@@ -286,10 +237,7 @@ def _report_op(count: int) -> dg.OpDefinition:
 def _stem_hint(partition_key: str, problems: dict[str, str]) -> str | None:
     """The problem of a model file whose name matches the key's head, if any."""
     head_name = partition_key.split(":", 1)[-1]
-    for stem in problems:
-        if stem.split("-", 1)[0] == head_name:
-            return stem
-    return None
+    return next((stem for stem in problems if stem.split("-", 1)[0] == head_name), None)
 
 
 def build_file_tags(shards: int) -> dg.AssetsDefinition:

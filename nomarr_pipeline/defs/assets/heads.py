@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from nomarr_pipeline.defs.resources import ModelsResource
-from nomarr_pipeline.ml.discovery import Head, ModelCatalog, discover_models
+from nomarr_pipeline.ml.discovery import Head, discover_models
 
 
 def models_folder(models: ModelsResource) -> Path:
@@ -18,15 +18,12 @@ def models_folder(models: ModelsResource) -> Path:
     return folder
 
 
-def run_heads(
-    context: dg.AssetExecutionContext, models: ModelsResource, *, compute_versions: bool = True
-) -> tuple[list[Head], ModelCatalog]:
+def run_heads(context: dg.AssetExecutionContext, models: ModelsResource) -> list[Head]:
     """Heads for ``context.partition_keys``; keys whose model files vanished are logged and skipped."""
-    catalog = discover_models(models_folder(models), compute_versions=compute_versions,
-                              engine=models.inference_engine)
+    catalog = discover_models(models_folder(models), compute_versions=False, engine=models.inference_engine)
     heads, missing = catalog.select(context.partition_keys)
     for key in missing:
         context.log.warning(f"head {key} is no longer in the models folder; skipped")
     for problem in catalog.problems:
         context.log.warning(f"model skipped: {problem.path}: {problem.message}")
-    return heads, catalog
+    return heads

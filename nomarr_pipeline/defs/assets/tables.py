@@ -1,5 +1,4 @@
-"""Tables in asset metadata: ``MetadataValue.table`` with a ``TableSchema``, so the UI shows
-typed, sortable columns."""
+"""Tables in asset metadata, with a ``TableSchema``: the UI shows typed, sortable columns."""
 
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -9,8 +8,7 @@ Cell = str | int | float | bool | None
 
 
 def metadata_table(columns: Mapping[str, str], rows: Iterable[Sequence[Cell]]) -> dg.TableMetadataValue:
-    """``columns`` maps each column's name to its type (``string``, ``int``, ``float``,
-    ``bool``); every row lists its cells in that order."""
+    """``columns``: each column's name and type (``string``, ``int``, ``float``, ``bool``), as in each row."""
     names = list(columns)
     return dg.MetadataValue.table(
         records=[dg.TableRecord(dict(zip(names, row, strict=True))) for row in rows],
