@@ -68,21 +68,38 @@ class Table:
         return (*self.columns, *(("extra",) if self.has_extra else ()))
 
 
-def _fields(names: str) -> tuple[str, ...]:
-    """Column names given as namedtuple takes its fields: ``"a b c"``."""
-    return tuple(names.split())
-
-
 LIBRARIES = Table(
     "libraries",
-    _fields("_key name root_path auto_write_tags file_write_mode write_raw_scores created_at"),
+    (
+        "_key",
+        "name",
+        "root_path",
+        "auto_write_tags",
+        "file_write_mode",
+        "write_raw_scores",
+        "created_at",
+    ),
     bool_columns=frozenset({"auto_write_tags", "write_raw_scores"}),
 )
 LIBRARY_FILES = Table(
     "library_files",
-    _fields(
-        "_key library_id path size mtime_ns duration_s scanned_at scan_error analyzed_at analysis_error "
-        "calibration_hash mood_tiers file_tags_pending written_at write_error written_stats"
+    (
+        "_key",
+        "library_id",
+        "path",
+        "size",
+        "mtime_ns",
+        "duration_s",
+        "scanned_at",
+        "scan_error",
+        "analyzed_at",
+        "analysis_error",
+        "calibration_hash",
+        "mood_tiers",
+        "file_tags_pending",
+        "written_at",
+        "write_error",
+        "written_stats",
     ),
     json_columns=frozenset({"mood_tiers", "written_stats"}),
     bool_columns=frozenset({"file_tags_pending"}),
@@ -90,27 +107,70 @@ LIBRARY_FILES = Table(
 )
 FILE_TAGS = Table(
     "file_tags",
-    _fields("_key file_id model_key head_name label value std calibrated_value nomarr_only tagger_version"),
+    (
+        "_key",
+        "file_id",
+        "model_key",
+        "head_name",
+        "label",
+        "value",
+        "std",
+        "calibrated_value",
+        "nomarr_only",
+        "tagger_version",
+    ),
     bool_columns=frozenset({"nomarr_only"}),
     has_extra=False,
     key=("file_id", "model_key", "head_name", "label"),
     defaults=(("nomarr_only", True),),
 )
 ANALYSIS_ERRORS = Table(
-    "analysis_errors", _fields("_key file_id model_key head_name tagger_version error failed_at")
+    "analysis_errors",
+    (
+        "_key",
+        "file_id",
+        "model_key",
+        "head_name",
+        "tagger_version",
+        "error",
+        "failed_at",
+    ),
 )
 CALIBRATION_STATE = Table(
     "calibration_state",
-    _fields(
-        "_key model_key head_name label calibration_def_hash version histogram p5 p95 n underflow_count "
-        "overflow_count created_at updated_at last_computation_at"
+    (
+        "_key",
+        "model_key",
+        "head_name",
+        "label",
+        "calibration_def_hash",
+        "version",
+        "histogram",
+        "p5",
+        "p95",
+        "n",
+        "underflow_count",
+        "overflow_count",
+        "created_at",
+        "updated_at",
+        "last_computation_at",
     ),
     json_columns=frozenset({"histogram"}),
 )
 CALIBRATION_HISTORY = Table(
     "calibration_history",
-    _fields(
-        "_key calibration_key snapshot_at p5 p95 n underflow_count overflow_count p5_delta p95_delta n_delta"
+    (
+        "_key",
+        "calibration_key",
+        "snapshot_at",
+        "p5",
+        "p95",
+        "n",
+        "underflow_count",
+        "overflow_count",
+        "p5_delta",
+        "p95_delta",
+        "n_delta",
     ),
 )
 
