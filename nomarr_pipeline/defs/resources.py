@@ -147,7 +147,9 @@ class TaggingResource(dg.ConfigurableResource):
     exclude_heads: list[str] | None = None
     max_std: float | None = None
     writers: int = 0  # files written at once (threads); 0 = 4; 1 = one after the other
-    previews_dir: str = "previews"  # where a preview run writes its CSV (NOMARR_DATA_DIR/previews)
+    # Where a preview run writes its CSV; no default, since a relative one would land in whatever
+    # folder the code location was started from.
+    previews_dir: str
     # What players read (README, "Using the tags in your player"); NOMARR_<FIELD> in upper case.
     standard_mood: bool = True  # the terms of mood_tier in MOOD (TMOO, ...)
     mood_tier: str = "mood-regular"

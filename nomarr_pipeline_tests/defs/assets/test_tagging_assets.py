@@ -63,7 +63,9 @@ def setup(tmp_path: Path) -> tuple[dict[str, object], Store, Path, Path]:
     resources = {
         "store": StoreResource(url=url),
         "library": LibraryResource(roots=[str(root)]),
-        "tagging": TaggingResource(loose=0.3, regular=0.6, strict=0.9),
+        "tagging": TaggingResource(
+            loose=0.3, regular=0.6, strict=0.9, previews_dir=str(tmp_path / "previews")
+        ),
     }
     return resources, store, root, models
 
@@ -143,7 +145,8 @@ def test_preview_lists_changes_without_touching_files(setup: tuple) -> None:
     assert isinstance(preview, dg.TableMetadataValue)
     assert [column.name for column in preview.schema.columns] == list(PREVIEW_COLUMNS)
     assert "nom:mood-loose" in {record.data["key"] for record in preview.records}
-    assert Path(meta["preview_csv"].value).read_text().startswith("file_id,")
+    csv = Path(meta["preview_csv"].value)
+    assert csv.parent == root.parent / "previews" and csv.read_text().startswith("file_id,")
     assert (root / "01.flac").read_bytes() == before
 
 
