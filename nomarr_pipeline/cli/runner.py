@@ -427,7 +427,10 @@ class PipelineRunner:
     def launch_and_wait(self, job_name: str, tags: dict[str, str],
                         config: Mapping[str, object]) -> tuple[str, RunFailure | None]:
         """One run: its id, and what failed (``None`` when it succeeded)."""
-        run_id = self.launcher.launch(job_name, tags, config)
+        try:
+            run_id = self.launcher.launch(job_name, tags, config)
+        except Exception as error:  # creating the run writes into the instance: a full disk
+            raise _instance_error(error) from None
         run = self.launcher.wait(run_id, _print_event if self.verbose else None)
         if run.status == dg.DagsterRunStatus.SUCCESS:
             return run_id, None

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -263,6 +264,20 @@ def test_a_failed_step_exits_1_and_skips_what_follows(
         skipped = pipeline.run_job("predictions", predictions_job.name, ["m:h"])
     assert (skipped.status, skipped.detail) == ("skipped", "an earlier step failed")
     assert launched == ["library_scan_job", "library_scan_job"]
+
+
+def test_a_run_the_full_instance_cannot_record_is_a_clear_error(dagster_home: Path) -> None:
+    class FullInstanceLauncher:
+        def launch(self, job_name, tags, config):
+            raise sqlite3.OperationalError("database or disk is full")
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        pipeline = runner.PipelineRunner(instance, ExitStack())
+        pipeline._launcher = FullInstanceLauncher()
+        with pytest.raises(runner.UserError) as raised:
+            pipeline.run_job("scan", "library_scan_job")
+    assert raised.value.problem.endswith("cannot be written: database or disk is full")
+    assert raised.value.next_step.startswith("free space on its disk")
 
 
 def test_a_step_that_left_heads_out_lets_the_next_steps_go_on(monkeypatch, dagster_home: Path) -> None:
