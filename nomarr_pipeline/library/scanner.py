@@ -26,6 +26,8 @@ from nomarr_pipeline.store import Doc, Store
 
 WRITE_BATCH = 1000
 
+# Times a changed file is read again after the store while a writer is renaming it.
+_STILL_ROUNDS = 3
 # Fields a changed file loses so that it is analysed, calibrated and written again.
 STALE_ANALYSIS_RESET: Doc = {
     "analyzed_at": None,
@@ -229,18 +231,33 @@ def _changed_docs(
     scanned_at: int,
     probe: Callable[[str], float | None],
 ) -> list[Doc]:
-    """New documents for the ``candidates`` whose stat is still none the store knows, read
-    again now: a tag writer records its copy's stat before renaming it into place."""
-    if not candidates:
-        return []
-    current = {
-        doc["_key"]: FileStat.of(doc) for doc in store.get_files([known.key for _, known in candidates])
-    }
-    changed = []
-    for item, known in candidates:
-        now = current.get(known.key)
-        if now is None or not now.matches(item.size, item.mtime_ns):
-            changed.append({**_file_doc(library_id, root, item, scanned_at, probe), **STALE_ANALYSIS_RESET})
+    """New documents for the ``candidates`` changed on disk. A tag writer records its copy's
+    stat before renaming it into place, so the store is read again and then the file: it
+    counts as changed when that stat is unknown to the store and the file held still since the
+    walk. A file still moving after a few rounds is left to the next scan."""
+    changed: list[Doc] = []
+    for _ in range(_STILL_ROUNDS):
+        if not candidates:
+            break
+        current = {
+            doc["_key"]: FileStat.of(doc) for doc in store.get_files([known.key for _, known in candidates])
+        }
+        moving = []
+        for item, known in candidates:
+            try:
+                info = os.stat(item.path)
+            except OSError:
+                continue  # gone: the next scan of its folder
+            again = SeenFile(item.path, info.st_size, info.st_mtime_ns)
+            now = current.get(known.key)
+            if now is not None and now.matches(again.size, again.mtime_ns):
+                continue
+            if again == item:
+                doc = _file_doc(library_id, root, item, scanned_at, probe)
+                changed.append({**doc, **STALE_ANALYSIS_RESET})
+            else:
+                moving.append((again, known))
+        candidates = moving
     return changed
 
 

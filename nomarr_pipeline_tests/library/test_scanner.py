@@ -104,6 +104,29 @@ def test_a_tag_writers_recorded_stat_is_no_change(store: Store, library: Path) -
     assert scan_library(store, library, full=True).changed == 0
 
 
+def test_a_write_recorded_after_the_walk_saw_the_old_file_is_no_change(store: Store, library: Path) -> None:
+    """The walk saw the file before a tag writer renamed its copy into place and recorded the
+    final stat (which drops the copy's from ``written_stats``): the file is read again."""
+    first = scan_library(store, library)
+    a = _by_name(store, first.library_id)["a.wav"]
+    store.write_predictions([_prediction(a["_key"])])
+    index = store.file_index
+    write_wav(library / "a.tmp", seconds=0.7)
+
+    def writer_renames_and_records_then_index(library_id: str) -> dict:
+        copy = os.stat(library / "a.tmp")
+        store.add_written_stats([{"_key": a["_key"], "size": copy.st_size, "mtime_ns": copy.st_mtime_ns}])
+        os.replace(library / "a.tmp", library / "a.wav")
+        store.record_writes([{"_key": a["_key"], "size": copy.st_size, "mtime_ns": copy.st_mtime_ns,
+                              "written_stats": None, "written_at": 1}])  # fmt: skip
+        return index(library_id)
+
+    store.file_index = writer_renames_and_records_then_index  # type: ignore[method-assign]
+    report = scan_library(store, library, full=True)
+    assert (report.changed, report.unchanged) == (0, 3)
+    assert len(store.file_tags_for_files([a["_key"]])) == 1, "the predictions are kept"
+
+
 def test_in_place_edit_needs_a_full_scan(store: Store, library: Path) -> None:
     scan_library(store, library)
     target = library / "a.wav"
