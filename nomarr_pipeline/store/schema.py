@@ -232,13 +232,19 @@ def split_pending_guards(results: Sequence[Doc]) -> tuple[list[Doc], list[tuple[
     return updates, guards
 
 
-def sparse_histogram(rows: Sequence[Sequence[int]], bins: int) -> SparseHistogram:
-    """``(bin_index, count)`` rows, -1 for underflow and ``bins`` for overflow."""
-    return SparseHistogram(
-        bins=[(int(index), int(count)) for index, count in rows if 0 <= index < bins],
-        underflow_count=sum(int(count) for index, count in rows if index < 0),
-        overflow_count=sum(int(count) for index, count in rows if index >= bins),
-    )
+def sparse_histogram(rows: Iterable[tuple[int, int]], bins: int) -> SparseHistogram:
+    """``(bin_index, count)`` rows, -1 for underflow and ``bins`` for overflow; read once, so
+    the rows can come straight from the cursor."""
+    inside: list[tuple[int, int]] = []
+    under = over = 0
+    for index, count in rows:
+        if index < 0:
+            under += int(count)
+        elif index >= bins:
+            over += int(count)
+        else:
+            inside.append((int(index), int(count)))
+    return SparseHistogram(bins=inside, underflow_count=under, overflow_count=over)
 
 
 def check_histogram_spec(lo: float, hi: float, bins: int) -> None:

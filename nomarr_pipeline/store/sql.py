@@ -391,7 +391,7 @@ class SqlStore:
                 "label": label,
             },
         )
-        return sparse_histogram([(row["bin_index"], row["bin_count"]) for row in rows], bins)
+        return sparse_histogram(((row["bin_index"], row["bin_count"]) for row in rows), bins)
 
     def labels_of_head(self, model_key: str, head_name: str) -> list[str]:
         rows = self._rows(
