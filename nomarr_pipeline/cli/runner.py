@@ -217,12 +217,13 @@ def dagster_instance() -> dg.DagsterInstance:
     if not home.is_absolute():
         raise UserError(f"DAGSTER_HOME is {home}, not an absolute path", f"set DAGSTER_HOME to {expected}")
     writable_folder(home, "DAGSTER_HOME", expected)
-    _require_one_store(home / "nomarr-store", settings.store_identity())
     config = home / "dagster.yaml"
     shipped = Path(__file__).resolve().parents[2] / "dagster.yaml"
     try:
-        # Created once however many commands start together (docs/RELIABILITY.md, "First use").
+        # Created once however many commands start together (docs/RELIABILITY.md, "First use"),
+        # the store marker too: another command would read it half written.
         with file_first_use(home):
+            _require_one_store(home / "nomarr-store", settings.store_identity())
             if not config.exists() and shipped.exists():
                 shutil.copyfile(shipped, config)
             return dg.DagsterInstance.get()
