@@ -375,7 +375,7 @@ class SqlStore:
         # Multiplying by bins/(hi - lo) rather than dividing by the bin width keeps a value on a
         # bin edge (0.3 of 10,000 bins) in the bin that edge starts (docs/ARCHITECTURE.md §6).
         in_range = self.dialect.bin_index.format(x="(value - :lo) * :bins / (:hi - :lo)")
-        rows = self._rows(
+        sql, params = (
             f"""SELECT CASE WHEN value < :lo THEN -1 WHEN value > :hi THEN :bins ELSE {in_range}
                    END AS bin_index, COUNT(*) AS bin_count
             FROM file_tags
@@ -391,7 +391,13 @@ class SqlStore:
                 "label": label,
             },
         )
-        return sparse_histogram(((row["bin_index"], row["bin_count"]) for row in rows), bins)
+        # Rows read off the cursor one at a time: a list of 10,000 row objects per label would cost
+        # more peak memory than the histogram itself.
+        return self._read(
+            lambda conn: sparse_histogram(
+                ((row["bin_index"], row["bin_count"]) for row in conn.execute(sql, params)), bins
+            )
+        )
 
     def labels_of_head(self, model_key: str, head_name: str) -> list[str]:
         rows = self._rows(
