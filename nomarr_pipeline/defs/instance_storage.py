@@ -2,18 +2,21 @@
 
 Dagster creates its tables and stamps their alembic version on first use without a lock; two
 processes doing it together can leave two alembic heads, and every later command then fails
-(docs/RELIABILITY.md, "First use").
+(docs/RELIABILITY.md, "First use"). Upstream gap: a custom storage's ``from_config_value``
+takes ``ConfigurableClassData``, which Dagster does not export; it is imported for typing only.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dagster._serdes import ConfigurableClassData
 from dagster_postgres import DagsterPostgresStorage
 from dagster_postgres.utils import pg_url_from_config
 
 from nomarr_pipeline.store.first_use import postgres_first_use
+
+if TYPE_CHECKING:
+    from dagster._serdes import ConfigurableClassData
 
 
 class FirstUsePostgresStorage(DagsterPostgresStorage):
